@@ -1,0 +1,81 @@
+"""The builder a Serve config names (``import_path: serve_app.app:build_app``).
+
+``serve run deployments/local.yaml`` and Python (``serve.run(build_app(cfg))``) call the same function:
+it validates the config once, trains missing traditional models when the config asks for it,
+and binds one `ClassifierServer` deployment per classifier behind the `Router`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from serve_app.config import AppConfig, TraditionalSpec
+from serve_app.deployment import ClassifierServer
+from serve_app.router import Router
+
+log = logging.getLogger("accuwatt.app")
+
+
+def ensure_artifacts(cfg: AppConfig) -> Path:
+    """Resolve ``artifacts_dir`` (absolute, so replicas find it) and train what is missing."""
+    from serve_app.classifiers.traditional import ArtifactError, read_manifest
+
+    root = Path(cfg.artifacts_dir).expanduser().resolve()
+    wanted = [c.id for c in cfg.classifiers if isinstance(c, TraditionalSpec)]
+    missing = []
+    for model_id in wanted:
+        try:
+            read_manifest(root / model_id)
+        except ArtifactError:
+            missing.append(model_id)
+    if missing:
+        if cfg.train_if_missing is None:
+            raise ArtifactError(f"models {missing} are not trained under {root}; run `accuwatt train` "
+                                "or set train_if_missing in the config")
+        from serve_app.data import load_dataset, make_split
+        from serve_app.train import train_split
+
+        t = cfg.train_if_missing
+        ds = load_dataset(t.dataset)
+        split = make_split(ds, t.n_train, t.n_test, t.seed, t.split_index)
+        log.info("training %s on %s (split %d) into %s", missing, ds.name, t.split_index, root)
+        train_split(split, missing, root, ds.labels, ds.source, t.embedding_model)
+    return root
+
+
+def _serve_options(spec: Any) -> dict[str, Any]:
+    d = spec.deployment
+    opts: dict[str, Any] = {
+        "name": spec.id, "num_replicas": d.num_replicas, "max_ongoing_requests": d.max_ongoing_requests,
+        "max_queued_requests": d.max_queued_requests,
+        "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus, "resources": dict(d.resources),
+                              "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                                                           **d.env_vars}}},
+    }
+    extra = spec.serve_options() if hasattr(spec, "serve_options") else {}
+    actor_extra = extra.pop("ray_actor_options", {})
+    opts["ray_actor_options"].update({k: v for k, v in actor_extra.items() if k != "runtime_env"})
+    env = actor_extra.get("runtime_env", {}).get("env_vars", {})
+    opts["ray_actor_options"]["runtime_env"]["env_vars"].update(env)
+    if "placement_group_bundles" in extra:  # the replica's resources are then the first bundle's
+        for key in ("num_cpus", "num_gpus", "resources"):
+            opts["ray_actor_options"].pop(key, None)
+    opts.update(extra)
+    return opts
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    cfg = AppConfig.from_args(args)
+    artifacts = ensure_artifacts(cfg)
+    handles = {
+        spec.id: ClassifierServer.options(**_serve_options(spec)).bind(spec.model_dump(), str(artifacts))
+        for spec in cfg.classifiers
+    }
+    router = Router.options(num_replicas=1, max_ongoing_requests=cfg.router.max_ongoing_requests,
+                            ray_actor_options={"num_cpus": cfg.router.num_cpus})
+    return router.bind(handles, cfg.router.model_dump())

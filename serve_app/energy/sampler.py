@@ -1,0 +1,60 @@
+"""The periodic sampler: reads the replica's meter every ``period_s`` and feeds the ledger.
+
+A meter that fails (``MeterError``) puts the sampler in the ``unavailable`` state: tags then carry
+``source="unavailable"`` and no joules, and the failure is logged once; it recovers by itself when
+reads succeed again (the next good reading is a fresh origin, so the gap is not attributed).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from serve_app.energy.base import Meter, MeterError, Reading
+from serve_app.energy.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+
+class Sampler:
+    def __init__(self, meter: Meter, period_s: float) -> None:
+        self.meter = meter
+        self.period_s = period_s
+        self.ledger = Ledger(meter.read())
+        self.error: str | None = None
+        self.cpu_s = 0.0  # CPU time the sampler thread itself used (s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="accuwatt-sampler", daemon=True)
+
+    def start(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def read(self) -> Reading | None:
+        """A reading for the request path, or None while the meter is failing."""
+        try:
+            reading = self.meter.read()
+        except MeterError as exc:
+            if self.error is None:
+                log.error("energy meter failed, tags are 'unavailable' until it recovers: %s", exc)
+            self.error = str(exc)
+            return None
+        if self.error is not None:
+            log.warning("energy meter recovered")
+            self.error = None
+            self.ledger.rebase(reading)
+        return reading
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            t0 = time.thread_time()
+            reading = self.read()
+            if reading is not None:
+                self.ledger.observe(reading)
+            self.cpu_s += time.thread_time() - t0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2 * self.period_s + 1)
+        self.meter.close()

@@ -1,0 +1,65 @@
+"""The energy tag a response carries, built from a ledger `Allocation`."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from serve_app.energy.base import MEASURED_SOURCES, MeterInfo
+from serve_app.energy.ledger import Allocation
+
+
+class Attribution(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rule: str
+    weight: float
+    window_s: float
+    intervals: int
+    max_sharers: int
+
+
+class EnergyTag(BaseModel):
+    """What one request cost. ``joules`` is None when the meter was unavailable (never a fake 0).
+
+    ``uncertainty_j``: counter resolution at both ends of the window, plus the energy that could
+    shift across a window edge because the counter refreshes only every ``update_period_s``
+    (average power over the window x update period). Flags: ``shorter_than_counter_update`` when
+    the request is shorter than the counter's refresh period.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    joules: float | None
+    source: str
+    measured: bool
+    domains_j: dict[str, float]
+    attribution: Attribution | None
+    uncertainty_j: float | None
+    flags: list[str]
+    replica: str
+    nodes: list[str]
+    devices: list[str]
+
+
+def make_tag(alloc: Allocation, info: MeterInfo, rule: str, replica: str) -> EnergyTag:
+    joules = alloc.joules
+    window_s = max(alloc.duration_s, 0.0)
+    flags: list[str] = []
+    if window_s < info.update_period_s:
+        flags.append("shorter_than_counter_update")
+    avg_w = joules / window_s if window_s > 0 else 0.0
+    uncertainty = 2 * info.resolution_j + avg_w * info.update_period_s
+    if uncertainty > joules:
+        flags.append("uncertainty_exceeds_value")
+    return EnergyTag(
+        joules=joules, source=info.source, measured=info.source in MEASURED_SOURCES,
+        domains_j=dict(alloc.domain_j),
+        attribution=Attribution(rule=rule, weight=alloc.weight, window_s=window_s,
+                                intervals=alloc.intervals, max_sharers=alloc.max_sharers),
+        uncertainty_j=uncertainty, flags=flags, replica=replica, nodes=[info.node] if info.node else [],
+        devices=list(info.devices),
+    )
+
+
+def unavailable_tag(replica: str, info: MeterInfo, reason: str) -> EnergyTag:
+    return EnergyTag(joules=None, source="unavailable", measured=False, domains_j={}, attribution=None,
+                     uncertainty_j=None, flags=[f"meter_error: {reason[:200]}"], replica=replica,
+                     nodes=[info.node] if info.node else [], devices=list(info.devices))

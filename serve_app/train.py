@@ -1,0 +1,78 @@
+"""Train the traditional models on a split and evaluate them in-process (no Serve).
+
+``accuwatt evaluate`` is the quick baseline and the in-process reference that the Serve benchmark
+compares against: same splits, same models, same texts, one process.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serve_app.classifiers import embedding
+from serve_app.classifiers.traditional import MODEL_IDS, TrainedModel, fit, save
+from serve_app.data import Split, split_identity
+
+DEFAULT_EMBEDDING = "packaged:all-MiniLM-L6-v2"
+
+
+def fit_split(split: Split, model_ids: list[str] | tuple[str, ...] = MODEL_IDS,
+              embedding_model: str = DEFAULT_EMBEDDING) -> dict[str, TrainedModel]:
+    """Train every model of ``model_ids`` on ``split.train``; embeddings are computed once."""
+    texts, labels = list(split.train.texts), list(split.train.labels)
+    shared = None
+    if any(m.startswith("embedding-") for m in model_ids):
+        shared = embedding.encode(embedding_model, texts)
+    return {m: fit(m, texts, labels, features=shared if m.startswith("embedding-") else None,
+                   embedding_model=embedding_model) for m in model_ids}
+
+
+def train_split(split: Split, model_ids: list[str] | tuple[str, ...], out_dir: Path, labels: tuple[str, ...],
+                dataset_source: str, embedding_model: str = DEFAULT_EMBEDDING) -> dict[str, dict[str, Any]]:
+    """Train and save ``model_ids`` under ``out_dir/<model_id>/``; return their manifests."""
+    models = fit_split(split, model_ids, embedding_model)
+    provenance = {"dataset": {"name": split.dataset, "source": dataset_source, "fingerprint": split.fingerprint},
+                  "split": split_identity(split)}
+    return {m: save(model, out_dir / m, labels, provenance) for m, model in models.items()}
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    model_id: str
+    split: int
+    accuracy: float
+    n_test: int
+    predict_s: float  # in-process prediction time for the whole test set (one call)
+
+
+def evaluate_split(split: Split, model_ids: list[str] | tuple[str, ...] = MODEL_IDS,
+                   embedding_model: str = DEFAULT_EMBEDDING) -> list[EvalRow]:
+    models = fit_split(split, model_ids, embedding_model)
+    texts, gold = list(split.test.texts), list(split.test.labels)
+    rows = []
+    for m, model in models.items():
+        t0 = time.perf_counter()
+        proba = model.predict_proba(texts)
+        dt = time.perf_counter() - t0
+        pred = [model.classes[int(i)] for i in proba.argmax(axis=1)]
+        acc = sum(p == g for p, g in zip(pred, gold, strict=True)) / len(gold)
+        rows.append(EvalRow(m, split.index, acc, len(gold), dt))
+    return rows
+
+
+def summarize(rows: list[EvalRow]) -> list[dict[str, Any]]:
+    """Mean and standard deviation of accuracy per model over splits."""
+    import numpy as np
+
+    out = []
+    for m in dict.fromkeys(r.model_id for r in rows):
+        accs = np.array([r.accuracy for r in rows if r.model_id == m])
+        times = np.array([r.predict_s for r in rows if r.model_id == m])
+        out.append({"model": m, "splits": len(accs), "accuracy_mean": float(accs.mean()),
+                    "accuracy_std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
+                    "predict_s_mean": float(times.mean())})
+    return out
+
+

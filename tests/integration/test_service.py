@@ -1,0 +1,112 @@
+"""The service over real HTTP on real Ray Serve: every classifier kind, the energy tag, the API."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+import httpx
+import pytest
+
+from serve_app.classifiers.traditional import MODEL_IDS
+from tests.conftest import traditional_config
+
+GERMAN = ["Du bist so ein dummer Idiot, halt die Klappe", "Heute scheint in Berlin die Sonne.",
+          "Die Regierung hat das Gesetz beschlossen."]
+
+
+@pytest.fixture(scope="module")
+def base_url(serve_app_factory_module: str) -> str:
+    return serve_app_factory_module
+
+
+@pytest.fixture(scope="module")
+def serve_app_factory_module(serve_http: str, demo_artifacts):  # one app for the whole module
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    serve.run(build_app(traditional_config(demo_artifacts, MODEL_IDS)), name="svc", route_prefix="/svc",
+              blocking=False)
+    from tests.conftest import wait_http
+
+    wait_http(serve_http + "/svc/healthz")
+    yield serve_http + "/svc"
+    serve.delete("svc")
+
+
+def test_models_lists_all_six(base_url: str) -> None:
+    models = httpx.get(f"{base_url}/v1/models", timeout=30).json()["models"]
+    assert sorted(m["id"] for m in models) == sorted(MODEL_IDS)
+    for m in models:
+        assert m["kind"] == "traditional"
+        assert m["labels"] == ["OFFENSE", "OTHER"]
+        assert m["energy_source"] in ("rapl", "estimate")
+        assert m["parameters"] > 0
+
+
+@pytest.mark.parametrize("model", MODEL_IDS)
+def test_classify_each_model(base_url: str, model: str) -> None:
+    r = httpx.post(f"{base_url}/v1/classify", json={"model": model, "texts": GERMAN}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["labels"]) == len(GERMAN)
+    assert set(body["labels"]) <= {"OFFENSE", "OTHER"}
+    energy = body["energy"]
+    assert energy["source"] in ("rapl", "estimate")
+    assert energy["measured"] is (energy["source"] == "rapl")
+    assert energy["joules"] > 0
+    assert abs(sum(energy["domains_j"].values()) - energy["joules"]) < 1e-9
+    assert energy["attribution"]["rule"] == "texts" and energy["attribution"]["weight"] == len(GERMAN)
+    assert r.headers["X-Energy-Source"] == energy["source"]
+    assert float(r.headers["X-Energy-Joules"]) == pytest.approx(energy["joules"], rel=1e-6)
+
+
+def test_single_text_and_client_request_id(base_url: str) -> None:
+    r = httpx.post(f"{base_url}/v1/classify", json={"model": "tfidf-logreg", "text": GERMAN[0], "request_id": "abc-1"},
+                   timeout=30)
+    assert r.status_code == 200
+    assert r.json()["request_id"] == "abc-1" and len(r.json()["labels"]) == 1
+
+
+@pytest.mark.parametrize(("payload", "status", "code"), [
+    ({"model": "nope", "text": "x"}, 404, "unknown_model"),
+    ({"model": "tfidf-logreg"}, 400, "missing_field"),
+    ({"model": "tfidf-logreg", "texts": []}, 400, "empty_texts"),
+    ({"model": "tfidf-logreg", "texts": "not a list"}, 400, "wrong_type"),
+    ({"model": "tfidf-logreg", "texts": [1, 2]}, 400, "wrong_type"),
+    ({"model": 3, "text": "x"}, 400, "wrong_type"),
+    ({"model": "tfidf-logreg", "text": "   "}, 400, "empty_text"),
+    ({"model": "tfidf-logreg", "text": "x", "mode": "choice"}, 400, "unsupported_mode"),
+    (["model", "text"], 400, "wrong_type"),
+])
+def test_bad_requests_get_4xx_json(base_url: str, payload: object, status: int, code: str) -> None:
+    r = httpx.post(f"{base_url}/v1/classify", json=payload, timeout=30)
+    assert r.status_code == status
+    assert r.json()["error"]["code"] == code
+
+
+def test_invalid_json(base_url: str) -> None:
+    r = httpx.post(f"{base_url}/v1/classify", content=b"{not json", timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+
+
+def test_concurrent_tags_add_up_to_attributed(base_url: str) -> None:
+    """N concurrent requests: their tags sum to the attributed joules /v1/energy reports for the
+    window (one replica, nothing else running), and metered = attributed + idle."""
+    model = "tfidf-xgboost"
+    before = httpx.get(f"{base_url}/v1/energy", timeout=30).json()["deployments"][model]
+
+    def one(i: int) -> float:
+        r = httpx.post(f"{base_url}/v1/classify", json={"model": model, "texts": GERMAN * (1 + i % 3)}, timeout=60)
+        assert r.status_code == 200
+        return float(r.json()["energy"]["joules"])
+
+    with cf.ThreadPoolExecutor(16) as pool:
+        tags = list(pool.map(one, range(48)))
+    after = httpx.get(f"{base_url}/v1/energy", timeout=30).json()["deployments"][model]
+    attributed = after["attributed_j"] - before["attributed_j"]
+    assert sum(tags) == pytest.approx(attributed, rel=0.01)
+    assert min(tags) >= 0
+    assert after["metered_j"] == pytest.approx(after["attributed_j"] + after["idle_j"], rel=1e-9)
+    replica = next(iter(after["replicas"].values()))
+    assert replica["requests"] >= 48 and replica["open_requests"] == 0
