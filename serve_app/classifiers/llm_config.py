@@ -1,0 +1,198 @@
+"""Typed config of a zero-shot LLM classifier on vLLM, and the Ray resources it needs.
+
+One replica of an LLM deployment owns ``tensor_parallel_size * pipeline_parallel_size`` workers.
+:meth:`LLMSpec.serve_options` turns the spec into Ray Serve deployment options: a placement group
+whose first bundle holds the replica actor and whose further bundles hold the vLLM workers (one GPU
+each on GPU specs), so that the GPUs belong to the replica and the replica's energy meter can own them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict
+
+Mode = Literal["paper", "choice", "score"]
+MODES: tuple[str, ...] = ("paper", "choice", "score")
+PlacementStrategy = Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"]
+
+PREPARED_PREFIX = "prepared:"
+"""``model: prepared:smollm2`` / ``prepared:tiny``: a directory built by ``accuwatt models prepare``."""
+
+# Engine arguments that have typed fields here; ``engine_kwargs`` must not repeat them.
+_TYPED_ENGINE_ARGS = frozenset(
+    {
+        "model",
+        "tokenizer",
+        "served_model_name",
+        "dtype",
+        "max_model_len",
+        "tensor_parallel_size",
+        "pipeline_parallel_size",
+        "distributed_executor_backend",
+        "enforce_eager",
+        "seed",
+    }
+)
+
+
+class LLMSpec(Strict):
+    """A zero-shot classifier: an instruct LLM served by vLLM, prompted with the study's DSPy prompt."""
+
+    kind: Literal["llm"] = "llm"
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    deployment: DeploymentOptions = DeploymentOptions(num_cpus=1.0, max_ongoing_requests=256)
+    energy: EnergyConfig = EnergyConfig(attribution="tokens")
+
+    # Model and engine
+    model: str
+    """A local HF directory, a hub id (where the hub is reachable) or ``prepared:<name>``."""
+    tokenizer: str | None = None
+    served_model_name: str | None = None
+    """Name reported in ``/v1/models`` details (default: ``model``)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int | None = Field(None, ge=64)
+    """Context length in tokens (prompt + generation); None: the model's own."""
+    tensor_parallel_size: int = Field(1, ge=1, le=64)
+    pipeline_parallel_size: int = Field(1, ge=1, le=64)
+    distributed_executor_backend: Literal["mp", "ray", "uni"] | None = None
+    """None: ``ray`` on GPU specs with more than one worker, ``mp`` on CPU ones, vLLM's choice otherwise."""
+    placement_strategy: PlacementStrategy | None = None
+    """None: ``STRICT_PACK`` (one node) unless pipeline stages span nodes (then ``PACK``)."""
+    pipeline_spans_nodes: bool = False
+    """Pipeline stages may sit on different nodes (the two-node experiment)."""
+    gpus_per_worker: float = Field(1.0, ge=0)
+    """GPUs per vLLM worker (rank); 0 makes a CPU-only spec (vLLM for CPU)."""
+    cpus_per_worker: float = Field(1.0, ge=0)
+    """Logical CPUs reserved per worker bundle (beside the replica's ``deployment.num_cpus``)."""
+    enforce_eager: bool = False
+    seed: int = 0
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Further ``vllm.AsyncEngineArgs`` fields, passed through (e.g. ``gpu_memory_utilization``)."""
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    """Environment of the replica and its engine processes (e.g. ``VLLM_CPU_KVCACHE_SPACE``)."""
+    hf_hub_offline: bool = True
+    """Set ``HF_HUB_OFFLINE=1`` in the replica (models must be local or already cached)."""
+
+    # Classification
+    labels: list[str] = Field(min_length=1)
+    default_mode: Mode = "choice"
+    paper_max_tokens: int = Field(256, ge=1)
+    """``paper`` mode: generation limit in tokens for the answer (after any thinking)."""
+    reasoning: bool = False
+    """An R1-style model that thinks in ``<think>...</think>`` before answering."""
+    reasoning_budget_tokens: int = Field(1024, ge=0)
+    """``paper`` mode, reasoning models: thinking limit in tokens; then ``</think>`` is forced."""
+    label_bias: dict[str, float] = Field(default_factory=dict)
+    """``score`` mode: added to each label's log-probability (nats) before the argmax."""
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_ok(cls, labels: list[str]) -> list[str]:
+        if any(not label.strip() or label != label.strip() for label in labels):
+            raise ValueError("labels must be non-empty and carry no surrounding whitespace")
+        dupes = sorted({label for label in labels if labels.count(label) > 1})
+        if dupes:
+            raise ValueError(f"labels must be unique, repeated: {dupes}")
+        return labels
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LLMSpec:
+        unknown = sorted(set(self.label_bias) - set(self.labels))
+        if unknown:
+            raise ValueError(f"label_bias names labels not in labels: {unknown}")
+        clash = sorted(set(self.engine_kwargs) & _TYPED_ENGINE_ARGS)
+        if clash:
+            raise ValueError(f"engine_kwargs repeats typed fields, set them directly: {clash}")
+        if self.deployment.num_gpus:
+            raise ValueError("deployment.num_gpus must be 0 for LLMs: GPUs come from gpus_per_worker")
+        if self.world_size > 1 and self.distributed_executor_backend == "uni":
+            raise ValueError("distributed_executor_backend 'uni' runs one worker; TP*PP > 1 needs mp or ray")
+        if not self.on_gpu and self.distributed_executor_backend == "ray":
+            raise ValueError("vLLM for CPU refuses the ray executor; use mp")
+        if not self.on_gpu and self.pipeline_spans_nodes:
+            raise ValueError("pipeline stages across nodes need GPUs (the ray executor)")
+        if self.pipeline_spans_nodes and self.pipeline_parallel_size < 2:
+            raise ValueError("pipeline_spans_nodes needs pipeline_parallel_size >= 2")
+        if self.placement_strategy == "STRICT_SPREAD" and self.tensor_parallel_size > 1:
+            raise ValueError("STRICT_SPREAD would split tensor-parallel ranks across nodes")
+        if self.pipeline_spans_nodes and self.placement_strategy == "STRICT_PACK":
+            raise ValueError("STRICT_PACK keeps every stage on one node; drop pipeline_spans_nodes")
+        if self.world_size > 1 and self.deployment.num_cpus <= 0:
+            raise ValueError("deployment.num_cpus must be > 0 (it is the replica's placement bundle)")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        """Workers (ranks) one replica runs: TP * PP."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+    @property
+    def gpus_per_replica(self) -> float:
+        return self.gpus_per_worker * self.world_size
+
+    @property
+    def executor_backend(self) -> str | None:
+        """The executor actually requested from vLLM (see ``distributed_executor_backend``)."""
+        if self.distributed_executor_backend is not None:
+            return self.distributed_executor_backend
+        if self.world_size > 1:
+            return "ray" if self.on_gpu else "mp"
+        return None
+
+    def engine_env(self) -> dict[str, str]:
+        """Environment the replica and its engine need: defaults, then ``env_vars`` (which win)."""
+        env: dict[str, str] = {}
+        if self.hf_hub_offline:
+            env["HF_HUB_OFFLINE"] = "1"
+        if not self.on_gpu:
+            env.update({"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
+        env.update(self.env_vars)
+        return env
+
+    def placement(self) -> tuple[list[dict[str, float]], PlacementStrategy] | None:
+        """The replica's placement group: bundles and strategy; None when the replica's own actor
+        resources suffice (one CPU worker, which runs inside the replica's engine process)."""
+        if not self.on_gpu and self.world_size == 1:
+            return None
+        # The replica actor's own resources (custom ones included) must fit in the first bundle.
+        replica = {"CPU": self.deployment.num_cpus, **self.deployment.resources}
+        if self.on_gpu and self.world_size == 1:
+            # The one GPU worker is the engine core, a child of the replica: the replica holds the GPU.
+            bundles = [{**replica, "GPU": self.gpus_per_worker}]
+        else:
+            worker: dict[str, float] = {"CPU": self.cpus_per_worker}
+            if self.on_gpu:
+                worker["GPU"] = self.gpus_per_worker
+            bundles = [replica] + [dict(worker) for _ in range(self.world_size)]
+        bundles = [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.01} for b in bundles]
+        strategy = self.placement_strategy or ("PACK" if self.pipeline_spans_nodes else "STRICT_PACK")
+        return bundles, strategy
+
+    def serve_options(self) -> dict[str, Any]:
+        """Ray Serve deployment options beyond ``deployment`` (merge them into ``@serve.deployment``).
+
+        Keys: ``ray_actor_options`` (``num_cpus``, ``num_gpus`` and ``runtime_env.env_vars``: the
+        deployment's ``env_vars`` overlaid with :meth:`engine_env`), and, when workers need their own
+        resources, ``placement_group_bundles`` and ``placement_group_strategy``.
+        """
+        env = {**self.deployment.env_vars, **self.engine_env()}
+        pg = self.placement()
+        num_gpus = self.gpus_per_worker if self.on_gpu and self.world_size == 1 else 0.0
+        actor: dict[str, Any] = {
+            "num_cpus": self.deployment.num_cpus,
+            "num_gpus": num_gpus,
+            "runtime_env": {"env_vars": env},
+        }
+        if self.deployment.resources:
+            actor["resources"] = dict(self.deployment.resources)
+        options: dict[str, Any] = {"ray_actor_options": actor}
+        if pg is not None:
+            options["placement_group_bundles"], options["placement_group_strategy"] = pg
+        return options
