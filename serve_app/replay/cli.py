@@ -1,0 +1,105 @@
+"""``accuwatt replay``: replay a dataset's test texts through the router and record every request."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from serve_app.replay.runner import ReplayConfig
+
+
+def _models(value: str) -> list[str]:
+    return [m.strip() for m in value.split(",") if m.strip()]
+
+
+def add_replay_arguments(p: argparse.ArgumentParser) -> None:
+    """Dataset, protocol, load-shape and output options (shared with ``accuwatt demo``)."""
+    d = ReplayConfig()
+    g = p.add_argument_group("data and protocol")
+    g.add_argument("--dataset", default=d.dataset, help="path, 'demo' or a Hugging Face id (default: demo)")
+    g.add_argument("--text-col", default=d.text_col)
+    g.add_argument("--label-col", default=d.label_col)
+    g.add_argument(
+        "--models", type=_models, default=[], help="comma-separated model ids (default: all served)"
+    )
+    g.add_argument("--n-train", type=int, default=d.n_train)
+    g.add_argument("--n-test", type=int, default=d.n_test)
+    g.add_argument("--splits", type=int, default=d.splits, help="study splits, the same for every model")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--test-file", help="replay this file's texts as they are (no splits, no training)")
+    g = p.add_argument_group("load shape")
+    g.add_argument(
+        "--concurrency", type=int, help="closed loop: workers (default 1); open loop: max in flight"
+    )
+    g.add_argument("--rate", type=float, dest="rate_rps", help="open loop: mean requests per second")
+    g.add_argument("--arrivals", choices=["poisson", "gamma"], default=d.arrivals)
+    g.add_argument(
+        "--burstiness", type=float, default=d.burstiness, help="gamma shape (1 = Poisson, <1 burstier)"
+    )
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="texts per request")
+    g.add_argument(
+        "--max-attempts", type=int, default=d.max_attempts, help="per request, 429/503 and transport errors"
+    )
+    g.add_argument("--timeout-s", type=float, default=d.timeout_s)
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=d.out, help="results root: <out>/<dataset>/<topology>/<model>/<run>/")
+    g.add_argument("--run-name", help="default: derived from protocol and load shape (a rerun resumes)")
+    g.add_argument("--topology", help="topology folder name (default: cpu / <n>gpu from /v1/models)")
+    g.add_argument(
+        "--country", default=d.country, help="ISO alpha-3 for the grid carbon intensity (default DEU)"
+    )
+    g.add_argument("--codecarbon", action="store_true", help="also run CodeCarbon around each replay window")
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def config_from_args(args: argparse.Namespace) -> ReplayConfig:
+    """Build the typed config from parsed arguments (the namespace is only read)."""
+    fields = ReplayConfig.model_fields
+    data: dict[str, Any] = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return ReplayConfig.model_validate(data)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "replay", help="replay a dataset through the service, one record per request", description=__doc__
+    )
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="base URL of a running router, e.g. http://127.0.0.1:8000")
+    target.add_argument(
+        "--local",
+        action="store_true",
+        help="per split: train the models on the split's training texts, deploy them on a "
+        "local Ray, replay, tear down",
+    )
+    p.add_argument("--embedding-model", default="packaged:all-MiniLM-L6-v2", help="--local: embedding models")
+    p.add_argument("--num-cpus", type=int, default=None, help="--local: logical CPUs for the local Ray")
+    add_replay_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if args.local:
+        from serve_app.replay.local import replay_local
+
+        folders = replay_local(cfg, embedding_model=args.embedding_model, num_cpus=args.num_cpus)
+    else:
+        from serve_app.replay.runner import replay_url
+
+        folders = asyncio.run(replay_url(cfg, args.url))
+    for f in folders:
+        print(f)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="accuwatt")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""One classification request over HTTP, with the retries a well-behaved client owes the service.
+
+429 and 503 are retried after their ``Retry-After`` (seconds or an HTTP date) times a random jitter
+factor in ``[1, 1 + jitter]``; transport errors (connection refused or reset, timeouts) after an
+exponential backoff with the same jitter. Every attempt carries the same ``request_id``, so the
+service can deduplicate and the replay records the request once. Other 4xx/5xx are final: the error
+body's ``code`` and ``message`` become the record's error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+RETRY_STATUSES = frozenset({429, 503})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    backoff_s: float = 0.25
+    """First wait after a transport error (doubles each time, capped by ``max_wait_s``)."""
+    max_wait_s: float = 30.0
+    jitter: float = 0.5
+    default_retry_after_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The final answer to a request. ``body`` is the decoded 200 answer, else ``None``."""
+
+    status: int | None
+    body: dict[str, Any] | None
+    latency_s: float | None
+    total_s: float
+    sent_unix_s: float
+    attempts: int
+    error: str | None = None
+    error_code: str | None = None
+
+
+def retry_after_s(value: str | None, default_s: float, now_unix_s: float | None = None) -> float:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date); ``default_s`` if absent/bad."""
+    if value is None or not value.strip():
+        return default_s
+    v = value.strip()
+    try:
+        return max(0.0, float(v))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(v)
+    except (TypeError, ValueError):
+        return default_s
+    now = time.time() if now_unix_s is None else now_unix_s
+    return max(0.0, when.timestamp() - now)
+
+
+def _error_of(resp: httpx.Response) -> tuple[str, str]:
+    try:
+        err = resp.json().get("error", {})
+        return str(err.get("code") or f"http_{resp.status_code}"), str(err.get("message") or resp.text[:200])
+    except (ValueError, AttributeError):
+        return f"http_{resp.status_code}", resp.text[:200]
+
+
+async def classify(
+    client: httpx.AsyncClient,
+    base_url: str,
+    model: str,
+    texts: list[str],
+    request_id: str,
+    policy: RetryPolicy = RetryPolicy(),
+    rng: random.Random | None = None,
+) -> Outcome:
+    """POST /v1/classify until it answers, fails for good, or ``policy.max_attempts`` are spent."""
+    rng = rng or random.Random()
+    payload = {"model": model, "texts": texts, "request_id": request_id}
+    url = base_url.rstrip("/") + "/v1/classify"
+    sent_unix_s = time.time()
+    t0 = time.perf_counter()
+    status: int | None = None
+    code, message = "no_attempt", ""
+    for attempt in range(1, policy.max_attempts + 1):
+        t_attempt = time.perf_counter()
+        try:
+            resp = await client.post(url, json=payload)
+        except httpx.TransportError as exc:
+            status, code, message = None, "transport_error", f"{type(exc).__name__}: {exc}"
+            wait_s = min(policy.max_wait_s, policy.backoff_s * 2 ** (attempt - 1))
+        else:
+            latency_s = time.perf_counter() - t_attempt
+            status = resp.status_code
+            if status == 200:
+                return Outcome(200, resp.json(), latency_s, time.perf_counter() - t0, sent_unix_s, attempt)
+            code, message = _error_of(resp)
+            if status not in RETRY_STATUSES:
+                return Outcome(
+                    status, None, latency_s, time.perf_counter() - t0, sent_unix_s, attempt, message, code
+                )
+            wait_s = min(
+                policy.max_wait_s,
+                retry_after_s(resp.headers.get("retry-after"), policy.default_retry_after_s),
+            )
+        if attempt < policy.max_attempts:
+            await asyncio.sleep(wait_s * (1.0 + policy.jitter * rng.random()))
+    return Outcome(
+        status,
+        None,
+        None,
+        time.perf_counter() - t0,
+        sent_unix_s,
+        policy.max_attempts,
+        f"gave up after {policy.max_attempts} attempts: {message}",
+        code,
+    )

@@ -1,0 +1,194 @@
+"""Local deployments for ``accuwatt replay --local`` and ``accuwatt demo``: an isolated Ray + Serve.
+
+``local_serve`` starts a fresh local Ray (own temp dir, ``address="local"`` so it never joins another
+cluster, no dashboard), Serve's HTTP proxy on a free port of 127.0.0.1, and tears both down on exit.
+``replay_local`` follows the study protocol: for each split, train the models on that split's
+training texts (``serve_app.train.train_split``), deploy them (``serve_app.app.build_app``), replay the
+split's test texts, and move on; splits whose requests are all recorded are neither trained nor
+deployed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from serve_app.data import study_splits
+from serve_app.replay.echo_server import free_port
+from serve_app.replay.plan import plan_requests
+from serve_app.replay.records import read_records
+from serve_app.replay.results import RECORDS_FILE, load_run, write_metrics
+from serve_app.replay.runner import (
+    ReplayConfig,
+    get_json,
+    http_client,
+    load_test_sets,
+    prepare_run_folder,
+    replay_model_split,
+)
+
+APP_NAME = "accuwatt"
+
+
+@contextmanager
+def local_ray(num_cpus: int | None = None) -> Iterator[None]:
+    """A private local Ray instance for the duration of the block."""
+    import ray
+    from ray import serve
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    tmp = tempfile.mkdtemp(prefix="aw-ray-")
+    ray.init(
+        address="local",
+        num_cpus=num_cpus or max(8, os.cpu_count() or 1),
+        include_dashboard=False,
+        _temp_dir=tmp,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    try:
+        yield
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def start_http(port: int | None = None) -> str:
+    """Start Serve's proxy on 127.0.0.1 (inside ``local_ray``); returns the base URL."""
+    from ray import serve
+
+    port = port or free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return f"http://127.0.0.1:{port}"
+
+
+def deploy(app_config: dict[str, Any], base_url: str, timeout_s: float = 600.0) -> None:
+    """Deploy (or replace) the accuwatt app and wait until ``/healthz`` and ``/v1/models`` answer."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    serve.run(build_app(app_config), name=APP_NAME, route_prefix="/")
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=10, trust_env=False) as c:
+        while True:
+            try:
+                if (
+                    c.get(base_url + "/healthz").status_code == 200
+                    and c.get(base_url + "/v1/models").status_code == 200
+                ):
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the app at {base_url} did not become healthy in {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+
+@contextmanager
+def local_serve(app_config: dict[str, Any], num_cpus: int | None = None) -> Iterator[str]:
+    """Ray + Serve + the app described by an ``AppConfig`` dict; yields the base URL."""
+    with local_ray(num_cpus):
+        url = start_http()
+        deploy(app_config, url)
+        yield url
+
+
+def _trained(path: Path) -> bool:
+    from serve_app.classifiers.traditional import ArtifactError, read_manifest
+
+    try:
+        read_manifest(path)
+    except ArtifactError:
+        return False
+    return True
+
+
+def _split_done(
+    cfg: ReplayConfig, folders: dict[str, Path], models: list[str], test: Any, run_name: str
+) -> bool:
+    for m in models:
+        path = folders.get(m)
+        if path is None:
+            return False
+        done = {r.key for r in read_records(path / RECORDS_FILE)}
+        if any(
+            (m, test.split, r.index) not in done for r in plan_requests(run_name, m, test, cfg.batch_size)
+        ):
+            return False
+    return True
+
+
+def replay_local(
+    cfg: ReplayConfig, embedding_model: str = "packaged:all-MiniLM-L6-v2", num_cpus: int | None = None
+) -> list[Path]:
+    """The study protocol on local deployments (see the module doc); returns the run folders."""
+    from serve_app.classifiers.traditional import MODEL_IDS
+    from serve_app.data import load_dataset
+    from serve_app.train import train_split
+
+    if cfg.test_file:
+        raise ValueError("--local trains per split; with --test-file use --url against a running router")
+    models = cfg.models or list(MODEL_IDS)
+    ds, tests, split_meta = load_test_sets(cfg)
+    full = load_dataset(cfg.dataset, cfg.text_col, cfg.label_col)
+    splits = {s.key: s for s in study_splits(full, cfg.n_train, cfg.n_test, cfg.splits, cfg.seed)}
+    run_name = cfg.resolved_run_name(ds.fingerprint)
+    session = uuid.uuid4().hex[:12]
+    artifacts_root = Path(cfg.out) / "_artifacts" / ds.name / ds.fingerprint[:8]
+    folders: dict[str, Path] = {}
+    with local_ray(num_cpus):
+        url = start_http()
+        for test in tests:
+            if folders and _split_done(cfg, folders, models, test, run_name):
+                continue
+            art = artifacts_root / test.split
+            missing = [m for m in models if not _trained(art / m)]
+            if missing:
+                train_split(splits[test.split], missing, art, full.labels, full.source, embedding_model)
+            app_cfg = {
+                "classifiers": [{"kind": "traditional", "id": m} for m in models],
+                "artifacts_dir": str(art),
+            }
+            deploy(app_cfg, url)
+            asyncio.run(
+                _replay_split_all_models(cfg, url, ds, split_meta, models, test, session, run_name, folders)
+            )
+    for path in folders.values():
+        write_metrics(load_run(path))
+    return list(folders.values())
+
+
+async def _replay_split_all_models(
+    cfg: ReplayConfig,
+    url: str,
+    ds: Any,
+    split_meta: dict[str, Any],
+    models: list[str],
+    test: Any,
+    session: str,
+    run_name: str,
+    folders: dict[str, Path],
+) -> None:
+    async with http_client(cfg) as client:
+        models_body = await get_json(client, url, "/v1/models")
+        for m in models:
+            if m not in folders:
+                energy_body = await get_json(client, url, "/v1/energy")
+                folders[m] = prepare_run_folder(
+                    cfg, ds, split_meta, m, models_body, energy_body, session, url
+                )
+            await replay_model_split(client, url, cfg, m, test, folders[m], session, run_name)

@@ -1,0 +1,303 @@
+"""Pure aggregation: the records (and window lines) of a run -> typed metrics, per split and averaged.
+
+Definitions (units in names; Wh only here, at reporting time):
+
+- ``accuracy``: correctly labelled test texts / all test texts of the split; a failed request's texts
+  and answers that are no label count as wrong (as in the study).
+- ``macro_f1``: unweighted mean over the gold labels of the split of per-label F1.
+- ``energy_j``: the sum of the per-request energy tags (the service's attributed energy); ``None`` when
+  no request carried a figure (never a fake zero). ``energy_source`` names the tag source(s); a run
+  whose tags are ``estimate`` is an estimate, and mixed sources read ``mixed:<a>+<b>`` with
+  ``measured = False``.
+- ``duration_s``: per session, from the first request sent to the last answer, summed over the
+  sessions that replayed this split (a resumed run has several).
+- ``avg_power_w = energy_j / duration_s``.
+- **Accuracy per Wh**: ``accuracy_per_wh = accuracy / energy_wh``, where ``accuracy`` is in [0, 1] and
+  ``energy_wh`` is the attributed energy of one run (one pass over the split's test set, ``n_texts``
+  texts). Higher is better. It scales with the test-set size: compare models on the same splits (for a
+  size-free figure use ``wh_per_1k`` = Wh per 1,000 classified texts).
+- ``co2e_g = energy_wh / 1000 * carbon_g_per_kwh`` (a country's grid intensity, ``serve_app.carbon``).
+- **CEGI** (Carbon Efficient Gain Index, after Kumar et al. 2024):
+  ``cegi = co2e_g / (gain_pp * parameters / 1e6)``, with ``gain_pp = 100 * (accuracy -
+  majority_accuracy)`` the accuracy gained over the majority-class baseline in percentage points
+  (``majority_accuracy``: the share of test texts whose gold label is the training set's most frequent
+  label) and ``parameters`` the model's trainable parameters (``/v1/models``). Units: g CO2e per
+  percentage point per million parameters; lower is better. ``None`` when the gain is not positive or
+  the parameter count is unknown.
+- ``idle_j`` / ``metered_j`` / ``window_attributed_j``: deltas of the deployment's ``/v1/energy``
+  counters over the replay windows (``metered = attributed + idle``); ``None`` without windows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from serve_app.replay.records import Record
+
+MEASURED_SOURCES = frozenset({"nvml", "nvml-power", "rapl"})
+J_PER_WH = 3600.0
+
+
+class RunMetrics(BaseModel):
+    """Metrics of one model on one split, or averaged over ``n_splits`` splits (``split == "mean"``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    split: str
+    n_splits: int = 1
+    n_requests: int
+    n_texts: int
+    n_errors: int
+    accuracy: float
+    accuracy_std: float | None = None
+    macro_f1: float
+    majority_accuracy: float
+    gain_pp: float
+    energy_j: float | None
+    energy_wh: float | None
+    energy_wh_std: float | None = None
+    energy_missing: int
+    energy_source: str
+    measured: bool
+    uncertainty_j: float | None
+    domains_j: dict[str, float]
+    j_per_request: float | None
+    j_per_text: float | None
+    wh_per_1k: float | None
+    duration_s: float
+    avg_power_w: float | None
+    accuracy_per_wh: float | None
+    carbon_g_per_kwh: float | None
+    co2e_g: float | None
+    parameters: int | None
+    cegi: float | None
+    metered_j: float | None = None
+    window_attributed_j: float | None = None
+    idle_j: float | None = None
+    codecarbon_kwh: float | None = None
+    codecarbon_co2e_g: float | None = None
+    latency_p50_s: float | None
+    latency_p90_s: float | None
+    latency_p99_s: float | None
+    server_latency_p50_s: float | None
+    throughput_rps: float | None
+    retried: int
+    prompt_tokens: int | None = None
+    generated_tokens: int | None = None
+
+
+def macro_f1(gold: Sequence[str], predicted: Sequence[str | None]) -> float:
+    """Unweighted mean F1 over the gold labels; a ``None`` prediction is wrong for every label."""
+    labels = sorted(set(gold))
+    f1s = []
+    for lab in labels:
+        tp = sum(1 for g, p in zip(gold, predicted, strict=True) if g == lab and p == lab)
+        fp = sum(1 for g, p in zip(gold, predicted, strict=True) if g != lab and p == lab)
+        fn = sum(1 for g, p in zip(gold, predicted, strict=True) if g == lab and p != lab)
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s)) if f1s else 0.0
+
+
+def combine_sources(sources: Iterable[str]) -> tuple[str, bool]:
+    """One label for a set of tag sources and whether the figure is wholly measured."""
+    s = sorted(set(sources))
+    if not s:
+        return "unavailable", False
+    measured = all(x in MEASURED_SOURCES for x in s)
+    return (s[0] if len(s) == 1 else "mixed:" + "+".join(s)), measured
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    return float(np.percentile(xs, q)) if xs else None
+
+
+def _session_duration_s(records: Sequence[Record]) -> float:
+    by_session: dict[str, list[Record]] = {}
+    for r in records:
+        by_session.setdefault(r.session, []).append(r)
+    return sum(max(r.done_unix_s for r in rs) - min(r.sent_unix_s for r in rs) for rs in by_session.values())
+
+
+def _window_sum(windows: Sequence[dict[str, Any]], section: str, key: str) -> float | None:
+    vals = [
+        w[section][key]
+        for w in windows
+        if isinstance(w.get(section), dict) and isinstance(w[section].get(key), (int, float))
+    ]
+    return float(sum(vals)) if vals else None
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def split_metrics(
+    records: Sequence[Record],
+    windows: Sequence[dict[str, Any]] = (),
+    majority_label: str | None = None,
+    parameters: int | None = None,
+    carbon_g_per_kwh: float | None = None,
+) -> RunMetrics:
+    """Metrics of one (model, split) from its records (pure). See the module doc for definitions."""
+    if not records:
+        raise ValueError("no records")
+    models = {r.model for r in records}
+    splits = {r.split for r in records}
+    if len(models) != 1 or len(splits) != 1:
+        raise ValueError(f"records of one (model, split) expected, got {models} x {splits}")
+    recs = sorted(records, key=lambda r: r.request_index)
+    gold = [g for r in recs for g in r.gold]
+    pred: list[str | None] = []
+    for r in recs:
+        pred.extend(r.predicted if r.ok and r.predicted is not None else [None] * len(r.gold))
+    n_texts = len(gold)
+    accuracy = sum(1 for g, p in zip(gold, pred, strict=True) if g == p) / n_texts
+    maj = majority_label or Counter(gold).most_common(1)[0][0]
+    majority_accuracy = sum(1 for g in gold if g == maj) / n_texts
+
+    tagged = [r.energy for r in recs if r.energy is not None and r.energy.joules is not None]
+    energy_j = float(sum(t.joules for t in tagged if t.joules is not None)) if tagged else None
+    source, measured = combine_sources(t.source for t in tagged)
+    if tagged and len(tagged) < len(recs):
+        source += " (partial)"
+        measured = False
+    domains: dict[str, float] = {}
+    for t in tagged:
+        for d, v in t.domains_j.items():
+            domains[d] = domains.get(d, 0.0) + float(v)
+    uncertainties = [t.uncertainty_j for t in tagged if t.uncertainty_j is not None]
+
+    duration_s = _session_duration_s(recs)
+    energy_wh = None if energy_j is None else energy_j / J_PER_WH
+    co2e_g = None if energy_wh is None or carbon_g_per_kwh is None else energy_wh / 1000 * carbon_g_per_kwh
+    gain_pp = 100.0 * (accuracy - majority_accuracy)
+    cegi = (
+        co2e_g / (gain_pp * parameters / 1e6) if co2e_g is not None and parameters and gain_pp > 0 else None
+    )
+    ok_lat = [r.latency_s for r in recs if r.ok and r.latency_s is not None]
+    srv_lat = [r.server_latency_s for r in recs if r.ok and r.server_latency_s is not None]
+    ptoks = [t for r in recs for t in (r.prompt_tokens or []) if t is not None]
+    gtoks = [t for r in recs for t in (r.generated_tokens or []) if t is not None]
+    cc_kwh = _window_sum(windows, "codecarbon", "energy_kwh")
+    cc_kg = _window_sum(windows, "codecarbon", "emissions_kg")
+    return RunMetrics(
+        model=recs[0].model,
+        split=recs[0].split,
+        n_requests=len(recs),
+        n_texts=n_texts,
+        n_errors=sum(1 for r in recs if not r.ok),
+        accuracy=accuracy,
+        macro_f1=macro_f1(gold, pred),
+        majority_accuracy=majority_accuracy,
+        gain_pp=gain_pp,
+        energy_j=energy_j,
+        energy_wh=energy_wh,
+        energy_missing=len(recs) - len(tagged),
+        energy_source=source,
+        measured=measured,
+        uncertainty_j=float(sum(uncertainties)) if uncertainties else None,
+        domains_j=domains,
+        j_per_request=_div(energy_j, len(recs)),
+        j_per_text=_div(energy_j, n_texts),
+        wh_per_1k=_div(None if energy_wh is None else energy_wh * 1000, n_texts),
+        duration_s=duration_s,
+        avg_power_w=_div(energy_j, duration_s),
+        accuracy_per_wh=_div(accuracy, energy_wh),
+        carbon_g_per_kwh=carbon_g_per_kwh,
+        co2e_g=co2e_g,
+        parameters=parameters,
+        cegi=cegi,
+        metered_j=_window_sum(windows, "energy_delta", "metered_j"),
+        window_attributed_j=_window_sum(windows, "energy_delta", "attributed_j"),
+        idle_j=_window_sum(windows, "energy_delta", "idle_j"),
+        codecarbon_kwh=cc_kwh,
+        codecarbon_co2e_g=None if cc_kg is None else cc_kg * 1000,
+        latency_p50_s=_pct(ok_lat, 50),
+        latency_p90_s=_pct(ok_lat, 90),
+        latency_p99_s=_pct(ok_lat, 99),
+        server_latency_p50_s=_pct(srv_lat, 50),
+        throughput_rps=_div(float(len(recs)), duration_s),
+        retried=sum(1 for r in recs if r.attempts > 1),
+        prompt_tokens=sum(ptoks) if ptoks else None,
+        generated_tokens=sum(gtoks) if gtoks else None,
+    )
+
+
+def _mean(xs: Iterable[float | int | None]) -> float | None:
+    vals = [float(x) for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return float(np.mean(vals)) if vals else None
+
+
+def _std(xs: Iterable[float | None]) -> float | None:
+    vals = [float(x) for x in xs if x is not None]
+    return float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+
+
+def average_over_splits(per_split: Sequence[RunMetrics]) -> RunMetrics:
+    """The mean over splits of one model (pure). Optional figures average the splits that have them;
+    counts (requests, texts, errors, missing tags, retries) are summed; sources are combined."""
+    if not per_split:
+        raise ValueError("no splits")
+    if len({m.model for m in per_split}) != 1:
+        raise ValueError("average_over_splits takes the splits of one model")
+    sums = {"n_requests", "n_texts", "n_errors", "energy_missing", "retried"}
+    fixed = {
+        "model",
+        "split",
+        "n_splits",
+        "energy_source",
+        "measured",
+        "domains_j",
+        "accuracy_std",
+        "energy_wh_std",
+        "parameters",
+    }
+    data: dict[str, Any] = {}
+    for name in RunMetrics.model_fields:
+        if name in fixed:
+            continue
+        vals = [getattr(m, name) for m in per_split]
+        if name in sums:
+            data[name] = sum(vals)
+        elif name in ("prompt_tokens", "generated_tokens"):
+            m = _mean(vals)
+            data[name] = None if m is None else round(m)
+        else:
+            m = _mean(vals)
+            data[name] = (
+                m
+                if m is not None
+                or name not in ("accuracy", "macro_f1", "majority_accuracy", "gain_pp", "duration_s")
+                else 0.0
+            )
+    labels = {m.energy_source for m in per_split}
+    if len(labels) == 1:
+        src_label = labels.pop()
+    else:
+        parts = {p for lab in labels for p in lab.replace(" (partial)", "").removeprefix("mixed:").split("+")}
+        src_label, _ = combine_sources(parts - {"unavailable"})
+        if any("partial" in lab or lab == "unavailable" for lab in labels):
+            src_label += " (partial)"
+    domains: dict[str, float] = {}
+    for m in per_split:
+        for d, v in m.domains_j.items():
+            domains[d] = domains.get(d, 0.0) + v / len(per_split)
+    return RunMetrics(
+        model=per_split[0].model,
+        split="mean",
+        n_splits=len(per_split),
+        energy_source=src_label,
+        measured=all(m.measured for m in per_split),
+        domains_j=domains,
+        accuracy_std=_std([m.accuracy for m in per_split]),
+        energy_wh_std=_std([m.energy_wh for m in per_split]),
+        parameters=per_split[0].parameters,
+        **data,
+    )

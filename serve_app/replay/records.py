@@ -1,0 +1,179 @@
+"""One record per request, appended to ``records.jsonl`` as it happens, and the resume logic.
+
+Durability: every record is one ``os.write`` of a whole line on an ``O_APPEND`` descriptor (so it is
+in the kernel as soon as the request finishes and survives SIGKILL) and the file is ``fsync``'ed every
+``fsync_every`` records or ``fsync_interval_s`` seconds (so at most that small batch is lost on power
+loss). On open, a torn last line (a crash mid-write) is cut off, and ``done`` lists the keys
+``(model, split, request_index)`` already recorded: a rerun of the same command skips those, so every
+request ends with exactly one record. Failures are records too (``error`` set), never retried by a
+rerun.
+
+Units: seconds (``*_s``), joules (``*_j``); wall-clock times are Unix seconds (``*_unix_s``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RecordKey = tuple[str, str, int]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class EnergyTag(_Frozen):
+    """The energy tag the service returned for one request (see ARCHITECTURE.md). Units: J."""
+
+    joules: float | None = None
+    source: str = "unavailable"
+    measured: bool = False
+    domains_j: dict[str, float] = Field(default_factory=dict)
+    uncertainty_j: float | None = None
+    flags: list[str] = Field(default_factory=list)
+    replica: str | None = None
+    attribution: dict[str, Any] | None = None
+
+
+class Record(_Frozen):
+    """What happened to one request. ``predicted`` is ``None`` when the request failed."""
+
+    model: str
+    split: str
+    request_index: int
+    request_id: str
+    session: str
+    text_ids: list[str]
+    gold: list[str]
+    predicted: list[str] | None = None
+    parsed: list[bool] | None = None
+    sent_unix_s: float
+    """When the first attempt was sent."""
+    scheduled_offset_s: float = 0.0
+    """Planned send offset from the start of this session's window (open loop), 0 in a closed loop."""
+    latency_s: float | None = None
+    """Client-side latency of the attempt that answered."""
+    total_s: float
+    """From the first send to the final answer or give-up, retries and waits included."""
+    server_latency_s: float | None = None
+    energy: EnergyTag | None = None
+    prompt_tokens: list[int | None] | None = None
+    generated_tokens: list[int | None] | None = None
+    status: int | None = None
+    error: str | None = None
+    error_code: str | None = None
+    attempts: int = 1
+
+    @property
+    def key(self) -> RecordKey:
+        return (self.model, self.split, self.request_index)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.predicted is not None
+
+    @property
+    def done_unix_s(self) -> float:
+        return self.sent_unix_s + self.total_s
+
+
+def read_records(path: Path) -> list[Record]:
+    """All complete records in ``path`` (a torn last line is ignored); ``[]`` if there is none."""
+    if not path.exists():
+        return []
+    out: list[Record] = []
+    with path.open("rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            line = raw.strip()
+            if line:
+                out.append(Record.model_validate_json(line))
+    return out
+
+
+def _truncate_torn_tail(path: Path) -> None:
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+class RecordStore:
+    """Appends records to one ``records.jsonl``; knows which keys are already done."""
+
+    def __init__(self, path: Path, fsync_every: int = 16, fsync_interval_s: float = 0.5) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _truncate_torn_tail(path)
+        self.existing: list[Record] = read_records(path)
+        self.done: set[RecordKey] = {r.key for r in self.existing}
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fsync_every = max(1, fsync_every)
+        self._fsync_interval_s = fsync_interval_s
+        self._unsynced = 0
+        self._last_sync_s = time.monotonic()
+
+    def append(self, record: Record) -> None:
+        if record.key in self.done:
+            raise ValueError(f"request {record.key} is already recorded in {self.path}")
+        line = (record.model_dump_json(exclude_none=True) + "\n").encode()
+        n = os.write(self._fd, line)
+        while n < len(line):  # a short write of a regular file is rare, but finish the line
+            n += os.write(self._fd, line[n:])
+        self.done.add(record.key)
+        self._unsynced += 1
+        if (
+            self._unsynced >= self._fsync_every
+            or time.monotonic() - self._last_sync_s >= self._fsync_interval_s
+        ):
+            self.sync()
+
+    def sync(self) -> None:
+        if self._unsynced:
+            os.fsync(self._fd)
+            self._unsynced = 0
+        self._last_sync_s = time.monotonic()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self.sync()
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> RecordStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def append_json_line(path: Path, obj: dict[str, Any]) -> None:
+    """Append one JSON object as a line and fsync (for the few per-window lines)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(obj, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        raw = raw.strip()
+        if raw:
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                continue  # a torn last line
+    return out

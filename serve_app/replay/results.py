@@ -1,0 +1,106 @@
+"""The results folder: where a run lives, how to find runs, and their metrics.
+
+Layout (one run folder per model; a sweep fills the tree)::
+
+    <out>/<dataset>/<topology>/<model>/<run>/
+        run.json        config echo, versions, git commit, machine, topology, splits, sessions
+        records.jsonl   one line per request (serve_app.replay.records.Record)
+        windows.jsonl   one line per replay window: /v1/energy delta, optional CodeCarbon figures
+        metrics.json    per-split metrics and their mean (recomputed from records by `accuwatt report`)
+
+``<topology>`` names where the model ran (``cpu``, ``1gpu``, ``4gpu-2nodes``, or ``--topology``);
+``<run>`` is derived from everything that defines the requests (protocol, load shape, batch size),
+so rerunning a command resumes its run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serve_app.replay.metrics import RunMetrics, average_over_splits, split_metrics
+from serve_app.replay.records import Record, read_json_lines, read_records
+
+RUN_FILE = "run.json"
+RECORDS_FILE = "records.jsonl"
+WINDOWS_FILE = "windows.jsonl"
+METRICS_FILE = "metrics.json"
+
+
+def safe_name(s: str) -> str:
+    """A folder-safe version of a dataset, model or topology name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_") or "unnamed"
+
+
+def run_dir(out: Path, dataset: str, topology: str, model: str, run: str) -> Path:
+    return out / safe_name(dataset) / safe_name(topology) / safe_name(model) / safe_name(run)
+
+
+def find_runs(paths: Iterable[Path]) -> list[Path]:
+    """Every run folder (holding ``run.json`` and ``records.jsonl``) at or below ``paths``."""
+    found: set[Path] = set()
+    for p in paths:
+        if (p / RUN_FILE).is_file():
+            found.add(p)
+        elif p.is_dir():
+            found.update(f.parent for f in p.rglob(RUN_FILE) if (f.parent / RECORDS_FILE).exists())
+    return sorted(found)
+
+
+@dataclass(frozen=True)
+class RunData:
+    path: Path
+    meta: dict[str, Any]
+    records: list[Record]
+    windows: list[dict[str, Any]]
+
+    @property
+    def model(self) -> str:
+        return str(self.meta.get("model", self.path.parent.name))
+
+
+def load_run(path: Path) -> RunData:
+    meta = json.loads((path / RUN_FILE).read_text())
+    return RunData(path, meta, read_records(path / RECORDS_FILE), read_json_lines(path / WINDOWS_FILE))
+
+
+def run_metrics(run: RunData) -> tuple[list[RunMetrics], RunMetrics | None]:
+    """Per-split metrics of a run (splits in run order) and their mean; ``None`` mean if no records."""
+    splits_meta: dict[str, Any] = run.meta.get("splits", {})
+    carbon = (run.meta.get("carbon") or {}).get("g_per_kwh")
+    params = (run.meta.get("topology") or {}).get("model", {}) or {}
+    parameters = params.get("parameters") if isinstance(params.get("parameters"), int) else None
+    by_split: dict[str, list[Record]] = {}
+    for r in run.records:
+        by_split.setdefault(r.split, []).append(r)
+    order = [s for s in splits_meta if s in by_split] + sorted(s for s in by_split if s not in splits_meta)
+    per_split = [
+        split_metrics(
+            by_split[s],
+            [w for w in run.windows if w.get("split") == s],
+            majority_label=(splits_meta.get(s) or {}).get("majority_label"),
+            parameters=parameters,
+            carbon_g_per_kwh=carbon,
+        )
+        for s in order
+    ]
+    return per_split, (average_over_splits(per_split) if per_split else None)
+
+
+def write_metrics(run: RunData) -> Path:
+    per_split, mean = run_metrics(run)
+    out = run.path / METRICS_FILE
+    out.write_text(
+        json.dumps(
+            {
+                "mean": None if mean is None else mean.model_dump(mode="json"),
+                "splits": [m.model_dump(mode="json") for m in per_split],
+            },
+            indent=2,
+        )
+    )
+    return out

@@ -1,0 +1,260 @@
+"""Replay orchestration: test sets from the study protocol, one (model, split) at a time, run folders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from serve_app.carbon import carbon_intensity
+from serve_app.data import Dataset, load_dataset, split_identity, study_splits
+from serve_app.replay import metadata
+from serve_app.replay.client import RetryPolicy
+from serve_app.replay.codecarbon_window import CodeCarbonWindow
+from serve_app.replay.driver import LoadShape, replay_requests
+from serve_app.replay.plan import TestSet, majority, plan_requests
+from serve_app.replay.records import RecordStore, append_json_line
+from serve_app.replay.results import RECORDS_FILE, RUN_FILE, WINDOWS_FILE, load_run, run_dir, write_metrics
+from serve_app.replay.window import energy_delta
+
+
+class ReplayConfig(BaseModel):
+    """Everything a replay needs (the CLI builds one; ``run.json`` echoes it)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: str = "demo"
+    text_col: str = "text"
+    label_col: str = "label"
+    models: list[str] = Field(default_factory=list)
+    n_train: int = Field(200, ge=1)
+    n_test: int = Field(200, ge=1)
+    splits: int = Field(10, ge=1)
+    seed: int = 20250101
+    test_file: str | None = None
+    concurrency: int | None = Field(None, ge=1)
+    rate_rps: float | None = Field(None, gt=0)
+    arrivals: Literal["poisson", "gamma"] = "poisson"
+    burstiness: float = Field(1.0, gt=0)
+    batch_size: int = Field(1, ge=1)
+    country: str = "DEU"
+    codecarbon: bool = False
+    out: str = "results"
+    run_name: str | None = None
+    topology: str | None = None
+    max_attempts: int = Field(6, ge=1)
+    timeout_s: float = Field(300.0, gt=0)
+    progress: bool = True
+
+    def load_shape(self) -> LoadShape:
+        return LoadShape(self.concurrency, self.rate_rps, self.arrivals, self.burstiness, self.seed)
+
+    def resolved_run_name(self, fingerprint: str) -> str:
+        """Same requests and load shape -> same name (so a rerun resumes the run folder)."""
+        if self.run_name:
+            return self.run_name
+        if self.test_file:
+            proto = f"file-{fingerprint[:8]}"
+        else:
+            proto = f"s{self.seed}-{self.splits}x{self.n_train}-{self.n_test}-{fingerprint[:8]}"
+        return f"{proto}-{self.load_shape().describe()}-b{self.batch_size}"
+
+
+def load_test_sets(cfg: ReplayConfig) -> tuple[Dataset, list[TestSet], dict[str, dict[str, Any]]]:
+    """The test sets to replay and what ``run.json`` records about each split."""
+    if cfg.test_file:
+        ds = load_dataset(cfg.test_file, cfg.text_col, cfg.label_col)
+        pool = ds.pool or ds.test
+        assert pool is not None
+        key = "file-" + ds.fingerprint[:8]
+        ts = TestSet(key, tuple(f"{pool.name}:{i}" for i in range(len(pool))), pool.texts, pool.labels, None)
+        return (
+            ds,
+            [ts],
+            {
+                key: {
+                    "dataset": ds.name,
+                    "fingerprint": ds.fingerprint,
+                    "test_file": cfg.test_file,
+                    "majority_label": None,
+                }
+            },
+        )
+    ds = load_dataset(cfg.dataset, cfg.text_col, cfg.label_col)
+    tests, meta = [], {}
+    for sp in study_splits(ds, cfg.n_train, cfg.n_test, cfg.splits, cfg.seed):
+        maj = majority(sp.train.labels)
+        tests.append(TestSet(sp.key, tuple(sp.test.ids), sp.test.texts, sp.test.labels, maj))
+        meta[sp.key] = {**split_identity(sp), "majority_label": maj}
+    return ds, tests, meta
+
+
+async def get_json(client: httpx.AsyncClient, base_url: str, path: str) -> dict[str, Any] | None:
+    try:
+        resp = await client.get(base_url.rstrip("/") + path)
+        return resp.json() if resp.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def prepare_run_folder(
+    cfg: ReplayConfig,
+    ds: Dataset,
+    split_meta: dict[str, dict[str, Any]],
+    model: str,
+    models_body: dict[str, Any] | None,
+    energy_body: dict[str, Any] | None,
+    session: str,
+    base_url: str,
+) -> Path:
+    """Create (or resume) the model's run folder and write ``run.json`` (sessions appended)."""
+    entry = metadata.model_entry(models_body, model)
+    topology = cfg.topology or metadata.topology_label(entry)
+    rdir = run_dir(Path(cfg.out), ds.name, topology, model, cfg.resolved_run_name(ds.fingerprint))
+    rdir.mkdir(parents=True, exist_ok=True)
+    path = rdir / RUN_FILE
+    old = json.loads(path.read_text()) if path.exists() else {}
+    ci = carbon_intensity(cfg.country)
+    meta = {
+        "model": model,
+        "dataset": ds.name,
+        "dataset_source": ds.source,
+        "fingerprint": ds.fingerprint,
+        "labels": list(ds.labels),
+        "topology_name": topology,
+        "run": rdir.name,
+        "config": cfg.model_dump(mode="json"),
+        "splits": {**old.get("splits", {}), **split_meta},
+        "carbon": {"country": ci.country, "g_per_kwh": ci.g_per_kwh, "source": ci.source},
+        "topology": {
+            "model": entry,
+            "gpus": metadata.gpu_count(entry),
+            "energy": ((energy_body or {}).get("deployments") or {}).get(model),
+            "url": base_url,
+        },
+        "versions": metadata.versions(),
+        "git_commit": metadata.git_commit(),
+        "machine": metadata.machine(),
+        "created_unix_s": old.get("created_unix_s", time.time()),
+        "sessions": [*old.get("sessions", []), {"session": session, "started_unix_s": time.time()}],
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    tmp.replace(path)
+    return rdir
+
+
+async def replay_model_split(
+    client: httpx.AsyncClient,
+    base_url: str,
+    cfg: ReplayConfig,
+    model: str,
+    test: TestSet,
+    rdir: Path,
+    session: str,
+    run_name: str,
+) -> int:
+    """Replay one split's test set against one model; returns how many requests were sent."""
+    plan = plan_requests(run_name, model, test, cfg.batch_size)
+    with RecordStore(rdir / RECORDS_FILE) as store:
+        todo = sum(1 for r in plan if (model, test.split, r.index) not in store.done)
+        if todo == 0:
+            return 0
+        before = await get_json(client, base_url, "/v1/energy")
+        bar = tqdm(
+            total=len(plan),
+            initial=len(plan) - todo,
+            desc=f"{model} {test.split}",
+            unit="req",
+            disable=not cfg.progress,
+            leave=True,
+        )
+        tracker = CodeCarbonWindow(cfg.country) if cfg.codecarbon else None
+        if tracker is not None:
+            tracker.start()
+        try:
+            window = await replay_requests(
+                client,
+                base_url,
+                model,
+                test.split,
+                plan,
+                cfg.load_shape(),
+                store,
+                session,
+                _policy(cfg),
+                on_done=lambda _r: bar.update(1),
+            )
+        finally:
+            cc = tracker.stop() if tracker is not None else None
+            bar.close()
+        after = await get_json(client, base_url, "/v1/energy")
+    append_json_line(
+        rdir / WINDOWS_FILE,
+        {
+            "model": model,
+            "split": test.split,
+            "session": session,
+            "start_unix_s": window.start_unix_s,
+            "end_unix_s": window.end_unix_s,
+            "sent": window.sent,
+            "skipped": window.skipped,
+            "energy_delta": energy_delta(before, after, model),
+            "codecarbon": cc,
+        },
+    )
+    return window.sent
+
+
+def _policy(cfg: ReplayConfig) -> RetryPolicy:
+    return RetryPolicy(max_attempts=cfg.max_attempts)
+
+
+def http_client(cfg: ReplayConfig) -> httpx.AsyncClient:
+    limit = cfg.load_shape().max_in_flight + 4
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(cfg.timeout_s, connect=10.0),
+        limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+        headers=_auth_headers(),
+        trust_env=False,
+    )
+
+
+def _auth_headers() -> dict[str, str]:
+    """The router's bearer token, from the environment variable the router reads (default config)."""
+    key = os.environ.get("ACCUWATT_API_KEY", "")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+async def replay_url(cfg: ReplayConfig, base_url: str, tests: list[TestSet] | None = None) -> list[Path]:
+    """Replay every model on every split against a running router; returns the run folders."""
+    ds, all_tests, split_meta = load_test_sets(cfg)
+    tests = all_tests if tests is None else tests
+    session = uuid.uuid4().hex[:12]
+    run_name = cfg.resolved_run_name(ds.fingerprint)
+    folders = []
+    async with http_client(cfg) as client:
+        models_body = await get_json(client, base_url, "/v1/models")
+        models = cfg.models or [m["id"] for m in (models_body or {}).get("models", [])]
+        if not models:
+            raise RuntimeError(f"no models to replay: none given and {base_url}/v1/models lists none")
+        for model in models:
+            energy_body = await get_json(client, base_url, "/v1/energy")
+            rdir = prepare_run_folder(cfg, ds, split_meta, model, models_body, energy_body, session, base_url)
+            for test in tests:
+                await replay_model_split(client, base_url, cfg, model, test, rdir, session, run_name)
+            write_metrics(load_run(rdir))
+            folders.append(rdir)
+    return folders
+
+
+def config_digest(cfg: ReplayConfig) -> str:
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:12]

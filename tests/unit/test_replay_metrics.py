@@ -1,0 +1,211 @@
+import pytest
+
+from serve_app.replay.metrics import average_over_splits, combine_sources, macro_f1, split_metrics
+from serve_app.replay.records import EnergyTag, Record
+from serve_app.replay.window import energy_delta
+
+pytestmark = pytest.mark.unit
+
+
+def rec(
+    i,
+    gold,
+    pred,
+    joules=None,
+    source="rapl",
+    session="a",
+    sent=100.0,
+    total=1.0,
+    attempts=1,
+    error=None,
+    domains=None,
+    split="s0",
+    latency=0.1,
+):
+    energy = (
+        None
+        if joules is None and source is None
+        else EnergyTag(
+            joules=joules,
+            source=source,
+            measured=source == "rapl",
+            domains_j=domains or {},
+            uncertainty_j=0.1,
+        )
+    )
+    return Record(
+        model="m",
+        split=split,
+        request_index=i,
+        request_id=f"r{i}",
+        session=session,
+        text_ids=[f"t:{i}:{k}" for k in range(len(gold))],
+        gold=gold,
+        predicted=None if error else pred,
+        sent_unix_s=sent,
+        total_s=total,
+        latency_s=latency,
+        energy=energy,
+        attempts=attempts,
+        error=error,
+        status=None if error else 200,
+    )
+
+
+def test_macro_f1_by_hand():
+    # A: tp=1 fp=1 fn=1 -> F1 = 2/4 = 0.5 ; B: tp=1 fp=1 fn=1 -> 0.5 ; C (gold only): tp=0 -> 0
+    gold = ["A", "A", "B", "B", "C"]
+    pred = ["A", "B", "B", "A", None]
+    assert macro_f1(gold, pred) == pytest.approx((0.5 + 0.5 + 0.0) / 3)
+
+
+def test_combine_sources():
+    assert combine_sources(["rapl", "rapl"]) == ("rapl", True)
+    assert combine_sources(["estimate"]) == ("estimate", False)
+    assert combine_sources(["rapl", "estimate"]) == ("mixed:estimate+rapl", False)
+    assert combine_sources([]) == ("unavailable", False)
+
+
+def test_split_metrics_hand_computed():
+    records = [
+        rec(
+            0, ["A", "B"], ["A", "B"], joules=36.0, sent=100.0, total=1.0, domains={"cpu": 30.0, "dram": 6.0}
+        ),
+        rec(
+            1,
+            ["A", "A"],
+            ["A", "B"],
+            joules=72.0,
+            sent=100.5,
+            total=1.5,
+            attempts=2,
+            domains={"cpu": 60.0, "dram": 12.0},
+        ),
+        rec(2, ["B"], None, joules=None, source=None, sent=101.0, total=2.0, error="boom"),
+        # a second session (resumed run): 10 s later, lasting 1 s
+        rec(3, ["A"], ["A"], joules=0.0, session="b", sent=200.0, total=1.0, domains={"cpu": 0.0}),
+    ]
+    windows = [
+        {
+            "split": "s0",
+            "energy_delta": {"metered_j": 150.0, "attributed_j": 108.0, "idle_j": 42.0},
+            "codecarbon": {"energy_kwh": 0.0001, "emissions_kg": 0.00004},
+        }
+    ]
+    m = split_metrics(records, windows, majority_label="A", parameters=2_000_000, carbon_g_per_kwh=400.0)
+    # texts: A B | A A | B | A -> gold 6 texts; correct: A,B,A,(B wrong),(B failed),A = 4
+    assert m.n_texts == 6 and m.n_requests == 4 and m.n_errors == 1
+    assert m.accuracy == pytest.approx(4 / 6)
+    assert m.majority_accuracy == pytest.approx(4 / 6)  # gold A in 4 of 6
+    assert m.gain_pp == pytest.approx(0.0)
+    assert m.cegi is None  # no gain over the majority class
+    assert m.energy_j == pytest.approx(108.0)
+    assert m.energy_wh == pytest.approx(0.03)
+    assert m.energy_missing == 1 and m.energy_source == "rapl (partial)" and not m.measured
+    assert m.domains_j == pytest.approx({"cpu": 90.0, "dram": 18.0})
+    assert m.j_per_request == pytest.approx(27.0) and m.j_per_text == pytest.approx(18.0)
+    assert m.wh_per_1k == pytest.approx(5.0)
+    # session a: 100.0 -> max(101, 102, 103) = 3 s; session b: 1 s
+    assert m.duration_s == pytest.approx(4.0)
+    assert m.avg_power_w == pytest.approx(27.0)
+    assert m.accuracy_per_wh == pytest.approx((4 / 6) / 0.03)
+    assert m.co2e_g == pytest.approx(0.03 / 1000 * 400.0)
+    assert m.idle_j == 42.0 and m.metered_j == 150.0 and m.window_attributed_j == 108.0
+    assert m.codecarbon_kwh == pytest.approx(0.0001) and m.codecarbon_co2e_g == pytest.approx(0.04)
+    assert m.retried == 1 and m.throughput_rps == pytest.approx(1.0)
+    assert m.latency_p50_s == pytest.approx(0.1)
+
+
+def test_cegi_by_hand():
+    # 4 texts, majority B (1 of 4 = 25 %), accuracy 100 % -> gain 75 pp; 7.2 kJ = 2 Wh -> 0.8 g at 400 g/kWh
+    records = [rec(i, [g], [g], joules=1800.0) for i, g in enumerate("AABA")]
+    m = split_metrics(records, majority_label="B", parameters=4_000_000, carbon_g_per_kwh=400.0)
+    assert m.gain_pp == pytest.approx(75.0)
+    assert m.co2e_g == pytest.approx(0.8)
+    assert m.cegi == pytest.approx(0.8 / (75.0 * 4.0))
+    assert m.energy_source == "rapl" and m.measured
+
+
+def test_no_energy_is_absent_not_zero():
+    records = [rec(0, ["A"], ["A"], joules=None, source="unavailable")]
+    m = split_metrics(records)
+    assert m.energy_j is None and m.energy_wh is None and m.avg_power_w is None and m.accuracy_per_wh is None
+    assert m.energy_source == "unavailable" and m.co2e_g is None
+
+
+def test_average_over_splits():
+    s0 = split_metrics([rec(0, ["A"], ["A"], joules=3600.0, split="s0")], carbon_g_per_kwh=100.0)
+    s1 = split_metrics(
+        [rec(0, ["A"], ["B"], joules=7200.0, split="s1", source="estimate")], carbon_g_per_kwh=100.0
+    )
+    avg = average_over_splits([s0, s1])
+    assert avg.split == "mean" and avg.n_splits == 2 and avg.n_texts == 2
+    assert avg.accuracy == pytest.approx(0.5) and avg.energy_wh == pytest.approx(1.5)
+    assert avg.energy_wh_std == pytest.approx(0.7071, rel=1e-3)
+    assert avg.energy_source == "mixed:estimate+rapl" and not avg.measured
+    with pytest.raises(ValueError):
+        average_over_splits([])
+
+
+def test_energy_delta_sums_replicas_and_handles_new_and_reset():
+    before = {
+        "deployments": {
+            "m": {
+                "replicas": {
+                    "r1": {
+                        "source": "rapl",
+                        "metered_j": 10.0,
+                        "attributed_j": 6.0,
+                        "idle_j": 4.0,
+                        "domains": {"cpu": 9.0},
+                    },
+                    "r2": {"source": "rapl", "metered_j": 50.0, "attributed_j": 30.0, "idle_j": 20.0},
+                }
+            }
+        }
+    }
+    after = {
+        "deployments": {
+            "m": {
+                "replicas": {
+                    "r1": {
+                        "source": "rapl",
+                        "metered_j": 15.0,
+                        "attributed_j": 9.0,
+                        "idle_j": 6.0,
+                        "domains": {"cpu": 13.0},
+                    },
+                    "r2": {
+                        "source": "rapl",
+                        "metered_j": 5.0,
+                        "attributed_j": 3.0,
+                        "idle_j": 2.0,
+                    },  # restarted
+                    "r3": {"source": "rapl", "metered_j": 1.0, "attributed_j": 1.0, "idle_j": 0.0},
+                }
+            }
+        }
+    }
+    d = energy_delta(before, after, "m")
+    assert d["metered_j"] == pytest.approx(5 + 5 + 1)
+    assert d["attributed_j"] == pytest.approx(3 + 3 + 1)
+    assert d["idle_j"] == pytest.approx(2 + 2 + 0)
+    assert d["reset"] and d["replicas"] == 3 and d["domains_j"] == {"cpu": 4.0}
+    assert energy_delta(before, None, "m") is None
+    assert energy_delta(before, after, "other") is None
+
+
+def test_energy_delta_nested_domains():
+    rep = {
+        "source": "estimate",
+        "metered_j": 3.0,
+        "attributed_j": 1.0,
+        "idle_j": 2.0,
+        "domains": {
+            "metered": {"cpu": 2.5, "dram": 0.5},
+            "attributed": {"cpu": 1.0},
+            "idle": {"cpu": 1.5, "dram": 0.5},
+        },
+    }
+    d = energy_delta(None, {"deployments": {"m": {"replicas": {"r": rep}}}}, "m")
+    assert d["domains_j"] == {"cpu": 2.5, "dram": 0.5} and d["idle_domains_j"] == {"cpu": 1.5, "dram": 0.5}

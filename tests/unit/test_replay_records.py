@@ -1,0 +1,73 @@
+import pytest
+
+from serve_app.replay.plan import TestSet, majority, plan_requests, request_id
+from serve_app.replay.records import Record, RecordStore, read_records
+
+pytestmark = pytest.mark.unit
+
+
+def rec(i: int, split: str = "s0", model: str = "m") -> Record:
+    return Record(
+        model=model,
+        split=split,
+        request_index=i,
+        request_id=f"r{i}",
+        session="a",
+        text_ids=[f"t:{i}"],
+        gold=["A"],
+        predicted=["A"],
+        sent_unix_s=100.0 + i,
+        total_s=0.5,
+    )
+
+
+def test_store_appends_and_resumes(tmp_path):
+    path = tmp_path / "records.jsonl"
+    with RecordStore(path, fsync_every=2) as s:
+        for i in range(5):
+            s.append(rec(i))
+    with RecordStore(path) as s:
+        assert s.done == {("m", "s0", i) for i in range(5)}
+        with pytest.raises(ValueError):
+            s.append(rec(3))
+        s.append(rec(5))
+    assert [r.request_index for r in read_records(path)] == list(range(6))
+
+
+def test_torn_last_line_is_cut_and_the_request_redone(tmp_path):
+    path = tmp_path / "records.jsonl"
+    with RecordStore(path) as s:
+        s.append(rec(0))
+        s.append(rec(1))
+    line = rec(2).model_dump_json()
+    with path.open("a") as f:
+        f.write(line[: len(line) // 2])  # killed mid-write
+    assert len(read_records(path)) == 2
+    with RecordStore(path) as s:
+        assert ("m", "s0", 2) not in s.done
+        s.append(rec(2))
+    recs = read_records(path)
+    assert [r.request_index for r in recs] == [0, 1, 2]
+    assert path.read_bytes().count(b"\n") == 3
+
+
+def test_plan_batches_and_stable_ids():
+    ts = TestSet("s0", tuple(f"p:{i}" for i in range(5)), tuple("abcde"), ("A", "B", "A", "B", "A"))
+    plan = plan_requests("run", "m", ts, batch_size=2)
+    assert [len(p.texts) for p in plan] == [2, 2, 1]
+    assert plan[2].text_ids == ("p:4",) and plan[1].gold == ("A", "B")
+    assert (
+        plan[0].request_id
+        == request_id("run", "m", "s0", 0)
+        == plan_requests("run", "m", ts, 2)[0].request_id
+    )
+    assert len({p.request_id for p in plan}) == 3
+    assert request_id("run", "m2", "s0", 0) != plan[0].request_id
+    with pytest.raises(ValueError):
+        plan_requests("run", "m", ts, 0)
+
+
+def test_majority_ties_alphabetical():
+    assert majority(["B", "A", "B", "A"]) == "A"
+    assert majority(["B", "B", "A"]) == "B"
+    assert majority([]) is None
