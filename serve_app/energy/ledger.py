@@ -83,8 +83,11 @@ class LedgerTotals:
         return dict(out)
 
     def domains(self) -> dict[str, dict[str, float]]:
-        return {"metered": self._by_domain(self.metered_j), "attributed": self._by_domain(self.attributed_j),
-                "idle": self._by_domain(self.idle_j)}
+        return {
+            "metered": self._by_domain(self.metered_j),
+            "attributed": self._by_domain(self.attributed_j),
+            "idle": self._by_domain(self.idle_j),
+        }
 
 
 class Ledger:
@@ -172,8 +175,16 @@ class Ledger:
             by_domain: dict[str, float] = defaultdict(float)
             for k, v in energy.items():
                 by_domain[Reading.domain_of(k)] += v
-            return Allocation(request_id, o.start_s, reading.t_s, energy, dict(by_domain), o.weight,
-                              o.intervals, o.max_sharers)
+            return Allocation(
+                request_id,
+                o.start_s,
+                reading.t_s,
+                energy,
+                dict(by_domain),
+                o.weight,
+                o.intervals,
+                o.max_sharers,
+            )
 
     def abandon(self, request_id: str, reading: Reading | None) -> None:
         """A request that failed (or whose end could not be metered): its share so far stays
@@ -199,8 +210,16 @@ class Ledger:
 
     def totals(self) -> LedgerTotals:
         with self._lock:
-            return LedgerTotals(dict(self._metered), dict(self._attributed), dict(self._idle),
-                                self._started_s, self._last.t_s, self._readings, self._resets, self._requests)
+            return LedgerTotals(
+                dict(self._metered),
+                dict(self._attributed),
+                dict(self._idle),
+                self._started_s,
+                self._last.t_s,
+                self._readings,
+                self._resets,
+                self._requests,
+            )
 
     def observed_update_period_s(self) -> float | None:
         """Median time between readings in which any counter changed (an upper bound on the
