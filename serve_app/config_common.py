@@ -14,8 +14,9 @@ class Strict(BaseModel):
 class EnergyConfig(Strict):
     """How a replica meters and attributes energy. Units in names."""
 
-    meter: Literal["auto", "nvml", "rapl", "estimate"] = "auto"
-    """``auto`` probes nvml (if the replica owns GPUs), then rapl, then falls back to ``estimate``."""
+    meter: Literal["auto", "nvml", "rapl", "estimate", "off"] = "auto"
+    """``auto`` probes nvml (if the replica owns GPUs), then rapl, then falls back to ``estimate``.
+    ``off`` disables metering (tags say ``source: "off"``); it exists for overhead benchmarks."""
     sample_period_s: float = Field(0.05, gt=0, le=10)
     attribution: Literal["time", "texts", "tokens"] = "texts"
     """How an interval's energy is split among the requests active in it: equally (``time``), in

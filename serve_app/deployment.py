@@ -23,7 +23,7 @@ from serve_app.config import AppConfig
 from serve_app.energy.base import MeterError
 from serve_app.energy.probe import make_meter
 from serve_app.energy.sampler import Sampler
-from serve_app.energy.tag import EnergyTag, make_tag, unavailable_tag
+from serve_app.energy.tag import EnergyTag, make_tag, no_energy_tag
 from serve_app.metrics import ReplicaMetrics, tags
 
 log = logging.getLogger("accuwatt.deployment")
@@ -63,7 +63,10 @@ class ClassifierServer:
         ctx = serve.get_replica_context()
         self.replica = ctx.replica_tag if ctx else "local"
         meter = make_meter(self.spec.energy, _gpu_ids())
-        self.sampler = Sampler(meter, self.spec.energy.sample_period_s).start()
+        self.metering = self.spec.energy.meter != "off"
+        self.sampler = Sampler(meter, self.spec.energy.sample_period_s)
+        if self.metering:
+            self.sampler.start()
         self.rule = self.spec.energy.attribution
         self.metrics = ReplicaMetrics()
         info = meter.info
@@ -97,6 +100,10 @@ class ClassifierServer:
         return out
 
     async def classify(self, texts: list[str], mode: str | None, request_id: str) -> dict[str, Any]:
+        if not self.metering:
+            preds = await (self.classifier.apredict(texts, mode) if self.is_async else self._predict_batch(texts))
+            tag = no_energy_tag(self.replica, self.sampler.meter.info, "metering is off", source="off")
+            return {"predictions": [asdict(p) for p in preds], "energy": tag.model_dump()}
         ledger = self.sampler.ledger
         r0 = self.sampler.read()
         if r0 is not None:
@@ -117,7 +124,7 @@ class ClassifierServer:
         else:
             ledger.abandon(request_id, None)
             self.metrics.meter_errors.inc(1, tags(source=self.sampler.meter.info.source))
-            tag = unavailable_tag(self.replica, self.sampler.meter.info, self.sampler.error or "meter failed")
+            tag = no_energy_tag(self.replica, self.sampler.meter.info, self.sampler.error or "meter failed")
         self.metrics.texts.inc(len(texts), tags(source=tag.source))
         return {"predictions": [asdict(p) for p in preds], "energy": tag.model_dump()}
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-Source = Literal["nvml", "nvml-power", "rapl", "estimate", "unavailable"]
+Source = Literal["nvml", "nvml-power", "rapl", "estimate", "unavailable", "off"]
 """Where a figure comes from.
 
 - ``nvml``: the GPU's total-energy counter (mJ, Volta and newer).
@@ -19,6 +19,7 @@ Source = Literal["nvml", "nvml-power", "rapl", "estimate", "unavailable"]
 - ``rapl``: Intel/AMD RAPL package and DRAM counters from ``/sys/class/powercap``.
 - ``estimate``: no sensor; CPU time x per-core power plus resident memory x W/GB. Never a measurement.
 - ``unavailable``: the meter failed; no figure is given (never 0 J presented as measured).
+- ``off``: metering disabled by configuration; no figure is given.
 """
 
 Domain = Literal["gpu", "cpu", "dram"]
@@ -79,3 +80,21 @@ class Meter(Protocol):
 
 def now_s() -> float:
     return time.monotonic()
+
+
+class NullMeter:
+    """The meter of ``EnergyConfig(meter="off")``: no counters at all (the ledger sees no energy)."""
+
+    def __init__(self, node: str = "") -> None:
+        self._info = MeterInfo(source="off", devices=(), resolution_j=0.0, update_period_s=0.0, node=node,
+                               notes="metering disabled")
+
+    @property
+    def info(self) -> MeterInfo:
+        return self._info
+
+    def read(self) -> Reading:
+        return Reading(now_s(), {}, "off")
+
+    def close(self) -> None:
+        pass

@@ -6,7 +6,7 @@ import logging
 import socket
 
 from serve_app.config_common import EnergyConfig
-from serve_app.energy.base import Meter, MeterError
+from serve_app.energy.base import Meter, MeterError, NullMeter
 from serve_app.energy.estimate import EstimateMeter
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,8 @@ def make_meter(cfg: EnergyConfig, gpu_ids: list[str] | None = None, node: str | 
     """Build the replica's meter. A forced meter that cannot work raises `MeterError`; ``auto``
     falls back in order and logs why."""
     node = node or socket.gethostname()
+    if cfg.meter == "off":
+        return NullMeter(node)
     if cfg.meter in ("auto", "nvml") and gpu_ids:
         try:
             from serve_app.energy.nvml import NvmlMeter, nvml_available

@@ -59,7 +59,9 @@ def make_tag(alloc: Allocation, info: MeterInfo, rule: str, replica: str) -> Ene
     )
 
 
-def unavailable_tag(replica: str, info: MeterInfo, reason: str) -> EnergyTag:
-    return EnergyTag(joules=None, source="unavailable", measured=False, domains_j={}, attribution=None,
-                     uncertainty_j=None, flags=[f"meter_error: {reason[:200]}"], replica=replica,
+def no_energy_tag(replica: str, info: MeterInfo, reason: str, source: str = "unavailable") -> EnergyTag:
+    """A tag without a figure: the meter failed (``unavailable``) or metering is ``off``."""
+    flag = f"meter_error: {reason[:200]}" if source == "unavailable" else reason
+    return EnergyTag(joules=None, source=source, measured=False, domains_j={}, attribution=None,
+                     uncertainty_j=None, flags=[flag], replica=replica,
                      nodes=[info.node] if info.node else [], devices=list(info.devices))

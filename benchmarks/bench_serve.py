@@ -1,0 +1,141 @@
+"""Serve vs in-process, and metering on vs off, from one run (tfidf-logreg on the demo dataset).
+
+Prints:
+1. texts/s of batched HTTP classification through the router and Serve, against the in-process
+   prediction `accuwatt evaluate` does (one `predict` call over the same texts), as a ratio;
+2. throughput (texts/s, batched, concurrent) and p50 latency (single-text requests, one at a time)
+   with energy metering on versus off (two otherwise identical apps on the same Ray), as ratios;
+3. the sampler thread's CPU cost per second, from the metered replica.
+
+Usage: .venv/bin/python benchmarks/bench_serve.py [--texts 4000] [--batch 32] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from tests.conftest import free_port, wait_http  # noqa: E402
+
+MODEL = "tfidf-logreg"
+
+
+async def throughput(url: str, texts: list[str], batch: int, concurrency: int) -> float:
+    chunks = [texts[i:i + batch] for i in range(0, len(texts), batch)]
+    queue: asyncio.Queue[list[str]] = asyncio.Queue()
+    for c in chunks:
+        queue.put_nowait(c)
+    async with httpx.AsyncClient(timeout=60) as client:
+        async def worker() -> None:
+            while not queue.empty():
+                chunk = queue.get_nowait()
+                r = await client.post(url, json={"model": MODEL, "texts": chunk})
+                r.raise_for_status()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return len(texts) / (time.perf_counter() - t0)
+
+
+def p50_latency_ms(url: str, texts: list[str]) -> float:
+    with httpx.Client(timeout=30) as client:
+        lat = []
+        for t in texts:
+            t0 = time.perf_counter()
+            client.post(url, json={"model": MODEL, "text": t}).raise_for_status()
+            lat.append(time.perf_counter() - t0)
+    return statistics.median(lat) * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--texts", type=int, default=4000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--latency-requests", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating on/off rounds (medians reported)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+    from serve_app.classifiers.traditional import TraditionalClassifier
+    from serve_app.data import load_dataset, make_split
+    from serve_app.train import train_split
+
+    ds = load_dataset("demo")
+    split = make_split(ds, 300, 200, 20250101, 0)
+    artifacts = Path(tempfile.mkdtemp(prefix="aw-bench-"))
+    train_split(split, [MODEL], artifacts, ds.labels, ds.source)
+    texts = [split.test.texts[i % len(split.test.texts)] for i in range(args.texts)]
+
+    clf = TraditionalClassifier(artifacts / MODEL)
+    clf.predict(texts[:10])
+    t0 = time.perf_counter()
+    clf.predict(texts)
+    inproc_tps = len(texts) / (time.perf_counter() - t0)
+
+    ray.init(num_cpus=8, include_dashboard=False, logging_level="ERROR", _temp_dir=tempfile.mkdtemp(prefix="aw-b-"))
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    base = f"http://127.0.0.1:{port}"
+    urls = {}
+    for meter in ("auto", "off"):
+        cfg = {"artifacts_dir": str(artifacts),
+               "classifiers": [{"kind": "traditional", "id": MODEL, "energy": {"meter": meter}}]}
+        serve.run(build_app(cfg), name=f"m-{meter}", route_prefix=f"/{meter}", blocking=False)
+        wait_http(f"{base}/{meter}/healthz")
+        urls[meter] = f"{base}/{meter}/v1/classify"
+        asyncio.run(throughput(urls[meter], texts[:500], args.batch, args.concurrency))  # warm up
+
+    tps: dict[str, list[float]] = {"auto": [], "off": []}
+    p50: dict[str, list[float]] = {"auto": [], "off": []}
+    for _ in range(args.rounds):
+        for meter in ("off", "auto"):
+            tps[meter].append(asyncio.run(throughput(urls[meter], texts, args.batch, args.concurrency)))
+            p50[meter].append(p50_latency_ms(urls[meter], texts[:args.latency_requests]))
+    snap = httpx.get(f"{base}/auto/v1/energy", timeout=30).json()["deployments"][MODEL]
+    replica = next(r for r in snap["replicas"].values() if not r["stale"])
+    wall_s = replica["window_s"][1] - replica["window_s"][0]
+    serve.shutdown()
+    ray.shutdown()
+
+    on_tps, off_tps = statistics.median(tps["auto"]), statistics.median(tps["off"])
+    on_p50, off_p50 = statistics.median(p50["auto"]), statistics.median(p50["off"])
+    result = {
+        "texts": len(texts), "batch": args.batch, "concurrency": args.concurrency, "rounds": args.rounds,
+        "inprocess_texts_per_s": inproc_tps, "serve_texts_per_s_metered": on_tps,
+        "serve_vs_inprocess_ratio": on_tps / inproc_tps,
+        "serve_texts_per_s_unmetered": off_tps, "metering_throughput_ratio": on_tps / off_tps,
+        "p50_ms_metered": on_p50, "p50_ms_unmetered": off_p50, "metering_added_p50_ms": on_p50 - off_p50,
+        "sampler_cpu_ms_per_s": replica["sampler_cpu_s"] / wall_s * 1e3, "energy_source": replica["source"],
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{MODEL}, {len(texts)} texts, HTTP batches of {args.batch}, concurrency {args.concurrency}, "
+          f"{args.rounds} alternating rounds (medians)")
+    print(f"  in-process predict (accuwatt evaluate): {inproc_tps:10.0f} texts/s")
+    print(f"  Serve over HTTP, metering on:           {on_tps:10.0f} texts/s   ratio vs in-process {on_tps / inproc_tps:.3f}")
+    print(f"  Serve over HTTP, metering off:          {off_tps:10.0f} texts/s   ratio on/off {on_tps / off_tps:.3f}")
+    print(f"  p50 single-text latency: on {on_p50:.2f} ms, off {off_p50:.2f} ms, added {on_p50 - off_p50:+.3f} ms")
+    print(f"  sampler CPU cost: {result['sampler_cpu_ms_per_s']:.2f} ms per second ({replica['source']} meter)")
+
+
+if __name__ == "__main__":
+    main()
