@@ -1,0 +1,48 @@
+"""Training saves loadable artifacts with a manifest that names data, split and library versions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from serve_app.classifiers.traditional import ArtifactError, TraditionalClassifier
+from serve_app.cli import main
+from serve_app.data import load_dataset, make_split
+from serve_app.train import evaluate_split, train_split
+
+
+def test_train_save_load_predict(tmp_path: Path) -> None:
+    ds = load_dataset("demo")
+    split = make_split(ds, 150, 50, seed=3, index=1)
+    manifests = train_split(split, ["bow-logreg", "tfidf-xgboost"], tmp_path, ds.labels, ds.source)
+    for model_id in ("bow-logreg", "tfidf-xgboost"):
+        m = manifests[model_id]
+        assert m["labels"] == ["OFFENSE", "OTHER"] and m["split"]["index"] == 1 and m["split"]["n_train"] == 150
+        assert m["dataset"]["fingerprint"] == ds.fingerprint and "scikit-learn" in m["versions"]
+        clf = TraditionalClassifier(tmp_path / model_id)
+        preds = clf.predict(list(split.test.texts))
+        assert {p.label for p in preds} <= set(ds.labels)
+        assert all(abs(sum(p.scores.values()) - 1) < 1e-5 for p in preds if p.scores)
+
+
+def test_missing_artifact_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="accuwatt train"):
+        TraditionalClassifier(tmp_path / "tfidf-logreg")
+
+
+def test_evaluate_beats_chance_on_rotten_tomatoes_tfidf() -> None:
+    from tests.conftest import SHARED_DATASETS
+
+    ds = load_dataset(str(SHARED_DATASETS / "rotten_tomatoes"))
+    rows = evaluate_split(make_split(ds, 400, 200, 1, 0), ["bow-logreg", "tfidf-logreg"])
+    assert all(0.55 < r.accuracy <= 1 for r in rows)
+
+
+def test_cli_evaluate_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--dataset", "demo", "--n-train", "100", "--n-test", "50", "--splits", "2",
+                 "--models", "bow-logreg", "tfidf-logreg", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [s["model"] for s in out["summary"]] == ["bow-logreg", "tfidf-logreg"]
+    assert all(s["splits"] == 2 for s in out["summary"])
