@@ -1,0 +1,153 @@
+"""``accuwatt demo``: the six study models on this machine, end to end, in one command.
+
+Starts a private local Ray and Serve, deploys ``deployments/local.yaml`` (the six traditional models,
+trained on first start from the bundled GermEval 2018 sample), replays the demo test set
+(``serve_app/data/demo/test.jsonl``, 200 German tweets) through HTTP like any client, prints one line
+per model (accuracy, J/request with its energy source, p50 latency) and shuts everything down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from serve_app.config import AppConfig
+from serve_app.data import DEMO_DIR
+from serve_app.replay.metrics import RunMetrics
+
+LOCAL_YAML = Path(__file__).resolve().parents[1] / "deployments" / "local.yaml"
+DEFAULT_MODELS = (
+    "bow-logreg",
+    "bow-xgboost",
+    "tfidf-logreg",
+    "tfidf-xgboost",
+    "embedding-logreg",
+    "embedding-xgboost",
+)
+
+
+def demo_app_config(config_path: Path | None = None, models: list[str] | None = None) -> dict[str, Any]:
+    """The local deployment's ``AppConfig`` (from ``deployments/local.yaml`` when present), as a dict,
+    restricted to ``models``."""
+    path = config_path or LOCAL_YAML
+    if path.is_file():
+        cfg = AppConfig.from_yaml(path)
+    else:  # installed without the repository's deployments/ folder
+        cfg = AppConfig.model_validate(
+            {
+                "classifiers": [{"kind": "traditional", "id": m} for m in DEFAULT_MODELS],
+                "train_if_missing": {"dataset": "demo", "n_train": 300, "n_test": 200},
+            }
+        )
+    data = cfg.model_dump(mode="json")
+    if models:
+        known = {c["id"] for c in data["classifiers"]}
+        unknown = sorted(set(models) - known)
+        if unknown:
+            raise SystemExit(f"unknown model(s) {unknown}; {path.name} serves {sorted(known)}")
+        data["classifiers"] = [c for c in data["classifiers"] if c["id"] in models]
+    return data
+
+
+def format_table(rows: list[RunMetrics]) -> str:
+    head = (
+        f"{'model':<20} {'accuracy':>8} {'J/request':>11}  {'source':<10} {'p50 latency':>11} {'errors':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for m in rows:
+        jpr = "n/a" if m.j_per_request is None else f"{m.j_per_request:.4g}"
+        p50 = "n/a" if m.latency_p50_s is None else f"{m.latency_p50_s * 1000:.1f} ms"
+        lines.append(
+            f"{m.model:<20} {m.accuracy:>8.3f} {jpr:>11}  {m.energy_source:<10} {p50:>11} {m.n_errors:>6}"
+        )
+    return "\n".join(lines)
+
+
+def run_demo(
+    models: list[str] | None,
+    concurrency: int,
+    out: Path,
+    config_path: Path | None = None,
+    num_cpus: int | None = None,
+    progress: bool = True,
+) -> list[RunMetrics]:
+    from serve_app.replay.local import local_serve
+    from serve_app.replay.results import load_run, run_metrics
+    from serve_app.replay.runner import ReplayConfig, replay_url
+
+    app_cfg = demo_app_config(config_path, models)
+    ids = [c["id"] for c in app_cfg["classifiers"]]
+    cfg = ReplayConfig(
+        test_file=str(DEMO_DIR / "test.jsonl"),
+        models=ids,
+        concurrency=concurrency,
+        out=str(out),
+        run_name="demo",
+        progress=progress,
+    )
+    with local_serve(app_cfg, num_cpus=num_cpus) as url:
+        folders = asyncio.run(replay_url(cfg, url))
+    rows = []
+    for f in folders:
+        _, mean = run_metrics(load_run(f))
+        if mean is not None:
+            rows.append(mean)
+    return rows
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="deploy the six study models locally, replay the demo test set, print accuracy and energy",
+        description=__doc__,
+    )
+    p.add_argument(
+        "--models",
+        type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
+        default=None,
+        help="comma-separated subset of the models in deployments/local.yaml",
+    )
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (closed loop)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="keep the run folders here (default: a temporary folder)"
+    )
+    p.add_argument(
+        "--config", type=Path, default=None, help="an AppConfig or Serve config YAML (default: local.yaml)"
+    )
+    p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for the local Ray")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = args.out or Path(tempfile.mkdtemp(prefix="accuwatt-demo-"))
+    try:
+        rows = run_demo(args.models, args.concurrency, out, args.config, args.num_cpus, args.progress)
+    finally:
+        if args.out is None:
+            shutil.rmtree(out, ignore_errors=True)
+    print()
+    print(format_table(rows))
+    if any(not m.measured for m in rows):
+        print(
+            "\n'estimate': no energy sensor was readable; figures are CPU time x per-core power + memory "
+            "x W/GB, not measurements."
+        )
+    if args.out is not None:
+        print(f"\nrecords and metrics: {args.out}  (accuwatt report {args.out})")
+    return 0 if rows and all(m.n_errors == 0 for m in rows) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="accuwatt")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

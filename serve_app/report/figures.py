@@ -1,0 +1,128 @@
+"""The study's figures as PNG (matplotlib, Agg backend): accuracy vs energy with the Pareto front,
+energy by component, energy vs duration with the regression fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from serve_app.report.regression import Fit, pareto_front  # noqa: E402
+
+
+def accuracy_energy_scatter(df: pd.DataFrame, title: str, out: Path) -> Path | None:
+    """Accuracy against energy per run (log energy axis); Pareto-optimal runs joined and ringed."""
+    d = df[df["energy_wh"].notna() & (df["energy_wh"] > 0)].sort_values("energy_wh")
+    if d.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    front = pareto_front(d["energy_wh"].to_numpy(), d["accuracy"].to_numpy())
+    estimate = ~d["measured"].astype(bool).to_numpy()
+    if (~estimate).any():
+        ax.scatter(
+            d["energy_wh"][~estimate],
+            d["accuracy"][~estimate],
+            s=45,
+            color="tab:blue",
+            label="measured",
+            zorder=3,
+        )
+    if estimate.any():
+        ax.scatter(
+            d["energy_wh"][estimate],
+            d["accuracy"][estimate],
+            s=45,
+            color="tab:blue",
+            marker="^",
+            facecolors="none",
+            label="estimate (not measured)",
+            zorder=3,
+        )
+    pf = d[front]
+    ax.plot(pf["energy_wh"], pf["accuracy"], "--", color="tab:red", lw=1.2, label="Pareto front", zorder=2)
+    ax.scatter(
+        pf["energy_wh"], pf["accuracy"], s=160, facecolors="none", edgecolors="tab:red", lw=1.5, zorder=4
+    )
+    for _, r in d.iterrows():
+        ax.annotate(
+            str(r["label"]),
+            (r["energy_wh"], r["accuracy"]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("energy per run (Wh, log scale)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def energy_components(df: pd.DataFrame, title: str, out: Path) -> Path | None:
+    """Stacked bars per run: attributed CPU, GPU and DRAM energy, and the idle energy on top."""
+    d = df[df["energy_wh"].notna()].sort_values("energy_wh")
+    if d.empty:
+        return None
+    labels = [str(v) for v in d["label"]]
+    x = np.arange(len(d))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(d) + 2), 4.8))
+    bottom = np.zeros(len(d))
+    colors = {"cpu_wh": "tab:blue", "gpu_wh": "tab:green", "dram_wh": "tab:orange", "idle_wh": "lightgray"}
+    names = {"cpu_wh": "CPU", "gpu_wh": "GPU", "dram_wh": "DRAM", "idle_wh": "idle (not attributed)"}
+    for col, color in colors.items():
+        vals = d[col].fillna(0.0).to_numpy(float) if col in d else np.zeros(len(d))
+        if not vals.any():
+            continue
+        ax.bar(
+            x,
+            vals,
+            bottom=bottom,
+            color=color,
+            label=names[col],
+            hatch="//" if col == "idle_wh" else None,
+            edgecolor="white",
+        )
+        bottom += vals
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("energy per run (Wh)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def energy_duration(df: pd.DataFrame, fit: Fit, title: str, out: Path) -> Path | None:
+    """Per-split runs: energy against duration, coloured by GPU count, with the fitted lines."""
+    d = df[df["energy_wh"].notna()]
+    if d.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    for g, part in d.groupby("gpus"):
+        sc = ax.scatter(
+            part["duration_s"], part["energy_wh"], s=25, alpha=0.8, label=f"{g} GPU" if g else "CPU only"
+        )
+        xs = np.linspace(0, float(d["duration_s"].max()) * 1.05, 50)
+        ax.plot(xs, fit.predict(xs, np.full_like(xs, float(g))), color=sc.get_facecolor()[0], lw=1)
+    r2 = "n/a" if fit.r2 is None else f"{fit.r2:.3f}"
+    ax.set_xlabel("duration of the run (s)")
+    ax.set_ylabel("energy per run (Wh)")
+    ax.set_title(f"{title}\n{fit.formula()}   R² = {r2}   n = {fit.n}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -1,0 +1,114 @@
+"""Result tables: one row per run folder (mean over splits) and one per split (pure over RunData)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from serve_app.replay.metrics import J_PER_WH, RunMetrics
+from serve_app.replay.results import RunData, run_metrics
+
+
+def _row(run: RunData, m: RunMetrics) -> dict[str, Any]:
+    meta = run.meta
+    gpus = int((meta.get("topology") or {}).get("gpus") or 0)
+    row = {
+        "dataset": meta.get("dataset", "?"),
+        "topology": meta.get("topology_name", "?"),
+        "run": meta.get("run", "?"),
+        "gpus": gpus,
+        "devices": f"{gpus} GPU" if gpus else "CPU",
+        "path": str(run.path),
+    }
+    row.update(m.model_dump(exclude={"domains_j"}))
+    for d in ("cpu", "gpu", "dram"):
+        row[f"{d}_wh"] = m.domains_j[d] / J_PER_WH if d in m.domains_j else None
+    row["idle_wh"] = None if m.idle_j is None else m.idle_j / J_PER_WH
+    return row
+
+
+def results_frames(runs: Sequence[RunData]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per run: means over splits, one row per run and split)."""
+    means, splits = [], []
+    for run in runs:
+        per_split, mean = run_metrics(run)
+        if mean is None:
+            continue
+        means.append(_row(run, mean))
+        splits.extend(_row(run, m) for m in per_split)
+    return _with_labels(pd.DataFrame(means)), _with_labels(pd.DataFrame(splits))
+
+
+def _with_labels(df: pd.DataFrame) -> pd.DataFrame:
+    """Add ``label``: the model, plus its topology where a dataset has several, plus the run name where
+    the same model and topology ran more than once."""
+    if df.empty:
+        return df
+    labels = []
+    for _, r in df.iterrows():
+        same_ds = df[df["dataset"] == r["dataset"]]
+        lab = str(r["model"])
+        if same_ds["topology"].nunique() > 1:
+            lab += f" [{r['topology']}]"
+        runs = same_ds[(same_ds["model"] == r["model"]) & (same_ds["topology"] == r["topology"])][
+            "run"
+        ].nunique()
+        if runs > 1:
+            lab += f" ({r['run']})"
+        labels.append(lab)
+    return df.assign(label=labels)
+
+
+def _fmt(v: Any, spec: str) -> str:
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return "n/a"
+    return format(v, spec) if spec else str(v)
+
+
+def markdown_table(df: pd.DataFrame, columns: Sequence[tuple[str, str, str]]) -> str:
+    """``columns``: (column, header, format spec)."""
+    head = "| " + " | ".join(h for _, h, _ in columns) + " |"
+    sep = "|" + "|".join("---" if spec == "" else "---:" for _, _, spec in columns) + "|"
+    lines = [head, sep]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(r.get(c), spec) for c, _, spec in columns) + " |")
+    return "\n".join(lines)
+
+
+STUDY_COLUMNS = [
+    ("label", "model", ""),
+    ("topology", "topology", ""),
+    ("n_splits", "splits", "d"),
+    ("accuracy", "accuracy", ".3f"),
+    ("energy_wh", "energy (Wh)", ".3g"),
+    ("j_per_request", "J/request", ".3g"),
+    ("duration_s", "duration (s)", ".3g"),
+    ("avg_power_w", "avg power (W)", ".3g"),
+    ("devices", "devices", ""),
+    ("energy_source", "energy source", ""),
+    ("accuracy_per_wh", "accuracy per Wh", ".4g"),
+]
+CARBON_COLUMNS = [
+    ("label", "model", ""),
+    ("macro_f1", "macro-F1", ".3f"),
+    ("gain_pp", "gain over majority (pp)", ".1f"),
+    ("wh_per_1k", "Wh / 1k texts", ".3g"),
+    ("co2e_g", "CO2e (g)", ".3g"),
+    ("parameters", "parameters", ""),
+    ("cegi", "CEGI", ".3g"),
+    ("latency_p50_s", "p50 latency (s)", ".3g"),
+    ("n_errors", "errors", "d"),
+]
+ENERGY_COLUMNS = [
+    ("label", "model", ""),
+    ("energy_wh", "attributed (Wh)", ".3g"),
+    ("cpu_wh", "CPU (Wh)", ".3g"),
+    ("gpu_wh", "GPU (Wh)", ".3g"),
+    ("dram_wh", "DRAM (Wh)", ".3g"),
+    ("idle_wh", "idle (Wh)", ".3g"),
+    ("uncertainty_j", "± (J)", ".3g"),
+    ("codecarbon_kwh", "CodeCarbon (kWh)", ".3g"),
+    ("codecarbon_co2e_g", "CodeCarbon CO2e (g)", ".3g"),
+]

@@ -1,0 +1,85 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serve_app.replay.records import EnergyTag, Record
+from serve_app.report.cli import build_report
+from serve_app.report.regression import fit_energy_duration, pareto_front
+
+pytestmark = pytest.mark.unit
+
+
+def test_regression_recovers_interaction_exactly():
+    d = np.array([1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 1.0, 2.0, 3.0])
+    g = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2], float)
+    e = 0.5 + 2.0 * d + 0.1 * g + 3.0 * d * g
+    fit = fit_energy_duration(e, d, g)
+    assert fit.terms == ("intercept", "duration_s", "devices", "duration_s:devices")
+    np.testing.assert_allclose(fit.coefficients, [0.5, 2.0, 0.1, 3.0], atol=1e-9)
+    assert fit.r2 == pytest.approx(1.0)
+    np.testing.assert_allclose(fit.predict(d, g), e)
+
+
+def test_regression_drops_constant_device_column():
+    d = np.array([1.0, 2.0, 4.0])
+    fit = fit_energy_duration(2.0 * d + 1.0 + np.array([0.1, -0.1, 0.0]), d, np.zeros(3))
+    assert fit.terms == ("intercept", "duration_s") and fit.r2 is not None and fit.r2 > 0.99
+    assert "duration_s" in fit.formula()
+
+
+def test_pareto_front():
+    energy = np.array([1.0, 2.0, 3.0, 0.5, 2.0])
+    acc = np.array([0.7, 0.8, 0.75, 0.6, 0.7])
+    # (3.0, .75) is dominated by (2.0, .8); (2.0, .7) by (1.0, .7)
+    assert pareto_front(energy, acc).tolist() == [True, True, False, True, False]
+
+
+def _write_run(root, model, acc_hits, joules, gpus=0):
+    path = root / "ds" / "cpu" / model / "r1"
+    path.mkdir(parents=True)
+    meta = {
+        "model": model,
+        "dataset": "ds",
+        "topology_name": "cpu",
+        "run": "r1",
+        "splits": {"s0": {"majority_label": "A"}},
+        "carbon": {"g_per_kwh": 400.0},
+        "topology": {"gpus": gpus, "model": {"id": model, "parameters": 1_000_000}},
+    }
+    (path / "run.json").write_text(json.dumps(meta))
+    with (path / "records.jsonl").open("w") as f:
+        for i, hit in enumerate(acc_hits):
+            r = Record(
+                model=model,
+                split="s0",
+                request_index=i,
+                request_id=f"{model}{i}",
+                session="x",
+                text_ids=[str(i)],
+                gold=["A" if i % 2 else "B"],
+                predicted=[("A" if i % 2 else "B") if hit else "C"],
+                sent_unix_s=10.0 + i,
+                total_s=1.0,
+                latency_s=1.0,
+                energy=EnergyTag(joules=joules, source="rapl", measured=True, domains_j={"cpu": joules}),
+            )
+            f.write(r.model_dump_json() + "\n")
+
+
+def test_report_end_to_end(tmp_path):
+    _write_run(tmp_path / "res", "cheap", [1, 1, 0, 1], 1.0)
+    _write_run(tmp_path / "res", "dear", [1, 1, 1, 1], 100.0)
+    _write_run(tmp_path / "res", "bad", [0, 1, 0, 0], 50.0)
+    out = build_report([tmp_path / "res"], tmp_path / "rep")
+    text = out.read_text()
+    assert "| cheap |" in text and "rapl" in text and "Pareto" in text and "R² =" in text
+    df = pd.read_parquet(tmp_path / "rep" / "results.parquet")
+    row = df.set_index("model").loc["dear"]
+    assert row["accuracy"] == 1.0 and row["energy_wh"] == pytest.approx(400 / 3600)
+    assert row["duration_s"] == pytest.approx(4.0) and row["avg_power_w"] == pytest.approx(100.0)
+    assert row["accuracy_per_wh"] == pytest.approx(9.0)
+    assert (tmp_path / "rep" / "splits.csv").exists()
+    for name in ("ds_accuracy_energy.png", "ds_energy_components.png", "ds_energy_duration.png"):
+        assert (tmp_path / "rep" / "figures" / name).stat().st_size > 5000
