@@ -43,8 +43,11 @@ class LLMSpec(Strict):
 
     kind: Literal["llm"] = "llm"
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
-    deployment: DeploymentOptions = DeploymentOptions(num_cpus=1.0, max_ongoing_requests=256)
-    energy: EnergyConfig = EnergyConfig(attribution="tokens")
+    deployment: DeploymentOptions = DeploymentOptions.model_validate(
+        {"num_cpus": 1.0, "max_ongoing_requests": 256}
+    )
+    """The replica actor: one logical CPU for the engine's front end by default; GPUs come from the workers."""
+    energy: EnergyConfig = EnergyConfig.model_validate({"attribution": "tokens"})
 
     # Model and engine
     model: str

@@ -1,0 +1,355 @@
+"""Zero-shot LLM classifiers on vLLM: an in-process ``AsyncLLM`` (continuous batching; its engine core
+and workers are child processes of this one) and three modes.
+
+- ``paper``: the study's DSPy prompt, free generation (``paper_max_tokens``), label parsed from the
+  ``[[ ## category ## ]]`` field; reasoning models think first, at most ``reasoning_budget_tokens``,
+  after which ``</think>`` is forced.
+- ``choice``: same prompt, answer prefilled up to the field, generation constrained to the labels.
+- ``score``: same prefilled prompt, one forward pass; each label's log-probability (of its first token
+  when first tokens differ, else of its whole token sequence) plus ``label_bias``; argmax.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import struct
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serve_app.classifiers import prompts
+from serve_app.classifiers.base import ClassifierInfo, Prediction
+from serve_app.classifiers.llm_config import MODES, PREPARED_PREFIX, LLMSpec
+
+log = logging.getLogger(__name__)
+
+
+class UnknownModeError(ValueError):
+    """The requested mode is not one of ``paper``, ``choice``, ``score``."""
+
+
+def resolve_model(model: str) -> str:
+    """``prepared:smollm2`` / ``prepared:tiny`` -> the cached directory (built if missing); else as is."""
+    if not model.startswith(PREPARED_PREFIX):
+        return model
+    from serve_app import models_prepare
+
+    name = model[len(PREPARED_PREFIX) :]
+    if name == "smollm2":
+        return str(models_prepare.prepare_smollm2())
+    if name == "tiny":
+        return str(models_prepare.make_tiny_llama())
+    raise ValueError(f"unknown prepared model {name!r} (known: smollm2, tiny)")
+
+
+def count_parameters(model_dir: str) -> int | None:
+    """Parameters in a local directory's safetensors files (headers only); None when not local."""
+    files = sorted(Path(model_dir).glob("*.safetensors")) if Path(model_dir).is_dir() else []
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with f.open("rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, meta in header.items():
+            if name != "__metadata__":
+                total += math.prod(meta["shape"])
+    return total
+
+
+@dataclass(frozen=True)
+class _Gen:
+    """One finished generation: text, generated token ids, finish reason, sample logprobs."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    logprobs: Any
+    prompt_logprobs: Any
+
+
+class LLMClassifier:
+    """A loaded zero-shot classifier. Build it with :func:`build_llm_classifier`."""
+
+    def __init__(self, spec: LLMSpec, engine: Any, tokenizer: Any, model_path: str) -> None:
+        self.spec = spec
+        self._engine = engine
+        self._tok = tokenizer
+        self._labels = tuple(spec.labels)
+        self._engine_children: list[int] = []
+        probe = self._render("")
+        self._opens_think = spec.reasoning and prompts.opens_think(probe)
+        self._prefill = prompts.answer_prefill(spec.reasoning, self._opens_think)
+        self._overhead_tokens = len(self._encode(probe))
+        self._label_ids = self._label_token_ids()
+        self._first_tokens = prompts.first_token_plan(self._label_ids)
+        self._choice_max_tokens = max(len(label) for label in self._labels) + 2
+        devices = tuple(f"gpu:{r}" for r in range(spec.world_size)) if spec.on_gpu else ("cpu",)
+        self._info = ClassifierInfo(
+            model_id=spec.id,
+            kind="llm",
+            labels=self._labels,
+            devices=devices,
+            parameters=count_parameters(model_path),
+            details={
+                "modes": list(MODES),
+                "default_mode": spec.default_mode,
+                "model": spec.served_model_name or spec.model,
+                "reasoning": spec.reasoning,
+                "score_strategy": "first_token" if self._first_tokens else "sequence",
+                "tensor_parallel_size": spec.tensor_parallel_size,
+                "pipeline_parallel_size": spec.pipeline_parallel_size,
+            },
+        )
+
+    # -- the Classifier surface -------------------------------------------------------------------
+    @property
+    def info(self) -> ClassifierInfo:
+        return self._info
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self._labels
+
+    def request_weight(self, texts: list[str]) -> float:
+        """Estimated prompt tokens of these texts (template overhead + each text's tokens)."""
+        return float(sum(self._overhead_tokens + len(self._encode(t)) for t in texts))
+
+    async def apredict(self, texts: list[str], mode: str | None = None) -> list[Prediction]:
+        """Classify ``texts`` (one engine request each, batched by the engine) in ``mode``."""
+        name = mode or self.spec.default_mode
+        run = {"paper": self._paper, "choice": self._choice, "score": self._score}.get(name)
+        if run is None:
+            raise UnknownModeError(f"unknown mode {name!r}; known: {', '.join(MODES)}")
+        return list(await asyncio.gather(*(run(t) for t in texts)))
+
+    def close(self) -> None:
+        """Shut the engine down; kill engine processes that outlive it (they can ignore SIGTERM)."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            try:
+                engine.shutdown()
+            except Exception:  # pragma: no cover - best effort on teardown
+                log.exception("engine shutdown failed")
+        _kill_pids(self._engine_children)
+        self._engine_children = []
+
+    # -- prompts ----------------------------------------------------------------------------------
+    def _render(self, text: str) -> str:
+        messages = prompts.chat_messages(text, self._labels)
+        rendered: str = self._tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return rendered
+
+    def _encode(self, text: str) -> list[int]:
+        ids: list[int] = self._tok(text, add_special_tokens=False)["input_ids"]
+        return ids
+
+    def _label_token_ids(self) -> dict[str, list[int]]:
+        """Each label's tokens as they follow the prefilled answer head."""
+        tail = self._prefill
+        head_ids = self._encode(tail)
+        out = {}
+        for label in self._labels:
+            ids = prompts.continuation_ids(head_ids, self._encode(tail + label))
+            out[label] = ids if ids else self._encode(label)
+        return out
+
+    # -- engine calls -----------------------------------------------------------------------------
+    async def _generate(self, prompt_ids: list[int], params: Any) -> _Gen:
+        final = None
+        async for out in self._engine.generate({"prompt_token_ids": prompt_ids}, params, uuid.uuid4().hex):
+            final = out
+        if final is None:  # pragma: no cover - the engine always yields a final output
+            raise RuntimeError("vLLM returned no output")
+        o = final.outputs[0]
+        return _Gen(o.text, list(o.token_ids), o.finish_reason, o.logprobs, final.prompt_logprobs)
+
+    @staticmethod
+    def _params(**kwargs: Any) -> Any:
+        from vllm.sampling_params import SamplingParams
+
+        return SamplingParams(temperature=0.0, **kwargs)
+
+    async def _paper(self, text: str) -> Prediction:
+        prompt_ids = self._encode(self._render(text))
+        if not self.spec.reasoning:
+            g = await self._generate(prompt_ids, self._params(max_tokens=self.spec.paper_max_tokens))
+            generated, n_gen = g.text, len(g.token_ids)
+        else:
+            generated, n_gen = await self._paper_reasoning(prompt_ids)
+        parsed = prompts.parse_answer(generated, self._labels, self.spec.reasoning)
+        return Prediction(parsed.label, None, len(prompt_ids), n_gen, parsed.parsed, generated)
+
+    async def _paper_reasoning(self, prompt_ids: list[int]) -> tuple[str, int]:
+        """Think at most ``reasoning_budget_tokens``, then answer in ``paper_max_tokens``."""
+        budget, answer_max = self.spec.reasoning_budget_tokens, self.spec.paper_max_tokens
+        text, ids = "", []
+        finish: str | None = "length"
+        if budget > 0:
+            g = await self._generate(prompt_ids, self._params(max_tokens=budget))
+            text, ids, finish = g.text, g.token_ids, g.finish_reason
+        if prompts.THINK_CLOSE in text:
+            if finish != "length":
+                return text, len(ids)
+            g2 = await self._generate(prompt_ids + ids, self._params(max_tokens=answer_max))
+            return text + g2.text, len(ids) + len(g2.token_ids)
+        if finish != "length":  # stopped without ever closing the thought
+            return text, len(ids)
+        close = "\n" + prompts.THINK_CLOSE + "\n\n"
+        g2 = await self._generate(prompt_ids + ids + self._encode(close), self._params(max_tokens=answer_max))
+        return text + close + g2.text, len(ids) + len(g2.token_ids)
+
+    async def _choice(self, text: str) -> Prediction:
+        from vllm.sampling_params import StructuredOutputsParams
+
+        prompt_ids = self._encode(self._render(text) + self._prefill)
+        params = self._params(
+            max_tokens=self._choice_max_tokens,
+            structured_outputs=StructuredOutputsParams(choice=list(self._labels)),
+        )
+        g = await self._generate(prompt_ids, params)
+        parsed = prompts.parse_choice(g.text, self._labels)
+        return Prediction(parsed.label, None, len(prompt_ids), len(g.token_ids), parsed.parsed, g.text)
+
+    async def _score(self, text: str) -> Prediction:
+        prompt_ids = self._encode(self._render(text) + self._prefill)
+        if self._first_tokens is not None:
+            token_ids = list(self._first_tokens.values())
+            g = await self._generate(prompt_ids, self._params(max_tokens=1, logprob_token_ids=token_ids))
+            step = g.logprobs[0] if g.logprobs else {}
+            logprobs = {
+                label: (step[tid].logprob if tid in step else -math.inf)
+                for label, tid in self._first_tokens.items()
+            }
+            n_prompt, n_gen = len(prompt_ids), len(g.token_ids)
+        else:
+            logprobs, n_prompt, n_gen = await self._score_sequences(prompt_ids)
+        scores = prompts.biased_scores(logprobs, self.spec.label_bias)
+        label = prompts.argmax_label(scores, self._labels)
+        return Prediction(label, scores, n_prompt, n_gen, True, None)
+
+    async def _score_sequences(self, prompt_ids: list[int]) -> tuple[dict[str, float], int, int]:
+        """Labels sharing a first token: score each label's whole token sequence (one request each)."""
+
+        async def one(label: str) -> tuple[str, float, int]:
+            ids = self._label_ids[label]
+            g = await self._generate(prompt_ids + ids, self._params(max_tokens=1, prompt_logprobs=0))
+            rows = (g.prompt_logprobs or [])[-len(ids) :]
+            total = sum(row[tid].logprob for row, tid in zip(rows, ids, strict=True) if row and tid in row)
+            return label, total, len(prompt_ids) + len(ids)
+
+        results = await asyncio.gather(*(one(label) for label in self._labels))
+        return {lab: lp for lab, lp, _ in results}, sum(n for *_, n in results), len(results)
+
+
+@contextlib.contextmanager
+def _scoped_env(env: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _child_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _kill_pids(pids: list[int], grace_s: float = 5.0) -> None:
+    """Terminate, then kill, the given processes if they are still alive."""
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+def engine_args(spec: LLMSpec, model_path: str) -> Any:
+    """``AsyncEngineArgs`` for a spec (typed fields first, then ``engine_kwargs``)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    kwargs: dict[str, Any] = {
+        "model": model_path,
+        "tokenizer": spec.tokenizer,
+        "served_model_name": spec.served_model_name,
+        "dtype": spec.dtype,
+        "max_model_len": spec.max_model_len,
+        "tensor_parallel_size": spec.tensor_parallel_size,
+        "pipeline_parallel_size": spec.pipeline_parallel_size,
+        "distributed_executor_backend": spec.executor_backend,
+        "enforce_eager": spec.enforce_eager,
+        "seed": spec.seed,
+        "disable_log_stats": True,
+    }
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    kwargs.update(spec.engine_kwargs)
+    return AsyncEngineArgs(**kwargs)
+
+
+def _start_engine(async_llm: Any, args: Any, ray_executor: bool) -> Any:
+    """Start ``AsyncLLM``. With the Ray executor, hand it the replica's placement group explicitly:
+    the engine core is a separate process (a new Ray driver) that would not see it otherwise, and its
+    GPU bundles are where the workers must go."""
+    if not ray_executor:
+        return async_llm.from_engine_args(args)
+    import ray
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.executor.abstract import Executor
+
+    config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+    pg = ray.util.get_current_placement_group() if ray.is_initialized() else None
+    if pg is not None:
+        config.parallel_config.placement_group = pg
+    return async_llm(vllm_config=config, executor_class=Executor.get_class(config), log_stats=False)
+
+
+def build_llm_classifier(spec: LLMSpec) -> LLMClassifier:
+    """Start the vLLM engine for ``spec`` in this process and wrap it (blocks until the engine is up).
+
+    The spec's :meth:`~LLMSpec.engine_env` is this process's environment while the engine starts, so
+    the engine core and workers inherit it (a Serve replica has it already through ``runtime_env``;
+    scripts and tests get it here); the previous values come back afterwards.
+    """
+    from transformers import AutoTokenizer
+
+    model_path = resolve_model(spec.model)
+    tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer or model_path)
+    before = _child_pids()
+    with _scoped_env(spec.engine_env()):
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        engine = _start_engine(AsyncLLM, engine_args(spec, model_path), spec.executor_backend == "ray")
+    children = sorted(_child_pids() - before)
+    try:
+        clf = LLMClassifier(spec, engine, tokenizer, model_path)
+    except BaseException:
+        engine.shutdown()
+        _kill_pids(children)
+        raise
+    clf._engine_children = children
+    return clf

@@ -1,0 +1,165 @@
+"""LLMSpec validation, the Ray resources it asks for, and every LLM Serve config in deployments/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from serve_app.classifiers.llm_config import LLMSpec
+from serve_app.config import AppConfig
+
+pytestmark = pytest.mark.unit
+
+DEPLOYMENTS = Path(__file__).resolve().parents[2] / "deployments"
+LLM_CONFIGS = sorted(p for p in DEPLOYMENTS.glob("*.yaml") if "kind: llm" in p.read_text())
+
+
+def spec(**kw: object) -> LLMSpec:
+    base: dict[str, object] = {"id": "m", "model": "/models/m", "labels": ["a", "b"]}
+    base.update(kw)
+    return LLMSpec.model_validate(base)
+
+
+def test_llm_config_files_exist() -> None:
+    names = {p.name for p in LLM_CONFIGS}
+    assert {"llm-cpu.yaml", "study-h100.yaml", "study-h100-2node.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", LLM_CONFIGS, ids=lambda p: p.name)
+def test_every_llm_config_parses_and_its_resources_add_up(path: Path) -> None:
+    config = AppConfig.from_yaml(path)
+    llms = [c for c in config.classifiers if isinstance(c, LLMSpec)]
+    assert llms
+    for s in llms:
+        opts = s.serve_options()
+        actor = opts["ray_actor_options"]
+        env = actor["runtime_env"]["env_vars"]
+        assert all(isinstance(v, str) for v in env.values())
+        bundles = opts.get("placement_group_bundles")
+        gpus_in_bundles = sum(b.get("GPU", 0) for b in bundles or [])
+        assert gpus_in_bundles == s.gpus_per_replica == s.gpus_per_worker * s.world_size
+        if bundles is not None:
+            assert bundles[0]["CPU"] == actor["num_cpus"]  # the replica actor fits its bundle
+            assert bundles[0].get("GPU", 0) == actor["num_gpus"]
+            assert all(v > 0 for b in bundles for v in b.values())
+        if not s.on_gpu:
+            assert "VLLM_CPU_KVCACHE_SPACE" in env
+
+
+def test_study_has_the_eleven_models_on_sixteen_gpus() -> None:
+    config = AppConfig.from_yaml(DEPLOYMENTS / "study-h100.yaml")
+    llms = [c for c in config.classifiers if isinstance(c, LLMSpec)]
+    assert len(llms) == 11
+    two = {s.id for s in llms if s.gpus_per_replica == 2}
+    assert two == {
+        "llama-3.1-70b-instruct",
+        "qwen-2.5-72b-instruct",
+        "phi-3.5-moe-instruct",
+        "jamba-1.5-mini",
+        "deepseek-r1-distill-llama-70b",
+    }
+    assert sum(s.gpus_per_replica for s in llms) == 16
+    assert {s.id for s in llms if s.reasoning} == {
+        "deepseek-r1-distill-llama-8b",
+        "deepseek-r1-distill-llama-70b",
+        "deepseek-r1-distill-qwen-14b",
+        "deepseek-r1-distill-qwen-32b",
+    }
+    for s in llms:
+        if s.world_size > 1:
+            assert s.tensor_parallel_size == 2 and s.pipeline_parallel_size == 1
+            assert s.executor_backend == "ray"
+            assert s.serve_options()["placement_group_strategy"] == "STRICT_PACK"
+
+
+def test_two_node_variant_uses_pipeline_stages_across_nodes() -> None:
+    config = AppConfig.from_yaml(DEPLOYMENTS / "study-h100-2node.yaml")
+    for s in config.classifiers:
+        assert isinstance(s, LLMSpec)
+        assert (s.tensor_parallel_size, s.pipeline_parallel_size) == (1, 2)
+        opts = s.serve_options()
+        assert opts["placement_group_strategy"] in ("PACK", "SPREAD")
+        assert opts["placement_group_bundles"][1:] == [{"CPU": 1.0, "GPU": 1.0}] * 2
+
+
+def test_tp2_gpu_bundles() -> None:
+    s = spec(tensor_parallel_size=2, deployment={"num_cpus": 0.5}, cpus_per_worker=2)
+    opts = s.serve_options()
+    assert opts["placement_group_bundles"] == [{"CPU": 0.5}, {"CPU": 2, "GPU": 1}, {"CPU": 2, "GPU": 1}]
+    assert opts["placement_group_strategy"] == "STRICT_PACK"
+    assert opts["ray_actor_options"]["num_gpus"] == 0
+    assert s.executor_backend == "ray"
+
+
+def test_single_gpu_replica_holds_its_gpu() -> None:
+    opts = spec().serve_options()
+    assert opts["placement_group_bundles"] == [{"CPU": 1.0, "GPU": 1.0}]
+    assert opts["ray_actor_options"]["num_gpus"] == 1.0
+
+
+def test_cpu_specs() -> None:
+    one = spec(gpus_per_worker=0)
+    assert "placement_group_bundles" not in one.serve_options()
+    assert one.serve_options()["ray_actor_options"]["num_gpus"] == 0
+    tp2 = spec(gpus_per_worker=0, tensor_parallel_size=2, cpus_per_worker=0.5)
+    opts = tp2.serve_options()
+    assert opts["placement_group_bundles"] == [{"CPU": 1.0}, {"CPU": 0.5}, {"CPU": 0.5}]
+    assert opts["placement_group_strategy"] == "STRICT_PACK"
+    assert tp2.executor_backend == "mp"
+
+
+def test_env_vars_layering() -> None:
+    s = spec(gpus_per_worker=0, env_vars={"VLLM_CPU_KVCACHE_SPACE": "4"}, deployment={"env_vars": {"A": "1"}})
+    env = s.serve_options()["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert env == {
+        "A": "1",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "4",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    }
+    assert "HF_HUB_OFFLINE" not in spec(hf_hub_offline=False).engine_env()
+
+
+def test_custom_resources_go_into_the_replica_bundle() -> None:
+    s = spec(tensor_parallel_size=2, deployment={"resources": {"node:w1": 0.01}})
+    assert s.serve_options()["placement_group_bundles"][0] == {"CPU": 0.25, "node:w1": 0.01}
+    assert s.serve_options()["ray_actor_options"]["resources"] == {"node:w1": 0.01}
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"labels": []}, "at least 1"),
+        ({"labels": ["a", "a"]}, "unique"),
+        ({"labels": ["a", " b"]}, "whitespace"),
+        ({"labels": ["a", ""]}, "non-empty"),
+        ({"label_bias": {"c": 1.0}}, "not in labels"),
+        ({"engine_kwargs": {"tensor_parallel_size": 2}}, "typed fields"),
+        ({"deployment": {"num_gpus": 1}}, "gpus_per_worker"),
+        ({"tensor_parallel_size": 2, "distributed_executor_backend": "uni"}, "uni"),
+        ({"gpus_per_worker": 0, "distributed_executor_backend": "ray"}, "refuses the ray executor"),
+        ({"pipeline_spans_nodes": True}, "pipeline_parallel_size >= 2"),
+        ({"gpus_per_worker": 0, "pipeline_parallel_size": 2, "pipeline_spans_nodes": True}, "need GPUs"),
+        ({"tensor_parallel_size": 2, "placement_strategy": "STRICT_SPREAD"}, "STRICT_SPREAD"),
+        (
+            {"pipeline_parallel_size": 2, "pipeline_spans_nodes": True, "placement_strategy": "STRICT_PACK"},
+            "STRICT_PACK",
+        ),
+        ({"tensor_parallel_size": 2, "deployment": {"num_cpus": 0}}, "num_cpus"),
+        ({"default_mode": "fast"}, "default_mode"),
+        ({"unknown_field": 1}, "unknown_field"),
+        ({"id": "Bad Id"}, "id"),
+    ],
+)
+def test_invalid_specs_are_refused(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        spec(**kw)
+
+
+def test_defaults() -> None:
+    s = spec()
+    assert s.energy.attribution == "tokens"
+    assert s.default_mode == "choice"
+    assert s.world_size == 1 and s.executor_backend is None
