@@ -1,0 +1,371 @@
+"""Energy across nodes: one energy agent per Ray node, and a meter that merges them.
+
+A replica whose work spans nodes (pipeline stages, tensor/pipeline-parallel workers) draws energy on
+every node its placement group uses. Layering stays as in ``base.py``: agents and this meter only read
+cumulative counters; the ledger splits them among requests.
+
+- :class:`NodeEnergyAgent`: a Ray actor pinned to one node (``NodeAffinitySchedulingStrategy``, hard),
+  named ``accuwatt-energy-agent-<node id>`` in namespace ``accuwatt``, shared by every replica that
+  watches processes there (``num_cpus=0``, detached: it outlives a replica, see :func:`stop_agents`).
+  For each watching *group* (one replica) it keeps a node-level meter built by
+  ``probe.make_node_meter``: NVML for the GPUs the group's workers use there, else RAPL (the whole
+  package), else the CPU-time estimate of the PIDs it was told to watch (and their children).
+- :class:`MultiNodeMeter`: the replica's ``Meter``. Its counter keys carry the node:
+  ``"<domain>:<node>:<device>"`` (``cpu:head:process``, ``cpu:worker-1:process``, ``gpu:worker-1:0``), so
+  ``Reading.domain_of`` still works and :func:`node_of_key` tells the node.
+
+Read cost and staleness: ``read()`` is called per request, so it never makes a remote call. A poller
+thread asks every remote agent every ``poll_period_s`` (one actor call per node, batched, with a
+``rpc_timeout_s`` bound) and caches the answer; ``read()`` returns the local meter's fresh reading
+merged with the cached remote counters. A remote counter is therefore at most
+``poll_period_s + rpc_timeout_s`` old: energy drawn remotely near a request's end may be attributed to
+the next interval instead. Conservation is unaffected (metered = attributed + idle holds per key), and
+``MeterInfo.update_period_s`` reports that staleness bound so that tags widen their uncertainty by it.
+If a node has not answered for ``max_stale_s``, ``read()`` raises ``MeterError`` (tags turn
+``unavailable`` instead of silently dropping that node's energy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from serve_app.config_common import EnergyConfig
+from serve_app.energy.base import Meter, MeterError, MeterInfo, Reading, now_s
+
+log = logging.getLogger(__name__)
+
+AGENT_NAMESPACE = "accuwatt"
+AGENT_PREFIX = "accuwatt-energy-agent-"
+DEFAULT_POLL_PERIOD_S = 0.1
+DEFAULT_RPC_TIMEOUT_S = 2.0
+MIN_MAX_STALE_S = 10.0
+
+
+# -- counter keys ------------------------------------------------------------------------------
+def node_key(key: str, node: str) -> str:
+    """``"cpu:process"`` on node ``worker-1`` -> ``"cpu:worker-1:process"``."""
+    domain, _, device = key.partition(":")
+    return f"{domain}:{node}:{device}"
+
+
+def node_of_key(key: str) -> str | None:
+    """The node a counter key names (``None`` for single-node keys such as ``"cpu:process"``)."""
+    parts = key.split(":", 2)
+    return parts[1] if len(parts) == 3 else None
+
+
+def joules_by_node(energy_j: dict[str, float], default_node: str = "") -> dict[str, float]:
+    """Sum per-key joules by node (keys without a node go to ``default_node``). Units: J."""
+    out: dict[str, float] = {}
+    for k, v in energy_j.items():
+        n = node_of_key(k) or default_node
+        out[n] = out.get(n, 0.0) + v
+    return out
+
+
+# -- what a replica runs elsewhere -------------------------------------------------------------
+@dataclass(frozen=True)
+class RemoteProcesses:
+    """Processes (and GPUs) a replica uses on another node. ``node_id``: the Ray node id."""
+
+    node_id: str
+    node: str
+    pids: tuple[int, ...] = ()
+    gpu_ids: tuple[str, ...] = ()
+
+
+_registered: list[RemoteProcesses] = []
+_registered_lock = threading.Lock()
+
+
+def register_remote_processes(rp: RemoteProcesses) -> None:
+    """Called (in the replica process) by a classifier that started workers on other nodes, before
+    the replica builds its meter; ``probe.make_meter`` then meters those nodes too."""
+    with _registered_lock:
+        _registered.append(rp)
+
+
+def registered_remote_processes() -> list[RemoteProcesses]:
+    with _registered_lock:
+        return list(_registered)
+
+
+def clear_registered_remote_processes() -> None:
+    with _registered_lock:
+        _registered.clear()
+
+
+# -- the estimate for a set of processes -------------------------------------------------------
+class ProcessSetMeter:
+    """The estimate meter summed over several PIDs (and their children). A PID that exits keeps its
+    last cumulative value (the energy was spent). Units: J, s."""
+
+    def __init__(self, cfg: EnergyConfig, pids: Iterable[int], node: str = "") -> None:
+        from serve_app.energy.estimate import EstimateMeter
+
+        self._meters = {
+            pid: EstimateMeter(
+                cfg.cpu_tdp_w, cfg.cpu_cores, cfg.dram_w_per_gb, cfg.include_children, pid=pid, node=node
+            )
+            for pid in pids
+        }
+        self._last: dict[int, dict[str, float]] = {}
+        self._node = node
+
+    @property
+    def info(self) -> MeterInfo:
+        infos = [m.info for m in self._meters.values()]
+        return MeterInfo(
+            source="estimate",
+            devices=tuple(d for i in infos for d in i.devices),
+            resolution_j=max((i.resolution_j for i in infos), default=0.0),
+            update_period_s=max((i.update_period_s for i in infos), default=0.01),
+            node=self._node,
+            notes=infos[0].notes if infos else "no processes",
+        )
+
+    def read(self) -> Reading:
+        for pid, m in self._meters.items():
+            with contextlib.suppress(MeterError):  # an exited PID keeps its last value
+                self._last[pid] = m.read().energy_j
+        total: dict[str, float] = {}
+        for values in self._last.values():
+            for k, v in values.items():
+                total[k] = total.get(k, 0.0) + v
+        return Reading(now_s(), total or {"cpu:process": 0.0, "dram:process": 0.0}, "estimate")
+
+    def close(self) -> None:
+        for m in self._meters.values():
+            m.close()
+
+
+# -- the per-node agent ------------------------------------------------------------------------
+class NodeEnergyAgentImpl:
+    """Plain class behind the actor (testable without Ray)."""
+
+    def __init__(self) -> None:
+        from serve_app.topology.nodes import current_node_name
+
+        self.node = current_node_name()
+        self._groups: dict[str, Meter] = {}
+
+    def where(self) -> dict[str, Any]:
+        import os
+
+        from serve_app.topology.nodes import current_node_id
+
+        return {"node": self.node, "node_id": current_node_id(), "pid": os.getpid()}
+
+    def watch(self, group: str, cfg: dict[str, Any], pids: list[int], gpu_ids: list[str]) -> dict[str, Any]:
+        """Start metering ``pids`` / ``gpu_ids`` for ``group``; returns the meter's info as a dict."""
+        from serve_app.energy.probe import make_node_meter
+
+        old = self._groups.pop(group, None)
+        if old is not None:
+            old.close()
+        meter = make_node_meter(EnergyConfig.model_validate(cfg), pids, gpu_ids, self.node)
+        self._groups[group] = meter
+        i = meter.info
+        return {
+            "source": i.source,
+            "devices": list(i.devices),
+            "resolution_j": i.resolution_j,
+            "update_period_s": i.update_period_s,
+            "node": self.node,
+            "notes": i.notes,
+        }
+
+    def read(self, group: str) -> dict[str, Any]:
+        """The group's cumulative counters (keys without node prefix). Units: J."""
+        meter = self._groups.get(group)
+        if meter is None:
+            return {"error": f"group {group!r} not watched on {self.node}"}
+        try:
+            r = meter.read()
+        except MeterError as exc:
+            return {"error": str(exc)}
+        return {"energy_j": r.energy_j, "source": r.source}
+
+    def unwatch(self, group: str) -> None:
+        meter = self._groups.pop(group, None)
+        if meter is not None:
+            meter.close()
+
+    def groups(self) -> list[str]:
+        return sorted(self._groups)
+
+
+def agent_for(node_id: str) -> Any:
+    """Get or create the agent of a node (a detached named actor pinned to it)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    actor_cls = ray.remote(num_cpus=0, max_concurrency=8)(NodeEnergyAgentImpl)
+    return actor_cls.options(
+        name=AGENT_PREFIX + node_id,
+        namespace=AGENT_NAMESPACE,
+        get_if_exists=True,
+        lifetime="detached",
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+    ).remote()
+
+
+def stop_agents() -> int:
+    """Kill every accuwatt energy agent of the connected cluster; returns how many."""
+    import ray
+
+    n = 0
+    for node_id in [str(x["NodeID"]) for x in ray.nodes()]:
+        try:
+            ray.kill(ray.get_actor(AGENT_PREFIX + node_id, namespace=AGENT_NAMESPACE))
+            n += 1
+        except ValueError:
+            continue
+    return n
+
+
+# -- the replica's meter -----------------------------------------------------------------------
+@dataclass
+class _Remote:
+    rp: RemoteProcesses
+    agent: Any
+    info: dict[str, Any]
+    energy_j: dict[str, float] = field(default_factory=dict)
+    source: str = "estimate"
+    ok_s: float = 0.0
+    error: str | None = None
+
+
+class MultiNodeMeter:
+    """The replica's local meter plus the agents of the other nodes it uses (see the module doc)."""
+
+    def __init__(
+        self,
+        local: Meter,
+        local_node: str,
+        remotes: Iterable[RemoteProcesses],
+        cfg: EnergyConfig,
+        group: str,
+        poll_period_s: float | None = None,
+        rpc_timeout_s: float = DEFAULT_RPC_TIMEOUT_S,
+        max_stale_s: float | None = None,
+    ) -> None:
+        import ray
+
+        self.local = local
+        self.local_node = local_node
+        self.group = group
+        self.poll_period_s = poll_period_s or max(cfg.sample_period_s, DEFAULT_POLL_PERIOD_S)
+        self.rpc_timeout_s = rpc_timeout_s
+        self.max_stale_s = max_stale_s or max(MIN_MAX_STALE_S, 20 * self.poll_period_s)
+        self._lock = threading.Lock()
+        self._remotes: list[_Remote] = []
+        cfg_dict = cfg.model_dump()
+        for rp in remotes:
+            agent = agent_for(rp.node_id)
+            info = ray.get(agent.watch.remote(group, cfg_dict, list(rp.pids), list(rp.gpu_ids)), timeout=60)
+            self._remotes.append(_Remote(rp, agent, info))
+        self._poll_once()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll_loop, name="accuwatt-agents", daemon=True)
+        self._thread.start()
+
+    # -- polling --------------------------------------------------------------------------------
+    def _poll_once(self) -> None:
+        import ray
+
+        refs = [r.agent.read.remote(self.group) for r in self._remotes]
+        for r, ref in zip(self._remotes, refs, strict=True):
+            try:
+                out = ray.get(ref, timeout=self.rpc_timeout_s)
+            except Exception as exc:  # timeout, actor died: keep the last values
+                r.error = f"{type(exc).__name__}: {exc}"[:300]
+                continue
+            with self._lock:
+                if "error" in out:
+                    r.error = str(out["error"])
+                else:
+                    r.energy_j, r.source, r.ok_s, r.error = (
+                        dict(out["energy_j"]),
+                        out["source"],
+                        now_s(),
+                        None,
+                    )
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.poll_period_s):
+            self._poll_once()
+
+    # -- Meter -----------------------------------------------------------------------------------
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return (self.local_node, *(r.rp.node for r in self._remotes))
+
+    @property
+    def info(self) -> MeterInfo:
+        li = self.local.info
+        sources = [li.source, *(r.info["source"] for r in self._remotes)]
+        devices = tuple(f"{self.local_node}/{d}" for d in li.devices) + tuple(
+            f"{r.rp.node}/{d}" for r in self._remotes for d in r.info["devices"]
+        )
+        remote_period = max((float(r.info["update_period_s"]) for r in self._remotes), default=0.0)
+        return MeterInfo(
+            source=_combined_source(sources),
+            devices=devices,
+            resolution_j=max([li.resolution_j, *(float(r.info["resolution_j"]) for r in self._remotes)]),
+            update_period_s=max(li.update_period_s, remote_period + self.poll_period_s + self.rpc_timeout_s),
+            node=self.local_node,
+            notes=(
+                f"{len(self.nodes)} nodes; remote counters polled every {self.poll_period_s:g} s "
+                f"(stale by at most {self.poll_period_s + self.rpc_timeout_s:g} s). Local: {li.notes}"
+            ),
+            extra={
+                "nodes": ",".join(self.nodes),
+                "sources": ",".join(f"{n}={s}" for n, s in zip(self.nodes, sources, strict=True)),
+            },
+        )
+
+    def read(self) -> Reading:
+        local = self.local.read()
+        energy = {node_key(k, self.local_node): v for k, v in local.energy_j.items()}
+        t = now_s()
+        with self._lock:
+            for r in self._remotes:
+                if t - r.ok_s > self.max_stale_s:
+                    raise MeterError(f"energy agent on {r.rp.node} silent for {t - r.ok_s:.1f} s: {r.error}")
+                energy.update({node_key(k, r.rp.node): v for k, v in r.energy_j.items()})
+        return Reading(
+            local.t_s, energy, _combined_source([local.source, *(r.source for r in self._remotes)])
+        )
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.poll_period_s + self.rpc_timeout_s + 1)
+        for r in self._remotes:
+            with contextlib.suppress(Exception):
+                r.agent.unwatch.remote(self.group)
+        self.local.close()
+
+
+def _combined_source(sources: list[str]) -> Any:
+    """One source for a multi-node figure: ``estimate`` if any node is estimated (the sum is then not
+    a measurement), else ``unavailable`` if any is, else the measured source (``nvml`` before ``rapl``)."""
+    for s in ("unavailable", "estimate", "nvml-power", "nvml", "rapl"):
+        if s in sources:
+            return s
+    return sources[0] if sources else "unavailable"
+
+
+def wait_for_counters(meter: MultiNodeMeter, timeout_s: float = 10.0) -> None:
+    """Block until every remote node has answered once (tests and warm-up)."""
+    deadline = time.monotonic() + timeout_s
+    while any(r.ok_s == 0.0 for r in meter._remotes):
+        if time.monotonic() > deadline:
+            raise MeterError("energy agents did not answer in time")
+        time.sleep(0.05)

@@ -1,0 +1,110 @@
+"""Sweep files (``cluster/topologies/*.yaml``): the settings a topology sweep deploys in turn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from serve_app.config_common import Strict
+
+Strategy = Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"]
+
+
+class Topology(Strict):
+    """One setting: where and how every model of the sweep is served."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    nodes: int = Field(1, ge=1)
+    gpus: int = Field(0, ge=0)
+    """GPUs per replica (LLMs: tensor x pipeline ranks, one GPU each)."""
+    tensor_parallel: int = Field(1, ge=1)
+    pipeline_parallel: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1)
+    placement_strategy: Strategy | None = None
+    split_stages: bool = False
+    """Traditional models: serve them as two-stage pipelines (feature stage and head in one placement
+    group; ``STRICT_SPREAD`` puts the stages on two nodes). Needs the ``pipeline`` classifier kind."""
+    cpus_per_node: float = Field(4, gt=0)
+    """Local clusters: logical CPUs per node."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Topology:
+        if self.gpus and self.gpus != self.tensor_parallel * self.pipeline_parallel:
+            raise ValueError(
+                f"{self.name}: gpus ({self.gpus}) must equal tensor_parallel x pipeline_parallel"
+            )
+        if self.placement_strategy == "STRICT_SPREAD" and self.nodes < 2:
+            raise ValueError(f"{self.name}: STRICT_SPREAD needs at least two nodes")
+        return self
+
+
+class SweepFile(Strict):
+    """Models x topologies, replayed on the same dataset and splits."""
+
+    name: str
+    dataset: str = "demo"
+    n_train: int = Field(200, ge=2)
+    n_test: int = Field(200, ge=1)
+    splits: int = Field(10, ge=1)
+    seed: int = 20250101
+    concurrency: int | None = Field(None, ge=1)
+    batch_size: int = Field(1, ge=1)
+    embedding_model: str = "packaged:all-MiniLM-L6-v2"
+    models: list[str | dict[str, Any]] = Field(min_length=1)
+    """Traditional model ids (trained per split), or classifier spec templates (e.g. an LLM spec)."""
+    topologies: list[Topology] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> SweepFile:
+        names = [t.name for t in self.topologies]
+        if len(set(names)) != len(names):
+            raise ValueError(f"topology names must be unique: {names}")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SweepFile:
+        return cls.model_validate(yaml.safe_load(Path(path).read_text()))
+
+    def traditional_models(self) -> list[str]:
+        return [m for m in self.models if isinstance(m, str)]
+
+    def model_ids(self) -> list[str]:
+        return [m if isinstance(m, str) else str(m["id"]) for m in self.models]
+
+
+def classifier_specs(sweep: SweepFile, topo: Topology) -> list[dict[str, Any]]:
+    """The ``AppConfig.classifiers`` entries of one topology."""
+    out: list[dict[str, Any]] = []
+    for m in sweep.models:
+        if isinstance(m, str):
+            dep: dict[str, Any] = {"num_replicas": topo.replicas}
+            if topo.split_stages:
+                out.append(
+                    {
+                        "kind": "pipeline",
+                        "id": m,
+                        "model": m,
+                        "deployment": dep,
+                        "placement_strategy": topo.placement_strategy or "STRICT_SPREAD",
+                    }
+                )
+            else:
+                out.append({"kind": "traditional", "id": m, "deployment": dep})
+            continue
+        spec = dict(m)
+        spec.setdefault("deployment", {})["num_replicas"] = topo.replicas
+        if spec.get("kind") == "llm":
+            spec.update(
+                tensor_parallel_size=topo.tensor_parallel,
+                pipeline_parallel_size=topo.pipeline_parallel,
+                gpus_per_worker=1.0 if topo.gpus else 0.0,
+            )
+            if topo.placement_strategy:
+                spec["placement_strategy"] = topo.placement_strategy
+            if topo.nodes > 1 and topo.pipeline_parallel > 1:
+                spec["pipeline_spans_nodes"] = True
+        out.append(spec)
+    return out

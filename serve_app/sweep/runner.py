@@ -1,0 +1,142 @@
+"""``accuwatt sweep FILE``: deploy each topology in turn, replay the same dataset and splits, tear down.
+
+For every topology: a fresh local cluster with ``nodes`` nodes (or, with ``--address``, the running
+cluster, e.g. GPU nodes started by ``ray up``), Serve's proxy on the head only, then per split: train
+the traditional models on the split's training texts (once per split, shared by all topologies),
+deploy, replay the split's test texts with ``serve_app.replay``, next split. Run folders land in
+``<out>/runs/<dataset>/<topology>/<model>/<run>/``; ``<out>/report/`` gets ``accuwatt report``'s report
+and ``sweep.md`` (single vs double node, GPU count effect, energy-vs-duration regression).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from serve_app.sweep.config import SweepFile, Topology, classifier_specs
+
+
+def _replay_config(sweep: SweepFile, topo: Topology, out: Path) -> Any:
+    from serve_app.replay.runner import ReplayConfig
+
+    return ReplayConfig(
+        dataset=sweep.dataset,
+        models=sweep.model_ids(),
+        n_train=sweep.n_train,
+        n_test=sweep.n_test,
+        splits=sweep.splits,
+        seed=sweep.seed,
+        concurrency=sweep.concurrency,
+        batch_size=sweep.batch_size,
+        out=str(out / "runs"),
+        topology=topo.name,
+        progress=False,
+    )
+
+
+def _train(sweep: SweepFile, art_root: Path) -> dict[str, Path]:
+    """Train the traditional models once per split; returns split key -> artifacts folder."""
+    from serve_app.classifiers.traditional import ArtifactError, read_manifest
+    from serve_app.data import load_dataset, study_splits
+    from serve_app.train import train_split
+
+    ds = load_dataset(sweep.dataset)
+    out: dict[str, Path] = {}
+    for sp in study_splits(ds, sweep.n_train, sweep.n_test, sweep.splits, sweep.seed):
+        art = art_root / sp.key
+        missing = []
+        for m in sweep.traditional_models():
+            try:
+                read_manifest(art / m)
+            except ArtifactError:
+                missing.append(m)
+        if missing:
+            train_split(sp, missing, art, ds.labels, ds.source, sweep.embedding_model)
+        out[sp.key] = art
+    return out
+
+
+async def _replay_split(
+    cfg: Any, url: str, ds: Any, split_meta: dict[str, Any], test: Any, session: str, folders: dict[str, Path]
+) -> None:
+    from serve_app.replay.runner import get_json, http_client, prepare_run_folder, replay_model_split
+
+    run_name = cfg.resolved_run_name(ds.fingerprint)
+    async with http_client(cfg) as client:
+        models_body = await get_json(client, url, "/v1/models")
+        for m in cfg.models:
+            if m not in folders:
+                energy = await get_json(client, url, "/v1/energy")
+                folders[m] = prepare_run_folder(cfg, ds, split_meta, m, models_body, energy, session, url)
+            await replay_model_split(client, url, cfg, m, test, folders[m], session, run_name)
+
+
+def run_topology(
+    sweep: SweepFile, topo: Topology, out: Path, artifacts: dict[str, Path], address: str | None = None
+) -> list[Path]:
+    """Deploy one topology, replay every split, tear down; returns the run folders."""
+    from ray import serve
+
+    from serve_app.replay.local import deploy
+    from serve_app.replay.results import load_run, write_metrics
+    from serve_app.replay.runner import load_test_sets
+    from serve_app.topology.local_cluster import LocalCluster, NodeSpec, connect, free_port
+
+    cfg = _replay_config(sweep, topo, out)
+    ds, tests, split_meta = load_test_sets(cfg)
+    cluster = None
+    if address is None:
+        names = ["head"] + [f"worker-{i}" for i in range(1, topo.nodes)]
+        gpus_per_node = topo.gpus / topo.nodes if topo.gpus else 0
+        cluster = LocalCluster([NodeSpec(n, topo.cpus_per_node, gpus_per_node) for n in names]).start()
+        address = cluster.address
+    connect(address, logging_level="WARNING", namespace=f"accuwatt-sweep-{uuid.uuid4().hex[:6]}")
+    folders: dict[str, Path] = {}
+    try:
+        port = free_port()
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        url = f"http://127.0.0.1:{port}"
+        session = uuid.uuid4().hex[:12]
+        for test in tests:
+            app = {"classifiers": classifier_specs(sweep, topo), "artifacts_dir": str(artifacts[test.split])}
+            deploy(app, url)
+            asyncio.run(_replay_split(cfg, url, ds, split_meta, test, session, folders))
+        serve.shutdown()
+    finally:
+        import ray
+
+        ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+    for path in folders.values():
+        write_metrics(load_run(path))
+    return list(folders.values())
+
+
+def run_sweep(path: Path, out: Path, address: str | None = None, only: list[str] | None = None) -> Path:
+    """Run every topology of a sweep file; returns the path of ``sweep.md``."""
+    from serve_app.replay.results import find_runs, load_run
+    from serve_app.report.cli import build_report
+    from serve_app.sweep.compare import sweep_report
+
+    sweep = SweepFile.from_yaml(path)
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts = _train(sweep, out / "_artifacts")
+    settings = {t.name: t.model_dump() for t in sweep.topologies}
+    (out / "sweep.json").write_text(
+        json.dumps(
+            {"file": str(path), "sweep": sweep.model_dump(mode="json"), "started_unix_s": time.time()},
+            indent=2,
+        )
+    )
+    for topo in sweep.topologies:
+        if only and topo.name not in only:
+            continue
+        run_topology(sweep, topo, out, artifacts, address)
+    build_report([out / "runs"], out / "report")
+    runs = [load_run(p) for p in find_runs([out / "runs"])]
+    return sweep_report(runs, settings, sweep.name, out / "report")

@@ -1,0 +1,69 @@
+"""Node names: how accuwatt names the Ray nodes a replica's energy comes from.
+
+A node started by the local launcher (``serve_app.topology.local_cluster``) carries the label
+``accuwatt-node`` (``head``, ``worker-1``, ...) and a custom resource ``node:<name>`` to pin work to it.
+Elsewhere the name is the host name, or the short Ray node id where several nodes share a host
+(one machine running several raylets, as in CI). Names never contain ``:`` (they go into counter keys).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+NODE_LABEL = "accuwatt-node"
+"""Ray node label holding the node's accuwatt name."""
+NODE_RESOURCE_PREFIX = "node:"
+"""Custom resource ``node:<name>`` (amount 1) that pins deployments to a named node."""
+
+
+def clean_name(name: str) -> str:
+    """A node name safe inside counter keys and Prometheus labels."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "node"
+
+
+def name_from(labels: Mapping[str, Any] | None, node_id: str, hostname: str | None = None) -> str:
+    """The accuwatt name of a node: its label, else ``hostname`` if given, else the short node id."""
+    label = (labels or {}).get(NODE_LABEL)
+    if isinstance(label, list):  # get_node_labels() may give lists
+        label = label[0] if label else None
+    if label:
+        return clean_name(str(label))
+    if hostname:
+        return clean_name(hostname)
+    return clean_name(node_id[:12])
+
+
+def current_node_name() -> str:
+    """This process's node: the Ray node label when inside a Ray worker, else the host name."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ctx = ray.get_runtime_context()
+            return name_from(ctx.get_node_labels(), ctx.get_node_id(), socket.gethostname())
+    except Exception:  # outside Ray, or an old runtime context
+        pass
+    return clean_name(socket.gethostname())
+
+
+def current_node_id() -> str | None:
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else None
+    except Exception:
+        return None
+
+
+def alive_nodes() -> dict[str, str]:
+    """Ray node id -> accuwatt name for every alive node of the connected cluster."""
+    import ray
+
+    out: dict[str, str] = {}
+    for n in ray.nodes():
+        if n.get("Alive"):
+            out[str(n["NodeID"])] = name_from(n.get("Labels"), str(n["NodeID"]), None)
+    return out

@@ -1,0 +1,167 @@
+"""A traditional model split across nodes: the feature stage on one node, the head on another.
+
+This is the CPU stand-in for the study's multi-node serving (vLLM pipeline parallelism across nodes
+needs GPUs or a heavy CPU setup): one replica, one placement group with ``STRICT_SPREAD`` bundles,
+
+- bundle 0: the replica itself (the classification head: logistic regression / XGBoost), and
+- bundle 1: a :class:`FeatureStage` actor (bag of words, char TF-IDF, or the sentence-embedding
+  encoder) on another node, which the replica calls for every batch.
+
+The replica registers the stage's process with ``energy.agents`` before its meter is built, so
+``probe.make_meter`` returns a ``MultiNodeMeter`` and every request's tag holds both nodes' energy.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from serve_app.classifiers.base import ClassifierInfo, Prediction
+from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict
+from serve_app.energy.agents import RemoteProcesses, register_remote_processes
+
+PipelineStrategy = Literal["STRICT_SPREAD", "SPREAD", "PACK"]
+STAGE_READY_TIMEOUT_S = 300.0
+
+
+class PipelineSpec(Strict):
+    """A traditional model served as two stages on (by default) two different nodes."""
+
+    kind: Literal["pipeline"] = "pipeline"
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    model: str = Field(pattern=r"^(bow|tfidf|embedding)-(logreg|xgboost)$")
+    """The trained artifact under ``artifacts_dir`` (as ``accuwatt train`` writes it)."""
+    deployment: DeploymentOptions = DeploymentOptions()
+    energy: EnergyConfig = EnergyConfig()
+    feature_cpus: float = Field(0.25, gt=0)
+    """Logical CPUs of the feature stage's bundle."""
+    feature_resources: dict[str, float] = Field(default_factory=dict)
+    """Extra custom resources of the feature stage's bundle, e.g. ``{"node:worker-1": 0.01}``."""
+    placement_strategy: PipelineStrategy = "STRICT_SPREAD"
+    """``STRICT_SPREAD``: the two stages on two different nodes (the experiment); ``PACK``: same node
+    where possible (the single-node baseline of the same code path)."""
+
+    def placement(self) -> tuple[list[dict[str, float]], str]:
+        replica = {"CPU": self.deployment.num_cpus, **self.deployment.resources}
+        stage = {"CPU": self.feature_cpus, **self.feature_resources}
+        bundles = [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.01} for b in (replica, stage)]
+        return bundles, self.placement_strategy
+
+    def serve_options(self) -> dict[str, Any]:
+        """Deployment options beyond ``deployment``: the replica's placement group."""
+        bundles, strategy = self.placement()
+        return {"placement_group_bundles": bundles, "placement_group_strategy": strategy}
+
+
+class FeatureStageImpl:
+    """The first stage: loads the artifact's feature extractor and turns texts into features."""
+
+    def __init__(self, artifact_dir: str) -> None:
+        import joblib
+
+        self.model = joblib.load(Path(artifact_dir) / "model.joblib")
+        if self.model.embedding_model:
+            from serve_app.classifiers import embedding
+
+            embedding.load_encoder(self.model.embedding_model)
+
+    def where(self) -> dict[str, Any]:
+        from serve_app.topology.nodes import alive_nodes, current_node_id
+
+        node_id = current_node_id() or ""
+        return {"node_id": node_id, "node": alive_nodes().get(node_id, node_id[:12]), "pid": os.getpid()}
+
+    def features(self, texts: list[str]) -> Any:
+        return self.model.features(texts)
+
+
+class PipelineClassifier:
+    """The head stage (in the replica) behind the `Classifier` protocol."""
+
+    def __init__(self, spec: PipelineSpec, artifacts_dir: Path) -> None:
+        import joblib
+        import ray
+        from ray.util import get_current_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from serve_app.classifiers.traditional import read_manifest
+        from serve_app.topology.nodes import alive_nodes, current_node_id
+
+        art = Path(artifacts_dir) / spec.model
+        self.manifest = read_manifest(art)
+        self.model = joblib.load(art / "model.joblib")
+        pg = get_current_placement_group()
+        options: dict[str, Any] = {"num_cpus": spec.feature_cpus}
+        if pg is not None:
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                pg, placement_group_bundle_index=1
+            )
+        else:
+            options["resources"] = dict(spec.feature_resources)
+        env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **spec.deployment.env_vars}
+        stage_cls = ray.remote(FeatureStageImpl)
+        self.stage = stage_cls.options(runtime_env={"env_vars": env}, **options).remote(str(art))
+        self.stage_where: dict[str, Any] = ray.get(self.stage.where.remote(), timeout=STAGE_READY_TIMEOUT_S)
+        self.head_node = alive_nodes().get(current_node_id() or "", "local")
+        if self.stage_where["node_id"] != current_node_id():
+            register_remote_processes(
+                RemoteProcesses(
+                    self.stage_where["node_id"], self.stage_where["node"], (int(self.stage_where["pid"]),)
+                )
+            )
+        labels = tuple(self.manifest["labels"])
+        self._info = ClassifierInfo(
+            model_id=spec.id,
+            kind="traditional",
+            labels=labels,
+            devices=("cpu",),
+            parameters=self.manifest.get("parameters"),
+            details={
+                "model": spec.model,
+                "topology": "pipeline",
+                "placement_strategy": spec.placement_strategy,
+                "stages": {"features": self.stage_where["node"], "head": self.head_node},
+                **{k: self.manifest.get(k) for k in ("dataset", "split", "embedding_model", "versions")},
+            },
+        )
+
+    @property
+    def info(self) -> ClassifierInfo:
+        return self._info
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self._info.labels
+
+    def remote_processes(self) -> list[RemoteProcesses]:
+        """The replica's processes on other nodes (for ``make_meter(..., remote=...)``)."""
+        if self.stage_where["node"] == self.head_node:
+            return []
+        return [
+            RemoteProcesses(
+                self.stage_where["node_id"], self.stage_where["node"], (int(self.stage_where["pid"]),)
+            )
+        ]
+
+    def predict(self, texts: list[str]) -> list[Prediction]:
+        import numpy as np
+        import ray
+
+        x = ray.get(self.stage.features.remote(list(texts)))
+        proba = np.asarray(self.model.estimator.predict_proba(x))
+        classes = self.model.classes
+        return [
+            Prediction(
+                label=classes[int(row.argmax())],
+                scores={c: float(p) for c, p in zip(classes, row, strict=True)},
+            )
+            for row in proba
+        ]
+
+    def close(self) -> None:
+        import ray
+
+        ray.kill(self.stage)
