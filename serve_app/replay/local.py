@@ -83,14 +83,20 @@ def deploy(app_config: dict[str, Any], base_url: str, timeout_s: float = 600.0) 
 
     serve.run(build_app(app_config), name=APP_NAME, route_prefix="/")
     deadline = time.monotonic() + timeout_s
+    failing_since: float | None = None
     with httpx.Client(timeout=10, trust_env=False) as c:
         while True:
             try:
-                if (
-                    c.get(base_url + "/healthz").status_code == 200
-                    and c.get(base_url + "/v1/models").status_code == 200
-                ):
-                    return
+                if c.get(base_url + "/healthz").status_code == 200:
+                    models = c.get(base_url + "/v1/models")
+                    if models.status_code == 200:
+                        return
+                    failing_since = failing_since or time.monotonic()
+                    if models.status_code >= 500 and time.monotonic() - failing_since > 60:
+                        raise RuntimeError(
+                            f"the app at {base_url} is up but /v1/models keeps failing: "
+                            f"{models.status_code} {models.text[:300]}"
+                        )
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:

@@ -1,9 +1,9 @@
 """One record per request, appended to ``records.jsonl`` as it happens, and the resume logic.
 
 Durability: every record is one ``os.write`` of a whole line on an ``O_APPEND`` descriptor (so it is
-in the kernel as soon as the request finishes and survives SIGKILL) and the file is ``fsync``'ed every
-``fsync_every`` records or ``fsync_interval_s`` seconds (so at most that small batch is lost on power
-loss). On open, a torn last line (a crash mid-write) is cut off, and ``done`` lists the keys
+in the kernel as soon as the request finishes and survives SIGKILL) and a background thread
+``fsync``s the file every ``fsync_every`` records or ``fsync_interval_s`` seconds (so at most that
+small batch is lost on power loss, and the replay loop never blocks on the disk). On open, a torn last line (a crash mid-write) is cut off, and ``done`` lists the keys
 ``(model, split, request_index)`` already recorded: a rerun of the same command skips those, so every
 request ends with exactly one record. Failures are records too (``error`` set), never retried by a
 rerun.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,14 @@ class RecordStore:
         self._fsync_interval_s = fsync_interval_s
         self._unsynced = 0
         self._last_sync_s = time.monotonic()
+        self._wake = threading.Event()
+        self._closing = False
+        self._syncer = threading.Thread(target=self._sync_loop, name="records-fsync", daemon=True)
+        self._syncer.start()
 
     def append(self, record: Record) -> None:
+        """Write the record's line now (one ``os.write``); a background thread fsyncs in batches, so
+        the caller (the replay's event loop) never waits on the disk."""
         if record.key in self.done:
             raise ValueError(f"request {record.key} is already recorded in {self.path}")
         line = (record.model_dump_json(exclude_none=True) + "\n").encode()
@@ -135,17 +142,31 @@ class RecordStore:
             self._unsynced >= self._fsync_every
             or time.monotonic() - self._last_sync_s >= self._fsync_interval_s
         ):
-            self.sync()
+            self._unsynced = 0
+            self._last_sync_s = time.monotonic()
+            self._wake.set()
+
+    def _sync_loop(self) -> None:
+        while True:
+            self._wake.wait(self._fsync_interval_s)
+            self._wake.clear()
+            if self._fd >= 0:
+                os.fsync(self._fd)
+            if self._closing:
+                return
 
     def sync(self) -> None:
-        if self._unsynced:
-            os.fsync(self._fd)
-            self._unsynced = 0
+        """fsync now (blocking)."""
+        os.fsync(self._fd)
+        self._unsynced = 0
         self._last_sync_s = time.monotonic()
 
     def close(self) -> None:
         if self._fd >= 0:
-            self.sync()
+            self._closing = True
+            self._wake.set()
+            self._syncer.join()
+            os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
 

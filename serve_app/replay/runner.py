@@ -246,6 +246,10 @@ async def replay_url(cfg: ReplayConfig, base_url: str, tests: list[TestSet] | No
         models = cfg.models or [m["id"] for m in (models_body or {}).get("models", [])]
         if not models:
             raise RuntimeError(f"no models to replay: none given and {base_url}/v1/models lists none")
+        served = {m.get("id") for m in (models_body or {}).get("models", [])}
+        unknown = [m for m in models if models_body is not None and m not in served]
+        if unknown:
+            raise RuntimeError(f"{base_url} does not serve {unknown}; it serves {sorted(served)}")
         for model in models:
             energy_body = await get_json(client, base_url, "/v1/energy")
             rdir = prepare_run_folder(cfg, ds, split_meta, model, models_body, energy_body, session, base_url)
