@@ -34,7 +34,8 @@ class PipelineSpec(Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     model: str = Field(pattern=r"^(bow|tfidf|embedding)-(logreg|xgboost)$")
     """The trained artifact under ``artifacts_dir`` (as ``accuwatt train`` writes it)."""
-    deployment: DeploymentOptions = DeploymentOptions()
+    deployment: DeploymentOptions = DeploymentOptions(num_cpus=1.0)
+    """``num_cpus`` >= 1 while ``app._serve_options`` drops the actor's own CPUs (Serve then asks 1)."""
     energy: EnergyConfig = EnergyConfig()
     feature_cpus: float = Field(0.25, gt=0)
     """Logical CPUs of the feature stage's bundle."""

@@ -53,7 +53,7 @@ def _scenario(out_path: str) -> None:  # runs in the subprocess
             "kind": "pipeline",
             "id": "tfidf-logreg-2nodes",
             "model": "tfidf-logreg",
-            "deployment": {"resources": {"node:head": 0.01}},
+            "deployment": {"num_cpus": 1.0, "resources": {"node:head": 0.01}},
             "feature_resources": {"node:worker-1": 0.01},
             "energy": {"sample_period_s": 0.05},
         }
