@@ -46,7 +46,15 @@ class RouterConfig(Strict):
     max_texts: int = Field(256, ge=1)
     max_text_chars: int = Field(20_000, ge=1)
     api_key_env: str = "ACCUWATT_API_KEY"
-    """Name of the environment variable holding the bearer token; unset or empty: no auth."""
+    """Name of the environment variable (in the router's process) holding the bearer token."""
+    api_key_file: str | None = None
+    """Path of a file holding the bearer token (a mounted secret), read by the router at start; it wins
+    over ``api_key_env``. Neither set (or both empty): no auth. Never put the token itself in a config."""
+    body_timeout_s: float = Field(10.0, gt=0)
+    """A request body must arrive within this time (slow or lying clients get 408)."""
+    max_inflight: int = Field(256, ge=1)
+    """Classify requests the router handles at once; more get 503 ``overloaded`` before their body is
+    read (keeps the router's memory bounded: about ``max_inflight`` x ``max_body_bytes``)."""
     request_timeout_s: float = Field(120.0, gt=0)
     retries: int = Field(1, ge=0, le=3)
     """Idempotent classification is retried this often when a replica dies mid-request."""

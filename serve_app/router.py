@@ -1,5 +1,12 @@
-"""The HTTP ingress: validates, authenticates, routes each request to its classifier deployment,
-retries once when a replica dies, and puts the energy tag in the body and the headers."""
+"""The HTTP ingress: authenticates, validates, sheds load, routes each request to its classifier
+deployment, retries once when a replica dies, and puts the energy tag in the body and the headers.
+
+Error contract (docs/ARCHITECTURE.md): every error is JSON ``{"error": {"code", "message", "field"}}``;
+a 5xx also carries ``error_id`` (logged with the cause); 503 carries ``Retry-After``. Overload is a
+503, not a 429: the service as a whole is out of capacity (a classifier's bounded queue is full, or
+the router holds ``max_inflight`` requests), no client exceeded a quota of its own. Request texts are
+never logged nor echoed.
+"""
 
 from __future__ import annotations
 
@@ -9,31 +16,93 @@ import logging
 import os
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from serve_app.config import RouterConfig
-from serve_app.validation import Limits, RequestError, parse_classify
+from serve_app.validation import (
+    Limits,
+    RequestError,
+    check_content_type,
+    check_declared_length,
+    parse_classify,
+)
 
 log = logging.getLogger("accuwatt.router")
-api = FastAPI(title="accuwatt", version="0.1.0")
+api = FastAPI(
+    title="accuwatt", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None
+)  # no unauthenticated extras
 REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
+OVERLOAD_RETRY_AFTER_S = 1
+RESTART_RETRY_AFTER_S = 2
 
 
-def error_response(exc: RequestError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+def load_api_key(cfg: RouterConfig, environ: dict[str, str] | None = None) -> str:
+    """The bearer token: the file ``api_key_file`` names, else the env var ``api_key_env``; '' = no auth."""
+    if cfg.api_key_file:
+        return Path(cfg.api_key_file).read_text(encoding="utf-8").strip()
+    return (os.environ if environ is None else environ).get(cfg.api_key_env, "").strip()
+
+
+def error_response(exc: RequestError, rid: str | None = None) -> JSONResponse:
+    """The JSON error answer; a 5xx gets an ``error_id`` that is logged with it."""
+    error_id = None
+    if exc.status >= 500:
+        error_id = uuid.uuid4().hex[:12]
+        log.warning("request %s -> %d %s, error_id=%s", rid or "-", exc.status, exc.code, error_id)
+    headers = dict(exc.headers)
+    if rid:
+        headers["X-Request-Id"] = rid
+    return JSONResponse(exc.body(error_id), status_code=exc.status, headers=headers)
+
+
+def internal_error(rid: str | None) -> JSONResponse:
+    """A 500 for a failure of the service itself; the traceback is logged under the error id."""
+    error_id = uuid.uuid4().hex[:12]
+    log.exception("request %s failed, error_id=%s", rid or "-", error_id)
+    body = RequestError(500, "internal_error", "the service failed; quote error_id when reporting it").body(
+        error_id
+    )
+    return JSONResponse(body, status_code=500, headers={"X-Request-Id": rid} if rid else None)
+
+
+def overloaded(what: str) -> RequestError:
+    return RequestError(
+        503,
+        "overloaded",
+        f"{what} is at capacity; retry later",
+        headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)},
+    )
+
+
+def replica_unavailable(model_id: str) -> RequestError:
+    return RequestError(
+        503,
+        "replica_unavailable",
+        f"the replicas of {model_id!r} are restarting",
+        headers={"Retry-After": str(RESTART_RETRY_AFTER_S)},
+    )
 
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(RequestError(exc.status_code, code, str(exc.detail)))
+    return error_response(
+        RequestError(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
+    )
+
+
+def _progress(snap: dict[str, Any]) -> tuple[int, float]:
+    """How far a replica's energy snapshot has got (readings, then joules): both only grow."""
+    return int(snap.get("readings") or 0), float(snap.get("metered_j") or 0.0)
 
 
 @serve.deployment(name="router")
@@ -43,51 +112,101 @@ class Router:
         self.handles = classifiers
         self.cfg = RouterConfig.model_validate(router)
         self.limits = Limits(self.cfg.max_body_bytes, self.cfg.max_texts, self.cfg.max_text_chars)
-        self._api_key = os.environ.get(self.cfg.api_key_env, "")
+        self._api_key = load_api_key(self.cfg)
         self._models: dict[str, dict[str, Any]] = {}
+        self._seen: dict[str, dict[str, dict[str, Any]]] = {}  # highest energy snapshot seen per replica
+        self._inflight = 0
         ctx = serve.get_replica_context()
         self._app = ctx.app_name if ctx else "local"
+        log.info("router ready: %d classifiers, auth %s", len(self.handles), "on" if self._api_key else "off")
 
     # -- helpers -------------------------------------------------------------------------------
     def _authorize(self, request: Request) -> None:
         if not self._api_key:
             return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._api_key.encode()):
-            raise RequestError(401, "unauthorized", "missing or invalid bearer token",
-                               headers={"WWW-Authenticate": 'Bearer realm="accuwatt"'})
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), self._api_key.encode()
+        ):
+            raise RequestError(
+                401,
+                "unauthorized",
+                "missing or invalid bearer token",
+                headers={"WWW-Authenticate": 'Bearer realm="accuwatt"'},
+            )
 
     async def _read_body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.cfg.max_body_bytes:
-            raise RequestError(413, "body_too_large",
-                               f"body has {declared} bytes; the limit is {self.cfg.max_body_bytes}")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.cfg.max_body_bytes:
-                raise RequestError(413, "body_too_large", f"body exceeds the limit of {self.cfg.max_body_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        check_content_type(request.headers.get("content-type"))
+        check_declared_length(request.headers.get("content-length"), self.cfg.max_body_bytes)
+
+        async def collect() -> bytes:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.cfg.max_body_bytes:
+                    raise RequestError(
+                        413, "body_too_large", f"body exceeds the limit of {self.cfg.max_body_bytes} bytes"
+                    )
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        try:
+            return await asyncio.wait_for(collect(), timeout=self.cfg.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(
+                408, "body_timeout", f"the body did not arrive within {self.cfg.body_timeout_s} s"
+            ) from None
+        except ClientDisconnect:
+            raise RequestError(
+                400, "incomplete_body", "the connection closed before the body was complete"
+            ) from None
 
     async def _model(self, model_id: str) -> dict[str, Any]:
         if model_id not in self._models:
-            self._models[model_id] = await self.handles[model_id].describe.remote()
+            try:
+                self._models[model_id] = await self.handles[model_id].describe.remote()
+            except (*REPLICA_GONE, DeploymentUnavailableError):
+                raise replica_unavailable(model_id) from None
         return self._models[model_id]
 
     async def _call(self, model_id: str, texts: list[str], mode: str | None, rid: str) -> dict[str, Any]:
+        """Classify on a replica; a replica that dies mid-request is retried ``retries`` times (the
+        request is idempotent: same ``request_id``, no side effect but the dead replica's ledger)."""
         handle = self.handles[model_id]
         for attempt in range(self.cfg.retries + 1):
             try:
-                return await asyncio.wait_for(handle.classify.remote(texts, mode, rid),
-                                              timeout=self.cfg.request_timeout_s)
+                return await asyncio.wait_for(
+                    handle.classify.remote(texts, mode, rid), timeout=self.cfg.request_timeout_s
+                )
+            except BackPressureError:
+                raise overloaded(f"the queue of {model_id!r}") from None
+            except DeploymentUnavailableError:
+                raise replica_unavailable(model_id) from None
             except REPLICA_GONE:
                 log.warning("request %s: replica of %s died (attempt %d)", rid, model_id, attempt + 1)
-                if attempt == self.cfg.retries:
-                    raise RequestError(503, "replica_unavailable", f"the replicas of {model_id!r} are restarting",
-                                       headers={"Retry-After": "2"}) from None
-        raise AssertionError("unreachable")
+            except asyncio.TimeoutError:
+                raise RequestError(
+                    504, "timeout", f"no answer within {self.cfg.request_timeout_s} s"
+                ) from None
+        raise replica_unavailable(model_id)
+
+    def _merge_energy(
+        self, model_id: str, reported: dict[str, dict[str, Any]], fresh: tuple[str, dict[str, Any]] | None
+    ) -> dict[str, dict[str, Any]]:
+        """The registry's snapshots plus the fresh one, never behind what this router showed before
+        (a dead replica's last registry entry can be older than its last fresh snapshot)."""
+        replicas = dict(reported)
+        if fresh is not None:
+            replicas[fresh[0]] = {**fresh[1], "stale": False}
+        seen = self._seen.setdefault(model_id, {})
+        for rep, snap in replicas.items():
+            prev = seen.get(rep)
+            if prev is not None and _progress(prev) > _progress(snap):
+                replicas[rep] = {**prev, "stale": snap.get("stale", True)}
+            seen[rep] = replicas[rep]
+        for rep, prev in seen.items():
+            replicas.setdefault(rep, {**prev, "stale": True})
+        return replicas
 
     # -- routes --------------------------------------------------------------------------------
     @api.get("/healthz")
@@ -98,9 +217,11 @@ class Router:
     async def models(self, request: Request) -> JSONResponse:
         try:
             self._authorize(request)
+            return JSONResponse({"models": [await self._model(m) for m in self.handles]})
         except RequestError as exc:
             return error_response(exc)
-        return JSONResponse({"models": [await self._model(m) for m in self.handles]})
+        except Exception:
+            return internal_error(None)
 
     @api.get("/v1/energy")
     async def energy(self, request: Request) -> JSONResponse:
@@ -108,55 +229,76 @@ class Router:
 
         try:
             self._authorize(request)
+            reported = await registry(self._app).get.remote()
+            fresh = await asyncio.gather(
+                *(self.handles[m].energy_snapshot.remote() for m in self.handles), return_exceptions=True
+            )
+            out: dict[str, Any] = {}
+            for model_id, snap in zip(self.handles, fresh, strict=True):
+                if isinstance(snap, BaseException):
+                    log.warning("energy snapshot of %s failed: %s", model_id, type(snap).__name__)
+                replicas = self._merge_energy(
+                    model_id, reported.get(model_id, {}), None if isinstance(snap, BaseException) else snap
+                )
+                totals = {
+                    k: sum(s[k] for s in replicas.values()) for k in ("metered_j", "attributed_j", "idle_j")
+                }
+                out[model_id] = {"replicas": replicas, **totals}
+            return JSONResponse({"deployments": out})
         except RequestError as exc:
             return error_response(exc)
-        reported = await registry(self._app).get.remote()
-        fresh = await asyncio.gather(*(self.handles[m].energy_snapshot.remote() for m in self.handles))
-        out: dict[str, Any] = {}
-        for model_id, (replica, snap) in zip(self.handles, fresh, strict=True):
-            replicas = {r: s for r, s in reported.get(model_id, {}).items()}
-            replicas[replica] = {**snap, "stale": False}
-            totals = {k: sum(s[k] for s in replicas.values()) for k in ("metered_j", "attributed_j", "idle_j")}
-            out[model_id] = {"replicas": replicas, **totals}
-        return JSONResponse({"deployments": out})
+        except Exception:
+            return internal_error(None)
 
     @api.post("/v1/classify")
     async def classify(self, request: Request) -> JSONResponse:
         t0 = time.perf_counter()
-        rid = "-"
+        rid: str | None = None
+        if self._inflight >= self.cfg.max_inflight:
+            return error_response(overloaded("the router"))
+        self._inflight += 1
         try:
             self._authorize(request)
             req = parse_classify(await self._read_body(request), self.limits)
             rid = req.request_id or uuid.uuid4().hex
             if req.model not in self.handles:
-                raise RequestError(404, "unknown_model",
-                                   f"unknown model {req.model[:100]!r}; available: {sorted(self.handles)}", "model")
+                raise RequestError(
+                    404, "unknown_model", f"unknown model; available: {sorted(self.handles)}", "model"
+                )
             modes = (await self._model(req.model))["modes"]
             if req.mode is not None and req.mode not in modes:
-                raise RequestError(400, "unsupported_mode", f"model {req.model!r} supports modes {modes}, not "
-                                   f"{req.mode[:32]!r}", "mode")
+                raise RequestError(
+                    400, "unsupported_mode", f"model {req.model!r} supports modes {modes}", "mode"
+                )
             result = await self._call(req.model, req.texts, req.mode, rid)
         except RequestError as exc:
-            log.info("classify %s -> %d %s", rid, exc.status, exc.code)
-            return error_response(exc)
-        except BackPressureError:
-            log.warning("classify %s -> 503 overloaded", rid)
-            return error_response(RequestError(503, "overloaded", "the classifier's queue is full; retry later",
-                                               headers={"Retry-After": "1"}))
-        except asyncio.TimeoutError:
-            return error_response(RequestError(504, "timeout", f"no answer within {self.cfg.request_timeout_s} s"))
+            log.info("classify %s -> %d %s", rid or "-", exc.status, exc.code)
+            return error_response(exc, rid)
         except Exception:
-            error_id = uuid.uuid4().hex[:12]
-            log.exception("classify %s failed, error_id=%s", rid, error_id)
-            return JSONResponse({"error": {"code": "internal_error", "message": "the service failed; see its log",
-                                           "field": None}, "error_id": error_id}, status_code=500)
+            return internal_error(rid)
+        finally:
+            self._inflight -= 1
         latency = time.perf_counter() - t0
         energy = result["energy"]
-        log.info("classify %s model=%s texts=%d chars=%d latency=%.4fs J=%s (%s)", rid, req.model, len(req.texts),
-                 sum(len(t) for t in req.texts), latency, energy["joules"], energy["source"])
-        body = {"model": req.model, "request_id": rid, "labels": [p["label"] for p in result["predictions"]],
-                "predictions": result["predictions"], "energy": energy, "latency_s": latency}
-        headers = {"X-Energy-Source": energy["source"]}
+        log.info(
+            "classify %s model=%s texts=%d chars=%d latency=%.4fs J=%s (%s)",
+            rid,
+            req.model,
+            len(req.texts),
+            sum(len(t) for t in req.texts),
+            latency,
+            energy["joules"],
+            energy["source"],
+        )
+        body = {
+            "model": req.model,
+            "request_id": rid,
+            "labels": [p["label"] for p in result["predictions"]],
+            "predictions": result["predictions"],
+            "energy": energy,
+            "latency_s": latency,
+        }
+        headers = {"X-Energy-Source": energy["source"], "X-Request-Id": rid}
         if energy["joules"] is not None:
             headers["X-Energy-Joules"] = f"{energy['joules']:.9g}"
         return JSONResponse(body, headers=headers)
