@@ -8,6 +8,9 @@ the dashboards see are ``PROM[...]`` below.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from typing import Any
 
 ENERGY = "accuwatt_energy_joules"
@@ -24,9 +27,19 @@ METER_INFO = "accuwatt_meter_info"
 METER_ERRORS = "accuwatt_meter_errors"
 """Counter. Meter reads that failed (the replica's tags are ``unavailable`` meanwhile)."""
 REPLAY_ACCURACY = "accuwatt_replay_accuracy_ratio"
-REPLAY_ENERGY = "accuwatt_replay_energy_wh"
+"""Gauge, ratio in [0, 1]. Accuracy of one replay run (``model``, ``dataset``, ``split``, ``source``)."""
+REPLAY_ENERGY = "accuwatt_replay_energy_joules"
+"""Gauge, J. Attributed energy of one replay run (same labels)."""
 REPLAY_ACC_PER_WH = "accuwatt_replay_accuracy_per_wh"
-"""Gauges published by the replay driver per ``model``, ``dataset`` and ``source`` (see router)."""
+"""Gauge, 1/Wh. The study's figure ``accuracy / energy_wh`` of one replay run (same labels)."""
+REPLAY_TEXTS = "accuwatt_replay_texts"
+"""Gauge. Texts classified in one replay run (same labels)."""
+REPLAY_DURATION = "accuwatt_replay_duration_seconds"
+"""Gauge, s. Duration of one replay run (same labels).
+
+The replay gauges are not recorded through Ray: the replay driver pushes them to a Prometheus
+Pushgateway (``serve_app.monitoring.publish_run_metrics``), so they carry no ``ray_`` prefix."""
+REPLAY_LABELS = ("model", "dataset", "split", "source")
 
 REQUEST_ENERGY_BOUNDARIES_J = [10.0**e for e in range(-5, 5)] + [2.5 * 10.0**e for e in range(-5, 4)]
 REQUEST_ENERGY_BOUNDARIES_J.sort()
@@ -47,10 +60,72 @@ PROM = {
     "texts": prom(TEXTS, "counter"),
     "meter_info": prom(METER_INFO, "gauge"),
     "meter_errors": prom(METER_ERRORS, "counter"),
-    "replay_accuracy": prom(REPLAY_ACCURACY, "gauge"),
-    "replay_energy": prom(REPLAY_ENERGY, "gauge"),
-    "replay_acc_per_wh": prom(REPLAY_ACC_PER_WH, "gauge"),
+    # Pushed by the replay driver through the Pushgateway, not through Ray: no prefix.
+    "replay_accuracy": REPLAY_ACCURACY,
+    "replay_energy": REPLAY_ENERGY,
+    "replay_acc_per_wh": REPLAY_ACC_PER_WH,
+    "replay_texts": REPLAY_TEXTS,
+    "replay_duration": REPLAY_DURATION,
 }
+"""Series names as Prometheus stores them (verified against a live Ray 2.60 metrics agent: the
+``ray_`` prefix, ``_total`` on counters, ``_bucket``/``_sum``/``_count`` on histograms)."""
+
+RAY_SERVE_METRICS = frozenset(
+    {
+        "ray_serve_deployment_request_counter_total",
+        "ray_serve_deployment_processing_latency_ms_bucket",
+        "ray_serve_deployment_replica_healthy",
+        "ray_serve_replica_processing_queries",
+        "ray_serve_num_http_requests_total",
+        "ray_serve_http_request_latency_ms_bucket",
+    }
+)
+"""Ray Serve's own series the dashboards and rules use (Ray's names, not ours; units in Ray's: ms)."""
+
+RAY_CORE_METRICS = frozenset({"ray_resources"})
+"""Ray core series the rules use: ``ray_resources{Name="GPU"}`` tells which nodes have GPUs."""
+
+
+def _keys(*names: str) -> Any:
+    """Tag keys for ``ray.serve.metrics`` (whose stubs wrongly say ``Tuple[str]``: one key)."""
+    return names
+
+
+GAUGE_REFRESH_S = 2.0
+"""How often a ``StickyGauge`` re-records its values (s). Ray's metrics agent evicts a gauge series
+that was not recorded within two report intervals (Ray 2.60: 2 x 10 s), so a gauge set once (the
+meter's info) would vanish from Prometheus about 20 s after the replica started."""
+
+
+class StickyGauge:
+    """A ``ray.serve.metrics.Gauge`` whose last value per tag set is re-recorded every
+    ``GAUGE_REFRESH_S`` by a daemon thread, so that it stays exported until the process ends."""
+
+    def __init__(self, gauge: Any, refresh_s: float = GAUGE_REFRESH_S) -> None:
+        self._gauge = gauge
+        self._values: dict[tuple[tuple[str, str], ...], float] = {}
+        self._lock = threading.Lock()
+        self._refresh_s = refresh_s
+        self._thread: threading.Thread | None = None
+
+    def set(self, value: float, tags: dict[str, str] | None = None) -> None:
+        """Record ``value`` for ``tags`` now and keep re-recording it."""
+        key = tuple(sorted((tags or {}).items()))
+        with self._lock:
+            self._values[key] = float(value)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._refresh, name="accuwatt-gauge", daemon=True)
+                self._thread.start()
+        self._gauge.set(value, dict(key))
+
+    def _refresh(self) -> None:
+        while True:
+            time.sleep(self._refresh_s)
+            with self._lock:
+                values = list(self._values.items())
+            for key, value in values:
+                with contextlib.suppress(Exception):  # metrics must never break serving
+                    self._gauge.set(value, dict(key))
 
 
 class ReplicaMetrics:
@@ -59,16 +134,31 @@ class ReplicaMetrics:
     def __init__(self) -> None:
         from ray.serve import metrics as m
 
-        self.energy = m.Counter(ENERGY, description="Replica energy (J), attributed or idle",
-                                tag_keys=("domain", "source", "node", "share"))
-        self.request_energy = m.Histogram(REQUEST_ENERGY, description="Energy attributed to one request (J)",
-                                          boundaries=REQUEST_ENERGY_BOUNDARIES_J, tag_keys=("source",))
-        self.power = m.Gauge(POWER, description="Average replica power (W)", tag_keys=("domain", "source"))
+        self.energy = m.Counter(
+            ENERGY,
+            description="Replica energy (J), attributed or idle",
+            tag_keys=_keys("domain", "source", "node", "share"),
+        )
+        self.request_energy = m.Histogram(
+            REQUEST_ENERGY,
+            description="Energy attributed to one request (J)",
+            boundaries=REQUEST_ENERGY_BOUNDARIES_J,
+            tag_keys=("source",),
+        )
+        self.power = m.Gauge(
+            POWER, description="Average replica power (W)", tag_keys=_keys("domain", "source")
+        )
         self.texts = m.Counter(TEXTS, description="Texts classified", tag_keys=("source",))
-        self.meter_info = m.Gauge(METER_INFO, description="Energy meter of the replica (1)",
-                                  tag_keys=("source", "node", "devices"))
+        self.meter_info = StickyGauge(
+            m.Gauge(
+                METER_INFO,
+                description="Energy meter of the replica (1)",
+                tag_keys=_keys("source", "node", "devices"),
+            )
+        )
         self.meter_errors = m.Counter(METER_ERRORS, description="Failed meter reads", tag_keys=("source",))
 
 
 def tags(**kv: Any) -> dict[str, str]:
+    """Tag values as Ray wants them: strings."""
     return {k: str(v) for k, v in kv.items()}

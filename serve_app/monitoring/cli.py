@@ -1,0 +1,142 @@
+"""``accuwatt monitoring up|build|render|push-dashboards``. Thin: parse, call one function."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+DEFAULT_WORK_DIR = Path(".cache/accuwatt/monitoring")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from serve_app.monitoring.stack import MonitoringError, start_stack
+
+    try:
+        services = start_stack(
+            Path(args.ray_temp_dir),
+            Path(args.work_dir),
+            args.port,
+            None if args.no_pushgateway else args.pushgateway_port,
+            args.scrape_interval,
+        )
+    except MonitoringError as exc:
+        print(f"accuwatt monitoring: {exc}", file=sys.stderr)
+        return 1
+    for s in services:
+        print(f"{s.name}: {s.url}  (log: {s.log_path})")
+    print("Ctrl-C stops them.", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            dead = [s for s in services if s.process.poll() is not None]
+            if dead:
+                print(
+                    f"{dead[0].name} exited ({dead[0].process.returncode}); see {dead[0].log_path}",
+                    file=sys.stderr,
+                )
+                return 1
+    finally:
+        for s in reversed(services):
+            s.stop()
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    import yaml
+
+    from serve_app.monitoring.stack import discovery_file, render_config
+
+    sd = discovery_file(Path(args.ray_temp_dir), Path(args.work_dir))
+    cfg = render_config(sd, args.pushgateway, args.scrape_interval)
+    print(yaml.safe_dump(cfg, sort_keys=False), end="")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from serve_app.monitoring.build import stale, write
+
+    root = Path(args.out)
+    if args.check:
+        bad = stale(root)
+        for rel in bad:
+            print(f"stale: {root / rel} (run `accuwatt monitoring build`)", file=sys.stderr)
+        return 1 if bad else 0
+    for path in write(root):
+        print(path)
+    return 0
+
+
+def cmd_push_dashboards(args: argparse.Namespace) -> int:
+    from serve_app.monitoring.push import load_dashboards, push_dashboards
+
+    basic = tuple(args.basic_auth.split(":", 1)) if args.basic_auth else None
+    urls = push_dashboards(
+        args.grafana_url,
+        args.token,
+        load_dashboards(Path(args.dashboards)),
+        datasource_uid=args.datasource_uid,
+        folder_uid=args.folder_uid,
+        basic_auth=basic,
+    )
+    for url in urls:
+        print(args.grafana_url.rstrip("/") + url if url.startswith("/") else url)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``accuwatt monitoring ...`` to the CLI."""
+    from serve_app.monitoring.stack import DEFAULT_RAY_TEMP_DIR, MONITORING_DIR
+
+    p = subparsers.add_parser("monitoring", help="Prometheus, Pushgateway and Grafana dashboards")
+    sub = p.add_subparsers(dest="monitoring_command", required=True)
+
+    def ray_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--ray-temp-dir",
+            default=str(DEFAULT_RAY_TEMP_DIR),
+            help="Ray's temp dir; its session_latest is scraped (default: $RAY_TMPDIR or /tmp/ray)",
+        )
+        sp.add_argument(
+            "--work-dir",
+            default=str(DEFAULT_WORK_DIR),
+            help="rendered config, TSDB and logs (default: .cache/accuwatt/monitoring)",
+        )
+        sp.add_argument("--scrape-interval", default="15s", help="Prometheus duration (default: 15s)")
+
+    sp = sub.add_parser("up", help="start Prometheus (and a Pushgateway) on loopback against the local Ray")
+    ray_args(sp)
+    sp.add_argument("--port", type=int, default=9090, help="Prometheus port on 127.0.0.1 (default: 9090)")
+    sp.add_argument("--pushgateway-port", type=int, default=9091, help="Pushgateway port (default: 9091)")
+    sp.add_argument("--no-pushgateway", action="store_true", help="do not start a Pushgateway")
+    sp.set_defaults(func=cmd_up)
+
+    sp = sub.add_parser(
+        "render", help="print the Prometheus config for the local Ray (for your own Prometheus)"
+    )
+    ray_args(sp)
+    sp.add_argument("--pushgateway", default="127.0.0.1:9091", help="host:port of the Pushgateway")
+    sp.set_defaults(func=cmd_render)
+
+    sp = sub.add_parser("build", help="regenerate rule files and dashboard JSON under monitoring/")
+    sp.add_argument("--out", default=str(MONITORING_DIR), help="the monitoring/ folder")
+    sp.add_argument("--check", action="store_true", help="only report files that differ (exit 1)")
+    sp.set_defaults(func=cmd_build)
+
+    sp = sub.add_parser("push-dashboards", help="create or overwrite the dashboards in a Grafana")
+    sp.add_argument("--grafana-url", required=True, help="e.g. http://127.0.0.1:3000")
+    sp.add_argument("--token", default=None, help="a Grafana service-account token (Editor)")
+    sp.add_argument("--basic-auth", default=None, metavar="USER:PASSWORD", help="instead of --token")
+    sp.add_argument(
+        "--datasource-uid",
+        default=None,
+        help="uid of your Prometheus datasource (default: accuwatt-prometheus, the provisioned one)",
+    )
+    sp.add_argument("--folder-uid", default=None, help="Grafana folder uid (default: General)")
+    sp.add_argument("--dashboards", default=str(MONITORING_DIR / "grafana" / "dashboards"))
+    sp.set_defaults(func=cmd_push_dashboards)

@@ -1,0 +1,112 @@
+"""Pushing to the monitoring stack: replay run metrics to the Pushgateway, dashboards to Grafana.
+
+Replay runs are batch jobs, not services Prometheus could scrape, so the replay driver pushes each
+run's figures to a Prometheus Pushgateway (Debian: ``prometheus-pushgateway``), which Prometheus
+scrapes with ``honor_labels`` (job ``accuwatt_replay`` in ``monitoring/prometheus.yml``). One group
+per (model, dataset, split): a new run of the same group replaces the previous one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from serve_app import metrics as m
+
+REPLAY_JOB = "accuwatt_replay"
+J_PER_WH = 3600.0
+
+
+def publish_run_metrics(
+    gateway_url: str,
+    model: str,
+    dataset: str,
+    source: str,
+    accuracy: float,
+    energy_wh: float | None,
+    accuracy_per_wh: float | None,
+    *,
+    split: str = "mean",
+    n_texts: int | None = None,
+    duration_s: float | None = None,
+    job: str = REPLAY_JOB,
+    timeout_s: float = 5.0,
+) -> None:
+    """Push one replay run's metrics to a Pushgateway (replacing that model/dataset/split's last push).
+
+    Units: ``accuracy`` a ratio in [0, 1]; ``energy_wh`` Wh (published in J as
+    ``accuwatt_replay_energy_joules``); ``accuracy_per_wh`` 1/Wh; ``duration_s`` s. ``None`` figures
+    are left out, never published as zero. ``source`` is the run's energy source (``estimate``,
+    ``rapl``, ``nvml``, ``mixed:...``). Raises ``OSError``/``urllib.error.URLError`` when the gateway
+    cannot be reached (the caller decides whether that fails the run).
+    """
+    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+    registry = CollectorRegistry()
+
+    def gauge(name: str, doc: str, value: float | None) -> None:
+        if value is None:
+            return
+        g = Gauge(name, doc, ["source"], registry=registry)
+        g.labels(source=source).set(float(value))
+
+    gauge(m.REPLAY_ACCURACY, "Accuracy of the replay run (ratio)", accuracy)
+    gauge(
+        m.REPLAY_ENERGY,
+        "Attributed energy of the replay run (J)",
+        None if energy_wh is None else energy_wh * J_PER_WH,
+    )
+    gauge(m.REPLAY_ACC_PER_WH, "Accuracy per Wh of the replay run (1/Wh)", accuracy_per_wh)
+    gauge(m.REPLAY_TEXTS, "Texts classified in the replay run", None if n_texts is None else float(n_texts))
+    gauge(m.REPLAY_DURATION, "Duration of the replay run (s)", duration_s)
+    push_to_gateway(
+        gateway_url,
+        job=job,
+        registry=registry,
+        timeout=timeout_s,
+        grouping_key={"model": model, "dataset": dataset, "split": split},
+    )
+
+
+def load_dashboards(folder: Path) -> list[dict[str, Any]]:
+    """The committed dashboard JSON models under ``folder``."""
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def push_dashboards(
+    grafana_url: str,
+    token: str | None,
+    dashboards: list[dict[str, Any]],
+    *,
+    datasource_uid: str | None = None,
+    folder_uid: str | None = None,
+    basic_auth: tuple[str, str] | None = None,
+    timeout_s: float = 10.0,
+) -> list[str]:
+    """Create or overwrite the dashboards in Grafana through its HTTP API (``grafana-client``).
+
+    ``datasource_uid`` rewrites the Prometheus datasource uid the dashboards name (default
+    ``accuwatt-prometheus``, the provisioned one). Returns the URLs Grafana reports.
+    """
+    from grafana_client import GrafanaApi
+
+    from serve_app.monitoring.dashboards import DATASOURCE_UID
+
+    credential: Any = token if token else basic_auth
+    api = GrafanaApi.from_url(grafana_url, credential=credential, timeout=timeout_s)
+    urls = []
+    for model in dashboards:
+        body = copy.deepcopy(model)
+        if datasource_uid:
+            body = json.loads(
+                json.dumps(body).replace(f'"uid": "{DATASOURCE_UID}"', f'"uid": "{datasource_uid}"')
+            )
+        body.pop("id", None)
+        payload: dict[str, Any] = {"dashboard": body, "overwrite": True, "message": "accuwatt monitoring"}
+        if folder_uid:
+            payload["folderUid"] = folder_uid
+        answer = api.dashboard.update_dashboard(payload)
+        urls.append(str(answer.get("url", body["uid"])))
+    return urls
