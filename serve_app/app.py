@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ray import serve
 from ray.serve import Application
 
 from serve_app.config import AppConfig, TraditionalSpec
@@ -26,7 +25,14 @@ def ensure_artifacts(cfg: AppConfig) -> Path:
     from serve_app.classifiers.traditional import ArtifactError, read_manifest
 
     root = Path(cfg.artifacts_dir).expanduser().resolve()
-    wanted = [c.id for c in cfg.classifiers if isinstance(c, TraditionalSpec)]
+    # traditional specs name their artifact by id; pipeline specs by their `model`
+    wanted = sorted(
+        {
+            c.id if isinstance(c, TraditionalSpec) else c.model
+            for c in cfg.classifiers
+            if c.kind in ("traditional", "pipeline")
+        }
+    )
     missing = []
     for model_id in wanted:
         try:
@@ -35,8 +41,10 @@ def ensure_artifacts(cfg: AppConfig) -> Path:
             missing.append(model_id)
     if missing:
         if cfg.train_if_missing is None:
-            raise ArtifactError(f"models {missing} are not trained under {root}; run `accuwatt train` "
-                                "or set train_if_missing in the config")
+            raise ArtifactError(
+                f"models {missing} are not trained under {root}; run `accuwatt train` "
+                "or set train_if_missing in the config"
+            )
         from serve_app.data import load_dataset, make_split
         from serve_app.train import train_split
 
@@ -51,31 +59,40 @@ def ensure_artifacts(cfg: AppConfig) -> Path:
 def _serve_options(spec: Any) -> dict[str, Any]:
     d = spec.deployment
     opts: dict[str, Any] = {
-        "name": spec.id, "num_replicas": d.num_replicas, "max_ongoing_requests": d.max_ongoing_requests,
+        "name": spec.id,
+        "num_replicas": d.num_replicas,
+        "max_ongoing_requests": d.max_ongoing_requests,
         "max_queued_requests": d.max_queued_requests,
-        "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus, "resources": dict(d.resources),
-                              "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                                                           **d.env_vars}}},
+        "ray_actor_options": {
+            "num_cpus": d.num_cpus,
+            "num_gpus": d.num_gpus,
+            "resources": dict(d.resources),
+            "runtime_env": {
+                "env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **d.env_vars}
+            },
+        },
     }
     extra = spec.serve_options() if hasattr(spec, "serve_options") else {}
     actor_extra = extra.pop("ray_actor_options", {})
     opts["ray_actor_options"].update({k: v for k, v in actor_extra.items() if k != "runtime_env"})
     env = actor_extra.get("runtime_env", {}).get("env_vars", {})
     opts["ray_actor_options"]["runtime_env"]["env_vars"].update(env)
-    if "placement_group_bundles" in extra:  # the replica's resources are then the first bundle's
-        for key in ("num_cpus", "num_gpus", "resources"):
-            opts["ray_actor_options"].pop(key, None)
     opts.update(extra)
     return opts
 
 
 def build_app(args: dict[str, Any]) -> Application:
     cfg = AppConfig.from_args(args)
-    artifacts = ensure_artifacts(cfg)
+    artifacts = str(ensure_artifacts(cfg))
+    server: Any = ClassifierServer  # a serve.Deployment at run time
     handles = {
-        spec.id: ClassifierServer.options(**_serve_options(spec)).bind(spec.model_dump(), str(artifacts))
+        spec.id: server.options(**_serve_options(spec)).bind(spec.model_dump(), artifacts)
         for spec in cfg.classifiers
     }
-    router = Router.options(num_replicas=1, max_ongoing_requests=cfg.router.max_ongoing_requests,
-                            ray_actor_options={"num_cpus": cfg.router.num_cpus})
-    return router.bind(handles, cfg.router.model_dump())
+    router: Any = Router
+    ingress = router.options(
+        num_replicas=1,
+        max_ongoing_requests=cfg.router.max_ongoing_requests,
+        ray_actor_options={"num_cpus": cfg.router.num_cpus},
+    )
+    return ingress.bind(handles, cfg.router.model_dump())

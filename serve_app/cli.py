@@ -18,12 +18,14 @@ COMMAND_MODULES = (
     "serve_app.models_prepare",
     "serve_app.monitoring",
     "serve_app.sweep",
-    "serve_app.cluster",
+    "serve_app.topology",
 )
 
 
 def _dataset_args(p: argparse.ArgumentParser, splits: int) -> None:
-    p.add_argument("--dataset", default="demo", help="file, folder, 'demo' or a Hugging Face id (default: demo)")
+    p.add_argument(
+        "--dataset", default="demo", help="file, folder, 'demo' or a Hugging Face id (default: demo)"
+    )
     p.add_argument("--text-col", default="text")
     p.add_argument("--label-col", default="label")
     p.add_argument("--n-train", type=int, default=200, help="training texts per split (study: 200)")
@@ -31,8 +33,11 @@ def _dataset_args(p: argparse.ArgumentParser, splits: int) -> None:
     p.add_argument("--splits", type=int, default=splits, help="number of splits (study: 10)")
     p.add_argument("--seed", type=int, default=20250101, help="split seed; split i uses (seed, i)")
     p.add_argument("--models", nargs="+", default=None, help="model ids (default: all six)")
-    p.add_argument("--embedding-model", default="packaged:all-MiniLM-L6-v2",
-                   help="sentence-transformers model: local path, hub id, or the packaged MiniLM")
+    p.add_argument(
+        "--embedding-model",
+        default="packaged:all-MiniLM-L6-v2",
+        help="sentence-transformers model: local path, hub id, or the packaged MiniLM",
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable results")
 
 
@@ -47,8 +52,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     for i in range(args.split_index, args.split_index + args.splits):
         split = make_split(ds, args.n_train, args.n_test, args.seed, i)
         out = Path(args.out) if args.splits == 1 else Path(args.out) / split.key
-        results[split.key] = {"dir": str(out), "manifests": train_split(split, models, out, ds.labels, ds.source,
-                                                                        args.embedding_model)}
+        results[split.key] = {
+            "dir": str(out),
+            "manifests": train_split(split, models, out, ds.labels, ds.source, args.embedding_model),
+        }
         if not args.json:
             print(f"split {i}: trained {', '.join(models)} -> {out}")
     if args.json:
@@ -68,18 +75,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split_rows = evaluate_split(split, models, args.embedding_model)
         rows += split_rows
         if not args.json:
-            print(f"split {split.index}: " + "  ".join(f"{r.model_id}={r.accuracy:.3f}" for r in split_rows),
-                  file=sys.stderr)
+            print(
+                f"split {split.index}: " + "  ".join(f"{r.model_id}={r.accuracy:.3f}" for r in split_rows),
+                file=sys.stderr,
+            )
     summary = summarize(rows)
     if args.json:
-        print(json.dumps({"dataset": ds.name, "source": ds.source, "fingerprint": ds.fingerprint,
-                          "embedding_model": args.embedding_model, "n_train": args.n_train, "n_test": args.n_test,
-                          "seed": args.seed, "summary": summary, "rows": [r.__dict__ for r in rows]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "dataset": ds.name,
+                    "source": ds.source,
+                    "fingerprint": ds.fingerprint,
+                    "embedding_model": args.embedding_model,
+                    "n_train": args.n_train,
+                    "n_test": args.n_test,
+                    "seed": args.seed,
+                    "summary": summary,
+                    "rows": [r.__dict__ for r in rows],
+                },
+                indent=2,
+            )
+        )
         return 0
-    print(f"\n{ds.name}: {args.splits} split(s) of {args.n_train} train / {args.n_test} test texts, seed {args.seed}")
+    print(
+        f"\n{ds.name}: {args.splits} split(s) of {args.n_train} train / {args.n_test} test texts, seed {args.seed}"
+    )
     print(f"{'model':<20} {'accuracy':>10} {'std':>7} {'predict ms':>11}")
     for s in summary:
-        print(f"{s['model']:<20} {s['accuracy_mean']:>10.4f} {s['accuracy_std']:>7.4f} {s['predict_s_mean'] * 1e3:>11.1f}")
+        print(
+            f"{s['model']:<20} {s['accuracy_mean']:>10.4f} {s['accuracy_std']:>7.4f} {s['predict_s_mean'] * 1e3:>11.1f}"
+        )
     return 0
 
 
@@ -91,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the traditional models on study splits and save them")
     _dataset_args(p, splits=1)
     p.add_argument("--split-index", type=int, default=0, help="first split index")
-    p.add_argument("--out", default="artifacts/demo", help="artifacts folder (one sub-folder per split if --splits > 1)")
+    p.add_argument(
+        "--out", default="artifacts/demo", help="artifacts folder (one sub-folder per split if --splits > 1)"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="train and evaluate in-process (no Serve): the quick baseline")

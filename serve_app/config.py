@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from serve_app.classifiers.llm_config import LLMSpec
 from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict
+from serve_app.topology.pipeline import PipelineSpec
 
 
 class TraditionalSpec(Strict):
@@ -24,7 +25,7 @@ class TraditionalSpec(Strict):
     energy: EnergyConfig = EnergyConfig()
 
 
-ClassifierSpec = Annotated[TraditionalSpec | LLMSpec, Field(discriminator="kind")]
+ClassifierSpec = Annotated[TraditionalSpec | LLMSpec | PipelineSpec, Field(discriminator="kind")]
 
 
 class TrainIfMissing(Strict):

@@ -123,7 +123,9 @@ def load_dataset(source: str, text_col: str = "text", label_col: str = "label") 
     if source == "demo":
         source = str(DEMO_DIR)
     path = Path(source).expanduser()
-    if source.startswith("hf:") or (not path.exists() and "/" in source and not source.startswith((".", "/"))):
+    if source.startswith("hf:") or (
+        not path.exists() and "/" in source and not source.startswith((".", "/"))
+    ):
         return _load_hf(source.removeprefix("hf:"), text_col, label_col)
     if not path.exists():
         raise DatasetError(f"dataset not found: {source}")
@@ -143,8 +145,9 @@ def load_dataset(source: str, text_col: str = "text", label_col: str = "label") 
     return _dataset(path.name, str(path), [only], None, None, pool)
 
 
-def _dataset(name: str, source: str, files: list[Path], train: Pool | None, test: Pool | None,
-             pool: Pool | None) -> Dataset:
+def _dataset(
+    name: str, source: str, files: list[Path], train: Pool | None, test: Pool | None, pool: Pool | None
+) -> Dataset:
     labels = sorted({lab for p in (train, test, pool) if p is not None for lab in p.labels})
     if len(labels) < 2:
         raise DatasetError(f"{source}: need at least two labels, found {labels}")
@@ -155,7 +158,9 @@ def _load_hf(dataset_id: str, text_col: str, label_col: str) -> Dataset:
     try:
         import datasets as hf  # type: ignore[import-not-found]
     except ImportError as exc:
-        raise DatasetError(f"{dataset_id!r} is not a local path and the `datasets` package is not installed") from exc
+        raise DatasetError(
+            f"{dataset_id!r} is not a local path and the `datasets` package is not installed"
+        ) from exc
     try:
         dd = hf.load_dataset(dataset_id)
     except Exception as exc:  # hub unreachable, unknown id
@@ -168,7 +173,9 @@ def _load_hf(dataset_id: str, text_col: str, label_col: str) -> Dataset:
             df[label_col] = [feature.int2str(int(v)) for v in df[label_col]]
         return df
 
-    fp = hashlib.sha256(f"hf:{dataset_id}:{getattr(dd['train'], '_fingerprint', '')}".encode()).hexdigest()[:16]
+    fp = hashlib.sha256(f"hf:{dataset_id}:{getattr(dd['train'], '_fingerprint', '')}".encode()).hexdigest()[
+        :16
+    ]
     train = _pool("train", frame("train"), text_col, label_col) if "train" in dd else None
     test = _pool("test", frame("test"), text_col, label_col) if "test" in dd else None
     labels = tuple(sorted({lab for p in (train, test) if p for lab in p.labels}))
@@ -193,8 +200,14 @@ def make_split(ds: Dataset, n_train: int, n_test: int, seed: int, index: int) ->
         n_te = min(n_test, n // 2)
         n_tr = min(n_train, n - n_te)
         perm = rng.permutation(n)
-        return Split(ds.name, ds.fingerprint, seed, index, _take(ds.pool, perm[n_te:n_te + n_tr]),
-                     _take(ds.pool, perm[:n_te]))
+        return Split(
+            ds.name,
+            ds.fingerprint,
+            seed,
+            index,
+            _take(ds.pool, perm[n_te : n_te + n_tr]),
+            _take(ds.pool, perm[:n_te]),
+        )
     assert ds.train is not None and ds.test is not None
     tr = rng.permutation(len(ds.train))[: min(n_train, len(ds.train))]
     te = rng.permutation(len(ds.test))[: min(n_test, len(ds.test))]
@@ -207,8 +220,14 @@ def study_splits(ds: Dataset, n_train: int, n_test: int, splits: int, seed: int)
 
 def split_identity(split: Split) -> dict[str, object]:
     """What a manifest or a result records to name a split exactly."""
-    return {"dataset": split.dataset, "fingerprint": split.fingerprint, "seed": split.seed,
-            "index": split.index, "n_train": len(split.train.rows), "n_test": len(split.test.rows)}
+    return {
+        "dataset": split.dataset,
+        "fingerprint": split.fingerprint,
+        "seed": split.seed,
+        "index": split.index,
+        "n_train": len(split.train.rows),
+        "n_test": len(split.test.rows),
+    }
 
 
 def write_jsonl(path: Path, texts: list[str], labels: list[str]) -> None:

@@ -20,7 +20,8 @@ from ray import serve
 
 from serve_app.classifiers.base import Prediction
 from serve_app.config import AppConfig
-from serve_app.energy.base import MeterError
+from serve_app.energy.agents import node_of_key
+from serve_app.energy.base import BrokenMeter, Meter, MeterError
 from serve_app.energy.probe import make_meter
 from serve_app.energy.sampler import Sampler
 from serve_app.energy.tag import EnergyTag, make_tag, no_energy_tag
@@ -31,13 +32,17 @@ EXPORT_PERIOD_S = 1.0
 
 
 def build_classifier(spec: Any, artifacts_dir: str) -> Any:
-    """Load the classifier a spec names (LLM support is imported only when used)."""
+    """Load the classifier a spec names (LLM and pipeline support are imported only when used)."""
+    from pathlib import Path
+
     if spec.kind == "llm":
         from serve_app.classifiers.llm import build_llm_classifier
 
         return build_llm_classifier(spec)
-    from pathlib import Path
+    if spec.kind == "pipeline":
+        from serve_app.topology.pipeline import PipelineClassifier
 
+        return PipelineClassifier(spec, Path(artifacts_dir))
     from serve_app.classifiers.traditional import TraditionalClassifier
 
     return TraditionalClassifier(Path(artifacts_dir) / spec.id)
@@ -62,22 +67,33 @@ class ClassifierServer:
         self.is_async = hasattr(self.classifier, "apredict")
         ctx = serve.get_replica_context()
         self.replica = ctx.replica_tag if ctx else "local"
-        meter = make_meter(self.spec.energy, _gpu_ids())
+        try:
+            meter: Meter = make_meter(self.spec.energy, _gpu_ids())
+        except MeterError as exc:  # serve, with `unavailable` tags, rather than fail to start
+            log.error(
+                "energy meter %r unusable, tags will say 'unavailable': %s", self.spec.energy.meter, exc
+            )
+            meter = BrokenMeter(str(exc))
         self.metering = self.spec.energy.meter != "off"
         self.sampler = Sampler(meter, self.spec.energy.sample_period_s)
         if self.metering:
             self.sampler.start()
         self.rule = self.spec.energy.attribution
         self.metrics = ReplicaMetrics()
-        info = meter.info
-        self.metrics.meter_info.set(1, tags(source=info.source, node=info.node, devices=",".join(info.devices)))
         self._exported: dict[tuple[str, str], float] = {}
         self._app = ctx.app_name if ctx else "local"
         self._stop = threading.Event()
         threading.Thread(target=self._export_loop, name="accuwatt-export", daemon=True).start()
-        self._predict_batch.set_max_batch_size(self.spec.deployment.max_batch_size)
-        self._predict_batch.set_batch_wait_timeout_s(self.spec.deployment.batch_wait_timeout_s)
-        log.info("replica %s ready: %s (%s), meter %s", self.replica, self.spec.id, self.spec.kind, info.source)
+        batcher: Any = self._predict_batch  # serve.batch adds these setters at run time
+        batcher.set_max_batch_size(self.spec.deployment.max_batch_size)
+        batcher.set_batch_wait_timeout_s(self.spec.deployment.batch_wait_timeout_s)
+        log.info(
+            "replica %s ready: %s (%s), meter %s",
+            self.replica,
+            self.spec.id,
+            self.spec.kind,
+            meter.info.source,
+        )
 
     # -- requests ------------------------------------------------------------------------------
     def _weight(self, texts: list[str]) -> float:
@@ -95,13 +111,19 @@ class ClassifierServer:
         preds = await asyncio.to_thread(self.classifier.predict, flat)
         out, i = [], 0
         for b in batches:
-            out.append(preds[i:i + len(b)])
+            out.append(preds[i : i + len(b)])
             i += len(b)
         return out
 
+    async def _predict(self, texts: list[str], mode: str | None) -> list[Prediction]:
+        if self.is_async:
+            return list(await self.classifier.apredict(texts, mode))
+        return await self._predict_batch(texts)
+
     async def classify(self, texts: list[str], mode: str | None, request_id: str) -> dict[str, Any]:
+        tag: EnergyTag
         if not self.metering:
-            preds = await (self.classifier.apredict(texts, mode) if self.is_async else self._predict_batch(texts))
+            preds = await self._predict(texts, mode)
             tag = no_energy_tag(self.replica, self.sampler.meter.info, "metering is off", source="off")
             return {"predictions": [asdict(p) for p in preds], "energy": tag.model_dump()}
         ledger = self.sampler.ledger
@@ -109,15 +131,11 @@ class ClassifierServer:
         if r0 is not None:
             ledger.begin(request_id, r0, self._weight(texts))
         try:
-            if self.is_async:
-                preds = await self.classifier.apredict(texts, mode)
-            else:
-                preds = await self._predict_batch(texts)
+            preds = await self._predict(texts, mode)
         except BaseException:
             ledger.abandon(request_id, self.sampler.read())
             raise
         r1 = self.sampler.read()
-        tag: EnergyTag
         if r0 is not None and r1 is not None:
             tag = make_tag(ledger.end(request_id, r1), self.sampler.meter.info, self.rule, self.replica)
             self.metrics.request_energy.observe(tag.joules or 0.0, tags(source=tag.source))
@@ -131,22 +149,43 @@ class ClassifierServer:
     # -- views ---------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         info, meter = self.classifier.info, self.sampler.meter.info
-        return {"id": self.spec.id, "kind": info.kind, "labels": list(info.labels), "devices": list(info.devices),
-                "energy_source": meter.source, "energy_devices": list(meter.devices), "node": meter.node,
-                "energy_notes": meter.notes, "modes": list(info.details.get("modes", []) or []),
-                "parameters": info.parameters, "details": info.details}
+        return {
+            "id": self.spec.id,
+            "kind": info.kind,
+            "labels": list(info.labels),
+            "devices": list(info.devices),
+            "energy_source": meter.source,
+            "energy_devices": list(meter.devices),
+            "node": meter.node,
+            "energy_notes": meter.notes,
+            "modes": list(info.details.get("modes", []) or []),
+            "parameters": info.parameters,
+            "details": info.details,
+        }
 
     def energy(self) -> dict[str, Any]:
         t = self.sampler.ledger.totals()
         info = self.sampler.meter.info
-        return {"source": "unavailable" if self.sampler.error else info.source, "node": info.node,
-                "devices": list(info.devices), "metered_j": sum(t.metered_j.values()),
-                "attributed_j": sum(t.attributed_j.values()), "idle_j": sum(t.idle_j.values()),
-                "domains": t.domains(), "window_s": [t.started_s, t.last_s], "sample_period_s": self.sampler.period_s,
-                "counter_update_period_s": self.sampler.ledger.observed_update_period_s(),
-                "nominal_update_period_s": info.update_period_s, "resolution_j": info.resolution_j,
-                "requests": t.requests, "open_requests": self.sampler.ledger.open_requests, "resets": t.resets,
-                "readings": t.readings, "sampler_cpu_s": self.sampler.cpu_s, "error": self.sampler.error}
+        return {
+            "source": "unavailable" if self.sampler.error else info.source,
+            "node": info.node,
+            "devices": list(info.devices),
+            "metered_j": sum(t.metered_j.values()),
+            "attributed_j": sum(t.attributed_j.values()),
+            "idle_j": sum(t.idle_j.values()),
+            "domains": t.domains(),
+            "window_s": [t.started_s, t.last_s],
+            "sample_period_s": self.sampler.period_s,
+            "counter_update_period_s": self.sampler.ledger.observed_update_period_s(),
+            "nominal_update_period_s": info.update_period_s,
+            "resolution_j": info.resolution_j,
+            "requests": t.requests,
+            "open_requests": self.sampler.ledger.open_requests,
+            "resets": t.resets,
+            "readings": t.readings,
+            "sampler_cpu_s": self.sampler.cpu_s,
+            "error": self.sampler.error,
+        }
 
     def energy_snapshot(self) -> tuple[str, dict[str, Any]]:
         return self.replica, self.energy()
@@ -170,6 +209,8 @@ class ClassifierServer:
         t = self.sampler.ledger.totals()
         info = self.sampler.meter.info
         source = info.source
+        live = "unavailable" if self.sampler.error else source
+        self.metrics.meter_info.set(1, tags(source=live, node=info.node, devices=",".join(info.devices)))
         power: dict[str, float] = {}
         for share, per_key in (("attributed", t.attributed_j), ("idle", t.idle_j)):
             for key, total in per_key.items():
@@ -177,16 +218,13 @@ class ClassifierServer:
                 if delta <= 0:
                     continue
                 self._exported[(share, key)] = total
-                domain = key.split(":", 1)[0]
-                self.metrics.energy.inc(delta, tags(domain=domain, source=source, node=info.node, share=share))
+                domain, node = key.split(":", 1)[0], node_of_key(key) or info.node
+                self.metrics.energy.inc(delta, tags(domain=domain, source=source, node=node, share=share))
                 power[domain] = power.get(domain, 0.0) + delta
         for domain in {k.split(":", 1)[0] for k in t.metered_j}:
-            self.metrics.power.set(power.get(domain, 0.0) / dt_s if dt_s > 0 else 0.0,
-                                   tags(domain=domain, source=source))
-
-    def check_health(self) -> None:
-        if self.sampler.error and self.spec.energy.meter != "auto":
-            raise MeterError(f"forced meter failing: {self.sampler.error}")
+            self.metrics.power.set(
+                power.get(domain, 0.0) / dt_s if dt_s > 0 else 0.0, tags(domain=domain, source=source)
+            )
 
     def __del__(self) -> None:
         try:

@@ -8,9 +8,6 @@ the dashboards see are ``PROM[...]`` below.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import time
 from typing import Any
 
 ENERGY = "accuwatt_energy_joules"
@@ -91,43 +88,6 @@ def _keys(*names: str) -> Any:
     return names
 
 
-GAUGE_REFRESH_S = 2.0
-"""How often a ``StickyGauge`` re-records its values (s). Ray's metrics agent evicts a gauge series
-that was not recorded within two report intervals (Ray 2.60: 2 x 10 s), so a gauge set once (the
-meter's info) would vanish from Prometheus about 20 s after the replica started."""
-
-
-class StickyGauge:
-    """A ``ray.serve.metrics.Gauge`` whose last value per tag set is re-recorded every
-    ``GAUGE_REFRESH_S`` by a daemon thread, so that it stays exported until the process ends."""
-
-    def __init__(self, gauge: Any, refresh_s: float = GAUGE_REFRESH_S) -> None:
-        self._gauge = gauge
-        self._values: dict[tuple[tuple[str, str], ...], float] = {}
-        self._lock = threading.Lock()
-        self._refresh_s = refresh_s
-        self._thread: threading.Thread | None = None
-
-    def set(self, value: float, tags: dict[str, str] | None = None) -> None:
-        """Record ``value`` for ``tags`` now and keep re-recording it."""
-        key = tuple(sorted((tags or {}).items()))
-        with self._lock:
-            self._values[key] = float(value)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._refresh, name="accuwatt-gauge", daemon=True)
-                self._thread.start()
-        self._gauge.set(value, dict(key))
-
-    def _refresh(self) -> None:
-        while True:
-            time.sleep(self._refresh_s)
-            with self._lock:
-                values = list(self._values.items())
-            for key, value in values:
-                with contextlib.suppress(Exception):  # metrics must never break serving
-                    self._gauge.set(value, dict(key))
-
-
 class ReplicaMetrics:
     """The metric objects of one replica (created inside the replica process)."""
 
@@ -149,12 +109,12 @@ class ReplicaMetrics:
             POWER, description="Average replica power (W)", tag_keys=_keys("domain", "source")
         )
         self.texts = m.Counter(TEXTS, description="Texts classified", tag_keys=("source",))
-        self.meter_info = StickyGauge(
-            m.Gauge(
-                METER_INFO,
-                description="Energy meter of the replica (1)",
-                tag_keys=_keys("source", "node", "devices"),
-            )
+        # Ray's agent evicts a gauge series not recorded within two report intervals (Ray 2.60:
+        # 2 x 10 s), so the deployment re-sets this one on every export (each second).
+        self.meter_info = m.Gauge(
+            METER_INFO,
+            description="Energy meter of the replica (1)",
+            tag_keys=_keys("source", "node", "devices"),
         )
         self.meter_errors = m.Counter(METER_ERRORS, description="Failed meter reads", tag_keys=("source",))
 

@@ -31,5 +31,6 @@ class EnergyRegistry:
 
 def registry(app_name: str) -> Any:
     """Get or create the registry of one Serve application."""
-    return EnergyRegistry.options(name=f"energy-registry-{app_name}", namespace=NAMESPACE, get_if_exists=True,
-                                  lifetime="detached").remote()
+    return EnergyRegistry.options(  # type: ignore[attr-defined]
+        name=f"energy-registry-{app_name}", namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
+    ).remote()

@@ -18,23 +18,40 @@ from serve_app.data import Split, split_identity
 DEFAULT_EMBEDDING = "packaged:all-MiniLM-L6-v2"
 
 
-def fit_split(split: Split, model_ids: list[str] | tuple[str, ...] = MODEL_IDS,
-              embedding_model: str = DEFAULT_EMBEDDING) -> dict[str, TrainedModel]:
+def fit_split(
+    split: Split, model_ids: list[str] | tuple[str, ...] = MODEL_IDS, embedding_model: str = DEFAULT_EMBEDDING
+) -> dict[str, TrainedModel]:
     """Train every model of ``model_ids`` on ``split.train``; embeddings are computed once."""
     texts, labels = list(split.train.texts), list(split.train.labels)
     shared = None
     if any(m.startswith("embedding-") for m in model_ids):
         shared = embedding.encode(embedding_model, texts)
-    return {m: fit(m, texts, labels, features=shared if m.startswith("embedding-") else None,
-                   embedding_model=embedding_model) for m in model_ids}
+    return {
+        m: fit(
+            m,
+            texts,
+            labels,
+            features=shared if m.startswith("embedding-") else None,
+            embedding_model=embedding_model,
+        )
+        for m in model_ids
+    }
 
 
-def train_split(split: Split, model_ids: list[str] | tuple[str, ...], out_dir: Path, labels: tuple[str, ...],
-                dataset_source: str, embedding_model: str = DEFAULT_EMBEDDING) -> dict[str, dict[str, Any]]:
+def train_split(
+    split: Split,
+    model_ids: list[str] | tuple[str, ...],
+    out_dir: Path,
+    labels: tuple[str, ...],
+    dataset_source: str,
+    embedding_model: str = DEFAULT_EMBEDDING,
+) -> dict[str, dict[str, Any]]:
     """Train and save ``model_ids`` under ``out_dir/<model_id>/``; return their manifests."""
     models = fit_split(split, model_ids, embedding_model)
-    provenance = {"dataset": {"name": split.dataset, "source": dataset_source, "fingerprint": split.fingerprint},
-                  "split": split_identity(split)}
+    provenance = {
+        "dataset": {"name": split.dataset, "source": dataset_source, "fingerprint": split.fingerprint},
+        "split": split_identity(split),
+    }
     return {m: save(model, out_dir / m, labels, provenance) for m, model in models.items()}
 
 
@@ -47,8 +64,9 @@ class EvalRow:
     predict_s: float  # in-process prediction time for the whole test set (one call)
 
 
-def evaluate_split(split: Split, model_ids: list[str] | tuple[str, ...] = MODEL_IDS,
-                   embedding_model: str = DEFAULT_EMBEDDING) -> list[EvalRow]:
+def evaluate_split(
+    split: Split, model_ids: list[str] | tuple[str, ...] = MODEL_IDS, embedding_model: str = DEFAULT_EMBEDDING
+) -> list[EvalRow]:
     models = fit_split(split, model_ids, embedding_model)
     texts, gold = list(split.test.texts), list(split.test.labels)
     rows = []
@@ -70,9 +88,13 @@ def summarize(rows: list[EvalRow]) -> list[dict[str, Any]]:
     for m in dict.fromkeys(r.model_id for r in rows):
         accs = np.array([r.accuracy for r in rows if r.model_id == m])
         times = np.array([r.predict_s for r in rows if r.model_id == m])
-        out.append({"model": m, "splits": len(accs), "accuracy_mean": float(accs.mean()),
-                    "accuracy_std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
-                    "predict_s_mean": float(times.mean())})
+        out.append(
+            {
+                "model": m,
+                "splits": len(accs),
+                "accuracy_mean": float(accs.mean()),
+                "accuracy_std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
+                "predict_s_mean": float(times.mean()),
+            }
+        )
     return out
-
-

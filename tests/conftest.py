@@ -63,8 +63,14 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
 
     temp_dir = tempfile.mkdtemp(prefix="aw-ray-", dir="/tmp")
     metrics_port = free_port()
-    ray.init(num_cpus=8, include_dashboard=False, _temp_dir=temp_dir, _metrics_export_port=metrics_port,
-             namespace="accuwatt-tests", logging_level="WARNING")
+    ray.init(
+        num_cpus=8,
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        _metrics_export_port=metrics_port,
+        namespace="accuwatt-tests",
+        logging_level="WARNING",
+    )
     yield {"temp_dir": temp_dir, "metrics_port": metrics_port}
     from ray import serve
 
@@ -120,6 +126,11 @@ def serve_app_factory(serve_http: str) -> Iterator[Callable[..., str]]:
         serve.delete(name)
 
 
-def traditional_config(artifacts: Path, model_ids: list[str] | tuple[str, ...], **extra: Any) -> dict[str, Any]:
-    return {"artifacts_dir": str(artifacts), "classifiers": [{"kind": "traditional", "id": m} for m in model_ids],
-            **extra}
+def traditional_config(
+    artifacts: Path, model_ids: list[str] | tuple[str, ...], **extra: Any
+) -> dict[str, Any]:
+    return {
+        "artifacts_dir": str(artifacts),
+        "classifiers": [{"kind": "traditional", "id": m} for m in model_ids],
+        **extra,
+    }

@@ -41,8 +41,9 @@ def load_encoder(name: str, device: str | None = None) -> Any:
 
 
 def encode(name: str, texts: list[str], batch_size: int = 32) -> Any:
-    return load_encoder(name).encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
-                                     show_progress_bar=False)
+    return load_encoder(name).encode(
+        list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
+    )
 
 
 def encoder_parameters(name: str) -> int:

@@ -75,8 +75,13 @@ class TrainedModel:
         return head + enc
 
 
-def fit(model_id: str, texts: list[str], labels: list[str], features: Any | None = None,
-        embedding_model: str | None = None) -> TrainedModel:
+def fit(
+    model_id: str,
+    texts: list[str],
+    labels: list[str],
+    features: Any | None = None,
+    embedding_model: str | None = None,
+) -> TrainedModel:
     """Train one model. ``features`` may be precomputed (embeddings shared by two models)."""
     feature, est_name = model_id.split("-", 1)
     vec = make_vectorizer(feature)
@@ -95,7 +100,11 @@ def versions() -> dict[str, str]:
     import sklearn
     import xgboost
 
-    out = {"python": platform.python_version(), "scikit-learn": sklearn.__version__, "xgboost": xgboost.__version__}
+    out = {
+        "python": platform.python_version(),
+        "scikit-learn": sklearn.__version__,
+        "xgboost": xgboost.__version__,
+    }
     try:
         import sentence_transformers
 
@@ -105,13 +114,20 @@ def versions() -> dict[str, str]:
     return out
 
 
-def save(model: TrainedModel, out_dir: Path, labels: tuple[str, ...], provenance: dict[str, Any]) -> dict[str, Any]:
+def save(
+    model: TrainedModel, out_dir: Path, labels: tuple[str, ...], provenance: dict[str, Any]
+) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, out_dir / "model.joblib")
     manifest = {
-        "model_id": model.model_id, "labels": list(labels), "trained_classes": list(model.classes),
-        "embedding_model": model.embedding_model, "parameters": model.parameters(), "versions": versions(),
-        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **provenance,
+        "model_id": model.model_id,
+        "labels": list(labels),
+        "trained_classes": list(model.classes),
+        "embedding_model": model.embedding_model,
+        "parameters": model.parameters(),
+        "versions": versions(),
+        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **provenance,
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
@@ -136,7 +152,10 @@ class TraditionalClassifier:
             enc = embedding.load_encoder(self.model.embedding_model)  # load now, not on the first request
             devices = (str(enc.device),)
         self._info = ClassifierInfo(
-            model_id=self.manifest["model_id"], kind="traditional", labels=self._labels, devices=devices,
+            model_id=self.manifest["model_id"],
+            kind="traditional",
+            labels=self._labels,
+            devices=devices,
             parameters=self.manifest.get("parameters"),
             details={k: self.manifest.get(k) for k in ("dataset", "split", "embedding_model", "versions")},
         )
@@ -152,5 +171,10 @@ class TraditionalClassifier:
     def predict(self, texts: list[str]) -> list[Prediction]:
         proba = self.model.predict_proba(texts)
         classes = self.model.classes
-        return [Prediction(label=classes[int(row.argmax())],
-                           scores={c: float(p) for c, p in zip(classes, row, strict=True)}) for row in proba]
+        return [
+            Prediction(
+                label=classes[int(row.argmax())],
+                scores={c: float(p) for c, p in zip(classes, row, strict=True)},
+            )
+            for row in proba
+        ]

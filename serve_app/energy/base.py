@@ -86,8 +86,14 @@ class NullMeter:
     """The meter of ``EnergyConfig(meter="off")``: no counters at all (the ledger sees no energy)."""
 
     def __init__(self, node: str = "") -> None:
-        self._info = MeterInfo(source="off", devices=(), resolution_j=0.0, update_period_s=0.0, node=node,
-                               notes="metering disabled")
+        self._info = MeterInfo(
+            source="off",
+            devices=(),
+            resolution_j=0.0,
+            update_period_s=0.0,
+            node=node,
+            notes="metering disabled",
+        )
 
     @property
     def info(self) -> MeterInfo:
@@ -95,6 +101,27 @@ class NullMeter:
 
     def read(self) -> Reading:
         return Reading(now_s(), {}, "off")
+
+    def close(self) -> None:
+        pass
+
+
+class BrokenMeter:
+    """Stands in for a meter that could not be built (a forced ``rapl`` without readable counters):
+    every read fails, so tags say ``unavailable`` and the replica keeps classifying."""
+
+    def __init__(self, reason: str, node: str = "") -> None:
+        self.reason = reason
+        self._info = MeterInfo(
+            source="unavailable", devices=(), resolution_j=0.0, update_period_s=0.0, node=node, notes=reason
+        )
+
+    @property
+    def info(self) -> MeterInfo:
+        return self._info
+
+    def read(self) -> Reading:
+        raise MeterError(self.reason)
 
     def close(self) -> None:
         pass

@@ -28,8 +28,15 @@ _BYTES_PER_GB = 1e9
 class EstimateMeter:
     """CPU-time and resident-memory estimate for one process tree. Units: J, s, W."""
 
-    def __init__(self, cpu_tdp_w: float = 65.0, cpu_cores: int | None = None, dram_w_per_gb: float = 0.375,
-                 include_children: bool = True, pid: int | None = None, node: str = "") -> None:
+    def __init__(
+        self,
+        cpu_tdp_w: float = 65.0,
+        cpu_cores: int | None = None,
+        dram_w_per_gb: float = 0.375,
+        include_children: bool = True,
+        pid: int | None = None,
+        node: str = "",
+    ) -> None:
         self._cores = cpu_cores or os.cpu_count() or 1
         self.per_core_w = cpu_tdp_w / self._cores
         self.dram_w_per_gb = dram_w_per_gb
@@ -45,16 +52,23 @@ class EstimateMeter:
         self._last_s: float | None = None
         self._tick_s = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
         self._node = node
-        self._notes = (f"CPU time x {self.per_core_w:.2f} W/core (TDP {cpu_tdp_w:g} W / {self._cores} cores)"
-                   f" + resident memory x {dram_w_per_gb:g} W/GB; children {'included' if include_children else 'excluded'}")
+        self._notes = (
+            f"CPU time x {self.per_core_w:.2f} W/core (TDP {cpu_tdp_w:g} W / {self._cores} cores)"
+            f" + resident memory x {dram_w_per_gb:g} W/GB; children {'included' if include_children else 'excluded'}"
+        )
 
     @property
     def info(self) -> MeterInfo:
         coarse = not self._own or bool(self._children)
         step_s = self._tick_s if coarse else 1e-6
-        return MeterInfo(source="estimate", devices=(f"cpu-process:{self._proc.pid}",),
-                         resolution_j=step_s * self.per_core_w, update_period_s=step_s, node=self._node,
-                         notes=self._notes)
+        return MeterInfo(
+            source="estimate",
+            devices=(f"cpu-process:{self._proc.pid}",),
+            resolution_j=step_s * self.per_core_w,
+            update_period_s=step_s,
+            node=self._node,
+            notes=self._notes,
+        )
 
     def _refresh_children(self, t_s: float) -> None:
         if t_s - self._children_refreshed_s < CHILD_REFRESH_S:
@@ -97,9 +111,13 @@ class EstimateMeter:
             cpu_s, rss = self._cpu_and_rss(t_s)
             if self._last_s is not None:
                 # trapezoid over the interval since the previous read
-                self._dram_j += (self._rss_bytes + rss) / 2 / _BYTES_PER_GB * self.dram_w_per_gb * (t_s - self._last_s)
+                self._dram_j += (
+                    (self._rss_bytes + rss) / 2 / _BYTES_PER_GB * self.dram_w_per_gb * (t_s - self._last_s)
+                )
             self._last_s, self._rss_bytes = t_s, rss
-            return Reading(t_s, {"cpu:process": cpu_s * self.per_core_w, "dram:process": self._dram_j}, "estimate")
+            return Reading(
+                t_s, {"cpu:process": cpu_s * self.per_core_w, "dram:process": self._dram_j}, "estimate"
+            )
 
     def close(self) -> None:
         self._children.clear()

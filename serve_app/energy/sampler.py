@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from serve_app.energy.base import Meter, MeterError, Reading
+from serve_app.energy.base import Meter, MeterError, Reading, now_s
 from serve_app.energy.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -21,8 +21,13 @@ class Sampler:
     def __init__(self, meter: Meter, period_s: float) -> None:
         self.meter = meter
         self.period_s = period_s
-        self.ledger = Ledger(meter.read())
         self.error: str | None = None
+        try:
+            first = meter.read()
+        except MeterError as exc:  # failing from the start: an empty origin, counters appear later
+            self.error = str(exc)
+            first = Reading(now_s(), {}, meter.info.source)
+        self.ledger = Ledger(first)
         self.cpu_s = 0.0  # CPU time the sampler thread itself used (s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="accuwatt-sampler", daemon=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from serve_app.energy.agents import joules_by_node, node_of_key
 from serve_app.energy.base import MEASURED_SOURCES, MeterInfo
 from serve_app.energy.ledger import Allocation
 
@@ -31,6 +32,7 @@ class EnergyTag(BaseModel):
     source: str
     measured: bool
     domains_j: dict[str, float]
+    nodes_j: dict[str, float]
     attribution: Attribution | None
     uncertainty_j: float | None
     flags: list[str]
@@ -50,11 +52,22 @@ def make_tag(alloc: Allocation, info: MeterInfo, rule: str, replica: str) -> Ene
     if uncertainty > joules:
         flags.append("uncertainty_exceeds_value")
     return EnergyTag(
-        joules=joules, source=info.source, measured=info.source in MEASURED_SOURCES,
+        joules=joules,
+        source=info.source,
+        measured=info.source in MEASURED_SOURCES,
         domains_j=dict(alloc.domain_j),
-        attribution=Attribution(rule=rule, weight=alloc.weight, window_s=window_s,
-                                intervals=alloc.intervals, max_sharers=alloc.max_sharers),
-        uncertainty_j=uncertainty, flags=flags, replica=replica, nodes=[info.node] if info.node else [],
+        nodes_j=joules_by_node(alloc.energy_j, info.node),
+        attribution=Attribution(
+            rule=rule,
+            weight=alloc.weight,
+            window_s=window_s,
+            intervals=alloc.intervals,
+            max_sharers=alloc.max_sharers,
+        ),
+        uncertainty_j=uncertainty,
+        flags=flags,
+        replica=replica,
+        nodes=sorted({node_of_key(k) or info.node for k in alloc.energy_j} - {""}),
         devices=list(info.devices),
     )
 
@@ -62,6 +75,15 @@ def make_tag(alloc: Allocation, info: MeterInfo, rule: str, replica: str) -> Ene
 def no_energy_tag(replica: str, info: MeterInfo, reason: str, source: str = "unavailable") -> EnergyTag:
     """A tag without a figure: the meter failed (``unavailable``) or metering is ``off``."""
     flag = f"meter_error: {reason[:200]}" if source == "unavailable" else reason
-    return EnergyTag(joules=None, source=source, measured=False, domains_j={}, attribution=None,
-                     uncertainty_j=None, flags=[flag], replica=replica,
-                     nodes=[info.node] if info.node else [], devices=list(info.devices))
+    return EnergyTag(
+        joules=None,
+        source=source,
+        measured=False,
+        domains_j={},
+        attribution=None,
+        uncertainty_j=None,
+        flags=[flag],
+        replica=replica,
+        nodes=[info.node] if info.node else [],
+        devices=list(info.devices),
+    )

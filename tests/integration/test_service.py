@@ -10,8 +10,11 @@ import pytest
 from serve_app.classifiers.traditional import MODEL_IDS
 from tests.conftest import traditional_config
 
-GERMAN = ["Du bist so ein dummer Idiot, halt die Klappe", "Heute scheint in Berlin die Sonne.",
-          "Die Regierung hat das Gesetz beschlossen."]
+GERMAN = [
+    "Du bist so ein dummer Idiot, halt die Klappe",
+    "Heute scheint in Berlin die Sonne.",
+    "Die Regierung hat das Gesetz beschlossen.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +28,12 @@ def serve_app_factory_module(serve_http: str, demo_artifacts):  # one app for th
 
     from serve_app.app import build_app
 
-    serve.run(build_app(traditional_config(demo_artifacts, MODEL_IDS)), name="svc", route_prefix="/svc",
-              blocking=False)
+    serve.run(
+        build_app(traditional_config(demo_artifacts, MODEL_IDS)),
+        name="svc",
+        route_prefix="/svc",
+        blocking=False,
+    )
     from tests.conftest import wait_http
 
     wait_http(serve_http + "/svc/healthz")
@@ -62,23 +69,29 @@ def test_classify_each_model(base_url: str, model: str) -> None:
 
 
 def test_single_text_and_client_request_id(base_url: str) -> None:
-    r = httpx.post(f"{base_url}/v1/classify", json={"model": "tfidf-logreg", "text": GERMAN[0], "request_id": "abc-1"},
-                   timeout=30)
+    r = httpx.post(
+        f"{base_url}/v1/classify",
+        json={"model": "tfidf-logreg", "text": GERMAN[0], "request_id": "abc-1"},
+        timeout=30,
+    )
     assert r.status_code == 200
     assert r.json()["request_id"] == "abc-1" and len(r.json()["labels"]) == 1
 
 
-@pytest.mark.parametrize(("payload", "status", "code"), [
-    ({"model": "nope", "text": "x"}, 404, "unknown_model"),
-    ({"model": "tfidf-logreg"}, 400, "missing_field"),
-    ({"model": "tfidf-logreg", "texts": []}, 400, "empty_texts"),
-    ({"model": "tfidf-logreg", "texts": "not a list"}, 400, "wrong_type"),
-    ({"model": "tfidf-logreg", "texts": [1, 2]}, 400, "wrong_type"),
-    ({"model": 3, "text": "x"}, 400, "wrong_type"),
-    ({"model": "tfidf-logreg", "text": "   "}, 400, "empty_text"),
-    ({"model": "tfidf-logreg", "text": "x", "mode": "choice"}, 400, "unsupported_mode"),
-    (["model", "text"], 400, "wrong_type"),
-])
+@pytest.mark.parametrize(
+    ("payload", "status", "code"),
+    [
+        ({"model": "nope", "text": "x"}, 404, "unknown_model"),
+        ({"model": "tfidf-logreg"}, 400, "missing_field"),
+        ({"model": "tfidf-logreg", "texts": []}, 400, "empty_texts"),
+        ({"model": "tfidf-logreg", "texts": "not a list"}, 400, "wrong_type"),
+        ({"model": "tfidf-logreg", "texts": [1, 2]}, 400, "wrong_type"),
+        ({"model": 3, "text": "x"}, 400, "wrong_type"),
+        ({"model": "tfidf-logreg", "text": "   "}, 400, "empty_text"),
+        ({"model": "tfidf-logreg", "text": "x", "mode": "choice"}, 400, "unsupported_mode"),
+        (["model", "text"], 400, "wrong_type"),
+    ],
+)
 def test_bad_requests_get_4xx_json(base_url: str, payload: object, status: int, code: str) -> None:
     r = httpx.post(f"{base_url}/v1/classify", json=payload, timeout=30)
     assert r.status_code == status
@@ -97,7 +110,9 @@ def test_concurrent_tags_add_up_to_attributed(base_url: str) -> None:
     before = httpx.get(f"{base_url}/v1/energy", timeout=30).json()["deployments"][model]
 
     def one(i: int) -> float:
-        r = httpx.post(f"{base_url}/v1/classify", json={"model": model, "texts": GERMAN * (1 + i % 3)}, timeout=60)
+        r = httpx.post(
+            f"{base_url}/v1/classify", json={"model": model, "texts": GERMAN * (1 + i % 3)}, timeout=60
+        )
         assert r.status_code == 200
         return float(r.json()["energy"]["joules"])
 

@@ -18,18 +18,27 @@ def test_every_deployment_file_validates(path) -> None:
 def test_local_yaml_is_the_six_traditional_models() -> None:
     cfg = AppConfig.from_yaml(REPO / "deployments" / "local.yaml")
     assert sorted(c.id for c in cfg.classifiers) == sorted(
-        f"{f}-{e}" for f in ("bow", "tfidf", "embedding") for e in ("logreg", "xgboost"))
+        f"{f}-{e}" for f in ("bow", "tfidf", "embedding") for e in ("logreg", "xgboost")
+    )
     assert cfg.train_if_missing is not None
 
 
-@pytest.mark.parametrize("bad", [
-    {"classifiers": [{"kind": "traditional", "id": "tfidf-logreg", "typo": 1}]},
-    {"classifiers": [{"kind": "traditional", "id": "svm-logreg"}]},
-    {"classifiers": [{"kind": "traditional", "id": "tfidf-logreg"}, {"kind": "traditional", "id": "tfidf-logreg"}]},
-    {"classifiers": []},
-    {"classifiers": [{"kind": "traditional", "id": "tfidf-logreg", "energy": {"meter": "magic"}}]},
-    {"classifiers": [{"kind": "traditional", "id": "tfidf-logreg", "energy": {"sample_period_s": 0}}]},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"classifiers": [{"kind": "traditional", "id": "tfidf-logreg", "typo": 1}]},
+        {"classifiers": [{"kind": "traditional", "id": "svm-logreg"}]},
+        {
+            "classifiers": [
+                {"kind": "traditional", "id": "tfidf-logreg"},
+                {"kind": "traditional", "id": "tfidf-logreg"},
+            ]
+        },
+        {"classifiers": []},
+        {"classifiers": [{"kind": "traditional", "id": "tfidf-logreg", "energy": {"meter": "magic"}}]},
+        {"classifiers": [{"kind": "traditional", "id": "tfidf-logreg", "energy": {"sample_period_s": 0}}]},
+    ],
+)
 def test_bad_configs_are_rejected(bad) -> None:
     with pytest.raises(ValidationError):
         AppConfig.model_validate(bad)

@@ -20,8 +20,11 @@ def _rows(n: int) -> list[dict[str, str]]:
 def test_one_pool_file_gives_disjoint_train_and_test(tmp_path: Path, suffix: str) -> None:
     df = pd.DataFrame(_rows(50))
     path = tmp_path / f"pool{suffix}"
-    {".jsonl": lambda: df.to_json(path, orient="records", lines=True), ".csv": lambda: df.to_csv(path, index=False),
-     ".parquet": lambda: df.to_parquet(path)}[suffix]()
+    {
+        ".jsonl": lambda: df.to_json(path, orient="records", lines=True),
+        ".csv": lambda: df.to_csv(path, index=False),
+        ".parquet": lambda: df.to_parquet(path),
+    }[suffix]()
     ds = load_dataset(str(path))
     assert ds.labels == ("a", "b") and ds.pool is not None and len(ds.pool) == 50
     split = make_split(ds, 20, 10, seed=1, index=0)
@@ -41,7 +44,9 @@ def test_splits_are_deterministic_and_differ_by_index() -> None:
 
 def test_custom_columns_and_missing_column(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
-    pd.DataFrame({"body": ["x y", "z w", "u v", "q r"], "cat": ["1", "2", "1", "2"]}).to_csv(path, index=False)
+    pd.DataFrame({"body": ["x y", "z w", "u v", "q r"], "cat": ["1", "2", "1", "2"]}).to_csv(
+        path, index=False
+    )
     assert load_dataset(str(path), text_col="body", label_col="cat").labels == ("1", "2")
     with pytest.raises(DatasetError, match="missing column"):
         load_dataset(str(path))

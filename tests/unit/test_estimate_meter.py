@@ -31,18 +31,19 @@ def test_own_cpu_time_times_per_core_power() -> None:
 def test_children_counted_and_kept_after_they_exit() -> None:
     meter = EstimateMeter(cpu_tdp_w=10, cpu_cores=1, dram_w_per_gb=0.0, include_children=True)
     r0 = meter.read()
-    child = subprocess.Popen([sys.executable, "-c", "import time\nt=time.process_time()+0.6\nwhile time.process_time()<t: pass\ntime.sleep(3)"])
+    burn = "import time\nt=time.process_time()+0.6\nwhile time.process_time()<t: pass\nprint('done', flush=True)\ntime.sleep(2)"
+    child = subprocess.Popen([sys.executable, "-c", burn], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(2.0)
-        meter._children_refreshed_s = float("-inf")  # force a rescan now rather than in a second
+        assert child.stdout is not None and child.stdout.readline().strip() == "done"  # burnt, still alive
+        meter._children_refreshed_s = float("-inf")  # force a rescan now rather than within a second
         r1 = meter.read()
     finally:
-        child.wait(timeout=30)
+        child.wait(timeout=60)
     meter._children_refreshed_s = float("-inf")
     r2 = meter.read()
     child_j = r1.energy_j["cpu:process"] - r0.energy_j["cpu:process"]
     assert child_j >= 0.5 * 10  # at least most of the child's 0.6 CPU-s at 10 W
-    assert r2.energy_j["cpu:process"] >= r1.energy_j["cpu:process"]  # exit does not lower the counter
+    assert r2.energy_j["cpu:process"] >= r1.energy_j["cpu:process"]  # its exit does not lower the counter
 
 
 def test_dram_integrates_resident_memory_over_time() -> None:

@@ -81,28 +81,3 @@ def test_recording_rule_names_follow_level_metric_operation() -> None:
 )
 def test_metric_name_scanner(expr: str, names: set[str]) -> None:
     assert metric_names(expr) == names
-
-
-class _RecordingGauge:
-    def __init__(self) -> None:
-        self.calls: list[tuple[float, dict[str, str]]] = []
-
-    def set(self, value: float, tags: dict[str, str]) -> None:
-        self.calls.append((value, tags))
-
-
-def test_sticky_gauge_re_records_its_last_values() -> None:
-    import time
-
-    raw = _RecordingGauge()
-    gauge = m.StickyGauge(raw, refresh_s=0.01)
-    gauge.set(1, {"source": "estimate", "node": "n"})
-    gauge.set(2, {"source": "estimate", "node": "n"})
-    deadline = time.monotonic() + 5
-    while len(raw.calls) < 6 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert raw.calls[:2] == [
-        (1, {"node": "n", "source": "estimate"}),
-        (2, {"node": "n", "source": "estimate"}),
-    ]
-    assert len(raw.calls) >= 6 and all(c == (2.0, {"node": "n", "source": "estimate"}) for c in raw.calls[2:])

@@ -19,7 +19,9 @@ def test_train_save_load_predict(tmp_path: Path) -> None:
     manifests = train_split(split, ["bow-logreg", "tfidf-xgboost"], tmp_path, ds.labels, ds.source)
     for model_id in ("bow-logreg", "tfidf-xgboost"):
         m = manifests[model_id]
-        assert m["labels"] == ["OFFENSE", "OTHER"] and m["split"]["index"] == 1 and m["split"]["n_train"] == 150
+        assert (
+            m["labels"] == ["OFFENSE", "OTHER"] and m["split"]["index"] == 1 and m["split"]["n_train"] == 150
+        )
         assert m["dataset"]["fingerprint"] == ds.fingerprint and "scikit-learn" in m["versions"]
         clf = TraditionalClassifier(tmp_path / model_id)
         preds = clf.predict(list(split.test.texts))
@@ -41,8 +43,26 @@ def test_evaluate_beats_chance_on_rotten_tomatoes_tfidf() -> None:
 
 
 def test_cli_evaluate_json(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["evaluate", "--dataset", "demo", "--n-train", "100", "--n-test", "50", "--splits", "2",
-                 "--models", "bow-logreg", "tfidf-logreg", "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--dataset",
+                "demo",
+                "--n-train",
+                "100",
+                "--n-test",
+                "50",
+                "--splits",
+                "2",
+                "--models",
+                "bow-logreg",
+                "tfidf-logreg",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert [s["model"] for s in out["summary"]] == ["bow-logreg", "tfidf-logreg"]
     assert all(s["splits"] == 2 for s in out["summary"])
