@@ -70,8 +70,56 @@ def _error_of(resp: httpx.Response) -> tuple[str, str]:
         return f"http_{resp.status_code}", resp.text[:200]
 
 
+class ClientPool:
+    """Several small ``httpx.AsyncClient`` pools used round-robin.
+
+    httpcore's pool scans every connection for every request, so one client with many connections
+    costs O(connections) CPU per request; ``shards`` clients of a few connections each keep the
+    driver's cost per request flat (about half the CPU at 16 in flight, measured on 2 cores)."""
+
+    def __init__(
+        self,
+        max_in_flight: int,
+        timeout_s: float,
+        headers: dict[str, str] | None = None,
+        shards: int | None = None,
+    ) -> None:
+        n = shards or max(1, min(max_in_flight, 32))
+        per = -(-max_in_flight // n) + 1
+        self._clients = [
+            httpx.AsyncClient(
+                timeout=httpx.Timeout(timeout_s, connect=10.0),
+                limits=httpx.Limits(max_connections=per, max_keepalive_connections=per),
+                headers=headers or {},
+                trust_env=False,
+            )
+            for _ in range(n)
+        ]
+        self._next = 0
+
+    def _pick(self) -> httpx.AsyncClient:
+        self._next = (self._next + 1) % len(self._clients)
+        return self._clients[self._next]
+
+    async def post(self, url: str, **kw: Any) -> httpx.Response:
+        return await self._pick().post(url, **kw)
+
+    async def get(self, url: str, **kw: Any) -> httpx.Response:
+        return await self._pick().get(url, **kw)
+
+    async def aclose(self) -> None:
+        for c in self._clients:
+            await c.aclose()
+
+    async def __aenter__(self) -> ClientPool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
 async def classify(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient | ClientPool,
     base_url: str,
     model: str,
     texts: list[str],

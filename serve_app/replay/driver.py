@@ -22,7 +22,7 @@ from typing import Any, Literal
 import httpx
 
 from serve_app.replay.arrivals import arrival_times_s
-from serve_app.replay.client import Outcome, RetryPolicy, classify
+from serve_app.replay.client import ClientPool, Outcome, RetryPolicy, classify
 from serve_app.replay.plan import PlannedRequest
 from serve_app.replay.records import EnergyTag, Record, RecordStore
 
@@ -111,7 +111,7 @@ def outcome_to_record(
 
 
 async def replay_requests(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient | ClientPool,
     base_url: str,
     model: str,
     split: str,

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from serve_app.carbon import carbon_intensity
 from serve_app.data import Dataset, load_dataset, split_identity, study_splits
 from serve_app.replay import metadata
-from serve_app.replay.client import RetryPolicy
+from serve_app.replay.client import ClientPool, RetryPolicy
 from serve_app.replay.codecarbon_window import CodeCarbonWindow
 from serve_app.replay.driver import LoadShape, replay_requests
 from serve_app.replay.plan import TestSet, majority, plan_requests
@@ -97,7 +97,7 @@ def load_test_sets(cfg: ReplayConfig) -> tuple[Dataset, list[TestSet], dict[str,
     return ds, tests, meta
 
 
-async def get_json(client: httpx.AsyncClient, base_url: str, path: str) -> dict[str, Any] | None:
+async def get_json(client: ClientPool | httpx.AsyncClient, base_url: str, path: str) -> dict[str, Any] | None:
     try:
         resp = await client.get(base_url.rstrip("/") + path)
         return resp.json() if resp.status_code == 200 else None
@@ -153,7 +153,7 @@ def prepare_run_folder(
 
 
 async def replay_model_split(
-    client: httpx.AsyncClient,
+    client: ClientPool,
     base_url: str,
     cfg: ReplayConfig,
     model: str,
@@ -218,14 +218,8 @@ def _policy(cfg: ReplayConfig) -> RetryPolicy:
     return RetryPolicy(max_attempts=cfg.max_attempts)
 
 
-def http_client(cfg: ReplayConfig) -> httpx.AsyncClient:
-    limit = cfg.load_shape().max_in_flight + 4
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(cfg.timeout_s, connect=10.0),
-        limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
-        headers=_auth_headers(),
-        trust_env=False,
-    )
+def http_client(cfg: ReplayConfig) -> ClientPool:
+    return ClientPool(cfg.load_shape().max_in_flight, cfg.timeout_s, _auth_headers())
 
 
 def _auth_headers() -> dict[str, str]:
