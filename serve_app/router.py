@@ -58,10 +58,15 @@ def error_response(exc: RequestError, rid: str | None = None) -> JSONResponse:
     if exc.status >= 500:
         error_id = uuid.uuid4().hex[:12]
         log.warning("request %s -> %d %s, error_id=%s", rid or "-", exc.status, exc.code, error_id)
-    headers = dict(exc.headers)
-    if rid:
-        headers["X-Request-Id"] = rid
-    return JSONResponse(exc.body(error_id), status_code=exc.status, headers=headers)
+    return JSONResponse(exc.body(error_id), status_code=exc.status, headers=dict(exc.headers))
+
+
+def serve_request_id() -> str:
+    """Serve's id of the current request: the proxy returns it as the ``X-Request-Id`` header (and
+    takes the client's ``X-Request-Id`` when one is sent), so body and header agree."""
+    from ray.serve.context import _get_serve_request_context
+
+    return _get_serve_request_context().request_id or uuid.uuid4().hex
 
 
 def internal_error(rid: str | None) -> JSONResponse:
@@ -71,7 +76,7 @@ def internal_error(rid: str | None) -> JSONResponse:
     body = RequestError(500, "internal_error", "the service failed; quote error_id when reporting it").body(
         error_id
     )
-    return JSONResponse(body, status_code=500, headers={"X-Request-Id": rid} if rid else None)
+    return JSONResponse(body, status_code=500)
 
 
 def overloaded(what: str) -> RequestError:
@@ -260,7 +265,7 @@ class Router:
         try:
             self._authorize(request)
             req = parse_classify(await self._read_body(request), self.limits)
-            rid = req.request_id or uuid.uuid4().hex
+            rid = req.request_id or serve_request_id()
             if req.model not in self.handles:
                 raise RequestError(
                     404, "unknown_model", f"unknown model; available: {sorted(self.handles)}", "model"
@@ -298,7 +303,7 @@ class Router:
             "energy": energy,
             "latency_s": latency,
         }
-        headers = {"X-Energy-Source": energy["source"], "X-Request-Id": rid}
+        headers = {"X-Energy-Source": energy["source"]}
         if energy["joules"] is not None:
             headers["X-Energy-Joules"] = f"{energy['joules']:.9g}"
         return JSONResponse(body, headers=headers)
