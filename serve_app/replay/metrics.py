@@ -286,8 +286,8 @@ def average_over_splits(per_split: Sequence[RunMetrics]) -> RunMetrics:
         if any("partial" in lab or lab == "unavailable" for lab in labels):
             src_label += " (partial)"
     domains: dict[str, float] = {}
-    for m in per_split:
-        for d, v in m.domains_j.items():
+    for sm in per_split:
+        for d, v in sm.domains_j.items():
             domains[d] = domains.get(d, 0.0) + v / len(per_split)
     return RunMetrics(
         model=per_split[0].model,

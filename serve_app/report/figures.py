@@ -110,12 +110,17 @@ def energy_duration(df: pd.DataFrame, fit: Fit, title: str, out: Path) -> Path |
     if d.empty:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    for g, part in d.groupby("gpus"):
+    for gpus in sorted(int(v) for v in d["gpus"].unique()):
+        part = d[d["gpus"] == gpus]
         sc = ax.scatter(
-            part["duration_s"], part["energy_wh"], s=25, alpha=0.8, label=f"{g} GPU" if g else "CPU only"
+            part["duration_s"],
+            part["energy_wh"],
+            s=25,
+            alpha=0.8,
+            label=f"{gpus} GPU" if gpus else "CPU only",
         )
         xs = np.linspace(0, float(d["duration_s"].max()) * 1.05, 50)
-        ax.plot(xs, fit.predict(xs, np.full_like(xs, float(g))), color=sc.get_facecolor()[0], lw=1)
+        ax.plot(xs, fit.predict(xs, np.full_like(xs, float(gpus))), color=sc.get_facecolor()[0], lw=1)
     r2 = "n/a" if fit.r2 is None else f"{fit.r2:.3f}"
     ax.set_xlabel("duration of the run (s)")
     ax.set_ylabel("energy per run (Wh)")

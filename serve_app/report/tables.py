@@ -31,7 +31,8 @@ def _row(run: RunData, m: RunMetrics) -> dict[str, Any]:
 
 def results_frames(runs: Sequence[RunData]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per run: means over splits, one row per run and split)."""
-    means, splits = [], []
+    means: list[dict[str, Any]] = []
+    splits: list[dict[str, Any]] = []
     for run in runs:
         per_split, mean = run_metrics(run)
         if mean is None:
