@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,16 @@ class Prediction:
     generated_tokens: int | None = None
     parsed: bool = True
     raw: str | None = None
+
+
+def predictions_from_proba(classes: Sequence[str], proba: Any) -> list[Prediction]:
+    """One `Prediction` per row of a (texts x classes) probability matrix: argmax label, all scores."""
+    return [
+        Prediction(
+            label=classes[int(row.argmax())], scores={c: float(p) for c, p in zip(classes, row, strict=True)}
+        )
+        for row in proba
+    ]
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from xgboost import XGBClassifier
 
 from serve_app.classifiers import embedding
-from serve_app.classifiers.base import ClassifierInfo, Prediction
+from serve_app.classifiers.base import ClassifierInfo, Prediction, predictions_from_proba
 
 FEATURES = ("bow", "tfidf", "embedding")
 ESTIMATORS = ("logreg", "xgboost")
@@ -169,12 +169,4 @@ class TraditionalClassifier:
         return self._labels
 
     def predict(self, texts: list[str]) -> list[Prediction]:
-        proba = self.model.predict_proba(texts)
-        classes = self.model.classes
-        return [
-            Prediction(
-                label=classes[int(row.argmax())],
-                scores={c: float(p) for c, p in zip(classes, row, strict=True)},
-            )
-            for row in proba
-        ]
+        return predictions_from_proba(self.model.classes, self.model.predict_proba(texts))

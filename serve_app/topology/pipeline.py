@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from serve_app.classifiers.base import ClassifierInfo, Prediction
+from serve_app.classifiers.base import ClassifierInfo, Prediction, predictions_from_proba
 from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict
 from serve_app.energy.agents import RemoteProcesses, register_remote_processes
 
@@ -152,15 +152,7 @@ class PipelineClassifier:
         import ray
 
         x = ray.get(self.stage.features.remote(list(texts)))
-        proba = np.asarray(self.model.estimator.predict_proba(x))
-        classes = self.model.classes
-        return [
-            Prediction(
-                label=classes[int(row.argmax())],
-                scores={c: float(p) for c, p in zip(classes, row, strict=True)},
-            )
-            for row in proba
-        ]
+        return predictions_from_proba(self.model.classes, np.asarray(self.model.estimator.predict_proba(x)))
 
     def close(self) -> None:
         import ray
