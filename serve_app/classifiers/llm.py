@@ -85,6 +85,7 @@ class LLMClassifier:
         self._tok = tokenizer
         self._labels = tuple(spec.labels)
         self._engine_children: list[int] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         probe = self._render("")
         self._opens_think = spec.reasoning and prompts.opens_think(probe)
         self._prefill = prompts.answer_prefill(spec.reasoning, self._opens_think)
@@ -125,6 +126,8 @@ class LLMClassifier:
 
     async def apredict(self, texts: list[str], mode: str | None = None) -> list[Prediction]:
         """Classify ``texts`` (one engine request each, batched by the engine) in ``mode``."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()  # the engine's output handler lives on this loop
         name = mode or self.spec.default_mode
         run = {"paper": self._paper, "choice": self._choice, "score": self._score}.get(name)
         if run is None:
@@ -137,6 +140,11 @@ class LLMClassifier:
         if engine is not None:
             try:
                 engine.shutdown()
+                loop = self._loop
+                if loop is not None and not loop.is_closed() and not loop.is_running():
+                    # The engine schedules closing its asyncio sockets on its loop; a loop that is not
+                    # running (scripts, tests) must turn once, or ZMQ's context termination hangs later.
+                    loop.run_until_complete(asyncio.sleep(0.1))
             except Exception:  # pragma: no cover - best effort on teardown
                 log.exception("engine shutdown failed")
         _kill_pids(self._engine_children)

@@ -1,0 +1,121 @@
+"""The LLM classifier in-process on a tiny random Llama (real vLLM for CPU, fast answers)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from serve_app.classifiers.llm import LLMClassifier, UnknownModeError
+from serve_app.classifiers.prompts import UNPARSED_LABEL
+from tests.llm.conftest import EngineLoop, build, cpu_spec
+
+TEXTS = ["a warm, funny and moving film", "dull, slow and far too long", "an utter mess"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path, engine_loop: EngineLoop) -> Iterator[LLMClassifier]:
+    clf = build(cpu_spec(str(tiny_model_dir)))
+    yield clf
+    clf.close()
+
+
+def test_info_and_labels(tiny: LLMClassifier) -> None:
+    info = tiny.info
+    assert info.kind == "llm" and info.model_id == "tiny-llm"
+    assert tiny.labels == ("positive", "negative") == info.labels
+    assert info.devices == ("cpu",)
+    assert info.details["modes"] == ["paper", "choice", "score"]
+    assert info.parameters and 100_000 < info.parameters < 2_000_000
+
+
+def test_choice_answers_a_label_per_text(tiny: LLMClassifier, engine_loop: EngineLoop) -> None:
+    preds = engine_loop.run(tiny.apredict(TEXTS, "choice"))
+    assert len(preds) == len(TEXTS)
+    for p in preds:
+        assert p.label in tiny.labels and p.parsed and p.raw == p.label
+        assert p.prompt_tokens and p.prompt_tokens > 50
+        assert p.generated_tokens and 1 <= p.generated_tokens <= len(p.label) + 2
+
+
+def test_default_mode_is_the_spec_default(tiny: LLMClassifier, engine_loop: EngineLoop) -> None:
+    preds = engine_loop.run(tiny.apredict(TEXTS[:1], None))
+    assert preds[0].label in tiny.labels and preds[0].scores is None  # choice
+
+
+def test_score_scores_every_label_in_one_step(tiny: LLMClassifier, engine_loop: EngineLoop) -> None:
+    preds = engine_loop.run(tiny.apredict(TEXTS, "score"))
+    for p in preds:
+        assert p.scores is not None and set(p.scores) == set(tiny.labels)
+        assert all(s <= 0 and math.isfinite(s) for s in p.scores.values())
+        assert p.label == max(p.scores, key=lambda k: p.scores[k])  # type: ignore[index]
+        assert p.generated_tokens == 1 and p.parsed
+
+
+def test_paper_generates_and_parses_or_marks_unparsed(tiny: LLMClassifier, engine_loop: EngineLoop) -> None:
+    preds = engine_loop.run(tiny.apredict(TEXTS, "paper"))
+    for p in preds:
+        assert p.raw is not None and p.generated_tokens and p.generated_tokens <= 16
+        assert (p.parsed and p.label in tiny.labels) or (not p.parsed and p.label == UNPARSED_LABEL)
+
+
+def test_score_bias_moves_the_argmax(tiny: LLMClassifier, engine_loop: EngineLoop) -> None:
+    # The bias is applied after the engine: the same engine's scores plus a large bias decide.
+    from serve_app.classifiers import prompts
+
+    p = engine_loop.run(tiny.apredict(TEXTS[:1], "score"))[0]
+    assert p.scores is not None
+    loser = min(p.scores, key=lambda k: p.scores[k])  # type: ignore[index]
+    biased = prompts.biased_scores(p.scores, {loser: 100.0})
+    assert prompts.argmax_label(biased, tiny.labels) == loser
+
+
+def test_many_concurrent_texts_are_batched(tiny: LLMClassifier, engine_loop: EngineLoop) -> None:
+    texts = [f"review number {i}: good" for i in range(40)]
+    preds = engine_loop.run(tiny.apredict(texts, "score"))
+    assert len(preds) == 40 and all(p.label in tiny.labels for p in preds)
+
+
+def test_unknown_mode(tiny: LLMClassifier, engine_loop: EngineLoop) -> None:
+    with pytest.raises(UnknownModeError):
+        engine_loop.run(tiny.apredict(TEXTS, "fast"))
+
+
+def test_request_weight_counts_prompt_tokens(tiny: LLMClassifier) -> None:
+    one = tiny.request_weight(["short"])
+    assert one > 50  # the prompt template alone is dozens of tokens
+    assert tiny.request_weight(["short", "short"]) == 2 * one
+    assert tiny.request_weight(["a much longer text " * 20]) > one
+    assert tiny.request_weight([]) == 0
+
+
+def test_sequence_scoring_when_labels_share_a_first_token(
+    tiny_model_dir: Path, engine_loop: EngineLoop
+) -> None:
+    """Labels "positive"/"positively negative" share their first token: each label's whole
+    sequence is scored instead."""
+    clf = build(cpu_spec(str(tiny_model_dir), id="tiny-seq", labels=["positive", "positively negative"]))
+    try:
+        assert clf.info.details["score_strategy"] == "sequence"
+        p = engine_loop.run(clf.apredict(TEXTS[:2], "score"))
+        for pred in p:
+            assert pred.scores is not None and set(pred.scores) == set(clf.labels)
+            assert all(s < 0 for s in pred.scores.values())
+            assert pred.generated_tokens == 2
+        choice = engine_loop.run(clf.apredict(TEXTS[:1], "choice"))
+        assert choice[0].label in clf.labels
+    finally:
+        children = list(clf._engine_children)
+        clf.close()
+    alive = [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert alive == [], f"engine processes left after close: {alive}"
+
+
+def test_engine_runs_in_child_processes(tiny: LLMClassifier) -> None:
+    """The engine core and its worker are children of this process (what the energy estimate counts)."""
+    children: Any = list(tiny._engine_children)
+    assert children and all(psutil.pid_exists(pid) for pid in children)
