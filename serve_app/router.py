@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from serve_app.config import RouterConfig
+from serve_app.idempotency import IdempotencyCache, fingerprint
 from serve_app.validation import (
     Limits,
     RequestError,
@@ -121,6 +122,7 @@ class Router:
         self._models: dict[str, dict[str, Any]] = {}
         self._seen: dict[str, dict[str, dict[str, Any]]] = {}  # highest energy snapshot seen per replica
         self._inflight = 0
+        self._idempotency = IdempotencyCache()
         ctx = serve.get_replica_context()
         self._app = ctx.app_name if ctx else "local"
         log.info("router ready: %d classifiers, auth %s", len(self.handles), "on" if self._api_key else "off")
@@ -275,7 +277,13 @@ class Router:
                 raise RequestError(
                     400, "unsupported_mode", f"model {req.model!r} supports modes {modes}", "mode"
                 )
-            result = await self._call(req.model, req.texts, req.mode, rid)
+            if req.request_id is None:
+                result, replayed = await self._call(req.model, req.texts, req.mode, rid), False
+            else:
+                fp = fingerprint(req.model, req.mode, req.texts)
+                result, replayed = await self._idempotency.run(
+                    rid, fp, lambda: self._call(req.model, req.texts, req.mode, rid)
+                )
         except RequestError as exc:
             log.info("classify %s -> %d %s", rid or "-", exc.status, exc.code)
             return error_response(exc, rid)
@@ -302,6 +310,7 @@ class Router:
             "predictions": result["predictions"],
             "energy": energy,
             "latency_s": latency,
+            "replayed": replayed,
         }
         headers = {"X-Energy-Source": energy["source"]}
         if energy["joules"] is not None:

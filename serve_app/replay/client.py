@@ -19,6 +19,9 @@ from typing import Any
 import httpx
 
 RETRY_STATUSES = frozenset({429, 503})
+PROXY_FAILURE_STATUSES = frozenset({500, 502, 504})
+"""Retried only when the body is not the router's JSON error: then the proxy answered for a router
+that died or restarted, and the request (with the same ``request_id``) is safe to send again."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,8 @@ async def classify(
             if status == 200:
                 return Outcome(200, resp.json(), latency_s, time.perf_counter() - t0, sent_unix_s, attempt)
             code, message = _error_of(resp)
-            if status not in RETRY_STATUSES:
+            proxy_failure = status in PROXY_FAILURE_STATUSES and code.startswith("http_")
+            if status not in RETRY_STATUSES and not proxy_failure:
                 return Outcome(
                     status, None, latency_s, time.perf_counter() - t0, sent_unix_s, attempt, message, code
                 )

@@ -125,3 +125,23 @@ def test_concurrent_tags_add_up_to_attributed(base_url: str) -> None:
     assert after["metered_j"] == pytest.approx(after["attributed_j"] + after["idle_j"], rel=1e-9)
     replica = next(iter(after["replicas"].values()))
     assert replica["requests"] >= 48 and replica["open_requests"] == 0
+
+
+def test_repeated_request_id_is_classified_and_metered_once(base_url: str) -> None:
+    model = "bow-xgboost"
+    payload = {"model": model, "texts": GERMAN, "request_id": "idem-once-1"}
+
+    def requests_served() -> int:
+        snap = httpx.get(f"{base_url}/v1/energy", timeout=30).json()["deployments"][model]
+        return sum(r["requests"] for r in snap["replicas"].values() if not r["stale"])
+
+    before = requests_served()
+    first = httpx.post(f"{base_url}/v1/classify", json=payload, timeout=60)
+    again = httpx.post(f"{base_url}/v1/classify", json=payload, timeout=60)
+    assert first.status_code == again.status_code == 200
+    assert first.json()["replayed"] is False and again.json()["replayed"] is True
+    assert again.json()["labels"] == first.json()["labels"]
+    assert again.json()["energy"] == first.json()["energy"]
+    assert requests_served() - before == 1
+    clash = httpx.post(f"{base_url}/v1/classify", json={**payload, "texts": ["anders"]}, timeout=60)
+    assert clash.status_code == 409 and clash.json()["error"]["code"] == "request_id_conflict"

@@ -1,0 +1,73 @@
+"""Idempotent classification by client ``request_id``.
+
+A client that retries (after a timeout, a 503, a router restart, or a replay that resumes) sends the
+same ``request_id``. The router then answers from this cache, or joins the request still in flight,
+so the text is classified, and its energy metered, once. A reused id with a different payload is a
+client error (409), not a cache hit. Failures are not cached: a retry after one runs again.
+Bounded: at most ``max_entries`` answers, each kept for ``ttl_s``. Per router replica, in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from serve_app.validation import RequestError
+
+
+def fingerprint(model: str, mode: str | None, texts: list[str]) -> str:
+    h = hashlib.sha256(f"{model}\x00{mode}\x00{len(texts)}".encode())
+    for t in texts:
+        h.update(b"\x00" + t.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+class IdempotencyCache:
+    def __init__(self, max_entries: int = 10_000, ttl_s: float = 600.0) -> None:
+        self.max_entries, self.ttl_s = max_entries, ttl_s
+        self._done: OrderedDict[str, tuple[float, str, dict[str, Any]]] = OrderedDict()
+        self._inflight: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+
+    def _check(self, key: str, stored: str, fp: str) -> None:
+        if stored != fp:
+            raise RequestError(
+                409,
+                "request_id_conflict",
+                "this request_id was already used for a different request",
+                "request_id",
+            )
+
+    async def run(
+        self, key: str, fp: str, call: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> tuple[dict[str, Any], bool]:
+        """``(result, replayed)``: the cached or joined result (replayed) or a fresh one."""
+        now = time.monotonic()
+        hit = self._done.get(key)
+        if hit is not None and now - hit[0] <= self.ttl_s:
+            self._check(key, hit[1], fp)
+            return hit[2], True
+        if key in self._inflight:
+            stored, fut = self._inflight[key]
+            self._check(key, stored, fp)
+            return await asyncio.shield(fut), True
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = (fp, fut)
+        try:
+            result = await call()
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: joiners re-raise it, nobody logs it as unhandled
+            raise
+        else:
+            fut.set_result(result)
+            self._done[key] = (time.monotonic(), fp, result)
+            self._done.move_to_end(key)
+            while len(self._done) > self.max_entries:
+                self._done.popitem(last=False)
+            return result, False
+        finally:
+            del self._inflight[key]
