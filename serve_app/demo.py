@@ -140,14 +140,3 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         print(f"\nrecords and metrics: {args.out}  (accuwatt report {args.out})")
     return 0 if rows and all(m.n_errors == 0 for m in rows) else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="accuwatt")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

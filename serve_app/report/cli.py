@@ -73,14 +73,3 @@ def run(args: argparse.Namespace) -> int:
     path = build_report(list(args.results), args.out)
     print(path)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="accuwatt")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -20,7 +20,7 @@ def test_demo_prints_the_table_and_keeps_records(tmp_path):
         [
             sys.executable,
             "-m",
-            "serve_app.demo",
+            "serve_app.cli",
             "demo",
             "--models",
             "tfidf-logreg,bow-logreg",

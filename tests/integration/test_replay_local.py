@@ -20,7 +20,7 @@ def test_local_protocol_two_splits(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "serve_app.replay",
+        "serve_app.cli",
         "replay",
         "--local",
         "--dataset",

@@ -24,7 +24,7 @@ def _cmd(url: str, out: Path, model: str, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "serve_app.replay",
+        "serve_app.cli",
         "replay",
         "--url",
         url,
