@@ -92,7 +92,10 @@ class LLMClassifier:
         self._overhead_tokens = len(self._encode(probe))
         self._label_ids = self._label_token_ids()
         self._first_tokens = prompts.first_token_plan(self._label_ids)
-        self._choice_max_tokens = max(len(label) for label in self._labels) + 2
+        # Labels of one token each stop after that token (the constraint determines the rest);
+        # otherwise allow one token per character (the grammar may spell a label) and the end token.
+        single = self._first_tokens is not None and all(len(i) == 1 for i in self._label_ids.values())
+        self._choice_max_tokens = 1 if single else max(len(label) for label in self._labels) + 1
         devices = tuple(f"gpu:{r}" for r in range(spec.world_size)) if spec.on_gpu else ("cpu",)
         self._info = ClassifierInfo(
             model_id=spec.id,

@@ -91,6 +91,14 @@ class LLMSpec(Strict):
     label_bias: dict[str, float] = Field(default_factory=dict)
     """``score`` mode: added to each label's log-probability (nats) before the argmax."""
 
+    @field_validator("energy", mode="before")
+    @classmethod
+    def _tokens_by_default(cls, value: Any) -> Any:
+        """An ``energy`` mapping without ``attribution`` keeps the LLM default (tokens), not ``texts``."""
+        if isinstance(value, dict) and "attribution" not in value:
+            return {**value, "attribution": "tokens"}
+        return value
+
     @field_validator("labels")
     @classmethod
     def _labels_ok(cls, labels: list[str]) -> list[str]:

@@ -176,8 +176,14 @@ def parse_answer(generated: str, labels: Sequence[str], reasoning: bool = False)
 
 
 def parse_choice(generated: str, labels: Sequence[str]) -> ParsedAnswer:
-    """Read a ``choice``-mode generation (constrained to the labels, so normally exact)."""
+    """Read a ``choice``-mode generation (constrained to the labels, so normally exact).
+
+    A generation cut short is accepted when it is the start of exactly one label: the constraint
+    leaves no other way to finish it (this lets single-token labels stop after one token)."""
     label = match_label(generated.strip(), labels)
+    if label is None and generated:
+        starts = [lab for lab in labels if lab.startswith(generated)]
+        label = starts[0] if len(starts) == 1 else None
     if label is None:
         return ParsedAnswer(UNPARSED_LABEL, False, "not_a_label" if generated.strip() else "empty")
     return ParsedAnswer(label, True)

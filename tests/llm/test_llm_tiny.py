@@ -37,9 +37,9 @@ def test_choice_answers_a_label_per_text(tiny: LLMClassifier, engine_loop: Engin
     preds = engine_loop.run(tiny.apredict(TEXTS, "choice"))
     assert len(preds) == len(TEXTS)
     for p in preds:
-        assert p.label in tiny.labels and p.parsed and p.raw == p.label
+        assert p.label in tiny.labels and p.parsed and p.label.startswith(p.raw or "-")
         assert p.prompt_tokens and p.prompt_tokens > 50
-        assert p.generated_tokens and 1 <= p.generated_tokens <= len(p.label) + 2
+        assert p.generated_tokens == 1  # both labels are single tokens after the prefill
 
 
 def test_default_mode_is_the_spec_default(tiny: LLMClassifier, engine_loop: EngineLoop) -> None:

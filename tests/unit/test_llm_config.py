@@ -161,5 +161,7 @@ def test_invalid_specs_are_refused(kw: dict[str, object], message: str) -> None:
 def test_defaults() -> None:
     s = spec()
     assert s.energy.attribution == "tokens"
+    assert spec(energy={"meter": "estimate"}).energy.attribution == "tokens"
+    assert spec(energy={"attribution": "texts"}).energy.attribution == "texts"
     assert s.default_mode == "choice"
     assert s.world_size == 1 and s.executor_backend is None

@@ -117,6 +117,10 @@ def test_parse_choice() -> None:
     assert parse_choice(" positive\n", LABELS).label == "positive"
     assert parse_choice("", LABELS) == prompts.ParsedAnswer(UNPARSED_LABEL, False, "empty")
     assert parse_choice("neutral", LABELS).parsed is False
+    # Cut short: the start of exactly one label determines it; an ambiguous start does not.
+    assert parse_choice("pos", LABELS) == prompts.ParsedAnswer("positive", True)
+    assert parse_choice("Sci", ["Sports", "Sci/Tech"]).label == "Sci/Tech"
+    assert parse_choice("S", ["Sports", "Sci/Tech"]).parsed is False
 
 
 def test_continuation_ids() -> None:

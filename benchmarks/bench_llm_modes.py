@@ -1,0 +1,290 @@
+"""LLM classification modes compared: ``paper`` (the study's free generation) vs ``choice`` vs ``score``.
+
+One vLLM engine (in this process; engine core and workers are children), one test sample of the
+study's protocol (fixed seed), per mode: accuracy, parse rate, prompt and generated tokens per text,
+wall time and an energy estimate (``EstimateMeter``: CPU time of this process tree x W/core + RSS x
+W/GB, sampled every second). ``score+calibrated`` reuses the ``score`` run with a per-label bias
+fitted on training texts (minus each label's mean log-probability). With ``--serve``, the same spec
+also runs as a Ray Serve app and the same texts go over HTTP; its throughput is reported relative to
+the in-process engine on the same prompts.
+
+Usage: .venv/bin/python benchmarks/bench_llm_modes.py [--n 200] [--model prepared:smollm2] [--serve]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+CACHE = Path(tempfile.gettempdir()) / "accuwatt-cache"
+CPU_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "0-1"),
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    "VLLM_CACHE_ROOT": str(CACHE / "vllm"),
+    "XDG_CACHE_HOME": str(CACHE / "xdg"),
+    "HF_HOME": str(CACHE / "hf"),
+}
+
+
+class ModeResult(BaseModel):
+    mode: str
+    texts: int
+    accuracy: float
+    parsed_rate: float
+    prompt_tokens_per_text: float
+    generated_tokens_per_text: float
+    wall_s: float
+    texts_per_s: float
+    energy_j: float | None
+    """Estimate for the whole run (this process and its children); absent when no reading."""
+    energy_j_per_text: float | None
+
+
+class ServeComparison(BaseModel):
+    mode: str
+    texts: int
+    inprocess_texts_per_s: float
+    serve_texts_per_s: float
+    serve_vs_inprocess_ratio: float
+    serve_start_s: float
+
+
+class BenchResult(BaseModel):
+    model: str
+    dataset: str
+    seed: int
+    n_test: int
+    paper_max_tokens: int
+    engine_start_s: float
+    modes: list[ModeResult]
+    label_bias: dict[str, float]
+    ratios_vs_paper: dict[str, dict[str, float]]
+    serve: ServeComparison | None = None
+
+
+class _Metered:
+    """Reads an EstimateMeter every ``period_s`` during a block; ``joules`` after it."""
+
+    def __init__(self, period_s: float = 1.0) -> None:
+        from serve_app.energy.estimate import EstimateMeter
+
+        self.meter = EstimateMeter(include_children=True)
+        self.period_s = period_s
+        self.joules: float | None = None
+
+    def __enter__(self) -> _Metered:
+        self._stop = threading.Event()
+        self._r0 = self.meter.read()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self.meter.read()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+        r1 = self.meter.read()
+        self.joules = sum(r1.energy_j.values()) - sum(self._r0.energy_j.values())
+
+
+def run_mode(clf: Any, loop: asyncio.AbstractEventLoop, mode: str, texts: list[str], gold: list[str]):
+    loop.run_until_complete(clf.apredict(texts[:4], mode))  # warm-up (grammar compilation, first shapes)
+    with _Metered() as m:
+        t0 = time.perf_counter()
+        preds = loop.run_until_complete(clf.apredict(texts, mode))
+        wall = time.perf_counter() - t0
+    n = len(texts)
+    return preds, ModeResult(
+        mode=mode,
+        texts=n,
+        accuracy=sum(p.label == g for p, g in zip(preds, gold, strict=True)) / n,
+        parsed_rate=sum(p.parsed for p in preds) / n,
+        prompt_tokens_per_text=sum(p.prompt_tokens or 0 for p in preds) / n,
+        generated_tokens_per_text=sum(p.generated_tokens or 0 for p in preds) / n,
+        wall_s=wall,
+        texts_per_s=n / wall,
+        energy_j=m.joules,
+        energy_j_per_text=None if m.joules is None else m.joules / n,
+    )
+
+
+def calibrate(clf: Any, loop: asyncio.AbstractEventLoop, texts: list[str]) -> dict[str, float]:
+    """Bias = minus each label's mean log-probability over (unlabelled) training texts."""
+    preds = loop.run_until_complete(clf.apredict(texts, "score"))
+    return {lab: -sum(p.scores[lab] for p in preds) / len(preds) for lab in clf.labels}
+
+
+async def _http_run(url: str, model: str, texts: list[str], mode: str, batch: int, conc: int) -> float:
+    import httpx
+
+    chunks = [texts[i : i + batch] for i in range(0, len(texts), batch)]
+    queue: asyncio.Queue[list[str]] = asyncio.Queue()
+    for c in chunks:
+        queue.put_nowait(c)
+    async with httpx.AsyncClient(timeout=600) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                chunk = queue.get_nowait()
+                r = await client.post(url, json={"model": model, "texts": chunk, "mode": mode})
+                r.raise_for_status()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(conc)))
+        return time.perf_counter() - t0
+
+
+def serve_comparison(
+    spec_dict: dict[str, Any], texts: list[str], mode: str, inproc_tps: float
+) -> ServeComparison:
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+    from tests.conftest import free_port, wait_http
+
+    ray.init(
+        num_cpus=8, include_dashboard=False, logging_level="ERROR", _temp_dir=tempfile.mkdtemp(prefix="aw-b-")
+    )
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        t0 = time.perf_counter()
+        serve.run(build_app({"classifiers": [spec_dict]}), name="llm", route_prefix="/", blocking=False)
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout_s=900)
+        start_s = time.perf_counter() - t0
+        url = f"http://127.0.0.1:{port}/v1/classify"
+        asyncio.run(_http_run(url, spec_dict["id"], texts[:8], mode, 8, 1))  # warm-up
+        wall = asyncio.run(_http_run(url, spec_dict["id"], texts, mode, 8, 8))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    tps = len(texts) / wall
+    return ServeComparison(
+        mode=mode,
+        texts=len(texts),
+        inprocess_texts_per_s=inproc_tps,
+        serve_texts_per_s=tps,
+        serve_vs_inprocess_ratio=tps / inproc_tps,
+        serve_start_s=start_s,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default=str(REPO.parent / "shared" / "datasets" / "rotten_tomatoes"))
+    ap.add_argument("--model", default="prepared:smollm2")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--n-calibration", type=int, default=100, help="training texts for the score bias")
+    ap.add_argument("--seed", type=int, default=20250101)
+    ap.add_argument("--paper-max-tokens", type=int, default=128)
+    ap.add_argument("--modes", nargs="+", default=["paper", "choice", "score"])
+    ap.add_argument("--serve", action="store_true", help="also compare Serve over HTTP (score mode)")
+    ap.add_argument("--out", default=str(REPO / "results" / "bench_llm_modes.json"))
+    args = ap.parse_args()
+
+    from serve_app.classifiers.llm import build_llm_classifier
+    from serve_app.classifiers.llm_config import LLMSpec
+    from serve_app.classifiers.prompts import argmax_label, biased_scores
+    from serve_app.data import load_dataset, make_split
+
+    ds = load_dataset(args.dataset)
+    split = make_split(ds, args.n_calibration, args.n, args.seed, 0)
+    texts, gold = list(split.test.texts), list(split.test.labels)
+    spec_dict: dict[str, Any] = {
+        "kind": "llm",
+        "id": "bench-llm",
+        "model": args.model,
+        "labels": list(ds.labels),
+        "gpus_per_worker": 0,
+        "dtype": "float32",
+        "enforce_eager": True,
+        "max_model_len": 2048,
+        "paper_max_tokens": args.paper_max_tokens,
+        "env_vars": CPU_ENV,
+        "energy": {"meter": "estimate", "attribution": "tokens"},
+    }
+    spec = LLMSpec.model_validate(spec_dict)
+    t0 = time.perf_counter()
+    clf = build_llm_classifier(spec)
+    start_s = time.perf_counter() - t0
+    loop = asyncio.new_event_loop()
+    results: dict[str, ModeResult] = {}
+    bias: dict[str, float] = {}
+    try:
+        for mode in args.modes:
+            preds, res = run_mode(clf, loop, mode, texts, gold)
+            results[mode] = res
+            print(res.model_dump_json(), flush=True)
+            if mode == "score" and args.n_calibration:
+                bias = calibrate(clf, loop, list(split.train.texts))
+                labels = [argmax_label(biased_scores(p.scores or {}, bias), clf.labels) for p in preds]
+                acc = sum(lab == g for lab, g in zip(labels, gold, strict=True)) / len(gold)
+                cal = res.model_copy(update={"mode": "score+calibrated", "accuracy": acc})
+                results[cal.mode] = cal
+                print(cal.model_dump_json(), flush=True)
+    finally:
+        clf.close()
+        loop.close()
+    ratios: dict[str, dict[str, float]] = {}
+    if "paper" in results:
+        p = results["paper"]
+        for name, r in results.items():
+            ratios[name] = {
+                "generated_tokens_fewer_x": p.generated_tokens_per_text
+                / max(r.generated_tokens_per_text, 1e-9),
+                "time_less_x": p.wall_s / r.wall_s,
+                "accuracy_minus_paper": r.accuracy - p.accuracy,
+            }
+    out = BenchResult(
+        model=args.model,
+        dataset=ds.name,
+        seed=args.seed,
+        n_test=len(texts),
+        paper_max_tokens=args.paper_max_tokens,
+        engine_start_s=start_s,
+        modes=list(results.values()),
+        label_bias=bias,
+        ratios_vs_paper=ratios,
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(out.model_dump_json(indent=2))  # written before the Serve step can fail
+    if args.serve and "score" in results:
+        out.serve = serve_comparison(spec_dict, texts, "score", results["score"].texts_per_s)
+        print(out.serve.model_dump_json(), flush=True)
+        Path(args.out).write_text(out.model_dump_json(indent=2))
+    print(f"engine start {start_s:.1f} s; results in {args.out}")
+    print(
+        f"{'mode':18} {'acc':>6} {'parsed':>6} {'gen tok/text':>12} {'wall s':>8} {'texts/s':>8} {'J/text':>8}"
+    )
+    for r in results.values():
+        jpt = f"{r.energy_j_per_text:8.2f}" if r.energy_j_per_text is not None else "       -"
+        print(
+            f"{r.mode:18} {r.accuracy:6.3f} {r.parsed_rate:6.2f} {r.generated_tokens_per_text:12.1f} "
+            f"{r.wall_s:8.1f} {r.texts_per_s:8.2f} {jpt}"
+        )
+    for name, rr in ratios.items():
+        print(f"  {name} vs paper: " + ", ".join(f"{k} {v:.2f}" for k, v in rr.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The tiny LLM through the whole Serve app over HTTP: router, deployment wrapper, vLLM engine in the
+replica, energy tags with token-weighted attribution."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.llm.conftest import cpu_spec
+
+
+def wait_model(base: str, model_id: str, timeout_s: float = 900.0) -> dict[str, Any]:
+    """Poll /v1/models until the LLM replica answers (its engine takes a while to start)."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(base + "/v1/models", timeout=60)
+            last = r.status_code
+            if r.status_code == 200:
+                models = {m["id"]: m for m in r.json()["models"]}
+                if model_id in models:
+                    return models[model_id]
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(2)
+    raise TimeoutError(f"{model_id} not up within {timeout_s} s (last: {last})")
+
+
+@pytest.mark.timeout(1500)
+def test_llm_over_http(serve_app_factory: Any, tiny_model_dir: Path) -> None:
+    spec = cpu_spec(str(tiny_model_dir), deployment={"num_cpus": 0.5}, energy={"meter": "estimate"})
+    base = serve_app_factory({"classifiers": [spec]})
+    model = wait_model(base, "tiny-llm")
+    assert model["kind"] == "llm" and model["modes"] == ["paper", "choice", "score"]
+    assert model["labels"] == ["positive", "negative"] and model["parameters"] > 100_000
+
+    with httpx.Client(timeout=300) as client:
+        for mode in ("choice", "score", "paper"):
+            r = client.post(
+                base + "/v1/classify",
+                json={"model": "tiny-llm", "texts": ["a fine film", "a dreadful film"], "mode": mode},
+            )
+            assert r.status_code == 200, r.text
+            body = r.json()
+            preds = body["predictions"]
+            assert len(preds) == 2 and all(p["prompt_tokens"] > 50 for p in preds)
+            if mode != "paper":
+                assert body["labels"][0] in ("positive", "negative")
+            if mode == "score":
+                assert set(preds[0]["scores"]) == {"positive", "negative"}
+                assert all(p["generated_tokens"] == 1 for p in preds)
+            energy = body["energy"]
+            assert energy["source"] == "estimate" and energy["joules"] > 0
+            assert energy["attribution"]["rule"] == "tokens"
+            assert r.headers["X-Energy-Source"] == "estimate"
+
+        r = client.post(base + "/v1/classify", json={"model": "tiny-llm", "text": "ok", "mode": "fast"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_mode"
+        r = client.post(base + "/v1/classify", json={"model": "tiny-llm", "text": "ok"})  # default mode
+        assert r.status_code == 200 and r.json()["predictions"][0]["scores"] is None
