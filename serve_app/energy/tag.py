@@ -80,6 +80,7 @@ def no_energy_tag(replica: str, info: MeterInfo, reason: str, source: str = "una
         source=source,
         measured=False,
         domains_j={},
+        nodes_j={},
         attribution=None,
         uncertainty_j=None,
         flags=[flag],

@@ -1,0 +1,48 @@
+"""Energy tags: figures, uncertainty and flags from an allocation; no figure when there is none."""
+
+from __future__ import annotations
+
+import pytest
+
+from serve_app.energy.base import MeterInfo
+from serve_app.energy.ledger import Allocation
+from serve_app.energy.tag import make_tag, no_energy_tag
+
+INFO = MeterInfo("rapl", ("cpu:package-0",), resolution_j=1e-6, update_period_s=0.001, node="head")
+
+
+def _alloc(energy_j: dict[str, float], duration_s: float) -> Allocation:
+    domains: dict[str, float] = {}
+    for k, v in energy_j.items():
+        domains[k.split(":", 1)[0]] = domains.get(k.split(":", 1)[0], 0.0) + v
+    return Allocation("r1", 10.0, 10.0 + duration_s, energy_j, domains, 2.0, 3, 4)
+
+
+def test_tag_sums_counters_and_states_its_uncertainty() -> None:
+    tag = make_tag(_alloc({"cpu:package-0": 2.0, "dram:package-0": 0.5}, 0.5), INFO, "texts", "rep")
+    assert tag.joules == pytest.approx(2.5) and tag.measured and tag.source == "rapl"
+    assert (
+        tag.domains_j == {"cpu": 2.0, "dram": 0.5} and tag.nodes == ["head"] and tag.nodes_j == {"head": 2.5}
+    )
+    # resolution at both edges + average power (5 W) x update period (1 ms)
+    assert tag.uncertainty_j == pytest.approx(2e-6 + 5.0 * 0.001)
+    assert tag.flags == [] and tag.attribution is not None and tag.attribution.max_sharers == 4
+
+
+def test_short_request_is_flagged_and_estimates_are_not_measurements() -> None:
+    info = MeterInfo("estimate", (), resolution_j=0.3, update_period_s=0.01, node="head")
+    tag = make_tag(_alloc({"cpu:process": 0.1}, 0.005), info, "time", "rep")
+    assert not tag.measured
+    assert set(tag.flags) == {"shorter_than_counter_update", "uncertainty_exceeds_value"}
+
+
+def test_per_node_energy_from_node_qualified_counters() -> None:
+    tag = make_tag(_alloc({"cpu:worker-1:process": 1.0, "cpu:process": 3.0}, 1.0), INFO, "texts", "rep")
+    assert tag.nodes == ["head", "worker-1"] and tag.nodes_j == {"head": 3.0, "worker-1": 1.0}
+
+
+@pytest.mark.parametrize("source", ["unavailable", "off"])
+def test_no_energy_tag_has_no_figure(source: str) -> None:
+    tag = no_energy_tag("rep", INFO, "energy_uj vanished", source=source)
+    assert tag.joules is None and tag.uncertainty_j is None and not tag.measured and tag.source == source
+    assert tag.domains_j == {} and tag.nodes_j == {}
