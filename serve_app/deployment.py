@@ -79,6 +79,12 @@ class ClassifierServer:
         if self.metering:
             self.sampler.start()
         self.rule = self.spec.energy.attribution
+        # An LLM whose GPUs sit in worker bundles (TP x PP > 1): the replica itself owns no GPU, so
+        # unless a node meter covers them its tags must say the GPUs are missing, not show CPU alone.
+        gpus_needed = self.spec.kind == "llm" and self.spec.on_gpu
+        self.coverage_flags = (
+            ["gpus_not_metered"] if gpus_needed and meter.info.source not in ("nvml", "nvml-power") else []
+        )
         self.metrics = ReplicaMetrics()
         self._exported: dict[tuple[str, str], float] = {}
         self._app = ctx.app_name if ctx else "local"
@@ -138,6 +144,7 @@ class ClassifierServer:
         r1 = self.sampler.read()
         if r0 is not None and r1 is not None:
             tag = make_tag(ledger.end(request_id, r1), self.sampler.meter.info, self.rule, self.replica)
+            tag.flags.extend(self.coverage_flags)
             self.metrics.request_energy.observe(tag.joules or 0.0, tags(source=tag.source))
         else:
             ledger.abandon(request_id, None)
