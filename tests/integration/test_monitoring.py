@@ -121,10 +121,11 @@ def test_every_dashboard_and_rule_query_returns_data(
 
         for a in ALERTS:  # the full expressions evaluate (healthy here: the replicas meter, no errors)
             query(prom.url, a.expr)
-        assert not query(prom.url, next(a for a in ALERTS if a.name == "AccuwattMeterErrors").expr)["result"]
-        assert not query(prom.url, next(a for a in ALERTS if a.name == "AccuwattReplicaNoEnergy").expr)[
-            "result"
-        ]
+        # (only this app's replicas: replicas of apps that earlier tests deleted can linger in Ray's
+        # metrics agent for a while, and the alert's `for: 5m` is what absorbs that in production)
+        for name in ("AccuwattMeterErrors", "AccuwattReplicaNoEnergy"):
+            firing = query(prom.url, next(a for a in ALERTS if a.name == name).expr)["result"]
+            assert not [r for r in firing if r["metric"].get("application") == "monitoring"], (name, firing)
 
         groups = httpx.get(f"{prom.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
         rules = [r for g in groups for r in g["rules"]]
