@@ -7,8 +7,8 @@ Sections:
 2. ``sampler``: the sampler thread at ``--period-s`` for ``--sampler-s`` seconds with the estimate
    meter; its CPU time per wall second (``time.thread_time`` inside the loop, and the OS's per-thread
    figure via psutil). Units: ms of CPU per s, µs per sample.
-3. ``http`` (``--http URL``): end-to-end throughput and p50 through the router with metering on vs
-   off; reserved until the router exists (the flag is parsed, the section says it is not written).
+End to end (throughput and p50 through the router with metering on vs off) is measured by
+``benchmarks/bench_serve.py``.
 
 Usage: ``.venv/bin/python benchmarks/bench_energy_overhead.py [-n 20000] [--json out.json]``
 """
@@ -63,10 +63,9 @@ class SamplerResult:
 class BenchResult:
     request_path: list[PathResult]
     sampler: SamplerResult | None
-    http: None = None  # section 3, once the router exists
 
 
-class NullMeter:
+class ConstantMeter:
     """A meter that returns one constant reading: what is left is the ledger's own cost."""
 
     _READING = Reading(t_s=0.0, energy_j={"cpu:null": 0.0}, source="estimate")
@@ -172,15 +171,10 @@ def bench_sampler(period_s: float, duration_s: float) -> SamplerResult:
     )
 
 
-def bench_http(url: str) -> None:
-    """Section 3 (router throughput and p50, metering on vs off): not written until the router exists."""
-    raise SystemExit(f"--http {url}: the HTTP section is not written yet (it needs the router)")
-
-
 def _meters(rapl_root: str) -> dict[str, Callable[[], Meter | None]]:
     meters: dict[str, Callable[[], Meter | None]] = {
         "none": lambda: None,
-        "null (ledger only)": NullMeter,
+        "constant (ledger only)": ConstantMeter,
         "estimate": EstimateMeter,
     }
     if rapl_available(rapl_root):
@@ -211,11 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--period-s", type=float, default=0.05, help="sampler period (s)")
     p.add_argument("--sampler-s", type=float, default=5.0, help="how long the sampler runs (s); 0 skips")
     p.add_argument("--rapl-root", default=DEFAULT_ROOT, help="powercap sysfs root")
-    p.add_argument("--http", metavar="URL", help="router URL for the end-to-end section (not written yet)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
-    if args.http:
-        bench_http(args.http)
     try:
         path = bench_request_path(_meters(args.rapl_root), args.requests)
         sampler = bench_sampler(args.period_s, args.sampler_s) if args.sampler_s > 0 else None
