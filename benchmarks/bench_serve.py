@@ -3,8 +3,9 @@
 Prints:
 1. texts/s of batched HTTP classification through the router and Serve, against the in-process
    prediction `accuwatt evaluate` does (one `predict` call over the same texts), as a ratio;
-2. throughput (texts/s, batched, concurrent) and p50 latency (single-text requests, one at a time)
-   with energy metering on versus off (two otherwise identical apps on the same Ray), as ratios;
+2. throughput (texts/s, batched, concurrent) and p50 latency (single-text requests, one at a time,
+   alternating between the apps) with energy metering on versus off (two otherwise identical apps on
+   the same Ray), as a ratio and a difference;
 3. the sampler thread's CPU cost per second, from the metered replica.
 
 Usage: .venv/bin/python benchmarks/bench_serve.py [--texts 4000] [--batch 32] [--concurrency 8]
@@ -51,14 +52,18 @@ async def throughput(url: str, texts: list[str], batch: int, concurrency: int) -
         return len(texts) / (time.perf_counter() - t0)
 
 
-def p50_latency_ms(url: str, texts: list[str]) -> float:
+def p50_latency_ms(urls: dict[str, str], texts: list[str]) -> dict[str, float]:
+    """Single-text requests, one at a time, alternating between the apps request by request (the
+    order flips each time), so that both see the same machine state; p50 per app in ms."""
+    lat: dict[str, list[float]] = {name: [] for name in urls}
+    names = list(urls)
     with httpx.Client(timeout=30) as client:
-        lat = []
-        for t in texts:
-            t0 = time.perf_counter()
-            client.post(url, json={"model": MODEL, "text": t}).raise_for_status()
-            lat.append(time.perf_counter() - t0)
-    return statistics.median(lat) * 1e3
+        for i, t in enumerate(texts):
+            for name in names if i % 2 == 0 else names[::-1]:
+                t0 = time.perf_counter()
+                client.post(urls[name], json={"model": MODEL, "text": t}).raise_for_status()
+                lat[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) * 1e3 for name, v in lat.items()}
 
 
 def main() -> None:
@@ -68,8 +73,14 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--latency-requests", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3, help="alternating on/off rounds (medians reported)")
+    ap.add_argument(
+        "--energy",
+        default="{}",
+        help="EnergyConfig overrides of the metered app (JSON), e.g. '{\"sample_period_s\": 1}'",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    overrides = json.loads(args.energy)
 
     import ray
     from ray import serve
@@ -101,7 +112,13 @@ def main() -> None:
     for meter in ("auto", "off"):
         cfg = {
             "artifacts_dir": str(artifacts),
-            "classifiers": [{"kind": "traditional", "id": MODEL, "energy": {"meter": meter}}],
+            "classifiers": [
+                {
+                    "kind": "traditional",
+                    "id": MODEL,
+                    "energy": {"meter": meter, **(overrides if meter == "auto" else {})},
+                }
+            ],
         }
         serve.run(build_app(cfg), name=f"m-{meter}", route_prefix=f"/{meter}", blocking=False)
         wait_http(f"{base}/{meter}/healthz")
@@ -113,7 +130,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for meter in ("off", "auto"):
             tps[meter].append(asyncio.run(throughput(urls[meter], texts, args.batch, args.concurrency)))
-            p50[meter].append(p50_latency_ms(urls[meter], texts[: args.latency_requests]))
+        for meter, ms in p50_latency_ms(urls, texts[: args.latency_requests]).items():
+            p50[meter].append(ms)
     snap = httpx.get(f"{base}/auto/v1/energy", timeout=30).json()["deployments"][MODEL]
     replica = next(r for r in snap["replicas"].values() if not r["stale"])
     wall_s = replica["window_s"][1] - replica["window_s"][0]
@@ -135,7 +153,7 @@ def main() -> None:
         "p50_ms_metered": on_p50,
         "p50_ms_unmetered": off_p50,
         "metering_added_p50_ms": on_p50 - off_p50,
-        "sampler_cpu_ms_per_s": replica["sampler_cpu_s"] / wall_s * 1e3,
+        "sampler_cpu_ms_per_s": replica["sampler_cpu_s"] / wall_s * 1e3 if wall_s > 0 else 0.0,
         "energy_source": replica["source"],
     }
     if args.json:
