@@ -154,8 +154,10 @@ async def _http_run(url: str, model: str, texts: list[str], mode: str, batch: in
 
 
 def serve_comparison(
-    spec_dict: dict[str, Any], texts: list[str], mode: str, inproc_tps: float
+    spec_dict: dict[str, Any], texts: list[str], mode: str, inproc_tps: float, batch: int, concurrency: int
 ) -> ServeComparison:
+    """The same texts over HTTP; ``batch`` x ``concurrency`` texts in flight (default: all of them,
+    as the in-process run submits them, so both give the engine the same batching opportunity)."""
     import ray
     from ray import serve
 
@@ -174,7 +176,7 @@ def serve_comparison(
         start_s = time.perf_counter() - t0
         url = f"http://127.0.0.1:{port}/v1/classify"
         asyncio.run(_http_run(url, spec_dict["id"], texts[:8], mode, 8, 1))  # warm-up
-        wall = asyncio.run(_http_run(url, spec_dict["id"], texts, mode, 8, 8))
+        wall = asyncio.run(_http_run(url, spec_dict["id"], texts, mode, batch, concurrency))
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -199,6 +201,8 @@ def main() -> None:
     ap.add_argument("--paper-max-tokens", type=int, default=128)
     ap.add_argument("--modes", nargs="+", default=["paper", "choice", "score"])
     ap.add_argument("--serve", action="store_true", help="also compare Serve over HTTP (score mode)")
+    ap.add_argument("--serve-batch", type=int, default=25, help="texts per HTTP request")
+    ap.add_argument("--serve-concurrency", type=int, default=8, help="HTTP requests in flight")
     ap.add_argument("--out", default=str(REPO / "results" / "bench_llm_modes.json"))
     args = ap.parse_args()
 
@@ -269,7 +273,9 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(out.model_dump_json(indent=2))  # written before the Serve step can fail
     if args.serve and "score" in results:
-        out.serve = serve_comparison(spec_dict, texts, "score", results["score"].texts_per_s)
+        out.serve = serve_comparison(
+            spec_dict, texts, "score", results["score"].texts_per_s, args.serve_batch, args.serve_concurrency
+        )
         print(out.serve.model_dump_json(), flush=True)
         Path(args.out).write_text(out.model_dump_json(indent=2))
     print(f"engine start {start_s:.1f} s; results in {args.out}")
