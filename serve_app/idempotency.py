@@ -51,9 +51,9 @@ class IdempotencyCache:
             self._check(key, hit[1], fp)
             return hit[2], True
         if key in self._inflight:
-            stored, fut = self._inflight[key]
+            stored, running = self._inflight[key]
             self._check(key, stored, fp)
-            return await asyncio.shield(fut), True
+            return await asyncio.shield(running), True
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._inflight[key] = (fp, fut)
         try:

@@ -206,7 +206,7 @@ def agent_for(node_id: str) -> Any:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    actor_cls = ray.remote(num_cpus=0, max_concurrency=8)(NodeEnergyAgentImpl)
+    actor_cls: Any = ray.remote(num_cpus=0, max_concurrency=8)(NodeEnergyAgentImpl)  # type: ignore[call-overload]
     return actor_cls.options(
         name=AGENT_PREFIX + node_id,
         namespace=AGENT_NAMESPACE,

@@ -24,8 +24,12 @@ def _estimate(cfg: EnergyConfig, node: str) -> Meter:
     return EstimateMeter(cfg.cpu_tdp_w, cfg.cpu_cores, cfg.dram_w_per_gb, cfg.include_children, node=node)
 
 
-def make_meter(cfg: EnergyConfig, gpu_ids: list[str] | None = None, node: str | None = None,
-               remote: Iterable[RemoteProcesses] | None = None) -> Meter:
+def make_meter(
+    cfg: EnergyConfig,
+    gpu_ids: list[str] | None = None,
+    node: str | None = None,
+    remote: Iterable[RemoteProcesses] | None = None,
+) -> Meter:
     """Build the replica's meter. A forced meter that cannot work raises `MeterError`; ``auto``
     falls back in order and logs why. ``remote``: the replica's processes on other nodes (default:
     those registered in this process); with any, the result is a ``MultiNodeMeter``."""

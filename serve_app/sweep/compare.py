@@ -19,7 +19,7 @@ REGRESSION = "### Energy vs duration (all runs)"
 def with_settings(df: pd.DataFrame, settings: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """Add the sweep's ``nodes`` and ``gpus_setting`` columns by topology name."""
     return df.assign(
-        nodes=[settings.get(t, {}).get("nodes") for t in df["topology"]],
+        nodes=[settings.get(t, {}).get("nodes") for t in df["topology"]],  # type: ignore[misc]
         gpus_setting=[settings.get(t, {}).get("gpus", 0) for t in df["topology"]],
     )
 

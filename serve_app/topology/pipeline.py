@@ -103,8 +103,8 @@ class PipelineClassifier:
         else:
             options["resources"] = dict(spec.feature_resources)
         env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **spec.deployment.env_vars}
-        stage_cls = ray.remote(FeatureStageImpl)
-        self.stage = stage_cls.options(runtime_env={"env_vars": env}, **options).remote(str(art))
+        stage_cls: Any = ray.remote(FeatureStageImpl)
+        self.stage: Any = stage_cls.options(runtime_env={"env_vars": env}, **options).remote(str(art))
         self.stage_where: dict[str, Any] = ray.get(self.stage.where.remote(), timeout=STAGE_READY_TIMEOUT_S)
         self.head_node = alive_nodes().get(current_node_id() or "", "local")
         if self.stage_where["node_id"] != current_node_id():
