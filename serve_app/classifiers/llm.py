@@ -298,6 +298,7 @@ def _kill_pids(pids: list[int], grace_s: float = 5.0) -> None:
     for p in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
+    psutil.wait_procs(alive, timeout=grace_s)  # SIGKILL is not instant: return once they are gone
 
 
 def engine_args(spec: LLMSpec, model_path: str) -> Any:
