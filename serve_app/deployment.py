@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict
@@ -22,6 +23,7 @@ from serve_app.classifiers.base import Prediction
 from serve_app.config import AppConfig
 from serve_app.energy.agents import node_of_key
 from serve_app.energy.base import BrokenMeter, Meter, MeterError
+from serve_app.energy.footprint import WorkerProcess, descendant_pids, plan_meter, unmetered_gpu_nodes
 from serve_app.energy.probe import make_meter
 from serve_app.energy.sampler import Sampler
 from serve_app.energy.tag import EnergyTag, make_tag, no_energy_tag
@@ -57,34 +59,52 @@ def _gpu_ids() -> list[str]:
         return []
 
 
+def build_meter(spec: Any, workers: list[WorkerProcess]) -> tuple[Meter, list[str]]:
+    """The replica's meter over its own process tree and GPUs plus its classifier's ``workers`` (see
+    ``energy/footprint.py``), and the flags its tags must carry. A meter that cannot be built gives
+    a `BrokenMeter` (tags say ``unavailable``; the replica still serves). An LLM on GPUs whose GPUs
+    are not all read by NVML gets ``gpus_not_metered``: its figure would be CPU energy only."""
+    from serve_app.topology.nodes import alive_nodes, current_node_id, current_node_name
+
+    node = current_node_name()
+    names = alive_nodes() if any(w.node_id for w in workers) else {}
+    tree = descendant_pids() if spec.energy.include_children else {os.getpid()}
+    plan = plan_meter(workers, _gpu_ids(), current_node_id(), node, names, tree)
+    try:
+        meter: Meter = make_meter(spec.energy, plan.local_gpu_ids, node, plan.remotes, plan.local_pids)
+    except MeterError as exc:  # serve, with `unavailable` tags, rather than fail to start
+        log.error("energy meter %r unusable, tags will say 'unavailable': %s", spec.energy.meter, exc)
+        return BrokenMeter(str(exc), node), []
+    flags: list[str] = []
+    if spec.kind == "llm" and spec.on_gpu and spec.energy.meter != "off":
+        missing = unmetered_gpu_nodes(plan.gpu_nodes, meter.info)
+        if missing or not plan.gpu_nodes:
+            flags.append("gpus_not_metered")
+            log.warning("GPUs of %s not metered (nodes: %s)", spec.id, missing or "GPUs not located")
+    return meter, flags
+
+
 @serve.deployment
 class ClassifierServer:
     """A Serve deployment class; `app.py` binds one per classifier spec."""
 
-    def __init__(self, spec: dict[str, Any], artifacts_dir: str) -> None:
+    # Async so that an LLM classifier can ask its engine where its workers run, on the loop that
+    # then serves requests (Serve awaits an async constructor on the replica's event loop).
+    async def __init__(self, spec: dict[str, Any], artifacts_dir: str) -> None:  # type: ignore[misc]
         self.spec = AppConfig.model_validate({"classifiers": [spec]}).classifiers[0]
         self.classifier = build_classifier(self.spec, artifacts_dir)
         self.is_async = hasattr(self.classifier, "apredict")
         ctx = serve.get_replica_context()
         self.replica = ctx.replica_tag if ctx else "local"
-        try:
-            meter: Meter = make_meter(self.spec.energy, _gpu_ids())
-        except MeterError as exc:  # serve, with `unavailable` tags, rather than fail to start
-            log.error(
-                "energy meter %r unusable, tags will say 'unavailable': %s", self.spec.energy.meter, exc
-            )
-            meter = BrokenMeter(str(exc))
+        workers: list[WorkerProcess] = []
+        if hasattr(self.classifier, "worker_processes"):
+            workers = await self.classifier.worker_processes()
+        meter, self.coverage_flags = build_meter(self.spec, workers)
         self.metering = self.spec.energy.meter != "off"
         self.sampler = Sampler(meter, self.spec.energy.sample_period_s)
         if self.metering:
             self.sampler.start()
         self.rule = self.spec.energy.attribution
-        # An LLM whose GPUs sit in worker bundles (TP x PP > 1): the replica itself owns no GPU, so
-        # unless a node meter covers them its tags must say the GPUs are missing, not show CPU alone.
-        gpus_needed = self.spec.kind == "llm" and self.spec.on_gpu
-        self.coverage_flags = (
-            ["gpus_not_metered"] if gpus_needed and meter.info.source not in ("nvml", "nvml-power") else []
-        )
         self.metrics = ReplicaMetrics()
         self._exported: dict[tuple[str, str], float] = {}
         self._app = ctx.app_name if ctx else "local"

@@ -27,8 +27,11 @@ from typing import Any
 from serve_app.classifiers import prompts
 from serve_app.classifiers.base import ClassifierInfo, Prediction
 from serve_app.classifiers.llm_config import MODES, PREPARED_PREFIX, LLMSpec
+from serve_app.classifiers.llm_workers import WHERE_METHOD, WORKER_EXTENSION
+from serve_app.energy.footprint import WorkerProcess
 
 log = logging.getLogger(__name__)
+WHERE_TIMEOUT_S = 60.0
 
 
 class UnknownModeError(ValueError):
@@ -136,6 +139,27 @@ class LLMClassifier:
         if run is None:
             raise UnknownModeError(f"unknown mode {name!r}; known: {', '.join(MODES)}")
         return list(await asyncio.gather(*(run(t) for t in texts)))
+
+    async def worker_processes(self) -> list[WorkerProcess]:
+        """Every vLLM worker (one per TP x PP rank): its process, Ray node and GPU (see
+        ``llm_workers``), so that the replica's meter covers all of them. Call it on the loop that
+        serves requests (the engine binds to the first loop that uses it)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        places = await self._engine.collective_rpc(WHERE_METHOD, timeout=WHERE_TIMEOUT_S)
+        places = sorted(places, key=lambda p: (p["rank"] is None, p["rank"] or 0))
+        self._info.details["workers"] = [
+            {k: p[k] for k in ("rank", "pid", "host", "device", "gpu")} for p in places
+        ]
+        return [
+            WorkerProcess(
+                int(p["pid"]),
+                p["node_id"],
+                (str(p["gpu"]),) if p["gpu"] else (),
+                f"vllm-rank-{p['rank']}",
+            )
+            for p in places
+        ]
 
     def close(self) -> None:
         """Shut the engine down; kill engine processes that outlive it (they can ignore SIGTERM)."""
@@ -317,6 +341,7 @@ def engine_args(spec: LLMSpec, model_path: str) -> Any:
         "enforce_eager": spec.enforce_eager,
         "seed": spec.seed,
         "disable_log_stats": True,
+        "worker_extension_cls": WORKER_EXTENSION,
     }
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     kwargs.update(spec.engine_kwargs)

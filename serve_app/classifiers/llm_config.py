@@ -117,6 +117,11 @@ class LLMSpec(Strict):
         clash = sorted(set(self.engine_kwargs) & _TYPED_ENGINE_ARGS)
         if clash:
             raise ValueError(f"engine_kwargs repeats typed fields, set them directly: {clash}")
+        if "worker_extension_cls" in self.engine_kwargs:
+            raise ValueError(
+                "engine_kwargs.worker_extension_cls is taken: accuwatt's worker extension reports "
+                "each worker's node and GPU so that energy tags cover them"
+            )
         if self.deployment.num_gpus:
             raise ValueError("deployment.num_gpus must be 0 for LLMs: GPUs come from gpus_per_worker")
         if self.world_size > 1 and self.distributed_executor_backend == "uni":
@@ -127,6 +132,10 @@ class LLMSpec(Strict):
             raise ValueError("pipeline stages across nodes need GPUs (the ray executor)")
         if self.pipeline_spans_nodes and self.pipeline_parallel_size < 2:
             raise ValueError("pipeline_spans_nodes needs pipeline_parallel_size >= 2")
+        if self.pipeline_spans_nodes and self.executor_backend != "ray":
+            raise ValueError(
+                "pipeline stages across nodes need the ray executor (mp runs every rank locally)"
+            )
         if self.placement_strategy == "STRICT_SPREAD" and self.tensor_parallel_size > 1:
             raise ValueError("STRICT_SPREAD would split tensor-parallel ranks across nodes")
         if self.pipeline_spans_nodes and self.placement_strategy == "STRICT_PACK":
@@ -157,6 +166,12 @@ class LLMSpec(Strict):
             return "ray" if self.on_gpu else "mp"
         return None
 
+    @property
+    def workers_are_actors(self) -> bool:
+        """vLLM's workers are Ray actors in their own placement bundles (the ray executor); otherwise
+        they are processes under the replica (``uni``: the engine core; ``mp``: its children)."""
+        return self.executor_backend == "ray"
+
     def engine_env(self) -> dict[str, str]:
         """Environment the replica and its engine need: defaults, then ``env_vars`` (which win)."""
         env: dict[str, str] = {}
@@ -174,9 +189,10 @@ class LLMSpec(Strict):
             return None
         # The replica actor's own resources (custom ones included) must fit in the first bundle.
         replica = {"CPU": self.deployment.num_cpus, **self.deployment.resources}
-        if self.on_gpu and self.world_size == 1:
-            # The one GPU worker is the engine core, a child of the replica: the replica holds the GPU.
-            bundles = [{**replica, "GPU": self.gpus_per_worker}]
+        if self.on_gpu and not self.workers_are_actors:
+            # Every worker is a child process of the replica (the engine core, or the mp executor's
+            # workers): they see the GPUs Ray gives the replica, so the replica holds them all.
+            bundles = [{**replica, "GPU": self.gpus_per_replica}]
         else:
             worker: dict[str, float] = {"CPU": self.cpus_per_worker}
             if self.on_gpu:
@@ -195,7 +211,7 @@ class LLMSpec(Strict):
         """
         env = {**self.deployment.env_vars, **self.engine_env()}
         pg = self.placement()
-        num_gpus = self.gpus_per_worker if self.on_gpu and self.world_size == 1 else 0.0
+        num_gpus = self.gpus_per_replica if self.on_gpu and not self.workers_are_actors else 0.0
         actor: dict[str, Any] = {
             "num_cpus": self.deployment.num_cpus,
             "num_gpus": num_gpus,

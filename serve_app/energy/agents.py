@@ -72,33 +72,13 @@ def joules_by_node(energy_j: dict[str, float], default_node: str = "") -> dict[s
 # -- what a replica runs elsewhere -------------------------------------------------------------
 @dataclass(frozen=True)
 class RemoteProcesses:
-    """Processes (and GPUs) a replica uses on another node. ``node_id``: the Ray node id."""
+    """Processes (and GPUs) a replica uses on another node. ``node_id``: the Ray node id. Built by
+    ``energy.footprint.plan_meter`` from what the replica's classifier reports."""
 
     node_id: str
     node: str
     pids: tuple[int, ...] = ()
     gpu_ids: tuple[str, ...] = ()
-
-
-_registered: list[RemoteProcesses] = []
-_registered_lock = threading.Lock()
-
-
-def register_remote_processes(rp: RemoteProcesses) -> None:
-    """Called (in the replica process) by a classifier that started workers on other nodes, before
-    the replica builds its meter; ``probe.make_meter`` then meters those nodes too."""
-    with _registered_lock:
-        _registered.append(rp)
-
-
-def registered_remote_processes() -> list[RemoteProcesses]:
-    with _registered_lock:
-        return list(_registered)
-
-
-def clear_registered_remote_processes() -> None:
-    with _registered_lock:
-        _registered.clear()
 
 
 # -- the estimate for a set of processes -------------------------------------------------------

@@ -164,6 +164,7 @@ class NvmlMeter:
         force_power: bool = False,
         nvml: Any | None = None,
         clock: Callable[[], float] = now_s,
+        node: str = "",
     ) -> None:
         if nvml is None:
             try:
@@ -190,7 +191,7 @@ class NvmlMeter:
             devices=tuple(f"{g.key}={g.uuid}" for g in self._gpus),
             resolution_j=NVML_RESOLUTION_J,
             update_period_s=NVML_UPDATE_PERIOD_S,
-            node=socket.gethostname(),
+            node=node or socket.gethostname(),
             notes=(
                 "NVML total-energy counter (mJ)"
                 if self._source == "nvml"

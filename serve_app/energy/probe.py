@@ -1,9 +1,9 @@
-"""Pick the best meter for a replica: nvml (GPUs it owns) > rapl > estimate, or what the config forces.
+"""Pick the best meter for a replica: nvml (its GPUs) > rapl > estimate, or what the config forces.
 
-Multi-node: when the replica runs processes on other Ray nodes (given as ``remote``, or registered by
-its classifier through ``energy.agents.register_remote_processes``), ``make_meter`` wraps the local
-meter in an ``agents.MultiNodeMeter`` that adds those nodes' counters (read by per-node agents, which
-build theirs with :func:`make_node_meter`).
+Work beyond the replica's own process tree comes in as a plan (``energy.footprint.plan_meter``):
+GPUs and processes on the replica's node join the local meter; other nodes' processes and GPUs
+(``remote``) make ``make_meter`` wrap the local meter in an ``agents.MultiNodeMeter`` that adds those
+nodes' counters (read by per-node agents, which build theirs with :func:`make_node_meter`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 
 from serve_app.config_common import EnergyConfig
-from serve_app.energy.agents import RemoteProcesses, registered_remote_processes
+from serve_app.energy.agents import RemoteProcesses
 from serve_app.energy.base import Meter, MeterError, NullMeter
 from serve_app.energy.estimate import EstimateMeter
 
@@ -28,41 +28,37 @@ def make_meter(
     cfg: EnergyConfig,
     gpu_ids: list[str] | None = None,
     node: str | None = None,
-    remote: Iterable[RemoteProcesses] | None = None,
+    remote: Iterable[RemoteProcesses] = (),
+    local_pids: Iterable[int] = (),
 ) -> Meter:
     """Build the replica's meter. A forced meter that cannot work raises `MeterError`; ``auto``
-    falls back in order and logs why. ``remote``: the replica's processes on other nodes (default:
-    those registered in this process); with any, the result is a ``MultiNodeMeter``."""
+    falls back in order and logs why. ``gpu_ids``: the GPUs its work uses on this node;
+    ``local_pids``: processes on this node outside its process tree that the CPU estimate must add;
+    ``remote``: its processes on other nodes (with any, the result is a ``MultiNodeMeter``)."""
     from serve_app.topology.nodes import current_node_name
 
     node = node or current_node_name()
-    local = _make_local_meter(cfg, gpu_ids, node)
-    remotes = list(remote) if remote is not None else registered_remote_processes()
+    extra = list(local_pids)
+    local = _make_local_meter(cfg, gpu_ids, node, [os.getpid(), *extra] if extra else None)
+    remotes = list(remote)
     if not remotes or cfg.meter == "off":
         return local
     from serve_app.energy.agents import MultiNodeMeter
-    from serve_app.topology.nodes import alive_nodes, current_node_id
 
-    node_id = current_node_id()
-    local_node = alive_nodes().get(node_id, node) if node_id else node
-    group = f"{local_node}-{os.getpid()}-{id(local):x}"
-    return MultiNodeMeter(local, local_node, remotes, cfg, group)
+    group = f"{node}-{os.getpid()}-{id(local):x}"
+    return MultiNodeMeter(local, node, remotes, cfg, group)
 
 
 def make_node_meter(cfg: EnergyConfig, pids: Iterable[int], gpu_ids: Iterable[str], node: str) -> Meter:
     """An energy agent's meter for one replica's processes on its node: NVML for ``gpu_ids``, else RAPL
     (the whole package), else the estimate over ``pids`` and their children (same fallback rules)."""
-    if cfg.meter in ("auto", "nvml", "rapl"):
-        meter = _make_local_meter(cfg, list(gpu_ids), node)  # a forced meter that cannot work raises
-        if not isinstance(meter, EstimateMeter):
-            return meter
-        meter.close()
-    from serve_app.energy.agents import ProcessSetMeter
-
-    return ProcessSetMeter(cfg, pids, node)
+    return _make_local_meter(cfg, list(gpu_ids), node, list(pids))
 
 
-def _make_local_meter(cfg: EnergyConfig, gpu_ids: list[str] | None, node: str) -> Meter:
+def _make_local_meter(
+    cfg: EnergyConfig, gpu_ids: list[str] | None, node: str, pids: list[int] | None = None
+) -> Meter:
+    """``pids``: the processes the estimate covers (default: this one, and children per the config)."""
     if cfg.meter == "off":
         return NullMeter(node)
     if cfg.meter in ("auto", "nvml") and gpu_ids:
@@ -70,7 +66,7 @@ def _make_local_meter(cfg: EnergyConfig, gpu_ids: list[str] | None, node: str) -
             from serve_app.energy.nvml import NvmlMeter, nvml_available
 
             if nvml_available():
-                return NvmlMeter(gpu_ids, power_fallback=cfg.nvml_power_fallback)
+                return NvmlMeter(gpu_ids, power_fallback=cfg.nvml_power_fallback, node=node)
             reason = "NVML not available"
         except (ImportError, MeterError) as exc:
             reason = str(exc)
@@ -84,10 +80,14 @@ def _make_local_meter(cfg: EnergyConfig, gpu_ids: list[str] | None, node: str) -
             from serve_app.energy.rapl import RaplMeter, rapl_available
 
             if rapl_available(cfg.rapl_root):
-                return RaplMeter(cfg.rapl_root)
+                return RaplMeter(cfg.rapl_root, node=node)
             reason = f"no readable RAPL zone under {cfg.rapl_root}"
         except (ImportError, MeterError) as exc:
             reason = str(exc)
         if cfg.meter == "rapl":
             raise MeterError(f"meter 'rapl' forced but unusable: {reason}")
+    if pids is not None:
+        from serve_app.energy.agents import ProcessSetMeter
+
+        return ProcessSetMeter(cfg, pids, node)
     return _estimate(cfg, node)

@@ -121,7 +121,7 @@ class RaplMeter:
     taken by concurrent threads are monotonic in both time and value (the ledger relies on it).
     """
 
-    def __init__(self, root: str = DEFAULT_ROOT) -> None:
+    def __init__(self, root: str = DEFAULT_ROOT, node: str = "") -> None:
         self._root = root
         self._lock = threading.Lock()
         self._zones = [
@@ -136,7 +136,7 @@ class RaplMeter:
             devices=tuple(z.key for z in self._zones),
             resolution_j=RAPL_RESOLUTION_J,
             update_period_s=RAPL_UPDATE_PERIOD_S,
-            node=socket.gethostname(),
+            node=node or socket.gethostname(),
             notes=(
                 "powercap sysfs energy_uj (µJ); resolution 1e-6 J is the sysfs unit (hardware unit is "
                 "coarser, ~61 µJ); update period ~1 ms nominal; wrap-around undone per zone"

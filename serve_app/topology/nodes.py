@@ -37,13 +37,13 @@ def name_from(labels: Mapping[str, Any] | None, node_id: str, hostname: str | No
 
 
 def current_node_name() -> str:
-    """This process's node: the Ray node label when inside a Ray worker, else the host name."""
+    """This process's node: its name in :func:`alive_nodes` when inside Ray, else the host name."""
     try:
         import ray
 
         if ray.is_initialized():
-            ctx = ray.get_runtime_context()
-            return name_from(ctx.get_node_labels(), ctx.get_node_id(), socket.gethostname())
+            node_id = str(ray.get_runtime_context().get_node_id())
+            return alive_nodes().get(node_id) or clean_name(node_id[:12])
     except Exception:  # outside Ray, or an old runtime context
         pass
     return clean_name(socket.gethostname())
@@ -59,11 +59,14 @@ def current_node_id() -> str | None:
 
 
 def alive_nodes() -> dict[str, str]:
-    """Ray node id -> accuwatt name for every alive node of the connected cluster."""
+    """Ray node id -> accuwatt name for every alive node of the connected cluster: the node's label,
+    else its host name when no other alive node shares it, else the short node id."""
     import ray
 
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    hosts = [str(n.get("NodeManagerHostname") or "") for n in alive]
     out: dict[str, str] = {}
-    for n in ray.nodes():
-        if n.get("Alive"):
-            out[str(n["NodeID"])] = name_from(n.get("Labels"), str(n["NodeID"]), None)
+    for n, host in zip(alive, hosts, strict=True):
+        unique = host if host and hosts.count(host) == 1 else None
+        out[str(n["NodeID"])] = name_from(n.get("Labels"), str(n["NodeID"]), unique)
     return out

@@ -7,8 +7,10 @@ needs GPUs or a heavy CPU setup): one replica, one placement group with ``STRICT
 - bundle 1: a :class:`FeatureStage` actor (bag of words, char TF-IDF, or the sentence-embedding
   encoder) on another node, which the replica calls for every batch.
 
-The replica registers the stage's process with ``energy.agents`` before its meter is built, so
-``probe.make_meter`` returns a ``MultiNodeMeter`` and every request's tag holds both nodes' energy.
+The classifier reports the stage's process (:meth:`PipelineClassifier.worker_processes`); the
+deployment meters it with the replica: through the other node's energy agent when the stages are
+spread (a ``MultiNodeMeter``; every request's tag holds both nodes' energy), or in the replica's own
+estimate when they are packed on one node (the stage is a Ray actor there, not the replica's child).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pydantic import Field
 
 from serve_app.classifiers.base import ClassifierInfo, Prediction, predictions_from_proba
 from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict
-from serve_app.energy.agents import RemoteProcesses, register_remote_processes
+from serve_app.energy.footprint import WorkerProcess
 
 PipelineStrategy = Literal["STRICT_SPREAD", "SPREAD", "PACK"]
 STAGE_READY_TIMEOUT_S = 300.0
@@ -107,12 +109,6 @@ class PipelineClassifier:
         self.stage: Any = stage_cls.options(runtime_env={"env_vars": env}, **options).remote(str(art))
         self.stage_where: dict[str, Any] = ray.get(self.stage.where.remote(), timeout=STAGE_READY_TIMEOUT_S)
         self.head_node = alive_nodes().get(current_node_id() or "", "local")
-        if self.stage_where["node_id"] != current_node_id():
-            register_remote_processes(
-                RemoteProcesses(
-                    self.stage_where["node_id"], self.stage_where["node"], (int(self.stage_where["pid"]),)
-                )
-            )
         labels = tuple(self.manifest["labels"])
         self._info = ClassifierInfo(
             model_id=spec.id,
@@ -125,6 +121,7 @@ class PipelineClassifier:
                 "topology": "pipeline",
                 "placement_strategy": spec.placement_strategy,
                 "stages": {"features": self.stage_where["node"], "head": self.head_node},
+                "feature_pid": int(self.stage_where["pid"]),
                 **{k: self.manifest.get(k) for k in ("dataset", "split", "embedding_model", "versions")},
             },
         )
@@ -137,15 +134,10 @@ class PipelineClassifier:
     def labels(self) -> tuple[str, ...]:
         return self._info.labels
 
-    def remote_processes(self) -> list[RemoteProcesses]:
-        """The replica's processes on other nodes (for ``make_meter(..., remote=...)``)."""
-        if self.stage_where["node"] == self.head_node:
-            return []
-        return [
-            RemoteProcesses(
-                self.stage_where["node_id"], self.stage_where["node"], (int(self.stage_where["pid"]),)
-            )
-        ]
+    async def worker_processes(self) -> list[WorkerProcess]:
+        """The feature stage's process, for the replica's meter (see the module doc)."""
+        w = self.stage_where
+        return [WorkerProcess(int(w["pid"]), str(w["node_id"]) or None, (), "feature-stage")]
 
     def predict(self, texts: list[str]) -> list[Prediction]:
         import numpy as np

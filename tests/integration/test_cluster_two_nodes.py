@@ -57,18 +57,19 @@ def _scenario(out_path: str) -> None:  # runs in the subprocess
             "feature_resources": {"node:worker-1": 0.01},
             "energy": {"sample_period_s": 0.05},
         }
+        packed = {  # the same two stages on one node: the stage is a Ray actor, not the replica's child
+            "kind": "pipeline",
+            "id": "tfidf-logreg-packed",
+            "model": "tfidf-logreg",
+            "deployment": {"num_cpus": 1.0, "resources": {"node:head": 0.01}},
+            "feature_resources": {"node:head": 0.01},
+            "placement_strategy": "PACK",
+        }
         classifiers: list[dict[str, Any]] = [
-            {"kind": "traditional", "id": "bow-logreg", "deployment": {"resources": {"node:worker-1": 0.01}}}
+            {"kind": "traditional", "id": "bow-logreg", "deployment": {"resources": {"node:worker-1": 0.01}}},
+            spanning,
+            packed,
         ]
-        from serve_app.config import AppConfig
-
-        try:
-            AppConfig.model_validate({"classifiers": [spanning]})
-            wired = True
-            classifiers.append(spanning)
-        except Exception:
-            wired = False  # the pipeline kind is not wired into config/deployment yet: meter-level path
-        result["wired"] = wired
         serve.run(
             build_app({"artifacts_dir": str(art), "classifiers": classifiers}),
             name="accuwatt",
@@ -78,7 +79,7 @@ def _scenario(out_path: str) -> None:  # runs in the subprocess
         with httpx.Client(timeout=60, trust_env=False) as c:
             _wait(c, base + "/healthz")
             result["models"] = c.get(base + "/v1/models").json()
-            ids = ["bow-logreg"] + (["tfidf-logreg-2nodes"] if wired else [])
+            ids = ["bow-logreg", "tfidf-logreg-2nodes", "tfidf-logreg-packed"]
             with ThreadPoolExecutor(4) as pool:
                 for mid in ids:
                     result[mid] = list(
@@ -93,8 +94,6 @@ def _scenario(out_path: str) -> None:  # runs in the subprocess
 
             time.sleep(2.5)  # two export periods: /v1/energy snapshots are current
             result["energy"] = c.get(base + "/v1/energy").json()
-        if not wired:
-            result["meter_level"] = _meter_level(art, texts)
         serve.shutdown()
     Path(out_path).write_text(json.dumps(result, default=str))
 
@@ -111,70 +110,6 @@ def _wait(c: Any, url: str, timeout_s: float = 240.0) -> None:
             pass
         time.sleep(0.5)
     raise TimeoutError(url)
-
-
-def _meter_level(art: Path, texts: list[str]) -> dict[str, Any]:
-    """The spanning classifier inside a real Serve replica with a STRICT_SPREAD placement group, metered
-    by the multi-node meter and split by the ledger exactly as ``deployment.py`` does per request."""
-    from ray import serve
-
-    from serve_app.topology.pipeline import PipelineSpec
-
-    spec = PipelineSpec(
-        id="tfidf-logreg-2nodes",
-        model="tfidf-logreg",
-        deployment={"resources": {"node:head": 0.01}},
-        feature_resources={"node:worker-1": 0.01},
-    )
-
-    @serve.deployment(
-        ray_actor_options={
-            "num_cpus": spec.deployment.num_cpus,
-            "resources": dict(spec.deployment.resources),
-        },
-        **spec.serve_options(),
-    )
-    class SpanProbe:
-        def __init__(self) -> None:
-            from serve_app.energy.probe import make_meter
-            from serve_app.energy.sampler import Sampler
-            from serve_app.topology.pipeline import PipelineClassifier
-
-            self.clf = PipelineClassifier(spec, art)
-            self.sampler = Sampler(make_meter(spec.energy), 0.05).start()
-
-        def classify(self, text: str, rid: str) -> dict[str, Any]:
-            r0 = self.sampler.read()
-            self.sampler.ledger.begin(rid, r0, 1.0)
-            pred = self.clf.predict([text])[0]
-            alloc = self.sampler.ledger.end(rid, self.sampler.read())
-            return {"label": pred.label, "energy_j": alloc.energy_j}
-
-        def totals(self) -> dict[str, Any]:
-            t = self.sampler.ledger.totals()
-            info = self.sampler.meter.info
-            return {
-                "metered_j": t.metered_j,
-                "attributed_j": t.attributed_j,
-                "idle_j": t.idle_j,
-                "devices": list(info.devices),
-                "extra": info.extra,
-                "source": info.source,
-                "stages": self.clf.info.details["stages"],
-            }
-
-    handle = serve.run(SpanProbe.bind(), name="span-probe", route_prefix="/span-probe")
-    outs = [handle.classify.remote(t, f"r{i}") for i, t in enumerate(texts)]
-    allocs = [o.result(timeout_s=120) for o in outs]
-    import time
-
-    time.sleep(0.5)
-    return {"allocations": allocs, "totals": handle.totals.remote().result(timeout_s=60)}
-
-
-def _conserved(metered: dict[str, float], attributed: dict[str, float], idle: dict[str, float]) -> None:
-    for key, m in metered.items():
-        assert m == pytest.approx(attributed.get(key, 0.0) + idle.get(key, 0.0), rel=1e-9, abs=1e-12), key
 
 
 @pytest.fixture(scope="module")
@@ -207,24 +142,27 @@ def test_replica_pinned_to_second_node(two_node_result: dict[str, Any]) -> None:
 
 
 def test_work_spanning_two_nodes_is_metered_on_both(two_node_result: dict[str, Any]) -> None:
-    if two_node_result["wired"]:
-        answers = two_node_result["tfidf-logreg-2nodes"]
-        devices = {d.split("/", 1)[0] for a in answers for d in a["energy"]["devices"]}
-        assert {"head", "worker-1"} <= devices
-        reps = two_node_result["energy"]["deployments"]["tfidf-logreg-2nodes"]["replicas"]
-        rep = next(iter(reps.values()))
-        assert rep["metered_j"] == pytest.approx(rep["attributed_j"] + rep["idle_j"], rel=1e-6)
-        assert sum(a["energy"]["joules"] for a in answers) == pytest.approx(rep["attributed_j"], rel=1e-6)
-        return
-    ml = two_node_result["meter_level"]
-    t = ml["totals"]
-    assert t["stages"] == {"features": "worker-1", "head": "head"}
-    assert t["extra"]["nodes"] == "head,worker-1"
-    nodes_seen = {k.split(":")[1] for a in ml["allocations"] for k in a["energy_j"]}
-    assert nodes_seen == {"head", "worker-1"}
-    worker_j = sum(v for a in ml["allocations"] for k, v in a["energy_j"].items() if ":worker-1:" in k)
-    head_j = sum(v for a in ml["allocations"] for k, v in a["energy_j"].items() if ":head:" in k)
-    assert worker_j > 0 and head_j > 0, (worker_j, head_j)
-    _conserved(t["metered_j"], t["attributed_j"], t["idle_j"])
-    tag_sum = sum(sum(a["energy_j"].values()) for a in ml["allocations"])
-    assert tag_sum == pytest.approx(sum(t["attributed_j"].values()), rel=1e-9)
+    answers = two_node_result["tfidf-logreg-2nodes"]
+    assert len(answers) == N_REQUESTS and all(a["energy"]["joules"] is not None for a in answers)
+    devices = {d.split("/", 1)[0] for a in answers for d in a["energy"]["devices"]}
+    assert {"head", "worker-1"} <= devices
+    per_node: dict[str, float] = {}
+    for a in answers:
+        for node, j in a["energy"]["nodes_j"].items():
+            per_node[node] = per_node.get(node, 0.0) + j
+    assert per_node.keys() == {"head", "worker-1"} and min(per_node.values()) > 0, per_node
+    model = next(m for m in two_node_result["models"]["models"] if m["id"] == "tfidf-logreg-2nodes")
+    assert model["details"]["stages"] == {"features": "worker-1", "head": "head"}
+    reps = two_node_result["energy"]["deployments"]["tfidf-logreg-2nodes"]["replicas"]
+    rep = next(iter(reps.values()))
+    assert rep["metered_j"] == pytest.approx(rep["attributed_j"] + rep["idle_j"], rel=1e-6)
+    assert sum(a["energy"]["joules"] for a in answers) == pytest.approx(rep["attributed_j"], rel=1e-6)
+
+
+def test_packed_stages_are_metered_on_their_one_node(two_node_result: dict[str, Any]) -> None:
+    """PACK puts the feature stage beside the replica: its process joins the replica's estimate."""
+    model = next(m for m in two_node_result["models"]["models"] if m["id"] == "tfidf-logreg-packed")
+    assert model["details"]["stages"] == {"features": "head", "head": "head"}
+    assert f"cpu-process:{model['details']['feature_pid']}" in model["energy_devices"]
+    answers = two_node_result["tfidf-logreg-packed"]
+    assert all(a["energy"]["nodes"] == ["head"] and a["energy"]["joules"] > 0 for a in answers)

@@ -38,6 +38,8 @@ def test_llm_over_http(serve_app_factory: Any, tiny_model_dir: Path) -> None:
     model = wait_model(base, "tiny-llm")
     assert model["kind"] == "llm" and model["modes"] == ["paper", "choice", "score"]
     assert model["labels"] == ["positive", "negative"] and model["parameters"] > 100_000
+    (worker,) = model["details"]["workers"]  # asked of the engine when the replica started
+    assert worker["rank"] == 0 and worker["device"] == "cpu" and worker["gpu"] is None
 
     with httpx.Client(timeout=300) as client:
         for mode in ("choice", "score", "paper"):
@@ -57,6 +59,7 @@ def test_llm_over_http(serve_app_factory: Any, tiny_model_dir: Path) -> None:
             energy = body["energy"]
             assert energy["source"] == "estimate" and energy["joules"] > 0
             assert energy["attribution"]["rule"] == "tokens"
+            assert "gpus_not_metered" not in energy["flags"]
             assert r.headers["X-Energy-Source"] == "estimate"
 
         r = client.post(base + "/v1/classify", json={"model": "tiny-llm", "text": "ok", "mode": "fast"})

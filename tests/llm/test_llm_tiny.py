@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,18 @@ def test_sequence_scoring_when_labels_share_a_first_token(
         clf.close()
     alive = [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
     assert alive == [], f"engine processes left after close: {alive}"
+
+
+def test_worker_reports_its_process(tiny: LLMClassifier, engine_loop: EngineLoop) -> None:
+    """One worker (the ``uni`` executor runs it in the engine core): a child of this process, on CPU,
+    so the replica's meter needs nothing beyond its own process tree."""
+    workers = engine_loop.run(tiny.worker_processes())
+    assert len(workers) == 1
+    w = workers[0]
+    assert w.pid in tiny._engine_children and w.gpu_ids == () and w.node_id is None
+    assert tiny.info.details["workers"] == [
+        {"rank": 0, "pid": w.pid, "host": socket.gethostname(), "device": "cpu", "gpu": None}
+    ]
 
 
 def test_engine_runs_in_child_processes(tiny: LLMClassifier) -> None:

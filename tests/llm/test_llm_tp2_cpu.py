@@ -9,6 +9,7 @@ import psutil
 import pytest
 
 from serve_app.classifiers.llm_config import LLMSpec
+from serve_app.energy.footprint import descendant_pids
 from tests.llm.conftest import CPU_ENV, EngineLoop, build, cpu_spec
 
 
@@ -30,6 +31,12 @@ def test_tp2_on_cpu_classifies(tiny_model_dir: Path, engine_loop: EngineLoop) ->
     clf = build(tp2_spec(str(tiny_model_dir)))
     try:
         assert len(clf._engine_children) >= 3  # engine core + two TP workers (+ helpers)
+        workers = engine_loop.run(clf.worker_processes())
+        assert sorted(w.role for w in workers) == ["vllm-rank-0", "vllm-rank-1"]
+        assert len({w.pid for w in workers}) == 2
+        assert {w.pid for w in workers} <= descendant_pids()  # mp workers: under this process
+        engine_core = set(clf._engine_children) - {w.pid for w in workers}
+        assert engine_core, "the engine core is a process of its own"
         for mode in ("choice", "score", "paper"):
             preds = engine_loop.run(clf.apredict(["great film", "awful film"], mode))
             assert len(preds) == 2

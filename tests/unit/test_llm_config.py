@@ -93,6 +93,15 @@ def test_tp2_gpu_bundles() -> None:
     assert s.executor_backend == "ray"
 
 
+def test_tp2_gpu_with_mp_workers_gives_the_replica_both_gpus() -> None:
+    """mp workers are the replica's descendants: they see only the GPUs Ray assigns the replica."""
+    s = spec(tensor_parallel_size=2, distributed_executor_backend="mp")
+    opts = s.serve_options()
+    assert opts["placement_group_bundles"] == [{"CPU": 1.0, "GPU": 2.0}]
+    assert opts["ray_actor_options"]["num_gpus"] == 2.0
+    assert not s.workers_are_actors
+
+
 def test_single_gpu_replica_holds_its_gpu() -> None:
     opts = spec().serve_options()
     assert opts["placement_group_bundles"] == [{"CPU": 1.0, "GPU": 1.0}]
@@ -148,6 +157,11 @@ def test_custom_resources_go_into_the_replica_bundle() -> None:
             "STRICT_PACK",
         ),
         ({"tensor_parallel_size": 2, "deployment": {"num_cpus": 0}}, "num_cpus"),
+        (
+            {"pipeline_parallel_size": 2, "pipeline_spans_nodes": True, "distributed_executor_backend": "mp"},
+            "need the ray executor",
+        ),
+        ({"engine_kwargs": {"worker_extension_cls": "x.Y"}}, "worker_extension_cls is taken"),
         ({"default_mode": "fast"}, "default_mode"),
         ({"unknown_field": 1}, "unknown_field"),
         ({"id": "Bad Id"}, "id"),

@@ -1,0 +1,112 @@
+"""Where a replica's work runs, and which meters must cover it.
+
+A replica's classifier may run its work in processes the replica does not own: vLLM workers (Ray
+actors in the replica's placement group with the Ray executor, on several nodes with pipeline
+parallelism), or a pipeline's feature stage. The classifier reports them as :class:`WorkerProcess`
+values (PID, Ray node, GPUs); :func:`plan_meter` turns them into what ``probe.make_meter`` builds:
+
+- GPUs on the replica's node join the replica's own (NVML meters GPUs, whoever uses them);
+- processes on the replica's node that are not its descendants join the CPU estimate (descendants
+  are already counted through ``include_children``);
+- every other node becomes a :class:`~serve_app.energy.agents.RemoteProcesses` for that node's agent.
+
+``gpu_nodes`` tells which nodes hold the replica's GPUs, so that the deployment can flag a tag whose
+GPUs are not all metered (``gpus_not_metered``) instead of passing CPU energy off as the whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from serve_app.energy.agents import RemoteProcesses
+from serve_app.energy.base import MeterInfo
+
+
+@dataclass(frozen=True)
+class WorkerProcess:
+    """A process doing a replica's work. ``node_id``: its Ray node (None: the replica's node);
+    ``gpu_ids``: the GPUs it computes on, as NVML UUIDs (``GPU-...``) or physical indices."""
+
+    pid: int
+    node_id: str | None = None
+    gpu_ids: tuple[str, ...] = ()
+    role: str = ""
+
+
+@dataclass(frozen=True)
+class MeterPlan:
+    """What the replica's meter covers: local GPUs and extra local PIDs, and the other nodes."""
+
+    local_gpu_ids: list[str]
+    local_pids: list[int]
+    remotes: list[RemoteProcesses]
+    gpu_nodes: frozenset[str] = field(default_factory=frozenset)
+
+
+def plan_meter(
+    workers: Iterable[WorkerProcess],
+    replica_gpu_ids: Iterable[str],
+    local_node_id: str | None,
+    local_node: str,
+    node_names: Mapping[str, str],
+    descendants: Iterable[int] = (),
+) -> MeterPlan:
+    """Split a replica's worker processes by node (see the module doc).
+
+    ``node_names``: Ray node id -> accuwatt node name (``topology.nodes.alive_nodes()``); an id not in
+    it is named by its first 12 characters. ``descendants``: PIDs the local estimate already covers
+    (the replica's process tree).
+    """
+    covered = set(descendants)
+    local_gpus = list(dict.fromkeys(str(g) for g in replica_gpu_ids))
+    local_pids: list[int] = []
+    gpu_nodes = {local_node} if local_gpus else set()
+    remote: dict[str, tuple[list[int], list[str]]] = {}
+    for w in workers:
+        if w.node_id is None or w.node_id == local_node_id:
+            local_gpus.extend(g for g in w.gpu_ids if g not in local_gpus)
+            if w.pid not in covered and w.pid not in local_pids:
+                local_pids.append(w.pid)
+            if w.gpu_ids:
+                gpu_nodes.add(local_node)
+            continue
+        pids, gpus = remote.setdefault(w.node_id, ([], []))
+        if w.pid not in pids:
+            pids.append(w.pid)
+        gpus.extend(g for g in w.gpu_ids if g not in gpus)
+        if w.gpu_ids:
+            gpu_nodes.add(_name(w.node_id, node_names))
+    remotes = [
+        RemoteProcesses(node_id, _name(node_id, node_names), tuple(pids), tuple(gpus))
+        for node_id, (pids, gpus) in remote.items()
+    ]
+    return MeterPlan(local_gpus, local_pids, remotes, frozenset(gpu_nodes))
+
+
+def _name(node_id: str, node_names: Mapping[str, str]) -> str:
+    return node_names.get(node_id) or node_id[:12]
+
+
+def unmetered_gpu_nodes(gpu_nodes: Iterable[str], info: MeterInfo) -> list[str]:
+    """Nodes holding the replica's GPUs whose meter does not read GPUs. ``info``: the replica's meter
+    (a ``MultiNodeMeter`` lists its per-node sources in ``extra["sources"]`` as ``node=source,...``)."""
+    if "sources" in info.extra:
+        sources = dict(item.split("=", 1) for item in info.extra["sources"].split(",") if "=" in item)
+    else:
+        sources = {info.node: info.source}
+    return sorted(n for n in gpu_nodes if sources.get(n) not in ("nvml", "nvml-power"))
+
+
+def descendant_pids(pid: int | None = None) -> set[int]:
+    """The process tree under ``pid`` (default: this process), itself included."""
+    import contextlib
+    import os
+
+    import psutil
+
+    root = psutil.Process(pid or os.getpid())
+    out = {root.pid}
+    with contextlib.suppress(psutil.Error):  # a child exiting while we walk
+        out.update(p.pid for p in root.children(recursive=True))
+    return out
