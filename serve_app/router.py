@@ -44,6 +44,9 @@ api = FastAPI(
 REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
 OVERLOAD_RETRY_AFTER_S = 1
 RESTART_RETRY_AFTER_S = 2
+ENERGY_VIEW_TIMEOUT_S = 10.0
+"""``GET /v1/energy``: the longest wait for the registry and for each replica's fresh snapshot (a replica
+that does not answer in time is shown from the registry, marked ``stale``)."""
 
 
 def load_api_key(cfg: RouterConfig, environ: dict[str, str] | None = None) -> str:
@@ -78,6 +81,11 @@ def internal_error(rid: str | None) -> JSONResponse:
         error_id
     )
     return JSONResponse(body, status_code=500)
+
+
+async def _awaitable(response: Any) -> Any:
+    """A Serve ``DeploymentResponse`` as a coroutine (what ``asyncio.wait_for`` takes)."""
+    return await response
 
 
 def overloaded(what: str) -> RequestError:
@@ -236,9 +244,23 @@ class Router:
 
         try:
             self._authorize(request)
-            reported = await registry(self._app).get.remote()
+            try:
+                reported = await asyncio.wait_for(registry(self._app).get.remote(), ENERGY_VIEW_TIMEOUT_S)
+            except TimeoutError:
+                raise RequestError(
+                    503,
+                    "energy_registry_unavailable",
+                    f"the energy registry did not answer within {ENERGY_VIEW_TIMEOUT_S:g} s",
+                    headers={"Retry-After": str(RESTART_RETRY_AFTER_S)},
+                ) from None
             fresh = await asyncio.gather(
-                *(self.handles[m].energy_snapshot.remote() for m in self.handles), return_exceptions=True
+                *(
+                    asyncio.wait_for(
+                        _awaitable(self.handles[m].energy_snapshot.remote()), ENERGY_VIEW_TIMEOUT_S
+                    )
+                    for m in self.handles
+                ),
+                return_exceptions=True,
             )
             out: dict[str, Any] = {}
             for model_id, snap in zip(self.handles, fresh, strict=True):

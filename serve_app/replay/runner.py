@@ -97,12 +97,37 @@ def load_test_sets(cfg: ReplayConfig) -> tuple[Dataset, list[TestSet], dict[str,
     return ds, tests, meta
 
 
-async def get_json(client: ClientPool | httpx.AsyncClient, base_url: str, path: str) -> dict[str, Any] | None:
-    try:
-        resp = await client.get(base_url.rstrip("/") + path)
-        return resp.json() if resp.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
-        return None
+GET_TIMEOUT_S = 60.0
+GET_ATTEMPTS = 5
+
+
+async def get_json(
+    client: ClientPool | httpx.AsyncClient,
+    base_url: str,
+    path: str,
+    attempts: int = GET_ATTEMPTS,
+    timeout_s: float = GET_TIMEOUT_S,
+) -> dict[str, Any] | None:
+    """GET a JSON view (``/v1/models``, ``/v1/energy``); 5xx answers and transport errors are retried
+    after ``Retry-After`` (at most ``attempts`` tries, ``timeout_s`` each). None if it never answers."""
+    import asyncio
+
+    from serve_app.replay.client import retry_after_s
+
+    for attempt in range(attempts):
+        retry = 1.0
+        try:
+            resp = await client.get(base_url.rstrip("/") + path, timeout=timeout_s)
+            if resp.status_code == 200:
+                return dict(resp.json())
+            if resp.status_code < 500:
+                return None
+            retry = retry_after_s(resp.headers.get("retry-after"), 1.0)
+        except (httpx.HTTPError, ValueError):
+            pass
+        if attempt + 1 < attempts:
+            await asyncio.sleep(retry)
+    return None
 
 
 def prepare_run_folder(

@@ -27,13 +27,23 @@ if not torch.cuda.is_available():
     pytest.skip("torch has no CUDA device", allow_module_level=True)
 
 
-def _torch_gpu_ids() -> list[str] | None:
-    """The UUID of torch's ``cuda:0`` (so the meter watches the GPU we load), or None for all visible."""
-    uuid = getattr(torch.cuda.get_device_properties(0), "uuid", None)
-    if uuid is None:
-        return None
-    text = str(uuid)
-    return [text if text.startswith("GPU-") else f"GPU-{text}"]
+def _torch_gpu_ids() -> list[str]:
+    """The GPU behind torch's ``cuda:0`` as a vLLM worker reports it (``llm_workers``): the meter then
+    watches the GPU we load, as the replica's meter watches its workers' GPUs."""
+    from serve_app.classifiers.llm_workers import describe_worker
+
+    return [describe_worker(torch.device("cuda:0"), 0)["gpu"]]
+
+
+def test_worker_gpu_id_resolves_to_one_nvml_device() -> None:
+    """What a vLLM worker reports for its device names exactly one physical GPU for NVML."""
+    (gpu,) = _torch_gpu_ids()
+    meter = NvmlMeter([gpu], power_fallback=True)
+    try:
+        assert len(meter.info.devices) == 1
+        assert meter.info.devices[0].endswith("=" + gpu) or gpu.isdigit(), (gpu, meter.info.devices)
+    finally:
+        meter.close()
 
 
 def _matmul_for(seconds: float) -> int:

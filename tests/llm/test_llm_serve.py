@@ -1,5 +1,5 @@
-"""The tiny LLM through the whole Serve app over HTTP: router, deployment wrapper, vLLM engine in the
-replica, energy tags with token-weighted attribution."""
+"""SmolLM2-135M-Instruct through the whole Serve app over HTTP: router, deployment wrapper, vLLM
+engine in the replica, all three modes, energy tags with token-weighted attribution."""
 
 from __future__ import annotations
 
@@ -32,12 +32,19 @@ def wait_model(base: str, model_id: str, timeout_s: float = 900.0) -> dict[str, 
 
 
 @pytest.mark.timeout(1500)
-def test_llm_over_http(serve_app_factory: Any, tiny_model_dir: Path) -> None:
-    spec = cpu_spec(str(tiny_model_dir), deployment={"num_cpus": 0.5}, energy={"meter": "estimate"})
+def test_llm_over_http(serve_app_factory: Any, smollm2_dir: Path) -> None:
+    spec = cpu_spec(
+        str(smollm2_dir),
+        id="smollm2",
+        max_model_len=2048,
+        paper_max_tokens=48,
+        deployment={"num_cpus": 0.5},
+        energy={"meter": "estimate"},
+    )
     base = serve_app_factory({"classifiers": [spec]})
-    model = wait_model(base, "tiny-llm")
+    model = wait_model(base, "smollm2")
     assert model["kind"] == "llm" and model["modes"] == ["paper", "choice", "score"]
-    assert model["labels"] == ["positive", "negative"] and model["parameters"] > 100_000
+    assert model["labels"] == ["positive", "negative"] and model["parameters"] > 100_000_000
     (worker,) = model["details"]["workers"]  # asked of the engine when the replica started
     assert worker["rank"] == 0 and worker["device"] == "cpu" and worker["gpu"] is None
 
@@ -45,14 +52,24 @@ def test_llm_over_http(serve_app_factory: Any, tiny_model_dir: Path) -> None:
         for mode in ("choice", "score", "paper"):
             r = client.post(
                 base + "/v1/classify",
-                json={"model": "tiny-llm", "texts": ["a fine film", "a dreadful film"], "mode": mode},
+                json={
+                    "model": "smollm2",
+                    "texts": ["a fine, moving film", "a dreadful, dull film"],
+                    "mode": mode,
+                },
             )
             assert r.status_code == 200, r.text
             body = r.json()
             preds = body["predictions"]
             assert len(preds) == 2 and all(p["prompt_tokens"] > 50 for p in preds)
             if mode != "paper":
-                assert body["labels"][0] in ("positive", "negative")
+                assert all(label in ("positive", "negative") for label in body["labels"])
+            else:  # the study's parser: a label, or an unparsed answer marked as such
+                assert all(
+                    (p["parsed"] and p["label"] in ("positive", "negative"))
+                    or (not p["parsed"] and p["label"] == "")
+                    for p in preds
+                )
             if mode == "score":
                 assert set(preds[0]["scores"]) == {"positive", "negative"}
                 assert all(p["generated_tokens"] == 1 for p in preds)
@@ -62,7 +79,7 @@ def test_llm_over_http(serve_app_factory: Any, tiny_model_dir: Path) -> None:
             assert "gpus_not_metered" not in energy["flags"]
             assert r.headers["X-Energy-Source"] == "estimate"
 
-        r = client.post(base + "/v1/classify", json={"model": "tiny-llm", "text": "ok", "mode": "fast"})
+        r = client.post(base + "/v1/classify", json={"model": "smollm2", "text": "ok", "mode": "fast"})
         assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_mode"
-        r = client.post(base + "/v1/classify", json={"model": "tiny-llm", "text": "ok"})  # default mode
+        r = client.post(base + "/v1/classify", json={"model": "smollm2", "text": "ok"})  # default mode
         assert r.status_code == 200 and r.json()["predictions"][0]["scores"] is None

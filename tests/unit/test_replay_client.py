@@ -76,3 +76,28 @@ def test_transport_errors_retry_then_give_up():
     out = run(handler)
     assert len(calls) == 4 and out.attempts == 4 and out.status is None
     assert out.error_code == "transport_error" and "gave up" in out.error
+
+
+def test_energy_view_is_retried_after_503_and_given_up_on_404():
+    from serve_app.replay.runner import get_json
+
+    calls = []
+
+    def handler(request):
+        calls.append(request.url.path)
+        if request.url.path == "/v1/energy" and len(calls) < 3:
+            return httpx.Response(503, headers={"Retry-After": "0.01"}, json={"error": {"code": "x"}})
+        if request.url.path == "/v1/energy":
+            return httpx.Response(200, json={"deployments": {}})
+        return httpx.Response(404, json={"error": {"code": "not_found"}})
+
+    async def go(path, attempts=5):
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
+            return await get_json(c, "http://x/", path, attempts=attempts)
+
+    assert asyncio.run(go("/v1/energy")) == {"deployments": {}}
+    assert calls == ["/v1/energy"] * 3
+    calls.clear()
+    assert asyncio.run(go("/v1/nothing")) is None and calls == ["/v1/nothing"]  # a 4xx is final
+    calls.clear()
+    assert asyncio.run(go("/v1/energy", attempts=2)) is None and len(calls) == 2  # bounded
