@@ -8,7 +8,13 @@ fitted on training texts (minus each label's mean log-probability). With ``--ser
 also runs as a Ray Serve app and the same texts go over HTTP; its throughput is reported relative to
 the in-process engine on the same prompts.
 
+Fairness: every mode starts from a cold prefix cache (``choice`` and ``score`` prompts extend the
+``paper`` prompt, so a warm cache would make whichever runs later look cheaper) after a warm-up on a
+few training texts; the Serve run gets a fresh engine and the same warm-up. ``--in-flight N`` keeps at
+most N texts in the engine (light load: less batching, so each decode step costs more per token).
+
 Usage: .venv/bin/python benchmarks/bench_llm_modes.py [--n 200] [--model prepared:smollm2] [--serve]
+       [--in-flight 16]
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CACHE = Path(tempfile.gettempdir()) / "accuwatt-cache"
+WARM_TEXTS = 8
 CPU_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "0-1"),
@@ -70,6 +77,8 @@ class BenchResult(BaseModel):
     dataset: str
     seed: int
     n_test: int
+    in_flight: int | None
+    """Texts in the engine at a time (None: all submitted at once)."""
     paper_max_tokens: int
     engine_start_s: float
     modes: list[ModeResult]
@@ -106,11 +115,35 @@ class _Metered:
         self.joules = sum(r1.energy_j.values()) - sum(self._r0.energy_j.values())
 
 
-def run_mode(clf: Any, loop: asyncio.AbstractEventLoop, mode: str, texts: list[str], gold: list[str]):
-    loop.run_until_complete(clf.apredict(texts[:4], mode))  # warm-up (grammar compilation, first shapes)
+async def _classify(clf: Any, texts: list[str], mode: str, in_flight: int | None) -> list[Any]:
+    """All texts at once (``in_flight`` None), or at most ``in_flight`` texts in the engine at a time."""
+    if not in_flight:
+        return list(await clf.apredict(texts, mode))
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one(text: str) -> Any:
+        async with gate:
+            return (await clf.apredict([text], mode))[0]
+
+    return list(await asyncio.gather(*(one(t) for t in texts)))
+
+
+def run_mode(
+    clf: Any,
+    loop: asyncio.AbstractEventLoop,
+    mode: str,
+    texts: list[str],
+    gold: list[str],
+    warm: list[str],
+    in_flight: int | None = None,
+):
+    """One mode from a cold prefix cache (an earlier mode's prompts share prefixes with this one's),
+    after a warm-up on ``warm`` (training texts: grammar compilation, first shapes, the instruction)."""
+    loop.run_until_complete(clf.reset_prefix_cache())
+    loop.run_until_complete(clf.apredict(warm, mode))
     with _Metered() as m:
         t0 = time.perf_counter()
-        preds = loop.run_until_complete(clf.apredict(texts, mode))
+        preds = loop.run_until_complete(_classify(clf, texts, mode, in_flight))
         wall = time.perf_counter() - t0
     n = len(texts)
     return preds, ModeResult(
@@ -154,10 +187,17 @@ async def _http_run(url: str, model: str, texts: list[str], mode: str, batch: in
 
 
 def serve_comparison(
-    spec_dict: dict[str, Any], texts: list[str], mode: str, inproc_tps: float, batch: int, concurrency: int
+    spec_dict: dict[str, Any],
+    texts: list[str],
+    mode: str,
+    inproc_tps: float,
+    batch: int,
+    concurrency: int,
+    warm: list[str],
 ) -> ServeComparison:
     """The same texts over HTTP; ``batch`` x ``concurrency`` texts in flight (default: all of them,
-    as the in-process run submits them, so both give the engine the same batching opportunity)."""
+    as the in-process run submits them, so both give the engine the same batching opportunity). A
+    fresh engine warmed up on the same ``warm`` texts: the same cold cache as the in-process run."""
     import ray
     from ray import serve
 
@@ -175,7 +215,7 @@ def serve_comparison(
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout_s=900)
         start_s = time.perf_counter() - t0
         url = f"http://127.0.0.1:{port}/v1/classify"
-        asyncio.run(_http_run(url, spec_dict["id"], texts[:8], mode, 8, 1))  # warm-up
+        asyncio.run(_http_run(url, spec_dict["id"], warm, mode, len(warm), 1))  # warm-up
         wall = asyncio.run(_http_run(url, spec_dict["id"], texts, mode, batch, concurrency))
     finally:
         serve.shutdown()
@@ -200,6 +240,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=20250101)
     ap.add_argument("--paper-max-tokens", type=int, default=128)
     ap.add_argument("--modes", nargs="+", default=["paper", "choice", "score"])
+    ap.add_argument(
+        "--in-flight",
+        type=int,
+        default=None,
+        help="texts in the engine at a time (default: all; fewer = less batching, as under light load)",
+    )
     ap.add_argument("--serve", action="store_true", help="also compare Serve over HTTP (score mode)")
     ap.add_argument("--serve-batch", type=int, default=25, help="texts per HTTP request")
     ap.add_argument("--serve-concurrency", type=int, default=8, help="HTTP requests in flight")
@@ -214,6 +260,7 @@ def main() -> None:
     ds = load_dataset(args.dataset)
     split = make_split(ds, args.n_calibration, args.n, args.seed, 0)
     texts, gold = list(split.test.texts), list(split.test.labels)
+    warm = list(split.train.texts)[:WARM_TEXTS]
     spec_dict: dict[str, Any] = {
         "kind": "llm",
         "id": "bench-llm",
@@ -236,7 +283,7 @@ def main() -> None:
     bias: dict[str, float] = {}
     try:
         for mode in args.modes:
-            preds, res = run_mode(clf, loop, mode, texts, gold)
+            preds, res = run_mode(clf, loop, mode, texts, gold, warm, args.in_flight)
             results[mode] = res
             print(res.model_dump_json(), flush=True)
             if mode == "score" and args.n_calibration:
@@ -264,6 +311,7 @@ def main() -> None:
         dataset=ds.name,
         seed=args.seed,
         n_test=len(texts),
+        in_flight=args.in_flight,
         paper_max_tokens=args.paper_max_tokens,
         engine_start_s=start_s,
         modes=list(results.values()),
@@ -274,7 +322,13 @@ def main() -> None:
     Path(args.out).write_text(out.model_dump_json(indent=2))  # written before the Serve step can fail
     if args.serve and "score" in results:
         out.serve = serve_comparison(
-            spec_dict, texts, "score", results["score"].texts_per_s, args.serve_batch, args.serve_concurrency
+            spec_dict,
+            texts,
+            "score",
+            results["score"].texts_per_s,
+            args.serve_batch,
+            args.serve_concurrency,
+            warm,
         )
         print(out.serve.model_dump_json(), flush=True)
         Path(args.out).write_text(out.model_dump_json(indent=2))

@@ -161,6 +161,10 @@ class LLMClassifier:
             for p in places
         ]
 
+    async def reset_prefix_cache(self) -> None:
+        """Forget cached prompt prefixes (benchmarks: each mode starts from the same cold cache)."""
+        await self._engine.reset_prefix_cache()
+
     def close(self) -> None:
         """Shut the engine down; kill engine processes that outlive it (they can ignore SIGTERM)."""
         engine, self._engine = self._engine, None
