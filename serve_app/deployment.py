@@ -21,7 +21,7 @@ from ray import serve
 
 from serve_app.classifiers.base import Prediction
 from serve_app.config import AppConfig
-from serve_app.energy.agents import node_of_key
+from serve_app.energy.agents import joules_by_node, node_of_key
 from serve_app.energy.base import BrokenMeter, Meter, MeterError
 from serve_app.energy.footprint import WorkerProcess, descendant_pids, plan_meter, unmetered_gpu_nodes
 from serve_app.energy.probe import make_meter
@@ -201,6 +201,7 @@ class ClassifierServer:
             "attributed_j": sum(t.attributed_j.values()),
             "idle_j": sum(t.idle_j.values()),
             "domains": t.domains(),
+            "nodes_j": joules_by_node(t.metered_j, info.node),
             "window_s": [t.started_s, t.last_s],
             "sample_period_s": self.sampler.period_s,
             "counter_update_period_s": self.sampler.ledger.observed_update_period_s(),

@@ -146,15 +146,15 @@ def test_work_spanning_two_nodes_is_metered_on_both(two_node_result: dict[str, A
     assert len(answers) == N_REQUESTS and all(a["energy"]["joules"] is not None for a in answers)
     devices = {d.split("/", 1)[0] for a in answers for d in a["energy"]["devices"]}
     assert {"head", "worker-1"} <= devices
-    per_node: dict[str, float] = {}
-    for a in answers:
-        for node, j in a["energy"]["nodes_j"].items():
-            per_node[node] = per_node.get(node, 0.0) + j
-    assert per_node.keys() == {"head", "worker-1"} and min(per_node.values()) > 0, per_node
+    # Over the run both nodes drew energy for this replica. (A single request's tag may show none
+    # from worker-1: the agent's counters are polled every 0.1 s and the estimate's CPU clock for
+    # another process ticks every 10 ms, so a 2 ms request often sees no remote change.)
     model = next(m for m in two_node_result["models"]["models"] if m["id"] == "tfidf-logreg-2nodes")
     assert model["details"]["stages"] == {"features": "worker-1", "head": "head"}
     reps = two_node_result["energy"]["deployments"]["tfidf-logreg-2nodes"]["replicas"]
     rep = next(iter(reps.values()))
+    assert rep["nodes_j"].keys() == {"head", "worker-1"} and min(rep["nodes_j"].values()) > 0, rep["nodes_j"]
+    assert sum(rep["nodes_j"].values()) == pytest.approx(rep["metered_j"], rel=1e-9)
     assert rep["metered_j"] == pytest.approx(rep["attributed_j"] + rep["idle_j"], rel=1e-6)
     assert sum(a["energy"]["joules"] for a in answers) == pytest.approx(rep["attributed_j"], rel=1e-6)
 
