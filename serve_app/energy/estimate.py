@@ -1,7 +1,8 @@
 """The ``estimate`` meter: no sensor, so energy is inferred from what the process uses.
 
     cpu_j  = CPU seconds of the replica (and, by default, its child processes) x per-core power
-    dram_j = integral of resident memory (GB) x ``dram_w_per_gb`` over time
+    dram_j = integral of resident memory (GB) x ``dram_w_per_gb`` over time (memory re-read every
+             ``RSS_REFRESH_S``; a read in between integrates the last value)
 
 Per-core power = ``cpu_tdp_w / cpu_cores`` (defaults: 65 W spread over the machine's logical cores;
 0.375 W/GB for memory, CodeCarbon's figure). This attributes a share of a nominal CPU power to the
@@ -13,6 +14,7 @@ resolution is the tick's energy once it has children, the clock's otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -22,6 +24,10 @@ import psutil
 from serve_app.energy.base import MeterError, MeterInfo, Reading, now_s
 
 CHILD_REFRESH_S = 1.0
+"""How often the list of child processes is re-scanned (s)."""
+RSS_REFRESH_S = 0.05
+"""Resident memory is re-read at most this often (s): it changes slowly, and the DRAM figure integrates
+it over time, so a per-request ``/proc`` read would add cost and no information."""
 _BYTES_PER_GB = 1e9
 
 
@@ -48,6 +54,9 @@ class EstimateMeter:
         self._child_cpu_s: dict[int, float] = {}  # last seen CPU seconds per child (kept after it exits)
         self._children_refreshed_s = float("-inf")
         self._rss_bytes = 0.0
+        self._rss_now = 0.0
+        self._rss_read_s = float("-inf")
+        self._children_read_s = float("-inf")
         self._dram_j = 0.0
         self._last_s: float | None = None
         self._tick_s = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
@@ -85,25 +94,40 @@ class EstimateMeter:
                 del self._children[pid]  # its last CPU seconds stay in _child_cpu_s
 
     def _cpu_and_rss(self, t_s: float) -> tuple[float, float]:
+        """CPU seconds of the tree and its resident bytes. Own CPU time comes from the nanosecond
+        clock on every read; ``/proc`` is read only where it can say something new: another process's
+        CPU time, children's CPU time at most every half scheduler tick (their resolution is a tick),
+        resident memory every ``RSS_REFRESH_S``."""
+        read_rss = t_s - self._rss_read_s >= RSS_REFRESH_S
         try:
-            with self._proc.oneshot():
-                ct = self._proc.cpu_times()
-                rss = float(self._proc.memory_info().rss)
+            if not self._own or read_rss:
+                with self._proc.oneshot():
+                    ct = None if self._own else self._proc.cpu_times()
+                    rss = float(self._proc.memory_info().rss) if read_rss else 0.0
         except psutil.Error as exc:
             raise MeterError(f"estimate: cannot read process {self._proc.pid}: {exc}") from exc
-        cpu_s = time.process_time() if self._own else ct.user + ct.system
-        if self._include_children:
+        cpu_s = time.process_time() if self._own or ct is None else ct.user + ct.system
+        if self._include_children and t_s - self._children_read_s >= self._tick_s / 2:
+            self._children_read_s = t_s
             self._refresh_children(t_s)
             for pid, child in list(self._children.items()):
                 try:
                     with child.oneshot():
                         cct = child.cpu_times()
-                        rss += child.memory_info().rss
+                        if read_rss:
+                            rss += child.memory_info().rss
                     self._child_cpu_s[pid] = max(self._child_cpu_s.get(pid, 0.0), cct.user + cct.system)
                 except psutil.Error:
                     self._children.pop(pid, None)
+        elif read_rss and self._include_children:  # children's memory still counts
+            for child in list(self._children.values()):
+                with contextlib.suppress(psutil.Error):
+                    rss += child.memory_info().rss
+        if self._include_children:
             cpu_s += sum(self._child_cpu_s.values())
-        return cpu_s, rss
+        if read_rss:
+            self._rss_now, self._rss_read_s = rss, t_s
+        return cpu_s, self._rss_now
 
     def read(self) -> Reading:
         with self._lock:

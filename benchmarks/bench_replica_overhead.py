@@ -1,0 +1,137 @@
+"""What metering adds to one request inside a replica, without HTTP noise.
+
+Inside one Serve replica (so that the replica context exists), three ``ClassifierServer`` objects on
+the same tfidf-logreg artifact: metering ``off`` (the baseline), ``auto`` (the estimate meter here,
+50 ms sampler) and ``auto`` with a 10 s sampler (isolates the per-request path from the sampler
+thread). Single-text ``classify`` calls, round-robin with the order flipped every request, batch wait
+0; median per object. Also the cost of the pieces: a meter read, read+begin+read+end on the ledger,
+building a tag. Units: µs.
+
+``bench_serve.py`` measures the same end to end over HTTP, where a p50 of ~20 ms and the spread
+between two identical apps (its A/A run) hide effects this small.
+
+Usage: .venv/bin/python benchmarks/bench_replica_overhead.py [--rounds 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+MODEL = "tfidf-logreg"
+VARIANTS: dict[str, dict[str, Any]] = {
+    "off": {"meter": "off"},
+    "on": {"meter": "auto"},
+    "on-10s-sampler": {"meter": "auto", "sample_period_s": 10},
+}
+
+
+async def measure(artifacts: str, texts: list[str], rounds: int) -> dict[str, Any]:
+    """Runs inside the replica."""
+    from serve_app.deployment import ClassifierServer
+    from serve_app.energy.tag import make_tag
+
+    cls: Any = ClassifierServer.func_or_class
+    objs: dict[str, Any] = {}
+    for name, energy in VARIANTS.items():
+        o = cls.__new__(cls)
+        spec = {
+            "kind": "traditional",
+            "id": MODEL,
+            "energy": energy,
+            "deployment": {"batch_wait_timeout_s": 0},
+        }
+        await o.__init__(spec, artifacts)
+        objs[name] = o
+    names = list(objs)
+    lat: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for i, t in enumerate(texts):
+            for name in names if i % 2 == 0 else names[::-1]:
+                t0 = time.perf_counter()
+                await objs[name].classify([t], None, f"r{r}-{i}-{name}")
+                lat[name].append(time.perf_counter() - t0)
+    p50 = {n: statistics.median(v) * 1e6 for n, v in lat.items()}
+
+    on = objs["on"]
+    led, info = on.sampler.ledger, on.sampler.meter.info
+
+    def per_call_us(fn: Any, n: int = 2000) -> float:
+        t0 = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        return (time.perf_counter() - t0) / n * 1e6
+
+    def read_begin_read_end(i: int) -> Any:
+        led.begin(f"z{i}", on.sampler.read(), 1.0)
+        return led.end(f"z{i}", on.sampler.read())
+
+    alloc = read_begin_read_end(-1)
+    return {
+        "meter": info.source,
+        "p50_us": p50,
+        "added_p50_us": {n: p50[n] - p50["off"] for n in names if n != "off"},
+        "meter_read_us": per_call_us(lambda i: on.sampler.read()),
+        "read_begin_read_end_us": per_call_us(read_begin_read_end),
+        "make_tag_us": per_call_us(lambda i: make_tag(alloc, info, "time", "r").model_dump()),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    import ray
+    from ray import serve
+
+    from serve_app.data import load_dataset, make_split
+    from serve_app.train import train_split
+
+    ds = load_dataset("demo")
+    split = make_split(ds, 300, 200, 20250101, 0)
+    artifacts = Path(tempfile.mkdtemp(prefix="aw-bench-"))
+    train_split(split, [MODEL], artifacts, ds.labels, ds.source)
+    texts = list(split.test.texts)
+
+    @serve.deployment
+    class Probe:
+        async def run(self, rounds: int) -> dict[str, Any]:
+            return await measure(str(artifacts), texts, rounds)
+
+    ray.init(
+        num_cpus=4, include_dashboard=False, logging_level="ERROR", _temp_dir=tempfile.mkdtemp(prefix="aw-b-")
+    )
+    try:
+        handle = serve.run(Probe.bind(), name="replica-overhead", route_prefix=None)
+        out = handle.run.remote(args.rounds).result(timeout_s=1800)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    print(f"{MODEL}, single-text classify inside one replica, {len(texts)} texts x {args.rounds} rounds")
+    for name, us in out["p50_us"].items():
+        added = out["added_p50_us"].get(name)
+        extra = f"   added {added:+.0f} µs" if added is not None else "   (baseline)"
+        print(f"  {name:16} p50 {us:8.0f} µs{extra}")
+    print(
+        f"  pieces ({out['meter']}): meter read {out['meter_read_us']:.1f} µs, read+begin+read+end "
+        f"{out['read_begin_read_end_us']:.1f} µs, tag {out['make_tag_us']:.1f} µs"
+    )
+
+
+if __name__ == "__main__":
+    main()
