@@ -166,26 +166,6 @@ def calibrate(clf: Any, loop: asyncio.AbstractEventLoop, texts: list[str]) -> di
     return {lab: -sum(p.scores[lab] for p in preds) / len(preds) for lab in clf.labels}
 
 
-async def _http_run(url: str, model: str, texts: list[str], mode: str, batch: int, conc: int) -> float:
-    import httpx
-
-    chunks = [texts[i : i + batch] for i in range(0, len(texts), batch)]
-    queue: asyncio.Queue[list[str]] = asyncio.Queue()
-    for c in chunks:
-        queue.put_nowait(c)
-    async with httpx.AsyncClient(timeout=600) as client:
-
-        async def worker() -> None:
-            while not queue.empty():
-                chunk = queue.get_nowait()
-                r = await client.post(url, json={"model": model, "texts": chunk, "mode": mode})
-                r.raise_for_status()
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(conc)))
-        return time.perf_counter() - t0
-
-
 def serve_comparison(
     spec_dict: dict[str, Any],
     texts: list[str],
@@ -201,6 +181,7 @@ def serve_comparison(
     import ray
     from ray import serve
 
+    from benchmarks._http import post_in_chunks
     from serve_app.app import build_app
     from tests.conftest import free_port, wait_http
 
@@ -215,8 +196,9 @@ def serve_comparison(
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout_s=900)
         start_s = time.perf_counter() - t0
         url = f"http://127.0.0.1:{port}/v1/classify"
-        asyncio.run(_http_run(url, spec_dict["id"], warm, mode, len(warm), 1))  # warm-up
-        wall = asyncio.run(_http_run(url, spec_dict["id"], texts, mode, batch, concurrency))
+        body = {"model": spec_dict["id"], "mode": mode}
+        asyncio.run(post_in_chunks(url, body, warm, len(warm), 1, 600))  # warm-up
+        wall = asyncio.run(post_in_chunks(url, body, texts, batch, concurrency, 600))
     finally:
         serve.shutdown()
         ray.shutdown()

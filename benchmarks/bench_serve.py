@@ -29,27 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from benchmarks._http import post_in_chunks  # noqa: E402
 from tests.conftest import free_port, wait_http  # noqa: E402
 
 MODEL = "tfidf-logreg"
 
 
 async def throughput(url: str, texts: list[str], batch: int, concurrency: int) -> float:
-    chunks = [texts[i : i + batch] for i in range(0, len(texts), batch)]
-    queue: asyncio.Queue[list[str]] = asyncio.Queue()
-    for c in chunks:
-        queue.put_nowait(c)
-    async with httpx.AsyncClient(timeout=60) as client:
-
-        async def worker() -> None:
-            while not queue.empty():
-                chunk = queue.get_nowait()
-                r = await client.post(url, json={"model": MODEL, "texts": chunk})
-                r.raise_for_status()
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return len(texts) / (time.perf_counter() - t0)
+    return len(texts) / await post_in_chunks(url, {"model": MODEL}, texts, batch, concurrency)
 
 
 def p50_latency_ms(urls: dict[str, str], texts: list[str]) -> dict[str, float]:

@@ -23,7 +23,13 @@ from serve_app.classifiers.base import Prediction
 from serve_app.config import AppConfig
 from serve_app.energy.agents import joules_by_node, node_of_key
 from serve_app.energy.base import BrokenMeter, Meter, MeterError
-from serve_app.energy.footprint import WorkerProcess, descendant_pids, plan_meter, unmetered_gpu_nodes
+from serve_app.energy.footprint import (
+    WorkerProcess,
+    descendant_pids,
+    plan_meter,
+    sources_by_node,
+    unmetered_gpu_nodes,
+)
 from serve_app.energy.probe import make_meter
 from serve_app.energy.sampler import Sampler
 from serve_app.energy.tag import EnergyTag, make_tag, no_energy_tag
@@ -77,7 +83,7 @@ def build_meter(spec: Any, workers: list[WorkerProcess]) -> tuple[Meter, list[st
         return BrokenMeter(str(exc), node), []
     flags: list[str] = []
     if spec.kind == "llm" and spec.on_gpu and spec.energy.meter != "off":
-        missing = unmetered_gpu_nodes(plan.gpu_nodes, meter.info)
+        missing = unmetered_gpu_nodes(plan.gpu_nodes, sources_by_node(meter))
         if missing or not plan.gpu_nodes:
             flags.append("gpus_not_metered")
             log.warning("GPUs of %s not metered (nodes: %s)", spec.id, missing or "GPUs not located")

@@ -83,11 +83,6 @@ def internal_error(rid: str | None) -> JSONResponse:
     return JSONResponse(body, status_code=500)
 
 
-async def _awaitable(response: Any) -> Any:
-    """A Serve ``DeploymentResponse`` as a coroutine (what ``asyncio.wait_for`` takes)."""
-    return await response
-
-
 def overloaded(what: str) -> RequestError:
     return RequestError(
         503,
@@ -255,9 +250,7 @@ class Router:
                 ) from None
             fresh = await asyncio.gather(
                 *(
-                    asyncio.wait_for(
-                        _awaitable(self.handles[m].energy_snapshot.remote()), ENERGY_VIEW_TIMEOUT_S
-                    )
+                    asyncio.wait_for(self.handles[m].energy_snapshot.remote(), ENERGY_VIEW_TIMEOUT_S)
                     for m in self.handles
                 ),
                 return_exceptions=True,

@@ -288,9 +288,18 @@ class MultiNodeMeter:
         return (self.local_node, *(r.rp.node for r in self._remotes))
 
     @property
+    def sources_by_node(self) -> dict[str, str]:
+        """Each node's meter source (``nvml``, ``rapl``, ``estimate``, ...)."""
+        return {
+            self.local_node: self.local.info.source,
+            **{r.rp.node: r.info["source"] for r in self._remotes},
+        }
+
+    @property
     def info(self) -> MeterInfo:
         li = self.local.info
-        sources = [li.source, *(r.info["source"] for r in self._remotes)]
+        by_node = self.sources_by_node
+        sources = list(by_node.values())
         devices = tuple(f"{self.local_node}/{d}" for d in li.devices) + tuple(
             f"{r.rp.node}/{d}" for r in self._remotes for d in r.info["devices"]
         )
@@ -307,7 +316,7 @@ class MultiNodeMeter:
             ),
             extra={
                 "nodes": ",".join(self.nodes),
-                "sources": ",".join(f"{n}={s}" for n, s in zip(self.nodes, sources, strict=True)),
+                "sources": ",".join(f"{n}={s}" for n, s in by_node.items()),
             },
         )
 

@@ -100,34 +100,36 @@ class EstimateMeter:
         resident memory every ``RSS_REFRESH_S``."""
         read_rss = t_s - self._rss_read_s >= RSS_REFRESH_S
         try:
-            if not self._own or read_rss:
-                with self._proc.oneshot():
-                    ct = None if self._own else self._proc.cpu_times()
-                    rss = float(self._proc.memory_info().rss) if read_rss else 0.0
+            cpu_s = time.process_time() if self._own else _cpu_s(self._proc)
+            rss = float(self._proc.memory_info().rss) if read_rss else 0.0
         except psutil.Error as exc:
             raise MeterError(f"estimate: cannot read process {self._proc.pid}: {exc}") from exc
-        cpu_s = time.process_time() if self._own or ct is None else ct.user + ct.system
-        if self._include_children and t_s - self._children_read_s >= self._tick_s / 2:
-            self._children_read_s = t_s
-            self._refresh_children(t_s)
-            for pid, child in list(self._children.items()):
-                try:
-                    with child.oneshot():
-                        cct = child.cpu_times()
-                        if read_rss:
-                            rss += child.memory_info().rss
-                    self._child_cpu_s[pid] = max(self._child_cpu_s.get(pid, 0.0), cct.user + cct.system)
-                except psutil.Error:
-                    self._children.pop(pid, None)
-        elif read_rss and self._include_children:  # children's memory still counts
-            for child in list(self._children.values()):
-                with contextlib.suppress(psutil.Error):
-                    rss += child.memory_info().rss
         if self._include_children:
+            if t_s - self._children_read_s >= self._tick_s / 2:
+                self._read_children(t_s)
             cpu_s += sum(self._child_cpu_s.values())
+            if read_rss:
+                rss += self._children_rss()
         if read_rss:
             self._rss_now, self._rss_read_s = rss, t_s
         return cpu_s, self._rss_now
+
+    def _read_children(self, t_s: float) -> None:
+        """Refresh the children's CPU seconds (an exited child keeps its last value)."""
+        self._children_read_s = t_s
+        self._refresh_children(t_s)
+        for pid, child in list(self._children.items()):
+            try:
+                self._child_cpu_s[pid] = max(self._child_cpu_s.get(pid, 0.0), _cpu_s(child))
+            except psutil.Error:
+                self._children.pop(pid, None)
+
+    def _children_rss(self) -> float:
+        total = 0.0
+        for child in list(self._children.values()):
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+        return total
 
     def read(self) -> Reading:
         with self._lock:
@@ -145,3 +147,9 @@ class EstimateMeter:
 
     def close(self) -> None:
         self._children.clear()
+
+
+def _cpu_s(proc: psutil.Process) -> float:
+    """User + system CPU seconds of a process (from ``/proc``: one scheduler tick of resolution)."""
+    ct = proc.cpu_times()
+    return float(ct.user + ct.system)

@@ -19,8 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from serve_app.energy.agents import RemoteProcesses
-from serve_app.energy.base import MeterInfo
+from serve_app.energy.agents import MultiNodeMeter, RemoteProcesses
+from serve_app.energy.base import Meter
+from serve_app.topology.nodes import node_name
 
 
 @dataclass(frozen=True)
@@ -76,25 +77,23 @@ def plan_meter(
             pids.append(w.pid)
         gpus.extend(g for g in w.gpu_ids if g not in gpus)
         if w.gpu_ids:
-            gpu_nodes.add(_name(w.node_id, node_names))
+            gpu_nodes.add(node_name(w.node_id, node_names))
     remotes = [
-        RemoteProcesses(node_id, _name(node_id, node_names), tuple(pids), tuple(gpus))
+        RemoteProcesses(node_id, node_name(node_id, node_names), tuple(pids), tuple(gpus))
         for node_id, (pids, gpus) in remote.items()
     ]
     return MeterPlan(local_gpus, local_pids, remotes, frozenset(gpu_nodes))
 
 
-def _name(node_id: str, node_names: Mapping[str, str]) -> str:
-    return node_names.get(node_id) or node_id[:12]
+def sources_by_node(meter: Meter) -> dict[str, str]:
+    """Each node's meter source for a replica's meter (one node unless it is a ``MultiNodeMeter``)."""
+    if isinstance(meter, MultiNodeMeter):
+        return meter.sources_by_node
+    return {meter.info.node: meter.info.source}
 
 
-def unmetered_gpu_nodes(gpu_nodes: Iterable[str], info: MeterInfo) -> list[str]:
-    """Nodes holding the replica's GPUs whose meter does not read GPUs. ``info``: the replica's meter
-    (a ``MultiNodeMeter`` lists its per-node sources in ``extra["sources"]`` as ``node=source,...``)."""
-    if "sources" in info.extra:
-        sources = dict(item.split("=", 1) for item in info.extra["sources"].split(",") if "=" in item)
-    else:
-        sources = {info.node: info.source}
+def unmetered_gpu_nodes(gpu_nodes: Iterable[str], sources: Mapping[str, str]) -> list[str]:
+    """Nodes holding the replica's GPUs whose meter does not read GPUs (``sources``: node -> source)."""
     return sorted(n for n in gpu_nodes if sources.get(n) not in ("nvml", "nvml-power"))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ from tqdm import tqdm
 from serve_app.carbon import carbon_intensity
 from serve_app.data import Dataset, load_dataset, split_identity, study_splits
 from serve_app.replay import metadata
-from serve_app.replay.client import ClientPool, RetryPolicy
+from serve_app.replay.client import ClientPool, RetryPolicy, retry_after_s
 from serve_app.replay.codecarbon_window import CodeCarbonWindow
 from serve_app.replay.driver import LoadShape, replay_requests
 from serve_app.replay.plan import TestSet, majority, plan_requests
@@ -110,10 +111,6 @@ async def get_json(
 ) -> dict[str, Any] | None:
     """GET a JSON view (``/v1/models``, ``/v1/energy``); 5xx answers and transport errors are retried
     after ``Retry-After`` (at most ``attempts`` tries, ``timeout_s`` each). None if it never answers."""
-    import asyncio
-
-    from serve_app.replay.client import retry_after_s
-
     for attempt in range(attempts):
         retry = 1.0
         try:

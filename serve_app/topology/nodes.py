@@ -42,11 +42,15 @@ def current_node_name() -> str:
         import ray
 
         if ray.is_initialized():
-            node_id = str(ray.get_runtime_context().get_node_id())
-            return alive_nodes().get(node_id) or clean_name(node_id[:12])
+            return node_name(str(ray.get_runtime_context().get_node_id()), alive_nodes())
     except Exception:  # outside Ray, or an old runtime context
         pass
     return clean_name(socket.gethostname())
+
+
+def node_name(node_id: str, names: Mapping[str, str]) -> str:
+    """A Ray node's accuwatt name from ``names`` (:func:`alive_nodes`), else its short id."""
+    return names.get(node_id) or name_from(None, node_id)
 
 
 def current_node_id() -> str | None:

@@ -72,10 +72,9 @@ class FeatureStageImpl:
             embedding.load_encoder(self.model.embedding_model)
 
     def where(self) -> dict[str, Any]:
-        from serve_app.topology.nodes import alive_nodes, current_node_id
+        from serve_app.topology.nodes import current_node_id, current_node_name
 
-        node_id = current_node_id() or ""
-        return {"node_id": node_id, "node": alive_nodes().get(node_id, node_id[:12]), "pid": os.getpid()}
+        return {"node_id": current_node_id() or "", "node": current_node_name(), "pid": os.getpid()}
 
     def features(self, texts: list[str]) -> Any:
         return self.model.features(texts)
@@ -91,7 +90,7 @@ class PipelineClassifier:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from serve_app.classifiers.traditional import read_manifest
-        from serve_app.topology.nodes import alive_nodes, current_node_id
+        from serve_app.topology.nodes import current_node_name
 
         art = Path(artifacts_dir) / spec.model
         self.manifest = read_manifest(art)
@@ -108,7 +107,7 @@ class PipelineClassifier:
         stage_cls: Any = ray.remote(FeatureStageImpl)
         self.stage: Any = stage_cls.options(runtime_env={"env_vars": env}, **options).remote(str(art))
         self.stage_where: dict[str, Any] = ray.get(self.stage.where.remote(), timeout=STAGE_READY_TIMEOUT_S)
-        self.head_node = alive_nodes().get(current_node_id() or "", "local")
+        self.head_node = current_node_name()
         labels = tuple(self.manifest["labels"])
         self._info = ClassifierInfo(
             model_id=spec.id,

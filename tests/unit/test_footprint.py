@@ -13,8 +13,13 @@ import pytest
 
 from serve_app.classifiers.llm_workers import describe_worker, physical_gpu_id
 from serve_app.config_common import EnergyConfig
-from serve_app.energy.base import MeterInfo
-from serve_app.energy.footprint import WorkerProcess, descendant_pids, plan_meter, unmetered_gpu_nodes
+from serve_app.energy.footprint import (
+    WorkerProcess,
+    descendant_pids,
+    plan_meter,
+    sources_by_node,
+    unmetered_gpu_nodes,
+)
 from serve_app.energy.probe import make_meter
 
 A, B = "a" * 56, "b" * 56  # Ray node ids
@@ -63,18 +68,21 @@ def test_unknown_node_id_gets_a_short_name() -> None:
     assert plan.gpu_nodes == frozenset()
 
 
-def _info(source: str, node: str = "n1", sources: str | None = None) -> MeterInfo:
-    extra = {"sources": sources} if sources else {}
-    return MeterInfo(source, (), 0.0, 0.1, node=node, extra=extra)  # type: ignore[arg-type]
-
-
 def test_unmetered_gpu_nodes() -> None:
-    assert unmetered_gpu_nodes({"n1"}, _info("nvml")) == []
-    assert unmetered_gpu_nodes({"n1"}, _info("estimate")) == ["n1"]
-    assert unmetered_gpu_nodes({"n2"}, _info("nvml")) == ["n2"]  # a node the meter does not know
-    multi = _info("estimate", sources="n1=nvml,n2=estimate,n3=nvml-power")
+    assert unmetered_gpu_nodes({"n1"}, {"n1": "nvml"}) == []
+    assert unmetered_gpu_nodes({"n1"}, {"n1": "estimate"}) == ["n1"]
+    assert unmetered_gpu_nodes({"n2"}, {"n1": "nvml"}) == ["n2"]  # a node the meter does not know
+    multi = {"n1": "nvml", "n2": "estimate", "n3": "nvml-power"}
     assert unmetered_gpu_nodes({"n1", "n2", "n3"}, multi) == ["n2"]
-    assert unmetered_gpu_nodes(set(), _info("estimate")) == []
+    assert unmetered_gpu_nodes(set(), {"n1": "estimate"}) == []
+
+
+def test_sources_of_a_one_node_meter() -> None:
+    meter = make_meter(EnergyConfig(meter="estimate"), node="n1")
+    try:
+        assert sources_by_node(meter) == {"n1": "estimate"}
+    finally:
+        meter.close()
 
 
 def test_physical_gpu_id() -> None:
