@@ -60,6 +60,7 @@ class ModeResult(BaseModel):
     texts_per_s: float
     energy_j: float | None
     """Estimate for the whole run (this process and its children); absent when no reading."""
+    energy_source: str = "estimate"
     energy_j_per_text: float | None
 
 
@@ -316,6 +317,7 @@ def main() -> None:
         Path(args.out).write_text(out.model_dump_json(indent=2))
     print(f"engine start {start_s:.1f} s; results in {args.out}")
     print(
+        "energy source: estimate (CPU time of this process tree x W/core + resident memory x W/GB)\n"
         f"{'mode':18} {'acc':>6} {'parsed':>6} {'gen tok/text':>12} {'wall s':>8} {'texts/s':>8} {'J/text':>8}"
     )
     for r in results.values():
