@@ -29,6 +29,14 @@ def _replay(tmp_path, url, **kw):
     return read_records(folder / "records.jsonl")
 
 
+def _gap_agreement(recs) -> float:
+    """Spearman correlation of planned and achieved inter-send gaps, records in planned order."""
+    recs = sorted(recs, key=lambda r: r.scheduled_offset_s)
+    planned = np.diff([r.scheduled_offset_s for r in recs])
+    achieved = np.diff([r.sent_unix_s for r in recs])
+    return float(stats.spearmanr(planned, achieved).statistic)
+
+
 @pytest.fixture(scope="module")
 def echo_url():
     """The trivial endpoint in its own process (as a real service would be: no shared GIL)."""
@@ -65,7 +73,9 @@ def test_open_loop_poisson_rate_and_interarrivals(tmp_path, echo_url):
     assert achieved == pytest.approx(rate, rel=0.3)
     gaps = np.diff(sent)
     assert gaps.mean() == pytest.approx(1 / rate, rel=0.3)
-    assert 0.5 < gaps.std() / gaps.mean() < 2.0
+    # each achieved gap follows its planned gap (a constant-rate or batched driver gives rho ~ 0);
+    # rank statistics, so one scheduler stall of a few hundred ms on a loaded machine cannot decide it
+    assert _gap_agreement(recs) > 0.6
     # sends track their planned offsets
     lag = np.array([r.sent_unix_s - sent[0] - r.scheduled_offset_s for r in recs])
     assert np.median(np.abs(lag)) < 0.1
@@ -75,9 +85,8 @@ def test_open_loop_gamma_burstiness(tmp_path, echo_url):
     recs = _replay(tmp_path, echo_url, rate_rps=60.0, arrivals="gamma", burstiness=0.25, seed=5)
     planned = np.diff(np.sort([r.scheduled_offset_s for r in recs]))
     assert stats.kstest(planned, "gamma", args=(0.25, 0, 1 / (60.0 * 0.25))).pvalue > 0.01
-    gaps = np.diff(np.sort([r.sent_unix_s for r in recs]))
-    # planned CV = 1/sqrt(0.25) = 2; loose bounds for 199 gaps and timer jitter
-    assert 1.3 < gaps.std() / gaps.mean() < 3.0
+    # the driver reproduces the bursts: achieved gaps follow the planned ones, rank by rank
+    assert _gap_agreement(recs) > 0.6
 
 
 def test_closed_loop_concurrency_and_retries_count_once(tmp_path):
