@@ -304,9 +304,14 @@ def _scoped_env(env: dict[str, str]) -> Iterator[None]:
 
 
 def _child_pids() -> set[int]:
+    """This process's descendants, less multiprocessing's resource tracker: the engine's start may
+    launch it, but it serves the whole process and must outlive the engine."""
+    from multiprocessing import resource_tracker
+
     import psutil
 
-    return {p.pid for p in psutil.Process().children(recursive=True)}
+    tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
+    return {p.pid for p in psutil.Process().children(recursive=True)} - {tracker}
 
 
 def _kill_pids(pids: list[int], grace_s: float = 5.0) -> None:
@@ -392,5 +397,9 @@ def build_llm_classifier(spec: LLMSpec) -> LLMClassifier:
         engine.shutdown()
         _kill_pids(children)
         raise
+    finally:
+        # vLLM's import above leaves a stored traceback whose frames reach this one, so this frame
+        # outlives the call; it must not hold the engine past close() (its __del__ at exit fails).
+        del engine
     clf._engine_children = children
     return clf
