@@ -34,6 +34,7 @@ from serve_app.energy.probe import make_meter
 from serve_app.energy.sampler import Sampler
 from serve_app.energy.tag import EnergyTag, make_tag, no_energy_tag
 from serve_app.metrics import ReplicaMetrics, tags
+from serve_app.topology.nodes import alive_nodes, current_node_id, current_node_name
 
 log = logging.getLogger("accuwatt.deployment")
 EXPORT_PERIOD_S = 1.0
@@ -70,8 +71,6 @@ def build_meter(spec: Any, workers: list[WorkerProcess]) -> tuple[Meter, list[st
     ``energy/footprint.py``), and the flags its tags must carry. A meter that cannot be built gives
     a `BrokenMeter` (tags say ``unavailable``; the replica still serves). An LLM on GPUs whose GPUs
     are not all read by NVML gets ``gpus_not_metered``: its figure would be CPU energy only."""
-    from serve_app.topology.nodes import alive_nodes, current_node_id, current_node_name
-
     node = current_node_name()
     names = alive_nodes() if any(w.node_id for w in workers) else {}
     tree = descendant_pids() if spec.energy.include_children else {os.getpid()}

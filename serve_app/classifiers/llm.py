@@ -28,7 +28,7 @@ from serve_app.classifiers import prompts
 from serve_app.classifiers.base import ClassifierInfo, Prediction
 from serve_app.classifiers.llm_config import MODES, PREPARED_PREFIX, LLMSpec
 from serve_app.classifiers.llm_workers import WHERE_METHOD, WORKER_EXTENSION
-from serve_app.energy.footprint import WorkerProcess
+from serve_app.energy.footprint import WorkerProcess, descendant_pids
 
 log = logging.getLogger(__name__)
 WHERE_TIMEOUT_S = 60.0
@@ -308,10 +308,8 @@ def _child_pids() -> set[int]:
     launch it, but it serves the whole process and must outlive the engine."""
     from multiprocessing import resource_tracker
 
-    import psutil
-
     tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
-    return {p.pid for p in psutil.Process().children(recursive=True)} - {tracker}
+    return descendant_pids() - {os.getpid(), tracker}
 
 
 def _kill_pids(pids: list[int], grace_s: float = 5.0) -> None:

@@ -16,8 +16,12 @@ GPUs are not all metered (``gpus_not_metered``) instead of passing CPU energy of
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+import psutil
 
 from serve_app.energy.agents import MultiNodeMeter, RemoteProcesses
 from serve_app.energy.base import Meter
@@ -99,11 +103,6 @@ def unmetered_gpu_nodes(gpu_nodes: Iterable[str], sources: Mapping[str, str]) ->
 
 def descendant_pids(pid: int | None = None) -> set[int]:
     """The process tree under ``pid`` (default: this process), itself included."""
-    import contextlib
-    import os
-
-    import psutil
-
     root = psutil.Process(pid or os.getpid())
     out = {root.pid}
     with contextlib.suppress(psutil.Error):  # a child exiting while we walk
