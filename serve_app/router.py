@@ -6,9 +6,14 @@ a 5xx also carries ``error_id`` (logged with the cause); 503 carries ``Retry-Aft
 503, not a 429: the service as a whole is out of capacity (a classifier's bounded queue is full, or
 the router holds ``max_inflight`` requests), no client exceeded a quota of its own. Request texts are
 never logged nor echoed.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: Ray Serve pickles ``Router``'s methods by value (the name
+``Router`` is the deployment, not the class), and cloudpickle keeps only the globals a function's code
+names, never those its string annotations name. FastAPI >= 0.137 builds the routes' dependants lazily in
+the replica, from those functions, so a string ``"Request"`` there no longer resolves and ``request``
+becomes a required query parameter (422 on every route but /healthz). Real annotation objects travel with
+the pickled functions. tests/unit/test_router_routes.py checks it on any FastAPI.
+"""
 
 import asyncio
 import hmac
