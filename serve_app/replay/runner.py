@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -191,14 +192,19 @@ async def replay_model_split(
         if todo == 0:
             return 0
         before = await get_json(client, base_url, "/v1/energy")
+        desc = f"{model} {test.split}"
+        # A bar on a terminal; in a log (CI, tee) its carriage-return frames are noise: two lines instead.
+        on_tty = sys.stderr.isatty()
         bar = tqdm(
             total=len(plan),
             initial=len(plan) - todo,
-            desc=f"{model} {test.split}",
+            desc=desc,
             unit="req",
-            disable=not cfg.progress,
+            disable=not (cfg.progress and on_tty),
             leave=True,
         )
+        if cfg.progress and not on_tty:
+            print(f"{desc}: replaying {todo} of {len(plan)} requests", file=sys.stderr, flush=True)
         tracker = CodeCarbonWindow(cfg.country) if cfg.codecarbon else None
         if tracker is not None:
             tracker.start()
@@ -218,6 +224,8 @@ async def replay_model_split(
         finally:
             cc = tracker.stop() if tracker is not None else None
             bar.close()
+        if cfg.progress and not on_tty:
+            print(f"{desc}: {window.sent} sent in {window.duration_s:.1f} s", file=sys.stderr, flush=True)
         after = await get_json(client, base_url, "/v1/energy")
     append_json_line(
         rdir / WINDOWS_FILE,
@@ -241,10 +249,10 @@ def _policy(cfg: ReplayConfig) -> RetryPolicy:
 
 
 def http_client(cfg: ReplayConfig) -> ClientPool:
-    return ClientPool(cfg.load_shape().max_in_flight, cfg.timeout_s, _auth_headers())
+    return ClientPool(cfg.load_shape().max_in_flight, cfg.timeout_s, auth_headers())
 
 
-def _auth_headers() -> dict[str, str]:
+def auth_headers() -> dict[str, str]:
     """The router's bearer token, from the environment variable the router reads (default config)."""
     key = os.environ.get("ACCUWATT_API_KEY", "")
     return {"Authorization": f"Bearer {key}"} if key else {}
