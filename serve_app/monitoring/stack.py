@@ -28,6 +28,8 @@ SD_FILE = "prom_metrics_service_discovery.json"
 DEFAULT_RAY_TEMP_DIR = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray"))
 MONITORING_DIR = Path(__file__).resolve().parents[2] / "monitoring"
 """The repository's ``monitoring/`` folder (an editable install or a checkout)."""
+BIN_DIR = Path(__file__).resolve().parents[2] / ".cache" / "bin"
+"""Where ``scripts/setup.sh test`` links Debian's Prometheus binaries, unpacked inside the checkout."""
 
 
 class MonitoringError(RuntimeError):
@@ -119,10 +121,21 @@ class Service:
             self.process.wait(timeout_s)
 
 
+def find_binary(name: str) -> str | None:
+    """``prometheus``, ``prometheus-pushgateway`` or ``promtool``: in ``$ACCUWATT_PROMETHEUS_DIR`` when
+    set (only there), else in ``BIN_DIR``, else on ``PATH``; ``None`` when there is none."""
+    override = os.environ.get("ACCUWATT_PROMETHEUS_DIR")
+    path = Path(override or BIN_DIR) / name
+    if path.is_file() and os.access(path, os.X_OK):
+        return str(path)
+    return None if override else shutil.which(name)
+
+
 def _binary(name: str) -> str:
-    path = shutil.which(name)
+    path = find_binary(name)
     if not path:
-        raise MonitoringError(f"`{name}` not found: install Debian's package (scripts/setup.sh test does)")
+        where = os.environ.get("ACCUWATT_PROMETHEUS_DIR") or f"{BIN_DIR} or PATH"
+        raise MonitoringError(f"`{name}` not found in {where}: run scripts/setup.sh test")
     return path
 
 

@@ -5,7 +5,6 @@ and dashboards reach a Grafana through its HTTP API (a loopback stand-in that re
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -19,9 +18,16 @@ import yaml
 from serve_app.monitoring.build import stale
 from serve_app.monitoring.dashboards import DATASOURCE_UID, build_dashboards
 from serve_app.monitoring.push import load_dashboards, push_dashboards
-from serve_app.monitoring.stack import MONITORING_DIR, SD_FILE, MonitoringError, discovery_file, render_config
+from serve_app.monitoring.stack import (
+    MONITORING_DIR,
+    SD_FILE,
+    MonitoringError,
+    discovery_file,
+    find_binary,
+    render_config,
+)
 
-promtool = shutil.which("promtool")
+promtool = find_binary("promtool")
 needs_promtool = pytest.mark.skipif(promtool is None, reason="promtool not installed (scripts/setup.sh test)")
 
 
