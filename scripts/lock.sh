@@ -33,6 +33,8 @@ header() {  # $1 profile, $2 extras
 strip_local() { sed -E 's/^(torch(vision|audio)?==[^+ ]+)\+cpu/\1/'; }
 
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+# uv keeps the versions of an existing output file where the ranges allow (unless --upgrade).
+for p in demo test gpu; do [ -f "requirements/$p.txt" ] && cp "requirements/$p.txt" "$tmp/$p.txt"; done
 x=embeddings,dev,llm-cpu,monitoring,carbon
 "${compile[@]}" "${torch_src[@]}" $(printf -- '--extra %s ' ${x//,/ }) -c "$cpu_pins" \
   --no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec -o "$tmp/test.txt"
