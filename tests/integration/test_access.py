@@ -37,7 +37,7 @@ out = {}
 for name, cfg in cases.items():
     try:
         serve.run(build_app(cfg), name=name, route_prefix="/" + name, blocking=False)
-        out[name] = {"status": str(serve.status().applications[name].status), "error": None}
+        out[name] = {"status": serve.status().applications[name].status.value, "error": None}
     except Exception as exc:  # the cause is in the router deployment's status message
         app = serve.status().applications.get(name)
         why = app.deployments["router"].message if app and "router" in app.deployments else ""
@@ -119,5 +119,5 @@ def test_key_file_missing_or_empty_is_an_error_on_loopback_too(
         serve.delete(app)
     cfg = traditional_config(demo_artifacts, [MODEL], router={"api_key_env": "AW_TEST_UNSET_KEY"})
     serve.run(build_app(cfg), name="nokey-loopback", route_prefix="/nokey-loopback", blocking=False)
-    assert str(serve.status().applications["nokey-loopback"].status) == "RUNNING"
+    assert serve.status().applications["nokey-loopback"].status.value == "RUNNING"
     serve.delete("nokey-loopback")

@@ -30,10 +30,11 @@ LEAKS: list[str] = [TOKEN, *CANARIES]
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def _walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+def _walk(node: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
+    """(path, key, value) of every mapping entry, depth first."""
     if isinstance(node, dict):
         for k, v in node.items():
-            yield f"{path}.{k}", v
+            yield f"{path}.{k}", str(k), v
             yield from _walk(v, f"{path}.{k}")
     elif isinstance(node, list):
         for i, v in enumerate(node):
@@ -51,15 +52,15 @@ def serve_configs(doc: Any) -> list[dict[str, Any]]:
     """The Serve configs in a document: itself, or a KubeRay ``serveConfigV2`` string."""
     if isinstance(doc, dict) and "applications" in doc:
         return [doc]
-    return [yaml.safe_load(v) for k, v in _walk(doc) if k.endswith(".serveConfigV2") and isinstance(v, str)]
+    return [yaml.safe_load(v) for _, k, v in _walk(doc) if k == "serveConfigV2" and isinstance(v, str)]
 
 
 def ray_auth_settings(doc: Any) -> list[str]:
     """Every Ray auth mode the document sets: KubeRay ``authOptions.mode``, ``RAY_AUTH_MODE`` in a
     container env, and ``RAY_AUTH_MODE=...`` in a start command."""
     found = []
-    for key, value in _walk(doc):
-        if key.endswith(".authOptions") and isinstance(value, dict):
+    for _, key, value in _walk(doc):
+        if key == "authOptions" and isinstance(value, dict):
             found.append(str(value.get("mode")))
         if isinstance(value, dict) and value.get("name") == "RAY_AUTH_MODE":
             found.append(str(value.get("value")))
@@ -75,8 +76,8 @@ def non_loopback_listeners(doc: Any) -> list[str]:
         host = str((cfg.get("http_options") or {}).get("host", "127.0.0.1"))  # Serve's default: loopback
         if host not in LOOPBACK:
             out.append(f"serve {host}")
-    for key, value in _walk(doc):
-        if key.endswith((".dashboard-host", ".dashboard_host")) and str(value) not in LOOPBACK:
+    for _, key, value in _walk(doc):
+        if key in ("dashboard-host", "dashboard_host") and str(value) not in LOOPBACK:
             out.append(f"dashboard {value}")
         if isinstance(value, str):
             out += [
@@ -104,10 +105,13 @@ def test_config_listens_only_with_access_control_and_holds_no_secret(path: Path)
     listeners = non_loopback_listeners(doc)
     if listeners and path.parent.name == "cluster":
         assert auth and set(auth) == {"token"}, f"{path.name} listens on {listeners} without Ray token auth"
-    for key_path, value in _walk(doc):
-        key = key_path.rsplit(".", 1)[-1]
-        if SECRET_KEY_RE.search(key) and key not in ALLOWED_SECRET_KEYS:
-            assert value in (None, "", {}), f"{path.name}: {key_path} looks like a secret"
+    for key_path, key, value in _walk(doc):
+        # a scalar under a secret-like name is a secret inline; a mapping (a K8s `secret:` volume
+        # reference) or a path-like key (`file_mounts` destinations) only says where one lives
+        if SECRET_KEY_RE.search(key) and key not in ALLOWED_SECRET_KEYS and "/" not in key:
+            assert isinstance(value, (dict, list)) or value in (None, ""), (
+                f"{path.name}: {key_path} looks like a secret"
+            )
         if isinstance(value, dict) and SECRET_KEY_RE.search(str(value.get("name", ""))):
             assert "value" not in value, f"{path.name}: {key_path} puts a secret inline (use valueFrom)"
 
