@@ -114,9 +114,9 @@ def _up(args: argparse.Namespace) -> int:
         default_nodes(args.workers, args.cpus_per_node, args.gpus_per_node), auth=args.auth
     )
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     cluster.start()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after start: Ray's head installs its own (exit 1)
+        signal.signal(sig, lambda *_: stop.set())
     record = None
     try:
         info = cluster.info()

@@ -109,7 +109,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert st.returncode == 0 and json.loads(st.stdout)["launcher_pid"] == up.pid, st.stderr
         down = cli(state, "down")
         assert down.returncode == 0, down.stderr
-        assert up.wait(timeout=120) == 0
+        assert up.wait(timeout=120) == 0, up.stdout.read() if up.stdout else ""
         assert not record.exists()
     finally:
         if up.poll() is None:
