@@ -24,14 +24,15 @@ MODEL = "tfidf-logreg"
 KEY = "k-" + "7" * 30
 
 CHILD = r"""
-import json, os, sys, tempfile
+import json, os, shutil, sys, tempfile
 import ray
 from ray import serve
 from serve_app.app import build_app
 
 cases, host = json.loads(sys.argv[1]), sys.argv[2]
+temp_dir = tempfile.mkdtemp(prefix="aw-acc-", dir="/tmp")
 ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR",
-         _temp_dir=tempfile.mkdtemp(prefix="aw-acc-", dir="/tmp"), namespace="accuwatt-access")
+         _temp_dir=temp_dir, namespace="accuwatt-access")
 serve.start(proxy_location="Disabled", http_options={"host": host, "port": 18999})
 out = {}
 for name, cfg in cases.items():
@@ -46,6 +47,7 @@ for name, cfg in cases.items():
 print("RESULT " + json.dumps(out), flush=True)
 serve.shutdown()
 ray.shutdown()
+shutil.rmtree(temp_dir, ignore_errors=True)
 """
 
 
