@@ -18,6 +18,9 @@ from serve_app.deployment import ClassifierServer
 from serve_app.router import Router
 
 log = logging.getLogger("accuwatt.app")
+ROUTER_START_ATTEMPTS = 3
+"""A router that refuses to start (access settings, see ``router.AccessError``) fails the deployment
+after this many tries instead of Serve's default 20: the cause does not go away by retrying."""
 
 
 def ensure_artifacts(cfg: AppConfig) -> Path:
@@ -94,5 +97,6 @@ def build_app(args: dict[str, Any]) -> Application:
         num_replicas=1,
         max_ongoing_requests=cfg.router.max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.router.num_cpus},
+        max_constructor_retry_count=ROUTER_START_ATTEMPTS,
     )
     return ingress.bind(handles, cfg.router.model_dump())

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from serve_app import __version__
+from serve_app.errors import UsageError
+from serve_app.model_ids import add_models_argument, check_ids
 
 # Modules that add their own subcommands through `register(subparsers)`.
 COMMAND_MODULES = (
@@ -32,7 +34,7 @@ def _dataset_args(p: argparse.ArgumentParser, splits: int) -> None:
     p.add_argument("--n-test", type=int, default=200, help="test texts per split (study: 200)")
     p.add_argument("--splits", type=int, default=splits, help="number of splits (study: 10)")
     p.add_argument("--seed", type=int, default=20250101, help="split seed; split i uses (seed, i)")
-    p.add_argument("--models", nargs="+", default=None, help="model ids (default: all six)")
+    add_models_argument(p, "traditional model ids (default: all six)")
     p.add_argument(
         "--embedding-model",
         default="packaged:all-MiniLM-L6-v2",
@@ -41,13 +43,19 @@ def _dataset_args(p: argparse.ArgumentParser, splits: int) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable results")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def traditional_models(ids: list[str] | None) -> list[str]:
+    """The traditional models a command trains: ``ids`` checked, or all six."""
     from serve_app.classifiers.traditional import MODEL_IDS
+
+    return check_ids(ids, MODEL_IDS, "the traditional models are") if ids else list(MODEL_IDS)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from serve_app.data import load_dataset, make_split
     from serve_app.train import train_split
 
+    models = traditional_models(args.models)
     ds = load_dataset(args.dataset, args.text_col, args.label_col)
-    models = args.models or list(MODEL_IDS)
     results = {}
     for i in range(args.split_index, args.split_index + args.splits):
         split = make_split(ds, args.n_train, args.n_test, args.seed, i)
@@ -64,12 +72,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from serve_app.classifiers.traditional import MODEL_IDS
     from serve_app.data import load_dataset, study_splits
     from serve_app.train import evaluate_split, summarize
 
+    models = traditional_models(args.models)
     ds = load_dataset(args.dataset, args.text_col, args.label_col)
-    models = args.models or list(MODEL_IDS)
     rows = []
     for split in study_splits(ds, args.n_train, args.n_test, args.splits, args.seed):
         split_rows = evaluate_split(split, models, args.embedding_model)
@@ -138,8 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    """Run a command; input the user can fix (`UsageError`) ends it with one line and status 2."""
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"accuwatt: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

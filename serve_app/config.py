@@ -50,7 +50,9 @@ class RouterConfig(Strict):
     """Name of the environment variable (in the router's process) holding the bearer token."""
     api_key_file: str | None = None
     """Path of a file holding the bearer token (a mounted secret), read by the router at start; it wins
-    over ``api_key_env``. Neither set (or both empty): no auth. Never put the token itself in a config."""
+    over ``api_key_env``. A configured file that is missing or empty stops the router from starting.
+    No key at all (no file, variable unset or empty) is allowed only while Serve's ``http_options.host``
+    is loopback; otherwise the router refuses to start. Never put the token itself in a config."""
     body_timeout_s: float = Field(10.0, gt=0)
     """A request body must arrive within this time (slow or lying clients get 408)."""
     max_inflight: int = Field(256, ge=1)

@@ -17,6 +17,7 @@ from typing import Any
 
 from serve_app.config import AppConfig
 from serve_app.data import DEMO_DIR
+from serve_app.model_ids import add_models_argument, check_ids
 from serve_app.replay.metrics import RunMetrics
 
 LOCAL_YAML = Path(__file__).resolve().parents[1] / "deployments" / "local.yaml"
@@ -45,10 +46,7 @@ def demo_app_config(config_path: Path | None = None, models: list[str] | None = 
         )
     data = cfg.model_dump(mode="json")
     if models:
-        known = {c["id"] for c in data["classifiers"]}
-        unknown = sorted(set(models) - known)
-        if unknown:
-            raise SystemExit(f"unknown model(s) {unknown}; {path.name} serves {sorted(known)}")
+        check_ids(models, [c["id"] for c in data["classifiers"]], f"{path.name} serves")
         data["classifiers"] = [c for c in data["classifiers"] if c["id"] in models]
     return data
 
@@ -105,12 +103,7 @@ def register(subparsers: Any) -> None:
         help="deploy the six study models locally, replay the demo test set, print accuracy and energy",
         description=__doc__,
     )
-    p.add_argument(
-        "--models",
-        type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
-        default=None,
-        help="comma-separated subset of the models in deployments/local.yaml",
-    )
+    add_models_argument(p, "a subset of the models in deployments/local.yaml")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (closed loop)")
     p.add_argument(
         "--out", type=Path, default=None, help="keep the run folders here (default: a temporary folder)"

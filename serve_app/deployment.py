@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from dataclasses import asdict
 from typing import Any
 
@@ -152,27 +153,29 @@ class ClassifierServer:
         return await self._predict_batch(texts)
 
     async def classify(self, texts: list[str], mode: str | None, request_id: str) -> dict[str, Any]:
+        """``request_id`` is the client's correlation id, not unique (two clients, or one, may send
+        the same ``X-Request-Id`` at once); the ledger is keyed by an id of this call alone."""
         tag: EnergyTag
         if not self.metering:
             preds = await self._predict(texts, mode)
             tag = no_energy_tag(self.replica, self.sampler.meter.info, "metering is off", source="off")
             return {"predictions": [asdict(p) for p in preds], "energy": tag.model_dump()}
-        ledger = self.sampler.ledger
+        ledger, key = self.sampler.ledger, f"{request_id}#{uuid.uuid4().hex}"
         r0 = self.sampler.read()
         if r0 is not None:
-            ledger.begin(request_id, r0, self._weight(texts))
+            ledger.begin(key, r0, self._weight(texts))
         try:
             preds = await self._predict(texts, mode)
         except BaseException:
-            ledger.abandon(request_id, self.sampler.read())
+            ledger.abandon(key, self.sampler.read())
             raise
         r1 = self.sampler.read()
         if r0 is not None and r1 is not None:
-            tag = make_tag(ledger.end(request_id, r1), self.sampler.meter.info, self.rule, self.replica)
+            tag = make_tag(ledger.end(key, r1), self.sampler.meter.info, self.rule, self.replica)
             tag.flags.extend(self.coverage_flags)
             self.metrics.request_energy.observe(tag.joules or 0.0, tags(source=tag.source))
         else:
-            ledger.abandon(request_id, None)
+            ledger.abandon(key, None)
             self.metrics.meter_errors.inc(1, tags(source=self.sampler.meter.info.source))
             tag = no_energy_tag(self.replica, self.sampler.meter.info, self.sampler.error or "meter failed")
         self.metrics.texts.inc(len(texts), tags(source=tag.source))

@@ -17,6 +17,7 @@ the pickled functions. tests/unit/test_router_routes.py checks it on any FastAPI
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import os
 import time
@@ -54,11 +55,57 @@ ENERGY_VIEW_TIMEOUT_S = 10.0
 that does not answer in time is shown from the registry, marked ``stale``)."""
 
 
+class AccessError(RuntimeError):
+    """The router's access settings would let anyone in: it refuses to start (fail closed)."""
+
+
 def load_api_key(cfg: RouterConfig, environ: dict[str, str] | None = None) -> str:
-    """The bearer token: the file ``api_key_file`` names, else the env var ``api_key_env``; '' = no auth."""
+    """The bearer token: the file ``router.api_key_file`` names, else the env var ``router.api_key_env``.
+
+    A configured key file that is missing, unreadable or empty raises `AccessError` (never "no auth").
+    An unset or empty variable gives '' (no key), which `require_key_off_loopback` allows on loopback
+    only."""
     if cfg.api_key_file:
-        return Path(cfg.api_key_file).read_text(encoding="utf-8").strip()
+        path = Path(cfg.api_key_file)
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+            raise AccessError(f"router.api_key_file {str(path)!r} cannot be read: {reason}") from None
+        if not key:
+            raise AccessError(f"router.api_key_file {str(path)!r} is empty: it must hold the API key")
+        return key
     return (os.environ if environ is None else environ).get(cfg.api_key_env, "").strip()
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP (127.0.0.0/8, ::1); ``0.0.0.0``, ``::`` and names are not."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def require_key_off_loopback(host: str, api_key: str, cfg: RouterConfig) -> None:
+    """Refuse to serve without a key when the HTTP proxy listens on anything but loopback."""
+    if not api_key and not is_loopback(host):
+        raise AccessError(
+            f"the router is bound to {host!r} (Serve http_options.host), not loopback, and has no API key: "
+            f"set router.api_key_file (a file holding the key) or the {cfg.api_key_env} environment "
+            "variable (router.api_key_env) to a non-empty key, or bind http_options.host to 127.0.0.1"
+        )
+
+
+async def serve_http_host() -> str:
+    """The host Serve's HTTP proxies bind (``http_options.host`` of the Serve config or of
+    ``serve.start``), as the Serve controller holds it: the one place that knows it for sure."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    return str((await controller.get_http_config.remote()).host)
 
 
 def error_response(exc: RequestError, rid: str | None = None) -> JSONResponse:
@@ -122,18 +169,26 @@ def _progress(snap: dict[str, Any]) -> tuple[int, float]:
 @serve.deployment(name="router")
 @serve.ingress(api)
 class Router:
-    def __init__(self, classifiers: dict[str, Any], router: dict[str, Any]) -> None:
+    # Async: the constructor asks the Serve controller where the proxies listen (see `serve_http_host`).
+    async def __init__(self, classifiers: dict[str, Any], router: dict[str, Any]) -> None:  # type: ignore[misc]
         self.handles = classifiers
         self.cfg = RouterConfig.model_validate(router)
         self.limits = Limits(self.cfg.max_body_bytes, self.cfg.max_texts, self.cfg.max_text_chars)
         self._api_key = load_api_key(self.cfg)
+        host = await serve_http_host()
+        require_key_off_loopback(host, self._api_key, self.cfg)
         self._models: dict[str, dict[str, Any]] = {}
         self._seen: dict[str, dict[str, dict[str, Any]]] = {}  # highest energy snapshot seen per replica
         self._inflight = 0
         self._idempotency = IdempotencyCache()
         ctx = serve.get_replica_context()
         self._app = ctx.app_name if ctx else "local"
-        log.info("router ready: %d classifiers, auth %s", len(self.handles), "on" if self._api_key else "off")
+        log.info(
+            "router ready: %d classifiers, HTTP host %s, auth %s",
+            len(self.handles),
+            host,
+            "on" if self._api_key else "off (loopback only)",
+        )
 
     # -- helpers -------------------------------------------------------------------------------
     def _authorize(self, request: Request) -> None:

@@ -6,11 +6,8 @@ import argparse
 import asyncio
 from typing import Any
 
+from serve_app.model_ids import add_models_argument
 from serve_app.replay.runner import ReplayConfig
-
-
-def _models(value: str) -> list[str]:
-    return [m.strip() for m in value.split(",") if m.strip()]
 
 
 def add_replay_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,9 +17,7 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default=d.dataset, help="path, 'demo' or a Hugging Face id (default: demo)")
     g.add_argument("--text-col", default=d.text_col)
     g.add_argument("--label-col", default=d.label_col)
-    g.add_argument(
-        "--models", type=_models, default=[], help="comma-separated model ids (default: all served)"
-    )
+    add_models_argument(g, "model ids (default: all served)")
     g.add_argument("--n-train", type=int, default=d.n_train)
     g.add_argument("--n-test", type=int, default=d.n_test)
     g.add_argument("--splits", type=int, default=d.splits, help="study splits, the same for every model")

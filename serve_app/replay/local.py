@@ -24,6 +24,8 @@ from typing import Any
 import httpx
 
 from serve_app.data import study_splits
+from serve_app.errors import UsageError
+from serve_app.model_ids import check_ids
 from serve_app.replay.echo_server import free_port
 from serve_app.replay.plan import plan_requests
 from serve_app.replay.records import read_records
@@ -159,8 +161,8 @@ def replay_local(
     from serve_app.train import train_split
 
     if cfg.test_file:
-        raise ValueError("--local trains per split; with --test-file use --url against a running router")
-    models = cfg.models or list(MODEL_IDS)
+        raise UsageError("--local trains per split; with --test-file use --url against a running router")
+    models = check_ids(cfg.models, MODEL_IDS, "--local trains the traditional models") or list(MODEL_IDS)
     ds, tests, split_meta = load_test_sets(cfg)
     full = load_dataset(cfg.dataset, cfg.text_col, cfg.label_col)
     splits = {s.key: s for s in study_splits(full, cfg.n_train, cfg.n_test, cfg.splits, cfg.seed)}

@@ -18,10 +18,12 @@ from tqdm import tqdm
 
 from serve_app.carbon import carbon_intensity
 from serve_app.data import Dataset, load_dataset, split_identity, study_splits
+from serve_app.model_ids import check_ids
 from serve_app.replay import metadata
 from serve_app.replay.client import ClientPool, RetryPolicy, retry_after_s
 from serve_app.replay.codecarbon_window import CodeCarbonWindow
 from serve_app.replay.driver import LoadShape, replay_requests
+from serve_app.replay.labels import check_labels, compare_labels
 from serve_app.replay.plan import TestSet, majority, plan_requests
 from serve_app.replay.records import RecordStore, append_json_line
 from serve_app.replay.results import RECORDS_FILE, RUN_FILE, WINDOWS_FILE, load_run, run_dir, write_metrics
@@ -152,6 +154,7 @@ def prepare_run_folder(
         "dataset_source": ds.source,
         "fingerprint": ds.fingerprint,
         "labels": list(ds.labels),
+        "label_check": compare_labels(ds.labels, entry),
         "topology_name": topology,
         "run": rdir.name,
         "config": cfg.model_dump(mode="json"),
@@ -270,10 +273,10 @@ async def replay_url(cfg: ReplayConfig, base_url: str, tests: list[TestSet] | No
         models = cfg.models or [m["id"] for m in (models_body or {}).get("models", [])]
         if not models:
             raise RuntimeError(f"no models to replay: none given and {base_url}/v1/models lists none")
-        served = {m.get("id") for m in (models_body or {}).get("models", [])}
-        unknown = [m for m in models if models_body is not None and m not in served]
-        if unknown:
-            raise RuntimeError(f"{base_url} does not serve {unknown}; it serves {sorted(served)}")
+        if models_body is not None:
+            served = [str(m.get("id")) for m in models_body.get("models", [])]
+            check_ids(models, served, f"{base_url} serves")
+        check_labels(ds.name, ds.labels, models_body, models)
         for model in models:
             energy_body = await get_json(client, base_url, "/v1/energy")
             rdir = prepare_run_folder(cfg, ds, split_meta, model, models_body, energy_body, session, base_url)

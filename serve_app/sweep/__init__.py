@@ -6,6 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from serve_app.errors import UsageError
+from serve_app.model_ids import add_ids_argument, check_ids
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -18,18 +21,34 @@ def register(subparsers: Any) -> None:
     p.add_argument("file", type=Path, help="a sweep file, e.g. cluster/topologies/cpu-smoke.yaml")
     p.add_argument("--out", type=Path, default=Path("results/sweeps"), help="default: results/sweeps/<name>")
     p.add_argument("--address", help="run on this Ray cluster instead of starting local ones")
-    p.add_argument("--only", default="", help="comma-separated topology names")
+    add_ids_argument(p, "--only", "topology names of the file to run (space- or comma-separated)")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def load_sweep(path: Path) -> Any:
+    """The sweep file, or one line saying why it is not valid (e.g. an unknown model id)."""
+    from pydantic import ValidationError
+
     from serve_app.sweep.config import SweepFile
+
+    try:
+        return SweepFile.from_yaml(path)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "".join(f"{p}: " for p in [".".join(str(x) for x in first["loc"])] if p)
+        raise UsageError(f"{path}: {where}{first['msg'].removeprefix('Value error, ')}") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror}") from None
+
+
+def run(args: argparse.Namespace) -> int:
     from serve_app.sweep.runner import run_sweep
 
-    name = SweepFile.from_yaml(args.file).name
-    out = args.out / name if args.out == Path("results/sweeps") else args.out
-    only = [s.strip() for s in args.only.split(",") if s.strip()]
-    print(run_sweep(args.file, out, args.address, only or None))
+    sweep = load_sweep(args.file)
+    if args.only:
+        check_ids(args.only, [t.name for t in sweep.topologies], f"{args.file} has", "topology")
+    out = args.out / sweep.name if args.out == Path("results/sweeps") else args.out
+    print(run_sweep(args.file, out, args.address, args.only))
     return 0
 
 

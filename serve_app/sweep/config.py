@@ -8,7 +8,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
+from serve_app.classifiers.traditional import MODEL_IDS
 from serve_app.config_common import Strict
+from serve_app.model_ids import check_ids
 
 Strategy = Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"]
 
@@ -62,6 +64,7 @@ class SweepFile(Strict):
         names = [t.name for t in self.topologies]
         if len(set(names)) != len(names):
             raise ValueError(f"topology names must be unique: {names}")
+        check_ids(self.traditional_models(), MODEL_IDS, "the traditional models are")
         return self
 
     @classmethod

@@ -7,9 +7,12 @@ afterwards the service still classifies exactly as before.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
@@ -266,3 +269,165 @@ def test_client_vanishing_mid_body_is_no_5xx(base_url: str) -> None:
     status, _, body = raw_exchange(base_url, head, b'{"model": "tfidf', half_close=True)
     assert status == 0 or 400 <= status < 500, (status, body[:200])
     assert post(base_url, json={"model": MODEL, "text": PROBE[0]}).status_code == 200
+
+
+# -- request ids, headers and slow clients ----------------------------------------------------------
+async def _same_header_burst(base_url: str, n: int, body: dict[str, Any]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        return list(
+            await asyncio.gather(
+                *(
+                    client.post(f"{base_url}/v1/classify", json=body, headers={"X-Request-Id": "same-id"})
+                    for _ in range(n)
+                )
+            )
+        )
+
+
+def _requests_seen(base_url: str) -> int:
+    energy = httpx.get(f"{base_url}/v1/energy", timeout=30).json()
+    return sum(r["requests"] for r in energy["deployments"][MODEL]["replicas"].values())
+
+
+def test_duplicate_request_id_header_in_flight(base_url: str) -> None:
+    """The client's ``X-Request-Id`` is a correlation id: many requests carrying the same one at once
+    (on one replica, in one ledger) are each classified and metered on their own."""
+    before = _requests_seen(base_url)
+    n = 24
+    rs = asyncio.run(_same_header_burst(base_url, n, {"model": MODEL, "texts": PROBE}))
+    assert [r.status_code for r in rs] == [200] * n, [(r.status_code, r.text[:200]) for r in rs]
+    assert {tuple(r.json()["labels"]) for r in rs} == {
+        tuple(post(base_url, json={"model": MODEL, "texts": PROBE}).json()["labels"])
+    }
+    assert all(r.json()["request_id"] == "same-id" and not r.json()["replayed"] for r in rs)
+    assert all(r.json()["energy"]["joules"] is not None for r in rs)
+    assert _requests_seen(base_url) - before == n + 1  # the burst and the reference request
+
+
+def test_duplicate_body_request_id_in_flight_runs_once(base_url: str) -> None:
+    """The body's ``request_id`` is the idempotency key: the same id at once is classified once."""
+    before = _requests_seen(base_url)
+    body = {"model": MODEL, "texts": PROBE, "request_id": "idem-" + uuid.uuid4().hex}
+    rs = asyncio.run(_same_header_burst(base_url, 12, body))
+    assert [r.status_code for r in rs] == [200] * 12, [r.text[:200] for r in rs]
+    assert len({json.dumps(r.json()["labels"]) for r in rs}) == 1
+    assert sum(not r.json()["replayed"] for r in rs) == 1
+    assert _requests_seen(base_url) - before == 1
+
+
+def _raw_head(path: str, *extra: str) -> str:
+    return (
+        f"GET {{path}}{path} HTTP/1.1\r\nHost: x\r\n"
+        + "".join(h + "\r\n" for h in extra)
+        + "Connection: close\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "X-Request-Id: " + "r" * 60_000,  # oversized header value
+        "X-Pad: " + "p" * 200_000,  # oversized header block
+        "X-Request-Id: ../../etc/passwd",
+        "X-Request-Id: \u00e4\u00f6\u00fc-\u20ac",  # not ASCII (sent as UTF-8 bytes)
+        "No-Colon-Header",
+        "Bad Name: x",
+        "Authorization: Bearer",
+        "Content-Length: -1",
+        "Content-Length: abc",
+    ],
+    ids=[
+        "long_rid",
+        "huge_block",
+        "path_rid",
+        "utf8_rid",
+        "no_colon",
+        "space_in_name",
+        "empty_bearer",
+        "negative_length",
+        "text_length",
+    ],
+)
+@pytest.mark.parametrize("route", ["/healthz", "/v1/models", "/v1/energy", "/v1/classify"])
+def test_malformed_and_oversized_headers_get_no_5xx(base_url: str, route: str, header: str) -> None:
+    method = "POST" if route == "/v1/classify" else "GET"
+    head = _raw_head(route, header).replace("GET ", method + " ", 1)
+    body = json.dumps({"model": MODEL, "text": "hallo"}).encode() if method == "POST" else b""
+    if method == "POST" and "Content-Length" not in header:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    raw = head.encode("utf-8")
+    url = urlparse(base_url)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(raw.replace(b"{path}", url.path.encode()) + b"\r\n" + body)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
+    assert status == 0 or status < 500, data[:300]  # refused or closed, never a server error
+    if status >= 400 and route != "/healthz" and b"application/json" in data.partition(b"\r\n\r\n")[0]:
+        err = json.loads(data.partition(b"\r\n\r\n")[2])
+        assert set(err["error"]) == {"code", "message", "field"}
+    r = post(base_url, json={"model": MODEL, "texts": PROBE})
+    assert r.status_code == 200, "the service stopped serving"
+
+
+SLOW_ROUTES = [("GET", "/healthz"), ("GET", "/v1/models"), ("GET", "/v1/energy"), ("POST", "/v1/classify")]
+
+
+def _trickle(base_url: str, method: str, route: str, pause_s: float, out: dict[str, Any]) -> None:
+    """A slow client: the request line and headers 8 bytes per ``pause_s``, then (POST) the body 4
+    bytes per ``pause_s``; stops sending when the server answers and closes first."""
+    body = json.dumps({"model": MODEL, "texts": PROBE}).encode() if method == "POST" else b""
+    head = f"{method} {{path}}{route} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    if body:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    url = urlparse(base_url)
+    raw = head.replace("{path}", url.path).encode() + b"\r\n"
+    pieces = [raw[i : i + 8] for i in range(0, len(raw), 8)] + [
+        body[i : i + 4] for i in range(0, len(body), 4)
+    ]
+    with socket.create_connection((url.hostname, url.port), timeout=60) as sock:
+        try:
+            for piece in pieces:
+                sock.sendall(piece)
+                time.sleep(pause_s)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered (408) and closed before the body was complete
+        data = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+    out["status"] = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
+    out["body"] = data.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize(("method", "route"), SLOW_ROUTES, ids=[r for _, r in SLOW_ROUTES])
+def test_slow_client_on_each_route_holds_nobody_up(base_url: str, method: str, route: str) -> None:
+    """While one client trickles its request (headers slowly; a classify body slower than the router's
+    ``body_timeout_s``), every route keeps answering others, and the slow client gets a clean answer:
+    the route's own answer, or 408 ``body_timeout`` for a body that took too long."""
+    out: dict[str, Any] = {}
+    slow = threading.Thread(target=_trickle, args=(base_url, method, route, 0.3, out))
+    slow.start()
+    time.sleep(0.6)  # the slow client is mid-request (its headers take about 3 s)
+    served = 0
+    while slow.is_alive():
+        assert httpx.get(f"{base_url}/healthz", timeout=30).status_code == 200
+        assert httpx.get(f"{base_url}/v1/models", timeout=30).status_code == 200
+        assert post(base_url, json={"model": MODEL, "texts": PROBE}).status_code == 200
+        served += 1
+        time.sleep(0.2)
+    slow.join()
+    assert served >= 1, "the slow client finished before any other request was served"
+    if method == "POST":  # the body (~28 pieces x 300 ms) takes longer than body_timeout_s = 2 s
+        assert out["status"] == 408 and json.loads(out["body"])["error"]["code"] == "body_timeout", out
+    else:
+        assert out["status"] == 200, out

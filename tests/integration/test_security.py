@@ -23,41 +23,107 @@ MODEL = "tfidf-logreg"
 SECRET_KEY_RE = re.compile(
     r"(^|[_-])(api[_-]?key|token|secret|password|passwd|bearer|credentials?)$", re.IGNORECASE
 )
-NON_LOOPBACK_ALLOWED = {"study-h100.yaml", "study-h100-2node.yaml"}
-"""Multi-node study configs, reached from other nodes on purpose: run them with ``ACCUWATT_API_KEY``
-set (or ``router.api_key_file``) and a firewall. Any other config must bind loopback."""
 ALLOWED_SECRET_KEYS = {"api_key_env", "api_key_file"}  # names of where a secret lives, not secrets
 TOKEN = "tok-" + uuid.uuid4().hex
 CANARIES = [f"CANARY{uuid.uuid4().hex[:12]}x{i}" for i in range(12)]
 LEAKS: list[str] = [TOKEN, *CANARIES]
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def _walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+def _walk(node: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
+    """(path, key, value) of every mapping entry, depth first."""
     if isinstance(node, dict):
         for k, v in node.items():
-            yield f"{path}.{k}", v
+            yield f"{path}.{k}", str(k), v
             yield from _walk(v, f"{path}.{k}")
     elif isinstance(node, list):
         for i, v in enumerate(node):
             yield from _walk(v, f"{path}[{i}]")
 
 
-def serve_configs() -> list[Path]:
-    files = sorted((REPO / "deployments").glob("*.y*ml"))
-    assert files, "no Serve config under deployments/"
+def config_files() -> list[Path]:
+    """Every YAML under deployments/ and cluster/, no exemptions."""
+    files = sorted(p for d in ("deployments", "cluster") for p in (REPO / d).rglob("*.y*ml"))
+    assert len([f for f in files if f.parent.name == "deployments"]) >= 4 and len(files) >= 8, files
     return files
 
 
-@pytest.mark.parametrize("path", serve_configs(), ids=lambda p: p.name)
-def test_serve_config_binds_loopback_and_holds_no_secret(path: Path) -> None:
-    cfg = yaml.safe_load(path.read_text())
-    host = (cfg.get("http_options") or {}).get("host", "127.0.0.1")  # Serve's own default is loopback
-    if path.name not in NON_LOOPBACK_ALLOWED:
-        assert host in ("127.0.0.1", "localhost", "::1"), f"{path.name} binds {host}"
-    for key_path, value in _walk(cfg):
-        key = key_path.rsplit(".", 1)[-1]
-        if SECRET_KEY_RE.search(key) and key not in ALLOWED_SECRET_KEYS:
-            assert value in (None, "", {}), f"{path.name}: {key_path} looks like a secret"
+def serve_configs(doc: Any) -> list[dict[str, Any]]:
+    """The Serve configs in a document: itself, or a KubeRay ``serveConfigV2`` string."""
+    if isinstance(doc, dict) and "applications" in doc:
+        return [doc]
+    return [yaml.safe_load(v) for _, k, v in _walk(doc) if k == "serveConfigV2" and isinstance(v, str)]
+
+
+def ray_auth_settings(doc: Any) -> list[str]:
+    """Every Ray auth mode the document sets: KubeRay ``authOptions.mode``, ``RAY_AUTH_MODE`` in a
+    container env, and ``RAY_AUTH_MODE=...`` in a start command."""
+    found = []
+    for _, key, value in _walk(doc):
+        if key == "authOptions" and isinstance(value, dict):
+            found.append(str(value.get("mode")))
+        if isinstance(value, dict) and value.get("name") == "RAY_AUTH_MODE":
+            found.append(str(value.get("value")))
+        if isinstance(value, str):
+            found += re.findall(r"RAY_AUTH_MODE=(\w+)", value)
+    return found
+
+
+def non_loopback_listeners(doc: Any) -> list[str]:
+    """What the document binds beyond loopback: Serve ``http_options.host``, ``dashboard-host``."""
+    out = []
+    for cfg in serve_configs(doc):
+        host = str((cfg.get("http_options") or {}).get("host", "127.0.0.1"))  # Serve's default: loopback
+        if host not in LOOPBACK:
+            out.append(f"serve {host}")
+    for _, key, value in _walk(doc):
+        if key in ("dashboard-host", "dashboard_host") and str(value) not in LOOPBACK:
+            out.append(f"dashboard {value}")
+        if isinstance(value, str):
+            out += [
+                f"dashboard {h}" for h in re.findall(r"--dashboard-host[= ](\S+)", value) if h not in LOOPBACK
+            ]
+    return out
+
+
+@pytest.mark.parametrize("path", config_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_config_listens_only_with_access_control_and_holds_no_secret(path: Path) -> None:
+    """Loopback, or the API key required (from a file the config names) and Ray token auth on; Ray
+    auth never switched off; no secret inline."""
+    doc = yaml.safe_load(path.read_text())
+    auth = ray_auth_settings(doc)
+    assert "disabled" not in auth, f"{path.name} turns Ray auth off: {auth}"
+    for cfg in serve_configs(doc):
+        host = str((cfg.get("http_options") or {}).get("host", "127.0.0.1"))
+        if host in LOOPBACK:
+            continue
+        for app in cfg["applications"]:
+            router = (app.get("args") or {}).get("router") or {}
+            assert router.get("api_key_file"), (
+                f"{path.name}: {app['name']} listens on {host} without a key file"
+            )
+    listeners = non_loopback_listeners(doc)
+    if listeners and path.parent.name == "cluster":
+        assert auth and set(auth) == {"token"}, f"{path.name} listens on {listeners} without Ray token auth"
+    for key_path, key, value in _walk(doc):
+        # a scalar under a secret-like name is a secret inline; a mapping (a K8s `secret:` volume
+        # reference) or a path-like key (`file_mounts` destinations) only says where one lives
+        if SECRET_KEY_RE.search(key) and key not in ALLOWED_SECRET_KEYS and "/" not in key:
+            assert isinstance(value, (dict, list)) or value in (None, ""), (
+                f"{path.name}: {key_path} looks like a secret"
+            )
+        if isinstance(value, dict) and SECRET_KEY_RE.search(str(value.get("name", ""))):
+            assert "value" not in value, f"{path.name}: {key_path} puts a secret inline (use valueFrom)"
+
+
+def test_every_cluster_that_listens_is_known_to_the_readme() -> None:
+    """The README's security section names each config that listens beyond loopback."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Reliability and security") :]
+    section = section[: section.find("\n## ", 4)]
+    for path in config_files():
+        if non_loopback_listeners(yaml.safe_load(path.read_text())):
+            assert path.name in section, f"README's security section does not mention {path.name}"
 
 
 @pytest.fixture(scope="module")
