@@ -14,18 +14,16 @@ import asyncio
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from serve_app.data import study_splits
 from serve_app.replay.echo_server import free_port
 from serve_app.replay.plan import plan_requests
+from serve_app.replay.ready import wait_ready_sync
 from serve_app.replay.records import read_records
 from serve_app.replay.results import RECORDS_FILE, load_run, write_metrics
 from serve_app.replay.runner import (
@@ -76,32 +74,15 @@ def start_http(port: int | None = None) -> str:
 
 
 def deploy(app_config: dict[str, Any], base_url: str, timeout_s: float = 600.0) -> None:
-    """Deploy (or replace) the accuwatt app and wait until ``/healthz`` and ``/v1/models`` answer."""
+    """Deploy (or replace) the accuwatt app and wait until ``/readyz`` says every classifier is ready
+    (a classifier that fails to start ends the wait with its reason)."""
     from ray import serve
 
     from serve_app.app import build_app
 
+    # blocking: a replaced app's old router must not answer the readiness wait
     serve.run(build_app(app_config), name=APP_NAME, route_prefix="/")
-    deadline = time.monotonic() + timeout_s
-    failing_since: float | None = None
-    with httpx.Client(timeout=10, trust_env=False) as c:
-        while True:
-            try:
-                if c.get(base_url + "/healthz").status_code == 200:
-                    models = c.get(base_url + "/v1/models")
-                    if models.status_code == 200:
-                        return
-                    failing_since = failing_since or time.monotonic()
-                    if models.status_code >= 500 and time.monotonic() - failing_since > 60:
-                        raise RuntimeError(
-                            f"the app at {base_url} is up but /v1/models keeps failing: "
-                            f"{models.status_code} {models.text[:300]}"
-                        )
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the app at {base_url} did not become healthy in {timeout_s:.0f} s")
-            time.sleep(0.2)
+    wait_ready_sync(base_url, timeout_s)
 
 
 @contextmanager

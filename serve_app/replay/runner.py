@@ -22,6 +22,7 @@ from serve_app.replay.client import ClientPool, RetryPolicy, retry_after_s
 from serve_app.replay.codecarbon_window import CodeCarbonWindow
 from serve_app.replay.driver import LoadShape, replay_requests
 from serve_app.replay.plan import TestSet, majority, plan_requests
+from serve_app.replay.ready import wait_ready
 from serve_app.replay.records import RecordStore, append_json_line
 from serve_app.replay.results import RECORDS_FILE, RUN_FILE, WINDOWS_FILE, load_run, run_dir, write_metrics
 from serve_app.replay.window import energy_delta
@@ -258,6 +259,7 @@ async def replay_url(cfg: ReplayConfig, base_url: str, tests: list[TestSet] | No
     run_name = cfg.resolved_run_name(ds.fingerprint)
     folders = []
     async with http_client(cfg) as client:
+        await wait_ready(client, base_url)
         models_body = await get_json(client, base_url, "/v1/models")
         models = cfg.models or [m["id"] for m in (models_body or {}).get("models", [])]
         if not models:
