@@ -97,10 +97,25 @@ CARBON_COLUMNS = [
     ("gain_pp", "gain over majority (pp)", ".1f"),
     ("wh_per_1k", "Wh / 1k texts", ".3g"),
     ("co2e_g", "CO2e (g)", ".3g"),
-    ("parameters", "parameters", ""),
-    ("cegi", "CEGI", ".3g"),
+    ("trainable_parameters", "trainable parameters", ""),
+    ("cegi", "CEGI (paper)", ".3g"),
+    ("cegi_note", "CEGI n/a because", ""),
+    ("parameters", "all parameters", ""),
+    ("cegi_all_parameters", "CEGI over all parameters (accuwatt variant)", ".3g"),
     ("latency_p50_s", "p50 latency (s)", ".3g"),
     ("n_errors", "errors", "d"),
+]
+UNITS_COLUMNS = [
+    ("label", "model", ""),
+    ("j_per_request", "J/request", ".3g"),
+    ("j_per_prompt_token", "J/prompt token", ".3g"),
+    ("j_per_output_token", "J/output token", ".3g"),
+    ("steady_j_per_output_token", "J/output token (steady)", ".3g"),
+    ("steady_j_per_request", "J/request (steady)", ".3g"),
+    ("steady_requests", "steady requests", "d"),
+    ("wh_per_1k", "Wh/1k queries", ".3g"),
+    ("energy_scope", "hardware scope", ""),
+    ("energy_source", "source", ""),
 ]
 ENERGY_COLUMNS = [
     ("label", "model", ""),
