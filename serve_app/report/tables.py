@@ -62,9 +62,9 @@ def _with_labels(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(label=labels)
 
 
-def _fmt(v: Any, spec: str) -> str:
+def _fmt(v: Any, spec: str, missing: str = "n/a") -> str:
     if v is None or (isinstance(v, float) and pd.isna(v)):
-        return "n/a"
+        return missing
     return format(v, spec) if spec else str(v)
 
 
@@ -74,7 +74,13 @@ def markdown_table(df: pd.DataFrame, columns: Sequence[tuple[str, str, str]]) ->
     sep = "|" + "|".join("---" if spec == "" else "---:" for _, _, spec in columns) + "|"
     lines = [head, sep]
     for _, r in df.iterrows():
-        lines.append("| " + " | ".join(_fmt(r.get(c), spec) for c, _, spec in columns) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                _fmt(r.get(c), spec, "-" if c.endswith("_note") else "n/a") for c, _, spec in columns
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
