@@ -57,7 +57,10 @@ def test_models_readyz_and_classify_during_llm_load(serve_http: str, tiny_model_
     ).remote()
     assert ray.get(blocker.ping.remote(), timeout=120) == 1  # the CPUs are held: the LLM replica cannot start
     spec = cpu_spec(str(tiny_model_dir), deployment={"num_cpus": LLM_CPUS}, energy={"meter": "estimate"})
-    serve.run(build_app({"classifiers": [spec]}), name="llmready", route_prefix="/llmready", blocking=False)
+    # serve.run waits for the whole app to be RUNNING (blocking=False only skips the wait after);
+    # a client of a real deployment (e.g. `serve deploy`) does not wait, so neither does the test
+    app = serve.RunTarget(build_app({"classifiers": [spec]}), name="llmready", route_prefix="/llmready")
+    serve.run_many([app], wait_for_applications_running=False)
     base = serve_http + "/llmready"
     try:
         wait_http(base + "/healthz", timeout_s=600)
