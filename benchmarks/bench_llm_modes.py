@@ -194,7 +194,7 @@ def serve_comparison(
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         t0 = time.perf_counter()
         serve.run(build_app({"classifiers": [spec_dict]}), name="llm", route_prefix="/", blocking=False)
-        wait_http(f"http://127.0.0.1:{port}/healthz", timeout_s=900)
+        wait_http(f"http://127.0.0.1:{port}/readyz", timeout_s=900)
         start_s = time.perf_counter() - t0
         url = f"http://127.0.0.1:{port}/v1/classify"
         body = {"model": spec_dict["id"], "mode": mode}

@@ -108,7 +108,7 @@ def main() -> None:
             ],
         }
         serve.run(build_app(cfg), name=f"m-{meter}", route_prefix=f"/{meter}", blocking=False)
-        wait_http(f"{base}/{meter}/healthz")
+        wait_http(f"{base}/{meter}/readyz")
         urls[meter] = f"{base}/{meter}/v1/classify"
         asyncio.run(throughput(urls[meter], texts[:500], args.batch, args.concurrency))  # warm up
 

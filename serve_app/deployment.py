@@ -195,6 +195,7 @@ class ClassifierServer:
             "energy_notes": meter.notes,
             "modes": list(info.details.get("modes", []) or []),
             "parameters": info.parameters,
+            "trainable_parameters": info.trainable_parameters,
             "details": info.details,
         }
 

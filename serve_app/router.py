@@ -35,6 +35,7 @@ from starlette.requests import ClientDisconnect
 
 from serve_app.config import RouterConfig
 from serve_app.idempotency import IdempotencyCache, fingerprint
+from serve_app.readiness import LOADING_RETRY_AFTER_S, ModelState, ModelStates
 from serve_app.validation import (
     Limits,
     RequestError,
@@ -144,6 +145,21 @@ def overloaded(what: str) -> RequestError:
     )
 
 
+def not_ready(model_id: str, st: ModelState) -> RequestError:
+    """503 for a classifier that is still loading (``model_loading``) or failed (``model_failed``)."""
+    code = "model_loading" if st.state == "loading" else "model_failed"
+    what = "is still loading" if st.state == "loading" else "failed to start"
+    return RequestError(
+        503,
+        code,
+        f"model {model_id!r} {what}: {st.reason or st.state}",
+        "model",
+        headers={
+            "Retry-After": str(LOADING_RETRY_AFTER_S if st.state == "loading" else RESTART_RETRY_AFTER_S)
+        },
+    )
+
+
 def replica_unavailable(model_id: str) -> RequestError:
     return RequestError(
         503,
@@ -177,12 +193,12 @@ class Router:
         self._api_key = load_api_key(self.cfg)
         host = await serve_http_host()
         require_key_off_loopback(host, self._api_key, self.cfg)
-        self._models: dict[str, dict[str, Any]] = {}
         self._seen: dict[str, dict[str, dict[str, Any]]] = {}  # highest energy snapshot seen per replica
         self._inflight = 0
         self._idempotency = IdempotencyCache()
         ctx = serve.get_replica_context()
         self._app = ctx.app_name if ctx else "local"
+        self._states = ModelStates(self._app, self.handles)
         log.info(
             "router ready: %d classifiers, HTTP host %s, auth %s",
             len(self.handles),
@@ -232,12 +248,11 @@ class Router:
             ) from None
 
     async def _model(self, model_id: str) -> dict[str, Any]:
-        if model_id not in self._models:
-            try:
-                self._models[model_id] = await self.handles[model_id].describe.remote()
-            except (*REPLICA_GONE, DeploymentUnavailableError):
-                raise replica_unavailable(model_id) from None
-        return self._models[model_id]
+        """A ready classifier's description; 503 ``model_loading`` / ``model_failed`` otherwise."""
+        st = (await self._states.view())[model_id]
+        if st.state != "ready" or st.description is None:
+            raise not_ready(model_id, st)
+        return st.description
 
     async def _call(self, model_id: str, texts: list[str], mode: str | None, rid: str) -> dict[str, Any]:
         """Classify on a replica; a replica that dies mid-request is retried ``retries`` times (the
@@ -283,11 +298,41 @@ class Router:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
+    @api.get("/readyz")
+    async def readyz(self, request: Request) -> JSONResponse:
+        """Readiness: 200 when every classifier is ready, else 503 naming those that are not (their
+        names and reasons only to an authorized caller; a probe without a token sees the status)."""
+        try:
+            states = await self._states.view()
+            waiting = {
+                m: {"state": s.state, "reason": s.reason} for m, s in states.items() if s.state != "ready"
+            }
+            try:
+                self._authorize(request)
+                detail: dict[str, Any] = {"not_ready": waiting}
+            except RequestError:
+                detail = {"not_ready_count": len(waiting)}
+            if not waiting:
+                return JSONResponse({"status": "ready", **detail})
+            exc = RequestError(
+                503,
+                "not_ready",
+                f"{len(waiting)} of {len(states)} classifiers are not ready",
+                headers={"Retry-After": str(LOADING_RETRY_AFTER_S)},
+            )
+            return JSONResponse(
+                {"status": "not_ready", **detail, **exc.body()}, status_code=503, headers=dict(exc.headers)
+            )
+        except Exception:
+            return internal_error(None)
+
     @api.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
+        """Every classifier with its ``state``; answers at once, whatever the replicas are doing."""
         try:
             self._authorize(request)
-            return JSONResponse({"models": [await self._model(m) for m in self.handles]})
+            states = await self._states.view()
+            return JSONResponse({"models": [states[m].public(m) for m in self.handles]})
         except RequestError as exc:
             return error_response(exc)
         except Exception:

@@ -118,7 +118,7 @@ def serve_app_factory(serve_http: str) -> Iterator[Callable[..., str]]:
         serve.run(build_app(app_config), name=name, route_prefix=route_prefix, blocking=False)
         names.append(name)
         base = serve_http + (route_prefix.rstrip("/"))
-        wait_http(base + "/healthz")
+        wait_http(base + "/readyz")
         return base
 
     yield deploy

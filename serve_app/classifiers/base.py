@@ -38,6 +38,8 @@ class ClassifierInfo:
     labels: tuple[str, ...]
     devices: tuple[str, ...] = ("cpu",)
     parameters: int | None = None
+    trainable_parameters: int | None = None
+    """What training fitted (CEGI's normaliser): not a frozen encoder, 0 for a zero-shot LLM."""
     details: dict[str, object] = field(default_factory=dict)
 
 

@@ -106,6 +106,7 @@ class LLMClassifier:
             labels=self._labels,
             devices=devices,
             parameters=count_parameters(model_path),
+            trainable_parameters=0,  # zero-shot: nothing is trained
             details={
                 "modes": list(MODES),
                 "default_mode": spec.default_mode,

@@ -64,15 +64,17 @@ class TrainedModel:
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.estimator.predict_proba(self.features(texts)))
 
-    def parameters(self) -> int:
-        """Trainable parameters of the head (linear weights, or tree nodes for XGBoost), plus the
-        frozen encoder's parameters for embedding models: the size CEGI normalises by."""
+    def trainable_parameters(self) -> int:
+        """What training fitted: the head's linear weights and intercepts, or XGBoost's tree nodes
+        (the size the paper's CEGI normalises by; a frozen encoder is not trained)."""
         if hasattr(self.estimator, "coef_"):
-            head = int(self.estimator.coef_.size + self.estimator.intercept_.size)
-        else:
-            head = int(self.estimator.get_booster().trees_to_dataframe().shape[0])
+            return int(self.estimator.coef_.size + self.estimator.intercept_.size)
+        return int(self.estimator.get_booster().trees_to_dataframe().shape[0])
+
+    def parameters(self) -> int:
+        """All parameters the model uses: the trainable head plus a frozen encoder's."""
         enc = embedding.encoder_parameters(self.embedding_model) if self.embedding_model else 0
-        return head + enc
+        return self.trainable_parameters() + enc
 
 
 def fit(
@@ -125,6 +127,7 @@ def save(
         "trained_classes": list(model.classes),
         "embedding_model": model.embedding_model,
         "parameters": model.parameters(),
+        "trainable_parameters": model.trainable_parameters(),
         "versions": versions(),
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **provenance,
@@ -157,6 +160,7 @@ class TraditionalClassifier:
             labels=self._labels,
             devices=devices,
             parameters=self.manifest.get("parameters"),
+            trainable_parameters=self.model.trainable_parameters(),  # from the model: older manifests lack it
             details={k: self.manifest.get(k) for k in ("dataset", "split", "embedding_model", "versions")},
         )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -22,6 +23,12 @@ RETRY_STATUSES = frozenset({429, 503})
 PROXY_FAILURE_STATUSES = frozenset({500, 502, 504})
 """Retried only when the body is not the router's JSON error: then the proxy answered for a router
 that died or restarted, and the request (with the same ``request_id``) is safe to send again."""
+
+
+def auth_headers() -> dict[str, str]:
+    """The router's bearer token, from the environment variable the router reads (default config)."""
+    key = os.environ.get("ACCUWATT_API_KEY", "")
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,7 @@ def build_echo_app(state: EchoState) -> Starlette:
                         "modes": [],
                         "parameters": 1000,
                         "details": {},
+                        "state": "ready",
                     }
                     for m in state.models
                 ]
@@ -135,6 +136,7 @@ def build_echo_app(state: EchoState) -> Starlette:
             Route("/v1/models", models),
             Route("/v1/energy", energy),
             Route("/healthz", healthz),
+            Route("/readyz", healthz),
         ]
     )
 

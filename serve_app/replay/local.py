@@ -14,25 +14,22 @@ import asyncio
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from serve_app.data import study_splits
 from serve_app.errors import UsageError
 from serve_app.model_ids import check_ids
 from serve_app.replay.echo_server import free_port
 from serve_app.replay.plan import plan_requests
+from serve_app.replay.ready import wait_ready_sync
 from serve_app.replay.records import read_records
 from serve_app.replay.results import RECORDS_FILE, load_run, write_metrics
 from serve_app.replay.runner import (
     ReplayConfig,
-    auth_headers,
     get_json,
     http_client,
     load_test_sets,
@@ -79,43 +76,15 @@ def start_http(port: int | None = None) -> str:
 
 
 def deploy(app_config: dict[str, Any], base_url: str, timeout_s: float = 600.0) -> None:
-    """Deploy (or replace) the accuwatt app and wait until ``/healthz`` and ``/v1/models`` answer; a 4xx
-    from either stops the wait at once (``raise_on_client_error``)."""
+    """Deploy (or replace) the accuwatt app and wait until ``/readyz`` says every classifier is ready
+    (a classifier that fails to start, or a 4xx answer, ends the wait with its reason)."""
     from ray import serve
 
     from serve_app.app import build_app
 
+    # blocking: a replaced app's old router must not answer the readiness wait
     serve.run(build_app(app_config), name=APP_NAME, route_prefix="/")
-    deadline = time.monotonic() + timeout_s
-    failing_since: float | None = None
-    with httpx.Client(timeout=10, trust_env=False, headers=auth_headers()) as c:
-        while True:
-            try:
-                if raise_on_client_error(c.get(base_url + "/healthz")).status_code == 200:
-                    models = raise_on_client_error(c.get(base_url + "/v1/models"))
-                    if models.status_code == 200:
-                        return
-                    failing_since = failing_since or time.monotonic()
-                    if models.status_code >= 500 and time.monotonic() - failing_since > 60:
-                        raise RuntimeError(
-                            f"the app at {base_url} is up but /v1/models keeps failing: "
-                            f"{models.status_code} {models.text[:300]}"
-                        )
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the app at {base_url} did not become healthy in {timeout_s:.0f} s")
-            time.sleep(0.2)
-
-
-def raise_on_client_error(resp: httpx.Response) -> httpx.Response:
-    """A 4xx is an answer, not "not ready yet" (a 422 from routes FastAPI misreads, a 401 from a wrong
-    key): raise at once with the status and the body. The one 4xx that means "not yet" is the Serve proxy's
-    404 for a route it has not learnt yet (plain text ``Path '...' not found. Ping ...``)."""
-    code = resp.status_code
-    if 400 <= code < 500 and not (code == 404 and resp.text.startswith("Path '")):
-        raise RuntimeError(f"GET {resp.request.url} answered {code}: {resp.text[:500]}")
-    return resp
+    wait_ready_sync(base_url, timeout_s)
 
 
 @contextmanager

@@ -17,13 +17,12 @@ Definitions (units in names; Wh only here, at reporting time):
   texts). Higher is better. It scales with the test-set size: compare models on the same splits (for a
   size-free figure use ``wh_per_1k`` = Wh per 1,000 classified texts).
 - ``co2e_g = energy_wh / 1000 * carbon_g_per_kwh`` (a country's grid intensity, ``serve_app.carbon``).
-- **CEGI** (Carbon Efficient Gain Index, after Kumar et al. 2024):
-  ``cegi = co2e_g / (gain_pp * parameters / 1e6)``, with ``gain_pp = 100 * (accuracy -
-  majority_accuracy)`` the accuracy gained over the majority-class baseline in percentage points
-  (``majority_accuracy``: the share of test texts whose gold label is the training set's most frequent
-  label) and ``parameters`` the model's trainable parameters (``/v1/models``). Units: g CO2e per
-  percentage point per million parameters; lower is better. ``None`` when the gain is not positive or
-  the parameter count is unknown.
+- ``majority_accuracy``: the share of test texts whose gold label is the TRAINING split's most
+  frequent label; ``gain_pp = 100 * (accuracy - majority_accuracy)``. Both ``None`` when the training
+  majority is unknown (a ``--test-file`` run): the test labels are never used as the baseline.
+- **CEGI** (``cegi``, the paper's index) and ``cegi_all_parameters`` (accuwatt's former variant), and
+  the comparable units (J per request, per prompt and output token, the steady-state window, Wh per
+  1,000 queries, ``energy_scope``): defined in ``serve_app/replay/units.py``.
 - ``idle_j`` / ``metered_j`` / ``window_attributed_j``: deltas of the deployment's ``/v1/energy``
   counters over the replay windows (``metered = attributed + idle``); ``None`` without windows.
 """
@@ -31,13 +30,13 @@ Definitions (units in names; Wh only here, at reporting time):
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from serve_app.replay import units
 from serve_app.replay.records import Record
 
 MEASURED_SOURCES = frozenset({"nvml", "nvml-power", "rapl"})
@@ -58,13 +57,14 @@ class RunMetrics(BaseModel):
     accuracy: float
     accuracy_std: float | None = None
     macro_f1: float
-    majority_accuracy: float
-    gain_pp: float
+    majority_accuracy: float | None
+    gain_pp: float | None
     energy_j: float | None
     energy_wh: float | None
     energy_wh_std: float | None = None
     energy_missing: int
     energy_source: str
+    energy_scope: str = "unknown"
     measured: bool
     uncertainty_j: float | None
     domains_j: dict[str, float]
@@ -77,7 +77,10 @@ class RunMetrics(BaseModel):
     carbon_g_per_kwh: float | None
     co2e_g: float | None
     parameters: int | None
+    trainable_parameters: int | None = None
     cegi: float | None
+    cegi_note: str | None = None
+    cegi_all_parameters: float | None = None
     metered_j: float | None = None
     window_attributed_j: float | None = None
     idle_j: float | None = None
@@ -91,6 +94,12 @@ class RunMetrics(BaseModel):
     retried: int
     prompt_tokens: int | None = None
     generated_tokens: int | None = None
+    j_per_prompt_token: float | None = None
+    j_per_output_token: float | None = None
+    steady_requests: int = 0
+    steady_window_s: float | None = None
+    steady_j_per_request: float | None = None
+    steady_j_per_output_token: float | None = None
 
 
 def macro_f1(gold: Sequence[str], predicted: Sequence[str | None]) -> float:
@@ -144,6 +153,7 @@ def split_metrics(
     majority_label: str | None = None,
     parameters: int | None = None,
     carbon_g_per_kwh: float | None = None,
+    trainable_parameters: int | None = None,
 ) -> RunMetrics:
     """Metrics of one (model, split) from its records (pure). See the module doc for definitions."""
     if not records:
@@ -159,8 +169,9 @@ def split_metrics(
         pred.extend(r.predicted if r.ok and r.predicted is not None else [None] * len(r.gold))
     n_texts = len(gold)
     accuracy = sum(1 for g, p in zip(gold, pred, strict=True) if g == p) / n_texts
-    maj = majority_label or Counter(gold).most_common(1)[0][0]
-    majority_accuracy = sum(1 for g in gold if g == maj) / n_texts
+    majority_accuracy = (
+        None if majority_label is None else sum(1 for g in gold if g == majority_label) / n_texts
+    )
 
     tagged = [r.energy for r in recs if r.energy is not None and r.energy.joules is not None]
     energy_j = float(sum(t.joules for t in tagged if t.joules is not None)) if tagged else None
@@ -177,10 +188,9 @@ def split_metrics(
     duration_s = _session_duration_s(recs)
     energy_wh = None if energy_j is None else energy_j / J_PER_WH
     co2e_g = None if energy_wh is None or carbon_g_per_kwh is None else energy_wh / 1000 * carbon_g_per_kwh
-    gain_pp = 100.0 * (accuracy - majority_accuracy)
-    cegi = (
-        co2e_g / (gain_pp * parameters / 1e6) if co2e_g is not None and parameters and gain_pp > 0 else None
-    )
+    gain_pp = None if majority_accuracy is None else 100.0 * (accuracy - majority_accuracy)
+    cegi, cegi_note = units.cegi(co2e_g, gain_pp, trainable_parameters)
+    cegi_all, _ = units.cegi(co2e_g, gain_pp, parameters or None)
     ok_lat = [r.latency_s for r in recs if r.ok and r.latency_s is not None]
     srv_lat = [r.server_latency_s for r in recs if r.ok and r.server_latency_s is not None]
     ptoks = [t for r in recs for t in (r.prompt_tokens or []) if t is not None]
@@ -201,6 +211,7 @@ def split_metrics(
         energy_wh=energy_wh,
         energy_missing=len(recs) - len(tagged),
         energy_source=source,
+        energy_scope=units.energy_scope(sorted(domains)),
         measured=measured,
         uncertainty_j=float(sum(uncertainties)) if uncertainties else None,
         domains_j=domains,
@@ -213,7 +224,10 @@ def split_metrics(
         carbon_g_per_kwh=carbon_g_per_kwh,
         co2e_g=co2e_g,
         parameters=parameters,
+        trainable_parameters=trainable_parameters,
         cegi=cegi,
+        cegi_note=cegi_note,
+        cegi_all_parameters=cegi_all,
         metered_j=_window_sum(windows, "energy_delta", "metered_j"),
         window_attributed_j=_window_sum(windows, "energy_delta", "attributed_j"),
         idle_j=_window_sum(windows, "energy_delta", "idle_j"),
@@ -227,6 +241,9 @@ def split_metrics(
         retried=sum(1 for r in recs if r.attempts > 1),
         prompt_tokens=sum(ptoks) if ptoks else None,
         generated_tokens=sum(gtoks) if gtoks else None,
+        j_per_prompt_token=units.per_token(recs, "prompt"),
+        j_per_output_token=units.per_token(recs, "output"),
+        **units.steady_figures(recs),
     )
 
 
@@ -247,12 +264,15 @@ def average_over_splits(per_split: Sequence[RunMetrics]) -> RunMetrics:
         raise ValueError("no splits")
     if len({m.model for m in per_split}) != 1:
         raise ValueError("average_over_splits takes the splits of one model")
-    sums = {"n_requests", "n_texts", "n_errors", "energy_missing", "retried"}
+    sums = {"n_requests", "n_texts", "n_errors", "energy_missing", "retried", "steady_requests"}
     fixed = {
         "model",
         "split",
         "n_splits",
         "energy_source",
+        "energy_scope",
+        "cegi_note",
+        "trainable_parameters",
         "measured",
         "domains_j",
         "accuracy_std",
@@ -271,12 +291,7 @@ def average_over_splits(per_split: Sequence[RunMetrics]) -> RunMetrics:
             data[name] = None if m is None else round(m)
         else:
             m = _mean(vals)
-            data[name] = (
-                m
-                if m is not None
-                or name not in ("accuracy", "macro_f1", "majority_accuracy", "gain_pp", "duration_s")
-                else 0.0
-            )
+            data[name] = m if m is not None or name not in ("accuracy", "macro_f1", "duration_s") else 0.0
     labels = {m.energy_source for m in per_split}
     if len(labels) == 1:
         src_label = labels.pop()
@@ -299,5 +314,8 @@ def average_over_splits(per_split: Sequence[RunMetrics]) -> RunMetrics:
         accuracy_std=_std([m.accuracy for m in per_split]),
         energy_wh_std=_std([m.energy_wh for m in per_split]),
         parameters=per_split[0].parameters,
+        trainable_parameters=per_split[0].trainable_parameters,
+        energy_scope="/".join(sorted({m.energy_scope for m in per_split})),
+        cegi_note=None if data.get("cegi") is not None else per_split[0].cegi_note,
         **data,
     )

@@ -74,6 +74,9 @@ def run_metrics(run: RunData) -> tuple[list[RunMetrics], RunMetrics | None]:
     carbon = (run.meta.get("carbon") or {}).get("g_per_kwh")
     params = (run.meta.get("topology") or {}).get("model", {}) or {}
     parameters = params.get("parameters") if isinstance(params.get("parameters"), int) else None
+    trainable = params.get("trainable_parameters")
+    if not isinstance(trainable, int):  # recorded before /v1/models reported it: zero-shot LLMs have none
+        trainable = 0 if params.get("kind") == "llm" else None
     by_split: dict[str, list[Record]] = {}
     for r in run.records:
         by_split.setdefault(r.split, []).append(r)
@@ -85,6 +88,7 @@ def run_metrics(run: RunData) -> tuple[list[RunMetrics], RunMetrics | None]:
             majority_label=(splits_meta.get(s) or {}).get("majority_label"),
             parameters=parameters,
             carbon_g_per_kwh=carbon,
+            trainable_parameters=trainable,
         )
         for s in order
     ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import sys
 import time
 import uuid
@@ -20,11 +19,12 @@ from serve_app.carbon import carbon_intensity
 from serve_app.data import Dataset, load_dataset, split_identity, study_splits
 from serve_app.model_ids import check_ids
 from serve_app.replay import metadata
-from serve_app.replay.client import ClientPool, RetryPolicy, retry_after_s
+from serve_app.replay.client import ClientPool, RetryPolicy, auth_headers, retry_after_s
 from serve_app.replay.codecarbon_window import CodeCarbonWindow
 from serve_app.replay.driver import LoadShape, replay_requests
 from serve_app.replay.labels import check_labels, compare_labels
 from serve_app.replay.plan import TestSet, majority, plan_requests
+from serve_app.replay.ready import wait_ready
 from serve_app.replay.records import RecordStore, append_json_line
 from serve_app.replay.results import RECORDS_FILE, RUN_FILE, WINDOWS_FILE, load_run, run_dir, write_metrics
 from serve_app.replay.window import energy_delta
@@ -255,12 +255,6 @@ def http_client(cfg: ReplayConfig) -> ClientPool:
     return ClientPool(cfg.load_shape().max_in_flight, cfg.timeout_s, auth_headers())
 
 
-def auth_headers() -> dict[str, str]:
-    """The router's bearer token, from the environment variable the router reads (default config)."""
-    key = os.environ.get("ACCUWATT_API_KEY", "")
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
 async def replay_url(cfg: ReplayConfig, base_url: str, tests: list[TestSet] | None = None) -> list[Path]:
     """Replay every model on every split against a running router; returns the run folders."""
     ds, all_tests, split_meta = load_test_sets(cfg)
@@ -269,6 +263,7 @@ async def replay_url(cfg: ReplayConfig, base_url: str, tests: list[TestSet] | No
     run_name = cfg.resolved_run_name(ds.fingerprint)
     folders = []
     async with http_client(cfg) as client:
+        await wait_ready(client, base_url)
         models_body = await get_json(client, base_url, "/v1/models")
         models = cfg.models or [m["id"] for m in (models_body or {}).get("models", [])]
         if not models:

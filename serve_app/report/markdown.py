@@ -6,19 +6,43 @@ from pathlib import Path
 
 import pandas as pd
 
+from serve_app.replay.units import STEADY_MIN_REQUESTS, STEADY_TRIM_FRACTION
 from serve_app.report.regression import Fit
-from serve_app.report.tables import CARBON_COLUMNS, ENERGY_COLUMNS, STUDY_COLUMNS, markdown_table
+from serve_app.report.tables import (
+    CARBON_COLUMNS,
+    ENERGY_COLUMNS,
+    STUDY_COLUMNS,
+    UNITS_COLUMNS,
+    markdown_table,
+)
 
 DEFINITIONS = """\
 Definitions. *Energy* is the sum of the per-request energy tags (the energy the service attributed to
 the run's requests); *idle* is the rest of what the replicas drew during the replay windows
 (`/v1/energy` deltas: metered = attributed + idle). *Duration* runs from the first request sent to the
 last answer. *Average power* = energy / duration. *Accuracy per Wh* = accuracy (0-1) / energy of one run
-in Wh (one pass over the test set). *CO2e* = energy x the country's grid intensity. *CEGI* = CO2e (g) /
-(accuracy gain over the majority class in percentage points x parameters in millions); lower is better,
-n/a when there is no gain. Figures whose source is `estimate` are not measurements (CPU time x per-core
+in Wh (one pass over the test set). *CO2e* = energy x the country's grid intensity. *CEGI (paper)* = CO2e (g) /
+(accuracy gain over the training split's majority class in percentage points x TRAINABLE parameters in
+millions), as the CEGI paper defines it; lower is better. Trainable parameters are what training
+fitted (logistic-regression weights, XGBoost tree nodes; a frozen sentence encoder is not counted); a
+zero-shot LLM has none, so its CEGI is n/a; the gain is n/a when the training majority is unknown (the
+test labels are never the baseline). *CEGI over all parameters* is accuwatt's former variant (the same
+ratio over all the model's parameters, frozen encoder or LLM weights included); it is not the paper's
+index. Figures whose source is `estimate` are not measurements (CPU time x per-core
 power + memory x W/GB); `mixed:` and `(partial)` sources say so where sources differ or tags are missing.
 All figures are means over the splits of each run."""
+
+UNITS_NOTE = f"""\
+Units other studies publish, from the per-request energy tags (attributed energy; idle excluded). Scope:
+the hardware column (`GPU only`, `CPU+DRAM`, `GPU+CPU+DRAM`) and, for software, the classifier's replica
+(model + in-replica serving; the router and HTTP proxy are not counted). *J/request*: per HTTP request
+(one text per request in the study protocol). *J/prompt token*, *J/output token*: all of a request's
+energy over its prompt (input) or generated (output) tokens (LLMs only). *Steady*: the same over the
+steady-state window (ML.ENERGY's J/output token): per session, the requests sent and answered between
+{100 * STEADY_TRIM_FRACTION:g} % and {100 - 100 * STEADY_TRIM_FRACTION:g} % of the span from the first send to the last
+answer; n/a with fewer than {STEADY_MIN_REQUESTS} requests.
+*Wh/1k queries*: Wh per 1,000 classified texts, the AI Energy Score unit. *Source*: `nvml`/`rapl` are
+measurements, `estimate` is not."""
 
 
 def render_report(
@@ -54,6 +78,7 @@ def render_report(
         countries = sorted({str(c) for c in df.get("carbon_g_per_kwh", pd.Series(dtype=float)).dropna()})
         if countries:
             lines += [f"Grid intensity used: {', '.join(countries)} gCO2e/kWh.", ""]
+        lines += ["### Comparable units", "", UNITS_NOTE, "", markdown_table(df, UNITS_COLUMNS), ""]
         lines += ["### Energy by component", "", markdown_table(df, ENERGY_COLUMNS), ""]
         if figs.get("components"):
             lines += [f"![energy by component]({figs['components']})", ""]

@@ -62,9 +62,9 @@ def _with_labels(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(label=labels)
 
 
-def _fmt(v: Any, spec: str) -> str:
+def _fmt(v: Any, spec: str, missing: str = "n/a") -> str:
     if v is None or (isinstance(v, float) and pd.isna(v)):
-        return "n/a"
+        return missing
     return format(v, spec) if spec else str(v)
 
 
@@ -74,7 +74,13 @@ def markdown_table(df: pd.DataFrame, columns: Sequence[tuple[str, str, str]]) ->
     sep = "|" + "|".join("---" if spec == "" else "---:" for _, _, spec in columns) + "|"
     lines = [head, sep]
     for _, r in df.iterrows():
-        lines.append("| " + " | ".join(_fmt(r.get(c), spec) for c, _, spec in columns) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                _fmt(r.get(c), spec, "-" if c.endswith("_note") else "n/a") for c, _, spec in columns
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -97,10 +103,25 @@ CARBON_COLUMNS = [
     ("gain_pp", "gain over majority (pp)", ".1f"),
     ("wh_per_1k", "Wh / 1k texts", ".3g"),
     ("co2e_g", "CO2e (g)", ".3g"),
-    ("parameters", "parameters", ""),
-    ("cegi", "CEGI", ".3g"),
+    ("trainable_parameters", "trainable parameters", ""),
+    ("cegi", "CEGI (paper)", ".3g"),
+    ("cegi_note", "CEGI n/a because", ""),
+    ("parameters", "all parameters", ""),
+    ("cegi_all_parameters", "CEGI over all parameters (accuwatt variant)", ".3g"),
     ("latency_p50_s", "p50 latency (s)", ".3g"),
     ("n_errors", "errors", "d"),
+]
+UNITS_COLUMNS = [
+    ("label", "model", ""),
+    ("j_per_request", "J/request", ".3g"),
+    ("j_per_prompt_token", "J/prompt token", ".3g"),
+    ("j_per_output_token", "J/output token", ".3g"),
+    ("steady_j_per_output_token", "J/output token (steady)", ".3g"),
+    ("steady_j_per_request", "J/request (steady)", ".3g"),
+    ("steady_requests", "steady requests", "d"),
+    ("wh_per_1k", "Wh/1k queries", ".3g"),
+    ("energy_scope", "hardware scope", ""),
+    ("energy_source", "source", ""),
 ]
 ENERGY_COLUMNS = [
     ("label", "model", ""),

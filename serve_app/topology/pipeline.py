@@ -115,6 +115,7 @@ class PipelineClassifier:
             labels=labels,
             devices=("cpu",),
             parameters=self.manifest.get("parameters"),
+            trainable_parameters=self.manifest.get("trainable_parameters"),
             details={
                 "model": spec.model,
                 "topology": "pipeline",

@@ -77,7 +77,7 @@ def _scenario(out_path: str) -> None:  # runs in the subprocess
             blocking=False,
         )
         with httpx.Client(timeout=60, trust_env=False) as c:
-            _wait(c, base + "/healthz")
+            _wait(c, base + "/readyz")
             result["models"] = c.get(base + "/v1/models").json()
             ids = ["bow-logreg", "tfidf-logreg-2nodes", "tfidf-logreg-packed"]
             with ThreadPoolExecutor(4) as pool:

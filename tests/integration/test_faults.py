@@ -66,7 +66,7 @@ def deploy(serve_http: str, name: str, cfg: dict[str, Any]) -> str:
     from serve_app.app import build_app
 
     serve.run(build_app(cfg), name=name, route_prefix=f"/{name}", blocking=False)
-    wait_http(f"{serve_http}/{name}/healthz")
+    wait_http(f"{serve_http}/{name}/readyz")
     return f"{serve_http}/{name}"
 
 

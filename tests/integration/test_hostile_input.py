@@ -40,7 +40,7 @@ def base_url(serve_http: str, demo_artifacts: Any) -> Iterator[str]:
         route_prefix="/hostile",
         blocking=False,
     )
-    wait_http(serve_http + "/hostile/healthz")
+    wait_http(serve_http + "/hostile/readyz")
     yield serve_http + "/hostile"
     serve.delete("hostile")
 

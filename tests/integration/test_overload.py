@@ -63,7 +63,7 @@ def base_url(serve_http: str, demo_artifacts: Any) -> Iterator[str]:
         "max_batch_size": 2,
     }
     serve.run(build_app(cfg), name="overload", route_prefix="/overload", blocking=False)
-    wait_http(serve_http + "/overload/healthz")
+    wait_http(serve_http + "/overload/readyz")
     yield serve_http + "/overload"
     serve.delete("overload")
 

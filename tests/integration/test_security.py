@@ -140,7 +140,7 @@ def secure_url(
     cfg = traditional_config(demo_artifacts, [MODEL], router={"api_key_file": str(key_file)})
     assert TOKEN not in json.dumps(cfg)
     serve.run(build_app(cfg), name="secure", route_prefix="/secure", blocking=False)
-    wait_http(serve_http + "/secure/healthz")
+    wait_http(serve_http + "/secure/readyz")
     yield serve_http + "/secure"
     serve.delete("secure")
 
@@ -190,7 +190,7 @@ def open_url(serve_http: str, demo_artifacts: Any) -> Iterator[str]:
 
     cfg = traditional_config(demo_artifacts, [MODEL], router={"max_text_chars": 200, "max_texts": 4})
     serve.run(build_app(cfg), name="canary", route_prefix="/canary", blocking=False)
-    wait_http(serve_http + "/canary/healthz")
+    wait_http(serve_http + "/canary/readyz")
     yield serve_http + "/canary"
     serve.delete("canary")
 

@@ -36,7 +36,7 @@ def serve_app_factory_module(serve_http: str, demo_artifacts):  # one app for th
     )
     from tests.conftest import wait_http
 
-    wait_http(serve_http + "/svc/healthz")
+    wait_http(serve_http + "/svc/readyz")
     yield serve_http + "/svc"
     serve.delete("svc")
 

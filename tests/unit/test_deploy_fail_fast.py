@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from serve_app.replay.local import raise_on_client_error
+from serve_app.replay.ready import NotReadyError, raise_on_client_error
 
 pytestmark = pytest.mark.unit
 MISSING = b'{"detail":[{"type":"missing","loc":["query","request"],"msg":"Field required"}]}'
@@ -49,7 +49,7 @@ def base_url() -> Iterator[str]:
 @pytest.mark.parametrize("path", ["/v1/models", "/unauthorized", "/elsewhere"])
 def test_client_errors_stop_the_wait_with_status_and_body(base_url: str, path: str) -> None:
     resp = httpx.get(base_url + path, trust_env=False)
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(NotReadyError) as err:
         raise_on_client_error(resp)
     code, _, body = ANSWERS.get(path, (404, "", b'{"error": {}}'))
     assert f"answered {code}: {body.decode()}" in str(err.value)

@@ -117,13 +117,94 @@ def test_split_metrics_hand_computed():
 
 
 def test_cegi_by_hand():
-    # 4 texts, majority B (1 of 4 = 25 %), accuracy 100 % -> gain 75 pp; 7.2 kJ = 2 Wh -> 0.8 g at 400 g/kWh
+    # 4 texts, training majority B (1 of 4 test texts = 25 %), accuracy 100 % -> gain 75 pp;
+    # 7.2 kJ = 2 Wh -> 0.8 g at 400 g/kWh; 4 M trainable of 5 M parameters (a frozen 1 M encoder)
     records = [rec(i, [g], [g], joules=1800.0) for i, g in enumerate("AABA")]
-    m = split_metrics(records, majority_label="B", parameters=4_000_000, carbon_g_per_kwh=400.0)
+    m = split_metrics(
+        records,
+        majority_label="B",
+        parameters=5_000_000,
+        carbon_g_per_kwh=400.0,
+        trainable_parameters=4_000_000,
+    )
     assert m.gain_pp == pytest.approx(75.0)
     assert m.co2e_g == pytest.approx(0.8)
-    assert m.cegi == pytest.approx(0.8 / (75.0 * 4.0))
+    assert m.cegi == pytest.approx(0.8 / (75.0 * 4.0)) and m.cegi_note is None
+    assert m.cegi_all_parameters == pytest.approx(0.8 / (75.0 * 5.0))
     assert m.energy_source == "rapl" and m.measured
+
+
+def test_cegi_baseline_is_the_training_majority_not_the_test_majority():
+    # test gold: A A B A (test majority A = 75 %); the training majority is B (25 % of the test texts)
+    records = [rec(i, [g], ["A"], joules=1800.0) for i, g in enumerate("AABA")]
+    m = split_metrics(records, majority_label="B", carbon_g_per_kwh=400.0, trainable_parameters=1_000_000)
+    assert m.accuracy == pytest.approx(0.75) and m.majority_accuracy == pytest.approx(0.25)
+    assert m.gain_pp == pytest.approx(50.0) and m.cegi == pytest.approx(0.8 / 50.0)
+    unknown = split_metrics(records, carbon_g_per_kwh=400.0, trainable_parameters=1_000_000)
+    assert unknown.majority_accuracy is None and unknown.gain_pp is None and unknown.cegi is None
+    assert unknown.cegi_note == "training split's majority class unknown"
+
+
+def test_zero_shot_llm_has_no_cegi_but_the_all_parameters_variant():
+    records = [rec(i, [g], [g], joules=1800.0) for i, g in enumerate("AABA")]
+    m = split_metrics(
+        records, majority_label="B", parameters=135_000_000, carbon_g_per_kwh=400.0, trainable_parameters=0
+    )
+    assert m.cegi is None and m.cegi_note == "no trainable parameters (zero-shot)"
+    assert m.cegi_all_parameters == pytest.approx(0.8 / (75.0 * 135.0))
+
+
+def test_per_token_units_by_hand():
+    records = [
+        rec(0, ["A"], ["A"], joules=10.0),
+        rec(1, ["B"], ["B"], joules=30.0),
+        rec(2, ["A"], ["A"], joules=5.0),
+    ]
+    records = [
+        records[0].model_copy(update={"prompt_tokens": [100], "generated_tokens": [4]}),
+        records[1].model_copy(update={"prompt_tokens": [300], "generated_tokens": [16]}),
+        records[2],  # no token counts: left out of the per-token figures
+    ]
+    m = split_metrics(records, majority_label="A")
+    assert m.j_per_prompt_token == pytest.approx(40.0 / 400)
+    assert m.j_per_output_token == pytest.approx(40.0 / 20)
+    assert m.j_per_request == pytest.approx(45.0 / 3)
+    assert m.wh_per_1k == pytest.approx(45.0 / 3600 * 1000 / 3)
+    assert m.energy_scope == "unknown"  # these tags carry no domains
+
+
+def test_steady_window_trims_ramp_up_and_tail():
+    # one session, 20 requests sent 1 s apart each lasting 1 s: span 100.0 .. 120.0 (20 s); trimmed by
+    # 10 % = 2 s at each end -> window 102 .. 118: requests sent at 102 .. 117 (16 requests)
+    records = [
+        rec(i, ["A"], ["A"], joules=1.0 + i, sent=100.0 + i, total=1.0).model_copy(
+            update={"generated_tokens": [2]}
+        )
+        for i in range(20)
+    ]
+    m = split_metrics(records, majority_label="A")
+    assert m.steady_requests == 16
+    assert m.steady_window_s == pytest.approx(16.0)
+    inside = [1.0 + i for i in range(2, 18)]
+    assert m.steady_j_per_request == pytest.approx(sum(inside) / 16)
+    assert m.steady_j_per_output_token == pytest.approx(sum(inside) / 32)
+    # the ramp-up requests are cheaper here, so the steady figure differs from the whole-run one
+    assert m.j_per_output_token == pytest.approx(sum(1.0 + i for i in range(20)) / 40)
+
+
+def test_steady_window_needs_enough_requests():
+    records = [rec(i, ["A"], ["A"], joules=1.0, sent=100.0 + i) for i in range(4)]
+    m = split_metrics(records, majority_label="A")
+    assert m.steady_j_per_request is None and m.steady_requests < 5
+
+
+def test_energy_scope_names_the_hardware():
+    from serve_app.replay.units import energy_scope
+
+    assert energy_scope(["gpu"]) == "GPU only"
+    assert energy_scope(["cpu", "dram"]) == "CPU+DRAM"
+    assert energy_scope(["dram", "gpu", "cpu"]) == "GPU+CPU+DRAM"
+    assert energy_scope([]) == "unknown"
 
 
 def test_no_energy_is_absent_not_zero():

@@ -46,7 +46,15 @@ def _write_run(root, model, acc_hits, joules, gpus=0):
         "run": "r1",
         "splits": {"s0": {"majority_label": "A"}},
         "carbon": {"g_per_kwh": 400.0},
-        "topology": {"gpus": gpus, "model": {"id": model, "parameters": 1_000_000}},
+        "topology": {
+            "gpus": gpus,
+            "model": {
+                "id": model,
+                "kind": "traditional",
+                "parameters": 1_000_000,
+                "trainable_parameters": 1000,
+            },
+        },
     }
     (path / "run.json").write_text(json.dumps(meta))
     with (path / "records.jsonl").open("w") as f:
@@ -80,6 +88,16 @@ def test_report_end_to_end(tmp_path):
     assert row["accuracy"] == 1.0 and row["energy_wh"] == pytest.approx(400 / 3600)
     assert row["duration_s"] == pytest.approx(4.0) and row["avg_power_w"] == pytest.approx(100.0)
     assert row["accuracy_per_wh"] == pytest.approx(9.0)
+    # CEGI by hand: gold B A B A, training majority A -> 50 %; accuracy 1 -> gain 50 pp;
+    # 400 J = 1/9 Wh -> 400/9000 g at 400 g/kWh; over 1,000 trainable (paper) or 1 M parameters (variant)
+    assert row["gain_pp"] == pytest.approx(50.0)
+    assert row["cegi"] == pytest.approx((400 / 9000) / (50 * 1000 / 1e6))
+    assert row["cegi_all_parameters"] == pytest.approx((400 / 9000) / (50 * 1.0))
+    assert "CEGI (paper)" in text and "CEGI over all parameters (accuwatt variant)" in text
+    # the comparable-units table: 100 J per request, 1/9 Wh over 4 texts -> 27.8 Wh per 1k queries; the
+    # steady window (10 %..90 % of 10..14 s) holds 2 requests, too few for a steady figure
+    assert "### Comparable units" in text
+    assert "| dear | 100 | n/a | n/a | n/a | n/a | 2 | 27.8 | CPU | rapl |" in text
     assert (tmp_path / "rep" / "splits.csv").exists()
     for name in ("ds_accuracy_energy.png", "ds_energy_components.png", "ds_energy_duration.png"):
         assert (tmp_path / "rep" / "figures" / name).stat().st_size > 5000

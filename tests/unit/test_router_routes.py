@@ -19,7 +19,7 @@ from ray import cloudpickle
 from serve_app.router import Router
 
 pytestmark = pytest.mark.unit
-ROUTES = {"healthz", "models", "energy", "classify"}
+ROUTES = {"healthz", "readyz", "models", "energy", "classify"}
 
 
 def replica_endpoints() -> dict[str, Callable[..., Any]]:

@@ -1,0 +1,174 @@
+"""What the router knows about each classifier's readiness, from Serve's own deployment status.
+
+A background task in the router replica asks the Serve controller for the application's deployment
+details (the dict behind ``serve.status()``) with a bounded timeout, and derives each classifier's
+state:
+
+- ``loading``: no replica of the deployment is ``RUNNING`` yet (its constructor, e.g. a vLLM engine
+  start, is still running), or one is but the router has not read its description yet;
+- ``ready``: a replica is ``RUNNING`` and its ``describe()`` answered (labels, modes, parameters are
+  known); only then does the router send it requests;
+- ``failed``: no replica is running and Serve marks the deployment ``DEPLOY_FAILED`` or ``UNHEALTHY``;
+  ``reason`` carries Serve's message (e.g. the constructor's exception).
+
+The request path only reads the cached view (`ModelStates.view`); it waits for the first poll at most
+``FIRST_POLL_WAIT_S``. ``describe()`` is called only on a deployment Serve reports running, so the
+router never waits on a replica still in its constructor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("accuwatt.readiness")
+
+STATUS_TIMEOUT_S = 2.0
+"""Longest wait for the controller's deployment details in one poll."""
+DESCRIBE_TIMEOUT_S = 5.0
+"""Longest wait for a running replica's ``describe()``."""
+POLL_LOADING_S = 0.5
+"""Poll period while some classifier is not ready."""
+POLL_READY_S = 2.0
+"""Poll period once all are ready (a replica that dies and restarts is seen within this)."""
+FIRST_POLL_WAIT_S = 0.8
+"""The first request after the router starts waits at most this long for the first poll."""
+LOADING_RETRY_AFTER_S = 5
+FAILED_STATUSES = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
+
+
+@dataclass
+class ModelState:
+    """One classifier as the router sees it. ``description`` is its replica's ``describe()``."""
+
+    state: str = "loading"
+    reason: str | None = "the router has not yet read Serve's deployment status"
+    serve_status: str | None = None
+    description: dict[str, Any] | None = None
+    since_unix_s: float = field(default_factory=time.time)
+
+    def public(self, model_id: str) -> dict[str, Any]:
+        """The ``/v1/models`` entry: the description (when known) plus state, reason, Serve status."""
+        body: dict[str, Any] = {"id": model_id, **(self.description or {})}
+        body.update(
+            state=self.state,
+            reason=self.reason,
+            serve_status=self.serve_status,
+            since_unix_s=self.since_unix_s,
+        )
+        return body
+
+
+def _text(value: Any) -> str:
+    """An enum member or a string, as its plain value."""
+    return str(getattr(value, "value", value))
+
+
+def deployment_state(detail: dict[str, Any] | None) -> tuple[str, str | None, str | None]:
+    """``(state, reason, serve_status)`` of a deployment from its Serve details (pure); ``ready``
+    here means a replica is running (the router still has to read its description)."""
+    if detail is None:
+        return "loading", "the deployment is not registered with Serve yet", None
+    status = _text(detail.get("status", ""))
+    message = str(detail.get("message") or "") or None
+    running = sum(1 for r in detail.get("replicas") or [] if _text(r.get("state")) == "RUNNING")
+    if running:
+        return "ready", None, status
+    if status in FAILED_STATUSES:
+        return "failed", message or f"Serve reports the deployment {status}", status
+    return "loading", message or "no replica is running yet", status
+
+
+class ModelStates:
+    """The cached states of one application's classifiers, refreshed by a background task."""
+
+    def __init__(self, app_name: str, handles: dict[str, Any]) -> None:
+        self.app_name = app_name
+        self.handles = handles
+        self.states = {m: ModelState() for m in handles}
+        self._polled = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._controller: Any = None
+
+    # -- the request path ------------------------------------------------------------------------
+    async def view(self) -> dict[str, ModelState]:
+        """The current states; starts the poller on first use and waits (bounded) for its first pass."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._poll_forever())
+        if not self._polled.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._polled.wait(), FIRST_POLL_WAIT_S)
+        return self.states
+
+    def all_ready(self) -> bool:
+        return all(s.state == "ready" for s in self.states.values())
+
+    # -- the poller ------------------------------------------------------------------------------
+    async def _poll_forever(self) -> None:
+        while True:
+            try:
+                await self.poll()
+            except Exception:  # the poller must outlive any one failure
+                log.exception("readiness poll failed")
+            self._polled.set()
+            await asyncio.sleep(POLL_READY_S if self.all_ready() else POLL_LOADING_S)
+
+    async def _details(self) -> dict[str, Any] | None:
+        """This application's deployments from the controller, or ``None`` if it did not answer."""
+        import ray
+        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+        try:
+            if self._controller is None:
+                self._controller = await asyncio.to_thread(
+                    ray.get_actor, SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE
+                )
+            details = await asyncio.wait_for(
+                self._controller.get_serve_instance_details.remote(), STATUS_TIMEOUT_S
+            )
+        except Exception as exc:
+            log.warning("Serve controller status unavailable: %s", type(exc).__name__)
+            self._controller = None
+            return None
+        app = (details.get("applications") or {}).get(self.app_name) or {}
+        return dict(app.get("deployments") or {})
+
+    async def poll(self) -> None:
+        """One pass: Serve's status of every classifier, then the description of newly running ones."""
+        deployments = await self._details()
+        if deployments is None:
+            return  # keep the last known states; the next poll retries
+        to_describe = []
+        for model_id, st in self.states.items():
+            state, reason, serve_status = deployment_state(deployments.get(self._name(model_id)))
+            st.serve_status = serve_status
+            if state == "ready" and st.description is None:
+                to_describe.append(model_id)
+                state, reason = "loading", "a replica is running; reading its description"
+            self._set(model_id, st, state, reason)
+        await asyncio.gather(*(self._describe(m) for m in to_describe))
+
+    async def _describe(self, model_id: str) -> None:
+        st = self.states[model_id]
+        try:
+            st.description = await asyncio.wait_for(
+                self.handles[model_id].describe.remote(), DESCRIBE_TIMEOUT_S
+            )
+        except Exception as exc:  # retried on the next poll
+            st.reason = f"describe() of a running replica failed: {type(exc).__name__}"
+            return
+        self._set(model_id, st, "ready", None)
+
+    def _name(self, model_id: str) -> str:
+        return str(getattr(self.handles[model_id], "deployment_name", model_id))
+
+    @staticmethod
+    def _set(model_id: str, st: ModelState, state: str, reason: str | None) -> None:
+        if state != st.state:
+            log.info("classifier %s: %s -> %s (%s)", model_id, st.state, state, reason or "")
+            st.since_unix_s = time.time()
+        st.state, st.reason = state, reason

@@ -1,0 +1,79 @@
+"""Waiting for a router to be ready: ``GET /readyz`` until it answers 200.
+
+``/readyz`` is 503 while a classifier is loading (``/healthz`` is liveness only: the router answers it
+long before an LLM replica has loaded). A classifier Serve reports ``failed`` ends the wait at once
+with its reason. Any other 4xx is an answer, not "not ready yet" (a 422 from routes FastAPI misreads, a
+401 from a wrong key; issue 13's wait sat 600 s on a 422): it ends the wait at once with the status and
+the body. The one 4xx that means "not yet" is the Serve proxy's plain-text 404 for a route it has not
+learnt yet (``Path '/readyz' not found. Ping ...``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+from serve_app.replay.client import auth_headers
+
+READY_TIMEOUT_S = 900.0
+"""Default wait: a vLLM engine on a few CPU cores can take minutes to load."""
+READY_POLL_S = 0.5
+
+
+class NotReadyError(RuntimeError):
+    """The router did not become ready: a classifier failed, the wait timed out, or it refused (4xx)."""
+
+
+def raise_on_client_error(resp: httpx.Response) -> httpx.Response:
+    """Raise `NotReadyError` with the status and body on a 4xx, except the proxy's not-routed-yet 404."""
+    code = resp.status_code
+    if 400 <= code < 500 and not (code == 404 and resp.text.startswith("Path '")):
+        raise NotReadyError(f"GET {resp.request.url} answered {code}: {resp.text[:500]}")
+    return resp
+
+
+def failed_models(body: dict[str, Any]) -> dict[str, str]:
+    """``{model: reason}`` of the classifiers a ``/readyz`` body reports ``failed`` (pure)."""
+    waiting = body.get("not_ready") or {}
+    return {
+        m: str(s.get("reason"))
+        for m, s in waiting.items()
+        if isinstance(s, dict) and s.get("state") == "failed"
+    }
+
+
+async def wait_ready(
+    client: Any, base_url: str, timeout_s: float = READY_TIMEOUT_S, poll_s: float = READY_POLL_S
+) -> None:
+    """Poll ``base_url/readyz`` (``client``: an httpx.AsyncClient or a ClientPool) until it is 200."""
+    deadline = time.monotonic() + timeout_s
+    url = base_url.rstrip("/") + "/readyz"
+    last = "no answer"
+    while True:
+        try:
+            resp = raise_on_client_error(await client.get(url, timeout=min(10.0, timeout_s)))
+            if resp.status_code == 200:
+                return
+            body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
+            failed = failed_models(body) if isinstance(body, dict) else {}
+            if failed:
+                raise NotReadyError(f"{base_url}: classifiers failed to start: {failed}")
+            last = f"{resp.status_code} {resp.text[:300]}"
+        except (httpx.HTTPError, ValueError) as exc:
+            last = type(exc).__name__
+        if time.monotonic() + poll_s > deadline:
+            raise NotReadyError(f"{base_url} was not ready within {timeout_s:.0f} s (last: {last})")
+        await asyncio.sleep(poll_s)
+
+
+def wait_ready_sync(base_url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """`wait_ready` with a client of its own, for synchronous callers."""
+
+    async def run() -> None:
+        async with httpx.AsyncClient(trust_env=False, headers=auth_headers()) as client:
+            await wait_ready(client, base_url, timeout_s)
+
+    asyncio.run(run())
