@@ -146,10 +146,25 @@ class ClassifierServer:
             i += len(b)
         return out
 
-    async def _predict(self, texts: list[str], mode: str | None) -> list[Prediction]:
+    async def _predict(
+        self, texts: list[str], mode: str | None, request_id: str | None = None
+    ) -> list[Prediction]:
+        """``request_id``: a stepped request (see ``_stepped``) whose engine work goes to the ledger."""
         if self.is_async:
-            return list(await self.classifier.apredict(texts, mode))
+            if request_id is None:
+                return list(await self.classifier.apredict(texts, mode))
+            ledger = self.sampler.ledger
+
+            def on_work(prefill_tokens: int, decode_tokens: int) -> None:
+                ledger.work(request_id, prefill_tokens, decode_tokens)
+
+            return list(await self.classifier.apredict(texts, mode, on_work))
         return await self._predict_batch(texts)
+
+    @property
+    def _stepped(self) -> bool:
+        """LLM requests under the ``tokens`` rule are weighted by each engine step's tokens."""
+        return self.rule == "tokens" and self.spec.kind == "llm"
 
     async def classify(self, texts: list[str], mode: str | None, request_id: str) -> dict[str, Any]:
         tag: EnergyTag
@@ -159,16 +174,22 @@ class ClassifierServer:
             return {"predictions": [asdict(p) for p in preds], "energy": tag.model_dump()}
         ledger = self.sampler.ledger
         r0 = self.sampler.read()
+        stepped = self._stepped and r0 is not None
         if r0 is not None:
-            ledger.begin(request_id, r0, self._weight(texts))
+            ledger.begin(request_id, r0, self._weight(texts), stepped=stepped)
         try:
-            preds = await self._predict(texts, mode)
+            preds = await self._predict(texts, mode, request_id if stepped else None)
         except BaseException:
             ledger.abandon(request_id, self.sampler.read())
             raise
         r1 = self.sampler.read()
         if r0 is not None and r1 is not None:
-            tag = make_tag(ledger.end(request_id, r1), self.sampler.meter.info, self.rule, self.replica)
+            tokens = (
+                sum(p.prompt_tokens or 0 for p in preds),
+                sum(p.generated_tokens or 0 for p in preds),
+            )
+            alloc = ledger.end(request_id, r1)
+            tag = make_tag(alloc, self.sampler.meter.info, self.rule, self.replica, tokens)
             tag.flags.extend(self.coverage_flags)
             self.metrics.request_energy.observe(tag.joules or 0.0, tags(source=tag.source))
         else:

@@ -19,7 +19,7 @@ import math
 import os
 import struct
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,15 @@ from serve_app.energy.footprint import WorkerProcess, descendant_pids
 
 log = logging.getLogger(__name__)
 WHERE_TIMEOUT_S = 60.0
+
+WorkSink = Callable[[int, int], None]
+"""Receives the tokens the engine processed for a call since its last report: ``(prefill, decode)``;
+prefill: prompt tokens computed (prefix-cache hits excluded), decode: one per decode step
+(``energy.ledger.Ledger.work`` for the request)."""
+
+
+def _no_sink(prefill_tokens: int, decode_tokens: int) -> None:
+    return None
 
 
 class UnknownModeError(ValueError):
@@ -130,15 +139,18 @@ class LLMClassifier:
         """Estimated prompt tokens of these texts (template overhead + each text's tokens)."""
         return float(sum(self._overhead_tokens + len(self._encode(t)) for t in texts))
 
-    async def apredict(self, texts: list[str], mode: str | None = None) -> list[Prediction]:
-        """Classify ``texts`` (one engine request each, batched by the engine) in ``mode``."""
+    async def apredict(
+        self, texts: list[str], mode: str | None = None, on_work: WorkSink = _no_sink
+    ) -> list[Prediction]:
+        """Classify ``texts`` (one engine request each, batched by the engine) in ``mode``; every
+        engine step's tokens for them go to ``on_work`` as the engine reports them."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()  # the engine's output handler lives on this loop
         name = mode or self.spec.default_mode
         run = {"paper": self._paper, "choice": self._choice, "score": self._score}.get(name)
         if run is None:
             raise UnknownModeError(f"unknown mode {name!r}; known: {', '.join(MODES)}")
-        return list(await asyncio.gather(*(run(t) for t in texts)))
+        return list(await asyncio.gather(*(run(t, on_work) for t in texts)))
 
     async def worker_processes(self) -> list[WorkerProcess]:
         """Every vLLM worker (one per TP x PP rank): its process, Ray node and GPU (see
@@ -202,10 +214,23 @@ class LLMClassifier:
         return out
 
     # -- engine calls -----------------------------------------------------------------------------
-    async def _generate(self, prompt_ids: list[int], params: Any) -> _Gen:
+    async def _generate(self, prompt_ids: list[int], params: Any, on_work: WorkSink) -> _Gen:
+        """One engine request. Its per-step outputs report work: the first one the prefill (the prompt
+        less its prefix-cache hits; the whole prefill, even if the engine ran it in chunks) and its
+        first token, each later one the tokens decoded since (outputs are cumulative, and several
+        steps may arrive in one output when this loop falls behind)."""
         final = None
+        seen = -1  # generated tokens reported so far; -1: prefill not reported yet
         async for out in self._engine.generate({"prompt_token_ids": prompt_ids}, params, uuid.uuid4().hex):
             final = out
+            n = len(out.outputs[0].token_ids) if out.outputs else 0
+            if seen < 0:
+                computed = len(prompt_ids) - (out.num_cached_tokens or 0)
+                on_work(max(computed, 0), max(n - 1, 0))
+                seen = n
+            elif n > seen:
+                on_work(0, n - seen)
+                seen = n
         if final is None:  # pragma: no cover - the engine always yields a final output
             raise RuntimeError("vLLM returned no output")
         o = final.outputs[0]
@@ -217,36 +242,38 @@ class LLMClassifier:
 
         return SamplingParams(temperature=0.0, **kwargs)
 
-    async def _paper(self, text: str) -> Prediction:
+    async def _paper(self, text: str, on_work: WorkSink) -> Prediction:
         prompt_ids = self._encode(self._render(text))
         if not self.spec.reasoning:
-            g = await self._generate(prompt_ids, self._params(max_tokens=self.spec.paper_max_tokens))
+            params = self._params(max_tokens=self.spec.paper_max_tokens)
+            g = await self._generate(prompt_ids, params, on_work)
             generated, n_gen = g.text, len(g.token_ids)
         else:
-            generated, n_gen = await self._paper_reasoning(prompt_ids)
+            generated, n_gen = await self._paper_reasoning(prompt_ids, on_work)
         parsed = prompts.parse_answer(generated, self._labels, self.spec.reasoning)
         return Prediction(parsed.label, None, len(prompt_ids), n_gen, parsed.parsed, generated)
 
-    async def _paper_reasoning(self, prompt_ids: list[int]) -> tuple[str, int]:
+    async def _paper_reasoning(self, prompt_ids: list[int], on_work: WorkSink) -> tuple[str, int]:
         """Think at most ``reasoning_budget_tokens``, then answer in ``paper_max_tokens``."""
         budget, answer_max = self.spec.reasoning_budget_tokens, self.spec.paper_max_tokens
         text, ids = "", []
         finish: str | None = "length"
         if budget > 0:
-            g = await self._generate(prompt_ids, self._params(max_tokens=budget))
+            g = await self._generate(prompt_ids, self._params(max_tokens=budget), on_work)
             text, ids, finish = g.text, g.token_ids, g.finish_reason
         if prompts.THINK_CLOSE in text:
             if finish != "length":
                 return text, len(ids)
-            g2 = await self._generate(prompt_ids + ids, self._params(max_tokens=answer_max))
+            g2 = await self._generate(prompt_ids + ids, self._params(max_tokens=answer_max), on_work)
             return text + g2.text, len(ids) + len(g2.token_ids)
         if finish != "length":  # stopped without ever closing the thought
             return text, len(ids)
         close = "\n" + prompts.THINK_CLOSE + "\n\n"
-        g2 = await self._generate(prompt_ids + ids + self._encode(close), self._params(max_tokens=answer_max))
+        forced = prompt_ids + ids + self._encode(close)
+        g2 = await self._generate(forced, self._params(max_tokens=answer_max), on_work)
         return text + close + g2.text, len(ids) + len(g2.token_ids)
 
-    async def _choice(self, text: str) -> Prediction:
+    async def _choice(self, text: str, on_work: WorkSink) -> Prediction:
         from vllm.sampling_params import StructuredOutputsParams
 
         prompt_ids = self._encode(self._render(text) + self._prefill)
@@ -254,15 +281,16 @@ class LLMClassifier:
             max_tokens=self._choice_max_tokens,
             structured_outputs=StructuredOutputsParams(choice=list(self._labels)),
         )
-        g = await self._generate(prompt_ids, params)
+        g = await self._generate(prompt_ids, params, on_work)
         parsed = prompts.parse_choice(g.text, self._labels)
         return Prediction(parsed.label, None, len(prompt_ids), len(g.token_ids), parsed.parsed, g.text)
 
-    async def _score(self, text: str) -> Prediction:
+    async def _score(self, text: str, on_work: WorkSink) -> Prediction:
         prompt_ids = self._encode(self._render(text) + self._prefill)
         if self._first_tokens is not None:
             token_ids = list(self._first_tokens.values())
-            g = await self._generate(prompt_ids, self._params(max_tokens=1, logprob_token_ids=token_ids))
+            params = self._params(max_tokens=1, logprob_token_ids=token_ids)
+            g = await self._generate(prompt_ids, params, on_work)
             step = g.logprobs[0] if g.logprobs else {}
             logprobs = {
                 label: (step[tid].logprob if tid in step else -math.inf)
@@ -270,17 +298,20 @@ class LLMClassifier:
             }
             n_prompt, n_gen = len(prompt_ids), len(g.token_ids)
         else:
-            logprobs, n_prompt, n_gen = await self._score_sequences(prompt_ids)
+            logprobs, n_prompt, n_gen = await self._score_sequences(prompt_ids, on_work)
         scores = prompts.biased_scores(logprobs, self.spec.label_bias)
         label = prompts.argmax_label(scores, self._labels)
         return Prediction(label, scores, n_prompt, n_gen, True, None)
 
-    async def _score_sequences(self, prompt_ids: list[int]) -> tuple[dict[str, float], int, int]:
+    async def _score_sequences(
+        self, prompt_ids: list[int], on_work: WorkSink
+    ) -> tuple[dict[str, float], int, int]:
         """Labels sharing a first token: score each label's whole token sequence (one request each)."""
 
         async def one(label: str) -> tuple[str, float, int]:
             ids = self._label_ids[label]
-            g = await self._generate(prompt_ids + ids, self._params(max_tokens=1, prompt_logprobs=0))
+            params = self._params(max_tokens=1, prompt_logprobs=0)
+            g = await self._generate(prompt_ids + ids, params, on_work)
             rows = (g.prompt_logprobs or [])[-len(ids) :]
             total = sum(row[tid].logprob for row, tid in zip(rows, ids, strict=True) if row and tid in row)
             return label, total, len(prompt_ids) + len(ids)
