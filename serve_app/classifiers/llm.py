@@ -12,23 +12,21 @@ and workers are child processes of this one) and three modes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
-import os
 import struct
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serve_app.classifiers import prompts
+from serve_app.classifiers import llm_engine, llm_stages, prompts
 from serve_app.classifiers.base import ClassifierInfo, Prediction
 from serve_app.classifiers.llm_config import MODES, PREPARED_PREFIX, LLMSpec
-from serve_app.classifiers.llm_workers import WHERE_METHOD, WORKER_EXTENSION
-from serve_app.energy.footprint import WorkerProcess, descendant_pids
+from serve_app.classifiers.llm_workers import WHERE_METHOD
+from serve_app.energy.footprint import WorkerProcess
 
 log = logging.getLogger(__name__)
 WHERE_TIMEOUT_S = 60.0
@@ -97,6 +95,7 @@ class LLMClassifier:
         self._tok = tokenizer
         self._labels = tuple(spec.labels)
         self._engine_children: list[int] = []
+        self._stages: list[Any] = []  # PipelineStage actors (CPU stages on other nodes)
         self._loop: asyncio.AbstractEventLoop | None = None
         probe = self._render("")
         self._opens_think = spec.reasoning and prompts.opens_think(probe)
@@ -160,10 +159,20 @@ class LLMClassifier:
             self._loop = asyncio.get_running_loop()
         places = await self._engine.collective_rpc(WHERE_METHOD, timeout=WHERE_TIMEOUT_S)
         places = sorted(places, key=lambda p: (p["rank"] is None, p["rank"] or 0))
+        stages = list(await asyncio.gather(*(s.where.remote() for s in self._stages)))
+        keys = ("rank", "pid", "host", "device", "gpu")
+        stage_nodes = {s["node_id"] for s in stages}
         self._info.details["workers"] = [
-            {k: p[k] for k in ("rank", "pid", "host", "device", "gpu")} for p in places
+            {**{k: p[k] for k in keys}, **({"node_id": p["node_id"]} if p["node_id"] in stage_nodes else {})}
+            for p in places
         ]
-        return [
+        self._info.details["stages"] = [{"node_rank": i + 1, **s} for i, s in enumerate(stages)]
+        # A stage's ranks are children of its actor: watching the actor (children included) covers them.
+        workers = [
+            WorkerProcess(int(s["pid"]), s["node_id"], (), f"vllm-stage-{i + 1}")
+            for i, s in enumerate(stages)
+        ]
+        workers += [
             WorkerProcess(
                 int(p["pid"]),
                 p["node_id"],
@@ -171,7 +180,9 @@ class LLMClassifier:
                 f"vllm-rank-{p['rank']}",
             )
             for p in places
+            if p["node_id"] is None or p["node_id"] not in stage_nodes
         ]
+        return workers
 
     async def reset_prefix_cache(self) -> None:
         """Forget cached prompt prefixes (benchmarks: each mode starts from the same cold cache)."""
@@ -190,8 +201,10 @@ class LLMClassifier:
                     loop.run_until_complete(asyncio.sleep(0.1))
             except Exception:  # pragma: no cover - best effort on teardown
                 log.exception("engine shutdown failed")
-        _kill_pids(self._engine_children)
+        llm_engine.kill_pids(self._engine_children)
         self._engine_children = []
+        llm_stages.stop_stages(self._stages)
+        self._stages = []
 
     # -- prompts ----------------------------------------------------------------------------------
     def _render(self, text: str) -> str:
@@ -320,89 +333,6 @@ class LLMClassifier:
         return {lab: lp for lab, lp, _ in results}, sum(n for *_, n in results), len(results)
 
 
-@contextlib.contextmanager
-def _scoped_env(env: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _child_pids() -> set[int]:
-    """This process's descendants, less multiprocessing's resource tracker: the engine's start may
-    launch it, but it serves the whole process and must outlive the engine."""
-    from multiprocessing import resource_tracker
-
-    tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
-    return descendant_pids() - {os.getpid(), tracker}
-
-
-def _kill_pids(pids: list[int], grace_s: float = 5.0) -> None:
-    """Terminate, then kill, the given processes if they are still alive."""
-    import psutil
-
-    procs = []
-    for pid in pids:
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            continue
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(alive, timeout=grace_s)  # SIGKILL is not instant: return once they are gone
-
-
-def engine_args(spec: LLMSpec, model_path: str) -> Any:
-    """``AsyncEngineArgs`` for a spec (typed fields first, then ``engine_kwargs``)."""
-    from vllm.engine.arg_utils import AsyncEngineArgs
-
-    kwargs: dict[str, Any] = {
-        "model": model_path,
-        "tokenizer": spec.tokenizer,
-        "served_model_name": spec.served_model_name,
-        "dtype": spec.dtype,
-        "max_model_len": spec.max_model_len,
-        "tensor_parallel_size": spec.tensor_parallel_size,
-        "pipeline_parallel_size": spec.pipeline_parallel_size,
-        "distributed_executor_backend": spec.executor_backend,
-        "enforce_eager": spec.enforce_eager,
-        "seed": spec.seed,
-        "disable_log_stats": True,
-        "worker_extension_cls": WORKER_EXTENSION,
-    }
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    kwargs.update(spec.engine_kwargs)
-    return AsyncEngineArgs(**kwargs)
-
-
-def _start_engine(async_llm: Any, args: Any, ray_executor: bool) -> Any:
-    """Start ``AsyncLLM``. With the Ray executor, hand it the replica's placement group explicitly:
-    the engine core is a separate process (a new Ray driver) that would not see it otherwise, and its
-    GPU bundles are where the workers must go."""
-    if not ray_executor:
-        return async_llm.from_engine_args(args)
-    import ray
-    from vllm.usage.usage_lib import UsageContext
-    from vllm.v1.executor.abstract import Executor
-
-    config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
-    pg = ray.util.get_current_placement_group() if ray.is_initialized() else None
-    if pg is not None:
-        config.parallel_config.placement_group = pg
-    return async_llm(vllm_config=config, executor_class=Executor.get_class(config), log_stats=False)
-
-
 def build_llm_classifier(spec: LLMSpec) -> LLMClassifier:
     """Start the vLLM engine for ``spec`` in this process and wrap it (blocks until the engine is up).
 
@@ -414,21 +344,37 @@ def build_llm_classifier(spec: LLMSpec) -> LLMClassifier:
 
     model_path = resolve_model(spec.model)
     tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer or model_path)
-    before = _child_pids()
-    with _scoped_env(spec.engine_env()):
-        from vllm.v1.engine.async_llm import AsyncLLM
+    before = llm_engine.child_pids()
+    master, stages = None, []
+    if spec.stage_nodes > 1:  # the other stages first: the engine's start waits for their ranks
+        master = llm_stages.master_address()
+        remote = [
+            llm_engine.engine_args(spec, model_path, rank, master) for rank in range(1, spec.stage_nodes)
+        ]
+        env = {**spec.engine_env(), **spec.remote_stage_env}
+        stages = llm_stages.start_stages(remote, spec.cpus_per_worker * spec.tensor_parallel_size, env)
+    try:
+        with llm_engine.scoped_env(spec.engine_env()):
+            from vllm.v1.engine.async_llm import AsyncLLM
 
-        engine = _start_engine(AsyncLLM, engine_args(spec, model_path), spec.executor_backend == "ray")
-    children = sorted(_child_pids() - before)
+            args = llm_engine.engine_args(spec, model_path, 0, master)
+            engine = llm_engine.start_engine(AsyncLLM, args, spec.executor_backend == "ray")
+    except BaseException:
+        llm_engine.kill_pids(sorted(llm_engine.child_pids() - before))
+        llm_stages.stop_stages(stages)
+        raise
+    children = sorted(llm_engine.child_pids() - before)
     try:
         clf = LLMClassifier(spec, engine, tokenizer, model_path)
     except BaseException:
         engine.shutdown()
-        _kill_pids(children)
+        llm_engine.kill_pids(children)
+        llm_stages.stop_stages(stages)
         raise
     finally:
         # vLLM's import above leaves a stored traceback whose frames reach this one, so this frame
         # outlives the call; it must not hold the engine past close() (its __del__ at exit fails).
         del engine
     clf._engine_children = children
+    clf._stages = stages
     return clf
