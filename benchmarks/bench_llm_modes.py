@@ -204,7 +204,11 @@ def serve_comparison(
     from tests.conftest import free_port, wait_http
 
     ray.init(
-        num_cpus=8, include_dashboard=False, logging_level="ERROR", _temp_dir=tempfile.mkdtemp(prefix="aw-b-")
+        address="local",  # a private Ray, never another user's cluster on this machine
+        num_cpus=8,
+        include_dashboard=False,
+        logging_level="ERROR",
+        _temp_dir=tempfile.mkdtemp(prefix="aw-b-"),
     )
     try:
         port = free_port()

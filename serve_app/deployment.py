@@ -226,6 +226,7 @@ class ClassifierServer:
             "metered_j": sum(t.metered_j.values()),
             "attributed_j": sum(t.attributed_j.values()),
             "idle_j": sum(t.idle_j.values()),
+            "held_j": sum(t.held_j.values()),  # stepped LLM requests' intervals awaiting their tokens
             "domains": t.domains(),
             "nodes_j": joules_by_node(t.metered_j, info.node),
             "window_s": [t.started_s, t.last_s],
