@@ -22,7 +22,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "deployments" / "llm-cpu-pp2.yaml"
 TEXTS = ["a warm, funny and moving film", "dull, slow and far too long", "an utter mess", "lovely"]
-pytestmark = pytest.mark.slow
 
 
 def _scenario(out_path: str, model_dir: str) -> None:  # runs in the subprocess
