@@ -238,8 +238,10 @@ class LLMSpec(Strict):
         env = {**self.deployment.env_vars, **self.engine_env()}
         pg = self.placement()
         num_gpus = self.gpus_per_replica if self.on_gpu and not self.workers_are_actors else 0.0
+        # CPU stages across nodes: stage 0's ranks are the replica's children, so it holds their CPUs.
+        stage0_cpus = self.cpus_per_worker * self.tensor_parallel_size if self.stage_nodes > 1 else 0.0
         actor: dict[str, Any] = {
-            "num_cpus": self.deployment.num_cpus,
+            "num_cpus": self.deployment.num_cpus + stage0_cpus,
             "num_gpus": num_gpus,
             "runtime_env": {"env_vars": env},
         }

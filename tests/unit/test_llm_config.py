@@ -211,6 +211,7 @@ def test_cpu_pipeline_across_nodes_is_one_bundle_per_stage_strictly_spread() -> 
     assert opts["placement_group_bundles"] == [{"CPU": 1.0}, {"CPU": 0.5}]
     assert opts["placement_group_strategy"] == "STRICT_SPREAD"
     assert opts["ray_actor_options"]["num_gpus"] == 0
+    assert opts["ray_actor_options"]["num_cpus"] == 1.0  # the replica holds stage 0's rank (its child)
     gpu = LLMSpec.model_validate(
         {"id": "g", "model": "m", "labels": ["a"], "pipeline_parallel_size": 2, "pipeline_spans_nodes": True}
     )
