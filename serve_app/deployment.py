@@ -147,10 +147,26 @@ class ClassifierServer:
             i += len(b)
         return out
 
-    async def _predict(self, texts: list[str], mode: str | None) -> list[Prediction]:
+    async def _predict(
+        self, texts: list[str], mode: str | None, request_id: str | None = None
+    ) -> list[Prediction]:
+        """``request_id``: the ledger key of a stepped request (see ``_stepped``) whose engine work goes
+        to the ledger."""
         if self.is_async:
-            return list(await self.classifier.apredict(texts, mode))
+            if request_id is None:
+                return list(await self.classifier.apredict(texts, mode))
+            ledger = self.sampler.ledger
+
+            def on_work(prefill_tokens: int, decode_tokens: int) -> None:
+                ledger.work(request_id, prefill_tokens, decode_tokens)
+
+            return list(await self.classifier.apredict(texts, mode, on_work))
         return await self._predict_batch(texts)
+
+    @property
+    def _stepped(self) -> bool:
+        """LLM requests under the ``tokens`` rule are weighted by each engine step's tokens."""
+        return self.rule == "tokens" and self.spec.kind == "llm"
 
     async def classify(self, texts: list[str], mode: str | None, request_id: str) -> dict[str, Any]:
         """``request_id`` is the client's correlation id, not unique (two clients, or one, may send
@@ -162,16 +178,22 @@ class ClassifierServer:
             return {"predictions": [asdict(p) for p in preds], "energy": tag.model_dump()}
         ledger, key = self.sampler.ledger, f"{request_id}#{uuid.uuid4().hex}"
         r0 = self.sampler.read()
+        stepped = self._stepped and r0 is not None
         if r0 is not None:
-            ledger.begin(key, r0, self._weight(texts))
+            ledger.begin(key, r0, self._weight(texts), stepped=stepped)
         try:
-            preds = await self._predict(texts, mode)
+            preds = await self._predict(texts, mode, key if stepped else None)
         except BaseException:
             ledger.abandon(key, self.sampler.read())
             raise
         r1 = self.sampler.read()
         if r0 is not None and r1 is not None:
-            tag = make_tag(ledger.end(key, r1), self.sampler.meter.info, self.rule, self.replica)
+            tokens = (
+                sum(p.prompt_tokens or 0 for p in preds),
+                sum(p.generated_tokens or 0 for p in preds),
+            )
+            alloc = ledger.end(key, r1)
+            tag = make_tag(alloc, self.sampler.meter.info, self.rule, self.replica, tokens)
             tag.flags.extend(self.coverage_flags)
             self.metrics.request_energy.observe(tag.joules or 0.0, tags(source=tag.source))
         else:
@@ -209,6 +231,7 @@ class ClassifierServer:
             "metered_j": sum(t.metered_j.values()),
             "attributed_j": sum(t.attributed_j.values()),
             "idle_j": sum(t.idle_j.values()),
+            "held_j": sum(t.held_j.values()),  # stepped LLM requests' intervals awaiting their tokens
             "domains": t.domains(),
             "nodes_j": joules_by_node(t.metered_j, info.node),
             "window_s": [t.started_s, t.last_s],

@@ -12,26 +12,33 @@ and workers are child processes of this one) and three modes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
-import os
 import struct
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serve_app.classifiers import prompts
+from serve_app.classifiers import llm_engine, llm_stages, prompts
 from serve_app.classifiers.base import ClassifierInfo, Prediction
 from serve_app.classifiers.llm_config import MODES, PREPARED_PREFIX, LLMSpec
-from serve_app.classifiers.llm_workers import WHERE_METHOD, WORKER_EXTENSION
-from serve_app.energy.footprint import WorkerProcess, descendant_pids
+from serve_app.classifiers.llm_workers import WHERE_METHOD
+from serve_app.energy.footprint import WorkerProcess
 
 log = logging.getLogger(__name__)
 WHERE_TIMEOUT_S = 60.0
+
+WorkSink = Callable[[int, int], None]
+"""Receives the tokens the engine processed for a call since its last report: ``(prefill, decode)``;
+prefill: prompt tokens computed (prefix-cache hits excluded), decode: one per decode step
+(``energy.ledger.Ledger.work`` for the request)."""
+
+
+def _no_sink(prefill_tokens: int, decode_tokens: int) -> None:
+    return None
 
 
 class UnknownModeError(ValueError):
@@ -88,6 +95,7 @@ class LLMClassifier:
         self._tok = tokenizer
         self._labels = tuple(spec.labels)
         self._engine_children: list[int] = []
+        self._stages: list[Any] = []  # PipelineStage actors (CPU stages on other nodes)
         self._loop: asyncio.AbstractEventLoop | None = None
         probe = self._render("")
         self._opens_think = spec.reasoning and prompts.opens_think(probe)
@@ -131,15 +139,18 @@ class LLMClassifier:
         """Estimated prompt tokens of these texts (template overhead + each text's tokens)."""
         return float(sum(self._overhead_tokens + len(self._encode(t)) for t in texts))
 
-    async def apredict(self, texts: list[str], mode: str | None = None) -> list[Prediction]:
-        """Classify ``texts`` (one engine request each, batched by the engine) in ``mode``."""
+    async def apredict(
+        self, texts: list[str], mode: str | None = None, on_work: WorkSink = _no_sink
+    ) -> list[Prediction]:
+        """Classify ``texts`` (one engine request each, batched by the engine) in ``mode``; every
+        engine step's tokens for them go to ``on_work`` as the engine reports them."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()  # the engine's output handler lives on this loop
         name = mode or self.spec.default_mode
         run = {"paper": self._paper, "choice": self._choice, "score": self._score}.get(name)
         if run is None:
             raise UnknownModeError(f"unknown mode {name!r}; known: {', '.join(MODES)}")
-        return list(await asyncio.gather(*(run(t) for t in texts)))
+        return list(await asyncio.gather(*(run(t, on_work) for t in texts)))
 
     async def worker_processes(self) -> list[WorkerProcess]:
         """Every vLLM worker (one per TP x PP rank): its process, Ray node and GPU (see
@@ -149,10 +160,20 @@ class LLMClassifier:
             self._loop = asyncio.get_running_loop()
         places = await self._engine.collective_rpc(WHERE_METHOD, timeout=WHERE_TIMEOUT_S)
         places = sorted(places, key=lambda p: (p["rank"] is None, p["rank"] or 0))
+        stages = list(await asyncio.gather(*(s.where.remote() for s in self._stages)))
+        keys = ("rank", "pid", "host", "device", "gpu")
+        stage_nodes = {s["node_id"] for s in stages}
         self._info.details["workers"] = [
-            {k: p[k] for k in ("rank", "pid", "host", "device", "gpu")} for p in places
+            {**{k: p[k] for k in keys}, **({"node_id": p["node_id"]} if p["node_id"] in stage_nodes else {})}
+            for p in places
         ]
-        return [
+        self._info.details["stages"] = [{"node_rank": i + 1, **s} for i, s in enumerate(stages)]
+        # A stage's ranks are children of its actor: watching the actor (children included) covers them.
+        workers = [
+            WorkerProcess(int(s["pid"]), s["node_id"], (), f"vllm-stage-{i + 1}")
+            for i, s in enumerate(stages)
+        ]
+        workers += [
             WorkerProcess(
                 int(p["pid"]),
                 p["node_id"],
@@ -160,7 +181,9 @@ class LLMClassifier:
                 f"vllm-rank-{p['rank']}",
             )
             for p in places
+            if p["node_id"] is None or p["node_id"] not in stage_nodes
         ]
+        return workers
 
     async def reset_prefix_cache(self) -> None:
         """Forget cached prompt prefixes (benchmarks: each mode starts from the same cold cache)."""
@@ -179,8 +202,10 @@ class LLMClassifier:
                     loop.run_until_complete(asyncio.sleep(0.1))
             except Exception:  # pragma: no cover - best effort on teardown
                 log.exception("engine shutdown failed")
-        _kill_pids(self._engine_children)
+        llm_engine.kill_pids(self._engine_children)
         self._engine_children = []
+        llm_stages.stop_stages(self._stages)
+        self._stages = []
 
     # -- prompts ----------------------------------------------------------------------------------
     def _render(self, text: str) -> str:
@@ -203,10 +228,23 @@ class LLMClassifier:
         return out
 
     # -- engine calls -----------------------------------------------------------------------------
-    async def _generate(self, prompt_ids: list[int], params: Any) -> _Gen:
+    async def _generate(self, prompt_ids: list[int], params: Any, on_work: WorkSink) -> _Gen:
+        """One engine request. Its per-step outputs report work: the first one the prefill (the prompt
+        less its prefix-cache hits; the whole prefill, even if the engine ran it in chunks) and its
+        first token, each later one the tokens decoded since (outputs are cumulative, and several
+        steps may arrive in one output when this loop falls behind)."""
         final = None
+        seen = -1  # generated tokens reported so far; -1: prefill not reported yet
         async for out in self._engine.generate({"prompt_token_ids": prompt_ids}, params, uuid.uuid4().hex):
             final = out
+            n = len(out.outputs[0].token_ids) if out.outputs else 0
+            if seen < 0:
+                computed = len(prompt_ids) - (out.num_cached_tokens or 0)
+                on_work(max(computed, 0), max(n - 1, 0))
+                seen = n
+            elif n > seen:
+                on_work(0, n - seen)
+                seen = n
         if final is None:  # pragma: no cover - the engine always yields a final output
             raise RuntimeError("vLLM returned no output")
         o = final.outputs[0]
@@ -218,36 +256,38 @@ class LLMClassifier:
 
         return SamplingParams(temperature=0.0, **kwargs)
 
-    async def _paper(self, text: str) -> Prediction:
+    async def _paper(self, text: str, on_work: WorkSink) -> Prediction:
         prompt_ids = self._encode(self._render(text))
         if not self.spec.reasoning:
-            g = await self._generate(prompt_ids, self._params(max_tokens=self.spec.paper_max_tokens))
+            params = self._params(max_tokens=self.spec.paper_max_tokens)
+            g = await self._generate(prompt_ids, params, on_work)
             generated, n_gen = g.text, len(g.token_ids)
         else:
-            generated, n_gen = await self._paper_reasoning(prompt_ids)
+            generated, n_gen = await self._paper_reasoning(prompt_ids, on_work)
         parsed = prompts.parse_answer(generated, self._labels, self.spec.reasoning)
         return Prediction(parsed.label, None, len(prompt_ids), n_gen, parsed.parsed, generated)
 
-    async def _paper_reasoning(self, prompt_ids: list[int]) -> tuple[str, int]:
+    async def _paper_reasoning(self, prompt_ids: list[int], on_work: WorkSink) -> tuple[str, int]:
         """Think at most ``reasoning_budget_tokens``, then answer in ``paper_max_tokens``."""
         budget, answer_max = self.spec.reasoning_budget_tokens, self.spec.paper_max_tokens
         text, ids = "", []
         finish: str | None = "length"
         if budget > 0:
-            g = await self._generate(prompt_ids, self._params(max_tokens=budget))
+            g = await self._generate(prompt_ids, self._params(max_tokens=budget), on_work)
             text, ids, finish = g.text, g.token_ids, g.finish_reason
         if prompts.THINK_CLOSE in text:
             if finish != "length":
                 return text, len(ids)
-            g2 = await self._generate(prompt_ids + ids, self._params(max_tokens=answer_max))
+            g2 = await self._generate(prompt_ids + ids, self._params(max_tokens=answer_max), on_work)
             return text + g2.text, len(ids) + len(g2.token_ids)
         if finish != "length":  # stopped without ever closing the thought
             return text, len(ids)
         close = "\n" + prompts.THINK_CLOSE + "\n\n"
-        g2 = await self._generate(prompt_ids + ids + self._encode(close), self._params(max_tokens=answer_max))
+        forced = prompt_ids + ids + self._encode(close)
+        g2 = await self._generate(forced, self._params(max_tokens=answer_max), on_work)
         return text + close + g2.text, len(ids) + len(g2.token_ids)
 
-    async def _choice(self, text: str) -> Prediction:
+    async def _choice(self, text: str, on_work: WorkSink) -> Prediction:
         from vllm.sampling_params import StructuredOutputsParams
 
         prompt_ids = self._encode(self._render(text) + self._prefill)
@@ -255,15 +295,16 @@ class LLMClassifier:
             max_tokens=self._choice_max_tokens,
             structured_outputs=StructuredOutputsParams(choice=list(self._labels)),
         )
-        g = await self._generate(prompt_ids, params)
+        g = await self._generate(prompt_ids, params, on_work)
         parsed = prompts.parse_choice(g.text, self._labels)
         return Prediction(parsed.label, None, len(prompt_ids), len(g.token_ids), parsed.parsed, g.text)
 
-    async def _score(self, text: str) -> Prediction:
+    async def _score(self, text: str, on_work: WorkSink) -> Prediction:
         prompt_ids = self._encode(self._render(text) + self._prefill)
         if self._first_tokens is not None:
             token_ids = list(self._first_tokens.values())
-            g = await self._generate(prompt_ids, self._params(max_tokens=1, logprob_token_ids=token_ids))
+            params = self._params(max_tokens=1, logprob_token_ids=token_ids)
+            g = await self._generate(prompt_ids, params, on_work)
             step = g.logprobs[0] if g.logprobs else {}
             logprobs = {
                 label: (step[tid].logprob if tid in step else -math.inf)
@@ -271,106 +312,26 @@ class LLMClassifier:
             }
             n_prompt, n_gen = len(prompt_ids), len(g.token_ids)
         else:
-            logprobs, n_prompt, n_gen = await self._score_sequences(prompt_ids)
+            logprobs, n_prompt, n_gen = await self._score_sequences(prompt_ids, on_work)
         scores = prompts.biased_scores(logprobs, self.spec.label_bias)
         label = prompts.argmax_label(scores, self._labels)
         return Prediction(label, scores, n_prompt, n_gen, True, None)
 
-    async def _score_sequences(self, prompt_ids: list[int]) -> tuple[dict[str, float], int, int]:
+    async def _score_sequences(
+        self, prompt_ids: list[int], on_work: WorkSink
+    ) -> tuple[dict[str, float], int, int]:
         """Labels sharing a first token: score each label's whole token sequence (one request each)."""
 
         async def one(label: str) -> tuple[str, float, int]:
             ids = self._label_ids[label]
-            g = await self._generate(prompt_ids + ids, self._params(max_tokens=1, prompt_logprobs=0))
+            params = self._params(max_tokens=1, prompt_logprobs=0)
+            g = await self._generate(prompt_ids + ids, params, on_work)
             rows = (g.prompt_logprobs or [])[-len(ids) :]
             total = sum(row[tid].logprob for row, tid in zip(rows, ids, strict=True) if row and tid in row)
             return label, total, len(prompt_ids) + len(ids)
 
         results = await asyncio.gather(*(one(label) for label in self._labels))
         return {lab: lp for lab, lp, _ in results}, sum(n for *_, n in results), len(results)
-
-
-@contextlib.contextmanager
-def _scoped_env(env: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _child_pids() -> set[int]:
-    """This process's descendants, less multiprocessing's resource tracker: the engine's start may
-    launch it, but it serves the whole process and must outlive the engine."""
-    from multiprocessing import resource_tracker
-
-    tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
-    return descendant_pids() - {os.getpid(), tracker}
-
-
-def _kill_pids(pids: list[int], grace_s: float = 5.0) -> None:
-    """Terminate, then kill, the given processes if they are still alive."""
-    import psutil
-
-    procs = []
-    for pid in pids:
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            continue
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(alive, timeout=grace_s)  # SIGKILL is not instant: return once they are gone
-
-
-def engine_args(spec: LLMSpec, model_path: str) -> Any:
-    """``AsyncEngineArgs`` for a spec (typed fields first, then ``engine_kwargs``)."""
-    from vllm.engine.arg_utils import AsyncEngineArgs
-
-    kwargs: dict[str, Any] = {
-        "model": model_path,
-        "tokenizer": spec.tokenizer,
-        "served_model_name": spec.served_model_name,
-        "dtype": spec.dtype,
-        "max_model_len": spec.max_model_len,
-        "tensor_parallel_size": spec.tensor_parallel_size,
-        "pipeline_parallel_size": spec.pipeline_parallel_size,
-        "distributed_executor_backend": spec.executor_backend,
-        "enforce_eager": spec.enforce_eager,
-        "seed": spec.seed,
-        "disable_log_stats": True,
-        "worker_extension_cls": WORKER_EXTENSION,
-    }
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    kwargs.update(spec.engine_kwargs)
-    return AsyncEngineArgs(**kwargs)
-
-
-def _start_engine(async_llm: Any, args: Any, ray_executor: bool) -> Any:
-    """Start ``AsyncLLM``. With the Ray executor, hand it the replica's placement group explicitly:
-    the engine core is a separate process (a new Ray driver) that would not see it otherwise, and its
-    GPU bundles are where the workers must go."""
-    if not ray_executor:
-        return async_llm.from_engine_args(args)
-    import ray
-    from vllm.usage.usage_lib import UsageContext
-    from vllm.v1.executor.abstract import Executor
-
-    config = args.create_engine_config(UsageContext.ENGINE_CONTEXT)
-    pg = ray.util.get_current_placement_group() if ray.is_initialized() else None
-    if pg is not None:
-        config.parallel_config.placement_group = pg
-    return async_llm(vllm_config=config, executor_class=Executor.get_class(config), log_stats=False)
 
 
 def build_llm_classifier(spec: LLMSpec) -> LLMClassifier:
@@ -384,21 +345,37 @@ def build_llm_classifier(spec: LLMSpec) -> LLMClassifier:
 
     model_path = resolve_model(spec.model)
     tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer or model_path)
-    before = _child_pids()
-    with _scoped_env(spec.engine_env()):
-        from vllm.v1.engine.async_llm import AsyncLLM
+    before = llm_engine.child_pids()
+    master, stages = None, []
+    if spec.stage_nodes > 1:  # the other stages first: the engine's start waits for their ranks
+        master = llm_stages.master_address()
+        remote = [
+            llm_engine.engine_args(spec, model_path, rank, master) for rank in range(1, spec.stage_nodes)
+        ]
+        env = {**spec.engine_env(), **spec.remote_stage_env}
+        stages = llm_stages.start_stages(remote, spec.cpus_per_worker * spec.tensor_parallel_size, env)
+    try:
+        with llm_engine.scoped_env(spec.engine_env()):
+            from vllm.v1.engine.async_llm import AsyncLLM
 
-        engine = _start_engine(AsyncLLM, engine_args(spec, model_path), spec.executor_backend == "ray")
-    children = sorted(_child_pids() - before)
+            args = llm_engine.engine_args(spec, model_path, 0, master)
+            engine = llm_engine.start_engine(AsyncLLM, args, spec.executor_backend == "ray")
+    except BaseException:
+        llm_engine.kill_pids(sorted(llm_engine.child_pids() - before))
+        llm_stages.stop_stages(stages)
+        raise
+    children = sorted(llm_engine.child_pids() - before)
     try:
         clf = LLMClassifier(spec, engine, tokenizer, model_path)
     except BaseException:
         engine.shutdown()
-        _kill_pids(children)
+        llm_engine.kill_pids(children)
+        llm_stages.stop_stages(stages)
         raise
     finally:
         # vLLM's import above leaves a stored traceback whose frames reach this one, so this frame
         # outlives the call; it must not hold the engine past close() (its __del__ at exit fails).
         del engine
     clf._engine_children = children
+    clf._stages = stages
     return clf

@@ -4,6 +4,13 @@ One replica of an LLM deployment owns ``tensor_parallel_size * pipeline_parallel
 :meth:`LLMSpec.serve_options` turns the spec into Ray Serve deployment options: a placement group
 whose first bundle holds the replica actor and whose further bundles hold the vLLM workers (one GPU
 each on GPU specs), so that the GPUs belong to the replica and the replica's energy meter can own them.
+
+Pipeline stages across nodes (``pipeline_spans_nodes``): on GPUs, vLLM's Ray executor places the
+workers in the replica's bundles. vLLM for CPU refuses the Ray executor, so on CPU the
+multiprocessing executor runs in its multi-node mode, one node per stage: the replica runs stage 0
+(``node_rank`` 0, its engine and its TP ranks), and every further stage is a headless executor in a
+``llm_stages.PipelineStage`` actor in its own bundle; the bundles are ``STRICT_SPREAD``, so each stage
+sits on a different Ray node.
 """
 
 from __future__ import annotations
@@ -65,7 +72,11 @@ class LLMSpec(Strict):
     placement_strategy: PlacementStrategy | None = None
     """None: ``STRICT_PACK`` (one node) unless pipeline stages span nodes (then ``PACK``)."""
     pipeline_spans_nodes: bool = False
-    """Pipeline stages may sit on different nodes (the two-node experiment)."""
+    """Pipeline stages may sit on different nodes (the two-node experiment); on CPU each stage *must*
+    sit on its own node (see the module doc)."""
+    remote_stage_env: dict[str, str] = Field(default_factory=dict)
+    """CPU stages on other nodes: environment overrides beside ``env_vars`` (e.g. their own
+    ``VLLM_CPU_OMP_THREADS_BIND`` when the nodes share a machine)."""
     gpus_per_worker: float = Field(1.0, ge=0)
     """GPUs per vLLM worker (rank); 0 makes a CPU-only spec (vLLM for CPU)."""
     cpus_per_worker: float = Field(1.0, ge=0)
@@ -128,15 +139,17 @@ class LLMSpec(Strict):
             raise ValueError("distributed_executor_backend 'uni' runs one worker; TP*PP > 1 needs mp or ray")
         if not self.on_gpu and self.distributed_executor_backend == "ray":
             raise ValueError("vLLM for CPU refuses the ray executor; use mp")
-        if not self.on_gpu and self.pipeline_spans_nodes:
-            raise ValueError("pipeline stages across nodes need GPUs (the ray executor)")
         if self.pipeline_spans_nodes and self.pipeline_parallel_size < 2:
             raise ValueError("pipeline_spans_nodes needs pipeline_parallel_size >= 2")
-        if self.pipeline_spans_nodes and self.executor_backend != "ray":
+        if self.on_gpu and self.pipeline_spans_nodes and self.executor_backend != "ray":
             raise ValueError(
-                "pipeline stages across nodes need the ray executor (mp runs every rank locally)"
+                "pipeline stages across nodes on GPUs need the ray executor (mp runs every rank locally)"
             )
-        if self.placement_strategy == "STRICT_SPREAD" and self.tensor_parallel_size > 1:
+        if self.remote_stage_env and self.stage_nodes == 1:
+            raise ValueError("remote_stage_env applies to CPU pipeline stages across nodes only")
+        if self.stage_nodes > 1 and self.placement_strategy not in (None, "STRICT_SPREAD"):
+            raise ValueError("CPU pipeline stages across nodes need STRICT_SPREAD (one node per stage)")
+        if self.placement_strategy == "STRICT_SPREAD" and self.tensor_parallel_size > 1 and self.on_gpu:
             raise ValueError("STRICT_SPREAD would split tensor-parallel ranks across nodes")
         if self.pipeline_spans_nodes and self.placement_strategy == "STRICT_PACK":
             raise ValueError("STRICT_PACK keeps every stage on one node; drop pipeline_spans_nodes")
@@ -152,6 +165,12 @@ class LLMSpec(Strict):
     @property
     def on_gpu(self) -> bool:
         return self.gpus_per_worker > 0
+
+    @property
+    def stage_nodes(self) -> int:
+        """Nodes of vLLM's multiprocessing multi-node mode (``nnodes``): one per pipeline stage for CPU
+        stages across nodes, else 1 (on GPUs the Ray executor places the stages)."""
+        return self.pipeline_parallel_size if self.pipeline_spans_nodes and not self.on_gpu else 1
 
     @property
     def gpus_per_replica(self) -> float:
@@ -189,6 +208,13 @@ class LLMSpec(Strict):
             return None
         # The replica actor's own resources (custom ones included) must fit in the first bundle.
         replica = {"CPU": self.deployment.num_cpus, **self.deployment.resources}
+        if self.stage_nodes > 1:
+            # CPU stages across nodes: stage 0's ranks are the replica's children (its bundle); each
+            # further stage is an actor with its ranks as children, in a bundle on another node.
+            stage_cpus = self.cpus_per_worker * self.tensor_parallel_size
+            bundles = [{**replica, "CPU": replica["CPU"] + stage_cpus}]
+            bundles += [{"CPU": stage_cpus} for _ in range(self.stage_nodes - 1)]
+            return [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.01} for b in bundles], "STRICT_SPREAD"
         if self.on_gpu and not self.workers_are_actors:
             # Every worker is a child process of the replica (the engine core, or the mp executor's
             # workers): they see the GPUs Ray gives the replica, so the replica holds them all.
@@ -212,8 +238,10 @@ class LLMSpec(Strict):
         env = {**self.deployment.env_vars, **self.engine_env()}
         pg = self.placement()
         num_gpus = self.gpus_per_replica if self.on_gpu and not self.workers_are_actors else 0.0
+        # CPU stages across nodes: stage 0's ranks are the replica's children, so it holds their CPUs.
+        stage0_cpus = self.cpus_per_worker * self.tensor_parallel_size if self.stage_nodes > 1 else 0.0
         actor: dict[str, Any] = {
-            "num_cpus": self.deployment.num_cpus,
+            "num_cpus": self.deployment.num_cpus + stage0_cpus,
             "num_gpus": num_gpus,
             "runtime_env": {"env_vars": env},
         }

@@ -1,7 +1,7 @@
 """Where vLLM runs a replica's model: each worker reports its process, Ray node and GPU.
 
 vLLM mixes :class:`WorkerPlace` into its worker class (``worker_extension_cls``, set by
-``llm.engine_args``) and ``LLMClassifier.worker_processes`` asks every rank through
+``llm_engine.engine_args``) and ``LLMClassifier.worker_processes`` asks every rank through
 ``collective_rpc("accuwatt_where")``. This works the same for every executor: ``uni`` (the worker is
 the engine core, a child of the replica), ``mp`` (children of the engine core), and ``ray`` (actors in
 the replica's placement group, on several nodes with pipeline parallelism), so the replica's meter
@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import socket
 from typing import Any
+
+from serve_app.classifiers.llm_stages import NODE_ID_ENV
 
 WORKER_EXTENSION = "serve_app.classifiers.llm_workers.WorkerPlace"
 WHERE_METHOD = "accuwatt_where"
@@ -43,12 +45,16 @@ def describe_worker(device: Any, rank: int | None) -> dict[str, Any]:
 
 
 def _ray_node_id() -> str | None:
+    """The Ray node of this process: its own, in a Ray worker; else the one a pipeline stage actor
+    put in the environment of the ranks it started (``llm_stages.NODE_ID_ENV``)."""
     try:
         import ray
 
-        return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else None
+        if ray.is_initialized():
+            return str(ray.get_runtime_context().get_node_id())
     except Exception:  # not a Ray worker
-        return None
+        pass
+    return os.environ.get(NODE_ID_ENV) or None
 
 
 def _gpu_id(device: Any) -> str | None:

@@ -14,10 +14,23 @@ counter range).
 Rules (``EnergyConfig.attribution``):
 - ``time``: equal shares among the requests active in the interval (pure time overlap).
 - ``texts``: shares proportional to each request's number of texts.
-- ``tokens``: proportional to each request's token count (prompt tokens known at start; the LLM
-  classifier may update the weight when generation ends).
+- ``tokens``: proportional to each request's token count. Traditional classifiers: an estimate from
+  the texts, fixed at start. LLM requests are *stepped* (``begin(..., stepped=True)``): the classifier
+  reports, through :meth:`Ledger.work`, the tokens the engine processed for the request at each step
+  (its prefill: the prompt tokens not served from the prefix cache; then one per decode step).
 
-Units: J, s. Thread-safe: the sampler thread and request handlers call in concurrently.
+Stepped requests: an interval's energy is split among the stepped requests active in it in
+proportion to the tokens reported for them since the last split; a request with no tokens reported
+gets none of it. The engine reports a step when its output reaches the replica, which may be several
+readings after the step began, so intervals in which no sharer reported any work are *held* (with
+the set of requests active in them) until work is reported, and then split by that work among their
+own sharers. A held interval whose sharers report nothing before one of them ends falls back to the
+standing weights (``begin``'s ``weight``): that share is the request's ``unstepped_j``. Each share is
+divided between ``prefill_j`` and ``decode_j`` in proportion to the request's reported prefill and
+decode tokens. Held energy is metered but not yet attributed: ``metered = attributed + idle + held``,
+and ``held`` is 0 whenever no request is open.
+
+Units: J, s, tokens. Thread-safe: the sampler thread and request handlers call in concurrently.
 """
 
 from __future__ import annotations
@@ -38,6 +51,33 @@ class _Open:
     energy_j: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     intervals: int = 0
     max_sharers: int = 1
+    stepped: bool = False
+    new_prefill: int = 0  # tokens reported since the last split
+    new_decode: int = 0
+    prefill_tokens: int = 0  # tokens reported in all
+    decode_tokens: int = 0
+    prefill_j: float = 0.0
+    decode_j: float = 0.0
+
+
+@dataclass
+class _Held:
+    """Energy of consecutive intervals with the same sharers, waiting for their reported work."""
+
+    deltas: dict[str, float]
+    sharers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StepShare:
+    """A stepped request's work and its energy by phase. Units: tokens, J.
+    ``unstepped_j``: the part split by standing weight (no sharer reported work in those intervals)."""
+
+    prefill_tokens: int
+    decode_tokens: int
+    prefill_j: float
+    decode_j: float
+    unstepped_j: float
 
 
 @dataclass(frozen=True)
@@ -52,6 +92,8 @@ class Allocation:
     weight: float
     intervals: int
     max_sharers: int
+    steps: StepShare | None = None
+    """Stepped requests only (see the module doc)."""
 
     @property
     def joules(self) -> float:
@@ -74,6 +116,8 @@ class LedgerTotals:
     readings: int
     resets: int
     requests: int
+    held_j: dict[str, float] = field(default_factory=dict)
+    """Metered in intervals shared by stepped requests, not split yet (see the module doc)."""
 
     @staticmethod
     def _by_domain(d: dict[str, float]) -> dict[str, float]:
@@ -87,6 +131,7 @@ class LedgerTotals:
             "metered": self._by_domain(self.metered_j),
             "attributed": self._by_domain(self.attributed_j),
             "idle": self._by_domain(self.idle_j),
+            "held": self._by_domain(self.held_j),
         }
 
 
@@ -101,6 +146,7 @@ class Ledger:
         self._metered: dict[str, float] = defaultdict(float)
         self._attributed: dict[str, float] = defaultdict(float)
         self._idle: dict[str, float] = defaultdict(float)
+        self._held: list[_Held] = []
         self._readings = 1
         self._resets = 0
         self._requests = 0
@@ -134,41 +180,104 @@ class Ledger:
             self._last_change_s = reading.t_s
         self._last = reading
         self._readings += 1
-        total_w = sum(o.weight for o in self._open.values())
         for key, delta in deltas.items():
             self._metered[key] += delta
-            if not self._open or total_w <= 0:
+            if not self._open:
                 self._idle[key] += delta
-                continue
-            for o in self._open.values():
-                share = delta * (o.weight / total_w)
-                o.energy_j[key] += share
-                self._attributed[key] += share
+        if self._open and deltas:
+            if any(o.stepped for o in self._open.values()):
+                self._hold(deltas)
+            else:
+                self._split_by_weight(deltas, list(self._open.values()))
+        if self._held and any(o.new_prefill or o.new_decode for o in self._open.values()):
+            self._settle()  # work reported before any energy appeared waits for that energy
         if self._open and reading.t_s > prev.t_s:  # a batch re-observing one reading is no new interval
             n = len(self._open)
             for o in self._open.values():
                 o.intervals += 1
                 o.max_sharers = max(o.max_sharers, n)
 
+    def _split_by_weight(self, deltas: dict[str, float], sharers: list[_Open]) -> None:
+        total_w = sum(o.weight for o in sharers)
+        for key, delta in deltas.items():
+            for o in sharers:
+                share = delta * (o.weight / total_w)
+                o.energy_j[key] += share
+                self._attributed[key] += share
+
+    def _hold(self, deltas: dict[str, float]) -> None:
+        sharers = tuple(self._open)
+        if self._held and self._held[-1].sharers == sharers:
+            last = self._held[-1].deltas
+            for key, delta in deltas.items():
+                last[key] = last.get(key, 0.0) + delta
+        else:
+            self._held.append(_Held(dict(deltas), sharers))
+
+    def _settle(self) -> None:
+        """Split every held interval by the work its sharers reported since the last split (by
+        standing weight where none did); start counting work afresh."""
+        for held in self._held:
+            sharers = [self._open[r] for r in held.sharers]  # a request leaves only after a settle
+            work = {id(o): o.new_prefill + o.new_decode for o in sharers}
+            total = sum(work.values())
+            if total <= 0:
+                self._split_by_weight(held.deltas, sharers)
+                continue
+            for o in sharers:
+                if not work[id(o)]:
+                    continue
+                fraction = work[id(o)] / total
+                prefill_part = o.new_prefill / work[id(o)]
+                for key, delta in held.deltas.items():
+                    share = delta * fraction
+                    o.energy_j[key] += share
+                    self._attributed[key] += share
+                    o.prefill_j += share * prefill_part
+                    o.decode_j += share * (1.0 - prefill_part)
+        self._held = []
+        for o in self._open.values():
+            o.new_prefill = o.new_decode = 0
+
     # -- requests ------------------------------------------------------------------------------
-    def begin(self, request_id: str, reading: Reading, weight: float = 1.0) -> None:
-        """Start a request at ``reading`` (which closes the interval before it)."""
+    def begin(self, request_id: str, reading: Reading, weight: float = 1.0, stepped: bool = False) -> None:
+        """Start a request at ``reading`` (which closes the interval before it). ``weight``: its
+        standing weight; ``stepped``: its work will be reported through :meth:`work`."""
         with self._lock:
             self._observe(reading)
             if request_id in self._open:
                 raise KeyError(f"request {request_id!r} is already open")
-            self._open[request_id] = _Open(weight=max(weight, 1e-9), start_s=reading.t_s)
+            self._open[request_id] = _Open(weight=max(weight, 1e-9), start_s=reading.t_s, stepped=stepped)
 
     def reweight(self, request_id: str, weight: float) -> None:
-        """Change a request's weight for the intervals that follow (e.g. tokens once known)."""
+        """Change a request's standing weight for the intervals that follow."""
         with self._lock:
             if request_id in self._open:
                 self._open[request_id].weight = max(weight, 1e-9)
+
+    def work(self, request_id: str, prefill_tokens: int, decode_tokens: int) -> None:
+        """Tokens the engine processed for a stepped request since its last report (prefill: prompt
+        tokens computed; decode: one per step). A request that is no longer open is ignored (its
+        output can arrive after it was abandoned)."""
+        if prefill_tokens < 0 or decode_tokens < 0:
+            raise ValueError(f"token counts must be >= 0, got {prefill_tokens}, {decode_tokens}")
+        with self._lock:
+            o = self._open.get(request_id)
+            if o is None:
+                return
+            o.new_prefill += prefill_tokens
+            o.new_decode += decode_tokens
+            o.prefill_tokens += prefill_tokens
+            o.decode_tokens += decode_tokens
 
     def end(self, request_id: str, reading: Reading) -> Allocation:
         """Finish a request at ``reading`` and return its share of every interval it was active in."""
         with self._lock:
             self._observe(reading)
+            if request_id not in self._open:
+                raise KeyError(f"request {request_id!r} is not open")
+            if self._held:
+                self._settle()
             o = self._open.pop(request_id)
             self._requests += 1
             energy = dict(o.energy_j)
@@ -184,6 +293,7 @@ class Ledger:
                 o.weight,
                 o.intervals,
                 o.max_sharers,
+                _steps(o) if o.stepped else None,
             )
 
     def abandon(self, request_id: str, reading: Reading | None) -> None:
@@ -192,6 +302,8 @@ class Ledger:
         with self._lock:
             if reading is not None:
                 self._observe(reading)
+            if self._held and request_id in self._open:
+                self._settle()
             if self._open.pop(request_id, None) is not None:
                 self._requests += 1
 
@@ -219,7 +331,15 @@ class Ledger:
                 self._readings,
                 self._resets,
                 self._requests,
+                self._held_by_key(),
             )
+
+    def _held_by_key(self) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for held in self._held:
+            for key, delta in held.deltas.items():
+                out[key] += delta
+        return dict(out)
 
     def observed_update_period_s(self) -> float | None:
         """Median time between readings in which any counter changed (an upper bound on the
@@ -227,3 +347,14 @@ class Ledger:
         with self._lock:
             xs = sorted(self._counter_changes)
         return xs[len(xs) // 2] if xs else None
+
+
+def _steps(o: _Open) -> StepShare:
+    joules = sum(o.energy_j.values())
+    return StepShare(
+        o.prefill_tokens,
+        o.decode_tokens,
+        o.prefill_j,
+        o.decode_j,
+        max(joules - o.prefill_j - o.decode_j, 0.0),
+    )

@@ -9,6 +9,24 @@ from serve_app.energy.base import MEASURED_SOURCES, MeterInfo
 from serve_app.energy.ledger import Allocation
 
 
+class TokenWork(BaseModel):
+    """An LLM request under the ``tokens`` rule: what the engine processed for it, and its energy by
+    phase (see ``energy/ledger.py``). ``prompt_tokens`` / ``generated_tokens``: its texts' prompts and
+    answers; ``prefill_tokens``: prompt tokens the engine computed (prefix-cache hits excluded);
+    ``decode_tokens``: decode steps (one token each). Each interval's energy went to the requests in it
+    in proportion to these tokens; ``unstepped_j`` was split by ``weight`` (the prompt-token estimate)
+    because no sharer reported an engine step in those intervals. Units: tokens, J."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt_tokens: int | None
+    generated_tokens: int | None
+    prefill_tokens: int
+    decode_tokens: int
+    prefill_j: float
+    decode_j: float
+    unstepped_j: float
+
+
 class Attribution(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rule: str
@@ -16,6 +34,7 @@ class Attribution(BaseModel):
     window_s: float
     intervals: int
     max_sharers: int
+    tokens: TokenWork | None = None
 
 
 class EnergyTag(BaseModel):
@@ -41,7 +60,10 @@ class EnergyTag(BaseModel):
     devices: list[str]
 
 
-def make_tag(alloc: Allocation, info: MeterInfo, rule: str, replica: str) -> EnergyTag:
+def make_tag(
+    alloc: Allocation, info: MeterInfo, rule: str, replica: str, tokens: tuple[int, int] | None = None
+) -> EnergyTag:
+    """``tokens``: (prompt, generated) tokens of a stepped request's texts, shown with its steps."""
     joules = alloc.joules
     window_s = max(alloc.duration_s, 0.0)
     flags: list[str] = []
@@ -63,12 +85,29 @@ def make_tag(alloc: Allocation, info: MeterInfo, rule: str, replica: str) -> Ene
             window_s=window_s,
             intervals=alloc.intervals,
             max_sharers=alloc.max_sharers,
+            tokens=_token_work(alloc, tokens),
         ),
         uncertainty_j=uncertainty,
         flags=flags,
         replica=replica,
         nodes=sorted({node_of_key(k) or info.node for k in alloc.energy_j} - {""}),
         devices=list(info.devices),
+    )
+
+
+def _token_work(alloc: Allocation, tokens: tuple[int, int] | None) -> TokenWork | None:
+    steps = alloc.steps
+    if steps is None:
+        return None
+    prompt, generated = tokens or (None, None)
+    return TokenWork(
+        prompt_tokens=prompt,
+        generated_tokens=generated,
+        prefill_tokens=steps.prefill_tokens,
+        decode_tokens=steps.decode_tokens,
+        prefill_j=steps.prefill_j,
+        decode_j=steps.decode_j,
+        unstepped_j=steps.unstepped_j,
     )
 
 

@@ -76,6 +76,15 @@ def test_llm_over_http(serve_app_factory: Any, smollm2_dir: Path) -> None:
             energy = body["energy"]
             assert energy["source"] == "estimate" and energy["joules"] > 0
             assert energy["attribution"]["rule"] == "tokens"
+            work = energy["attribution"]["tokens"]  # the engine's steps, as the ledger weighted them
+            assert work["prompt_tokens"] == sum(p["prompt_tokens"] for p in preds)
+            assert work["generated_tokens"] == sum(p["generated_tokens"] for p in preds)
+            assert 0 < work["prefill_tokens"] <= work["prompt_tokens"]
+            assert work["decode_tokens"] == work["generated_tokens"] - len(preds)
+            parts = work["prefill_j"] + work["decode_j"] + work["unstepped_j"]
+            assert parts == pytest.approx(energy["joules"], rel=1e-6)
+            if mode == "paper":
+                assert work["generated_tokens"] > len(preds) and work["decode_j"] >= 0
             assert "gpus_not_metered" not in energy["flags"]
             assert r.headers["X-Energy-Source"] == "estimate"
 

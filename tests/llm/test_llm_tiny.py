@@ -132,3 +132,52 @@ def test_engine_runs_in_child_processes(tiny: LLMClassifier) -> None:
     """The engine core and its worker are children of this process (what the energy estimate counts)."""
     children: Any = list(tiny._engine_children)
     assert children and all(psutil.pid_exists(pid) for pid in children)
+
+
+def test_engine_steps_weight_the_energy_split(tiny: LLMClassifier, engine_loop: EngineLoop) -> None:
+    """Real engine, real CPU-time meter: a ``paper`` request (up to 16 generated tokens per text) and a
+    ``score`` request (one) on the same texts, side by side. The tokens each reports are the engine's
+    (prefill at most its prompt, one decode step per generated token after the first) and the paper
+    request, which keeps the engine busy after the score request is done, gets more of the energy."""
+    import asyncio
+
+    from serve_app.config_common import EnergyConfig
+    from serve_app.energy.ledger import Allocation
+    from serve_app.energy.probe import make_meter
+    from serve_app.energy.sampler import Sampler
+
+    texts = [f"{t} (take {i})" for i in range(4) for t in TEXTS]
+    meter = make_meter(EnergyConfig.model_validate({"meter": "estimate"}), node="local")
+    sampler = Sampler(meter, 0.02).start()
+    ledger = sampler.ledger
+    try:
+        r0 = meter.read()
+        for rid in ("paper", "score"):
+            ledger.begin(rid, r0, tiny.request_weight(texts), stepped=True)
+
+        def sink(rid: str) -> Any:
+            return lambda prefill, decode: ledger.work(rid, prefill, decode)
+
+        async def both() -> tuple[list[Any], list[Any]]:
+            paper = tiny.apredict(texts, "paper", sink("paper"))
+            score = tiny.apredict(texts, "score", sink("score"))
+            p, s = await asyncio.gather(paper, score)
+            return p, s
+
+        paper, score = engine_loop.run(both())
+        r1 = meter.read()
+        allocs: dict[str, Allocation] = {rid: ledger.end(rid, r1) for rid in ("paper", "score")}
+    finally:
+        sampler.stop()
+    for rid, preds in (("paper", paper), ("score", score)):
+        steps = allocs[rid].steps
+        assert steps is not None
+        assert 0 < steps.prefill_tokens <= sum(p.prompt_tokens for p in preds)
+        assert steps.decode_tokens == sum(p.generated_tokens - 1 for p in preds)
+        assert steps.prefill_j + steps.decode_j + steps.unstepped_j == pytest.approx(allocs[rid].joules)
+    assert allocs["score"].steps is not None and allocs["score"].steps.decode_j == 0
+    assert sum(p.generated_tokens for p in paper) > 2 * len(texts)
+    assert allocs["paper"].joules > allocs["score"].joules > 0
+    t = ledger.totals()
+    assert t.held_j == {}
+    assert sum(t.metered_j.values()) == pytest.approx(sum(t.attributed_j.values()) + sum(t.idle_j.values()))

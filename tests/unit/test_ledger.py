@@ -369,3 +369,209 @@ def test_random_schedules_conserve_and_match_reference(steps: list) -> None:
     for key in set(metered) | set(totals.metered_j):
         assert math.isclose(totals.metered_j.get(key, 0.0), metered[key], rel_tol=1e-9, abs_tol=1e-9)
     assert_conserved(ledger, allocs)
+
+
+# -- stepped requests: each interval split by the tokens the engine reported for it ---------------
+def assert_stepped_conserved(ledger: Ledger, allocs: Sequence[Allocation] = ()) -> None:
+    """metered = attributed + idle + held per counter; each stepped share splits into its phases."""
+    t = ledger.totals()
+    for key, metered in t.metered_j.items():
+        parts = (t.attributed_j.get(key, 0.0), t.idle_j.get(key, 0.0), t.held_j.get(key, 0.0))
+        assert all(p >= 0 for p in parts)
+        assert math.isclose(metered, sum(parts), rel_tol=1e-9, abs_tol=1e-9), (key, t)
+    if ledger.open_requests == 0:
+        assert t.held_j == {}
+    for a in allocs:
+        assert a.steps is not None and all(v >= 0 for v in a.energy_j.values())
+        s = a.steps
+        assert min(s.prefill_j, s.decode_j, s.unstepped_j) >= 0
+        assert math.isclose(s.prefill_j + s.decode_j + s.unstepped_j, a.joules, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_stepped_hand_computed() -> None:
+    """A and B start together; readings come faster than the engine reports steps.
+
+    t1 +10 J: no work yet (held). Prefill A 6, B 4 tokens; t2 +10 J: the 20 J held go 12 / 8.
+    Decode 1 each; t3 +6 J: 3 / 3, then B ends. Decode A 1; t4 +4 J: all to A. t5 +3 J, no work
+    reported before A ends: split by standing weight (A alone: 3 J unstepped)."""
+    m = ScriptedMeter([(0, {"cpu:0": 0}), (1, {"cpu:0": 10}), (2, {"cpu:0": 20}), (3, {"cpu:0": 26}),
+                       (4, {"cpu:0": 30}), (5, {"cpu:0": 33})])  # fmt: skip
+    first = m.read()
+    ledger = Ledger(first)
+    ledger.begin("A", first, weight=50, stepped=True)
+    ledger.begin("B", first, weight=50, stepped=True)
+    ledger.observe(m.read())
+    assert ledger.totals().held_j == {"cpu:0": 10} and ledger.totals().attributed_j == {}
+    ledger.work("A", 6, 0)
+    ledger.work("B", 4, 0)
+    ledger.observe(m.read())
+    assert ledger.totals().held_j == {} and ledger.totals().attributed_j == {"cpu:0": pytest.approx(20)}
+    ledger.work("A", 0, 1)
+    ledger.work("B", 0, 1)
+    b = ledger.end("B", m.read())
+    ledger.work("A", 0, 1)
+    ledger.work("B", 0, 1)  # B is gone: ignored
+    ledger.observe(m.read())
+    a = ledger.end("A", m.read())
+    assert a.steps is not None and b.steps is not None
+    assert (a.joules, b.joules) == (pytest.approx(22), pytest.approx(11))
+    assert (a.steps.prefill_tokens, a.steps.decode_tokens, b.steps.prefill_tokens, b.steps.decode_tokens) == (
+        6,
+        2,
+        4,
+        1,
+    )
+    assert (a.steps.prefill_j, a.steps.decode_j, a.steps.unstepped_j) == (
+        pytest.approx(12),
+        pytest.approx(7),
+        pytest.approx(3),
+    )
+    assert (b.steps.prefill_j, b.steps.decode_j, b.steps.unstepped_j) == (
+        pytest.approx(8),
+        pytest.approx(3),
+        pytest.approx(0),
+    )
+    assert_stepped_conserved(ledger, [a, b])
+
+
+def test_work_reported_before_the_counter_moves_waits_for_its_energy() -> None:
+    """A coarse counter: the step's tokens arrive while the counter stands still; its energy shows in
+    the next reading and is split by that work (3:1), not by the standing weights (1:1)."""
+    m = ScriptedMeter([(0, {"cpu:0": 0}), (1, {"cpu:0": 0}), (2, {"cpu:0": 8})])
+    first = m.read()
+    ledger = Ledger(first)
+    ledger.begin("a", first, stepped=True)
+    ledger.begin("b", first, stepped=True)
+    ledger.work("a", 3, 0)
+    ledger.work("b", 1, 0)
+    ledger.observe(m.read())
+    r = m.read()
+    a, b = ledger.end("a", r), ledger.end("b", r)
+    assert (a.joules, b.joules) == (pytest.approx(6), pytest.approx(2))
+    assert_stepped_conserved(ledger, [a, b])
+
+
+def test_a_request_that_joins_late_gets_none_of_the_held_energy_before_it() -> None:
+    m = ScriptedMeter([(0, {"cpu:0": 0}), (1, {"cpu:0": 10}), (2, {"cpu:0": 14})])
+    first = m.read()
+    ledger = Ledger(first)
+    ledger.begin("a", first, stepped=True)
+    ledger.begin("b", m.read(), stepped=True)  # 10 J held for a alone
+    ledger.work("a", 1, 0)
+    ledger.work("b", 1, 0)
+    r = m.read()  # 4 J: 2 / 2; the 10 J before b began: all to a
+    a, b = ledger.end("a", r), ledger.end("b", r)
+    assert (a.joules, b.joules) == (pytest.approx(12), pytest.approx(2))
+    assert_stepped_conserved(ledger, [a, b])
+
+
+def test_work_rejects_negative_tokens_and_unstepped_requests_have_no_steps() -> None:
+    m = ScriptedMeter([(0, {"cpu:0": 0}), (1, {"cpu:0": 4})])
+    first = m.read()
+    ledger = Ledger(first)
+    ledger.begin("plain", first)
+    with pytest.raises(ValueError):
+        ledger.work("plain", -1, 0)
+    a = ledger.end("plain", m.read())
+    assert a.steps is None and a.joules == pytest.approx(4)
+
+
+# Random engine schedules: two requests with the same prompt, one decoding more steps than the other.
+@settings(max_examples=200, deadline=None)
+@given(
+    prompt=st.integers(1, 400),
+    cached=st.integers(0, 400),
+    steps=st.lists(
+        st.tuples(
+            st.floats(0.1, 50, allow_nan=False),  # J the step drew
+            st.integers(0, 3),  # readings with no report inside the step (sampler faster than steps)
+        ),
+        min_size=2,
+        max_size=40,
+    ),
+    fewer=st.integers(0, 39),
+    tail_j=st.floats(0, 5, allow_nan=False),
+)
+def test_more_generated_tokens_alongside_another_get_more_energy(
+    prompt: int, cached: int, steps: list, fewer: int, tail_j: float
+) -> None:
+    """Both begin and end together with equal prompts; ``long`` decodes every step, ``short`` stops
+    after ``fewer`` steps (as a paper answer of 5 tokens beside one of 128). Energy per step is drawn
+    at random and may spill over several readings. ``long`` must get more, totals must conserve, and
+    the decode energy must follow the decode steps."""
+    n_short = fewer % (len(steps) - 1)  # at least one step decodes for `long` alone
+    t_s, counter = 0.0, 0.0
+    first = Reading(t_s, {"cpu:0": counter}, "rapl")
+    ledger = Ledger(first)
+    computed = max(prompt - min(cached, prompt), 1)
+    ledger.begin("long", first, weight=prompt, stepped=True)
+    ledger.begin("short", first, weight=prompt, stepped=True)
+    for i, (joules, silent) in enumerate(steps):
+        for part in range(silent + 1):  # the step's energy, read in silent + 1 readings
+            t_s += 0.01
+            counter += joules / (silent + 1)
+            if part == silent:  # the engine's output for the step arrives with its last reading
+                ledger.work("long", computed if i == 0 else 0, 0 if i == 0 else 1)
+                if i == 0 or i <= n_short:
+                    ledger.work("short", computed if i == 0 else 0, 0 if i == 0 else 1)
+            ledger.observe(Reading(t_s, {"cpu:0": counter}, "rapl"))
+        assert_stepped_conserved(ledger)
+    t_s += 0.01
+    counter += tail_j  # after the last output, before the requests end: no work reported
+    end = Reading(t_s, {"cpu:0": counter}, "rapl")
+    long, short = ledger.end("long", end), ledger.end("short", end)
+    assert long.joules > short.joules
+    assert long.steps is not None and short.steps is not None
+    assert (long.steps.decode_tokens, short.steps.decode_tokens) == (len(steps) - 1, n_short)
+    assert long.steps.prefill_j == pytest.approx(short.steps.prefill_j) == pytest.approx(steps[0][0] / 2)
+    assert long.steps.unstepped_j == pytest.approx(short.steps.unstepped_j) == pytest.approx(tail_j / 2)
+    assert long.joules + short.joules == pytest.approx(counter, rel=1e-9)  # nothing idle, nothing held
+    assert_stepped_conserved(ledger, [long, short])
+
+
+stepped_op_st = st.one_of(
+    st.tuples(st.just("observe"), st.integers(0, 3)),
+    st.tuples(st.just("begin"), st.integers(1, 8)),
+    st.tuples(st.just("end"), st.integers(0, 7)),
+    st.tuples(st.just("abandon"), st.integers(0, 7)),
+    st.tuples(st.just("work"), st.integers(0, 7)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(stepped_op_st, st.floats(0, 20, allow_nan=False), st.integers(0, 5), st.integers(0, 64)),
+        min_size=1,
+        max_size=80,
+    )
+)
+def test_random_stepped_schedules_conserve(steps: list) -> None:
+    """Any interleaving of begins, ends, abandons, work reports and readings: metered = attributed +
+    idle + held at every point (held 0 once no request is open), no share negative, each request's
+    phases add up to its energy, and the metered total matches the counter this test drove."""
+    t_s, counter = 0.0, 100.0
+    ledger = Ledger(Reading(t_s, {"cpu:0": counter}, "rapl"))
+    open_ids: list[str] = []
+    allocs: list[Allocation] = []
+    for n, ((op, arg), add_j, decode, prefill) in enumerate(steps):
+        t_s += 0.01
+        counter += add_j
+        reading = Reading(t_s, {"cpu:0": counter}, "rapl")
+        if op == "begin":
+            open_ids.append(f"r{n}")
+            ledger.begin(f"r{n}", reading, weight=float(arg), stepped=True)
+        elif op in ("end", "abandon") and open_ids:
+            rid = open_ids.pop(arg % len(open_ids))
+            if op == "end":
+                allocs.append(ledger.end(rid, reading))
+            else:
+                ledger.abandon(rid, reading)
+        elif op == "work" and open_ids:
+            ledger.work(open_ids[arg % len(open_ids)], prefill, decode)
+        else:
+            ledger.observe(reading)
+        assert_stepped_conserved(ledger, allocs)
+    ledger.observe(Reading(t_s + 0.01, {"cpu:0": counter}, "rapl"))  # work reports read no counter
+    assert ledger.totals().metered_j.get("cpu:0", 0.0) == pytest.approx(counter - 100.0, abs=1e-9)
+    assert_stepped_conserved(ledger, allocs)

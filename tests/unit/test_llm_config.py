@@ -150,7 +150,16 @@ def test_custom_resources_go_into_the_replica_bundle() -> None:
         ({"tensor_parallel_size": 2, "distributed_executor_backend": "uni"}, "uni"),
         ({"gpus_per_worker": 0, "distributed_executor_backend": "ray"}, "refuses the ray executor"),
         ({"pipeline_spans_nodes": True}, "pipeline_parallel_size >= 2"),
-        ({"gpus_per_worker": 0, "pipeline_parallel_size": 2, "pipeline_spans_nodes": True}, "need GPUs"),
+        (
+            {
+                "gpus_per_worker": 0,
+                "pipeline_parallel_size": 2,
+                "pipeline_spans_nodes": True,
+                "placement_strategy": "PACK",
+            },
+            "STRICT_SPREAD",
+        ),
+        ({"gpus_per_worker": 0, "remote_stage_env": {"A": "1"}}, "remote_stage_env"),
         ({"tensor_parallel_size": 2, "placement_strategy": "STRICT_SPREAD"}, "STRICT_SPREAD"),
         (
             {"pipeline_parallel_size": 2, "pipeline_spans_nodes": True, "placement_strategy": "STRICT_PACK"},
@@ -179,3 +188,31 @@ def test_defaults() -> None:
     assert spec(energy={"attribution": "texts"}).energy.attribution == "texts"
     assert s.default_mode == "choice"
     assert s.world_size == 1 and s.executor_backend is None
+
+
+def test_cpu_pipeline_across_nodes_is_one_bundle_per_stage_strictly_spread() -> None:
+    """vLLM for CPU across nodes: the mp executor's multi-node mode, stage 0 in the replica's bundle,
+    each further stage an actor in a bundle of its own, every bundle on another node."""
+    spec = LLMSpec.model_validate(
+        {
+            "id": "pp",
+            "model": "m",
+            "labels": ["a", "b"],
+            "gpus_per_worker": 0,
+            "pipeline_parallel_size": 2,
+            "pipeline_spans_nodes": True,
+            "cpus_per_worker": 0.5,
+            "deployment": {"num_cpus": 0.5},
+            "remote_stage_env": {"VLLM_CPU_OMP_THREADS_BIND": "1"},
+        }
+    )
+    assert (spec.executor_backend, spec.stage_nodes, spec.workers_are_actors) == ("mp", 2, False)
+    opts = spec.serve_options()
+    assert opts["placement_group_bundles"] == [{"CPU": 1.0}, {"CPU": 0.5}]
+    assert opts["placement_group_strategy"] == "STRICT_SPREAD"
+    assert opts["ray_actor_options"]["num_gpus"] == 0
+    assert opts["ray_actor_options"]["num_cpus"] == 1.0  # the replica holds stage 0's rank (its child)
+    gpu = LLMSpec.model_validate(
+        {"id": "g", "model": "m", "labels": ["a"], "pipeline_parallel_size": 2, "pipeline_spans_nodes": True}
+    )
+    assert (gpu.executor_backend, gpu.stage_nodes) == ("ray", 1)  # GPUs: the Ray executor places stages

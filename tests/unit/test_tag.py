@@ -46,3 +46,26 @@ def test_no_energy_tag_has_no_figure(source: str) -> None:
     tag = no_energy_tag("rep", INFO, "energy_uj vanished", source=source)
     assert tag.joules is None and tag.uncertainty_j is None and not tag.measured and tag.source == source
     assert tag.domains_j == {} and tag.nodes_j == {}
+
+
+def test_stepped_request_tag_shows_its_tokens_and_phase_energy() -> None:
+    from dataclasses import replace
+
+    from serve_app.energy.ledger import StepShare
+
+    steps = StepShare(prefill_tokens=80, decode_tokens=30, prefill_j=1.0, decode_j=1.25, unstepped_j=0.25)
+    tag = make_tag(
+        replace(_alloc({"cpu:package-0": 2.5}, 1.0), steps=steps), INFO, "tokens", "rep", (120, 32)
+    )
+    assert tag.attribution is not None and tag.attribution.tokens is not None
+    assert tag.attribution.tokens.model_dump() == {
+        "prompt_tokens": 120,
+        "generated_tokens": 32,
+        "prefill_tokens": 80,
+        "decode_tokens": 30,
+        "prefill_j": 1.0,
+        "decode_j": 1.25,
+        "unstepped_j": 0.25,
+    }
+    plain = make_tag(_alloc({"cpu:package-0": 2.5}, 1.0), INFO, "tokens", "rep", (120, 32))
+    assert plain.attribution is not None and plain.attribution.tokens is None  # not stepped: no split
