@@ -96,6 +96,7 @@ class ProcessSetMeter:
             for pid in pids
         }
         self._last: dict[int, dict[str, float]] = {}
+        self._lock = threading.Lock()  # reads are serialised: `_last` and the time stamp move together
         self._node = node
 
     @property
@@ -111,14 +112,15 @@ class ProcessSetMeter:
         )
 
     def read(self) -> Reading:
-        for pid, m in self._meters.items():
-            with contextlib.suppress(MeterError):  # an exited PID keeps its last value
-                self._last[pid] = m.read().energy_j
-        total: dict[str, float] = {}
-        for values in self._last.values():
-            for k, v in values.items():
-                total[k] = total.get(k, 0.0) + v
-        return Reading(now_s(), total or {"cpu:process": 0.0, "dram:process": 0.0}, "estimate")
+        with self._lock:
+            for pid, m in self._meters.items():
+                with contextlib.suppress(MeterError):  # an exited PID keeps its last value
+                    self._last[pid] = m.read().energy_j
+            total: dict[str, float] = {}
+            for values in self._last.values():
+                for k, v in values.items():
+                    total[k] = total.get(k, 0.0) + v
+            return Reading(now_s(), total or {"cpu:process": 0.0, "dram:process": 0.0}, "estimate")
 
     def close(self) -> None:
         for m in self._meters.values():
@@ -321,17 +323,21 @@ class MultiNodeMeter:
         )
 
     def read(self) -> Reading:
-        local = self.local.read()
-        energy = {node_key(k, self.local_node): v for k, v in local.energy_j.items()}
-        t = now_s()
+        """The local counters and the latest remote ones, merged under one lock and stamped after the
+        merge: readings of this meter are ordered in time, and each remote value is the newest the
+        poller had when the stamp was taken (never an older value under a newer time)."""
         with self._lock:
+            local = self.local.read()
+            energy = {node_key(k, self.local_node): v for k, v in local.energy_j.items()}
+            t = now_s()
             for r in self._remotes:
                 if t - r.ok_s > self.max_stale_s:
                     raise MeterError(f"energy agent on {r.rp.node} silent for {t - r.ok_s:.1f} s: {r.error}")
                 energy.update({node_key(k, r.rp.node): v for k, v in r.energy_j.items()})
-        return Reading(
-            local.t_s, energy, _combined_source([local.source, *(r.source for r in self._remotes)])
-        )
+            resets = frozenset(node_key(k, self.local_node) for k in local.reset_keys)
+            return Reading(
+                now_s(), energy, _combined_source([local.source, *(r.source for r in self._remotes)]), resets
+            )
 
     def close(self) -> None:
         self._stop.set()

@@ -7,9 +7,12 @@ energy, per counter, goes to the requests active in it in proportion to their we
 
     metered = attributed + idle              (over any window, per counter)
 
-and no request gets negative energy (a counter that goes backwards is a reset: the delta is taken
-as the new value, counted in ``resets``; RAPL wrap-around is undone by the meter, which knows the
-counter range).
+and no request gets negative energy. Counter steps follow ``counters.counter_step``: a backward step
+is a reset (delta = the new value, counted in ``resets``) only when the counter restarted near zero or
+the meter says so, otherwise a reordering (delta 0, counted in ``reorders``); a step above the physical
+bound is dropped (counted in ``dropped``, its joules in ``dropped_j``, never attributed). A request
+active in an interval with a reset, reordering or drop carries a flag naming it. RAPL wrap-around is
+undone by the meter, which knows the counter range.
 
 Rules (``EnergyConfig.attribution``):
 - ``time``: equal shares among the requests active in the interval (pure time overlap).
@@ -27,8 +30,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from serve_app.energy.base import Reading
+from serve_app.energy.counters import Limits, baseline_after, counter_step
 
 COUNTER_RESET_NOTE = "counter reset detected: delta taken as the new value"
+STEP_FLAGS = {"reset": "counter_reset", "reordered": "counter_reordered", "dropped": "counter_above_bound"}
 
 
 @dataclass
@@ -38,6 +43,7 @@ class _Open:
     energy_j: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     intervals: int = 0
     max_sharers: int = 1
+    flags: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class Allocation:
     weight: float
     intervals: int
     max_sharers: int
+    flags: tuple[str, ...] = ()
 
     @property
     def joules(self) -> float:
@@ -74,6 +81,9 @@ class LedgerTotals:
     readings: int
     resets: int
     requests: int
+    reorders: int = 0
+    dropped: int = 0
+    dropped_j: float = 0.0
 
     @staticmethod
     def _by_domain(d: dict[str, float]) -> dict[str, float]:
@@ -93,9 +103,11 @@ class LedgerTotals:
 class Ledger:
     """Splits metered energy among concurrent requests. See the module doc for the rule."""
 
-    def __init__(self, first: Reading) -> None:
+    def __init__(self, first: Reading, limits: Limits | None = None) -> None:
         self._lock = threading.Lock()
+        self._limits = limits or Limits()
         self._last = first
+        self._base: dict[str, float] = dict(first.energy_j)  # per counter: the value steps are taken from
         self._started_s = first.t_s
         self._open: dict[str, _Open] = {}
         self._metered: dict[str, float] = defaultdict(float)
@@ -103,6 +115,9 @@ class Ledger:
         self._idle: dict[str, float] = defaultdict(float)
         self._readings = 1
         self._resets = 0
+        self._reorders = 0
+        self._dropped = 0
+        self._dropped_j = 0.0
         self._requests = 0
         self._counter_changes: list[float] = []  # times a counter was seen to change (update period)
         self._last_change_s = first.t_s
@@ -118,16 +133,26 @@ class Ledger:
         if reading.t_s < prev.t_s:  # out-of-order sample (another thread read first): ignore
             return
         deltas: dict[str, float] = {}
+        flags: set[str] = set()
+        dt_s = reading.t_s - prev.t_s
         for key, value in reading.energy_j.items():
-            before = prev.energy_j.get(key)
+            before = self._base.get(key)
             if before is None:
-                continue  # a counter that appeared now: its origin is this reading
-            delta = value - before
-            if delta < 0:
-                self._resets += 1
-                delta = value
+                self._base[key] = value  # a counter that appeared now: its origin is this reading
+                continue
+            delta, kind = counter_step(key, before, value, dt_s, self._limits, key in reading.reset_keys)
+            self._base[key] = baseline_after(before, value, kind)
+            if kind != "ok":
+                flags.add(STEP_FLAGS[kind])
+                self._resets += kind == "reset"
+                self._reorders += kind == "reordered"
+                if kind == "dropped":
+                    self._dropped += 1
+                    self._dropped_j += value - before
             if delta:
                 deltas[key] = delta
+        for o in self._open.values():
+            o.flags |= flags
         if deltas and reading.t_s > self._last_change_s:
             self._counter_changes.append(reading.t_s - self._last_change_s)
             self._counter_changes = self._counter_changes[-64:]
@@ -184,6 +209,7 @@ class Ledger:
                 o.weight,
                 o.intervals,
                 o.max_sharers,
+                tuple(sorted(o.flags)),
             )
 
     def abandon(self, request_id: str, reading: Reading | None) -> None:
@@ -201,6 +227,7 @@ class Ledger:
         with self._lock:
             if reading.t_s >= self._last.t_s:
                 self._last = reading
+                self._base = dict(reading.energy_j)
                 self._last_change_s = reading.t_s
 
     # -- views ---------------------------------------------------------------------------------
@@ -219,6 +246,9 @@ class Ledger:
                 self._readings,
                 self._resets,
                 self._requests,
+                self._reorders,
+                self._dropped,
+                self._dropped_j,
             )
 
     def observed_update_period_s(self) -> float | None:

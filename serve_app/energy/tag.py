@@ -44,7 +44,7 @@ class EnergyTag(BaseModel):
 def make_tag(alloc: Allocation, info: MeterInfo, rule: str, replica: str) -> EnergyTag:
     joules = alloc.joules
     window_s = max(alloc.duration_s, 0.0)
-    flags: list[str] = []
+    flags: list[str] = list(alloc.flags)
     if window_s < info.update_period_s:
         flags.append("shorter_than_counter_update")
     avg_w = joules / window_s if window_s > 0 else 0.0
