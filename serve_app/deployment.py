@@ -21,16 +21,16 @@ from ray import serve
 
 from serve_app.classifiers.base import Prediction
 from serve_app.config import AppConfig
-from serve_app.energy.agents import joules_by_node, node_of_key
 from serve_app.energy.base import BrokenMeter, Meter, MeterError
 from serve_app.energy.footprint import (
     WorkerProcess,
     descendant_pids,
+    meter_for_plan,
     plan_meter,
     sources_by_node,
     unmetered_gpu_nodes,
 )
-from serve_app.energy.probe import make_meter
+from serve_app.energy.keys import joules_by_node, node_of_key
 from serve_app.energy.sampler import Sampler
 from serve_app.energy.tag import EnergyTag, make_tag, no_energy_tag
 from serve_app.metrics import ReplicaMetrics, tags
@@ -76,7 +76,7 @@ def build_meter(spec: Any, workers: list[WorkerProcess]) -> tuple[Meter, list[st
     tree = descendant_pids() if spec.energy.include_children else {os.getpid()}
     plan = plan_meter(workers, _gpu_ids(), current_node_id(), node, names, tree)
     try:
-        meter: Meter = make_meter(spec.energy, plan.local_gpu_ids, node, plan.remotes, plan.local_pids)
+        meter: Meter = meter_for_plan(spec.energy, plan, node)
     except MeterError as exc:  # serve, with `unavailable` tags, rather than fail to start
         log.error("energy meter %r unusable, tags will say 'unavailable': %s", spec.energy.meter, exc)
         return BrokenMeter(str(exc), node), []

@@ -37,6 +37,8 @@ from typing import Any
 
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.base import Meter, MeterError, MeterInfo, Reading, now_s
+from serve_app.energy.keys import RemoteProcesses, node_key
+from serve_app.energy.probe import make_node_meter
 
 log = logging.getLogger(__name__)
 
@@ -47,107 +49,22 @@ DEFAULT_RPC_TIMEOUT_S = 2.0
 MIN_MAX_STALE_S = 10.0
 
 
-# -- counter keys ------------------------------------------------------------------------------
-def node_key(key: str, node: str) -> str:
-    """``"cpu:process"`` on node ``worker-1`` -> ``"cpu:worker-1:process"``."""
-    domain, _, device = key.partition(":")
-    return f"{domain}:{node}:{device}"
-
-
-def node_of_key(key: str) -> str | None:
-    """The node a counter key names (``None`` for single-node keys such as ``"cpu:process"``)."""
-    parts = key.split(":", 2)
-    return parts[1] if len(parts) == 3 else None
-
-
-def joules_by_node(energy_j: dict[str, float], default_node: str = "") -> dict[str, float]:
-    """Sum per-key joules by node (keys without a node go to ``default_node``). Units: J."""
-    out: dict[str, float] = {}
-    for k, v in energy_j.items():
-        n = node_of_key(k) or default_node
-        out[n] = out.get(n, 0.0) + v
-    return out
-
-
-# -- what a replica runs elsewhere -------------------------------------------------------------
-@dataclass(frozen=True)
-class RemoteProcesses:
-    """Processes (and GPUs) a replica uses on another node. ``node_id``: the Ray node id. Built by
-    ``energy.footprint.plan_meter`` from what the replica's classifier reports."""
-
-    node_id: str
-    node: str
-    pids: tuple[int, ...] = ()
-    gpu_ids: tuple[str, ...] = ()
-
-
-# -- the estimate for a set of processes -------------------------------------------------------
-class ProcessSetMeter:
-    """The estimate meter summed over several PIDs (and their children). A PID that exits keeps its
-    last cumulative value (the energy was spent). Units: J, s."""
-
-    def __init__(self, cfg: EnergyConfig, pids: Iterable[int], node: str = "") -> None:
-        from serve_app.energy.estimate import EstimateMeter
-
-        self._meters = {
-            pid: EstimateMeter(
-                cfg.cpu_tdp_w, cfg.cpu_cores, cfg.dram_w_per_gb, cfg.include_children, pid=pid, node=node
-            )
-            for pid in pids
-        }
-        self._last: dict[int, dict[str, float]] = {}
-        self._lock = threading.Lock()  # reads are serialised: `_last` and the time stamp move together
-        self._node = node
-
-    @property
-    def info(self) -> MeterInfo:
-        infos = [m.info for m in self._meters.values()]
-        return MeterInfo(
-            source="estimate",
-            devices=tuple(d for i in infos for d in i.devices),
-            resolution_j=max((i.resolution_j for i in infos), default=0.0),
-            update_period_s=max((i.update_period_s for i in infos), default=0.01),
-            node=self._node,
-            notes=infos[0].notes if infos else "no processes",
-        )
-
-    def read(self) -> Reading:
-        with self._lock:
-            for pid, m in self._meters.items():
-                with contextlib.suppress(MeterError):  # an exited PID keeps its last value
-                    self._last[pid] = m.read().energy_j
-            total: dict[str, float] = {}
-            for values in self._last.values():
-                for k, v in values.items():
-                    total[k] = total.get(k, 0.0) + v
-            return Reading(now_s(), total or {"cpu:process": 0.0, "dram:process": 0.0}, "estimate")
-
-    def close(self) -> None:
-        for m in self._meters.values():
-            m.close()
-
-
 # -- the per-node agent ------------------------------------------------------------------------
 class NodeEnergyAgentImpl:
     """Plain class behind the actor (testable without Ray)."""
 
-    def __init__(self) -> None:
-        from serve_app.topology.nodes import current_node_name
-
-        self.node = current_node_name()
+    def __init__(self, node: str, node_id: str | None = None) -> None:
+        self.node = node
+        self.node_id = node_id
         self._groups: dict[str, Meter] = {}
 
     def where(self) -> dict[str, Any]:
         import os
 
-        from serve_app.topology.nodes import current_node_id
-
-        return {"node": self.node, "node_id": current_node_id(), "pid": os.getpid()}
+        return {"node": self.node, "node_id": self.node_id, "pid": os.getpid()}
 
     def watch(self, group: str, cfg: dict[str, Any], pids: list[int], gpu_ids: list[str]) -> dict[str, Any]:
         """Start metering ``pids`` / ``gpu_ids`` for ``group``; returns the meter's info as a dict."""
-        from serve_app.energy.probe import make_node_meter
-
         old = self._groups.pop(group, None)
         if old is not None:
             old.close()
@@ -183,8 +100,9 @@ class NodeEnergyAgentImpl:
         return sorted(self._groups)
 
 
-def agent_for(node_id: str) -> Any:
-    """Get or create the agent of a node (a detached named actor pinned to it)."""
+def agent_for(node_id: str, node: str) -> Any:
+    """Get or create the agent of a node (a detached named actor pinned to it). ``node``: its accuwatt
+    name (``topology.nodes``: the caller knows it, so that ``energy/`` does not import ``topology/``)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -195,7 +113,7 @@ def agent_for(node_id: str) -> Any:
         get_if_exists=True,
         lifetime="detached",
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-    ).remote()
+    ).remote(node, node_id)
 
 
 def stop_agents() -> int:
@@ -250,7 +168,7 @@ class MultiNodeMeter:
         self._remotes: list[_Remote] = []
         cfg_dict = cfg.model_dump()
         for rp in remotes:
-            agent = agent_for(rp.node_id)
+            agent = agent_for(rp.node_id, rp.node)
             info = ray.get(agent.watch.remote(group, cfg_dict, list(rp.pids), list(rp.gpu_ids)), timeout=60)
             self._remotes.append(_Remote(rp, agent, info))
         self._poll_once()

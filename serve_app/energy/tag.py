@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from serve_app.energy.agents import joules_by_node, node_of_key
 from serve_app.energy.base import MEASURED_SOURCES, MeterInfo
+from serve_app.energy.keys import joules_by_node, node_of_key
 from serve_app.energy.ledger import Allocation
 
 

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from serve_app.config_common import EnergyConfig
-from serve_app.energy.agents import ProcessSetMeter
 from serve_app.energy.base import MeterInfo, Reading
 from serve_app.energy.counters import MAX_POWER_W, Limits, counter_step
 from serve_app.energy.ledger import Ledger
+from serve_app.energy.procset import ProcessSetMeter
 from serve_app.energy.sampler import meter_limits
 from serve_app.energy.tag import make_tag
 
