@@ -28,6 +28,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from serve_app.config import RouterConfig
+from serve_app.config_common import EnergyConfig
+from serve_app.energy.overhead import ServingOverhead
+from serve_app.energy.tag import add_overhead
 from serve_app.idempotency import IdempotencyCache, fingerprint
 from serve_app.validation import (
     Limits,
@@ -128,6 +131,9 @@ class Router:
         self._idempotency = IdempotencyCache()
         ctx = serve.get_replica_context()
         self._app = ctx.app_name if ctx else "local"
+        from serve_app.topology.nodes import current_node_id, current_node_name
+
+        self._overhead = ServingOverhead(EnergyConfig(), current_node_name(), current_node_id())
         log.info("router ready: %d classifiers, auth %s", len(self.handles), "on" if self._api_key else "off")
 
     # -- helpers -------------------------------------------------------------------------------
@@ -266,7 +272,16 @@ class Router:
                     k: sum(s[k] for s in replicas.values()) for k in ("metered_j", "attributed_j", "idle_j")
                 }
                 out[model_id] = {"replicas": replicas, **totals}
-            return JSONResponse({"deployments": out})
+            from serve_app.energy.agents import node_snapshots
+
+            try:
+                nodes = await asyncio.wait_for(asyncio.to_thread(node_snapshots), ENERGY_VIEW_TIMEOUT_S)
+            except Exception as exc:  # the deployments' view still stands
+                log.warning("node accounts unavailable: %s", type(exc).__name__)
+                nodes = {}
+            return JSONResponse(
+                {"deployments": out, "nodes": nodes, "serving_overhead": self._overhead.snapshot()}
+            )
         except RequestError as exc:
             return error_response(exc)
         except Exception:
@@ -279,6 +294,7 @@ class Router:
         if self._inflight >= self.cfg.max_inflight:
             return error_response(overloaded("the router"))
         self._inflight += 1
+        window = self._overhead.begin()
         try:
             self._authorize(request)
             req = parse_classify(await self._read_body(request), self.limits)
@@ -300,14 +316,16 @@ class Router:
                     rid, fp, lambda: self._call(req.model, req.texts, req.mode, rid)
                 )
         except RequestError as exc:
+            self._overhead.abandon(window)
             log.info("classify %s -> %d %s", rid or "-", exc.status, exc.code)
             return error_response(exc, rid)
         except Exception:
+            self._overhead.abandon(window)
             return internal_error(rid)
         finally:
             self._inflight -= 1
         latency = time.perf_counter() - t0
-        energy = result["energy"]
+        energy = add_overhead(result["energy"], self._overhead.end(window))
         log.info(
             "classify %s model=%s texts=%d chars=%d latency=%.4fs J=%s (%s)",
             rid,

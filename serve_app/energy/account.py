@@ -73,8 +73,8 @@ class NodeAccount:
             slack_j=2 * max((i.resolution_j for i in infos), default=0.0),
         )
         self._lock = threading.Lock()
-        self._claims: dict[int, str] = {}
-        self._gpu_owners: dict[str, set[str]] = {}
+        self._claims: dict[int, int] = {}  # PID -> the PID whose group it joins
+        self._gpu_owners: dict[str, set[int]] = {}  # gpu key -> PIDs whose groups own it
         self.sources: dict[str, str] = {}
         self.metered_j: dict[str, float] = {}
         self.baseline_j: dict[str, float] = {}
@@ -102,16 +102,14 @@ class NodeAccount:
         """Processes outside a replica's tree that do its work (vLLM Ray workers): they join the group
         of process ``group_pid`` (the replica) from the next tick."""
         with self._lock:
-            group = self._group_of_pid.get(group_pid)
             for pid in pids:
-                self._claims[pid] = group or f"claimed:{group_pid}"
+                self._claims[pid] = group_pid
 
     def own_gpus(self, gpu_keys: Iterable[str], group_pid: int) -> None:
         """GPUs (``gpu:<index>``) used by the group of process ``group_pid``."""
         with self._lock:
-            group = self._group_of_pid.get(group_pid) or f"pid:{group_pid}"
             for key in gpu_keys:
-                self._gpu_owners.setdefault(key, set()).add(group)
+                self._gpu_owners.setdefault(key, set()).add(group_pid)
 
     # -- sampling ------------------------------------------------------------------------------------
     def _read(self) -> list[Reading]:
@@ -150,7 +148,10 @@ class NodeAccount:
     def _split(self, readings: list[Reading], procs: Mapping[int, Any], busy_s: float, up_s: float) -> None:
         t_s = max(r.t_s for r in readings)
         dt_s = max(t_s - self.t_s, 0.0)
-        groups = group_of(procs, self._claims, self.routers)
+        groups = group_of(procs, None, self.routers)
+        if self._claims:  # claimed processes join their claimer's group as titles place it
+            claims = {pid: groups[owner] for pid, owner in self._claims.items() if owner in groups}
+            groups = group_of(procs, claims, self.routers)
         self._group_of_pid = groups
         cpu_d: dict[str, float] = defaultdict(float)
         for pid, p in procs.items():
@@ -212,7 +213,9 @@ class NodeAccount:
         _add(self.baseline_j, key, idle)
         shares: dict[str, float] = {}
         if key.startswith("gpu:"):
-            owners = sorted(self._gpu_owners.get(key, ()))
+            owners = sorted(
+                {self._group_of_pid[p] for p in self._gpu_owners.get(key, ()) if p in self._group_of_pid}
+            )
             if len(owners) > 1:
                 self.flags.add("gpu_shared_equal_split")
             for g in owners or [OTHER]:

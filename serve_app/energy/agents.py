@@ -36,8 +36,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serve_app.config_common import EnergyConfig
+from serve_app.energy.account import NodeAccount
 from serve_app.energy.base import Meter, MeterError, MeterInfo, Reading, now_s
 from serve_app.energy.keys import RemoteProcesses, node_key
+from serve_app.energy.nodemeter import make_node_counters
 from serve_app.energy.probe import make_node_meter
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,46 @@ class NodeEnergyAgentImpl:
         self.node = node
         self.node_id = node_id
         self._groups: dict[str, Meter] = {}
+        self._account: NodeAccount | None = None
+        self._account_lock = threading.Lock()
+
+    # -- the node account (one per node; see account.py) --------------------------------------------
+    def start_account(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Start the node's account with the first caller's config (later calls share it)."""
+        with self._account_lock:
+            if self._account is None:
+                ecfg = EnergyConfig.model_validate(cfg)
+                self._account = NodeAccount(make_node_counters(ecfg, self.node), self.node, ecfg.idle_w)
+                threading.Thread(
+                    target=self._tick_loop,
+                    args=(ecfg.account_period_s,),
+                    name="accuwatt-account",
+                    daemon=True,
+                ).start()
+            return {"node": self.node, "sources": dict(self._account.sources)}
+
+    def _tick_loop(self, period_s: float) -> None:
+        assert self._account is not None
+        while True:
+            time.sleep(period_s)
+            try:
+                self._account.tick()
+            except Exception:  # a tick must never kill the agent
+                log.exception("node account tick failed")
+
+    def share(self, pid: int) -> dict[str, Any]:
+        """The account's share of process ``pid``'s group (see ``NodeAccount.share_of_pid``)."""
+        if self._account is None:
+            return {"error": "node account not started"}
+        return self._account.share_of_pid(pid)
+
+    def claim(self, pids: list[int], group_pid: int, gpu_keys: list[str]) -> None:
+        if self._account is not None:
+            self._account.claim(pids, group_pid)
+            self._account.own_gpus(gpu_keys, group_pid)
+
+    def account_snapshot(self) -> dict[str, Any] | None:
+        return None if self._account is None else self._account.snapshot()
 
     def where(self) -> dict[str, Any]:
         import os
@@ -106,7 +148,7 @@ def agent_for(node_id: str, node: str) -> Any:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    actor_cls: Any = ray.remote(num_cpus=0, max_concurrency=8)(NodeEnergyAgentImpl)  # type: ignore[call-overload]
+    actor_cls: Any = ray.remote(num_cpus=0, max_concurrency=16)(NodeEnergyAgentImpl)  # type: ignore[call-overload]
     return actor_cls.options(
         name=AGENT_PREFIX + node_id,
         namespace=AGENT_NAMESPACE,
@@ -282,3 +324,23 @@ def wait_for_counters(meter: MultiNodeMeter, timeout_s: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise MeterError("energy agents did not answer in time")
         time.sleep(0.05)
+
+
+def node_snapshots() -> dict[str, dict[str, Any]]:
+    """Every node account of the connected cluster, by node name (nodes without an agent or without a
+    started account are left out)."""
+    import ray
+
+    refs: list[Any] = []
+    for node_id in [str(x["NodeID"]) for x in ray.nodes() if x.get("Alive")]:
+        try:
+            refs.append(
+                ray.get_actor(AGENT_PREFIX + node_id, namespace=AGENT_NAMESPACE).account_snapshot.remote()
+            )
+        except ValueError:
+            continue
+    out: dict[str, dict[str, Any]] = {}
+    for snap in ray.get(refs, timeout=DEFAULT_RPC_TIMEOUT_S * 2):
+        if snap is not None:
+            out[snap["node"]] = snap
+    return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 
 from serve_app.energy.base import MEASURED_SOURCES, MeterInfo
@@ -39,6 +41,12 @@ class EnergyTag(BaseModel):
     replica: str
     nodes: list[str]
     devices: list[str]
+    model_j: float | None = None
+    """The classifier replica's share (its process group on the node account, or its process tree)."""
+    overhead_j: float | None = None
+    """Serving overhead: the router's and the proxy's share for this request (None: not metered)."""
+    scope: str = ""
+    """What ``joules`` covers: ``model+serving`` when ``overhead_j`` is in it, else ``model``."""
 
 
 def make_tag(alloc: Allocation, info: MeterInfo, rule: str, replica: str) -> EnergyTag:
@@ -69,7 +77,21 @@ def make_tag(alloc: Allocation, info: MeterInfo, rule: str, replica: str) -> Ene
         replica=replica,
         nodes=sorted({node_of_key(k) or info.node for k in alloc.energy_j} - {""}),
         devices=list(info.devices),
+        model_j=joules,
+        scope="model",
     )
+
+
+def add_overhead(energy: dict[str, Any], overhead_j: float | None) -> dict[str, Any]:
+    """The tag (as a dict) end to end: ``joules`` = ``model_j`` + ``overhead_j`` when both are known;
+    otherwise the model's figure alone, flagged ``overhead_not_metered``."""
+    out = dict(energy)
+    model = out.get("joules")
+    if isinstance(model, float) and overhead_j is not None:
+        out.update(joules=model + overhead_j, model_j=model, overhead_j=overhead_j, scope="model+serving")
+    elif isinstance(model, float):
+        out["flags"] = [*(out.get("flags") or []), "overhead_not_metered"]
+    return out
 
 
 def no_energy_tag(replica: str, info: MeterInfo, reason: str, source: str = "unavailable") -> EnergyTag:

@@ -1,0 +1,158 @@
+"""A replica's (or router's) meter on the node account: its group's share, fine-grained (step 2).
+
+The node account splits the node's counters to process groups every ``account_period_s`` (coarse:
+reading every process costs CPU). Requests need a finer clock. This meter reconciles the two so that
+closure still holds exactly:
+
+- a poller asks the node's agent for the group's exact cumulative share ``E`` (per counter) at the
+  account's last tick, every ``account_period_s``;
+- between ticks, ``read()`` extrapolates CPU and DRAM counters by this process's own CPU time since the
+  share arrived x the node's last joules per CPU-second (``rate``); GPU counters move only at ticks;
+- the value shown is ``max(last shown, E + extrapolation)``: it never steps back. An overshoot (the
+  extrapolation ran ahead of the exact share) is *held*: the counter stays flat until the exact share
+  passes it; an undershoot is shown at the next read after the tick.
+
+So over any window the ledger fed by this meter splits exactly the group's share, give or take
+``pending_j = shown - E`` at the window's end (reported in the replica's snapshot: positive = an
+overshoot held, negative = exact energy not shown yet), which the next tick settles. The ledger's
+per-request split is unchanged (the replica's requests by weight, idle when none is open).
+
+Units: J, s. ``read()`` makes no remote call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from serve_app.config_common import EnergyConfig
+from serve_app.energy.base import MeterError, MeterInfo, Reading, now_s
+
+log = logging.getLogger(__name__)
+RPC_TIMEOUT_S = 5.0
+
+
+class AccountShareMeter:
+    """The group of process ``pid`` in the node account of ``agent`` (a Ray actor handle)."""
+
+    def __init__(self, agent: Any, node: str, period_s: float, pid: int | None = None) -> None:
+        self.agent = agent
+        self.node = node
+        self.period_s = period_s
+        self.pid = pid or os.getpid()
+        self._lock = threading.Lock()
+        self._exact: dict[str, float] = {}
+        self._rate: dict[str, float] = {}
+        self._cpu_at_share_s = time.process_time()
+        self._shown: dict[str, float] = {}
+        self.group: str | None = None
+        self.sources: dict[str, str] = {}
+        self.error: str | None = "no share yet"
+        self.ticks = 0
+        self._stop = threading.Event()
+        self._poll()
+        self._thread = threading.Thread(target=self._poll_loop, name="accuwatt-share", daemon=True)
+        self._thread.start()
+
+    # -- polling -------------------------------------------------------------------------------------
+    def _poll(self) -> None:
+        import ray
+
+        try:
+            out = ray.get(self.agent.share.remote(self.pid), timeout=RPC_TIMEOUT_S)
+        except Exception as exc:  # agent gone, timeout: keep the last share
+            self.error = f"{type(exc).__name__}: {exc}"[:300]
+            return
+        if "error" in out:
+            self.error = str(out["error"])
+            return
+        with self._lock:
+            self._exact = dict(out["energy_j"])
+            self._rate = dict(out["rate_j_per_cpu_s"])
+            self._cpu_at_share_s = time.process_time()
+            self.group, self.sources, self.ticks = out["group"], dict(out["sources"]), int(out["ticks"])
+            self.error = None
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self._poll()
+
+    # -- Meter ---------------------------------------------------------------------------------------
+    @property
+    def source(self) -> Any:
+        values = set(self.sources.values())
+        if not values:
+            return "estimate"
+        return "estimate" if "estimate" in values else ("nvml" if "nvml" in values else values.pop())
+
+    @property
+    def info(self) -> MeterInfo:
+        return MeterInfo(
+            source=self.source,
+            devices=tuple(sorted(self.sources)),
+            resolution_j=1e-3,
+            update_period_s=self.period_s,
+            node=self.node,
+            notes=(
+                f"node account share of group {self.group or '?'} (process {self.pid}): node counters "
+                f"split to processes by CPU time every {self.period_s:g} s, extrapolated in between by "
+                "this process's CPU time"
+            ),
+            extra={"group": self.group or ""},
+        )
+
+    def read(self) -> Reading:
+        with self._lock:
+            if self.error is not None and not self._exact:
+                raise MeterError(f"node account: {self.error}")
+            cpu_s = max(time.process_time() - self._cpu_at_share_s, 0.0)
+            for key, exact in self._exact.items():
+                est = exact + (cpu_s * self._rate.get(key, 0.0) if not key.startswith("gpu:") else 0.0)
+                self._shown[key] = max(self._shown.get(key, est), est)
+            return Reading(now_s(), dict(self._shown), self.source)
+
+    def pending_j(self) -> float:
+        """Shown minus exact share, summed over counters (J): the not-yet-settled part."""
+        with self._lock:
+            return sum(self._shown.get(k, 0.0) - v for k, v in self._exact.items() if k in self._shown)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.period_s + RPC_TIMEOUT_S + 1)
+
+
+def account_meter(
+    energy: EnergyConfig,
+    node: str,
+    node_id: str | None,
+    local_pids: Sequence[int] = (),
+    gpu_ids: Sequence[str] = (),
+) -> AccountShareMeter:
+    """This process's share of the node energy account (``energy/share.py``), starting the node's
+    account if it is not running. ``local_pids`` / ``gpu_ids``: processes and GPUs of this node that
+    do this process's work outside its process tree (they join its group). Raises `MeterError` when
+    the account gives no share in time."""
+    import ray
+
+    from serve_app.energy.agents import agent_for
+
+    if node_id is None:
+        raise MeterError("the node account needs Ray (no node id)")
+    agent = agent_for(node_id, node)
+    ray.get(agent.start_account.remote(energy.model_dump()), timeout=60)
+    gpu_keys = [f"gpu:{g}" for g in gpu_ids if str(g).isdigit()]
+    if local_pids or gpu_keys:
+        ray.get(agent.claim.remote(list(local_pids), os.getpid(), gpu_keys), timeout=60)
+    meter = AccountShareMeter(agent, node, energy.account_period_s)
+    deadline = time.monotonic() + 10 * energy.account_period_s + 30
+    while meter.error is not None and time.monotonic() < deadline:
+        time.sleep(energy.account_period_s / 2)
+        meter._poll()
+    if meter.error is not None:
+        meter.close()
+        raise MeterError(f"node account gave no share: {meter.error}")
+    return meter
