@@ -40,7 +40,16 @@ from typing import Any
 from serve_app.energy.base import Meter, MeterError, Reading
 from serve_app.energy.counters import Limits, baseline_after, counter_step
 from serve_app.energy.nodemeter import node_busy_cpu_s
-from serve_app.energy.procs import OTHER, PROXY, ROUTER_DEPLOYMENTS, group_of, kind_of, scan, uptime_s
+from serve_app.energy.procs import (
+    OTHER,
+    PROXY,
+    ROUTER_DEPLOYMENTS,
+    deployment_of,
+    group_of,
+    kind_of,
+    scan,
+    uptime_s,
+)
 
 log = logging.getLogger(__name__)
 SUSTAINED_S = 0.5
@@ -90,6 +99,7 @@ class NodeAccount:
         self._min_w: dict[str, float] = {}
         self._rate: dict[str, float] = {}  # per counter: J per CPU-second of the last interval (active)
         self._group_of_pid: dict[int, str] = {}
+        self._deployments: dict[str, str] = {}  # replica/router group -> its Serve deployment
         self._base: dict[str, float] = {}
         self._cpu: dict[int, float] = {}
         self._busy_s = 0.0
@@ -153,6 +163,9 @@ class NodeAccount:
             claims = {pid: groups[owner] for pid, owner in self._claims.items() if owner in groups}
             groups = group_of(procs, claims, self.routers)
         self._group_of_pid = groups
+        for pid, p in procs.items():
+            if groups[pid].endswith(f":{pid}"):
+                self._deployments[groups[pid]] = deployment_of(p.title) or ""
         cpu_d: dict[str, float] = defaultdict(float)
         for pid, p in procs.items():
             prev = self._cpu.get(pid)
@@ -274,6 +287,7 @@ class NodeAccount:
                 e = self.group_energy_j(g)
                 groups[g] = {
                     "kind": kind_of(g),
+                    "deployment": self._deployments.get(g),
                     "j": sum(e.values()),
                     "domains_j": _by_domain(e),
                     "proxy_part_j": sum(self.proxy_to_j.get(g, {}).values()),
@@ -302,6 +316,15 @@ class NodeAccount:
                 "flags": sorted(self.flags),
                 "error": self.error,
             }
+
+    def by_share_key(self) -> dict[tuple[str, str], float]:
+        """Cumulative J per (share, counter key): ``baseline_idle`` and each group kind (for export)."""
+        with self._lock:
+            out: dict[tuple[str, str], float] = {("baseline_idle", k): v for k, v in self.baseline_j.items()}
+            for g in set(self.groups_j) | set(self.proxy_to_j):
+                for key, j in self.group_energy_j(g).items():
+                    out[(kind_of(g), key)] = out.get((kind_of(g), key), 0.0) + j
+            return out
 
     def close(self) -> None:
         for m in self.meters:

@@ -78,11 +78,16 @@ class NodeEnergyAgentImpl:
             return {"node": self.node, "sources": dict(self._account.sources)}
 
     def _tick_loop(self, period_s: float) -> None:
-        assert self._account is not None
+        from serve_app.metrics import NodeMetrics
+
+        account = self._account
+        assert account is not None
+        metrics = NodeMetrics()
         while True:
             time.sleep(period_s)
             try:
-                self._account.tick()
+                account.tick()
+                metrics.export(self.node, dict(account.sources), account.by_share_key())
             except Exception:  # a tick must never kill the agent
                 log.exception("node account tick failed")
 

@@ -5,7 +5,7 @@ Read from ``/proc`` only: ``/proc/<pid>/stat`` (parent PID, user + system CPU ti
 
 Groups (:func:`group_of`):
 
-- ``replica:<deployment>:<pid>``: a Serve replica (title ``ray::ServeReplica:<app>:<deployment>``)
+- ``replica:<pid>``: a Serve replica (title ``ray::ServeReplica:<app>:<deployment>``)
   with every process below it (vLLM's engine core and workers, a pipeline's feature stage). Processes
   elsewhere that a replica *claims* (vLLM Ray workers in its placement group, see
   ``footprint.WorkerProcess``) join it too.
@@ -88,15 +88,23 @@ def scan(root: str = "/proc") -> dict[int, Proc]:
     return out
 
 
+def deployment_of(title: str) -> str | None:
+    """The Serve deployment a replica's title names (``ray::ServeReplica:<app>:<deployment>``; while a
+    method runs Ray appends it: ``<deployment>.<method>``, which is stripped), else None."""
+    if not title.startswith("ray::ServeReplica:"):
+        return None
+    _app, _, rest = title[len("ray::ServeReplica:") :].partition(":")
+    deployment = rest.split(" ", 1)[0]
+    base, dot, method = deployment.rpartition(".")
+    return base if dot and method.isidentifier() else deployment
+
+
 def own_group(title: str, pid: int, router_deployments: Iterable[str] = ROUTER_DEPLOYMENTS) -> str | None:
-    """The group a process title names by itself, or None (it then takes its ancestor's)."""
-    if title.startswith("ray::ServeReplica:"):
-        _app, _, rest = title[len("ray::ServeReplica:") :].partition(":")
-        deployment = rest.split(" ", 1)[0]
-        base = deployment.split(".", 1)[0]  # "router.handle_request" while a method runs
-        if deployment in router_deployments or base in router_deployments:
-            return f"router:{pid}"
-        return f"replica:{deployment}:{pid}"
+    """The group a process title names by itself, or None (it then takes its ancestor's). A replica's
+    group is keyed by its PID only: its title changes while a method runs."""
+    deployment = deployment_of(title)
+    if deployment is not None:
+        return f"router:{pid}" if deployment in router_deployments else f"replica:{pid}"
     if title.startswith("ray::ProxyActor"):
         return PROXY
     if title.startswith("ray::") or any(w in title for w in _RAY_SYSTEM_WORDS):

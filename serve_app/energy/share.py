@@ -5,7 +5,7 @@ reading every process costs CPU). Requests need a finer clock. This meter reconc
 closure still holds exactly:
 
 - a poller asks the node's agent for the group's exact cumulative share ``E`` (per counter) at the
-  account's last tick, every ``account_period_s``;
+  account's last tick, every half ``account_period_s``, and takes it when the tick is new;
 - between ticks, ``read()`` extrapolates CPU and DRAM counters by this process's own CPU time since the
   share arrived x the node's last joules per CPU-second (``rate``); GPU counters move only at ticks;
 - the value shown is ``max(last shown, E + extrapolation)``: it never steps back. An overshoot (the
@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from serve_app.config_common import EnergyConfig
@@ -39,8 +39,17 @@ RPC_TIMEOUT_S = 5.0
 class AccountShareMeter:
     """The group of process ``pid`` in the node account of ``agent`` (a Ray actor handle)."""
 
-    def __init__(self, agent: Any, node: str, period_s: float, pid: int | None = None) -> None:
+    def __init__(
+        self,
+        agent: Any,
+        node: str,
+        period_s: float,
+        pid: int | None = None,
+        fetch: Callable[[int], dict[str, Any]] | None = None,
+    ) -> None:
+        """``fetch``: how to ask for the share (default: ``agent.share.remote`` through Ray)."""
         self.agent = agent
+        self._fetch = fetch or self._ray_fetch
         self.node = node
         self.period_s = period_s
         self.pid = pid or os.getpid()
@@ -59,11 +68,15 @@ class AccountShareMeter:
         self._thread.start()
 
     # -- polling -------------------------------------------------------------------------------------
-    def _poll(self) -> None:
+    def _ray_fetch(self, pid: int) -> dict[str, Any]:
         import ray
 
+        out: dict[str, Any] = ray.get(self.agent.share.remote(pid), timeout=RPC_TIMEOUT_S)
+        return out
+
+    def _poll(self) -> None:
         try:
-            out = ray.get(self.agent.share.remote(self.pid), timeout=RPC_TIMEOUT_S)
+            out = self._fetch(self.pid)
         except Exception as exc:  # agent gone, timeout: keep the last share
             self.error = f"{type(exc).__name__}: {exc}"[:300]
             return
@@ -71,14 +84,16 @@ class AccountShareMeter:
             self.error = str(out["error"])
             return
         with self._lock:
+            self.error = None
+            if self._exact and int(out["ticks"]) == self.ticks:
+                return  # the same tick again: keep extrapolating from where it arrived
             self._exact = dict(out["energy_j"])
             self._rate = dict(out["rate_j_per_cpu_s"])
             self._cpu_at_share_s = time.process_time()
             self.group, self.sources, self.ticks = out["group"], dict(out["sources"]), int(out["ticks"])
-            self.error = None
 
     def _poll_loop(self) -> None:
-        while not self._stop.wait(self.period_s):
+        while not self._stop.wait(self.period_s / 2):  # a new tick is seen within half a period
             self._poll()
 
     # -- Meter ---------------------------------------------------------------------------------------

@@ -92,6 +92,11 @@ def test_node_account_under_load(serve_app_factory, demo_artifacts) -> None:
     finally:
         sampler.stop()
 
+    zero_model = sum(1 for t in tags if not t["model_j"])
+    zero_overhead = sum(1 for t in tags if not t["overhead_j"])
+    print(f"\nDEBUG zero model {zero_model}, zero overhead {zero_overhead} of {len(tags)}; first {tags[0]}")
+    print("DEBUG v0", v0)
+    print("DEBUG v1", v1)
     # every tag: end to end, model + serving overhead, labelled estimate
     for tag in tags:
         assert tag["source"] == "estimate" and tag["measured"] is False

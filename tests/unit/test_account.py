@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +16,12 @@ import psutil
 import pytest
 
 from serve_app.energy.account import NodeAccount
+from serve_app.energy.ledger import Ledger
 from serve_app.energy.nodemeter import NodeEstimateMeter
-from serve_app.energy.procs import Proc, group_of, own_group
+from serve_app.energy.procs import Proc, deployment_of, group_of, own_group
 from serve_app.energy.rapl import RaplMeter
+from serve_app.energy.sampler import meter_limits
+from serve_app.energy.share import AccountShareMeter
 
 pytestmark = pytest.mark.unit
 
@@ -58,7 +62,9 @@ def make_rapl(root: Path) -> dict[str, Path]:
 
 
 def test_titles_to_groups() -> None:
-    assert own_group("ray::ServeReplica:default:tfidf-lr", 7) == "replica:tfidf-lr:7"
+    assert own_group("ray::ServeReplica:default:tfidf-lr", 7) == "replica:7"
+    assert own_group("ray::ServeReplica:default:tfidf-lr.handle_request_with_rejection", 7) == "replica:7"
+    assert deployment_of("ray::ServeReplica:default:tfidf-lr.initialize_and_get_metadata") == "tfidf-lr"
     assert own_group("ray::ServeReplica:default:router.handle_request", 8) == "router:8"
     assert own_group("ray::ProxyActor", 9) == "proxy"
     assert own_group("ray::ServeController", 10) == "ray_system"
@@ -73,14 +79,14 @@ def test_titles_to_groups() -> None:
         30: Proc(30, 10, "ray::RayWorkerWrapper", 0.0),  # a vLLM Ray worker the replica claims
         40: Proc(40, 1, "bash", 0.0),
     }
-    g = group_of(procs, claims={30: "replica:llm:20"})
+    g = group_of(procs, claims={30: "replica:20"})
     assert g == {
         1: "other",
         10: "ray_system",
-        20: "replica:llm:20",
-        21: "replica:llm:20",
-        22: "replica:llm:20",
-        30: "replica:llm:20",
+        20: "replica:20",
+        21: "replica:20",
+        22: "replica:20",
+        30: "replica:20",
         40: "other",
     }
 
@@ -176,3 +182,53 @@ def test_estimate_node_meter_against_proc_stat_and_psutil(titled: list[subproces
         group = next(g for g in snap["groups"] if g.endswith(f":{pid}"))
         assert snap["groups"][group]["cpu_s"] <= p1[pid] - p0[pid] + 0.02
         assert snap["groups"][group]["cpu_s"] >= 0.5 * (p1[pid] - p0[pid])
+
+
+def test_share_meter_reconciles_with_the_account_and_never_steps_back() -> None:
+    """Step 2 without Ray: this process's share, fine-grained between account ticks, fed to a real
+    ledger. The ledger splits exactly the group's exact share at the last tick, up to ``pending_j``."""
+    account = NodeAccount([NodeEstimateMeter(65.0, None, 0.375, node="n1")], "n1")
+    stop = threading.Event()
+
+    def ticker() -> None:
+        while not stop.wait(0.25):
+            account.tick()
+
+    th = threading.Thread(target=ticker, daemon=True)
+    th.start()
+    time.sleep(0.6)
+    meter = AccountShareMeter(None, "n1", 0.25, fetch=account.share_of_pid)
+    try:
+        assert meter.error is None and meter.group == "other"  # pytest is not a Ray process
+        first = meter.read()
+        exact0 = sum(meter._exact.values())  # the exact share that reading was extrapolated from
+        ledger = Ledger(first, meter_limits(meter.info.update_period_s, meter.info.resolution_j))
+        shown0 = sum(first.energy_j.values())
+        last: dict[str, float] = {}
+        for i in range(40):
+            ledger.begin(f"r{i}", meter.read(), 1.0)
+            sum(j * j for j in range(30_000))  # work inside the request
+            r = meter.read()
+            assert all(r.energy_j[k] >= v for k, v in last.items())  # never a step back
+            last = r.energy_j
+            assert ledger.end(f"r{i}", r).joules > 0
+            time.sleep(0.02)
+        stop.set()
+        th.join()
+        meter._poll()  # the final exact share
+        final = meter.read()
+        ledger.observe(final)
+        t = ledger.totals()
+        exact = sum(meter._exact.values())
+        assert exact == pytest.approx(sum(account.share_of_pid(os.getpid())["energy_j"].values()))
+        shown = sum(final.energy_j.values())
+        assert shown - shown0 == pytest.approx(sum(t.metered_j.values()), rel=1e-9)
+        # what the ledger split = the exact share's growth + what is still pending, exactly
+        assert sum(t.metered_j.values()) == pytest.approx(
+            (exact - exact0) + meter.pending_j() - (shown0 - exact0), rel=1e-9, abs=1e-9
+        )
+        assert abs(meter.pending_j()) <= 65.0 * 0.5  # at most about one account period of the node
+        assert exact - exact0 > 0
+    finally:
+        stop.set()
+        meter.close()
