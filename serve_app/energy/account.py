@@ -267,6 +267,8 @@ class NodeAccount:
         (J per CPU-second) for extrapolating between ticks. Units: J, s."""
         with self._lock:
             group = self._group_of_pid.get(pid)
+            if self.error is not None:
+                return {"error": f"node counters failing on {self.node}: {self.error}"}
             if group is None:
                 return {"error": f"process {pid} not seen on {self.node}"}
             return {

@@ -59,29 +59,29 @@ class NodeEnergyAgentImpl:
         self.node = node
         self.node_id = node_id
         self._groups: dict[str, Meter] = {}
-        self._account: NodeAccount | None = None
+        self._accounts: dict[str, NodeAccount] = {}  # one per counters configuration (see account_key)
         self._account_lock = threading.Lock()
 
-    # -- the node account (one per node; see account.py) --------------------------------------------
+    # -- the node account (one per node and counters configuration; see account.py) ------------------
     def start_account(self, cfg: dict[str, Any]) -> dict[str, Any]:
-        """Start the node's account with the first caller's config (later calls share it)."""
+        """Start (or join) the node's account for this counters configuration; returns its key."""
+        ecfg = EnergyConfig.model_validate(cfg)
+        key = account_key(ecfg)
         with self._account_lock:
-            if self._account is None:
-                ecfg = EnergyConfig.model_validate(cfg)
-                self._account = NodeAccount(make_node_counters(ecfg, self.node), self.node, ecfg.idle_w)
+            if key not in self._accounts:
+                account = NodeAccount(make_node_counters(ecfg, self.node), self.node, ecfg.idle_w)
+                self._accounts[key] = account
                 threading.Thread(
                     target=self._tick_loop,
-                    args=(ecfg.account_period_s,),
+                    args=(account, ecfg.account_period_s),
                     name="accuwatt-account",
                     daemon=True,
                 ).start()
-            return {"node": self.node, "sources": dict(self._account.sources)}
+            return {"node": self.node, "key": key, "sources": dict(self._accounts[key].sources)}
 
-    def _tick_loop(self, period_s: float) -> None:
+    def _tick_loop(self, account: NodeAccount, period_s: float) -> None:
         from serve_app.metrics import NodeMetrics
 
-        account = self._account
-        assert account is not None
         metrics = NodeMetrics()
         while True:
             time.sleep(period_s)
@@ -91,19 +91,21 @@ class NodeEnergyAgentImpl:
             except Exception:  # a tick must never kill the agent
                 log.exception("node account tick failed")
 
-    def share(self, pid: int) -> dict[str, Any]:
+    def share(self, pid: int, key: str) -> dict[str, Any]:
         """The account's share of process ``pid``'s group (see ``NodeAccount.share_of_pid``)."""
-        if self._account is None:
-            return {"error": "node account not started"}
-        return self._account.share_of_pid(pid)
+        account = self._accounts.get(key)
+        if account is None:
+            return {"error": f"no node account {key!r} on {self.node}"}
+        return account.share_of_pid(pid)
 
-    def claim(self, pids: list[int], group_pid: int, gpu_keys: list[str]) -> None:
-        if self._account is not None:
-            self._account.claim(pids, group_pid)
-            self._account.own_gpus(gpu_keys, group_pid)
+    def claim(self, key: str, pids: list[int], group_pid: int, gpu_keys: list[str]) -> None:
+        account = self._accounts.get(key)
+        if account is not None:
+            account.claim(pids, group_pid)
+            account.own_gpus(gpu_keys, group_pid)
 
-    def account_snapshot(self) -> dict[str, Any] | None:
-        return None if self._account is None else self._account.snapshot()
+    def account_snapshot(self) -> list[dict[str, Any]]:
+        return [{**a.snapshot(), "account": k} for k, a in sorted(self._accounts.items())]
 
     def where(self) -> dict[str, Any]:
         import os
@@ -345,7 +347,16 @@ def node_snapshots() -> dict[str, dict[str, Any]]:
         except ValueError:
             continue
     out: dict[str, dict[str, Any]] = {}
-    for snap in ray.get(refs, timeout=DEFAULT_RPC_TIMEOUT_S * 2):
-        if snap is not None:
-            out[snap["node"]] = snap
+    for snaps in ray.get(refs, timeout=DEFAULT_RPC_TIMEOUT_S * 2):
+        for i, snap in enumerate(snaps):  # a second configuration on a node is shown apart
+            out[snap["node"] if i == 0 else f"{snap['node']}#{snap['account']}"] = snap
     return out
+
+
+def account_key(cfg: EnergyConfig) -> str:
+    """What makes two node accounts differ: the counters and how they are split. Deploy one energy
+    configuration per node: two configurations on one node each count the node's energy."""
+    return (
+        f"{cfg.meter}|{cfg.rapl_root}|{cfg.cpu_tdp_w:g}|{cfg.cpu_cores}|{cfg.dram_w_per_gb:g}|"
+        f"{sorted(cfg.idle_w.items())}|{cfg.account_period_s:g}"
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from serve_app.config_common import EnergyConfig
@@ -20,6 +21,17 @@ from serve_app.energy.sampler import Sampler
 from serve_app.energy.share import account_meter
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """One request's serving overhead. Units: J."""
+
+    joules: float
+    domains_j: dict[str, float]
+    source: str
+    node: str = ""
+    flags: tuple[str, ...] = ()
 
 
 class ServingOverhead:
@@ -57,8 +69,8 @@ class ServingOverhead:
         s.ledger.begin(key, r, 1.0)
         return key
 
-    def end(self, key: str | None) -> float | None:
-        """Close a request's window: its serving overhead (J), or None when not metered."""
+    def end(self, key: str | None) -> Overhead | None:
+        """Close a request's window: its serving overhead, or None when not metered."""
         s = self.sampler
         if key is None or s is None:
             return None
@@ -66,7 +78,8 @@ class ServingOverhead:
         if r is None:
             s.ledger.abandon(key, None)
             return None
-        return s.ledger.end(key, r).joules
+        alloc = s.ledger.end(key, r)
+        return Overhead(alloc.joules, dict(alloc.domain_j), str(r.source), s.meter.info.node, alloc.flags)
 
     def abandon(self, key: str | None) -> None:
         if key is not None and self.sampler is not None:

@@ -46,9 +46,14 @@ class AccountShareMeter:
         period_s: float,
         pid: int | None = None,
         fetch: Callable[[int], dict[str, Any]] | None = None,
+        account: str = "",
+        claimed_pids: Sequence[int] = (),
     ) -> None:
-        """``fetch``: how to ask for the share (default: ``agent.share.remote`` through Ray)."""
+        """``fetch``: how to ask for the share (default: ``agent.share.remote`` through Ray, of the
+        account ``account``); ``claimed_pids``: processes outside this tree in the group (listed)."""
         self.agent = agent
+        self.account = account
+        self.claimed_pids = tuple(claimed_pids)
         self._fetch = fetch or self._ray_fetch
         self.node = node
         self.period_s = period_s
@@ -71,7 +76,7 @@ class AccountShareMeter:
     def _ray_fetch(self, pid: int) -> dict[str, Any]:
         import ray
 
-        out: dict[str, Any] = ray.get(self.agent.share.remote(pid), timeout=RPC_TIMEOUT_S)
+        out: dict[str, Any] = ray.get(self.agent.share.remote(pid, self.account), timeout=RPC_TIMEOUT_S)
         return out
 
     def _poll(self) -> None:
@@ -108,7 +113,7 @@ class AccountShareMeter:
     def info(self) -> MeterInfo:
         return MeterInfo(
             source=self.source,
-            devices=tuple(sorted(self.sources)),
+            devices=(*sorted(self.sources), *(f"cpu-process:{p}" for p in self.claimed_pids)),
             resolution_j=1e-3,
             update_period_s=self.period_s,
             node=self.node,
@@ -122,7 +127,7 @@ class AccountShareMeter:
 
     def read(self) -> Reading:
         with self._lock:
-            if self.error is not None and not self._exact:
+            if self.error is not None:  # the account's counters fail (or no share yet)
                 raise MeterError(f"node account: {self.error}")
             cpu_s = max(time.process_time() - self._cpu_at_share_s, 0.0)
             for key, exact in self._exact.items():
@@ -158,11 +163,11 @@ def account_meter(
     if node_id is None:
         raise MeterError("the node account needs Ray (no node id)")
     agent = agent_for(node_id, node)
-    ray.get(agent.start_account.remote(energy.model_dump()), timeout=60)
+    key = ray.get(agent.start_account.remote(energy.model_dump()), timeout=60)["key"]
     gpu_keys = [f"gpu:{g}" for g in gpu_ids if str(g).isdigit()]
     if local_pids or gpu_keys:
-        ray.get(agent.claim.remote(list(local_pids), os.getpid(), gpu_keys), timeout=60)
-    meter = AccountShareMeter(agent, node, energy.account_period_s)
+        ray.get(agent.claim.remote(key, list(local_pids), os.getpid(), gpu_keys), timeout=60)
+    meter = AccountShareMeter(agent, node, energy.account_period_s, account=key, claimed_pids=local_pids)
     deadline = time.monotonic() + 10 * energy.account_period_s + 30
     while meter.error is not None and time.monotonic() < deadline:
         time.sleep(energy.account_period_s / 2)

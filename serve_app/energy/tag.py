@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
 from serve_app.energy.base import MEASURED_SOURCES, MeterInfo
 from serve_app.energy.keys import joules_by_node, node_of_key
 from serve_app.energy.ledger import Allocation
+
+if TYPE_CHECKING:
+    from serve_app.energy.overhead import Overhead
 
 
 class Attribution(BaseModel):
@@ -82,15 +85,32 @@ def make_tag(alloc: Allocation, info: MeterInfo, rule: str, replica: str) -> Ene
     )
 
 
-def add_overhead(energy: dict[str, Any], overhead_j: float | None) -> dict[str, Any]:
-    """The tag (as a dict) end to end: ``joules`` = ``model_j`` + ``overhead_j`` when both are known;
-    otherwise the model's figure alone, flagged ``overhead_not_metered``."""
+def add_overhead(energy: dict[str, Any], overhead: Overhead | None) -> dict[str, Any]:
+    """The tag (as a dict) end to end: ``joules`` = ``model_j`` + ``overhead_j`` (domains summed) when
+    both are known and have the same source; otherwise the model's figure alone, flagged
+    ``overhead_not_metered`` (an estimated overhead is never added to a measured figure)."""
     out = dict(energy)
     model = out.get("joules")
-    if isinstance(model, float) and overhead_j is not None:
-        out.update(joules=model + overhead_j, model_j=model, overhead_j=overhead_j, scope="model+serving")
-    elif isinstance(model, float):
+    if not isinstance(model, float):
+        return out
+    if overhead is None or overhead.source != out.get("source"):
         out["flags"] = [*(out.get("flags") or []), "overhead_not_metered"]
+        return out
+    domains = dict(out.get("domains_j") or {})
+    for d, j in overhead.domains_j.items():
+        domains[d] = domains.get(d, 0.0) + j
+    nodes = dict(out.get("nodes_j") or {})
+    nodes[overhead.node] = nodes.get(overhead.node, 0.0) + overhead.joules
+    out.update(
+        joules=model + overhead.joules,
+        model_j=model,
+        overhead_j=overhead.joules,
+        domains_j=domains,
+        nodes_j=nodes,
+        nodes=sorted(set(out.get("nodes") or []) | {overhead.node} - {""}),
+        scope="model+serving",
+        flags=[*(out.get("flags") or []), *(f"overhead_{f}" for f in overhead.flags)],
+    )
     return out
 
 

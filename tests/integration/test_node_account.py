@@ -102,6 +102,8 @@ def test_node_account_under_load(serve_app_factory, demo_artifacts) -> None:
         assert tag["overhead_j"] is not None and tag["overhead_j"] > 0, tag
         assert tag["joules"] == pytest.approx(tag["model_j"] + tag["overhead_j"], rel=1e-9)
         assert tag["scope"] == "model+serving"
+        assert sum(tag["domains_j"].values()) == pytest.approx(tag["joules"], rel=1e-9)
+        assert sum(tag["nodes_j"].values()) == pytest.approx(tag["joules"], rel=1e-9)
 
     (node,) = v1["nodes"]  # one node
     a0, a1 = v0["nodes"][node], v1["nodes"][node]
