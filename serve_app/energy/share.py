@@ -7,7 +7,8 @@ closure still holds exactly:
 - a poller asks the node's agent for the group's exact cumulative share ``E`` (per counter) at the
   account's last tick, every half ``account_period_s``, and takes it when the tick is new;
 - between ticks, ``read()`` extrapolates CPU and DRAM counters by this process's own CPU time since the
-  share arrived x the node's last joules per CPU-second (``rate``); GPU counters move only at ticks;
+  tick (interpolated from the CPU times its reads recorded) x the node's last joules per CPU-second
+  (``rate``); GPU counters move only at ticks;
 - the value shown is ``max(last shown, E + extrapolation)``: it never steps back. An overshoot (the
   extrapolation ran ahead of the exact share) is *held*: the counter stays flat until the exact share
   passes it; an undershoot is shown at the next read after the tick.
@@ -26,6 +27,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -63,6 +65,7 @@ class AccountShareMeter:
         self._rate: dict[str, float] = {}
         self._cpu_at_share_s = time.process_time()
         self._shown: dict[str, float] = {}
+        self._samples: deque[tuple[float, float]] = deque(maxlen=512)  # (monotonic s, CPU s)
         self.group: str | None = None
         self.sources: dict[str, str] = {}
         self.error: str | None = "no share yet"
@@ -94,8 +97,21 @@ class AccountShareMeter:
                 return  # the same tick again: keep extrapolating from where it arrived
             self._exact = dict(out["energy_j"])
             self._rate = dict(out["rate_j_per_cpu_s"])
-            self._cpu_at_share_s = time.process_time()
+            self._cpu_at_share_s = self._cpu_at(float(out["t_s"]))
             self.group, self.sources, self.ticks = out["group"], dict(out["sources"]), int(out["ticks"])
+
+    def _cpu_at(self, t_s: float) -> float:
+        """This process's CPU time at monotonic time ``t_s`` (the account's tick), interpolated from the
+        (time, CPU time) pairs its reads recorded: the share covers CPU up to the tick, so the
+        extrapolation must start there, not when the share arrived (which would hold the counter)."""
+        self._samples.append((now_s(), time.process_time()))
+        pts = list(self._samples)
+        before = [p for p in pts if p[0] <= t_s]
+        after = [p for p in pts if p[0] >= t_s]
+        if not before or not after:
+            return pts[0][1] if not before else before[-1][1]
+        (t0, c0), (t1, c1) = before[-1], after[0]
+        return c0 if t1 <= t0 else c0 + (c1 - c0) * (t_s - t0) / (t1 - t0)
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.period_s / 2):  # a new tick is seen within half a period
@@ -129,7 +145,9 @@ class AccountShareMeter:
         with self._lock:
             if self.error is not None:  # the account's counters fail (or no share yet)
                 raise MeterError(f"node account: {self.error}")
-            cpu_s = max(time.process_time() - self._cpu_at_share_s, 0.0)
+            cpu_now = time.process_time()
+            self._samples.append((now_s(), cpu_now))
+            cpu_s = max(cpu_now - self._cpu_at_share_s, 0.0)
             for key, exact in self._exact.items():
                 est = exact + (cpu_s * self._rate.get(key, 0.0) if not key.startswith("gpu:") else 0.0)
                 self._shown[key] = max(self._shown.get(key, est), est)
