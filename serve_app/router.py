@@ -325,7 +325,11 @@ class Router:
         finally:
             self._inflight -= 1
         latency = time.perf_counter() - t0
-        energy = add_overhead(result["energy"], self._overhead.end(window))
+        if replayed:  # the cached answer already carries its tag (overhead included): unchanged
+            self._overhead.abandon(window)
+        else:  # in place: an idempotent replay of this request returns the same tag
+            result["energy"] = add_overhead(result["energy"], self._overhead.end(window))
+        energy = result["energy"]
         log.info(
             "classify %s model=%s texts=%d chars=%d latency=%.4fs J=%s (%s)",
             rid,
