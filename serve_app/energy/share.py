@@ -129,7 +129,8 @@ class AccountShareMeter:
     def info(self) -> MeterInfo:
         return MeterInfo(
             source=self.source,
-            devices=(*sorted(self.sources), *(f"cpu-process:{p}" for p in self.claimed_pids)),
+            # the counters it shares, then the processes its group covers (its own tree, claimed ones)
+            devices=(*sorted(self.sources), *(f"cpu-process:{p}" for p in (self.pid, *self.claimed_pids))),
             resolution_j=1e-3,
             update_period_s=self.period_s,
             node=self.node,
