@@ -6,7 +6,8 @@ Prints:
 2. throughput (texts/s, batched, concurrent) and p50 latency (single-text requests, one at a time,
    alternating between the apps) with energy metering on versus off (two otherwise identical apps on
    the same Ray), as a ratio and a difference;
-3. the sampler thread's CPU cost per second, from the metered replica.
+3. the sampler thread's CPU cost per second, from the metered replica, and the node account's own CPU
+   cost (its ticks' thread time over its window) as a share of one core.
 
 Usage: .venv/bin/python benchmarks/bench_serve.py [--texts 4000] [--batch 32] [--concurrency 8]
 """
@@ -119,7 +120,9 @@ def main() -> None:
             tps[meter].append(asyncio.run(throughput(urls[meter], texts, args.batch, args.concurrency)))
         for meter, ms in p50_latency_ms(urls, texts[: args.latency_requests]).items():
             p50[meter].append(ms)
-    snap = httpx.get(f"{base}/auto/v1/energy", timeout=30).json()["deployments"][MODEL]
+    view = httpx.get(f"{base}/auto/v1/energy", timeout=30).json()
+    snap = view["deployments"][MODEL]
+    accounts = list(view.get("nodes", {}).values())
     replica = next(r for r in snap["replicas"].values() if not r["stale"])
     wall_s = replica["window_s"][1] - replica["window_s"][0]
     serve.shutdown()
@@ -142,6 +145,12 @@ def main() -> None:
         "metering_added_p50_ms": on_p50 - off_p50,
         "sampler_cpu_ms_per_s": replica["sampler_cpu_s"] / wall_s * 1e3 if wall_s > 0 else 0.0,
         "energy_source": replica["source"],
+        "node_account_cpu_share_of_one_core": (
+            sum(a["account_cpu_s"] for a in accounts)
+            / sum(a["window_s"][1] - a["window_s"][0] for a in accounts)
+            if accounts
+            else None
+        ),
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -163,6 +172,9 @@ def main() -> None:
     print(
         f"  sampler CPU cost: {result['sampler_cpu_ms_per_s']:.2f} ms per second ({replica['source']} meter)"
     )
+    share = result["node_account_cpu_share_of_one_core"]
+    if share is not None:
+        print(f"  node account CPU cost: {100 * share:.2f} % of one core (its ticks' own thread time)")
 
 
 if __name__ == "__main__":

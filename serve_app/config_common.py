@@ -32,6 +32,16 @@ class EnergyConfig(Strict):
     """``estimate``: count the CPU time of the replica's child processes (vLLM's engine core and workers)."""
     nvml_power_fallback: bool = True
     """``nvml``: integrate power readings for GPUs without a total-energy counter (labelled ``nvml-power``)."""
+    node_account: bool = True
+    """Meter through the node's energy account (``energy/account.py``: each node counter read once, split
+    to process groups; serving overhead included). Off: the replica meters its own process tree (the
+    pre-account design, kept for overhead benchmarks and replicas whose work spans nodes)."""
+    account_period_s: float = Field(0.5, gt=0, le=10)
+    """How often the node account splits its counters to processes (s): reading every process's CPU time
+    costs CPU, so it runs coarser than the per-request split (see ``energy/share.py``)."""
+    idle_w: dict[str, float] = Field(default_factory=dict)
+    """The node's baseline idle power (W) per counter key or domain (``{"cpu": 12}``); unset: the lowest
+    sustained power the account has seen (0 for the estimate's CPU counter)."""
 
 
 class DeploymentOptions(Strict):

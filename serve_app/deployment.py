@@ -22,17 +22,18 @@ from ray import serve
 
 from serve_app.classifiers.base import Prediction
 from serve_app.config import AppConfig
-from serve_app.energy.agents import joules_by_node, node_of_key
 from serve_app.energy.base import BrokenMeter, Meter, MeterError
 from serve_app.energy.footprint import (
     WorkerProcess,
     descendant_pids,
+    meter_for_plan,
     plan_meter,
     sources_by_node,
     unmetered_gpu_nodes,
 )
-from serve_app.energy.probe import make_meter
+from serve_app.energy.keys import joules_by_node, node_of_key
 from serve_app.energy.sampler import Sampler
+from serve_app.energy.share import AccountShareMeter, account_meter
 from serve_app.energy.tag import EnergyTag, make_tag, no_energy_tag
 from serve_app.metrics import ReplicaMetrics, tags
 from serve_app.topology.nodes import alive_nodes, current_node_id, current_node_name
@@ -69,21 +70,33 @@ def _gpu_ids() -> list[str]:
 
 def build_meter(spec: Any, workers: list[WorkerProcess]) -> tuple[Meter, list[str]]:
     """The replica's meter over its own process tree and GPUs plus its classifier's ``workers`` (see
-    ``energy/footprint.py``), and the flags its tags must carry. A meter that cannot be built gives
-    a `BrokenMeter` (tags say ``unavailable``; the replica still serves). An LLM on GPUs whose GPUs
-    are not all read by NVML gets ``gpus_not_metered``: its figure would be CPU energy only."""
+    ``energy/footprint.py``), and the flags its tags must carry. With ``energy.node_account`` (the
+    default) and all work on this node, it is the replica's share of the node account (serving
+    overhead and shared counters counted once per node); work on other nodes keeps the per-replica
+    meter (flag ``not_in_node_account``). A meter that cannot be built gives a `BrokenMeter` (tags say
+    ``unavailable``; the replica still serves). An LLM on GPUs whose GPUs are not all read by NVML
+    gets ``gpus_not_metered``: its figure would be CPU energy only."""
     node = current_node_name()
     names = alive_nodes() if any(w.node_id for w in workers) else {}
     tree = descendant_pids() if spec.energy.include_children else {os.getpid()}
     plan = plan_meter(workers, _gpu_ids(), current_node_id(), node, names, tree)
+    flags: list[str] = []
+    use_account = spec.energy.node_account and spec.energy.meter != "off" and not plan.remotes
     try:
-        meter: Meter = make_meter(spec.energy, plan.local_gpu_ids, node, plan.remotes, plan.local_pids)
+        if use_account:
+            meter: Meter = account_meter(
+                spec.energy, node, current_node_id(), plan.local_pids, plan.local_gpu_ids
+            )
+        else:
+            meter = meter_for_plan(spec.energy, plan, node)
+            if spec.energy.node_account and plan.remotes:
+                flags.append("not_in_node_account")
     except MeterError as exc:  # serve, with `unavailable` tags, rather than fail to start
         log.error("energy meter %r unusable, tags will say 'unavailable': %s", spec.energy.meter, exc)
         return BrokenMeter(str(exc), node), []
-    flags: list[str] = []
     if spec.kind == "llm" and spec.on_gpu and spec.energy.meter != "off":
-        missing = unmetered_gpu_nodes(plan.gpu_nodes, sources_by_node(meter))
+        by_node = {node: meter.source} if isinstance(meter, AccountShareMeter) else sources_by_node(meter)
+        missing = unmetered_gpu_nodes(plan.gpu_nodes, by_node)
         if missing or not plan.gpu_nodes:
             flags.append("gpus_not_metered")
             log.warning("GPUs of %s not metered (nodes: %s)", spec.id, missing or "GPUs not located")
@@ -245,6 +258,18 @@ class ClassifierServer:
             "readings": t.readings,
             "sampler_cpu_s": self.sampler.cpu_s,
             "error": self.sampler.error,
+            **self._account_fields(),
+        }
+
+    def _account_fields(self) -> dict[str, Any]:
+        meter = self.sampler.meter
+        if not isinstance(meter, AccountShareMeter):
+            return {"scope": "replica process tree"}
+        return {
+            "scope": "node account share (replica with its children and claimed workers)",
+            "group": meter.group,
+            "pending_j": meter.pending_j(),
+            "account_ticks": meter.ticks,
         }
 
     def energy_snapshot(self) -> tuple[str, dict[str, Any]]:

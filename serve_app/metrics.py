@@ -13,6 +13,11 @@ from typing import Any
 ENERGY = "accuwatt_energy_joules"
 """Counter, J. Replica energy by ``domain`` (gpu/cpu/dram), ``source``, ``node`` and ``share``
 (``attributed`` to requests, or ``idle``). metered = attributed + idle."""
+NODE_ENERGY = "accuwatt_node_energy_joules"
+"""Counter, J. The node account (one per node, each counter once): by ``node``, ``domain``, ``source``
+and ``share``: ``baseline_idle``, ``replica``, ``router`` (with the proxy's part), ``proxy`` (the
+rest), ``ray_system``, ``other``. Summed over ``share`` it is the node's metered energy; never add
+``ENERGY`` to it (that is the replicas' view of the same joules)."""
 REQUEST_ENERGY = "accuwatt_request_energy_joules"
 """Histogram, J. Energy attributed to one request, by ``source`` (no request-id labels)."""
 POWER = "accuwatt_power_watts"
@@ -54,6 +59,7 @@ PROM = {
     "request_energy_sum": prom(REQUEST_ENERGY, "histogram") + "_sum",
     "request_energy_count": prom(REQUEST_ENERGY, "histogram") + "_count",
     "power": prom(POWER, "gauge"),
+    "node_energy": prom(NODE_ENERGY, "counter"),
     "texts": prom(TEXTS, "counter"),
     "meter_info": prom(METER_INFO, "gauge"),
     "meter_errors": prom(METER_ERRORS, "counter"),
@@ -117,6 +123,30 @@ class ReplicaMetrics:
             tag_keys=_keys("source", "node", "devices"),
         )
         self.meter_errors = m.Counter(METER_ERRORS, description="Failed meter reads", tag_keys=("source",))
+
+
+class NodeMetrics:
+    """The node account's counter (created inside the energy agent, a plain Ray actor)."""
+
+    def __init__(self) -> None:
+        from ray.util import metrics as m
+
+        self.energy = m.Counter(
+            NODE_ENERGY,
+            description="Node energy (J) by share: baseline idle and process groups",
+            tag_keys=("node", "domain", "source", "share"),
+        )
+        self._exported: dict[tuple[str, str], float] = {}
+
+    def export(self, node: str, sources: dict[str, str], by_share_key: dict[tuple[str, str], float]) -> None:
+        """Add what grew since the last call. ``by_share_key``: (share, counter key) -> cumulative J."""
+        for (share, key), total in by_share_key.items():
+            delta = total - self._exported.get((share, key), 0.0)
+            if delta <= 0:
+                continue
+            self._exported[(share, key)] = total
+            domain = key.split(":", 1)[0]
+            self.energy.inc(delta, tags(node=node, domain=domain, source=sources.get(key, "?"), share=share))
 
 
 def tags(**kv: Any) -> dict[str, str]:

@@ -34,6 +34,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from serve_app.config import RouterConfig
+from serve_app.config_common import EnergyConfig
+from serve_app.energy.overhead import ServingOverhead
+from serve_app.energy.tag import add_overhead
 from serve_app.idempotency import IdempotencyCache, fingerprint
 from serve_app.readiness import LOADING_RETRY_AFTER_S, ModelState, ModelStates
 from serve_app.validation import (
@@ -199,6 +202,9 @@ class Router:
         ctx = serve.get_replica_context()
         self._app = ctx.app_name if ctx else "local"
         self._states = ModelStates(self._app, self.handles)
+        from serve_app.topology.nodes import current_node_id, current_node_name
+
+        self._overhead = ServingOverhead(EnergyConfig(), current_node_name(), current_node_id())
         log.info(
             "router ready: %d classifiers, HTTP host %s, auth %s",
             len(self.handles),
@@ -371,7 +377,16 @@ class Router:
                     k: sum(s[k] for s in replicas.values()) for k in ("metered_j", "attributed_j", "idle_j")
                 }
                 out[model_id] = {"replicas": replicas, **totals}
-            return JSONResponse({"deployments": out})
+            from serve_app.energy.agents import node_snapshots
+
+            try:
+                nodes = await asyncio.wait_for(asyncio.to_thread(node_snapshots), ENERGY_VIEW_TIMEOUT_S)
+            except Exception as exc:  # the deployments' view still stands
+                log.warning("node accounts unavailable: %s", type(exc).__name__)
+                nodes = {}
+            return JSONResponse(
+                {"deployments": out, "nodes": nodes, "serving_overhead": self._overhead.snapshot()}
+            )
         except RequestError as exc:
             return error_response(exc)
         except Exception:
@@ -384,6 +399,7 @@ class Router:
         if self._inflight >= self.cfg.max_inflight:
             return error_response(overloaded("the router"))
         self._inflight += 1
+        window = self._overhead.begin()
         try:
             self._authorize(request)
             req = parse_classify(await self._read_body(request), self.limits)
@@ -405,13 +421,19 @@ class Router:
                     rid, fp, lambda: self._call(req.model, req.texts, req.mode, rid)
                 )
         except RequestError as exc:
+            self._overhead.abandon(window)
             log.info("classify %s -> %d %s", rid or "-", exc.status, exc.code)
             return error_response(exc, rid)
         except Exception:
+            self._overhead.abandon(window)
             return internal_error(rid)
         finally:
             self._inflight -= 1
         latency = time.perf_counter() - t0
+        if replayed:  # the cached answer already carries its tag (overhead included): unchanged
+            self._overhead.abandon(window)
+        else:  # in place: an idempotent replay of this request returns the same tag
+            result["energy"] = add_overhead(result["energy"], self._overhead.end(window))
         energy = result["energy"]
         log.info(
             "classify %s model=%s texts=%d chars=%d latency=%.4fs J=%s (%s)",

@@ -36,7 +36,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serve_app.config_common import EnergyConfig
+from serve_app.energy.account import NodeAccount
 from serve_app.energy.base import Meter, MeterError, MeterInfo, Reading, now_s
+from serve_app.energy.keys import RemoteProcesses, node_key
+from serve_app.energy.nodemeter import make_node_counters
+from serve_app.energy.probe import make_node_meter
 
 log = logging.getLogger(__name__)
 
@@ -47,105 +51,69 @@ DEFAULT_RPC_TIMEOUT_S = 2.0
 MIN_MAX_STALE_S = 10.0
 
 
-# -- counter keys ------------------------------------------------------------------------------
-def node_key(key: str, node: str) -> str:
-    """``"cpu:process"`` on node ``worker-1`` -> ``"cpu:worker-1:process"``."""
-    domain, _, device = key.partition(":")
-    return f"{domain}:{node}:{device}"
-
-
-def node_of_key(key: str) -> str | None:
-    """The node a counter key names (``None`` for single-node keys such as ``"cpu:process"``)."""
-    parts = key.split(":", 2)
-    return parts[1] if len(parts) == 3 else None
-
-
-def joules_by_node(energy_j: dict[str, float], default_node: str = "") -> dict[str, float]:
-    """Sum per-key joules by node (keys without a node go to ``default_node``). Units: J."""
-    out: dict[str, float] = {}
-    for k, v in energy_j.items():
-        n = node_of_key(k) or default_node
-        out[n] = out.get(n, 0.0) + v
-    return out
-
-
-# -- what a replica runs elsewhere -------------------------------------------------------------
-@dataclass(frozen=True)
-class RemoteProcesses:
-    """Processes (and GPUs) a replica uses on another node. ``node_id``: the Ray node id. Built by
-    ``energy.footprint.plan_meter`` from what the replica's classifier reports."""
-
-    node_id: str
-    node: str
-    pids: tuple[int, ...] = ()
-    gpu_ids: tuple[str, ...] = ()
-
-
-# -- the estimate for a set of processes -------------------------------------------------------
-class ProcessSetMeter:
-    """The estimate meter summed over several PIDs (and their children). A PID that exits keeps its
-    last cumulative value (the energy was spent). Units: J, s."""
-
-    def __init__(self, cfg: EnergyConfig, pids: Iterable[int], node: str = "") -> None:
-        from serve_app.energy.estimate import EstimateMeter
-
-        self._meters = {
-            pid: EstimateMeter(
-                cfg.cpu_tdp_w, cfg.cpu_cores, cfg.dram_w_per_gb, cfg.include_children, pid=pid, node=node
-            )
-            for pid in pids
-        }
-        self._last: dict[int, dict[str, float]] = {}
-        self._node = node
-
-    @property
-    def info(self) -> MeterInfo:
-        infos = [m.info for m in self._meters.values()]
-        return MeterInfo(
-            source="estimate",
-            devices=tuple(d for i in infos for d in i.devices),
-            resolution_j=max((i.resolution_j for i in infos), default=0.0),
-            update_period_s=max((i.update_period_s for i in infos), default=0.01),
-            node=self._node,
-            notes=infos[0].notes if infos else "no processes",
-        )
-
-    def read(self) -> Reading:
-        for pid, m in self._meters.items():
-            with contextlib.suppress(MeterError):  # an exited PID keeps its last value
-                self._last[pid] = m.read().energy_j
-        total: dict[str, float] = {}
-        for values in self._last.values():
-            for k, v in values.items():
-                total[k] = total.get(k, 0.0) + v
-        return Reading(now_s(), total or {"cpu:process": 0.0, "dram:process": 0.0}, "estimate")
-
-    def close(self) -> None:
-        for m in self._meters.values():
-            m.close()
-
-
 # -- the per-node agent ------------------------------------------------------------------------
 class NodeEnergyAgentImpl:
     """Plain class behind the actor (testable without Ray)."""
 
-    def __init__(self) -> None:
-        from serve_app.topology.nodes import current_node_name
-
-        self.node = current_node_name()
+    def __init__(self, node: str, node_id: str | None = None) -> None:
+        self.node = node
+        self.node_id = node_id
         self._groups: dict[str, Meter] = {}
+        self._accounts: dict[str, NodeAccount] = {}  # one per counters configuration (see account_key)
+        self._account_lock = threading.Lock()
+
+    # -- the node account (one per node and counters configuration; see account.py) ------------------
+    def start_account(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Start (or join) the node's account for this counters configuration; returns its key."""
+        ecfg = EnergyConfig.model_validate(cfg)
+        key = account_key(ecfg)
+        with self._account_lock:
+            if key not in self._accounts:
+                account = NodeAccount(make_node_counters(ecfg, self.node), self.node, ecfg.idle_w)
+                self._accounts[key] = account
+                threading.Thread(
+                    target=self._tick_loop,
+                    args=(account, ecfg.account_period_s),
+                    name="accuwatt-account",
+                    daemon=True,
+                ).start()
+            return {"node": self.node, "key": key, "sources": dict(self._accounts[key].sources)}
+
+    def _tick_loop(self, account: NodeAccount, period_s: float) -> None:
+        from serve_app.metrics import NodeMetrics
+
+        metrics = NodeMetrics()
+        while True:
+            time.sleep(period_s)
+            try:
+                account.tick()
+                metrics.export(self.node, dict(account.sources), account.by_share_key())
+            except Exception:  # a tick must never kill the agent
+                log.exception("node account tick failed")
+
+    def share(self, pid: int, key: str) -> dict[str, Any]:
+        """The account's share of process ``pid``'s group (see ``NodeAccount.share_of_pid``)."""
+        account = self._accounts.get(key)
+        if account is None:
+            return {"error": f"no node account {key!r} on {self.node}"}
+        return account.share_of_pid(pid)
+
+    def claim(self, key: str, pids: list[int], group_pid: int, gpu_keys: list[str]) -> None:
+        account = self._accounts.get(key)
+        if account is not None:
+            account.claim(pids, group_pid)
+            account.own_gpus(gpu_keys, group_pid)
+
+    def account_snapshot(self) -> list[dict[str, Any]]:
+        return [{**a.snapshot(), "account": k} for k, a in sorted(self._accounts.items())]
 
     def where(self) -> dict[str, Any]:
         import os
 
-        from serve_app.topology.nodes import current_node_id
-
-        return {"node": self.node, "node_id": current_node_id(), "pid": os.getpid()}
+        return {"node": self.node, "node_id": self.node_id, "pid": os.getpid()}
 
     def watch(self, group: str, cfg: dict[str, Any], pids: list[int], gpu_ids: list[str]) -> dict[str, Any]:
         """Start metering ``pids`` / ``gpu_ids`` for ``group``; returns the meter's info as a dict."""
-        from serve_app.energy.probe import make_node_meter
-
         old = self._groups.pop(group, None)
         if old is not None:
             old.close()
@@ -181,19 +149,20 @@ class NodeEnergyAgentImpl:
         return sorted(self._groups)
 
 
-def agent_for(node_id: str) -> Any:
-    """Get or create the agent of a node (a detached named actor pinned to it)."""
+def agent_for(node_id: str, node: str) -> Any:
+    """Get or create the agent of a node (a detached named actor pinned to it). ``node``: its accuwatt
+    name (``topology.nodes``: the caller knows it, so that ``energy/`` does not import ``topology/``)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    actor_cls: Any = ray.remote(num_cpus=0, max_concurrency=8)(NodeEnergyAgentImpl)  # type: ignore[call-overload]
+    actor_cls: Any = ray.remote(num_cpus=0, max_concurrency=16)(NodeEnergyAgentImpl)  # type: ignore[call-overload]
     return actor_cls.options(
         name=AGENT_PREFIX + node_id,
         namespace=AGENT_NAMESPACE,
         get_if_exists=True,
         lifetime="detached",
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-    ).remote()
+    ).remote(node, node_id)
 
 
 def stop_agents() -> int:
@@ -248,7 +217,7 @@ class MultiNodeMeter:
         self._remotes: list[_Remote] = []
         cfg_dict = cfg.model_dump()
         for rp in remotes:
-            agent = agent_for(rp.node_id)
+            agent = agent_for(rp.node_id, rp.node)
             info = ray.get(agent.watch.remote(group, cfg_dict, list(rp.pids), list(rp.gpu_ids)), timeout=60)
             self._remotes.append(_Remote(rp, agent, info))
         self._poll_once()
@@ -321,17 +290,21 @@ class MultiNodeMeter:
         )
 
     def read(self) -> Reading:
-        local = self.local.read()
-        energy = {node_key(k, self.local_node): v for k, v in local.energy_j.items()}
-        t = now_s()
+        """The local counters and the latest remote ones, merged under one lock and stamped after the
+        merge: readings of this meter are ordered in time, and each remote value is the newest the
+        poller had when the stamp was taken (never an older value under a newer time)."""
         with self._lock:
+            local = self.local.read()
+            energy = {node_key(k, self.local_node): v for k, v in local.energy_j.items()}
+            t = now_s()
             for r in self._remotes:
                 if t - r.ok_s > self.max_stale_s:
                     raise MeterError(f"energy agent on {r.rp.node} silent for {t - r.ok_s:.1f} s: {r.error}")
                 energy.update({node_key(k, r.rp.node): v for k, v in r.energy_j.items()})
-        return Reading(
-            local.t_s, energy, _combined_source([local.source, *(r.source for r in self._remotes)])
-        )
+            resets = frozenset(node_key(k, self.local_node) for k in local.reset_keys)
+            return Reading(
+                now_s(), energy, _combined_source([local.source, *(r.source for r in self._remotes)]), resets
+            )
 
     def close(self) -> None:
         self._stop.set()
@@ -358,3 +331,32 @@ def wait_for_counters(meter: MultiNodeMeter, timeout_s: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise MeterError("energy agents did not answer in time")
         time.sleep(0.05)
+
+
+def node_snapshots() -> dict[str, dict[str, Any]]:
+    """Every node account of the connected cluster, by node name (nodes without an agent or without a
+    started account are left out)."""
+    import ray
+
+    refs: list[Any] = []
+    for node_id in [str(x["NodeID"]) for x in ray.nodes() if x.get("Alive")]:
+        try:
+            refs.append(
+                ray.get_actor(AGENT_PREFIX + node_id, namespace=AGENT_NAMESPACE).account_snapshot.remote()
+            )
+        except ValueError:
+            continue
+    out: dict[str, dict[str, Any]] = {}
+    for snaps in ray.get(refs, timeout=DEFAULT_RPC_TIMEOUT_S * 2):
+        for i, snap in enumerate(snaps):  # a second configuration on a node is shown apart
+            out[snap["node"] if i == 0 else f"{snap['node']}#{snap['account']}"] = snap
+    return out
+
+
+def account_key(cfg: EnergyConfig) -> str:
+    """What makes two node accounts differ: the counters and how they are split. Deploy one energy
+    configuration per node: two configurations on one node each count the node's energy."""
+    return (
+        f"{cfg.meter}|{cfg.rapl_root}|{cfg.cpu_tdp_w:g}|{cfg.cpu_cores}|{cfg.dram_w_per_gb:g}|"
+        f"{sorted(cfg.idle_w.items())}|{cfg.account_period_s:g}"
+    )

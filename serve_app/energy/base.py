@@ -41,6 +41,8 @@ class Reading:
     t_s: float
     energy_j: dict[str, float]
     source: Source
+    reset_keys: frozenset[str] = frozenset()
+    """Counters the meter knows restarted since its previous reading (a driver reload)."""
 
     @staticmethod
     def domain_of(key: str) -> Domain:

@@ -23,9 +23,16 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from serve_app.energy.agents import MultiNodeMeter, RemoteProcesses
+from serve_app.config_common import EnergyConfig
+from serve_app.energy.agents import MultiNodeMeter
 from serve_app.energy.base import Meter
-from serve_app.topology.nodes import node_name
+from serve_app.energy.keys import RemoteProcesses
+from serve_app.energy.probe import make_meter
+
+
+def node_name(node_id: str, names: Mapping[str, str]) -> str:
+    """A Ray node id's accuwatt name (its first 12 characters when ``names`` lacks it)."""
+    return names.get(node_id) or node_id[:12]
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,16 @@ def plan_meter(
         for node_id, (pids, gpus) in remote.items()
     ]
     return MeterPlan(local_gpus, local_pids, remotes, frozenset(gpu_nodes))
+
+
+def meter_for_plan(cfg: EnergyConfig, plan: MeterPlan, node: str) -> Meter:
+    """The replica's meter for ``plan``: the local meter, wrapped in a ``MultiNodeMeter`` when the
+    plan has other nodes."""
+    local = make_meter(cfg, plan.local_gpu_ids, node, plan.local_pids)
+    if not plan.remotes or cfg.meter == "off":
+        return local
+    group = f"{node}-{os.getpid()}-{id(local):x}"
+    return MultiNodeMeter(local, node, plan.remotes, cfg, group)
 
 
 def sources_by_node(meter: Meter) -> dict[str, str]:

@@ -5,11 +5,14 @@ set of active requests is constant inside every interval between two readings. E
 energy, per counter, goes to the requests active in it in proportion to their weights, or to
 **idle** when none is active. Hence, exactly (up to float rounding):
 
-    metered = attributed + idle              (over any window, per counter)
+    metered = attributed + idle (+ held)     (over any window, per counter; held: see below)
 
-and no request gets negative energy (a counter that goes backwards is a reset: the delta is taken
-as the new value, counted in ``resets``; RAPL wrap-around is undone by the meter, which knows the
-counter range).
+and no request gets negative energy. Counter steps follow ``counters.counter_step``: a backward step
+is a reset (delta = the new value, counted in ``resets``) only when the counter restarted near zero or
+the meter says so, otherwise a reordering (delta 0, counted in ``reorders``); a step above the physical
+bound is dropped (counted in ``dropped``, its joules in ``dropped_j``, never attributed). A request
+active in an interval with a reset, reordering or drop carries a flag naming it. RAPL wrap-around is
+undone by the meter, which knows the counter range.
 
 Rules (``EnergyConfig.attribution``):
 - ``time``: equal shares among the requests active in the interval (pure time overlap).
@@ -40,8 +43,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from serve_app.energy.base import Reading
+from serve_app.energy.counters import Limits, baseline_after, counter_step
 
 COUNTER_RESET_NOTE = "counter reset detected: delta taken as the new value"
+STEP_FLAGS = {"reset": "counter_reset", "reordered": "counter_reordered", "dropped": "counter_above_bound"}
 
 
 @dataclass
@@ -58,6 +63,7 @@ class _Open:
     decode_tokens: int = 0
     prefill_j: float = 0.0
     decode_j: float = 0.0
+    flags: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -94,6 +100,7 @@ class Allocation:
     max_sharers: int
     steps: StepShare | None = None
     """Stepped requests only (see the module doc)."""
+    flags: tuple[str, ...] = ()
 
     @property
     def joules(self) -> float:
@@ -118,6 +125,9 @@ class LedgerTotals:
     requests: int
     held_j: dict[str, float] = field(default_factory=dict)
     """Metered in intervals shared by stepped requests, not split yet (see the module doc)."""
+    reorders: int = 0
+    dropped: int = 0
+    dropped_j: float = 0.0
 
     @staticmethod
     def _by_domain(d: dict[str, float]) -> dict[str, float]:
@@ -138,9 +148,11 @@ class LedgerTotals:
 class Ledger:
     """Splits metered energy among concurrent requests. See the module doc for the rule."""
 
-    def __init__(self, first: Reading) -> None:
+    def __init__(self, first: Reading, limits: Limits | None = None) -> None:
         self._lock = threading.Lock()
+        self._limits = limits or Limits()
         self._last = first
+        self._base: dict[str, float] = dict(first.energy_j)  # per counter: the value steps are taken from
         self._started_s = first.t_s
         self._open: dict[str, _Open] = {}
         self._metered: dict[str, float] = defaultdict(float)
@@ -149,6 +161,9 @@ class Ledger:
         self._held: list[_Held] = []
         self._readings = 1
         self._resets = 0
+        self._reorders = 0
+        self._dropped = 0
+        self._dropped_j = 0.0
         self._requests = 0
         self._counter_changes: list[float] = []  # times a counter was seen to change (update period)
         self._last_change_s = first.t_s
@@ -164,16 +179,26 @@ class Ledger:
         if reading.t_s < prev.t_s:  # out-of-order sample (another thread read first): ignore
             return
         deltas: dict[str, float] = {}
+        flags: set[str] = set()
+        dt_s = reading.t_s - prev.t_s
         for key, value in reading.energy_j.items():
-            before = prev.energy_j.get(key)
+            before = self._base.get(key)
             if before is None:
-                continue  # a counter that appeared now: its origin is this reading
-            delta = value - before
-            if delta < 0:
-                self._resets += 1
-                delta = value
+                self._base[key] = value  # a counter that appeared now: its origin is this reading
+                continue
+            delta, kind = counter_step(key, before, value, dt_s, self._limits, key in reading.reset_keys)
+            self._base[key] = baseline_after(before, value, kind)
+            if kind != "ok":
+                flags.add(STEP_FLAGS[kind])
+                self._resets += kind == "reset"
+                self._reorders += kind == "reordered"
+                if kind == "dropped":
+                    self._dropped += 1
+                    self._dropped_j += value - before
             if delta:
                 deltas[key] = delta
+        for o in self._open.values():
+            o.flags |= flags
         if deltas and reading.t_s > self._last_change_s:
             self._counter_changes.append(reading.t_s - self._last_change_s)
             self._counter_changes = self._counter_changes[-64:]
@@ -294,6 +319,7 @@ class Ledger:
                 o.intervals,
                 o.max_sharers,
                 _steps(o) if o.stepped else None,
+                tuple(sorted(o.flags)),
             )
 
     def abandon(self, request_id: str, reading: Reading | None) -> None:
@@ -313,6 +339,7 @@ class Ledger:
         with self._lock:
             if reading.t_s >= self._last.t_s:
                 self._last = reading
+                self._base = dict(reading.energy_j)
                 self._last_change_s = reading.t_s
 
     # -- views ---------------------------------------------------------------------------------
@@ -332,6 +359,9 @@ class Ledger:
                 self._resets,
                 self._requests,
                 self._held_by_key(),
+                self._reorders,
+                self._dropped,
+                self._dropped_j,
             )
 
     def _held_by_key(self) -> dict[str, float]:

@@ -1,9 +1,10 @@
 """Pick the best meter for a replica: nvml (its GPUs) > rapl > estimate, or what the config forces.
 
 Work beyond the replica's own process tree comes in as a plan (``energy.footprint.plan_meter``):
-GPUs and processes on the replica's node join the local meter; other nodes' processes and GPUs
-(``remote``) make ``make_meter`` wrap the local meter in an ``agents.MultiNodeMeter`` that adds those
-nodes' counters (read by per-node agents, which build theirs with :func:`make_node_meter`).
+GPUs and processes on the replica's node join the local meter; other nodes' processes and GPUs make
+``footprint.meter_for_plan`` wrap the local meter in an ``agents.MultiNodeMeter`` that adds those
+nodes' counters (read by per-node agents, which build theirs with :func:`make_node_meter`). This
+module imports neither ``agents`` nor ``topology``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import os
 from collections.abc import Iterable
 
 from serve_app.config_common import EnergyConfig
-from serve_app.energy.agents import RemoteProcesses
 from serve_app.energy.base import Meter, MeterError, NullMeter
 from serve_app.energy.estimate import EstimateMeter
+from serve_app.energy.procset import ProcessSetMeter
 
 log = logging.getLogger(__name__)
 
@@ -27,26 +28,14 @@ def _estimate(cfg: EnergyConfig, node: str) -> Meter:
 def make_meter(
     cfg: EnergyConfig,
     gpu_ids: list[str] | None = None,
-    node: str | None = None,
-    remote: Iterable[RemoteProcesses] = (),
+    node: str = "",
     local_pids: Iterable[int] = (),
 ) -> Meter:
-    """Build the replica's meter. A forced meter that cannot work raises `MeterError`; ``auto``
-    falls back in order and logs why. ``gpu_ids``: the GPUs its work uses on this node;
-    ``local_pids``: processes on this node outside its process tree that the CPU estimate must add;
-    ``remote``: its processes on other nodes (with any, the result is a ``MultiNodeMeter``)."""
-    from serve_app.topology.nodes import current_node_name
-
-    node = node or current_node_name()
+    """Build the replica's meter on its node. A forced meter that cannot work raises `MeterError`;
+    ``auto`` falls back in order and logs why. ``gpu_ids``: the GPUs its work uses on this node;
+    ``local_pids``: processes on this node outside its process tree that the CPU estimate must add."""
     extra = list(local_pids)
-    local = _make_local_meter(cfg, gpu_ids, node, [os.getpid(), *extra] if extra else None)
-    remotes = list(remote)
-    if not remotes or cfg.meter == "off":
-        return local
-    from serve_app.energy.agents import MultiNodeMeter
-
-    group = f"{node}-{os.getpid()}-{id(local):x}"
-    return MultiNodeMeter(local, node, remotes, cfg, group)
+    return _make_local_meter(cfg, gpu_ids, node, [os.getpid(), *extra] if extra else None)
 
 
 def make_node_meter(cfg: EnergyConfig, pids: Iterable[int], gpu_ids: Iterable[str], node: str) -> Meter:
@@ -87,7 +76,5 @@ def _make_local_meter(
         if cfg.meter == "rapl":
             raise MeterError(f"meter 'rapl' forced but unusable: {reason}")
     if pids is not None:
-        from serve_app.energy.agents import ProcessSetMeter
-
         return ProcessSetMeter(cfg, pids, node)
     return _estimate(cfg, node)

@@ -12,6 +12,7 @@ import threading
 import time
 
 from serve_app.energy.base import Meter, MeterError, Reading, now_s
+from serve_app.energy.counters import Limits
 from serve_app.energy.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ class Sampler:
         except MeterError as exc:  # failing from the start: an empty origin, counters appear later
             self.error = str(exc)
             first = Reading(now_s(), {}, meter.info.source)
-        self.ledger = Ledger(first)
+        info = meter.info
+        self.ledger = Ledger(first, meter_limits(info.update_period_s, info.resolution_j))
         self.cpu_s = 0.0  # CPU time the sampler thread itself used (s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="accuwatt-sampler", daemon=True)
@@ -63,3 +65,9 @@ class Sampler:
         self._stop.set()
         self._thread.join(timeout=2 * self.period_s + 1)
         self.meter.close()
+
+
+def meter_limits(update_period_s: float, resolution_j: float) -> Limits:
+    """Physical bounds for a meter's counters: the default maximum power per domain, with one counter
+    update period (or remote polling staleness) of slack and the resolution at both ends."""
+    return Limits(slack_s=update_period_s, slack_j=2 * resolution_j)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from pydantic import BaseModel, ConfigDict
 
-from serve_app.energy.agents import joules_by_node, node_of_key
 from serve_app.energy.base import MEASURED_SOURCES, MeterInfo
+from serve_app.energy.keys import joules_by_node, node_of_key
 from serve_app.energy.ledger import Allocation
+
+if TYPE_CHECKING:
+    from serve_app.energy.overhead import Overhead
 
 
 class TokenWork(BaseModel):
@@ -58,6 +63,12 @@ class EnergyTag(BaseModel):
     replica: str
     nodes: list[str]
     devices: list[str]
+    model_j: float | None = None
+    """The classifier replica's share (its process group on the node account, or its process tree)."""
+    overhead_j: float | None = None
+    """Serving overhead: the router's and the proxy's share for this request (None: not metered)."""
+    scope: str = ""
+    """What ``joules`` covers: ``model+serving`` when ``overhead_j`` is in it, else ``model``."""
 
 
 def make_tag(
@@ -66,7 +77,7 @@ def make_tag(
     """``tokens``: (prompt, generated) tokens of a stepped request's texts, shown with its steps."""
     joules = alloc.joules
     window_s = max(alloc.duration_s, 0.0)
-    flags: list[str] = []
+    flags: list[str] = list(alloc.flags)
     if window_s < info.update_period_s:
         flags.append("shorter_than_counter_update")
     avg_w = joules / window_s if window_s > 0 else 0.0
@@ -92,6 +103,8 @@ def make_tag(
         replica=replica,
         nodes=sorted({node_of_key(k) or info.node for k in alloc.energy_j} - {""}),
         devices=list(info.devices),
+        model_j=joules,
+        scope="model",
     )
 
 
@@ -109,6 +122,35 @@ def _token_work(alloc: Allocation, tokens: tuple[int, int] | None) -> TokenWork 
         decode_j=steps.decode_j,
         unstepped_j=steps.unstepped_j,
     )
+
+
+def add_overhead(energy: dict[str, Any], overhead: Overhead | None) -> dict[str, Any]:
+    """The tag (as a dict) end to end: ``joules`` = ``model_j`` + ``overhead_j`` (domains summed) when
+    both are known and have the same source; otherwise the model's figure alone, flagged
+    ``overhead_not_metered`` (an estimated overhead is never added to a measured figure)."""
+    out = dict(energy)
+    model = out.get("joules")
+    if not isinstance(model, float):
+        return out
+    if overhead is None or overhead.source != out.get("source"):
+        out["flags"] = [*(out.get("flags") or []), "overhead_not_metered"]
+        return out
+    domains = dict(out.get("domains_j") or {})
+    for d, j in overhead.domains_j.items():
+        domains[d] = domains.get(d, 0.0) + j
+    nodes = dict(out.get("nodes_j") or {})
+    nodes[overhead.node] = nodes.get(overhead.node, 0.0) + overhead.joules
+    out.update(
+        joules=model + overhead.joules,
+        model_j=model,
+        overhead_j=overhead.joules,
+        domains_j=domains,
+        nodes_j=nodes,
+        nodes=sorted(set(out.get("nodes") or []) | {overhead.node} - {""}),
+        scope="model+serving",
+        flags=[*(out.get("flags") or []), *(f"overhead_{f}" for f in overhead.flags)],
+    )
+    return out
 
 
 def no_energy_tag(replica: str, info: MeterInfo, reason: str, source: str = "unavailable") -> EnergyTag:

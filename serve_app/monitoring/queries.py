@@ -14,6 +14,7 @@ from typing import Any
 from serve_app.metrics import PROM
 
 ENERGY = PROM["energy"]
+NODE_ENERGY = PROM["node_energy"]
 REQ_BUCKET = PROM["request_energy_bucket"]
 REQ_SUM = PROM["request_energy_sum"]
 REQ_COUNT = PROM["request_energy_count"]
@@ -112,6 +113,11 @@ ENERGY_SHARE = Recording(
     f" / ignoring (share) group_left () sum by ({DEP}) (increase({ENERGY}[{SHARE_WINDOW}]))",
     "ratio of metered energy (attributed or idle)",
 )
+NODE_POWER_BY_SHARE = Recording(
+    "node_share:accuwatt_node_power_watts:rate1m",
+    f"sum by (node, domain, source, share) (rate({NODE_ENERGY}[{RATE_WINDOW}]))",
+    "W (the node account: baseline idle and each process-group kind; sums to the node's power)",
+)
 REPLAY_ACCURACY_PER_WH = Recording(
     "model_dataset:accuwatt_replay_accuracy_per_wh:max",
     f"max by (model, dataset, split, source) ({REPLAY_ACC_PER_WH})",
@@ -126,6 +132,7 @@ RECORDING: tuple[Recording, ...] = (
     JOULES_PER_REQUEST,
     JOULES_PER_TEXT,
     ENERGY_SHARE,
+    NODE_POWER_BY_SHARE,
     REPLAY_ACCURACY_PER_WH,
 )
 

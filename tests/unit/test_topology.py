@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 
 from serve_app.config_common import EnergyConfig
-from serve_app.energy.agents import ProcessSetMeter, _combined_source, joules_by_node, node_key, node_of_key
+from serve_app.energy.agents import _combined_source
 from serve_app.energy.base import Reading
+from serve_app.energy.keys import joules_by_node, node_key, node_of_key
 from serve_app.energy.probe import make_node_meter
+from serve_app.energy.procset import ProcessSetMeter
 from serve_app.sweep.compare import gpus_table, nodes_table
 from serve_app.sweep.config import SweepFile, Topology, classifier_specs
 from serve_app.topology.nodes import clean_name, name_from

@@ -1,0 +1,340 @@
+"""One energy account per node: the node's counters, read once, split to process groups (step 1).
+
+The node's energy agent runs one :class:`NodeAccount`. Every ``tick()`` it reads each node counter once
+(``nodemeter.make_node_counters``: RAPL package and DRAM, NVML per GPU, or the whole-node estimate),
+reads every process's CPU time (``procs.scan``) and splits each counter's interval energy:
+
+1. **Baseline idle**, kept apart: ``idle_w`` when configured (per counter key or per domain), else the
+   lowest sustained power seen so far on that counter (lowest average over a tick of at least
+   ``SUSTAINED_S``; the first ticks have none, so the baseline only ever falls), and 0 for the
+   estimate's ``cpu`` counter (it counts busy CPU time only, so it has no idle part by construction).
+2. **Active CPU and DRAM** energy to every process by its CPU time in the interval (Kepler's rule; DRAM
+   follows CPU time too: memory traffic follows the cores that run), summed into groups
+   (``procs.group_of``: replicas, routers, proxy, Ray system, other). The denominator is the larger
+   of the node's busy CPU time (``/proc/stat``) and the processes' sum: what no live process accounts
+   for (processes that exited within the interval, kernel threads' rounding) goes to ``other``.
+3. **GPUs** (active part) to the groups that own them (``own_gpus``); a GPU with several owners is
+   split equally and flagged ``gpu_shared_equal_split``; a GPU nobody owns goes to ``other``.
+4. **Serving overhead**: the proxy's share of each interval goes to the router groups on the node by
+   their CPU time in that interval (the routers handled the same requests); with no router busy it
+   stays with ``proxy``, a fixed cost of the node like ``ray_system``.
+
+Hence, per counter and over any window, exactly (up to float rounding):
+
+    metered = baseline idle + sum over groups (replicas, routers incl. proxy part, proxy rest,
+              ray_system, other)
+
+Counter steps follow ``counters.counter_step`` (resets only near zero, reorderings 0 J, steps above the
+physical bound dropped and counted). Units: J, s, W.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from serve_app.energy.base import Meter, MeterError, Reading
+from serve_app.energy.counters import Limits, baseline_after, counter_step
+from serve_app.energy.nodemeter import node_busy_cpu_s
+from serve_app.energy.procs import (
+    OTHER,
+    PROXY,
+    ROUTER_DEPLOYMENTS,
+    deployment_of,
+    group_of,
+    kind_of,
+    scan,
+    uptime_s,
+)
+
+log = logging.getLogger(__name__)
+SUSTAINED_S = 0.5
+"""A tick at least this long counts as *sustained* for the lowest-power baseline (s)."""
+
+
+def _add(d: dict[str, float], key: str, value: float) -> None:
+    d[key] = d.get(key, 0.0) + value
+
+
+class NodeAccount:
+    """The node's energy, split to baseline idle and process groups every ``tick()``. Thread-safe."""
+
+    def __init__(
+        self,
+        meters: Sequence[Meter],
+        node: str,
+        idle_w: Mapping[str, float] | None = None,
+        proc_root: str = "/proc",
+        router_deployments: Iterable[str] = ROUTER_DEPLOYMENTS,
+    ) -> None:
+        self.meters = list(meters)
+        self.node = node
+        self.idle_w = dict(idle_w or {})
+        self.proc_root = proc_root
+        self.routers = frozenset(router_deployments)
+        infos = [m.info for m in self.meters]
+        self.limits = Limits(
+            slack_s=max((i.update_period_s for i in infos), default=0.0),
+            slack_j=2 * max((i.resolution_j for i in infos), default=0.0),
+        )
+        self._lock = threading.Lock()
+        self._claims: dict[int, int] = {}  # PID -> the PID whose group it joins
+        self._gpu_owners: dict[str, set[int]] = {}  # gpu key -> PIDs whose groups own it
+        self.sources: dict[str, str] = {}
+        self.metered_j: dict[str, float] = {}
+        self.baseline_j: dict[str, float] = {}
+        self.groups_j: dict[str, dict[str, float]] = defaultdict(dict)
+        self.proxy_to_j: dict[str, dict[str, float]] = defaultdict(dict)  # router group -> proxy part
+        self.group_cpu_s: dict[str, float] = defaultdict(float)
+        self.flags: set[str] = set()
+        self.steps = {"reset": 0, "reordered": 0, "dropped": 0}
+        self.dropped_j = 0.0
+        self.ticks = 0
+        self.cpu_cost_s = 0.0  # CPU time the ticks themselves used (s)
+        self.error: str | None = None
+        self._min_w: dict[str, float] = {}
+        self._rate: dict[str, float] = {}  # per counter: J per CPU-second of the last interval (active)
+        self._group_of_pid: dict[int, str] = {}
+        self._deployments: dict[str, str] = {}  # replica/router group -> its Serve deployment
+        self._base: dict[str, float] = {}
+        self._cpu: dict[int, float] = {}
+        self._busy_s = 0.0
+        self.t_s = 0.0
+        self.started_s = 0.0
+        self._origin()
+
+    # -- registration --------------------------------------------------------------------------------
+    def claim(self, pids: Iterable[int], group_pid: int) -> None:
+        """Processes outside a replica's tree that do its work (vLLM Ray workers): they join the group
+        of process ``group_pid`` (the replica) from the next tick."""
+        with self._lock:
+            for pid in pids:
+                self._claims[pid] = group_pid
+
+    def own_gpus(self, gpu_keys: Iterable[str], group_pid: int) -> None:
+        """GPUs (``gpu:<index>``) used by the group of process ``group_pid``."""
+        with self._lock:
+            for key in gpu_keys:
+                self._gpu_owners.setdefault(key, set()).add(group_pid)
+
+    # -- sampling ------------------------------------------------------------------------------------
+    def _read(self) -> list[Reading]:
+        return [m.read() for m in self.meters]
+
+    def _origin(self) -> None:
+        readings = self._read()
+        for r in readings:
+            for key, value in r.energy_j.items():
+                self._base[key] = value
+                self.sources[key] = r.source
+        self._uptime_s = uptime_s(self.proc_root)
+        self._cpu = {pid: p.cpu_s for pid, p in scan(self.proc_root).items()}
+        self._busy_s = node_busy_cpu_s(self.proc_root)
+        self.t_s = self.started_s = max((r.t_s for r in readings), default=time.monotonic())
+
+    def tick(self) -> None:
+        """Read every counter and every process once and split the interval since the last tick."""
+        t0 = time.thread_time()
+        # processes first, counters last: the scan's own CPU time falls inside the interval it closes
+        up_s = uptime_s(self.proc_root)
+        procs = scan(self.proc_root)
+        busy_s = node_busy_cpu_s(self.proc_root)
+        try:
+            readings = self._read()
+        except MeterError as exc:
+            with self._lock:
+                self.error = str(exc)
+            return
+        with self._lock:
+            self._split(readings, procs, busy_s, up_s)
+            self.error = None
+            self.ticks += 1
+            self.cpu_cost_s += time.thread_time() - t0
+
+    def _split(self, readings: list[Reading], procs: Mapping[int, Any], busy_s: float, up_s: float) -> None:
+        t_s = max(r.t_s for r in readings)
+        dt_s = max(t_s - self.t_s, 0.0)
+        groups = group_of(procs, None, self.routers)
+        if self._claims:  # claimed processes join their claimer's group as titles place it
+            claims = {pid: groups[owner] for pid, owner in self._claims.items() if owner in groups}
+            groups = group_of(procs, claims, self.routers)
+        self._group_of_pid = groups
+        for pid, p in procs.items():
+            if groups[pid].endswith(f":{pid}"):
+                self._deployments[groups[pid]] = deployment_of(p.title) or ""
+        cpu_d: dict[str, float] = defaultdict(float)
+        for pid, p in procs.items():
+            prev = self._cpu.get(pid)
+            if prev is None or p.cpu_s < prev:  # a PID not seen (or reused) since the last scan
+                # started since then: all its CPU time is in this interval; else it was missed
+                # (unreadable at the last scan): its origin is now
+                d = p.cpu_s if p.start_s >= self._uptime_s - 0.01 else 0.0
+            else:
+                d = p.cpu_s - prev
+            cpu_d[groups[pid]] += d
+        self._cpu = {pid: p.cpu_s for pid, p in procs.items()}
+        self._uptime_s = up_s
+        sum_cpu = sum(cpu_d.values())
+        denom = max(sum_cpu, busy_s - self._busy_s)
+        self._busy_s = busy_s
+        for g, d in cpu_d.items():
+            self.group_cpu_s[g] += d
+        routers_cpu = {g: d for g, d in cpu_d.items() if kind_of(g) == "router" and d > 0}
+        for r in readings:
+            for key, value in r.energy_j.items():
+                self.sources[key] = r.source
+                before = self._base.get(key)
+                self._base[key] = value if before is None else self._base[key]
+                if before is None:
+                    continue
+                delta, kind = counter_step(key, before, value, dt_s, self.limits, key in r.reset_keys)
+                self._base[key] = baseline_after(before, value, kind)
+                if kind != "ok":
+                    self.steps[kind] += 1
+                    self.dropped_j += (value - before) if kind == "dropped" else 0.0
+                self._split_key(key, r.source, delta, dt_s, cpu_d, denom, sum_cpu, routers_cpu)
+        self.t_s = t_s
+
+    def _baseline_w(self, key: str, source: str) -> float:
+        domain = key.split(":", 1)[0]
+        if key in self.idle_w or domain in self.idle_w:
+            return self.idle_w.get(key, self.idle_w.get(domain, 0.0))
+        if source == "estimate" and domain == "cpu":
+            return 0.0
+        return self._min_w.get(key, 0.0)
+
+    def _split_key(
+        self,
+        key: str,
+        source: str,
+        delta: float,
+        dt_s: float,
+        cpu_d: Mapping[str, float],
+        denom: float,
+        sum_cpu: float,
+        routers_cpu: Mapping[str, float],
+    ) -> None:
+        idle = min(delta, self._baseline_w(key, source) * dt_s)
+        if dt_s >= SUSTAINED_S:
+            self._min_w[key] = min(self._min_w.get(key, float("inf")), delta / dt_s)
+        active = delta - idle
+        _add(self.metered_j, key, delta)
+        _add(self.baseline_j, key, idle)
+        shares: dict[str, float] = {}
+        if key.startswith("gpu:"):
+            owners = sorted(
+                {self._group_of_pid[p] for p in self._gpu_owners.get(key, ()) if p in self._group_of_pid}
+            )
+            if len(owners) > 1:
+                self.flags.add("gpu_shared_equal_split")
+            for g in owners or [OTHER]:
+                shares[g] = active / max(len(owners), 1)
+        elif denom > 0:
+            for g, d in cpu_d.items():
+                if d > 0:
+                    shares[g] = active * d / denom
+            shares[OTHER] = shares.get(OTHER, 0.0) + active * (denom - sum_cpu) / denom
+            self._rate[key] = active / denom
+        else:
+            shares[OTHER] = active
+        proxy = shares.pop(PROXY, 0.0)
+        total_router = sum(routers_cpu.values())
+        if proxy and total_router > 0:
+            for g, d in routers_cpu.items():
+                _add(self.proxy_to_j[g], key, proxy * d / total_router)
+            proxy = 0.0
+        if proxy:
+            shares[PROXY] = proxy
+        for g, j in shares.items():
+            if j:
+                _add(self.groups_j[g], key, j)
+
+    # -- views ---------------------------------------------------------------------------------------
+    def group_energy_j(self, group: str) -> dict[str, float]:
+        """A group's cumulative energy per counter key; a router's includes its proxy part. Units: J."""
+        out = dict(self.groups_j.get(group, {}))
+        for key, j in self.proxy_to_j.get(group, {}).items():
+            _add(out, key, j)
+        return out
+
+    def share_of_pid(self, pid: int) -> dict[str, Any]:
+        """What a replica (or router) process's meter needs: its group's cumulative energy at the last
+        tick, its group's cumulative CPU time, the tick time, and each CPU/DRAM counter's last rate
+        (J per CPU-second) for extrapolating between ticks. Units: J, s."""
+        with self._lock:
+            group = self._group_of_pid.get(pid)
+            if self.error is not None:
+                return {"error": f"node counters failing on {self.node}: {self.error}"}
+            if group is None:
+                return {"error": f"process {pid} not seen on {self.node}"}
+            return {
+                "group": group,
+                "energy_j": self.group_energy_j(group),
+                "cpu_s": self.group_cpu_s.get(group, 0.0),
+                "t_s": self.t_s,
+                "rate_j_per_cpu_s": dict(self._rate),
+                "sources": dict(self.sources),
+                "ticks": self.ticks,
+            }
+
+    def snapshot(self) -> dict[str, Any]:
+        """The node's account: metered, baseline idle and every group, each counter once. Units: J, s."""
+        with self._lock:
+            groups: dict[str, dict[str, Any]] = {}
+            for g in set(self.groups_j) | set(self.proxy_to_j):
+                e = self.group_energy_j(g)
+                groups[g] = {
+                    "kind": kind_of(g),
+                    "deployment": self._deployments.get(g),
+                    "j": sum(e.values()),
+                    "domains_j": _by_domain(e),
+                    "proxy_part_j": sum(self.proxy_to_j.get(g, {}).values()),
+                    "cpu_s": self.group_cpu_s.get(g, 0.0),
+                }
+            by_kind: dict[str, float] = defaultdict(float)
+            for v in groups.values():
+                by_kind[v["kind"]] += v["j"]
+            metered = sum(self.metered_j.values())
+            baseline = sum(self.baseline_j.values())
+            return {
+                "node": self.node,
+                "sources": dict(self.sources),
+                "measured": all(s in ("rapl", "nvml", "nvml-power") for s in self.sources.values()),
+                "metered_j": metered,
+                "metered_by_counter_j": dict(self.metered_j),
+                "baseline_idle_j": baseline,
+                "groups": groups,
+                "by_kind_j": dict(by_kind),
+                "closure_error_j": metered - baseline - sum(by_kind.values()),
+                "window_s": [self.started_s, self.t_s],
+                "ticks": self.ticks,
+                "account_cpu_s": self.cpu_cost_s,
+                "steps": dict(self.steps),
+                "dropped_j": self.dropped_j,
+                "flags": sorted(self.flags),
+                "error": self.error,
+            }
+
+    def by_share_key(self) -> dict[tuple[str, str], float]:
+        """Cumulative J per (share, counter key): ``baseline_idle`` and each group kind (for export)."""
+        with self._lock:
+            out: dict[tuple[str, str], float] = {("baseline_idle", k): v for k, v in self.baseline_j.items()}
+            for g in set(self.groups_j) | set(self.proxy_to_j):
+                for key, j in self.group_energy_j(g).items():
+                    out[(kind_of(g), key)] = out.get((kind_of(g), key), 0.0) + j
+            return out
+
+    def close(self) -> None:
+        for m in self.meters:
+            m.close()
+
+
+def _by_domain(energy_j: Mapping[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in energy_j.items():
+        _add(out, Reading.domain_of(k), v)
+    return out

@@ -1,0 +1,78 @@
+"""Counters that cannot lie: how one step of a cumulative counter becomes an interval's energy.
+
+Every consumer of cumulative counters (the per-replica ledger, the node account) turns two readings
+of a counter into a delta with :func:`counter_step`, which applies three rules:
+
+- **reset**: a backward step is a counter restart only when the new value is *near zero*, i.e. no
+  more than the domain's physical bound for the interval (energy the device could have drawn since a
+  restart inside the interval), or when the meter says so (``Reading.reset_keys``: a driver reload).
+  The delta is then the new value.
+- **reordered**: any other backward step (a read that overtook another, a stale remote value) gives
+  delta 0 and keeps the previous value as the baseline, so the energy is counted once, when the
+  counter passes its old value again. A remote NVML counter stepping back 50 J from 5,000,200 J is
+  a reordering, never a 5 MJ "reset".
+- **dropped**: a forward step above the physical bound (maximum power x (interval + slack) + the
+  counter's resolution) is impossible for the hardware. It is dropped (delta 0), counted and flagged
+  and the new value becomes the baseline: it never reaches a tag.
+
+Bounds per domain (:data:`MAX_POWER_W`) are per counter key (one GPU, one CPU package and its DRAM,
+or one replica's process-set estimate); ``slack_s`` covers a counter that refreshes every
+``update_period_s`` (or a remote value polled late), whose energy can land in one short interval.
+Units: J, s, W.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+MAX_POWER_W: dict[str, float] = {"gpu": 1500.0, "cpu": 1000.0, "dram": 300.0}
+"""Hard upper bounds of one counter's power (W): above any single GPU (H200 700 W, B200 1000 W), CPU
+package (the largest server parts draw ~500 W) or DRAM domain in service today."""
+
+StepKind = Literal["ok", "reset", "reordered", "dropped"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Physical bounds of counter steps. ``max_power_w``: per domain (W; a domain not named is
+    unbounded); ``slack_s``: extra time one interval may carry (counter update period, remote
+    polling staleness); ``slack_j``: resolution at both ends (J)."""
+
+    max_power_w: Mapping[str, float] = field(default_factory=lambda: dict(MAX_POWER_W))
+    slack_s: float = 0.0
+    slack_j: float = 0.0
+
+    def bound_j(self, key: str, dt_s: float) -> float:
+        """The most energy counter ``key`` can show over ``dt_s`` seconds. Units: J."""
+        max_w = self.max_power_w.get(key.split(":", 1)[0], math.inf)
+        if math.isinf(max_w):
+            return math.inf
+        return max_w * (max(dt_s, 0.0) + self.slack_s) + self.slack_j
+
+    @staticmethod
+    def unbounded() -> Limits:
+        return Limits(max_power_w={})
+
+
+def counter_step(
+    key: str, before: float, value: float, dt_s: float, limits: Limits, driver_reset: bool = False
+) -> tuple[float, StepKind]:
+    """The energy of one interval of counter ``key`` (``before`` -> ``value`` over ``dt_s``), and what
+    kind of step it was (see the module doc). The delta is never negative nor above the bound."""
+    bound = limits.bound_j(key, dt_s)
+    if driver_reset or value < before:
+        if driver_reset or value <= bound:
+            return value, "reset"
+        return 0.0, "reordered"
+    delta = value - before
+    if delta > bound:
+        return 0.0, "dropped"
+    return delta, "ok"
+
+
+def baseline_after(before: float, value: float, kind: StepKind) -> float:
+    """The value the next step is taken from: the old one after a reordering, else the new one."""
+    return before if kind == "reordered" else value

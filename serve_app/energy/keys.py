@@ -1,0 +1,42 @@
+"""Counter keys across nodes, and what a replica runs on another node (plain values, no Ray).
+
+Counter keys start with their domain: ``"cpu:package-0"``; across nodes the node is the second part:
+``"<domain>:<node>:<device>"`` (``cpu:head:process``, ``gpu:worker-1:0``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+# -- counter keys ------------------------------------------------------------------------------
+def node_key(key: str, node: str) -> str:
+    """``"cpu:process"`` on node ``worker-1`` -> ``"cpu:worker-1:process"``."""
+    domain, _, device = key.partition(":")
+    return f"{domain}:{node}:{device}"
+
+
+def node_of_key(key: str) -> str | None:
+    """The node a counter key names (``None`` for single-node keys such as ``"cpu:process"``)."""
+    parts = key.split(":", 2)
+    return parts[1] if len(parts) == 3 else None
+
+
+def joules_by_node(energy_j: dict[str, float], default_node: str = "") -> dict[str, float]:
+    """Sum per-key joules by node (keys without a node go to ``default_node``). Units: J."""
+    out: dict[str, float] = {}
+    for k, v in energy_j.items():
+        n = node_of_key(k) or default_node
+        out[n] = out.get(n, 0.0) + v
+    return out
+
+
+@dataclass(frozen=True)
+class RemoteProcesses:
+    """Processes (and GPUs) a replica uses on another node. ``node_id``: the Ray node id. Built by
+    ``energy.footprint.plan_meter`` from what the replica's classifier reports."""
+
+    node_id: str
+    node: str
+    pids: tuple[int, ...] = ()
+    gpu_ids: tuple[str, ...] = ()

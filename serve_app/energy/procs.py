@@ -1,0 +1,147 @@
+"""The processes of one node, their CPU time and the group each belongs to (step 1 of the node account).
+
+Read from ``/proc`` only: ``/proc/<pid>/stat`` (parent PID, user + system CPU ticks) and
+``/proc/<pid>/cmdline`` (the process title Ray sets). No registration and no Ray dashboard are needed.
+
+Groups (:func:`group_of`):
+
+- ``replica:<pid>``: a Serve replica (title ``ray::ServeReplica:<app>:<deployment>``)
+  with every process below it (vLLM's engine core and workers, a pipeline's feature stage). Processes
+  elsewhere that a replica *claims* (vLLM Ray workers in its placement group, see
+  ``footprint.WorkerProcess``) join it too.
+- ``router:<pid>``: a replica of the router deployment (``router``).
+- ``proxy``: Serve's HTTP proxy (``ray::ProxyActor``).
+- ``ray_system``: raylet, GCS, dashboard and runtime-env agents, log monitor, the Serve controller, the
+  energy agents and registry, idle and unknown Ray workers (``ray::IDLE``, ``ray::<ActorClass>``).
+- ``other``: not a Ray process, nor below one (the test runner, the OS, other tenants).
+
+A process without a title of its own takes the group of its nearest ancestor that has one.
+Units: CPU time in seconds (from clock ticks, ``1 / SC_CLK_TCK`` s of resolution).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+ROUTER_DEPLOYMENTS = frozenset({"router"})
+PROXY = "proxy"
+RAY_SYSTEM = "ray_system"
+OTHER = "other"
+_RAY_SYSTEM_WORDS = (
+    "raylet",
+    "gcs_server",
+    "dashboard/agent.py",
+    "dashboard/dashboard.py",
+    "log_monitor.py",
+    "ray/autoscaler",
+    "runtime_env/agent",
+    "ray/_private/monitor.py",
+    "default_worker.py",
+)
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+
+
+@dataclass(frozen=True)
+class Proc:
+    """One process: parent, title, cumulative CPU time (user + system, s) and start time (s since boot)."""
+
+    pid: int
+    ppid: int
+    title: str
+    cpu_s: float
+    start_s: float = 0.0
+
+
+def read_proc(pid: int, root: str = "/proc") -> Proc | None:
+    """One process from ``/proc`` (None if it exited while being read)."""
+    try:
+        with open(f"{root}/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+        with open(f"{root}/{pid}/cmdline", "rb") as f:
+            title = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
+    # fields[0] = state, [1] = ppid, [11] = utime, [12] = stime, [19] = starttime (man 5 proc, minus
+    # pid and comm)
+    return Proc(
+        pid, int(fields[1]), title, (int(fields[11]) + int(fields[12])) * _TICK_S, int(fields[19]) * _TICK_S
+    )
+
+
+def uptime_s(root: str = "/proc") -> float:
+    """Seconds since boot (``/proc/uptime``), the clock of ``Proc.start_s``."""
+    with open(f"{root}/uptime", encoding="ascii") as f:
+        return float(f.read().split()[0])
+
+
+def scan(root: str = "/proc") -> dict[int, Proc]:
+    """Every process on the node. Units: s."""
+    out: dict[int, Proc] = {}
+    for name in os.listdir(root):
+        if name.isdigit():
+            p = read_proc(int(name), root)
+            if p is not None:
+                out[p.pid] = p
+    return out
+
+
+def deployment_of(title: str) -> str | None:
+    """The Serve deployment a replica's title names (``ray::ServeReplica:<app>:<deployment>``; while a
+    method runs Ray appends it: ``<deployment>.<method>``, which is stripped), else None."""
+    if not title.startswith("ray::ServeReplica:"):
+        return None
+    _app, _, rest = title[len("ray::ServeReplica:") :].partition(":")
+    deployment = rest.split(" ", 1)[0]
+    base, dot, method = deployment.rpartition(".")
+    return base if dot and method.isidentifier() else deployment
+
+
+def own_group(title: str, pid: int, router_deployments: Iterable[str] = ROUTER_DEPLOYMENTS) -> str | None:
+    """The group a process title names by itself, or None (it then takes its ancestor's). A replica's
+    group is keyed by its PID only: its title changes while a method runs."""
+    deployment = deployment_of(title)
+    if deployment is not None:
+        return f"router:{pid}" if deployment in router_deployments else f"replica:{pid}"
+    if title.startswith("ray::ProxyActor"):
+        return PROXY
+    if title.startswith("ray::") or any(w in title for w in _RAY_SYSTEM_WORDS):
+        return RAY_SYSTEM
+    return None
+
+
+def group_of(
+    procs: Mapping[int, Proc],
+    claims: Mapping[int, str] | None = None,
+    router_deployments: Iterable[str] = ROUTER_DEPLOYMENTS,
+) -> dict[int, str]:
+    """Each process's group (see the module doc). ``claims``: PID -> group for processes a replica
+    says are its own (they and their descendants join that group, whatever their title)."""
+    routers = frozenset(router_deployments)
+    claims = claims or {}
+    own = {pid: claims.get(pid) or own_group(p.title, pid, routers) for pid, p in procs.items()}
+    out: dict[int, str] = {}
+    for pid in procs:
+        chain: list[int] = []
+        cur: int | None = pid
+        group: str | None = None
+        while cur is not None and cur in procs and cur not in chain:
+            if cur in out:
+                group = out[cur]
+                break
+            if own[cur] is not None:
+                group = own[cur]
+                break
+            chain.append(cur)
+            cur = procs[cur].ppid or None
+        for c in chain:
+            out[c] = group or OTHER
+        out.setdefault(pid, group or OTHER)
+    return out
+
+
+def kind_of(group: str) -> str:
+    """``replica``, ``router``, ``proxy``, ``ray_system`` or ``other``."""
+    return group.split(":", 1)[0]

@@ -1,0 +1,197 @@
+"""A replica's (or router's) meter on the node account: its group's share, fine-grained (step 2).
+
+The node account splits the node's counters to process groups every ``account_period_s`` (coarse:
+reading every process costs CPU). Requests need a finer clock. This meter reconciles the two so that
+closure still holds exactly:
+
+- a poller asks the node's agent for the group's exact cumulative share ``E`` (per counter) at the
+  account's last tick, every half ``account_period_s``, and takes it when the tick is new;
+- between ticks, ``read()`` extrapolates CPU and DRAM counters by this process's own CPU time since the
+  tick (interpolated from the CPU times its reads recorded) x the node's last joules per CPU-second
+  (``rate``); GPU counters move only at ticks;
+- the value shown is ``max(last shown, E + extrapolation)``: it never steps back. An overshoot (the
+  extrapolation ran ahead of the exact share) is *held*: the counter stays flat until the exact share
+  passes it; an undershoot is shown at the next read after the tick.
+
+So over any window the ledger fed by this meter splits exactly the group's share, give or take
+``pending_j = shown - E`` at the window's end (reported in the replica's snapshot: positive = an
+overshoot held, negative = exact energy not shown yet), which the next tick settles. The ledger's
+per-request split is unchanged (the replica's requests by weight, idle when none is open).
+
+Units: J, s. ``read()`` makes no remote call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from serve_app.config_common import EnergyConfig
+from serve_app.energy.base import MeterError, MeterInfo, Reading, now_s
+
+log = logging.getLogger(__name__)
+RPC_TIMEOUT_S = 5.0
+
+
+class AccountShareMeter:
+    """The group of process ``pid`` in the node account of ``agent`` (a Ray actor handle)."""
+
+    def __init__(
+        self,
+        agent: Any,
+        node: str,
+        period_s: float,
+        pid: int | None = None,
+        fetch: Callable[[int], dict[str, Any]] | None = None,
+        account: str = "",
+        claimed_pids: Sequence[int] = (),
+    ) -> None:
+        """``fetch``: how to ask for the share (default: ``agent.share.remote`` through Ray, of the
+        account ``account``); ``claimed_pids``: processes outside this tree in the group (listed)."""
+        self.agent = agent
+        self.account = account
+        self.claimed_pids = tuple(claimed_pids)
+        self._fetch = fetch or self._ray_fetch
+        self.node = node
+        self.period_s = period_s
+        self.pid = pid or os.getpid()
+        self._lock = threading.Lock()
+        self._exact: dict[str, float] = {}
+        self._rate: dict[str, float] = {}
+        self._cpu_at_share_s = time.process_time()
+        self._shown: dict[str, float] = {}
+        self._samples: deque[tuple[float, float]] = deque(maxlen=512)  # (monotonic s, CPU s)
+        self.group: str | None = None
+        self.sources: dict[str, str] = {}
+        self.error: str | None = "no share yet"
+        self.ticks = 0
+        self._stop = threading.Event()
+        self._poll()
+        self._thread = threading.Thread(target=self._poll_loop, name="accuwatt-share", daemon=True)
+        self._thread.start()
+
+    # -- polling -------------------------------------------------------------------------------------
+    def _ray_fetch(self, pid: int) -> dict[str, Any]:
+        import ray
+
+        out: dict[str, Any] = ray.get(self.agent.share.remote(pid, self.account), timeout=RPC_TIMEOUT_S)
+        return out
+
+    def _poll(self) -> None:
+        try:
+            out = self._fetch(self.pid)
+        except Exception as exc:  # agent gone, timeout: keep the last share
+            self.error = f"{type(exc).__name__}: {exc}"[:300]
+            return
+        if "error" in out:
+            self.error = str(out["error"])
+            return
+        with self._lock:
+            self.error = None
+            if self._exact and int(out["ticks"]) == self.ticks:
+                return  # the same tick again: keep extrapolating from where it arrived
+            self._exact = dict(out["energy_j"])
+            self._rate = dict(out["rate_j_per_cpu_s"])
+            self._cpu_at_share_s = self._cpu_at(float(out["t_s"]))
+            self.group, self.sources, self.ticks = out["group"], dict(out["sources"]), int(out["ticks"])
+
+    def _cpu_at(self, t_s: float) -> float:
+        """This process's CPU time at monotonic time ``t_s`` (the account's tick), interpolated from the
+        (time, CPU time) pairs its reads recorded: the share covers CPU up to the tick, so the
+        extrapolation must start there, not when the share arrived (which would hold the counter)."""
+        self._samples.append((now_s(), time.process_time()))
+        pts = list(self._samples)
+        before = [p for p in pts if p[0] <= t_s]
+        after = [p for p in pts if p[0] >= t_s]
+        if not before or not after:
+            return pts[0][1] if not before else before[-1][1]
+        (t0, c0), (t1, c1) = before[-1], after[0]
+        return c0 if t1 <= t0 else c0 + (c1 - c0) * (t_s - t0) / (t1 - t0)
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.period_s / 2):  # a new tick is seen within half a period
+            self._poll()
+
+    # -- Meter ---------------------------------------------------------------------------------------
+    @property
+    def source(self) -> Any:
+        values = set(self.sources.values())
+        if not values:
+            return "estimate"
+        return "estimate" if "estimate" in values else ("nvml" if "nvml" in values else values.pop())
+
+    @property
+    def info(self) -> MeterInfo:
+        return MeterInfo(
+            source=self.source,
+            # the counters it shares, then the processes its group covers (its own tree, claimed ones)
+            devices=(*sorted(self.sources), *(f"cpu-process:{p}" for p in (self.pid, *self.claimed_pids))),
+            resolution_j=1e-3,
+            update_period_s=self.period_s,
+            node=self.node,
+            notes=(
+                f"node account share of group {self.group or '?'} (process {self.pid}): node counters "
+                f"split to processes by CPU time every {self.period_s:g} s, extrapolated in between by "
+                "this process's CPU time"
+            ),
+            extra={"group": self.group or ""},
+        )
+
+    def read(self) -> Reading:
+        with self._lock:
+            if self.error is not None:  # the account's counters fail (or no share yet)
+                raise MeterError(f"node account: {self.error}")
+            cpu_now = time.process_time()
+            self._samples.append((now_s(), cpu_now))
+            cpu_s = max(cpu_now - self._cpu_at_share_s, 0.0)
+            for key, exact in self._exact.items():
+                est = exact + (cpu_s * self._rate.get(key, 0.0) if not key.startswith("gpu:") else 0.0)
+                self._shown[key] = max(self._shown.get(key, est), est)
+            return Reading(now_s(), dict(self._shown), self.source)
+
+    def pending_j(self) -> float:
+        """Shown minus exact share, summed over counters (J): the not-yet-settled part."""
+        with self._lock:
+            return sum(self._shown.get(k, 0.0) - v for k, v in self._exact.items() if k in self._shown)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.period_s + RPC_TIMEOUT_S + 1)
+
+
+def account_meter(
+    energy: EnergyConfig,
+    node: str,
+    node_id: str | None,
+    local_pids: Sequence[int] = (),
+    gpu_ids: Sequence[str] = (),
+) -> AccountShareMeter:
+    """This process's share of the node energy account (``energy/share.py``), starting the node's
+    account if it is not running. ``local_pids`` / ``gpu_ids``: processes and GPUs of this node that
+    do this process's work outside its process tree (they join its group). Raises `MeterError` when
+    the account gives no share in time."""
+    import ray
+
+    from serve_app.energy.agents import agent_for
+
+    if node_id is None:
+        raise MeterError("the node account needs Ray (no node id)")
+    agent = agent_for(node_id, node)
+    key = ray.get(agent.start_account.remote(energy.model_dump()), timeout=60)["key"]
+    gpu_keys = [f"gpu:{g}" for g in gpu_ids if str(g).isdigit()]
+    if local_pids or gpu_keys:
+        ray.get(agent.claim.remote(key, list(local_pids), os.getpid(), gpu_keys), timeout=60)
+    meter = AccountShareMeter(agent, node, energy.account_period_s, account=key, claimed_pids=local_pids)
+    deadline = time.monotonic() + 10 * energy.account_period_s + 30
+    while meter.error is not None and time.monotonic() < deadline:
+        time.sleep(energy.account_period_s / 2)
+        meter._poll()
+    if meter.error is not None:
+        meter.close()
+        raise MeterError(f"node account gave no share: {meter.error}")
+    return meter
