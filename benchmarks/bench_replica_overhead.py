@@ -64,8 +64,8 @@ async def measure(artifacts: str, texts: list[str], rounds: int) -> dict[str, An
                 lat[name].append(time.perf_counter() - t0)
     p50 = {n: statistics.median(v) * 1e6 for n, v in lat.items()}
 
-    on = objs["on"]
-    led, info = on.sampler.ledger, on.sampler.meter.info
+    energy = objs["on"].replica_energy
+    info = energy.info
 
     def per_call_us(fn: Any, n: int = 2000) -> float:
         t0 = time.perf_counter()
@@ -74,16 +74,18 @@ async def measure(artifacts: str, texts: list[str], rounds: int) -> dict[str, An
         return (time.perf_counter() - t0) / n * 1e6
 
     def read_begin_read_end(i: int) -> Any:
-        led.begin(f"z{i}", on.sampler.read(), 1.0)
-        return led.end(f"z{i}", on.sampler.read())
+        ledger = energy.sampler.ledger
+        ledger.begin(f"z{i}", energy.sampler.read(), 1.0)
+        return ledger.end(f"z{i}", energy.sampler.read())
 
     alloc = read_begin_read_end(-1)
     return {
         "meter": info.source,
         "p50_us": p50,
         "added_p50_us": {n: p50[n] - p50["off"] for n in names if n != "off"},
-        "meter_read_us": per_call_us(lambda i: on.sampler.read()),
+        "meter_read_us": per_call_us(lambda i: energy.sampler.read()),
         "read_begin_read_end_us": per_call_us(read_begin_read_end),
+        "window_open_close_us": per_call_us(lambda i: energy.open(f"w{i}", 1.0).close()),
         "make_tag_us": per_call_us(lambda i: make_tag(alloc, info, "time", "r").model_dump()),
     }
 
@@ -129,7 +131,8 @@ def main() -> None:
         print(f"  {name:16} p50 {us:8.0f} µs{extra}")
     print(
         f"  pieces ({out['meter']}): meter read {out['meter_read_us']:.1f} µs, read+begin+read+end "
-        f"{out['read_begin_read_end_us']:.1f} µs, tag {out['make_tag_us']:.1f} µs"
+        f"{out['read_begin_read_end_us']:.1f} µs, tag {out['make_tag_us']:.1f} µs, window open+close "
+        f"{out['window_open_close_us']:.1f} µs"
     )
 
 

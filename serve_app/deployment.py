@@ -1,10 +1,10 @@
-"""The classifier deployment: one replica = one loaded classifier + its energy meter and ledger.
+"""The classifier deployment: one replica = one loaded classifier + its energy (`ReplicaEnergy`).
 
 Traditional models get dynamic batching (``@serve.batch``): concurrent requests share one model
 call, run in a worker thread so the replica's event loop keeps accepting work. LLM classifiers are
-async (vLLM's continuous batching) and are awaited directly. Every request is bracketed by meter
-readings so the ledger can split the energy of the intervals it was active in (see
-``energy/ledger.py``); the tag goes back with the predictions.
+async (vLLM's continuous batching) and are awaited directly. Every request runs inside an energy
+window (``energy/window.py``: its share of the intervals it was active in, ``energy/ledger.py``); the
+tag goes back with the predictions.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -31,10 +31,9 @@ from serve_app.energy.footprint import (
     sources_by_node,
     unmetered_gpu_nodes,
 )
-from serve_app.energy.keys import joules_by_node, node_of_key
-from serve_app.energy.sampler import Sampler
+from serve_app.energy.keys import node_of_key
 from serve_app.energy.share import AccountShareMeter, account_meter
-from serve_app.energy.tag import EnergyTag, make_tag, no_energy_tag
+from serve_app.energy.window import ReplicaEnergy
 from serve_app.metrics import ReplicaMetrics, tags
 from serve_app.topology.nodes import alive_nodes, current_node_id, current_node_name
 
@@ -118,11 +117,8 @@ class ClassifierServer:
         workers: list[WorkerProcess] = []
         if hasattr(self.classifier, "worker_processes"):
             workers = await self.classifier.worker_processes()
-        meter, self.coverage_flags = build_meter(self.spec, workers)
-        self.metering = self.spec.energy.meter != "off"
-        self.sampler = Sampler(meter, self.spec.energy.sample_period_s)
-        if self.metering:
-            self.sampler.start()
+        meter, coverage_flags = build_meter(self.spec, workers)
+        self.replica_energy = ReplicaEnergy(meter, self.spec.energy, self.replica, coverage_flags)
         self.rule = self.spec.energy.attribution
         self.metrics = ReplicaMetrics()
         self._exported: dict[tuple[str, str], float] = {}
@@ -161,18 +157,12 @@ class ClassifierServer:
         return out
 
     async def _predict(
-        self, texts: list[str], mode: str | None, request_id: str | None = None
+        self, texts: list[str], mode: str | None, on_work: Callable[[int, int], None] | None = None
     ) -> list[Prediction]:
-        """``request_id``: the ledger key of a stepped request (see ``_stepped``) whose engine work goes
-        to the ledger."""
+        """``on_work``: where an LLM engine reports each step's tokens for this request."""
         if self.is_async:
-            if request_id is None:
+            if on_work is None:
                 return list(await self.classifier.apredict(texts, mode))
-            ledger = self.sampler.ledger
-
-            def on_work(prefill_tokens: int, decode_tokens: int) -> None:
-                ledger.work(request_id, prefill_tokens, decode_tokens)
-
             return list(await self.classifier.apredict(texts, mode, on_work))
         return await self._predict_batch(texts)
 
@@ -183,42 +173,25 @@ class ClassifierServer:
 
     async def classify(self, texts: list[str], mode: str | None, request_id: str) -> dict[str, Any]:
         """``request_id`` is the client's correlation id, not unique (two clients, or one, may send
-        the same ``X-Request-Id`` at once); the ledger is keyed by an id of this call alone."""
-        tag: EnergyTag
-        if not self.metering:
-            preds = await self._predict(texts, mode)
-            tag = no_energy_tag(self.replica, self.sampler.meter.info, "metering is off", source="off")
-            return {"predictions": [asdict(p) for p in preds], "energy": tag.model_dump()}
-        ledger, key = self.sampler.ledger, f"{request_id}#{uuid.uuid4().hex}"
-        r0 = self.sampler.read()
-        stepped = self._stepped and r0 is not None
-        if r0 is not None:
-            ledger.begin(key, r0, self._weight(texts), stepped=stepped)
+        the same ``X-Request-Id`` at once); the window is keyed by an id of this call alone."""
+        window = self.replica_energy.open(request_id, self._weight(texts), self._stepped)
         try:
-            preds = await self._predict(texts, mode, key if stepped else None)
+            preds = await self._predict(texts, mode, window.work if window.stepped else None)
         except BaseException:
-            ledger.abandon(key, self.sampler.read())
+            window.abandon()
             raise
-        r1 = self.sampler.read()
-        if r0 is not None and r1 is not None:
-            tokens = (
-                sum(p.prompt_tokens or 0 for p in preds),
-                sum(p.generated_tokens or 0 for p in preds),
-            )
-            alloc = ledger.end(key, r1)
-            tag = make_tag(alloc, self.sampler.meter.info, self.rule, self.replica, tokens)
-            tag.flags.extend(self.coverage_flags)
-            self.metrics.request_energy.observe(tag.joules or 0.0, tags(source=tag.source))
-        else:
-            ledger.abandon(key, None)
-            self.metrics.meter_errors.inc(1, tags(source=self.sampler.meter.info.source))
-            tag = no_energy_tag(self.replica, self.sampler.meter.info, self.sampler.error or "meter failed")
+        tokens = (sum(p.prompt_tokens or 0 for p in preds), sum(p.generated_tokens or 0 for p in preds))
+        tag = window.close(tokens)
+        if tag.joules is not None:
+            self.metrics.request_energy.observe(tag.joules, tags(source=tag.source))
+        elif tag.source != "off":
+            self.metrics.meter_errors.inc(1, tags(source=self.replica_energy.info.source))
         self.metrics.texts.inc(len(texts), tags(source=tag.source))
         return {"predictions": [asdict(p) for p in preds], "energy": tag.model_dump()}
 
     # -- views ---------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        info, meter = self.classifier.info, self.sampler.meter.info
+        info, meter = self.classifier.info, self.replica_energy.info
         return {
             "id": self.spec.id,
             "kind": info.kind,
@@ -235,34 +208,10 @@ class ClassifierServer:
         }
 
     def energy(self) -> dict[str, Any]:
-        t = self.sampler.ledger.totals()
-        info = self.sampler.meter.info
-        return {
-            "source": "unavailable" if self.sampler.error else info.source,
-            "node": info.node,
-            "devices": list(info.devices),
-            "metered_j": sum(t.metered_j.values()),
-            "attributed_j": sum(t.attributed_j.values()),
-            "idle_j": sum(t.idle_j.values()),
-            "held_j": sum(t.held_j.values()),  # stepped LLM requests' intervals awaiting their tokens
-            "domains": t.domains(),
-            "nodes_j": joules_by_node(t.metered_j, info.node),
-            "window_s": [t.started_s, t.last_s],
-            "sample_period_s": self.sampler.period_s,
-            "counter_update_period_s": self.sampler.ledger.observed_update_period_s(),
-            "nominal_update_period_s": info.update_period_s,
-            "resolution_j": info.resolution_j,
-            "requests": t.requests,
-            "open_requests": self.sampler.ledger.open_requests,
-            "resets": t.resets,
-            "readings": t.readings,
-            "sampler_cpu_s": self.sampler.cpu_s,
-            "error": self.sampler.error,
-            **self._account_fields(),
-        }
+        return {**self.replica_energy.snapshot(), **self._account_fields()}
 
     def _account_fields(self) -> dict[str, Any]:
-        meter = self.sampler.meter
+        meter = self.replica_energy.meter
         if not isinstance(meter, AccountShareMeter):
             return {"scope": "replica process tree"}
         return {
@@ -291,10 +240,10 @@ class ClassifierServer:
             last_t = now
 
     def _export(self, dt_s: float) -> None:
-        t = self.sampler.ledger.totals()
-        info = self.sampler.meter.info
+        t = self.replica_energy.totals()
+        info = self.replica_energy.info
         source = info.source
-        live = "unavailable" if self.sampler.error else source
+        live = "unavailable" if self.replica_energy.error else source
         self.metrics.meter_info.set(1, tags(source=live, node=info.node, devices=",".join(info.devices)))
         power: dict[str, float] = {}
         for share, per_key in (("attributed", t.attributed_j), ("idle", t.idle_j)):
@@ -314,7 +263,7 @@ class ClassifierServer:
     def __del__(self) -> None:
         try:
             self._stop.set()
-            self.sampler.stop()
+            self.replica_energy.close()
             if hasattr(self.classifier, "close"):
                 self.classifier.close()
         except Exception:

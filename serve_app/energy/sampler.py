@@ -63,7 +63,8 @@ class Sampler:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=2 * self.period_s + 1)
+        if self._thread.ident is not None:  # started (metering off never starts it)
+            self._thread.join(timeout=2 * self.period_s + 1)
         self.meter.close()
 
 

@@ -1,0 +1,133 @@
+"""The replica's energy interface without Ray or Serve: windows on a RAPL meter over a powercap tree
+the test writes. Every expected figure comes from the joules the test wrote, not from the ledger.
+Units: the files hold µJ, figures are J."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serve_app.config_common import EnergyConfig
+from serve_app.energy.rapl import RaplMeter, rapl_available
+from serve_app.energy.window import ReplicaEnergy
+
+pytestmark = pytest.mark.unit
+
+
+class Package:
+    """One RAPL package zone whose counter the test advances."""
+
+    def __init__(self, root: Path) -> None:
+        self.zone = root / "intel-rapl:0"
+        self.zone.mkdir(parents=True)
+        (self.zone / "name").write_text("package-0\n")
+        (self.zone / "max_energy_range_uj").write_text(f"{10**12}\n")
+        self.uj = 5_000_000
+        self.write()
+
+    def write(self) -> None:
+        (self.zone / "energy_uj").write_text(f"{self.uj}\n")
+
+    def add(self, joules: float) -> None:
+        self.uj += round(joules * 1e6)
+        self.write()
+
+
+@pytest.fixture()
+def package(tmp_path: Path) -> Package:
+    rapl_available.cache_clear()
+    return Package(tmp_path)
+
+
+def energy_on(root: Path, **cfg: object) -> ReplicaEnergy:
+    # A 10 s sampler: no reading but the windows' own inside the test.
+    config = EnergyConfig.model_validate(
+        {"meter": "rapl", "sample_period_s": 10, "rapl_root": str(root), **cfg}
+    )
+    return ReplicaEnergy(RaplMeter(str(root), node="n1"), config, "replica-1", ["example_flag"])
+
+
+def test_overlapping_windows_share_what_the_counter_moved(tmp_path: Path, package: Package) -> None:
+    energy = energy_on(tmp_path, attribution="texts")
+    try:
+        package.add(0.25)  # before any request: idle
+        a = energy.open("same-id", weight=1.0)
+        package.add(0.3)  # a alone
+        b = energy.open("same-id", weight=3.0)  # the client reused its id: still two windows
+        package.add(0.8)  # a and b, 1:3
+        tag_a = a.close()
+        package.add(0.1)  # b alone
+        tag_b = b.close()
+        package.add(0.05)  # idle again
+        snap = energy.snapshot()
+    finally:
+        energy.close()
+    assert tag_a.joules == pytest.approx(0.3 + 0.8 / 4)
+    assert tag_b.joules == pytest.approx(0.8 * 3 / 4 + 0.1)
+    assert tag_a.source == tag_b.source == "rapl" and tag_a.measured
+    assert "example_flag" in tag_a.flags and tag_a.attribution and tag_a.attribution.max_sharers == 2
+    assert snap["requests"] == 2 and snap["open_requests"] == 0
+    # Counted to the last reading the windows took; the final 0.05 J is in no reading yet.
+    assert snap["metered_j"] == pytest.approx(0.25 + 0.3 + 0.8 + 0.1)
+    assert snap["idle_j"] == pytest.approx(0.25)
+
+
+def test_abandoned_window_keeps_what_it_used_attributed(tmp_path: Path, package: Package) -> None:
+    energy = energy_on(tmp_path)
+    try:
+        w = energy.open("r", weight=1.0)
+        package.add(0.4)
+        w.abandon()
+        snap = energy.snapshot()
+    finally:
+        energy.close()
+    assert snap["attributed_j"] == pytest.approx(0.4) and snap["idle_j"] == 0
+    assert snap["requests"] == 1 and snap["open_requests"] == 0
+
+
+def test_meter_failure_gives_unavailable_tags_then_recovers(tmp_path: Path, package: Package) -> None:
+    energy = energy_on(tmp_path)
+    try:
+        (package.zone / "energy_uj").unlink()  # the driver went away
+        tag = energy.open("r1", 1.0).close()
+        assert tag.joules is None and tag.source == "unavailable" and not tag.measured
+        assert energy.snapshot()["source"] == "unavailable"
+        package.add(50.0)  # the gap's energy is unknown: it must not land on the next request
+        w = energy.open("r2", 1.0)
+        package.add(0.2)
+        tag = w.close()
+        assert tag.joules == pytest.approx(0.2) and energy.error is None
+    finally:
+        energy.close()
+
+
+def test_metering_off_says_so(tmp_path: Path, package: Package) -> None:
+    energy = energy_on(tmp_path, meter="off")
+    try:
+        w = energy.open("r", 1.0)
+        package.add(1.0)
+        tag = w.close()
+    finally:
+        energy.close()
+    assert tag.joules is None and tag.source == "off" and not w.stepped
+
+
+def test_stepped_window_takes_engine_work(tmp_path: Path, package: Package) -> None:
+    """Two LLM requests with equal prompts, one decoding three steps to the other's one: the energy
+    the counter moved while they ran goes 13:11 by the tokens reported (no reading in between)."""
+    energy = energy_on(tmp_path, attribution="tokens")
+    try:
+        long, short = energy.open("long", 10.0, stepped=True), energy.open("short", 10.0, stepped=True)
+        long.work(10, 3)
+        short.work(10, 1)
+        package.add(1.2)
+        tag_long, tag_short = long.close((10, 3)), short.close((10, 1))
+    finally:
+        energy.close()
+    assert tag_long.joules == pytest.approx(1.2 * 13 / 24) and tag_short.joules == pytest.approx(
+        1.2 * 11 / 24
+    )
+    tokens = tag_long.attribution.tokens if tag_long.attribution else None
+    assert tokens is not None and (tokens.prefill_tokens, tokens.decode_tokens) == (10, 3)
+    assert tokens.prefill_j == pytest.approx(1.2 * 10 / 24) and tokens.decode_j == pytest.approx(1.2 * 3 / 24)
