@@ -44,6 +44,7 @@ from serve_app.energy.procs import (
     OTHER,
     PROXY,
     ROUTER_DEPLOYMENTS,
+    TitleCache,
     deployment_of,
     group_of,
     kind_of,
@@ -75,6 +76,7 @@ class NodeAccount:
         self.node = node
         self.idle_w = dict(idle_w or {})
         self.proc_root = proc_root
+        self._titles = TitleCache()
         self.routers = frozenset(router_deployments)
         infos = [m.info for m in self.meters]
         self.limits = Limits(
@@ -132,7 +134,7 @@ class NodeAccount:
                 self._base[key] = value
                 self.sources[key] = r.source
         self._uptime_s = uptime_s(self.proc_root)
-        self._cpu = {pid: p.cpu_s for pid, p in scan(self.proc_root).items()}
+        self._cpu = {pid: p.cpu_s for pid, p in scan(self.proc_root, self._titles).items()}
         self._busy_s = node_busy_cpu_s(self.proc_root)
         self.t_s = self.started_s = max((r.t_s for r in readings), default=time.monotonic())
 
@@ -141,7 +143,7 @@ class NodeAccount:
         t0 = time.thread_time()
         # processes first, counters last: the scan's own CPU time falls inside the interval it closes
         up_s = uptime_s(self.proc_root)
-        procs = scan(self.proc_root)
+        procs = scan(self.proc_root, self._titles)
         busy_s = node_busy_cpu_s(self.proc_root)
         try:
             readings = self._read()
