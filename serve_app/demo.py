@@ -125,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(out, ignore_errors=True)
     print()
     print(format_table(rows))
+    scopes = sorted({m.energy_scope for m in rows})
+    print(
+        f"\nJ/request covers: {'; '.join(scopes)} (model+serving: the classifier replica plus its share of the router and HTTP proxy)"
+    )
     if any(not m.measured for m in rows):
         print(
             "\n'estimate': no energy sensor was readable; figures are CPU time x per-core power + memory "

@@ -211,7 +211,7 @@ def split_metrics(
         energy_wh=energy_wh,
         energy_missing=len(recs) - len(tagged),
         energy_source=source,
-        energy_scope=units.energy_scope(sorted(domains)),
+        energy_scope=units.energy_scope(sorted(domains), [t.scope for t in tagged]),
         measured=measured,
         uncertainty_j=float(sum(uncertainties)) if uncertainties else None,
         domains_j=domains,

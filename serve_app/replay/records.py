@@ -40,6 +40,10 @@ class EnergyTag(_Frozen):
     flags: list[str] = Field(default_factory=list)
     replica: str | None = None
     attribution: dict[str, Any] | None = None
+    model_j: float | None = None
+    overhead_j: float | None = None
+    scope: str = ""
+    """``model+serving`` (``joules`` = ``model_j`` + the router's and proxy's ``overhead_j``) or ``model``."""
 
 
 class Record(_Frozen):

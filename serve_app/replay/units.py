@@ -16,9 +16,10 @@ requests; idle energy is excluded):
   than ``STEADY_MIN_REQUESTS`` requests fall inside.
 - ``wh_per_1k`` (``RunMetrics``): Wh per 1,000 queries (classified texts), the AI Energy Score unit.
 - ``energy_scope``: the hardware the figures cover, from the tags' domains (``GPU only``,
-  ``CPU+DRAM``, ``GPU+CPU+DRAM``, ...); the software scope is always the classifier's replica (model +
-  in-replica serving: batching, tokenisation, engine workers), the router and HTTP proxy excluded.
-  The source (``nvml``/``rapl``/``estimate``) is ``RunMetrics.energy_source``.
+  ``CPU+DRAM``, ``GPU+CPU+DRAM``, ...), and the software: ``model`` (the classifier's replica with
+  in-replica serving: batching, tokenisation, engine workers) or ``model+serving`` (plus the router's
+  and the HTTP proxy's share, the tags' ``overhead_j``), from the tags' ``scope``; mixed when only some
+  tags carry the overhead. The source (``nvml``/``rapl``/``estimate``) is ``RunMetrics.energy_source``.
 
 CEGI (Carbon Efficient Gain Index, "CEGI: Measuring the trade-off between efficiency and carbon
 emissions for SLMs and VLMs", 2024): carbon per percentage point of accuracy gained per million
@@ -42,13 +43,25 @@ STEADY_MIN_REQUESTS = 5
 _DOMAIN_NAMES = {"gpu": "GPU", "cpu": "CPU", "dram": "DRAM"}
 
 
-def energy_scope(domains: Sequence[str]) -> str:
-    """The hardware scope of a figure from the domains its tags carry (``GPU only``, ``CPU+DRAM``...)."""
+def energy_scope(domains: Sequence[str], scopes: Sequence[str] = ()) -> str:
+    """What a figure covers: the hardware from the domains its tags carry (``GPU only``,
+    ``CPU+DRAM``...), then the software from the tags' ``scope`` (``model`` or ``model+serving``)."""
     names = [_DOMAIN_NAMES[d] for d in ("gpu", "cpu", "dram") if d in domains]
     names += sorted(d for d in domains if d not in _DOMAIN_NAMES)
     if not names:
         return "unknown"
-    return "GPU only" if names == ["GPU"] else "+".join(names)
+    hardware = "GPU only" if names == ["GPU"] else "+".join(names)
+    return f"{hardware}, {software_scope(scopes)}"
+
+
+def software_scope(scopes: Sequence[str]) -> str:
+    """``model+serving`` when every tag includes the serving overhead, ``model`` when none does."""
+    serving = sum(1 for s in scopes if s == "model+serving")
+    if scopes and serving == len(scopes):
+        return "model+serving"
+    if serving == 0:
+        return "model"
+    return f"model (+serving on {serving} of {len(scopes)} requests)"
 
 
 def _joules(r: Record) -> float | None:

@@ -120,7 +120,7 @@ UNITS_COLUMNS = [
     ("steady_j_per_request", "J/request (steady)", ".3g"),
     ("steady_requests", "steady requests", "d"),
     ("wh_per_1k", "Wh/1k queries", ".3g"),
-    ("energy_scope", "hardware scope", ""),
+    ("energy_scope", "scope", ""),
     ("energy_source", "source", ""),
 ]
 ENERGY_COLUMNS = [

@@ -135,8 +135,14 @@ def test_replica_pinned_to_second_node(two_node_result: dict[str, Any]) -> None:
     answers = two_node_result["bow-logreg"]
     assert len(answers) == N_REQUESTS and all("energy" in a for a in answers), answers[:1]
     for a in answers:
-        assert a["energy"]["nodes"] == ["worker-1"]
-        assert a["energy"]["joules"] is not None and a["energy"]["joules"] >= 0
+        e = a["energy"]
+        assert e["joules"] is not None and e["joules"] >= 0
+        # the model's energy is drawn on worker-1; the serving overhead (router, proxy) on the head
+        assert "worker-1" in e["nodes"] and set(e["nodes"]) <= {"head", "worker-1"}, e
+        assert e["nodes_j"].get("worker-1", 0.0) == pytest.approx(e["model_j"], abs=1e-9), e
+        if e["scope"] == "model+serving":
+            assert e["nodes_j"].get("head", 0.0) == pytest.approx(e["overhead_j"], abs=1e-9), e
+    assert any(a["energy"]["scope"] == "model+serving" for a in answers)
     model = next(m for m in two_node_result["models"]["models"] if m["id"] == "bow-logreg")
     assert model.get("node", "worker-1") == "worker-1"
 

@@ -56,7 +56,10 @@ def base_url(serve_http: str, demo_artifacts: Any) -> Iterator[str]:
 
     from serve_app.app import build_app
 
-    cfg = traditional_config(demo_artifacts, [MODEL])
+    # Every queue bounded, the router's too: its ``max_inflight`` (default 256) is what a request can
+    # wait behind when the router itself is the bottleneck (2 cores: router, proxy and replica share
+    # them), 256 / ~20 rps ~ 13 s here. The bound under test is the configured one.
+    cfg = traditional_config(demo_artifacts, [MODEL], router={"max_inflight": 32})
     cfg["classifiers"][0]["deployment"] = {
         "max_ongoing_requests": 2,
         "max_queued_requests": 4,

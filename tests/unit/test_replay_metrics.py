@@ -198,12 +198,15 @@ def test_steady_window_needs_enough_requests():
     assert m.steady_j_per_request is None and m.steady_requests < 5
 
 
-def test_energy_scope_names_the_hardware():
+def test_energy_scope_names_the_hardware_and_the_software():
     from serve_app.replay.units import energy_scope
 
-    assert energy_scope(["gpu"]) == "GPU only"
-    assert energy_scope(["cpu", "dram"]) == "CPU+DRAM"
-    assert energy_scope(["dram", "gpu", "cpu"]) == "GPU+CPU+DRAM"
+    assert energy_scope(["gpu"]) == "GPU only, model"
+    assert energy_scope(["cpu", "dram"], ["model+serving"] * 3) == "CPU+DRAM, model+serving"
+    assert energy_scope(["dram", "gpu", "cpu"], ["model"]) == "GPU+CPU+DRAM, model"
+    assert energy_scope(["cpu"], ["model+serving", "model", "model+serving"]) == (
+        "CPU, model (+serving on 2 of 3 requests)"
+    )
     assert energy_scope([]) == "unknown"
 
 

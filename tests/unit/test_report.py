@@ -97,7 +97,7 @@ def test_report_end_to_end(tmp_path):
     # the comparable-units table: 100 J per request, 1/9 Wh over 4 texts -> 27.8 Wh per 1k queries; the
     # steady window (10 %..90 % of 10..14 s) holds 2 requests, too few for a steady figure
     assert "### Comparable units" in text
-    assert "| dear | 100 | n/a | n/a | n/a | n/a | 2 | 27.8 | CPU | rapl |" in text
+    assert "| dear | 100 | n/a | n/a | n/a | n/a | 2 | 27.8 | CPU, model | rapl |" in text
     assert (tmp_path / "rep" / "splits.csv").exists()
     for name in ("ds_accuracy_energy.png", "ds_energy_components.png", "ds_energy_duration.png"):
         assert (tmp_path / "rep" / "figures" / name).stat().st_size > 5000
