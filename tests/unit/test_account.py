@@ -205,14 +205,18 @@ def test_share_meter_reconciles_with_the_account_and_never_steps_back() -> None:
         ledger = Ledger(first, meter_limits(meter.info.update_period_s, meter.info.resolution_j))
         shown0 = sum(first.energy_j.values())
         last: dict[str, float] = {}
+        zero = 0
         for i in range(40):
             ledger.begin(f"r{i}", meter.read(), 1.0)
             sum(j * j for j in range(30_000))  # work inside the request
             r = meter.read()
             assert all(r.energy_j[k] >= v for k, v in last.items())  # never a step back
             last = r.energy_j
-            assert ledger.end(f"r{i}", r).joules > 0
+            # a request inside a held overshoot (the extrapolation ran ahead of the exact share)
+            # sees a flat counter: 0 J; that must stay the exception (share.py)
+            zero += ledger.end(f"r{i}", r).joules <= 0
             time.sleep(0.02)
+        assert zero <= 4, f"{zero} of 40 requests saw no energy"
         stop.set()
         th.join()
         meter._poll()  # the final exact share
