@@ -14,6 +14,7 @@ from typing import Any
 from ray.serve import Application
 
 from serve_app.config import AppConfig, TraditionalSpec
+from serve_app.config_common import EnergyConfig
 from serve_app.deployment import ClassifierServer
 from serve_app.router import Router
 
@@ -99,4 +100,15 @@ def build_app(args: dict[str, Any]) -> Application:
         ray_actor_options={"num_cpus": cfg.router.num_cpus},
         max_constructor_retry_count=ROUTER_START_ATTEMPTS,
     )
-    return ingress.bind(handles, cfg.router.model_dump())
+    return ingress.bind(handles, cfg.router.model_dump(), overhead_energy(cfg).model_dump())
+
+
+def overhead_energy(cfg: AppConfig) -> EnergyConfig:
+    """The energy configuration the router meters serving overhead with: the classifiers' (the first
+    one's when they differ, logged: each configuration is a node account of its own)."""
+    configs = [c.energy for c in cfg.classifiers]
+    if any(c != configs[0] for c in configs[1:]):
+        log.warning(
+            "classifiers differ in energy configuration; serving overhead uses %s's", cfg.classifiers[0].id
+        )
+    return configs[0]

@@ -189,7 +189,12 @@ def _progress(snap: dict[str, Any]) -> tuple[int, float]:
 @serve.ingress(api)
 class Router:
     # Async: the constructor asks the Serve controller where the proxies listen (see `serve_http_host`).
-    async def __init__(self, classifiers: dict[str, Any], router: dict[str, Any]) -> None:  # type: ignore[misc]
+    async def __init__(  # type: ignore[misc]
+        self, classifiers: dict[str, Any], router: dict[str, Any], energy: dict[str, Any] | None = None
+    ) -> None:
+        """``energy``: the classifiers' energy configuration; the serving overhead is metered on the
+        same node account as their model energy (another configuration would start a second account
+        that counts the node again)."""
         self.handles = classifiers
         self.cfg = RouterConfig.model_validate(router)
         self.limits = Limits(self.cfg.max_body_bytes, self.cfg.max_texts, self.cfg.max_text_chars)
@@ -204,7 +209,9 @@ class Router:
         self._states = ModelStates(self._app, self.handles)
         from serve_app.topology.nodes import current_node_id, current_node_name
 
-        self._overhead = ServingOverhead(EnergyConfig(), current_node_name(), current_node_id())
+        self._overhead = ServingOverhead(
+            EnergyConfig.model_validate(energy or {}), current_node_name(), current_node_id()
+        )
         log.info(
             "router ready: %d classifiers, HTTP host %s, auth %s",
             len(self.handles),
