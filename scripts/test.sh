@@ -11,7 +11,7 @@ export ACCUWATT_CACHE="${ACCUWATT_CACHE:-$PWD/.cache}"
 # The LLM tests need SmolLM2 converted once (cached under .cache/, not committed).
 "$venv/bin/accuwatt" models prepare smollm2 >/dev/null
 set +e
-"$venv/bin/python" -m pytest -ra "$@"
+"$venv/bin/python" -m pytest -ra --durations=40 "$@"
 rc=$?
 set -e
 # pytest exits 5 when it collected no test: that is a failure for us, not a pass.

@@ -9,9 +9,12 @@ closure still holds exactly:
 - between ticks, ``read()`` extrapolates CPU and DRAM counters by this process's own CPU time since the
   tick (interpolated from the CPU times its reads recorded) x the node's last joules per CPU-second
   (``rate``); GPU counters move only at ticks;
-- the value shown is ``max(last shown, E + extrapolation)``: it never steps back. An overshoot (the
-  extrapolation ran ahead of the exact share) is *held*: the counter stays flat until the exact share
-  passes it; an undershoot is shown at the next read after the tick.
+- the value shown never steps back and never stands still while the process works: it is
+  ``max(E + extrapolation, last shown + SETTLE_RATE x the extrapolation since the last read)``. An
+  overshoot (the extrapolation ran ahead of the exact share, e.g. the node's rate fell) is settled by
+  advancing at half the rate until the exact share catches up (each CPU-second closes half a rate of
+  the gap), so a request inside it still gets its work's energy, at half weight, instead of 0 J; an
+  undershoot is shown at the next read after the tick.
 
 So over any window the ledger fed by this meter splits exactly the group's share, give or take
 ``pending_j = shown - E`` at the window's end (reported in the replica's snapshot: positive = an
@@ -36,6 +39,7 @@ from serve_app.energy.base import MeterError, MeterInfo, Reading, now_s
 
 log = logging.getLogger(__name__)
 RPC_TIMEOUT_S = 5.0
+SETTLE_RATE = 0.5  # the fraction of the extrapolation rate at which a shown overshoot keeps moving
 
 
 class AccountShareMeter:
@@ -65,6 +69,7 @@ class AccountShareMeter:
         self._rate: dict[str, float] = {}
         self._cpu_at_share_s = time.process_time()
         self._shown: dict[str, float] = {}
+        self._cpu_at_read_s = self._cpu_at_share_s
         self._samples: deque[tuple[float, float]] = deque(maxlen=512)  # (monotonic s, CPU s)
         self.group: str | None = None
         self.sources: dict[str, str] = {}
@@ -149,9 +154,14 @@ class AccountShareMeter:
             cpu_now = time.process_time()
             self._samples.append((now_s(), cpu_now))
             cpu_s = max(cpu_now - self._cpu_at_share_s, 0.0)
+            since_read_s = max(cpu_now - self._cpu_at_read_s, 0.0)
+            self._cpu_at_read_s = cpu_now
             for key, exact in self._exact.items():
-                est = exact + (cpu_s * self._rate.get(key, 0.0) if not key.startswith("gpu:") else 0.0)
-                self._shown[key] = max(self._shown.get(key, est), est)
+                rate = 0.0 if key.startswith("gpu:") else self._rate.get(key, 0.0)  # GPUs: ticks only
+                est = exact + cpu_s * rate
+                if key in self._shown:
+                    est = max(est, self._shown[key] + SETTLE_RATE * since_read_s * rate)
+                self._shown[key] = est
             return Reading(now_s(), dict(self._shown), self.source)
 
     def pending_j(self) -> float:

@@ -104,13 +104,12 @@ def test_node_account_under_load(serve_app_factory, demo_artifacts) -> None:
     finally:
         sampler.stop()
 
-    # a replica's counter is held flat while an extrapolation overshoot settles (share.py): a request
-    # inside such a hold gets 0 J of model energy; that must stay the exception
-    zero_model = sum(1 for t in tags if not t["model_j"])
-    assert zero_model <= 0.05 * len(tags), zero_model
-    # every tag: end to end, model + serving overhead, labelled estimate
+    # every tag: end to end, model + serving overhead, labelled estimate; every request did work in
+    # its replica and in the router, so neither part is ever 0 J (also while an extrapolation
+    # overshoot settles: share.py)
     for tag in tags:
         assert tag["source"] == "estimate" and tag["measured"] is False
+        assert tag["model_j"] > 0, tag
         assert tag["overhead_j"] is not None and tag["overhead_j"] > 0, tag
         assert tag["joules"] == pytest.approx(tag["model_j"] + tag["overhead_j"], rel=1e-9)
         assert tag["scope"] == "model+serving"
@@ -150,7 +149,7 @@ def test_node_account_under_load(serve_app_factory, demo_artifacts) -> None:
     print(
         f"\nnode {node}: metered {d_metered:.2f} J = baseline {d_baseline:.2f} + groups "
         f"{ {k: round(a1['by_kind_j'].get(k, 0) - a0['by_kind_j'].get(k, 0), 2) for k in a1['by_kind_j']} }; "
-        f"{len(tags)} tags ({zero_model} with 0 J model) sum {tag_j:.2f} J (model {sum(t['model_j'] for t in tags):.2f}, overhead "
+        f"{len(tags)} tags sum {tag_j:.2f} J (model {sum(t['model_j'] for t in tags):.2f}, overhead "
         f"{sum(t['overhead_j'] for t in tags):.2f}); /proc/stat cpu J in [{0.95 * (lo1 - hi0) * per_core_w:.2f},"
         f" {1.05 * (hi1 - lo0) * per_core_w:.2f}] vs account {d_cpu:.2f}"
     )

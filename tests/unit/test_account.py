@@ -212,11 +212,11 @@ def test_share_meter_reconciles_with_the_account_and_never_steps_back() -> None:
             r = meter.read()
             assert all(r.energy_j[k] >= v for k, v in last.items())  # never a step back
             last = r.energy_j
-            # a request inside a held overshoot (the extrapolation ran ahead of the exact share)
-            # sees a flat counter: 0 J; that must stay the exception (share.py)
+            # every request did work, so every one gets energy, also inside an overshoot that is
+            # settling (the extrapolation ran ahead of the exact share: share.py's SETTLE_RATE)
             zero += ledger.end(f"r{i}", r).joules <= 0
             time.sleep(0.02)
-        assert zero <= 4, f"{zero} of 40 requests saw no energy"
+        assert zero == 0, f"{zero} of 40 requests saw no energy"
         stop.set()
         th.join()
         meter._poll()  # the final exact share
