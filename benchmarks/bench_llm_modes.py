@@ -132,12 +132,12 @@ class _Metered:
 async def _classify(clf: Any, texts: list[str], mode: str, in_flight: int | None) -> list[Any]:
     """All texts at once (``in_flight`` None), or at most ``in_flight`` texts in the engine at a time."""
     if not in_flight:
-        return list(await clf.apredict(texts, mode))
+        return list(await clf.predict(texts, mode))
     gate = asyncio.Semaphore(in_flight)
 
     async def one(text: str) -> Any:
         async with gate:
-            return (await clf.apredict([text], mode))[0]
+            return (await clf.predict([text], mode))[0]
 
     return list(await asyncio.gather(*(one(t) for t in texts)))
 
@@ -157,7 +157,7 @@ def run_mode(
     with this one's); ``warm``: the cache keeps whatever earlier runs left, as in service."""
     if cache == "cold":
         loop.run_until_complete(clf.reset_prefix_cache())
-    loop.run_until_complete(clf.apredict(warm, mode))
+    loop.run_until_complete(clf.predict(warm, mode))
     with _Metered() as m:
         t0 = time.perf_counter()
         preds = loop.run_until_complete(_classify(clf, texts, mode, in_flight))
@@ -180,7 +180,7 @@ def run_mode(
 
 def calibrate(clf: Any, loop: asyncio.AbstractEventLoop, texts: list[str]) -> dict[str, float]:
     """Bias = minus each label's mean log-probability over (unlabelled) training texts."""
-    preds = loop.run_until_complete(clf.apredict(texts, "score"))
+    preds = loop.run_until_complete(clf.predict(texts, "score"))
     return {lab: -sum(p.scores[lab] for p in preds) / len(preds) for lab in clf.labels}
 
 

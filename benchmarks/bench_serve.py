@@ -85,9 +85,9 @@ def main() -> None:
     texts = [split.test.texts[i % len(split.test.texts)] for i in range(args.texts)]
 
     clf = TraditionalClassifier(artifacts / MODEL)
-    clf.predict(texts[:10])
+    clf.compute(texts[:10])
     t0 = time.perf_counter()
-    clf.predict(texts)
+    clf.compute(texts)
     inproc_tps = len(texts) / (time.perf_counter() - t0)
 
     ray.init(

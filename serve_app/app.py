@@ -13,7 +13,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from serve_app.config import AppConfig, TraditionalSpec
+from serve_app.config import AppConfig, ClassifierSpec
 from serve_app.config_common import EnergyConfig
 from serve_app.deployment import ClassifierServer
 from serve_app.router import Router
@@ -29,14 +29,7 @@ def ensure_artifacts(cfg: AppConfig) -> Path:
     from serve_app.classifiers.traditional import ArtifactError, read_manifest
 
     root = Path(cfg.artifacts_dir).expanduser().resolve()
-    # traditional specs name their artifact by id; pipeline specs by their `model`
-    wanted = sorted(
-        {
-            c.id if isinstance(c, TraditionalSpec) else c.model
-            for c in cfg.classifiers
-            if c.kind in ("traditional", "pipeline")
-        }
-    )
+    wanted = sorted({c.artifact for c in cfg.classifiers if c.artifact is not None})
     missing = []
     for model_id in wanted:
         try:
@@ -60,7 +53,7 @@ def ensure_artifacts(cfg: AppConfig) -> Path:
     return root
 
 
-def _serve_options(spec: Any) -> dict[str, Any]:
+def _serve_options(spec: ClassifierSpec) -> dict[str, Any]:
     d = spec.deployment
     opts: dict[str, Any] = {
         "name": spec.id,
@@ -76,7 +69,7 @@ def _serve_options(spec: Any) -> dict[str, Any]:
             },
         },
     }
-    extra = spec.serve_options() if hasattr(spec, "serve_options") else {}
+    extra = spec.serve_options()
     actor_extra = extra.pop("ray_actor_options", {})
     opts["ray_actor_options"].update({k: v for k, v in actor_extra.items() if k != "runtime_env"})
     env = actor_extra.get("runtime_env", {}).get("env_vars", {})

@@ -12,8 +12,8 @@ import yaml
 from pydantic import Field, model_validator
 
 from serve_app.classifiers.llm_config import LLMSpec
+from serve_app.classifiers.pipeline_config import PipelineSpec
 from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict
-from serve_app.topology.pipeline import PipelineSpec
 
 
 class TraditionalSpec(Strict):
@@ -23,6 +23,15 @@ class TraditionalSpec(Strict):
     id: str = Field(pattern=r"^(bow|tfidf|embedding)-(logreg|xgboost)$")
     deployment: DeploymentOptions = DeploymentOptions()
     energy: EnergyConfig = EnergyConfig()
+
+    @property
+    def artifact(self) -> str:
+        """The trained model this spec serves: its own id."""
+        return self.id
+
+    def serve_options(self) -> dict[str, Any]:
+        """Nothing beyond ``deployment``."""
+        return {}
 
 
 ClassifierSpec = Annotated[TraditionalSpec | LLMSpec | PipelineSpec, Field(discriminator="kind")]

@@ -52,7 +52,9 @@ class DeploymentOptions(Strict):
     num_gpus: float = Field(0, ge=0)
     max_ongoing_requests: int = Field(32, ge=1)
     max_queued_requests: int = Field(256, ge=-1)
-    max_batch_size: int = Field(64, ge=1)
+    max_batch_size: int = Field(32, ge=1)
+    """Requests (not texts) merged into one model call; at most ``max_ongoing_requests`` are ever
+    in the replica, so a larger value is never reached (Serve warns)."""
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     resources: dict[str, float] = Field(default_factory=dict)
     """Custom Ray resources, e.g. ``{"node:worker-1": 0.01}`` to pin a replica to a node."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar
+
+from serve_app.energy.keys import WorkerProcess
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,50 @@ class ClassifierInfo:
     details: dict[str, object] = field(default_factory=dict)
 
 
-@runtime_checkable
-class Classifier(Protocol):
-    """A loaded model. ``predict`` is synchronous and batch-first: one call, many texts."""
+WorkSink = Callable[[int, int], None]
+"""Where a classifier reports each engine step's tokens for one request: ``(prefill, decode)``."""
+
+
+class Classifier(ABC):
+    """A loaded model behind the server (LitServe-like: a few hooks, one class per kind).
+
+    - ``info`` / ``labels``: what ``/v1/models`` shows; fixed once loaded.
+    - ``predict(texts, mode, on_work)``: batch-first and async; a classifier whose steps process
+      tokens (``stepped``) reports each step's tokens for this call to ``on_work``.
+    - ``batched``: the model is one synchronous call per batch, so the server merges concurrent
+      requests into one ``predict`` (Serve's dynamic batching); an engine that batches on its own
+      (vLLM) is called per request.
+    - ``request_weight(texts)``: the request's weight under the ``tokens`` attribution rule.
+    - ``workers()``: processes outside the replica's process tree that do its work (engine ranks,
+      pipeline stages), for the replica's energy meter.
+    - ``close()``: release what the classifier started.
+    """
+
+    batched: ClassVar[bool] = False
+    stepped: ClassVar[bool] = False
+
+    def __init__(self, info: ClassifierInfo) -> None:
+        self._info = info
 
     @property
-    def info(self) -> ClassifierInfo: ...
+    def info(self) -> ClassifierInfo:
+        return self._info
 
     @property
-    def labels(self) -> tuple[str, ...]: ...
+    def labels(self) -> tuple[str, ...]:
+        return self._info.labels
 
-    def predict(self, texts: list[str]) -> list[Prediction]: ...
+    @abstractmethod
+    async def predict(
+        self, texts: list[str], mode: str | None = None, on_work: WorkSink | None = None
+    ) -> list[Prediction]: ...
+
+    def request_weight(self, texts: list[str]) -> float:
+        """Estimated tokens of these texts (about 4 characters a token); LLMs count real ones."""
+        return sum(len(t) for t in texts) / 4.0
+
+    async def workers(self) -> list[WorkerProcess]:
+        return []
+
+    def close(self) -> None:
+        return None

@@ -17,24 +17,22 @@ import logging
 import math
 import struct
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from serve_app.classifiers import llm_engine, llm_stages, prompts
-from serve_app.classifiers.base import ClassifierInfo, Prediction
+from serve_app.classifiers.base import Classifier, ClassifierInfo, Prediction, WorkSink
 from serve_app.classifiers.llm_config import MODES, PREPARED_PREFIX, LLMSpec
 from serve_app.classifiers.llm_workers import WHERE_METHOD
-from serve_app.energy.footprint import WorkerProcess
+from serve_app.energy.keys import WorkerProcess
 
 log = logging.getLogger(__name__)
 WHERE_TIMEOUT_S = 60.0
 
-WorkSink = Callable[[int, int], None]
-"""Receives the tokens the engine processed for a call since its last report: ``(prefill, decode)``;
-prefill: prompt tokens computed (prefix-cache hits excluded), decode: one per decode step
-(``energy.ledger.Ledger.work`` for the request)."""
+# A `WorkSink` receives the tokens the engine processed for a call since its last report:
+# prefill: prompt tokens computed (prefix-cache hits excluded), decode: one per decode step
+# (``energy.ledger.Ledger.work`` for the request).
 
 
 def _no_sink(prefill_tokens: int, decode_tokens: int) -> None:
@@ -86,8 +84,11 @@ class _Gen:
     prompt_logprobs: Any
 
 
-class LLMClassifier:
-    """A loaded zero-shot classifier. Build it with :func:`build_llm_classifier`."""
+class LLMClassifier(Classifier):
+    """A loaded zero-shot classifier. Build it with :func:`build_llm_classifier`. vLLM batches its
+    requests itself (continuous batching) and reports each step's tokens (``stepped``)."""
+
+    stepped = True
 
     def __init__(self, spec: LLMSpec, engine: Any, tokenizer: Any, model_path: str) -> None:
         self.spec = spec
@@ -108,39 +109,33 @@ class LLMClassifier:
         single = self._first_tokens is not None and all(len(i) == 1 for i in self._label_ids.values())
         self._choice_max_tokens = 1 if single else max(len(label) for label in self._labels) + 1
         devices = tuple(f"gpu:{r}" for r in range(spec.world_size)) if spec.on_gpu else ("cpu",)
-        self._info = ClassifierInfo(
-            model_id=spec.id,
-            kind="llm",
-            labels=self._labels,
-            devices=devices,
-            parameters=count_parameters(model_path),
-            trainable_parameters=0,  # zero-shot: nothing is trained
-            details={
-                "modes": list(MODES),
-                "default_mode": spec.default_mode,
-                "model": spec.served_model_name or spec.model,
-                "reasoning": spec.reasoning,
-                "score_strategy": "first_token" if self._first_tokens else "sequence",
-                "tensor_parallel_size": spec.tensor_parallel_size,
-                "pipeline_parallel_size": spec.pipeline_parallel_size,
-            },
+        super().__init__(
+            ClassifierInfo(
+                model_id=spec.id,
+                kind="llm",
+                labels=self._labels,
+                devices=devices,
+                parameters=count_parameters(model_path),
+                trainable_parameters=0,  # zero-shot: nothing is trained
+                details={
+                    "modes": list(MODES),
+                    "default_mode": spec.default_mode,
+                    "model": spec.served_model_name or spec.model,
+                    "reasoning": spec.reasoning,
+                    "score_strategy": "first_token" if self._first_tokens else "sequence",
+                    "tensor_parallel_size": spec.tensor_parallel_size,
+                    "pipeline_parallel_size": spec.pipeline_parallel_size,
+                },
+            )
         )
 
     # -- the Classifier surface -------------------------------------------------------------------
-    @property
-    def info(self) -> ClassifierInfo:
-        return self._info
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return self._labels
-
     def request_weight(self, texts: list[str]) -> float:
         """Estimated prompt tokens of these texts (template overhead + each text's tokens)."""
         return float(sum(self._overhead_tokens + len(self._encode(t)) for t in texts))
 
-    async def apredict(
-        self, texts: list[str], mode: str | None = None, on_work: WorkSink = _no_sink
+    async def predict(
+        self, texts: list[str], mode: str | None = None, on_work: WorkSink | None = None
     ) -> list[Prediction]:
         """Classify ``texts`` (one engine request each, batched by the engine) in ``mode``; every
         engine step's tokens for them go to ``on_work`` as the engine reports them."""
@@ -150,9 +145,10 @@ class LLMClassifier:
         run = {"paper": self._paper, "choice": self._choice, "score": self._score}.get(name)
         if run is None:
             raise UnknownModeError(f"unknown mode {name!r}; known: {', '.join(MODES)}")
-        return list(await asyncio.gather(*(run(t, on_work) for t in texts)))
+        sink = on_work or _no_sink
+        return list(await asyncio.gather(*(run(t, sink) for t in texts)))
 
-    async def worker_processes(self) -> list[WorkerProcess]:
+    async def workers(self) -> list[WorkerProcess]:
         """Every vLLM worker (one per TP x PP rank): its process, Ray node and GPU (see
         ``llm_workers``), so that the replica's meter covers all of them. Call it on the loop that
         serves requests (the engine binds to the first loop that uses it)."""

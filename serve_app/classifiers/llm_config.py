@@ -228,6 +228,11 @@ class LLMSpec(Strict):
         strategy = self.placement_strategy or ("PACK" if self.pipeline_spans_nodes else "STRICT_PACK")
         return bundles, strategy
 
+    @property
+    def artifact(self) -> None:
+        """Zero-shot: no trained artifact."""
+        return None
+
     def serve_options(self) -> dict[str, Any]:
         """Ray Serve deployment options beyond ``deployment`` (merge them into ``@serve.deployment``).
 

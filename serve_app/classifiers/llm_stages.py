@@ -9,7 +9,7 @@ its ``node_rank``. The ranks meet through ``torch.distributed`` at the replica's
 and vLLM's message queues.
 
 Energy: a stage's ranks are child processes of its actor, so the actor's PID (children included) is
-what the replica's meter must watch on that node (``LLMClassifier.worker_processes``); the ranks learn
+what the replica's meter must watch on that node (``LLMClassifier.workers``); the ranks learn
 their Ray node from :data:`NODE_ID_ENV` (they are not Ray workers themselves).
 """
 

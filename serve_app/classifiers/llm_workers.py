@@ -1,7 +1,7 @@
 """Where vLLM runs a replica's model: each worker reports its process, Ray node and GPU.
 
 vLLM mixes :class:`WorkerPlace` into its worker class (``worker_extension_cls``, set by
-``llm_engine.engine_args``) and ``LLMClassifier.worker_processes`` asks every rank through
+``llm_engine.engine_args``) and ``LLMClassifier.workers`` asks every rank through
 ``collective_rpc("accuwatt_where")``. This works the same for every executor: ``uni`` (the worker is
 the engine core, a child of the replica), ``mp`` (children of the engine core), and ``ray`` (actors in
 the replica's placement group, on several nodes with pipeline parallelism), so the replica's meter

@@ -7,6 +7,7 @@ the embedding encoder itself is not pickled, only named) and ``manifest.json``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import platform
 from dataclasses import dataclass
@@ -21,7 +22,13 @@ from sklearn.linear_model import LogisticRegression
 from xgboost import XGBClassifier
 
 from serve_app.classifiers import embedding
-from serve_app.classifiers.base import ClassifierInfo, Prediction, predictions_from_proba
+from serve_app.classifiers.base import (
+    Classifier,
+    ClassifierInfo,
+    Prediction,
+    WorkSink,
+    predictions_from_proba,
+)
 
 FEATURES = ("bow", "tfidf", "embedding")
 ESTIMATORS = ("logreg", "xgboost")
@@ -143,34 +150,38 @@ def read_manifest(artifact_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-class TraditionalClassifier:
-    """A loaded artifact behind the `Classifier` protocol."""
+class TraditionalClassifier(Classifier):
+    """A loaded artifact: one synchronous model call per batch (the server batches requests)."""
+
+    batched = True
 
     def __init__(self, artifact_dir: Path) -> None:
         self.manifest = read_manifest(artifact_dir)
         self.model: TrainedModel = joblib.load(artifact_dir / "model.joblib")
-        self._labels = tuple(self.manifest["labels"])
         devices = ("cpu",)
         if self.model.embedding_model:
             enc = embedding.load_encoder(self.model.embedding_model)  # load now, not on the first request
             devices = (str(enc.device),)
-        self._info = ClassifierInfo(
-            model_id=self.manifest["model_id"],
-            kind="traditional",
-            labels=self._labels,
-            devices=devices,
-            parameters=self.manifest.get("parameters"),
-            trainable_parameters=self.model.trainable_parameters(),  # from the model: older manifests lack it
-            details={k: self.manifest.get(k) for k in ("dataset", "split", "embedding_model", "versions")},
+        super().__init__(
+            ClassifierInfo(
+                model_id=self.manifest["model_id"],
+                kind="traditional",
+                labels=tuple(self.manifest["labels"]),
+                devices=devices,
+                parameters=self.manifest.get("parameters"),
+                trainable_parameters=self.model.trainable_parameters(),  # older manifests lack it
+                details={
+                    k: self.manifest.get(k) for k in ("dataset", "split", "embedding_model", "versions")
+                },
+            )
         )
 
-    @property
-    def info(self) -> ClassifierInfo:
-        return self._info
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return self._labels
-
-    def predict(self, texts: list[str]) -> list[Prediction]:
+    def compute(self, texts: list[str]) -> list[Prediction]:
+        """The model call itself, in the calling thread (``predict`` runs it in a worker thread)."""
         return predictions_from_proba(self.model.classes, self.model.predict_proba(texts))
+
+    async def predict(
+        self, texts: list[str], mode: str | None = None, on_work: WorkSink | None = None
+    ) -> list[Prediction]:
+        """``mode`` does not apply (one way to classify); the replica's event loop stays free."""
+        return await asyncio.to_thread(self.compute, texts)

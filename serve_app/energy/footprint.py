@@ -26,24 +26,13 @@ import psutil
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.agents import MultiNodeMeter
 from serve_app.energy.base import Meter
-from serve_app.energy.keys import RemoteProcesses
+from serve_app.energy.keys import RemoteProcesses, WorkerProcess
 from serve_app.energy.probe import make_meter
 
 
 def node_name(node_id: str, names: Mapping[str, str]) -> str:
     """A Ray node id's accuwatt name (its first 12 characters when ``names`` lacks it)."""
     return names.get(node_id) or node_id[:12]
-
-
-@dataclass(frozen=True)
-class WorkerProcess:
-    """A process doing a replica's work. ``node_id``: its Ray node (None: the replica's node);
-    ``gpu_ids``: the GPUs it computes on, as NVML UUIDs (``GPU-...``) or physical indices."""
-
-    pid: int
-    node_id: str | None = None
-    gpu_ids: tuple[str, ...] = ()
-    role: str = ""
 
 
 @dataclass(frozen=True)

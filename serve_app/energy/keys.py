@@ -1,4 +1,4 @@
-"""Counter keys across nodes, and what a replica runs on another node (plain values, no Ray).
+"""Counter keys across nodes, and the processes that do a replica's work (plain values, no Ray).
 
 Counter keys start with their domain: ``"cpu:package-0"``; across nodes the node is the second part:
 ``"<domain>:<node>:<device>"`` (``cpu:head:process``, ``gpu:worker-1:0``).
@@ -40,3 +40,14 @@ class RemoteProcesses:
     node: str
     pids: tuple[int, ...] = ()
     gpu_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WorkerProcess:
+    """A process doing a replica's work. ``node_id``: its Ray node (None: the replica's node);
+    ``gpu_ids``: the GPUs it computes on, as NVML UUIDs (``GPU-...``) or physical indices."""
+
+    pid: int
+    node_id: str | None = None
+    gpu_ids: tuple[str, ...] = ()
+    role: str = ""

@@ -47,8 +47,8 @@ def test_choice_and_score_answer_labels(
     smollm2: LLMClassifier, engine_loop: EngineLoop, sample: tuple[list[str], list[str]]
 ) -> None:
     texts, gold = sample
-    choice = engine_loop.run(smollm2.apredict(texts, "choice"))
-    score = engine_loop.run(smollm2.apredict(texts, "score"))
+    choice = engine_loop.run(smollm2.predict(texts, "choice"))
+    score = engine_loop.run(smollm2.predict(texts, "score"))
     assert all(p.label in smollm2.labels and p.parsed for p in choice + score)
     assert all(p.generated_tokens == 1 for p in score)
     assert all(p.generated_tokens == 1 for p in choice)  # single-token labels stop after one token
@@ -63,7 +63,7 @@ def test_paper_mode_generates_and_parses_like_the_study(
     smollm2: LLMClassifier, engine_loop: EngineLoop, sample: tuple[list[str], list[str]]
 ) -> None:
     texts, _ = sample
-    preds = engine_loop.run(smollm2.apredict(texts[:8], "paper"))
+    preds = engine_loop.run(smollm2.predict(texts[:8], "paper"))
     for p in preds:
         assert p.raw is not None and 1 <= (p.generated_tokens or 0) <= 48
         assert (p.parsed and p.label in smollm2.labels) or (not p.parsed and p.label == UNPARSED_LABEL)

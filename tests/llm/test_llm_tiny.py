@@ -35,7 +35,7 @@ def test_info_and_labels(tiny: LLMClassifier) -> None:
 
 
 def test_choice_answers_a_label_per_text(tiny: LLMClassifier, engine_loop: EngineLoop) -> None:
-    preds = engine_loop.run(tiny.apredict(TEXTS, "choice"))
+    preds = engine_loop.run(tiny.predict(TEXTS, "choice"))
     assert len(preds) == len(TEXTS)
     for p in preds:
         assert p.label in tiny.labels and p.parsed and p.label.startswith(p.raw or "-")
@@ -44,12 +44,12 @@ def test_choice_answers_a_label_per_text(tiny: LLMClassifier, engine_loop: Engin
 
 
 def test_default_mode_is_the_spec_default(tiny: LLMClassifier, engine_loop: EngineLoop) -> None:
-    preds = engine_loop.run(tiny.apredict(TEXTS[:1], None))
+    preds = engine_loop.run(tiny.predict(TEXTS[:1], None))
     assert preds[0].label in tiny.labels and preds[0].scores is None  # choice
 
 
 def test_score_scores_every_label_in_one_step(tiny: LLMClassifier, engine_loop: EngineLoop) -> None:
-    preds = engine_loop.run(tiny.apredict(TEXTS, "score"))
+    preds = engine_loop.run(tiny.predict(TEXTS, "score"))
     for p in preds:
         assert p.scores is not None and set(p.scores) == set(tiny.labels)
         assert all(s <= 0 and math.isfinite(s) for s in p.scores.values())
@@ -58,7 +58,7 @@ def test_score_scores_every_label_in_one_step(tiny: LLMClassifier, engine_loop: 
 
 
 def test_paper_generates_and_parses_or_marks_unparsed(tiny: LLMClassifier, engine_loop: EngineLoop) -> None:
-    preds = engine_loop.run(tiny.apredict(TEXTS, "paper"))
+    preds = engine_loop.run(tiny.predict(TEXTS, "paper"))
     for p in preds:
         assert p.raw is not None and p.generated_tokens and p.generated_tokens <= 16
         assert (p.parsed and p.label in tiny.labels) or (not p.parsed and p.label == UNPARSED_LABEL)
@@ -68,7 +68,7 @@ def test_score_bias_moves_the_argmax(tiny: LLMClassifier, engine_loop: EngineLoo
     # The bias is applied after the engine: the same engine's scores plus a large bias decide.
     from serve_app.classifiers import prompts
 
-    p = engine_loop.run(tiny.apredict(TEXTS[:1], "score"))[0]
+    p = engine_loop.run(tiny.predict(TEXTS[:1], "score"))[0]
     assert p.scores is not None
     loser = min(p.scores, key=lambda k: p.scores[k])  # type: ignore[index]
     biased = prompts.biased_scores(p.scores, {loser: 100.0})
@@ -77,13 +77,13 @@ def test_score_bias_moves_the_argmax(tiny: LLMClassifier, engine_loop: EngineLoo
 
 def test_many_concurrent_texts_are_batched(tiny: LLMClassifier, engine_loop: EngineLoop) -> None:
     texts = [f"review number {i}: good" for i in range(40)]
-    preds = engine_loop.run(tiny.apredict(texts, "score"))
+    preds = engine_loop.run(tiny.predict(texts, "score"))
     assert len(preds) == 40 and all(p.label in tiny.labels for p in preds)
 
 
 def test_unknown_mode(tiny: LLMClassifier, engine_loop: EngineLoop) -> None:
     with pytest.raises(UnknownModeError):
-        engine_loop.run(tiny.apredict(TEXTS, "fast"))
+        engine_loop.run(tiny.predict(TEXTS, "fast"))
 
 
 def test_request_weight_counts_prompt_tokens(tiny: LLMClassifier) -> None:
@@ -102,12 +102,12 @@ def test_sequence_scoring_when_labels_share_a_first_token(
     clf = build(cpu_spec(str(tiny_model_dir), id="tiny-seq", labels=["positive", "positively negative"]))
     try:
         assert clf.info.details["score_strategy"] == "sequence"
-        p = engine_loop.run(clf.apredict(TEXTS[:2], "score"))
+        p = engine_loop.run(clf.predict(TEXTS[:2], "score"))
         for pred in p:
             assert pred.scores is not None and set(pred.scores) == set(clf.labels)
             assert all(s < 0 for s in pred.scores.values())
             assert pred.generated_tokens == 2
-        choice = engine_loop.run(clf.apredict(TEXTS[:1], "choice"))
+        choice = engine_loop.run(clf.predict(TEXTS[:1], "choice"))
         assert choice[0].label in clf.labels
     finally:
         children = list(clf._engine_children)
@@ -119,7 +119,7 @@ def test_sequence_scoring_when_labels_share_a_first_token(
 def test_worker_reports_its_process(tiny: LLMClassifier, engine_loop: EngineLoop) -> None:
     """One worker (the ``uni`` executor runs it in the engine core): a child of this process, on CPU,
     so the replica's meter needs nothing beyond its own process tree."""
-    workers = engine_loop.run(tiny.worker_processes())
+    workers = engine_loop.run(tiny.workers())
     assert len(workers) == 1
     w = workers[0]
     assert w.pid in tiny._engine_children and w.gpu_ids == () and w.node_id is None
@@ -159,8 +159,8 @@ def test_engine_steps_weight_the_energy_split(tiny: LLMClassifier, engine_loop: 
             return lambda prefill, decode: ledger.work(rid, prefill, decode)
 
         async def both() -> tuple[list[Any], list[Any]]:
-            paper = tiny.apredict(texts, "paper", sink("paper"))
-            score = tiny.apredict(texts, "score", sink("score"))
+            paper = tiny.predict(texts, "paper", sink("paper"))
+            score = tiny.predict(texts, "score", sink("score"))
             p, s = await asyncio.gather(paper, score)
             return p, s
 

@@ -31,14 +31,14 @@ def test_tp2_on_cpu_classifies(tiny_model_dir: Path, engine_loop: EngineLoop) ->
     clf = build(tp2_spec(str(tiny_model_dir)))
     try:
         assert len(clf._engine_children) >= 3  # engine core + two TP workers (+ helpers)
-        workers = engine_loop.run(clf.worker_processes())
+        workers = engine_loop.run(clf.workers())
         assert sorted(w.role for w in workers) == ["vllm-rank-0", "vllm-rank-1"]
         assert len({w.pid for w in workers}) == 2
         assert {w.pid for w in workers} <= descendant_pids()  # mp workers: under this process
         engine_core = set(clf._engine_children) - {w.pid for w in workers}
         assert engine_core, "the engine core is a process of its own"
         for mode in ("choice", "score", "paper"):
-            preds = engine_loop.run(clf.apredict(["great film", "awful film"], mode))
+            preds = engine_loop.run(clf.predict(["great film", "awful film"], mode))
             assert len(preds) == 2
             if mode != "paper":
                 assert all(p.label in clf.labels for p in preds)

@@ -8,6 +8,7 @@ import os
 import pandas as pd
 import pytest
 
+from serve_app.classifiers.pipeline_config import PipelineSpec
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.agents import _combined_source
 from serve_app.energy.base import Reading
@@ -17,7 +18,6 @@ from serve_app.energy.procset import ProcessSetMeter
 from serve_app.sweep.compare import gpus_table, nodes_table
 from serve_app.sweep.config import SweepFile, Topology, classifier_specs
 from serve_app.topology.nodes import clean_name, name_from
-from serve_app.topology.pipeline import PipelineSpec
 
 
 def test_node_keys_keep_the_domain_first() -> None:

@@ -24,7 +24,7 @@ def test_train_save_load_predict(tmp_path: Path) -> None:
         )
         assert m["dataset"]["fingerprint"] == ds.fingerprint and "scikit-learn" in m["versions"]
         clf = TraditionalClassifier(tmp_path / model_id)
-        preds = clf.predict(list(split.test.texts))
+        preds = clf.compute(list(split.test.texts))
         assert {p.label for p in preds} <= set(ds.labels)
         assert all(abs(sum(p.scores.values()) - 1) < 1e-5 for p in preds if p.scores)
 

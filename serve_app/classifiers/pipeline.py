@@ -7,7 +7,7 @@ needs GPUs or a heavy CPU setup): one replica, one placement group with ``STRICT
 - bundle 1: a :class:`FeatureStage` actor (bag of words, char TF-IDF, or the sentence-embedding
   encoder) on another node, which the replica calls for every batch.
 
-The classifier reports the stage's process (:meth:`PipelineClassifier.worker_processes`); the
+The classifier reports the stage's process (:meth:`PipelineClassifier.workers`); the
 deployment meters it with the replica: through the other node's energy agent when the stages are
 spread (a ``MultiNodeMeter``; every request's tag holds both nodes' energy), or in the replica's own
 estimate when they are packed on one node (the stage is a Ray actor there, not the replica's child).
@@ -17,46 +17,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
+from serve_app.classifiers.base import (
+    Classifier,
+    ClassifierInfo,
+    Prediction,
+    WorkSink,
+    predictions_from_proba,
+)
+from serve_app.classifiers.pipeline_config import PipelineSpec
+from serve_app.energy.keys import WorkerProcess
 
-from serve_app.classifiers.base import ClassifierInfo, Prediction, predictions_from_proba
-from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict
-from serve_app.energy.footprint import WorkerProcess
-
-PipelineStrategy = Literal["STRICT_SPREAD", "SPREAD", "PACK"]
 STAGE_READY_TIMEOUT_S = 300.0
-
-
-class PipelineSpec(Strict):
-    """A traditional model served as two stages on (by default) two different nodes."""
-
-    kind: Literal["pipeline"] = "pipeline"
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
-    model: str = Field(pattern=r"^(bow|tfidf|embedding)-(logreg|xgboost)$")
-    """The trained artifact under ``artifacts_dir`` (as ``accuwatt train`` writes it)."""
-    deployment: DeploymentOptions = DeploymentOptions(num_cpus=1.0)
-    """``num_cpus`` >= 1 while ``app._serve_options`` drops the actor's own CPUs (Serve then asks 1)."""
-    energy: EnergyConfig = EnergyConfig()
-    feature_cpus: float = Field(0.25, gt=0)
-    """Logical CPUs of the feature stage's bundle."""
-    feature_resources: dict[str, float] = Field(default_factory=dict)
-    """Extra custom resources of the feature stage's bundle, e.g. ``{"node:worker-1": 0.01}``."""
-    placement_strategy: PipelineStrategy = "STRICT_SPREAD"
-    """``STRICT_SPREAD``: the two stages on two different nodes (the experiment); ``PACK``: same node
-    where possible (the single-node baseline of the same code path)."""
-
-    def placement(self) -> tuple[list[dict[str, float]], str]:
-        replica = {"CPU": self.deployment.num_cpus, **self.deployment.resources}
-        stage = {"CPU": self.feature_cpus, **self.feature_resources}
-        bundles = [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.01} for b in (replica, stage)]
-        return bundles, self.placement_strategy
-
-    def serve_options(self) -> dict[str, Any]:
-        """Deployment options beyond ``deployment``: the replica's placement group."""
-        bundles, strategy = self.placement()
-        return {"placement_group_bundles": bundles, "placement_group_strategy": strategy}
 
 
 class FeatureStageImpl:
@@ -80,8 +53,10 @@ class FeatureStageImpl:
         return self.model.features(texts)
 
 
-class PipelineClassifier:
-    """The head stage (in the replica) behind the `Classifier` protocol."""
+class PipelineClassifier(Classifier):
+    """The head stage (in the replica); the server batches requests into one stage call."""
+
+    batched = True
 
     def __init__(self, spec: PipelineSpec, artifacts_dir: Path) -> None:
         import joblib
@@ -108,42 +83,36 @@ class PipelineClassifier:
         self.stage: Any = stage_cls.options(runtime_env={"env_vars": env}, **options).remote(str(art))
         self.stage_where: dict[str, Any] = ray.get(self.stage.where.remote(), timeout=STAGE_READY_TIMEOUT_S)
         self.head_node = current_node_name()
-        labels = tuple(self.manifest["labels"])
-        self._info = ClassifierInfo(
-            model_id=spec.id,
-            kind="traditional",
-            labels=labels,
-            devices=("cpu",),
-            parameters=self.manifest.get("parameters"),
-            trainable_parameters=self.manifest.get("trainable_parameters"),
-            details={
-                "model": spec.model,
-                "topology": "pipeline",
-                "placement_strategy": spec.placement_strategy,
-                "stages": {"features": self.stage_where["node"], "head": self.head_node},
-                "feature_pid": int(self.stage_where["pid"]),
-                **{k: self.manifest.get(k) for k in ("dataset", "split", "embedding_model", "versions")},
-            },
+        super().__init__(
+            ClassifierInfo(
+                model_id=spec.id,
+                kind="traditional",
+                labels=tuple(self.manifest["labels"]),
+                devices=("cpu",),
+                parameters=self.manifest.get("parameters"),
+                trainable_parameters=self.manifest.get("trainable_parameters"),
+                details={
+                    "model": spec.model,
+                    "topology": "pipeline",
+                    "placement_strategy": spec.placement_strategy,
+                    "stages": {"features": self.stage_where["node"], "head": self.head_node},
+                    "feature_pid": int(self.stage_where["pid"]),
+                    **{k: self.manifest.get(k) for k in ("dataset", "split", "embedding_model", "versions")},
+                },
+            )
         )
 
-    @property
-    def info(self) -> ClassifierInfo:
-        return self._info
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return self._info.labels
-
-    async def worker_processes(self) -> list[WorkerProcess]:
+    async def workers(self) -> list[WorkerProcess]:
         """The feature stage's process, for the replica's meter (see the module doc)."""
         w = self.stage_where
         return [WorkerProcess(int(w["pid"]), str(w["node_id"]) or None, (), "feature-stage")]
 
-    def predict(self, texts: list[str]) -> list[Prediction]:
+    async def predict(
+        self, texts: list[str], mode: str | None = None, on_work: WorkSink | None = None
+    ) -> list[Prediction]:
         import numpy as np
-        import ray
 
-        x = ray.get(self.stage.features.remote(list(texts)))
+        x = await self.stage.features.remote(list(texts))
         return predictions_from_proba(self.model.classes, np.asarray(self.model.estimator.predict_proba(x)))
 
     def close(self) -> None:

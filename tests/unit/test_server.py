@@ -1,0 +1,144 @@
+"""The replica's request logic without Ray or Serve (``server.py``): a real trained classifier and the
+replica's energy on a RAPL tree the test writes. The test moves the counter while the model is being
+called, so every expected figure comes from the joules the test wrote, not from the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from serve_app.classifiers.base import Prediction, WorkSink
+from serve_app.classifiers.kinds import build_classifier
+from serve_app.config import TraditionalSpec
+from serve_app.config_common import EnergyConfig
+from serve_app.data import load_dataset, make_split
+from serve_app.energy.tag import EnergyTag
+from serve_app.energy.window import ReplicaEnergy
+from serve_app.server import ClassifierReplica, request_weight
+from serve_app.train import train_split
+from tests.unit.test_replica_energy import Package, energy_on
+
+pytestmark = pytest.mark.unit
+MODEL = "bow-logreg"
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ds = load_dataset("demo")
+    root = tmp_path_factory.mktemp("artifacts")
+    train_split(make_split(ds, 120, 20, seed=1, index=0), [MODEL], root, ds.labels, ds.source)
+    return root
+
+
+def test_a_request_gets_what_the_counter_moved_during_its_model_call(
+    tmp_path: Path, artifacts: Path
+) -> None:
+    from serve_app.energy.rapl import rapl_available
+
+    rapl_available.cache_clear()
+    package = Package(tmp_path / "rapl")
+    classifier = build_classifier(TraditionalSpec(id=MODEL), artifacts)
+    energy = energy_on(tmp_path / "rapl", attribution="texts")
+    seen: list[tuple[EnergyTag, int]] = []
+
+    async def predict(texts: list[str], mode: str | None, on_work: WorkSink | None) -> list[Prediction]:
+        package.add(0.6)  # the node's counter moves while the model runs
+        return await classifier.predict(texts)
+
+    server = ClassifierReplica(
+        MODEL, EnergyConfig(attribution="texts"), classifier, energy, predict, lambda t, n: seen.append((t, n))
+    )
+    try:
+        package.add(0.2)  # idle before the request
+        out = asyncio.run(server.classify(["Das ist gut.", "Du Idiot!"], None, "client-id"))
+        snap = energy.snapshot()
+    finally:
+        server.close()
+    assert [p["label"] for p in out["predictions"]] and all(
+        p["label"] in ("OFFENSE", "OTHER") for p in out["predictions"]
+    )
+    tag = out["energy"]
+    assert tag["joules"] == pytest.approx(0.6) and tag["source"] == "rapl" and tag["measured"] is True
+    assert len(seen) == 1 and seen[0][1] == 2 and seen[0][0].joules == pytest.approx(0.6)
+    assert snap["idle_j"] == pytest.approx(0.2) and snap["requests"] == 1
+
+
+def test_concurrent_requests_split_a_shared_interval_by_their_texts(tmp_path: Path, artifacts: Path) -> None:
+    from serve_app.energy.rapl import rapl_available
+
+    rapl_available.cache_clear()
+    package = Package(tmp_path / "rapl")
+    classifier = build_classifier(TraditionalSpec(id=MODEL), artifacts)
+    energy = energy_on(tmp_path / "rapl", attribution="texts")
+
+    async def run() -> tuple[dict[str, Any], dict[str, Any]]:
+        both_in = asyncio.Event()
+        started: list[int] = []
+
+        async def predict(texts: list[str], mode: str | None, on_work: WorkSink | None) -> list[Prediction]:
+            started.append(len(texts))
+            if len(started) == 2:
+                package.add(1.2)  # both requests are open: 1 : 3 texts
+                both_in.set()
+            await both_in.wait()
+            return await classifier.predict(texts)
+
+        server = ClassifierReplica(MODEL, EnergyConfig(attribution="texts"), classifier, energy, predict)
+        one = asyncio.create_task(server.classify(["a"], None, "same"))
+        await asyncio.sleep(0)
+        three = asyncio.create_task(server.classify(["b", "c", "d"], None, "same"))
+        return await one, await three
+
+    try:
+        one, three = asyncio.run(run())
+    finally:
+        energy.close()
+    assert one["energy"]["joules"] == pytest.approx(1.2 / 4)
+    assert three["energy"]["joules"] == pytest.approx(1.2 * 3 / 4)
+    assert len(one["predictions"]) == 1 and len(three["predictions"]) == 3
+
+
+def test_a_failed_model_call_closes_its_window_and_raises(tmp_path: Path, artifacts: Path) -> None:
+    from serve_app.energy.rapl import rapl_available
+
+    rapl_available.cache_clear()
+    package = Package(tmp_path / "rapl")
+    classifier = build_classifier(TraditionalSpec(id=MODEL), artifacts)
+    energy = energy_on(tmp_path / "rapl")
+
+    async def broken(texts: list[str], mode: str | None, on_work: WorkSink | None) -> list[Prediction]:
+        package.add(0.5)
+        raise RuntimeError("model failed")
+
+    server = ClassifierReplica(MODEL, EnergyConfig(), classifier, energy, broken)
+    try:
+        with pytest.raises(RuntimeError, match="model failed"):
+            asyncio.run(server.classify(["x"], None, "r"))
+        snap = energy.snapshot()
+    finally:
+        energy.close()
+    # the energy it used stays attributed (to no tag), nothing is left open
+    assert snap["open_requests"] == 0 and snap["attributed_j"] == pytest.approx(0.5)
+
+
+def test_weights_and_description(tmp_path: Path, artifacts: Path) -> None:
+    from serve_app.energy.rapl import rapl_available
+
+    rapl_available.cache_clear()
+    Package(tmp_path / "rapl")
+    classifier = build_classifier(TraditionalSpec(id=MODEL), artifacts)
+    assert request_weight("texts", classifier, ["a", "b"]) == 2.0
+    assert request_weight("tokens", classifier, ["abcd" * 5]) == 5.0  # about 4 characters a token
+    assert request_weight("time", classifier, ["a", "b", "c"]) == 1.0
+    energy: ReplicaEnergy = energy_on(tmp_path / "rapl", attribution="tokens")
+    server = ClassifierReplica(MODEL, EnergyConfig(attribution="tokens"), classifier, energy)
+    try:
+        assert server.stepped is False  # a traditional model reports no engine steps
+        d = server.describe()
+    finally:
+        server.close()
+    assert d["id"] == MODEL and d["kind"] == "traditional" and d["labels"] == ["OFFENSE", "OTHER"]
+    assert d["energy_source"] == "rapl" and d["node"] == "n1" and d["trainable_parameters"] > 0
