@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from serve_app.data import DEMO_DIR
-from serve_app.replay.echo_server import free_port
+from serve_app.ports import free_port
 from serve_app.replay.records import read_records
 from serve_app.replay.runner import ReplayConfig, replay_url
 

@@ -15,7 +15,6 @@ same splits, so a split is fully identified by ``(dataset fingerprint, seed, i, 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,9 +227,3 @@ def split_identity(split: Split) -> dict[str, object]:
         "n_train": len(split.train.rows),
         "n_test": len(split.test.rows),
     }
-
-
-def write_jsonl(path: Path, texts: list[str], labels: list[str]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for t, lab in zip(texts, labels, strict=True):
-            f.write(json.dumps({"text": t, "label": lab}, ensure_ascii=False) + "\n")

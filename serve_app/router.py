@@ -46,6 +46,7 @@ from serve_app.validation import (
     check_declared_length,
     parse_classify,
 )
+from serve_app.wire import EnergyTag
 
 log = logging.getLogger("accuwatt.router")
 api = FastAPI(
@@ -440,7 +441,8 @@ class Router:
         if replayed:  # the cached answer already carries its tag (overhead included): unchanged
             self._overhead.abandon(window)
         else:  # in place: an idempotent replay of this request returns the same tag
-            result["energy"] = add_overhead(result["energy"], self._overhead.end(window))
+            tag = EnergyTag.model_validate(result["energy"])
+            result["energy"] = add_overhead(tag, self._overhead.end(window)).model_dump()
         energy = result["energy"]
         log.info(
             "classify %s model=%s texts=%d chars=%d latency=%.4fs J=%s (%s)",

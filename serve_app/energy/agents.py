@@ -324,15 +324,6 @@ def _combined_source(sources: list[str]) -> Any:
     return sources[0] if sources else "unavailable"
 
 
-def wait_for_counters(meter: MultiNodeMeter, timeout_s: float = 10.0) -> None:
-    """Block until every remote node has answered once (tests and warm-up)."""
-    deadline = time.monotonic() + timeout_s
-    while any(r.ok_s == 0.0 for r in meter._remotes):
-        if time.monotonic() > deadline:
-            raise MeterError("energy agents did not answer in time")
-        time.sleep(0.05)
-
-
 def node_snapshots() -> dict[str, dict[str, Any]]:
     """Every node account of the connected cluster, by node name (nodes without an agent or without a
     started account are left out)."""

@@ -2,73 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from pydantic import BaseModel, ConfigDict
+from typing import TYPE_CHECKING
 
 from serve_app.energy.base import MEASURED_SOURCES, MeterInfo
 from serve_app.energy.keys import joules_by_node, node_of_key
 from serve_app.energy.ledger import Allocation
+from serve_app.wire import Attribution, EnergyTag, TokenWork
 
 if TYPE_CHECKING:
     from serve_app.energy.overhead import Overhead
-
-
-class TokenWork(BaseModel):
-    """An LLM request under the ``tokens`` rule: what the engine processed for it, and its energy by
-    phase (see ``energy/ledger.py``). ``prompt_tokens`` / ``generated_tokens``: its texts' prompts and
-    answers; ``prefill_tokens``: prompt tokens the engine computed (prefix-cache hits excluded);
-    ``decode_tokens``: decode steps (one token each). Each interval's energy went to the requests in it
-    in proportion to these tokens; ``unstepped_j`` was split by ``weight`` (the prompt-token estimate)
-    because no sharer reported an engine step in those intervals. Units: tokens, J."""
-
-    model_config = ConfigDict(extra="forbid")
-    prompt_tokens: int | None
-    generated_tokens: int | None
-    prefill_tokens: int
-    decode_tokens: int
-    prefill_j: float
-    decode_j: float
-    unstepped_j: float
-
-
-class Attribution(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    rule: str
-    weight: float
-    window_s: float
-    intervals: int
-    max_sharers: int
-    tokens: TokenWork | None = None
-
-
-class EnergyTag(BaseModel):
-    """What one request cost. ``joules`` is None when the meter was unavailable (never a fake 0).
-
-    ``uncertainty_j``: counter resolution at both ends of the window, plus the energy that could
-    shift across a window edge because the counter refreshes only every ``update_period_s``
-    (average power over the window x update period). Flags: ``shorter_than_counter_update`` when
-    the request is shorter than the counter's refresh period.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    joules: float | None
-    source: str
-    measured: bool
-    domains_j: dict[str, float]
-    nodes_j: dict[str, float]
-    attribution: Attribution | None
-    uncertainty_j: float | None
-    flags: list[str]
-    replica: str
-    nodes: list[str]
-    devices: list[str]
-    model_j: float | None = None
-    """The classifier replica's share (its process group on the node account, or its process tree)."""
-    overhead_j: float | None = None
-    """Serving overhead: the router's and the proxy's share for this request (None: not metered)."""
-    scope: str = ""
-    """What ``joules`` covers: ``model+serving`` when ``overhead_j`` is in it, else ``model``."""
 
 
 def make_tag(
@@ -124,33 +66,32 @@ def _token_work(alloc: Allocation, tokens: tuple[int, int] | None) -> TokenWork 
     )
 
 
-def add_overhead(energy: dict[str, Any], overhead: Overhead | None) -> dict[str, Any]:
-    """The tag (as a dict) end to end: ``joules`` = ``model_j`` + ``overhead_j`` (domains summed) when
-    both are known and have the same source; otherwise the model's figure alone, flagged
+def add_overhead(tag: EnergyTag, overhead: Overhead | None) -> EnergyTag:
+    """The tag end to end: ``joules`` = ``model_j`` + ``overhead_j`` (domains summed) when both are
+    known and have the same source; otherwise the model's figure alone, flagged
     ``overhead_not_metered`` (an estimated overhead is never added to a measured figure)."""
-    out = dict(energy)
-    model = out.get("joules")
-    if not isinstance(model, float):
-        return out
-    if overhead is None or overhead.source != out.get("source"):
-        out["flags"] = [*(out.get("flags") or []), "overhead_not_metered"]
-        return out
-    domains = dict(out.get("domains_j") or {})
+    model = tag.joules
+    if model is None:
+        return tag
+    if overhead is None or overhead.source != tag.source:
+        return tag.model_copy(update={"flags": [*tag.flags, "overhead_not_metered"]})
+    domains = dict(tag.domains_j)
     for d, j in overhead.domains_j.items():
         domains[d] = domains.get(d, 0.0) + j
-    nodes = dict(out.get("nodes_j") or {})
+    nodes = dict(tag.nodes_j)
     nodes[overhead.node] = nodes.get(overhead.node, 0.0) + overhead.joules
-    out.update(
-        joules=model + overhead.joules,
-        model_j=model,
-        overhead_j=overhead.joules,
-        domains_j=domains,
-        nodes_j=nodes,
-        nodes=sorted(set(out.get("nodes") or []) | {overhead.node} - {""}),
-        scope="model+serving",
-        flags=[*(out.get("flags") or []), *(f"overhead_{f}" for f in overhead.flags)],
+    return tag.model_copy(
+        update={
+            "joules": model + overhead.joules,
+            "model_j": model,
+            "overhead_j": overhead.joules,
+            "domains_j": domains,
+            "nodes_j": nodes,
+            "nodes": sorted(set(tag.nodes) | {overhead.node} - {""}),
+            "scope": "model+serving",
+            "flags": [*tag.flags, *(f"overhead_{f}" for f in overhead.flags)],
+        }
     )
-    return out
 
 
 def no_energy_tag(replica: str, info: MeterInfo, reason: str, source: str = "unavailable") -> EnergyTag:

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -34,12 +33,6 @@ BIN_DIR = Path(__file__).resolve().parents[2] / ".cache" / "bin"
 
 class MonitoringError(RuntimeError):
     """The stack cannot start: a binary, a Ray session or a port is missing."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def find_session_dir(ray_temp_dir: Path = DEFAULT_RAY_TEMP_DIR) -> Path:

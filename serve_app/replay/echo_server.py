@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import threading
 import time
 from collections import Counter
@@ -23,6 +22,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from serve_app.ports import free_port
 
 LABELS = ("OFFENSE", "OTHER")
 
@@ -139,12 +140,6 @@ def build_echo_app(state: EchoState) -> Starlette:
             Route("/readyz", healthz),
         ]
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class EchoServer:

@@ -23,7 +23,7 @@ from typing import Any
 from serve_app.data import study_splits
 from serve_app.errors import UsageError
 from serve_app.model_ids import check_ids
-from serve_app.replay.echo_server import free_port
+from serve_app.ports import free_port
 from serve_app.replay.plan import plan_requests
 from serve_app.replay.ready import wait_ready_sync
 from serve_app.replay.records import read_records

@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from serve_app.energy.base import MEASURED_SOURCES
 from serve_app.replay import units
 from serve_app.replay.records import Record
 
-MEASURED_SOURCES = frozenset({"nvml", "nvml-power", "rapl"})
 J_PER_WH = 3600.0
 
 

@@ -20,30 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
+
+from serve_app.wire import EnergyTag
 
 RecordKey = tuple[str, str, int]
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-class EnergyTag(_Frozen):
-    """The energy tag the service returned for one request (see ARCHITECTURE.md). Units: J."""
-
-    joules: float | None = None
-    source: str = "unavailable"
-    measured: bool = False
-    domains_j: dict[str, float] = Field(default_factory=dict)
-    uncertainty_j: float | None = None
-    flags: list[str] = Field(default_factory=list)
-    replica: str | None = None
-    attribution: dict[str, Any] | None = None
-    model_j: float | None = None
-    overhead_j: float | None = None
-    scope: str = ""
-    """``model+serving`` (``joules`` = ``model_j`` + the router's and proxy's ``overhead_j``) or ``model``."""
 
 
 class Record(_Frozen):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import sys
 import time
@@ -280,7 +279,3 @@ async def replay_url(cfg: ReplayConfig, base_url: str, tests: list[TestSet] | No
             write_metrics(load_run(rdir))
             folders.append(rdir)
     return folders
-
-
-def config_digest(cfg: ReplayConfig) -> str:
-    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:12]

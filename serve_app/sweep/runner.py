@@ -81,10 +81,11 @@ def run_topology(
     """Deploy one topology, replay every split, tear down; returns the run folders."""
     from ray import serve
 
+    from serve_app.ports import free_port
     from serve_app.replay.local import deploy
     from serve_app.replay.results import load_run, write_metrics
     from serve_app.replay.runner import load_test_sets
-    from serve_app.topology.local_cluster import LocalCluster, NodeSpec, connect, free_port
+    from serve_app.topology.local_cluster import LocalCluster, NodeSpec, connect
 
     cfg = _replay_config(sweep, topo, out)
     ds, tests, split_meta = load_test_sets(cfg)

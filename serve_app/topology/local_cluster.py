@@ -31,24 +31,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from serve_app.ports import free_port
 from serve_app.topology.nodes import NODE_LABEL, NODE_RESOURCE_PREFIX
 
 AuthMode = Literal["disabled", "token"]
 STATE_FILE = "cluster.json"
 OBJECT_STORE_BYTES = 150 * 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,11 @@ from serve_app.monitoring.stack import (
     MonitoringError,
     Service,
     discovery_file,
-    free_port,
     render_config,
     start_prometheus,
     start_pushgateway,
 )
+from serve_app.ports import free_port
 from tests.conftest import traditional_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]

@@ -14,7 +14,8 @@ import pytest
 from scipy import stats
 
 from serve_app.data import DEMO_DIR
-from serve_app.replay.echo_server import EchoServer, EchoState, free_port
+from serve_app.ports import free_port
+from serve_app.replay.echo_server import EchoServer, EchoState
 from serve_app.replay.records import read_json_lines, read_records
 from serve_app.replay.runner import ReplayConfig, replay_url
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_app.monitoring.stack import free_port
+from serve_app.ports import free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

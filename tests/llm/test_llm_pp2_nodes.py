@@ -26,7 +26,8 @@ TEXTS = ["a warm, funny and moving film", "dull, slow and far too long", "an utt
 
 def _scenario(out_path: str, model_dir: str) -> None:  # runs in the subprocess
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    from serve_app.topology.local_cluster import LocalCluster, connect, default_nodes, free_port, use_loopback
+    from serve_app.ports import free_port
+    from serve_app.topology.local_cluster import LocalCluster, connect, default_nodes, use_loopback
 
     use_loopback()
     import httpx

@@ -33,9 +33,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_a_request_gets_what_the_counter_moved_during_its_model_call(
-    tmp_path: Path, artifacts: Path
-) -> None:
+def test_a_request_gets_what_the_counter_moved_during_its_model_call(tmp_path: Path, artifacts: Path) -> None:
     from serve_app.energy.rapl import rapl_available
 
     rapl_available.cache_clear()
@@ -49,7 +47,12 @@ def test_a_request_gets_what_the_counter_moved_during_its_model_call(
         return await classifier.predict(texts)
 
     server = ClassifierReplica(
-        MODEL, EnergyConfig(attribution="texts"), classifier, energy, predict, lambda t, n: seen.append((t, n))
+        MODEL,
+        EnergyConfig(attribution="texts"),
+        classifier,
+        energy,
+        predict,
+        lambda t, n: seen.append((t, n)),
     )
     try:
         package.add(0.2)  # idle before the request
