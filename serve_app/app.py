@@ -16,6 +16,7 @@ from ray.serve import Application
 from serve_app.config import AppConfig, ClassifierSpec
 from serve_app.config_common import EnergyConfig
 from serve_app.deployment import ClassifierServer
+from serve_app.env import WORKER_ENV
 from serve_app.router import Router
 
 log = logging.getLogger("accuwatt.app")
@@ -64,9 +65,7 @@ def _serve_options(spec: ClassifierSpec) -> dict[str, Any]:
             "num_cpus": d.num_cpus,
             "num_gpus": d.num_gpus,
             "resources": dict(d.resources),
-            "runtime_env": {
-                "env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **d.env_vars}
-            },
+            "runtime_env": {"env_vars": {**WORKER_ENV, **d.env_vars}},
         },
     }
     extra = spec.serve_options()

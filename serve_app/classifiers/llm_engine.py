@@ -5,26 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from typing import Any
 
 from serve_app.classifiers.llm_config import LLMSpec
 from serve_app.classifiers.llm_workers import WORKER_EXTENSION
 from serve_app.energy.footprint import descendant_pids
-
-
-@contextlib.contextmanager
-def scoped_env(env: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def child_pids() -> set[int]:

@@ -28,6 +28,7 @@ from serve_app.classifiers.base import (
 )
 from serve_app.classifiers.pipeline_config import PipelineSpec
 from serve_app.energy.keys import WorkerProcess
+from serve_app.env import WORKER_ENV
 
 STAGE_READY_TIMEOUT_S = 300.0
 
@@ -78,7 +79,7 @@ class PipelineClassifier(Classifier):
             )
         else:
             options["resources"] = dict(spec.feature_resources)
-        env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **spec.deployment.env_vars}
+        env = {**WORKER_ENV, **spec.deployment.env_vars}
         stage_cls: Any = ray.remote(FeatureStageImpl)
         self.stage: Any = stage_cls.options(runtime_env={"env_vars": env}, **options).remote(str(art))
         self.stage_where: dict[str, Any] = ray.get(self.stage.where.remote(), timeout=STAGE_READY_TIMEOUT_S)

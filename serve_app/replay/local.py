@@ -27,15 +27,8 @@ from serve_app.ports import free_port
 from serve_app.replay.plan import plan_requests
 from serve_app.replay.ready import wait_ready_sync
 from serve_app.replay.records import read_records
-from serve_app.replay.results import RECORDS_FILE, load_run, write_metrics
-from serve_app.replay.runner import (
-    ReplayConfig,
-    get_json,
-    http_client,
-    load_test_sets,
-    prepare_run_folder,
-    replay_model_split,
-)
+from serve_app.replay.results import RECORDS_FILE
+from serve_app.replay.runner import ReplayConfig, finish, load_test_sets, replay_session
 
 APP_NAME = "accuwatt"
 
@@ -153,31 +146,5 @@ def replay_local(
                 "artifacts_dir": str(art),
             }
             deploy(app_cfg, url)
-            asyncio.run(
-                _replay_split_all_models(cfg, url, ds, split_meta, models, test, session, run_name, folders)
-            )
-    for path in folders.values():
-        write_metrics(load_run(path))
-    return list(folders.values())
-
-
-async def _replay_split_all_models(
-    cfg: ReplayConfig,
-    url: str,
-    ds: Any,
-    split_meta: dict[str, Any],
-    models: list[str],
-    test: Any,
-    session: str,
-    run_name: str,
-    folders: dict[str, Path],
-) -> None:
-    async with http_client(cfg) as client:
-        models_body = await get_json(client, url, "/v1/models")
-        for m in models:
-            if m not in folders:
-                energy_body = await get_json(client, url, "/v1/energy")
-                folders[m] = prepare_run_folder(
-                    cfg, ds, split_meta, m, models_body, energy_body, session, url
-                )
-            await replay_model_split(client, url, cfg, m, test, folders[m], session, run_name)
+            asyncio.run(replay_session(cfg, url, ds, split_meta, models, [test], session, folders))
+    return finish(folders)

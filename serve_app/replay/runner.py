@@ -254,28 +254,57 @@ def http_client(cfg: ReplayConfig) -> ClientPool:
     return ClientPool(cfg.load_shape().max_in_flight, cfg.timeout_s, auth_headers())
 
 
+async def replay_session(
+    cfg: ReplayConfig,
+    base_url: str,
+    ds: Dataset,
+    split_meta: dict[str, dict[str, Any]],
+    models: list[str],
+    tests: list[TestSet],
+    session: str,
+    folders: dict[str, Path],
+) -> None:
+    """The one replay loop (``replay --url``, ``replay --local``, ``sweep``): every model on every test
+    set against the router at ``base_url``, split by split. A model's run folder is created (or resumed)
+    the first time it is replayed and kept in ``folders``; records already there are skipped."""
+    run_name = cfg.resolved_run_name(ds.fingerprint)
+    async with http_client(cfg) as client:
+        models_body = await get_json(client, base_url, "/v1/models")
+        for test in tests:
+            for model in models:
+                if model not in folders:
+                    energy_body = await get_json(client, base_url, "/v1/energy")
+                    folders[model] = prepare_run_folder(
+                        cfg, ds, split_meta, model, models_body, energy_body, session, base_url
+                    )
+                await replay_model_split(
+                    client, base_url, cfg, model, test, folders[model], session, run_name
+                )
+
+
+def finish(folders: dict[str, Path]) -> list[Path]:
+    """Write every run folder's metrics; returns the folders."""
+    for path in folders.values():
+        write_metrics(load_run(path))
+    return list(folders.values())
+
+
 async def replay_url(cfg: ReplayConfig, base_url: str, tests: list[TestSet] | None = None) -> list[Path]:
     """Replay every model on every split against a running router; returns the run folders."""
     ds, all_tests, split_meta = load_test_sets(cfg)
-    tests = all_tests if tests is None else tests
-    session = uuid.uuid4().hex[:12]
-    run_name = cfg.resolved_run_name(ds.fingerprint)
-    folders = []
     async with http_client(cfg) as client:
         await wait_ready(client, base_url)
         models_body = await get_json(client, base_url, "/v1/models")
-        models = cfg.models or [m["id"] for m in (models_body or {}).get("models", [])]
-        if not models:
-            raise RuntimeError(f"no models to replay: none given and {base_url}/v1/models lists none")
-        if models_body is not None:
-            served = [str(m.get("id")) for m in models_body.get("models", [])]
-            check_ids(models, served, f"{base_url} serves")
-        check_labels(ds.name, ds.labels, models_body, models)
-        for model in models:
-            energy_body = await get_json(client, base_url, "/v1/energy")
-            rdir = prepare_run_folder(cfg, ds, split_meta, model, models_body, energy_body, session, base_url)
-            for test in tests:
-                await replay_model_split(client, base_url, cfg, model, test, rdir, session, run_name)
-            write_metrics(load_run(rdir))
-            folders.append(rdir)
-    return folders
+    models = cfg.models or [m["id"] for m in (models_body or {}).get("models", [])]
+    if not models:
+        raise RuntimeError(f"no models to replay: none given and {base_url}/v1/models lists none")
+    if models_body is not None:
+        served = [str(m.get("id")) for m in models_body.get("models", [])]
+        check_ids(models, served, f"{base_url} serves")
+    check_labels(ds.name, ds.labels, models_body, models)
+    folders: dict[str, Path] = {}
+    session = uuid.uuid4().hex[:12]
+    await replay_session(
+        cfg, base_url, ds, split_meta, models, all_tests if tests is None else tests, session, folders
+    )
+    return finish(folders)

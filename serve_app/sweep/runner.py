@@ -60,21 +60,6 @@ def _train(sweep: SweepFile, art_root: Path) -> dict[str, Path]:
     return out
 
 
-async def _replay_split(
-    cfg: Any, url: str, ds: Any, split_meta: dict[str, Any], test: Any, session: str, folders: dict[str, Path]
-) -> None:
-    from serve_app.replay.runner import get_json, http_client, prepare_run_folder, replay_model_split
-
-    run_name = cfg.resolved_run_name(ds.fingerprint)
-    async with http_client(cfg) as client:
-        models_body = await get_json(client, url, "/v1/models")
-        for m in cfg.models:
-            if m not in folders:
-                energy = await get_json(client, url, "/v1/energy")
-                folders[m] = prepare_run_folder(cfg, ds, split_meta, m, models_body, energy, session, url)
-            await replay_model_split(client, url, cfg, m, test, folders[m], session, run_name)
-
-
 def run_topology(
     sweep: SweepFile, topo: Topology, out: Path, artifacts: dict[str, Path], address: str | None = None
 ) -> list[Path]:
@@ -83,8 +68,7 @@ def run_topology(
 
     from serve_app.ports import free_port
     from serve_app.replay.local import deploy
-    from serve_app.replay.results import load_run, write_metrics
-    from serve_app.replay.runner import load_test_sets
+    from serve_app.replay.runner import finish, load_test_sets, replay_session
     from serve_app.topology.local_cluster import LocalCluster, NodeSpec, connect
 
     cfg = _replay_config(sweep, topo, out)
@@ -105,7 +89,7 @@ def run_topology(
         for test in tests:
             app = {"classifiers": classifier_specs(sweep, topo), "artifacts_dir": str(artifacts[test.split])}
             deploy(app, url)
-            asyncio.run(_replay_split(cfg, url, ds, split_meta, test, session, folders))
+            asyncio.run(replay_session(cfg, url, ds, split_meta, cfg.models, [test], session, folders))
         serve.shutdown()
     finally:
         import ray
@@ -113,9 +97,7 @@ def run_topology(
         ray.shutdown()
         if cluster is not None:
             cluster.shutdown()
-    for path in folders.values():
-        write_metrics(load_run(path))
-    return list(folders.values())
+    return finish(folders)
 
 
 def run_sweep(path: Path, out: Path, address: str | None = None, only: list[str] | None = None) -> Path:

@@ -32,11 +32,11 @@ import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from serve_app.env import scoped_env
 from serve_app.ports import free_port
 from serve_app.topology.nodes import NODE_LABEL, NODE_RESOURCE_PREFIX
 
@@ -96,20 +96,6 @@ def default_nodes(workers: int, cpus_per_node: float = 4, gpus_per_node: float =
     return [NodeSpec(n, cpus_per_node, gpus_per_node) for n in names]
 
 
-@contextmanager
-def _env(**kv: str) -> Any:
-    old = {k: os.environ.get(k) for k in kv}
-    os.environ.update(kv)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 class LocalCluster:
     """Start with :meth:`start`, connect drivers with ``ray.init(address=cluster.address)``, stop with
     :meth:`shutdown` (also a context manager). Node processes are children of this process."""
@@ -151,7 +137,7 @@ class LocalCluster:
         os.environ["RAY_AUTH_MODE"] = mode  # this process (the driver) must match the cluster
         use_loopback()
         Path(self.temp_dir, "ray").mkdir(exist_ok=True)  # where Ray writes its address file here
-        with _env(RAY_TMPDIR=self.temp_dir, RAY_USAGE_STATS_ENABLED="0"):
+        with scoped_env({"RAY_TMPDIR": self.temp_dir, "RAY_USAGE_STATS_ENABLED": "0"}):
             head, *workers = self.nodes
             self._cluster = Cluster(initialize_head=True, head_node_args=self._node_args(head, True))
             for w in workers:
