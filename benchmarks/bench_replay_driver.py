@@ -24,8 +24,9 @@ import httpx
 
 from serve_app.data import DEMO_DIR
 from serve_app.ports import free_port
+from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
 from serve_app.replay.records import read_records
-from serve_app.replay.runner import ReplayConfig, replay_url
+from serve_app.replay.runner import replay_url
 
 
 def _texts_file(n: int, folder: Path) -> Path:
@@ -37,12 +38,10 @@ def _texts_file(n: int, folder: Path) -> Path:
 
 def _drive(url: str, model: str, texts: Path, concurrency: int, out: Path) -> dict[str, float]:
     cfg = ReplayConfig(
-        test_file=str(texts),
         models=[model],
-        concurrency=concurrency,
-        out=str(out),
-        progress=False,
-        run_name=f"bench-{model}",
+        data=ReplayData(test_file=str(texts)),
+        load=ReplayLoad(concurrency=concurrency),
+        output=ReplayOutput(out=str(out), progress=False, run_name=f"bench-{model}"),
     )
     (folder,) = asyncio.run(replay_url(cfg, url))
     recs = read_records(folder / "records.jsonl")

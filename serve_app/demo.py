@@ -73,19 +73,18 @@ def run_demo(
     num_cpus: int | None = None,
     progress: bool = True,
 ) -> list[RunMetrics]:
+    from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
     from serve_app.replay.local import local_serve
     from serve_app.replay.results import load_run, run_metrics
-    from serve_app.replay.runner import ReplayConfig, replay_url
+    from serve_app.replay.runner import replay_url
 
     app_cfg = demo_app_config(config_path, models)
     ids = [c["id"] for c in app_cfg["classifiers"]]
     cfg = ReplayConfig(
-        test_file=str(DEMO_DIR / "test.jsonl"),
         models=ids,
-        concurrency=concurrency,
-        out=str(out),
-        run_name="demo",
-        progress=progress,
+        data=ReplayData(test_file=str(DEMO_DIR / "test.jsonl")),
+        load=ReplayLoad(concurrency=concurrency),
+        output=ReplayOutput(out=str(out), run_name="demo", progress=progress),
     )
     with local_serve(app_cfg, num_cpus=num_cpus) as url:
         folders = asyncio.run(replay_url(cfg, url))

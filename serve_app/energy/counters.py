@@ -63,6 +63,8 @@ def counter_step(
     """The energy of one interval of counter ``key`` (``before`` -> ``value`` over ``dt_s``), and what
     kind of step it was (see the module doc). The delta is never negative nor above the bound."""
     bound = limits.bound_j(key, dt_s)
+    if value < 0:  # no counter counts below zero: a corrupt read, the old value stays the baseline
+        return 0.0, "reordered"
     if driver_reset or value < before:
         if driver_reset or value <= bound:
             return value, "reset"

@@ -7,12 +7,12 @@ import asyncio
 from typing import Any
 
 from serve_app.model_ids import add_models_argument
-from serve_app.replay.runner import ReplayConfig
+from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
 
 
 def add_replay_arguments(p: argparse.ArgumentParser) -> None:
     """Dataset, protocol, load-shape and output options (shared with ``accuwatt demo``)."""
-    d = ReplayConfig()
+    d, load, out = ReplayData(), ReplayLoad(), ReplayOutput()
     g = p.add_argument_group("data and protocol")
     g.add_argument("--dataset", default=d.dataset, help="path, 'demo' or a Hugging Face id (default: demo)")
     g.add_argument("--text-col", default=d.text_col)
@@ -28,31 +28,45 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
         "--concurrency", type=int, help="closed loop: workers (default 1); open loop: max in flight"
     )
     g.add_argument("--rate", type=float, dest="rate_rps", help="open loop: mean requests per second")
-    g.add_argument("--arrivals", choices=["poisson", "gamma"], default=d.arrivals)
+    g.add_argument("--arrivals", choices=["poisson", "gamma"], default=load.arrivals)
     g.add_argument(
-        "--burstiness", type=float, default=d.burstiness, help="gamma shape (1 = Poisson, <1 burstier)"
+        "--burstiness", type=float, default=load.burstiness, help="gamma shape (1 = Poisson, <1 burstier)"
     )
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="texts per request")
+    g.add_argument("--batch-size", type=int, default=load.batch_size, help="texts per request")
     g.add_argument(
-        "--max-attempts", type=int, default=d.max_attempts, help="per request, 429/503 and transport errors"
+        "--max-attempts",
+        type=int,
+        default=load.max_attempts,
+        help="per request, 429/503 and transport errors",
     )
-    g.add_argument("--timeout-s", type=float, default=d.timeout_s)
+    g.add_argument("--timeout-s", type=float, default=load.timeout_s)
     g = p.add_argument_group("output")
-    g.add_argument("--out", default=d.out, help="results root: <out>/<dataset>/<topology>/<model>/<run>/")
+    g.add_argument("--out", default=out.out, help="results root: <out>/<dataset>/<topology>/<model>/<run>/")
     g.add_argument("--run-name", help="default: derived from protocol and load shape (a rerun resumes)")
     g.add_argument("--topology", help="topology folder name (default: cpu / <n>gpu from /v1/models)")
     g.add_argument(
-        "--country", default=d.country, help="ISO alpha-3 for the grid carbon intensity (default DEU)"
+        "--country", default=out.country, help="ISO alpha-3 for the grid carbon intensity (default DEU)"
     )
     g.add_argument("--codecarbon", action="store_true", help="also run CodeCarbon around each replay window")
     g.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def config_from_args(args: argparse.Namespace) -> ReplayConfig:
-    """Build the typed config from parsed arguments (the namespace is only read)."""
-    fields = ReplayConfig.model_fields
-    data: dict[str, Any] = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    return ReplayConfig.model_validate(data)
+    """Build the typed config from parsed arguments (the namespace is only read); each argument goes
+    to the part that declares it."""
+    given = {k: v for k, v in vars(args).items() if v is not None}
+
+    def part(model: type[ReplayData] | type[ReplayLoad] | type[ReplayOutput]) -> dict[str, Any]:
+        return {k: v for k, v in given.items() if k in model.model_fields}
+
+    return ReplayConfig.model_validate(
+        {
+            "models": given.get("models") or [],
+            "data": part(ReplayData),
+            "load": part(ReplayLoad),
+            "output": part(ReplayOutput),
+        }
+    )
 
 
 def register(subparsers: Any) -> None:

@@ -24,11 +24,12 @@ from serve_app.data import study_splits
 from serve_app.errors import UsageError
 from serve_app.model_ids import check_ids
 from serve_app.ports import free_port
+from serve_app.replay.config import ReplayConfig
 from serve_app.replay.plan import plan_requests
 from serve_app.replay.ready import wait_ready_sync
 from serve_app.replay.records import read_records
 from serve_app.replay.results import RECORDS_FILE
-from serve_app.replay.runner import ReplayConfig, finish, load_test_sets, replay_session
+from serve_app.replay.runner import finish, load_test_sets, replay_session
 
 APP_NAME = "accuwatt"
 
@@ -108,7 +109,8 @@ def _split_done(
             return False
         done = {r.key for r in read_records(path / RECORDS_FILE)}
         if any(
-            (m, test.split, r.index) not in done for r in plan_requests(run_name, m, test, cfg.batch_size)
+            (m, test.split, r.index) not in done
+            for r in plan_requests(run_name, m, test, cfg.load.batch_size)
         ):
             return False
     return True
@@ -122,15 +124,18 @@ def replay_local(
     from serve_app.data import load_dataset
     from serve_app.train import train_split
 
-    if cfg.test_file:
+    if cfg.data.test_file:
         raise UsageError("--local trains per split; with --test-file use --url against a running router")
     models = check_ids(cfg.models, MODEL_IDS, "--local trains the traditional models") or list(MODEL_IDS)
     ds, tests, split_meta = load_test_sets(cfg)
-    full = load_dataset(cfg.dataset, cfg.text_col, cfg.label_col)
-    splits = {s.key: s for s in study_splits(full, cfg.n_train, cfg.n_test, cfg.splits, cfg.seed)}
+    full = load_dataset(cfg.data.dataset, cfg.data.text_col, cfg.data.label_col)
+    splits = {
+        s.key: s
+        for s in study_splits(full, cfg.data.n_train, cfg.data.n_test, cfg.data.splits, cfg.data.seed)
+    }
     run_name = cfg.resolved_run_name(ds.fingerprint)
     session = uuid.uuid4().hex[:12]
-    artifacts_root = Path(cfg.out) / "_artifacts" / ds.name / ds.fingerprint[:8]
+    artifacts_root = Path(cfg.output.out) / "_artifacts" / ds.name / ds.fingerprint[:8]
     folders: dict[str, Path] = {}
     with local_ray(num_cpus):
         url = start_http()

@@ -8,10 +8,9 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from serve_app.carbon import carbon_intensity
@@ -20,7 +19,8 @@ from serve_app.model_ids import check_ids
 from serve_app.replay import metadata
 from serve_app.replay.client import ClientPool, RetryPolicy, auth_headers, retry_after_s
 from serve_app.replay.codecarbon_window import CodeCarbonWindow
-from serve_app.replay.driver import LoadShape, replay_requests
+from serve_app.replay.config import ReplayConfig
+from serve_app.replay.driver import replay_requests
 from serve_app.replay.labels import check_labels, compare_labels
 from serve_app.replay.plan import TestSet, majority, plan_requests
 from serve_app.replay.ready import wait_ready
@@ -29,52 +29,10 @@ from serve_app.replay.results import RECORDS_FILE, RUN_FILE, WINDOWS_FILE, load_
 from serve_app.replay.window import energy_delta
 
 
-class ReplayConfig(BaseModel):
-    """Everything a replay needs (the CLI builds one; ``run.json`` echoes it)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    dataset: str = "demo"
-    text_col: str = "text"
-    label_col: str = "label"
-    models: list[str] = Field(default_factory=list)
-    n_train: int = Field(200, ge=1)
-    n_test: int = Field(200, ge=1)
-    splits: int = Field(10, ge=1)
-    seed: int = 20250101
-    test_file: str | None = None
-    concurrency: int | None = Field(None, ge=1)
-    rate_rps: float | None = Field(None, gt=0)
-    arrivals: Literal["poisson", "gamma"] = "poisson"
-    burstiness: float = Field(1.0, gt=0)
-    batch_size: int = Field(1, ge=1)
-    country: str = "DEU"
-    codecarbon: bool = False
-    out: str = "results"
-    run_name: str | None = None
-    topology: str | None = None
-    max_attempts: int = Field(6, ge=1)
-    timeout_s: float = Field(300.0, gt=0)
-    progress: bool = True
-
-    def load_shape(self) -> LoadShape:
-        return LoadShape(self.concurrency, self.rate_rps, self.arrivals, self.burstiness, self.seed)
-
-    def resolved_run_name(self, fingerprint: str) -> str:
-        """Same requests and load shape -> same name (so a rerun resumes the run folder)."""
-        if self.run_name:
-            return self.run_name
-        if self.test_file:
-            proto = f"file-{fingerprint[:8]}"
-        else:
-            proto = f"s{self.seed}-{self.splits}x{self.n_train}-{self.n_test}-{fingerprint[:8]}"
-        return f"{proto}-{self.load_shape().describe()}-b{self.batch_size}"
-
-
 def load_test_sets(cfg: ReplayConfig) -> tuple[Dataset, list[TestSet], dict[str, dict[str, Any]]]:
     """The test sets to replay and what ``run.json`` records about each split."""
-    if cfg.test_file:
-        ds = load_dataset(cfg.test_file, cfg.text_col, cfg.label_col)
+    if cfg.data.test_file:
+        ds = load_dataset(cfg.data.test_file, cfg.data.text_col, cfg.data.label_col)
         pool = ds.pool or ds.test
         assert pool is not None
         key = "file-" + ds.fingerprint[:8]
@@ -86,14 +44,14 @@ def load_test_sets(cfg: ReplayConfig) -> tuple[Dataset, list[TestSet], dict[str,
                 key: {
                     "dataset": ds.name,
                     "fingerprint": ds.fingerprint,
-                    "test_file": cfg.test_file,
+                    "test_file": cfg.data.test_file,
                     "majority_label": None,
                 }
             },
         )
-    ds = load_dataset(cfg.dataset, cfg.text_col, cfg.label_col)
+    ds = load_dataset(cfg.data.dataset, cfg.data.text_col, cfg.data.label_col)
     tests, meta = [], {}
-    for sp in study_splits(ds, cfg.n_train, cfg.n_test, cfg.splits, cfg.seed):
+    for sp in study_splits(ds, cfg.data.n_train, cfg.data.n_test, cfg.data.splits, cfg.data.seed):
         maj = majority(sp.train.labels)
         tests.append(TestSet(sp.key, tuple(sp.test.ids), sp.test.texts, sp.test.labels, maj))
         meta[sp.key] = {**split_identity(sp), "majority_label": maj}
@@ -141,12 +99,12 @@ def prepare_run_folder(
 ) -> Path:
     """Create (or resume) the model's run folder and write ``run.json`` (sessions appended)."""
     entry = metadata.model_entry(models_body, model)
-    topology = cfg.topology or metadata.topology_label(entry)
-    rdir = run_dir(Path(cfg.out), ds.name, topology, model, cfg.resolved_run_name(ds.fingerprint))
+    topology = cfg.output.topology or metadata.topology_label(entry)
+    rdir = run_dir(Path(cfg.output.out), ds.name, topology, model, cfg.resolved_run_name(ds.fingerprint))
     rdir.mkdir(parents=True, exist_ok=True)
     path = rdir / RUN_FILE
     old = json.loads(path.read_text()) if path.exists() else {}
-    ci = carbon_intensity(cfg.country)
+    ci = carbon_intensity(cfg.output.country)
     meta = {
         "model": model,
         "dataset": ds.name,
@@ -188,7 +146,7 @@ async def replay_model_split(
     run_name: str,
 ) -> int:
     """Replay one split's test set against one model; returns how many requests were sent."""
-    plan = plan_requests(run_name, model, test, cfg.batch_size)
+    plan = plan_requests(run_name, model, test, cfg.load.batch_size)
     with RecordStore(rdir / RECORDS_FILE) as store:
         todo = sum(1 for r in plan if (model, test.split, r.index) not in store.done)
         if todo == 0:
@@ -202,12 +160,12 @@ async def replay_model_split(
             initial=len(plan) - todo,
             desc=desc,
             unit="req",
-            disable=not (cfg.progress and on_tty),
+            disable=not (cfg.output.progress and on_tty),
             leave=True,
         )
-        if cfg.progress and not on_tty:
+        if cfg.output.progress and not on_tty:
             print(f"{desc}: replaying {todo} of {len(plan)} requests", file=sys.stderr, flush=True)
-        tracker = CodeCarbonWindow(cfg.country) if cfg.codecarbon else None
+        tracker = CodeCarbonWindow(cfg.output.country) if cfg.output.codecarbon else None
         if tracker is not None:
             tracker.start()
         try:
@@ -226,7 +184,7 @@ async def replay_model_split(
         finally:
             cc = tracker.stop() if tracker is not None else None
             bar.close()
-        if cfg.progress and not on_tty:
+        if cfg.output.progress and not on_tty:
             print(f"{desc}: {window.sent} sent in {window.duration_s:.1f} s", file=sys.stderr, flush=True)
         after = await get_json(client, base_url, "/v1/energy")
     append_json_line(
@@ -247,11 +205,11 @@ async def replay_model_split(
 
 
 def _policy(cfg: ReplayConfig) -> RetryPolicy:
-    return RetryPolicy(max_attempts=cfg.max_attempts)
+    return RetryPolicy(max_attempts=cfg.load.max_attempts)
 
 
 def http_client(cfg: ReplayConfig) -> ClientPool:
-    return ClientPool(cfg.load_shape().max_in_flight, cfg.timeout_s, auth_headers())
+    return ClientPool(cfg.load_shape().max_in_flight, cfg.load.timeout_s, auth_headers())
 
 
 async def replay_session(

@@ -21,20 +21,19 @@ from serve_app.sweep.config import SweepFile, Topology, classifier_specs
 
 
 def _replay_config(sweep: SweepFile, topo: Topology, out: Path) -> Any:
-    from serve_app.replay.runner import ReplayConfig
+    from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
 
     return ReplayConfig(
-        dataset=sweep.dataset,
         models=sweep.model_ids(),
-        n_train=sweep.n_train,
-        n_test=sweep.n_test,
-        splits=sweep.splits,
-        seed=sweep.seed,
-        concurrency=sweep.concurrency,
-        batch_size=sweep.batch_size,
-        out=str(out / "runs"),
-        topology=topo.name,
-        progress=False,
+        data=ReplayData(
+            dataset=sweep.dataset,
+            n_train=sweep.n_train,
+            n_test=sweep.n_test,
+            splits=sweep.splits,
+            seed=sweep.seed,
+        ),
+        load=ReplayLoad(concurrency=sweep.concurrency, batch_size=sweep.batch_size),
+        output=ReplayOutput(out=str(out / "runs"), topology=topo.name, progress=False),
     )
 
 

@@ -15,16 +15,20 @@ from scipy import stats
 
 from serve_app.data import DEMO_DIR
 from serve_app.ports import free_port
+from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
 from serve_app.replay.echo_server import EchoServer, EchoState
 from serve_app.replay.records import read_json_lines, read_records
-from serve_app.replay.runner import ReplayConfig, replay_url
+from serve_app.replay.runner import replay_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-def _replay(tmp_path, url, **kw):
+def _replay(tmp_path, url, seed=20250101, **kw):
     cfg = ReplayConfig(
-        test_file=str(DEMO_DIR / "test.jsonl"), models=["echo"], out=str(tmp_path), progress=False, **kw
+        models=["echo"],
+        data=ReplayData(test_file=str(DEMO_DIR / "test.jsonl"), seed=seed),
+        load=ReplayLoad(**kw),
+        output=ReplayOutput(out=str(tmp_path), progress=False),
     )
     (folder,) = asyncio.run(replay_url(cfg, url))
     return read_records(folder / "records.jsonl")
@@ -110,12 +114,10 @@ def test_closed_loop_concurrency_and_retries_count_once(tmp_path):
 def test_codecarbon_cross_check_window(tmp_path, echo_url):
     pytest.importorskip("codecarbon")
     cfg = ReplayConfig(
-        test_file=str(DEMO_DIR / "test.jsonl"),
         models=["echo"],
-        out=str(tmp_path),
-        progress=False,
-        concurrency=8,
-        codecarbon=True,
+        data=ReplayData(test_file=str(DEMO_DIR / "test.jsonl")),
+        load=ReplayLoad(concurrency=8),
+        output=ReplayOutput(out=str(tmp_path), progress=False, codecarbon=True),
     )
     (folder,) = asyncio.run(replay_url(cfg, echo_url))
     (window,) = read_json_lines(folder / "windows.jsonl")

@@ -68,6 +68,17 @@ def test_step_above_physical_bound_is_dropped_counted_and_flagged() -> None:
     assert t.metered_j["cpu:package-0"] == pytest.approx(100.0)
 
 
+def test_a_negative_reading_is_no_reset() -> None:
+    """Found by the property test below: a counter read below zero (a corrupt value) once counted as a
+    reset, and a reset charges the new value, so a request got -50 J. No counter counts below zero."""
+    ledger = _ledger(Reading(0.0, {GPU: 0.0}, "nvml"))
+    ledger.begin("r", Reading(0.0, {GPU: 0.0}, "nvml"))
+    ledger.observe(Reading(0.0, {GPU: -50.0}, "nvml"))
+    ledger.observe(Reading(0.0, {GPU: 5e6}, "nvml"))  # then a corrupt jump: dropped
+    alloc = ledger.end("r", Reading(0.0, {GPU: 0.0}, "nvml"))
+    assert alloc.joules == 0.0 and "counter_reordered" in alloc.flags
+
+
 def test_bound_formula() -> None:
     lim = Limits(slack_s=0.1, slack_j=0.002)
     assert lim.bound_j("gpu:0", 1.0) == pytest.approx(MAX_POWER_W["gpu"] * 1.1 + 0.002)
