@@ -1,6 +1,11 @@
-"""Serve vs in-process, and metering on vs off, from one run (tfidf-logreg on the demo dataset).
+"""accuwatt against a bare Ray Serve app, metering on vs off, and Serve vs in-process, from one run
+(tfidf-logreg on the demo dataset).
 
 Prints:
+0. accuwatt's throughput (texts/s, batched, concurrent) and p50 latency against a bare Ray Serve app
+   with the same two hops and model (`benchmarks/bare_serve.py`: FastAPI ingress -> model deployment,
+   dynamic batching, nothing else), and the bare single-hop layout (model inside the ingress) beside
+   them: the serving cost accuwatt adds, measured against the real anchor;
 1. texts/s of batched HTTP classification through the router and Serve, against the in-process
    prediction `accuwatt evaluate` does (one `predict` call over the same texts), as a ratio;
 2. throughput (texts/s, batched, concurrent) and p50 latency (single-text requests, one at a time,
@@ -26,7 +31,10 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+# Ray's workers import the bare apps from benchmarks/ (not an installed package)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -52,6 +60,19 @@ def p50_latency_ms(urls: dict[str, str], texts: list[str]) -> dict[str, float]:
                 client.post(urls[name], json={"model": MODEL, "text": t}).raise_for_status()
                 lat[name].append(time.perf_counter() - t0)
     return {name: statistics.median(v) * 1e3 for name, v in lat.items()}
+
+
+def wait_ready(url: str, timeout_s: float = 120.0) -> None:
+    """Until the bare app answers a classification."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.post(url, json={"model": MODEL, "text": "warm"}, timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {timeout_s} s")
 
 
 def main() -> None:
@@ -96,7 +117,14 @@ def main() -> None:
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
+    from benchmarks import bare_serve
+
     urls = {}
+    for name, bare in (("bare2", bare_serve.two_hop), ("bare1", bare_serve.one_hop)):
+        serve.run(bare(str(artifacts / MODEL)), name=name, route_prefix=f"/{name}", blocking=False)
+        urls[name] = f"{base}/{name}/v1/classify"
+        wait_ready(urls[name])
+        asyncio.run(throughput(urls[name], texts[:500], args.batch, args.concurrency))  # warm up
     for meter in ("auto", "off"):
         cfg = {
             "artifacts_dir": str(artifacts),
@@ -113,11 +141,12 @@ def main() -> None:
         urls[meter] = f"{base}/{meter}/v1/classify"
         asyncio.run(throughput(urls[meter], texts[:500], args.batch, args.concurrency))  # warm up
 
-    tps: dict[str, list[float]] = {"auto": [], "off": []}
-    p50: dict[str, list[float]] = {"auto": [], "off": []}
-    for _ in range(args.rounds):
-        for meter in ("off", "auto"):
-            tps[meter].append(asyncio.run(throughput(urls[meter], texts, args.batch, args.concurrency)))
+    apps = ("bare2", "off", "auto", "bare1")
+    tps: dict[str, list[float]] = {a: [] for a in apps}
+    p50: dict[str, list[float]] = {a: [] for a in apps}
+    for r in range(args.rounds):
+        for app in apps if r % 2 == 0 else apps[::-1]:
+            tps[app].append(asyncio.run(throughput(urls[app], texts, args.batch, args.concurrency)))
         for meter, ms in p50_latency_ms(urls, texts[: args.latency_requests]).items():
             p50[meter].append(ms)
     view = httpx.get(f"{base}/auto/v1/energy", timeout=30).json()
@@ -130,7 +159,17 @@ def main() -> None:
 
     on_tps, off_tps = statistics.median(tps["auto"]), statistics.median(tps["off"])
     on_p50, off_p50 = statistics.median(p50["auto"]), statistics.median(p50["off"])
+    bare_tps, one_tps = statistics.median(tps["bare2"]), statistics.median(tps["bare1"])
+    bare_p50, one_p50 = statistics.median(p50["bare2"]), statistics.median(p50["bare1"])
     result = {
+        "bare_two_hop_texts_per_s": bare_tps,
+        "bare_one_hop_texts_per_s": one_tps,
+        "accuwatt_vs_bare_throughput_ratio": on_tps / bare_tps,
+        "accuwatt_unmetered_vs_bare_throughput_ratio": off_tps / bare_tps,
+        "bare_one_hop_vs_two_hop_throughput_ratio": one_tps / bare_tps,
+        "p50_ms_bare_two_hop": bare_p50,
+        "p50_ms_bare_one_hop": one_p50,
+        "accuwatt_added_p50_ms_vs_bare": on_p50 - bare_p50,
         "texts": len(texts),
         "batch": args.batch,
         "concurrency": args.concurrency,
@@ -158,6 +197,15 @@ def main() -> None:
     print(
         f"{MODEL}, {len(texts)} texts, HTTP batches of {args.batch}, concurrency {args.concurrency}, "
         f"{args.rounds} alternating rounds (medians)"
+    )
+    print(f"  bare Ray Serve, two hops (the anchor):   {bare_tps:10.0f} texts/s   p50 {bare_p50:.2f} ms")
+    print(
+        f"  bare Ray Serve, one hop:                 {one_tps:10.0f} texts/s   ratio vs two hops "
+        f"{one_tps / bare_tps:.3f}   p50 {one_p50:.2f} ms"
+    )
+    print(
+        f"  accuwatt vs bare two hops: throughput ratio {on_tps / bare_tps:.3f} (metering off "
+        f"{off_tps / bare_tps:.3f}), p50 {on_p50 - bare_p50:+.2f} ms"
     )
     print(f"  in-process predict (accuwatt evaluate): {inproc_tps:10.0f} texts/s")
     print(

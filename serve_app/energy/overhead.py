@@ -9,7 +9,6 @@ none is. ``end`` returns the request's ``overhead_j``. Units: J, s.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 from dataclasses import dataclass
@@ -17,8 +16,8 @@ from typing import Any
 
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.base import MeterError
-from serve_app.energy.sampler import Sampler
 from serve_app.energy.share import account_meter
+from serve_app.energy.window import ReplicaEnergy, RequestWindow
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +34,13 @@ class Overhead:
 
 
 class ServingOverhead:
-    """The router's overhead ledger. Starts in the background; until it is ready ``end`` gives None."""
+    """The router's overhead: a `ReplicaEnergy` on the router's account share under the ``time`` rule
+    (every request in flight alike). Starts in the background; until it is ready ``begin`` gives None."""
 
     def __init__(self, cfg: EnergyConfig, node: str, node_id: str | None) -> None:
-        self.cfg = cfg
-        self.sampler: Sampler | None = None
+        self.cfg = cfg.model_copy(update={"attribution": "time"})
+        self.energy: ReplicaEnergy | None = None
         self.error: str | None = "starting"
-        self._ids = itertools.count()
         if cfg.meter == "off" or not cfg.node_account:
             self.error = "off"
             return
@@ -51,51 +50,33 @@ class ServingOverhead:
 
     def _start(self, node: str, node_id: str | None) -> None:
         try:
-            self.sampler = Sampler(account_meter(self.cfg, node, node_id), self.cfg.sample_period_s).start()
+            self.energy = ReplicaEnergy(account_meter(self.cfg, node, node_id), self.cfg, "router", [])
             self.error = None
         except MeterError as exc:
             self.error = str(exc)
             log.error("serving overhead not metered: %s", exc)
 
-    def begin(self) -> str | None:
-        """Open a window for one request; returns its key (None while not metered)."""
-        s = self.sampler
-        if s is None:
-            return None
-        r = s.read()
-        if r is None:
-            return None
-        key = f"o{next(self._ids)}"
-        s.ledger.begin(key, r, 1.0)
-        return key
+    def begin(self) -> RequestWindow | None:
+        """Open a window for one request (None while not metered)."""
+        return None if self.energy is None else self.energy.open("overhead", 1.0)
 
-    def end(self, key: str | None) -> Overhead | None:
+    def end(self, window: RequestWindow | None) -> Overhead | None:
         """Close a request's window: its serving overhead, or None when not metered."""
-        s = self.sampler
-        if key is None or s is None:
+        if window is None or self.energy is None:
             return None
-        r = s.read()
-        if r is None:
-            s.ledger.abandon(key, None)
+        tag = window.close()
+        if tag.joules is None:
             return None
-        alloc = s.ledger.end(key, r)
-        return Overhead(alloc.joules, dict(alloc.domain_j), str(r.source), s.meter.info.node, alloc.flags)
+        counter_flags = tuple(f for f in tag.flags if f.startswith("counter_"))
+        return Overhead(tag.joules, dict(tag.domains_j), tag.source, self.energy.info.node, counter_flags)
 
-    def abandon(self, key: str | None) -> None:
-        if key is not None and self.sampler is not None:
-            self.sampler.ledger.abandon(key, self.sampler.read())
+    def abandon(self, window: RequestWindow | None) -> None:
+        if window is not None:
+            window.abandon()
 
     def snapshot(self) -> dict[str, Any]:
-        s = self.sampler
-        if s is None:
+        if self.energy is None:
             return {"error": self.error}
-        t = s.ledger.totals()
-        return {
-            "metered_j": sum(t.metered_j.values()),
-            "attributed_j": sum(t.attributed_j.values()),
-            "idle_j": sum(t.idle_j.values()),
-            "requests": t.requests,
-            "source": s.meter.info.source,
-            "group": s.meter.info.extra.get("group"),
-            "error": s.error,
-        }
+        snap = self.energy.snapshot()
+        keys = ("metered_j", "attributed_j", "idle_j", "requests", "source", "error")
+        return {**{k: snap[k] for k in keys}, "group": self.energy.info.extra.get("group")}
