@@ -13,11 +13,14 @@ from typing import Any
 
 from ray.serve import Application
 
+from serve_app.classifiers.traditional import ArtifactError, read_manifest
 from serve_app.config import AppConfig, ClassifierSpec
 from serve_app.config_common import EnergyConfig
+from serve_app.data import load_dataset, make_split
 from serve_app.deployment import ClassifierServer
 from serve_app.env import WORKER_ENV
 from serve_app.router import Router
+from serve_app.train import train_split
 
 log = logging.getLogger("accuwatt.app")
 ROUTER_START_ATTEMPTS = 3
@@ -27,7 +30,6 @@ after this many tries instead of Serve's default 20: the cause does not go away 
 
 def ensure_artifacts(cfg: AppConfig) -> Path:
     """Resolve ``artifacts_dir`` (absolute, so replicas find it) and train what is missing."""
-    from serve_app.classifiers.traditional import ArtifactError, read_manifest
 
     root = Path(cfg.artifacts_dir).expanduser().resolve()
     wanted = sorted({c.artifact for c in cfg.classifiers if c.artifact is not None})
@@ -43,8 +45,6 @@ def ensure_artifacts(cfg: AppConfig) -> Path:
                 f"models {missing} are not trained under {root}; run `accuwatt train` "
                 "or set train_if_missing in the config"
             )
-        from serve_app.data import load_dataset, make_split
-        from serve_app.train import train_split
 
         t = cfg.train_if_missing
         ds = load_dataset(t.dataset)

@@ -36,6 +36,7 @@ from serve_app.energy.share import AccountShareMeter, account_meter
 from serve_app.energy.tag import EnergyTag
 from serve_app.energy.window import ReplicaEnergy
 from serve_app.metrics import ReplicaMetrics, tags
+from serve_app.registry import registry
 from serve_app.server import ClassifierReplica
 from serve_app.topology.nodes import alive_nodes, current_node_id, current_node_name
 
@@ -171,7 +172,6 @@ class ClassifierServer:
 
     # -- Prometheus export ---------------------------------------------------------------------
     def _export_loop(self) -> None:
-        from serve_app.registry import registry
 
         reg, last_t = None, time.monotonic()
         while not self._stop.wait(EXPORT_PERIOD_S):

@@ -35,10 +35,13 @@ from starlette.requests import ClientDisconnect
 
 from serve_app.config import RouterConfig
 from serve_app.config_common import EnergyConfig
+from serve_app.energy.agents import node_snapshots
 from serve_app.energy.overhead import ServingOverhead
 from serve_app.energy.tag import add_overhead
 from serve_app.idempotency import IdempotencyCache, fingerprint
 from serve_app.readiness import LOADING_RETRY_AFTER_S, ModelState, ModelStates
+from serve_app.registry import registry
+from serve_app.topology.nodes import current_node_id, current_node_name
 from serve_app.validation import (
     Limits,
     RequestError,
@@ -208,7 +211,6 @@ class Router:
         ctx = serve.get_replica_context()
         self._app = ctx.app_name if ctx else "local"
         self._states = ModelStates(self._app, self.handles)
-        from serve_app.topology.nodes import current_node_id, current_node_name
 
         self._overhead = ServingOverhead(
             EnergyConfig.model_validate(energy or {}), current_node_name(), current_node_id()
@@ -354,7 +356,6 @@ class Router:
 
     @api.get("/v1/energy")
     async def energy(self, request: Request) -> JSONResponse:
-        from serve_app.registry import registry
 
         try:
             self._authorize(request)
@@ -385,7 +386,6 @@ class Router:
                     k: sum(s[k] for s in replicas.values()) for k in ("metered_j", "attributed_j", "idle_j")
                 }
                 out[model_id] = {"replicas": replicas, **totals}
-            from serve_app.energy.agents import node_snapshots
 
             try:
                 nodes = await asyncio.wait_for(asyncio.to_thread(node_snapshots), ENERGY_VIEW_TIMEOUT_S)

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from serve_app.classifiers import embedding
 from serve_app.classifiers.base import (
     Classifier,
     ClassifierInfo,
@@ -27,8 +28,10 @@ from serve_app.classifiers.base import (
     predictions_from_proba,
 )
 from serve_app.classifiers.pipeline_config import PipelineSpec
+from serve_app.classifiers.traditional import read_manifest
 from serve_app.energy.keys import WorkerProcess
 from serve_app.env import WORKER_ENV
+from serve_app.topology.nodes import current_node_id, current_node_name
 
 STAGE_READY_TIMEOUT_S = 300.0
 
@@ -41,12 +44,9 @@ class FeatureStageImpl:
 
         self.model = joblib.load(Path(artifact_dir) / "model.joblib")
         if self.model.embedding_model:
-            from serve_app.classifiers import embedding
-
             embedding.load_encoder(self.model.embedding_model)
 
     def where(self) -> dict[str, Any]:
-        from serve_app.topology.nodes import current_node_id, current_node_name
 
         return {"node_id": current_node_id() or "", "node": current_node_name(), "pid": os.getpid()}
 
@@ -64,9 +64,6 @@ class PipelineClassifier(Classifier):
         import ray
         from ray.util import get_current_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        from serve_app.classifiers.traditional import read_manifest
-        from serve_app.topology.nodes import current_node_name
 
         art = Path(artifacts_dir) / spec.model
         self.manifest = read_manifest(art)

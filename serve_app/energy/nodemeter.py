@@ -20,6 +20,8 @@ import threading
 
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.base import Meter, MeterError, MeterInfo, Reading, now_s
+from serve_app.energy.nvml import NvmlMeter, nvml_available
+from serve_app.energy.rapl import RaplMeter, rapl_available
 
 log = logging.getLogger(__name__)
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
@@ -98,8 +100,6 @@ def make_node_counters(cfg: EnergyConfig, node: str, gpus: bool = True) -> list[
     ``cfg.meter == "estimate"``) and NVML for all GPUs when ``gpus`` and NVML works."""
     meters: list[Meter] = []
     if cfg.meter in ("auto", "rapl"):
-        from serve_app.energy.rapl import RaplMeter, rapl_available
-
         if rapl_available(cfg.rapl_root):
             meters.append(RaplMeter(cfg.rapl_root, node=node))
         elif cfg.meter == "rapl":
@@ -109,8 +109,6 @@ def make_node_counters(cfg: EnergyConfig, node: str, gpus: bool = True) -> list[
     if gpus and cfg.meter in ("auto", "nvml"):
         try:
             import importlib
-
-            from serve_app.energy.nvml import NvmlMeter, nvml_available
 
             if nvml_available():  # every GPU of the node, whatever CUDA_VISIBLE_DEVICES the agent got
                 nvml = importlib.import_module("pynvml")

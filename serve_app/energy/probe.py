@@ -16,7 +16,9 @@ from collections.abc import Iterable
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.base import Meter, MeterError, NullMeter
 from serve_app.energy.estimate import EstimateMeter
+from serve_app.energy.nvml import NvmlMeter, nvml_available
 from serve_app.energy.procset import ProcessSetMeter
+from serve_app.energy.rapl import RaplMeter, rapl_available
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,6 @@ def _make_local_meter(
         return NullMeter(node)
     if cfg.meter in ("auto", "nvml") and gpu_ids:
         try:
-            from serve_app.energy.nvml import NvmlMeter, nvml_available
-
             if nvml_available():
                 return NvmlMeter(gpu_ids, power_fallback=cfg.nvml_power_fallback, node=node)
             reason = "NVML not available"
@@ -66,8 +66,6 @@ def _make_local_meter(
         raise MeterError("meter 'nvml' forced but the replica owns no GPU")
     if cfg.meter in ("auto", "rapl"):
         try:
-            from serve_app.energy.rapl import RaplMeter, rapl_available
-
             if rapl_available(cfg.rapl_root):
                 return RaplMeter(cfg.rapl_root, node=node)
             reason = f"no readable RAPL zone under {cfg.rapl_root}"

@@ -17,11 +17,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from serve_app.classifiers.traditional import ArtifactError, read_manifest
+from serve_app.data import load_dataset, study_splits
+from serve_app.ports import free_port
+from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
+from serve_app.replay.local import deploy
+from serve_app.replay.results import find_runs, load_run
+from serve_app.replay.runner import finish, load_test_sets, replay_session
+from serve_app.report.cli import build_report
+from serve_app.sweep.compare import sweep_report
 from serve_app.sweep.config import SweepFile, Topology, classifier_specs
+from serve_app.topology.local_cluster import LocalCluster, NodeSpec, connect
+from serve_app.train import train_split
 
 
 def _replay_config(sweep: SweepFile, topo: Topology, out: Path) -> Any:
-    from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
 
     return ReplayConfig(
         models=sweep.model_ids(),
@@ -39,9 +49,6 @@ def _replay_config(sweep: SweepFile, topo: Topology, out: Path) -> Any:
 
 def _train(sweep: SweepFile, art_root: Path) -> dict[str, Path]:
     """Train the traditional models once per split; returns split key -> artifacts folder."""
-    from serve_app.classifiers.traditional import ArtifactError, read_manifest
-    from serve_app.data import load_dataset, study_splits
-    from serve_app.train import train_split
 
     ds = load_dataset(sweep.dataset)
     out: dict[str, Path] = {}
@@ -64,11 +71,6 @@ def run_topology(
 ) -> list[Path]:
     """Deploy one topology, replay every split, tear down; returns the run folders."""
     from ray import serve
-
-    from serve_app.ports import free_port
-    from serve_app.replay.local import deploy
-    from serve_app.replay.runner import finish, load_test_sets, replay_session
-    from serve_app.topology.local_cluster import LocalCluster, NodeSpec, connect
 
     cfg = _replay_config(sweep, topo, out)
     ds, tests, split_meta = load_test_sets(cfg)
@@ -101,9 +103,6 @@ def run_topology(
 
 def run_sweep(path: Path, out: Path, address: str | None = None, only: list[str] | None = None) -> Path:
     """Run every topology of a sweep file; returns the path of ``sweep.md``."""
-    from serve_app.replay.results import find_runs, load_run
-    from serve_app.report.cli import build_report
-    from serve_app.sweep.compare import sweep_report
 
     sweep = SweepFile.from_yaml(path)
     out.mkdir(parents=True, exist_ok=True)
