@@ -1,6 +1,6 @@
 """Real Prometheus against real Ray Serve: every dashboard query and every rule returns data.
 
-Starts Debian's Prometheus and Pushgateway on loopback (1 s scrape and evaluation), deploys two
+Starts Debian's Prometheus and Pushgateway on loopback (3 s scrapes, 1 s rule evaluation), deploys two
 traditional classifiers on the session's Ray, sends traffic, publishes two replay runs, and polls
 until every query of every panel, every recording rule and every alert's value expression returns a
 non-empty result (alerts: the expression before its threshold; the full expression must evaluate).
@@ -58,6 +58,12 @@ def query(prom: str, expr: str) -> dict[str, Any]:
     return dict(body["data"])
 
 
+def scrapes(prom: str) -> list[tuple[str, str, float]]:
+    """Every target's last scrape: URL, error (empty if none), duration in s (for failure messages)."""
+    active = httpx.get(f"{prom}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+    return [(t["scrapeUrl"], t["lastError"], t["lastScrapeDuration"]) for t in active]
+
+
 @pytest.fixture
 def pushgateway(tmp_path: Path) -> Iterator[Service]:
     try:
@@ -99,7 +105,10 @@ def test_every_dashboard_and_rule_query_returns_data(
     sd = discovery_file(Path(ray_cluster["temp_dir"]), tmp_path / "prom")
     targets = json.loads(sd.read_text())[0]["targets"]
     assert any(t.endswith(f":{ray_cluster['metrics_port']}") for t in targets), targets
-    config = render_config(sd, gw.removeprefix("http://"), scrape_interval="1s")
+    # 3 s scrapes (and so a 3 s scrape timeout): late in the suite Ray's endpoint holds every earlier
+    # test app's counters and, on a loaded 2-core machine, answered too slowly for a 1 s timeout (CI saw
+    # every Ray query empty for 180 s); rules are evaluated every second
+    config = render_config(sd, gw.removeprefix("http://"), scrape_interval="3s", evaluation_interval="1s")
     prom = start_prometheus(config, free_port(), tmp_path / "prom")
     stop = threading.Event()
     sender = threading.Thread(target=_traffic, args=(base, stop), daemon=True)
@@ -112,11 +121,11 @@ def test_every_dashboard_and_rule_query_returns_data(
         while empty and time.monotonic() < deadline:
             time.sleep(2.0)
             empty = [where for where, expr in queries if not query(prom.url, expr)["result"]]
-        assert not empty, f"queries without data after {DEADLINE_S} s: {empty}"
+        assert not empty, f"queries without data after {DEADLINE_S} s: {empty}; scrapes: {scrapes(prom.url)}"
         # ...and keep returning data: Ray's agent evicts gauges not re-recorded within 2 report
         # intervals (20 s), which once made accuwatt_meter_info vanish.
         # An instant query of a gauge is also empty for a moment when one scrape of the loaded Ray
-        # target fails or runs past its 1 s timeout (Prometheus marks the target's series stale): a
+        # target fails or runs past its timeout (Prometheus marks the target's series stale): a
         # query counts as empty only when it stays so over 5 attempts 2 s apart; an evicted series does.
         time.sleep(HOLD_S)
         empty = [(where, expr) for where, expr in queries if not query(prom.url, expr)["result"]]
@@ -126,9 +135,9 @@ def test_every_dashboard_and_rule_query_returns_data(
             time.sleep(2.0)
             empty = [(where, expr) for where, expr in empty if not query(prom.url, expr)["result"]]
         if empty:
-            active = httpx.get(f"{prom.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
-            scrapes = [(t["scrapeUrl"], t["lastError"], t["lastScrapeDuration"]) for t in active]
-            pytest.fail(f"queries without data {HOLD_S} s later: {[w for w, _ in empty]}; scrapes: {scrapes}")
+            pytest.fail(
+                f"queries without data {HOLD_S} s later: {[w for w, _ in empty]}; scrapes: {scrapes(prom.url)}"
+            )
 
         for a in ALERTS:  # the full expressions evaluate (healthy here: the replicas meter, no errors)
             query(prom.url, a.expr)
