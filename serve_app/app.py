@@ -13,14 +13,14 @@ from typing import Any
 
 from ray.serve import Application
 
-from serve_app.classifiers.traditional import ArtifactError, read_manifest
+from serve_app.classifiers.traditional import ArtifactError
 from serve_app.config import AppConfig, ClassifierSpec
 from serve_app.config_common import EnergyConfig
 from serve_app.data import load_dataset, make_split
 from serve_app.deployment import ClassifierServer
 from serve_app.env import WORKER_ENV
 from serve_app.router import Router
-from serve_app.train import train_split
+from serve_app.train import train_split, untrained
 
 log = logging.getLogger("accuwatt.app")
 ROUTER_START_ATTEMPTS = 3
@@ -33,12 +33,7 @@ def ensure_artifacts(cfg: AppConfig) -> Path:
 
     root = Path(cfg.artifacts_dir).expanduser().resolve()
     wanted = sorted({c.artifact for c in cfg.classifiers if c.artifact is not None})
-    missing = []
-    for model_id in wanted:
-        try:
-            read_manifest(root / model_id)
-        except ArtifactError:
-            missing.append(model_id)
+    missing = untrained(wanted, root)
     if missing:
         if cfg.train_if_missing is None:
             raise ArtifactError(

@@ -18,7 +18,7 @@ from typing import Any
 from serve_app.config import AppConfig
 from serve_app.data import DEMO_DIR
 from serve_app.model_ids import add_models_argument, check_ids
-from serve_app.replay.metrics import RunMetrics
+from serve_app.replay.summary import RunMetrics
 
 LOCAL_YAML = Path(__file__).resolve().parents[1] / "deployments" / "local.yaml"
 DEFAULT_MODELS = (

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.classifiers import embedding
-from serve_app.classifiers.traditional import MODEL_IDS, TrainedModel, fit, save
+from serve_app.classifiers.traditional import MODEL_IDS, ArtifactError, TrainedModel, fit, read_manifest, save
 from serve_app.data import Split, split_identity
 
 DEFAULT_EMBEDDING = "packaged:all-MiniLM-L6-v2"
@@ -53,6 +53,32 @@ def train_split(
         "split": split_identity(split),
     }
     return {m: save(model, out_dir / m, labels, provenance) for m, model in models.items()}
+
+
+def untrained(model_ids: list[str] | tuple[str, ...], out_dir: Path) -> list[str]:
+    """The models of ``model_ids`` with no saved artifact under ``out_dir``."""
+    missing = []
+    for m in model_ids:
+        try:
+            read_manifest(out_dir / m)
+        except ArtifactError:
+            missing.append(m)
+    return missing
+
+
+def train_missing(
+    split: Split,
+    model_ids: list[str] | tuple[str, ...],
+    out_dir: Path,
+    labels: tuple[str, ...],
+    dataset_source: str,
+    embedding_model: str = DEFAULT_EMBEDDING,
+) -> list[str]:
+    """Train and save the models of ``model_ids`` not yet under ``out_dir``; returns those trained."""
+    missing = untrained(model_ids, out_dir)
+    if missing:
+        train_split(split, missing, out_dir, labels, dataset_source, embedding_model)
+    return missing
 
 
 @dataclass(frozen=True)

@@ -90,16 +90,6 @@ def local_serve(app_config: dict[str, Any], num_cpus: int | None = None) -> Iter
         yield url
 
 
-def _trained(path: Path) -> bool:
-    from serve_app.classifiers.traditional import ArtifactError, read_manifest
-
-    try:
-        read_manifest(path)
-    except ArtifactError:
-        return False
-    return True
-
-
 def _split_done(
     cfg: ReplayConfig, folders: dict[str, Path], models: list[str], test: Any, run_name: str
 ) -> bool:
@@ -122,7 +112,7 @@ def replay_local(
     """The study protocol on local deployments (see the module doc); returns the run folders."""
     from serve_app.classifiers.traditional import MODEL_IDS
     from serve_app.data import load_dataset
-    from serve_app.train import train_split
+    from serve_app.train import train_missing
 
     if cfg.data.test_file:
         raise UsageError("--local trains per split; with --test-file use --url against a running router")
@@ -143,9 +133,7 @@ def replay_local(
             if folders and _split_done(cfg, folders, models, test, run_name):
                 continue
             art = artifacts_root / test.split
-            missing = [m for m in models if not _trained(art / m)]
-            if missing:
-                train_split(splits[test.split], missing, art, full.labels, full.source, embedding_model)
+            train_missing(splits[test.split], models, art, full.labels, full.source, embedding_model)
             app_cfg = {
                 "classifiers": [{"kind": "traditional", "id": m} for m in models],
                 "artifacts_dir": str(art),

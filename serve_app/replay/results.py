@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serve_app.replay.metrics import RunMetrics, average_over_splits, split_metrics
 from serve_app.replay.records import Record, read_json_lines, read_records
+from serve_app.replay.summary import RunMetrics, average_over_splits, split_metrics
 
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"

@@ -2,7 +2,7 @@
 
 Writes into ``--out`` (default ``report/``): ``report.md``, ``results.csv`` / ``results.parquet`` (one
 row per run: means over splits), ``splits.csv`` / ``splits.parquet`` (one row per run and split) and
-``figures/*.png``. Metrics are recomputed from ``records.jsonl`` (see ``serve_app.replay.metrics``).
+``figures/*.png``. Metrics are recomputed from ``records.jsonl`` (see ``serve_app.replay.summary``).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from serve_app.replay.metrics import J_PER_WH, RunMetrics
 from serve_app.replay.results import RunData, run_metrics
+from serve_app.replay.summary import J_PER_WH, RunMetrics
 
 
 def _row(run: RunData, m: RunMetrics) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from serve_app.classifiers.traditional import ArtifactError, read_manifest
 from serve_app.data import load_dataset, study_splits
 from serve_app.ports import free_port
 from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
@@ -28,7 +27,7 @@ from serve_app.report.cli import build_report
 from serve_app.sweep.compare import sweep_report
 from serve_app.sweep.config import SweepFile, Topology, classifier_specs
 from serve_app.topology.local_cluster import LocalCluster, NodeSpec, connect
-from serve_app.train import train_split
+from serve_app.train import train_missing
 
 
 def _replay_config(sweep: SweepFile, topo: Topology, out: Path) -> Any:
@@ -54,14 +53,7 @@ def _train(sweep: SweepFile, art_root: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for sp in study_splits(ds, sweep.n_train, sweep.n_test, sweep.splits, sweep.seed):
         art = art_root / sp.key
-        missing = []
-        for m in sweep.traditional_models():
-            try:
-                read_manifest(art / m)
-            except ArtifactError:
-                missing.append(m)
-        if missing:
-            train_split(sp, missing, art, ds.labels, ds.source, sweep.embedding_model)
+        train_missing(sp, sweep.traditional_models(), art, ds.labels, ds.source, sweep.embedding_model)
         out[sp.key] = art
     return out
 

@@ -1,7 +1,7 @@
 import pytest
 
-from serve_app.replay.metrics import average_over_splits, combine_sources, macro_f1, split_metrics
 from serve_app.replay.records import EnergyTag, Record
+from serve_app.replay.summary import average_over_splits, combine_sources, macro_f1, split_metrics
 from serve_app.replay.window import energy_delta
 
 pytestmark = pytest.mark.unit
