@@ -11,26 +11,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.base import MeterError
 from serve_app.energy.share import account_meter
+from serve_app.energy.tag import Overhead
 from serve_app.energy.window import ReplicaEnergy, RequestWindow
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Overhead:
-    """One request's serving overhead. Units: J."""
-
-    joules: float
-    domains_j: dict[str, float]
-    source: str
-    node: str = ""
-    flags: tuple[str, ...] = ()
 
 
 class ServingOverhead:

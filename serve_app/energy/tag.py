@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from serve_app.energy.base import MEASURED_SOURCES, MeterInfo
 from serve_app.energy.keys import joules_by_node, node_of_key
 from serve_app.energy.ledger import Allocation
 from serve_app.wire import Attribution, EnergyTag, TokenWork
 
-if TYPE_CHECKING:
-    from serve_app.energy.overhead import Overhead
+
+@dataclass(frozen=True)
+class Overhead:
+    """One request's serving overhead. Units: J."""
+
+    joules: float
+    domains_j: dict[str, float]
+    source: str
+    node: str = ""
+    flags: tuple[str, ...] = ()
 
 
 def make_tag(

@@ -9,21 +9,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from serve_app.monitoring.build import stale, write
-from serve_app.monitoring.push import load_dashboards, push_dashboards
-from serve_app.monitoring.stack import (
-    DEFAULT_RAY_TEMP_DIR,
-    MONITORING_DIR,
-    MonitoringError,
-    discovery_file,
-    render_config,
-    start_stack,
-)
-
 DEFAULT_WORK_DIR = Path(".cache/accuwatt/monitoring")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from serve_app.monitoring.stack import MonitoringError, start_stack
 
     try:
         services = start_stack(
@@ -60,6 +50,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     import yaml
 
+    from serve_app.monitoring.stack import discovery_file, render_config
+
     sd = discovery_file(Path(args.ray_temp_dir), Path(args.work_dir))
     cfg = render_config(sd, args.pushgateway, args.scrape_interval)
     print(yaml.safe_dump(cfg, sort_keys=False), end="")
@@ -67,6 +59,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from serve_app.monitoring.build import stale, write
 
     root = Path(args.out)
     if args.check:
@@ -80,6 +73,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_push_dashboards(args: argparse.Namespace) -> int:
+    from serve_app.monitoring.push import load_dashboards, push_dashboards
 
     basic = tuple(args.basic_auth.split(":", 1)) if args.basic_auth else None
     urls = push_dashboards(
@@ -97,6 +91,7 @@ def cmd_push_dashboards(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``accuwatt monitoring ...`` to the CLI."""
+    from serve_app.monitoring.stack import DEFAULT_RAY_TEMP_DIR, MONITORING_DIR
 
     p = subparsers.add_parser("monitoring", help="Prometheus, Pushgateway and Grafana dashboards")
     sub = p.add_subparsers(dest="monitoring_command", required=True)

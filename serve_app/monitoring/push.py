@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from serve_app import metrics as m
-from serve_app.monitoring.dashboards import DATASOURCE_UID
 
 REPLAY_JOB = "accuwatt_replay"
 J_PER_WH = 3600.0
@@ -92,6 +91,8 @@ def push_dashboards(
     ``accuwatt-prometheus``, the provisioned one). Returns the URLs Grafana reports.
     """
     from grafana_client import GrafanaApi
+
+    from serve_app.monitoring.dashboards import DATASOURCE_UID
 
     credential: Any = token if token else basic_auth
     api = GrafanaApi.from_url(grafana_url, credential=credential, timeout=timeout_s)
