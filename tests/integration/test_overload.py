@@ -136,8 +136,16 @@ def test_twice_the_sustainable_rate_is_shed_and_recovered(base_url: str) -> None
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    offered_rps = 2 * sustainable
-    results, offered_s = asyncio.run(open_loop(url, offered_rps, OVERLOAD_S))
+    # A closed loop on a shared 2-core machine can under-measure capacity (CI once measured 5.1 rps and
+    # then served 10.2 rps without a shed at p50 93 ms): when twice the measured rate is not shed, the
+    # offered rate doubles, up to three times. What is under test is shedding past capacity, whatever
+    # capacity turns out to be.
+    for attempt in range(3):
+        offered_rps = 2 ** (attempt + 1) * sustainable
+        results, offered_s = asyncio.run(open_loop(url, offered_rps, OVERLOAD_S))
+        if any(s in (429, 503) for s, _, _ in results):
+            break
+        print(f"\nno shed at {offered_rps:.1f} rps offered (measured sustainable {sustainable:.1f} rps)")
     stop.set()
     sampler.join(5)
     statuses = Counter(s for s, _, _ in results)
@@ -148,7 +156,7 @@ def test_twice_the_sustainable_rate_is_shed_and_recovered(base_url: str) -> None
     rss_after = rss_mb(pids)
     p99 = statistics.quantiles(accepted, n=100)[98] if len(accepted) > 2 else float("nan")
     print(
-        f"\noverload: sustainable {sustainable:.1f} rps; offered {len(results) / offered_s:.1f} rps for "
+        f"\noverload: sustainable {sustainable:.1f} rps; offered (try {attempt + 1}) {len(results) / offered_s:.1f} rps for "
         f"{offered_s:.1f} s ({len(results)} requests); accepted {len(accepted) / offered_s:.1f} rps "
         f"({len(accepted)}), shed {len(shed)}; statuses {dict(statuses)}; accepted p50 "
         f"{statistics.median(accepted):.3f} s p99 {p99:.3f} s"
@@ -158,7 +166,7 @@ def test_twice_the_sustainable_rate_is_shed_and_recovered(base_url: str) -> None
         + ", ".join(f"{r} {rss_before[r]:.0f}/{peak[r]:.0f}/{rss_after[r]:.0f}" for r in sorted(pids))
     )
     assert set(statuses) <= {200, 503}, statuses  # nothing but answers and sheds: no 5xx, no transport error
-    assert shed, "twice the sustainable rate was not shed"
+    assert shed, f"not shed at {offered_rps:.1f} rps offered, 8x the measured sustainable rate"
     assert all(i["retry_after"] and i["code"] == "overloaded" for i in shed), shed[:3]
     assert len(accepted) >= 0.5 * sustainable * offered_s, "the service stopped doing useful work"
     assert p99 < 10.0, "accepted requests waited in an unbounded queue"
