@@ -18,7 +18,7 @@ from typing import Any
 
 from ray import serve
 
-from serve_app.classifiers.base import Prediction, WorkSink
+from serve_app.classifiers.base import WorkSink
 from serve_app.classifiers.kinds import build_classifier
 from serve_app.classifiers.llm_config import LLMSpec
 from serve_app.config import AppConfig, ClassifierSpec
@@ -39,6 +39,7 @@ from serve_app.metrics import ReplicaMetrics, tags
 from serve_app.registry import registry
 from serve_app.server import ClassifierReplica
 from serve_app.topology.nodes import alive_nodes, current_node_id, current_node_name
+from serve_app.wire import Prediction
 
 log = logging.getLogger("accuwatt.deployment")
 EXPORT_PERIOD_S = 1.0

@@ -49,7 +49,7 @@ from serve_app.validation import (
     check_declared_length,
     parse_classify,
 )
-from serve_app.wire import EnergyTag
+from serve_app.wire import ClassifyAnswer, EnergyTag
 
 log = logging.getLogger("accuwatt.router")
 api = FastAPI(
@@ -454,16 +454,16 @@ class Router:
             energy["joules"],
             energy["source"],
         )
-        body = {
-            "model": req.model,
-            "request_id": rid,
-            "labels": [p["label"] for p in result["predictions"]],
-            "predictions": result["predictions"],
-            "energy": energy,
-            "latency_s": latency,
-            "replayed": replayed,
-        }
-        headers = {"X-Energy-Source": energy["source"]}
-        if energy["joules"] is not None:
-            headers["X-Energy-Joules"] = f"{energy['joules']:.9g}"
-        return JSONResponse(body, headers=headers)
+        answer = ClassifyAnswer(
+            model=req.model,
+            request_id=rid,
+            labels=[p["label"] for p in result["predictions"]],
+            predictions=result["predictions"],
+            energy=energy,
+            latency_s=latency,
+            replayed=replayed,
+        )
+        headers = {"X-Energy-Source": answer.energy.source}
+        if answer.energy.joules is not None:
+            headers["X-Energy-Joules"] = f"{answer.energy.joules:.9g}"
+        return JSONResponse(answer.model_dump(), headers=headers)

@@ -9,13 +9,13 @@ directly). Every request runs inside an energy window: its share of the interval
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from typing import Any
 
-from serve_app.classifiers.base import Classifier, Prediction, WorkSink
+from serve_app.classifiers.base import Classifier, WorkSink
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.tag import EnergyTag
 from serve_app.energy.window import ReplicaEnergy
+from serve_app.wire import Prediction
 
 Predict = Callable[[list[str], str | None, WorkSink | None], Awaitable[list[Prediction]]]
 """How the replica calls its classifier: ``classifier.predict`` itself, or a batcher in front of it."""
@@ -66,7 +66,7 @@ class ClassifierReplica:
         tag = window.close(tokens)
         if self._on_tag is not None:
             self._on_tag(tag, len(texts))
-        return {"predictions": [asdict(p) for p in preds], "energy": tag.model_dump()}
+        return {"predictions": [p.model_dump() for p in preds], "energy": tag.model_dump()}
 
     def describe(self) -> dict[str, Any]:
         """The ``/v1/models`` entry: the classifier's info and where its energy comes from."""

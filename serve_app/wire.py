@@ -1,15 +1,37 @@
 """What crosses a process or a file: one typed model per result, the same on both sides.
 
-The energy tag is built in the classifier replica (``energy/tag.py``), completed by the router
-(serving overhead), sent in the HTTP answer and kept in every replay record. Readers ignore fields
-they do not know (a newer service) and fill defaults for fields an older one did not send. Units: J, s.
+- `Prediction`: one text's answer, built by a classifier, sent by the replica and the router.
+- `EnergyTag`: what one request cost, built in the classifier replica (``energy/tag.py``), completed
+  by the router (serving overhead), sent in the HTTP answer and kept in every replay record.
+- `ClassifyAnswer`: the body of ``POST /v1/classify`` (the router writes it, the replay driver and
+  any client read it).
+- `WindowRecord`: one line of a run folder's ``windows.jsonl`` (the replay writes it, reports read it).
+
+Readers ignore fields they do not know (a newer service) and fill defaults for fields an older one did
+not send. Lines in files carry ``schema_version`` (the version of their model). Units: J, s.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 _CONFIG = ConfigDict(extra="ignore")
+
+
+class Prediction(BaseModel):
+    """One text's answer. ``scores`` (label -> score) and token counts are optional extras;
+    ``parsed``: the label was read from the model's answer (False: a generative LLM's answer named no
+    label and the fallback was used); ``raw``: a generative LLM's answer text."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    label: str
+    scores: dict[str, float] | None = None
+    prompt_tokens: int | None = None
+    generated_tokens: int | None = None
+    parsed: bool = True
+    raw: str | None = None
 
 
 class TokenWork(BaseModel):
@@ -67,3 +89,45 @@ class EnergyTag(BaseModel):
     """Serving overhead: the router's and the proxy's share for this request (None: not metered)."""
     scope: str = ""
     """What ``joules`` covers: ``model+serving`` when ``overhead_j`` is in it, else ``model``."""
+
+
+class ClassifyAnswer(BaseModel):
+    """The body of a 200 answer to ``POST /v1/classify``: one prediction per text, in order."""
+
+    model_config = _CONFIG
+    model: str
+    request_id: str
+    labels: list[str]
+    predictions: list[Prediction]
+    energy: EnergyTag
+    latency_s: float
+    """Inside the router: from reading the request to the answer."""
+    replayed: bool = False
+    """Answered from the idempotency cache (a repeated ``request_id``): not classified or metered again."""
+
+
+WINDOW_SCHEMA = 1
+
+
+class WindowRecord(BaseModel):
+    """One replay window of a (model, split) in one session: when it ran, what it sent, what the
+    model's replicas drew over it (``energy_delta``: the ``GET /v1/energy`` delta, see
+    ``replay/window.py``; None when unknown) and CodeCarbon's figures (None when not run)."""
+
+    model_config = _CONFIG
+    schema_version: int = WINDOW_SCHEMA
+    model: str
+    split: str
+    session: str
+    start_unix_s: float
+    end_unix_s: float
+    sent: int
+    skipped: int = 0
+    energy_delta: dict[str, Any] | None = None
+    codecarbon: dict[str, Any] | None = None
+
+    def section(self, name: str, key: str) -> float | None:
+        """A number from ``energy_delta`` or ``codecarbon``; None when absent."""
+        part = getattr(self, name)
+        value = part.get(key) if isinstance(part, dict) else None
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

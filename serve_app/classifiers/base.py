@@ -8,18 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from serve_app.energy.keys import WorkerProcess
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One text's answer. ``scores`` (label -> score) and token counts are optional extras."""
-
-    label: str
-    scores: dict[str, float] | None = None
-    prompt_tokens: int | None = None
-    generated_tokens: int | None = None
-    parsed: bool = True
-    raw: str | None = None
+from serve_app.wire import Prediction
 
 
 def predictions_from_proba(classes: Sequence[str], proba: Any) -> list[Prediction]:

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.classifiers import llm_engine, llm_stages, prompts
-from serve_app.classifiers.base import Classifier, ClassifierInfo, Prediction, WorkSink
+from serve_app.classifiers.base import Classifier, ClassifierInfo, WorkSink
 from serve_app.classifiers.llm_config import MODES, PREPARED_PREFIX, LLMSpec
 from serve_app.classifiers.llm_workers import WHERE_METHOD
 from serve_app.energy.keys import WorkerProcess
 from serve_app.env import scoped_env
+from serve_app.wire import Prediction
 
 log = logging.getLogger(__name__)
 WHERE_TIMEOUT_S = 60.0
@@ -262,7 +263,13 @@ class LLMClassifier(Classifier):
         else:
             generated, n_gen = await self._paper_reasoning(prompt_ids, on_work)
         parsed = prompts.parse_answer(generated, self._labels, self.spec.reasoning)
-        return Prediction(parsed.label, None, len(prompt_ids), n_gen, parsed.parsed, generated)
+        return Prediction(
+            label=parsed.label,
+            prompt_tokens=len(prompt_ids),
+            generated_tokens=n_gen,
+            parsed=parsed.parsed,
+            raw=generated,
+        )
 
     async def _paper_reasoning(self, prompt_ids: list[int], on_work: WorkSink) -> tuple[str, int]:
         """Think at most ``reasoning_budget_tokens``, then answer in ``paper_max_tokens``."""
@@ -294,7 +301,13 @@ class LLMClassifier(Classifier):
         )
         g = await self._generate(prompt_ids, params, on_work)
         parsed = prompts.parse_choice(g.text, self._labels)
-        return Prediction(parsed.label, None, len(prompt_ids), len(g.token_ids), parsed.parsed, g.text)
+        return Prediction(
+            label=parsed.label,
+            prompt_tokens=len(prompt_ids),
+            generated_tokens=len(g.token_ids),
+            parsed=parsed.parsed,
+            raw=g.text,
+        )
 
     async def _score(self, text: str, on_work: WorkSink) -> Prediction:
         prompt_ids = self._encode(self._render(text) + self._prefill)
@@ -312,7 +325,7 @@ class LLMClassifier(Classifier):
             logprobs, n_prompt, n_gen = await self._score_sequences(prompt_ids, on_work)
         scores = prompts.biased_scores(logprobs, self.spec.label_bias)
         label = prompts.argmax_label(scores, self._labels)
-        return Prediction(label, scores, n_prompt, n_gen, True, None)
+        return Prediction(label=label, scores=scores, prompt_tokens=n_prompt, generated_tokens=n_gen)
 
     async def _score_sequences(
         self, prompt_ids: list[int], on_work: WorkSink

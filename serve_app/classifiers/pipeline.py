@@ -23,7 +23,6 @@ from serve_app.classifiers import embedding
 from serve_app.classifiers.base import (
     Classifier,
     ClassifierInfo,
-    Prediction,
     WorkSink,
     predictions_from_proba,
 )
@@ -32,6 +31,7 @@ from serve_app.classifiers.traditional import read_manifest
 from serve_app.energy.keys import WorkerProcess
 from serve_app.env import WORKER_ENV
 from serve_app.topology.nodes import current_node_id, current_node_name
+from serve_app.wire import Prediction
 
 STAGE_READY_TIMEOUT_S = 300.0
 

@@ -25,10 +25,10 @@ from serve_app.classifiers import embedding
 from serve_app.classifiers.base import (
     Classifier,
     ClassifierInfo,
-    Prediction,
     WorkSink,
     predictions_from_proba,
 )
+from serve_app.wire import Prediction
 
 FEATURES = ("bow", "tfidf", "embedding")
 ESTIMATORS = ("logreg", "xgboost")

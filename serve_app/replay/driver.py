@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
+from pydantic import ValidationError
 
 from serve_app.replay.arrivals import arrival_times_s
 from serve_app.replay.client import ClientPool, Outcome, RetryPolicy, classify
 from serve_app.replay.plan import PlannedRequest
-from serve_app.replay.records import EnergyTag, Record, RecordStore
+from serve_app.replay.records import Record, RecordStore
+from serve_app.wire import ClassifyAnswer
 
 OPEN_LOOP_MAX_IN_FLIGHT = 1024
 
@@ -76,19 +78,24 @@ def outcome_to_record(
 ) -> Record:
     """The record of one finished request (pure)."""
     fields: dict[str, Any] = {}
-    body = out.body
-    if body is not None:
-        preds = body.get("predictions") or [{"label": lab} for lab in body.get("labels", [])]
-        fields["predicted"] = [str(p.get("label")) for p in preds]
-        fields["parsed"] = [bool(p.get("parsed", True)) for p in preds]
-        if any(p.get("prompt_tokens") is not None for p in preds):
-            fields["prompt_tokens"] = [p.get("prompt_tokens") for p in preds]
-            fields["generated_tokens"] = [p.get("generated_tokens") for p in preds]
-        if isinstance(body.get("energy"), dict):
-            fields["energy"] = EnergyTag.model_validate(body["energy"])
-        fields["server_latency_s"] = body.get("latency_s")
-        if len(fields["predicted"]) != len(req.texts):
-            fields["error"] = f"answered {len(fields['predicted'])} labels for {len(req.texts)} texts"
+    answer = None
+    if out.body is not None:
+        try:
+            answer = ClassifyAnswer.model_validate(out.body)
+        except ValidationError as exc:  # a 200 that is not a classify answer: a failed request
+            fields["error"] = f"malformed answer: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}"
+            fields["error_code"] = "malformed_answer"
+    if answer is not None:
+        preds = answer.predictions
+        fields["predicted"] = [p.label for p in preds]
+        fields["parsed"] = [p.parsed for p in preds]
+        if any(p.prompt_tokens is not None for p in preds):
+            fields["prompt_tokens"] = [p.prompt_tokens for p in preds]
+            fields["generated_tokens"] = [p.generated_tokens for p in preds]
+        fields["energy"] = answer.energy
+        fields["server_latency_s"] = answer.latency_s
+        if len(preds) != len(req.texts):
+            fields["error"] = f"answered {len(preds)} labels for {len(req.texts)} texts"
             fields["error_code"] = "label_count_mismatch"
     return Record(
         model=model,

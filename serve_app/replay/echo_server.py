@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from serve_app.ports import free_port
+from serve_app.wire import ClassifyAnswer, EnergyTag, Prediction
 
 LABELS = ("OFFENSE", "OTHER")
 
@@ -65,33 +66,24 @@ def build_echo_app(state: EchoState) -> Starlette:
         joules = state.joules_per_text * len(texts)
         state.attributed_j += joules
         state.answered[rid] += 1
+        answer = ClassifyAnswer(
+            model=body["model"],
+            request_id=rid,
+            labels=labels,
+            predictions=[Prediction(label=lab) for lab in labels],
+            energy=EnergyTag(
+                joules=joules,
+                source="estimate",
+                measured=False,
+                domains_j={"cpu": joules * 0.9, "dram": joules * 0.1},
+                uncertainty_j=joules / 2,
+                replica="echo-0",
+                nodes=["local"],
+            ),
+            latency_s=time.perf_counter() - t0,
+        )
         return JSONResponse(
-            {
-                "model": body["model"],
-                "labels": labels,
-                "request_id": rid,
-                "predictions": [
-                    {
-                        "label": lab,
-                        "scores": None,
-                        "prompt_tokens": None,
-                        "generated_tokens": None,
-                        "parsed": True,
-                    }
-                    for lab in labels
-                ],
-                "energy": {
-                    "joules": joules,
-                    "source": "estimate",
-                    "measured": False,
-                    "domains_j": {"cpu": joules * 0.9, "dram": joules * 0.1},
-                    "uncertainty_j": joules / 2,
-                    "flags": [],
-                    "replica": "echo-0",
-                    "nodes": ["local"],
-                },
-                "latency_s": time.perf_counter() - t0,
-            },
+            answer.model_dump(),
             headers={"X-Energy-Joules": f"{joules}", "X-Energy-Source": "estimate", "X-Request-Id": rid},
         )
 

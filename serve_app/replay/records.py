@@ -13,18 +13,17 @@ Units: seconds (``*_s``), joules (``*_j``); wall-clock times are Unix seconds (`
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from serve_app.wire import EnergyTag
+from serve_app.wire import EnergyTag, WindowRecord
 
 RecordKey = tuple[str, str, int]
+RECORD_SCHEMA = 1
 
 
 class _Frozen(BaseModel):
@@ -34,6 +33,7 @@ class _Frozen(BaseModel):
 class Record(_Frozen):
     """What happened to one request. ``predicted`` is ``None`` when the request failed."""
 
+    schema_version: int = RECORD_SCHEMA
     model: str
     split: str
     request_index: int
@@ -166,16 +166,17 @@ class RecordStore:
         self.close()
 
 
-def append_json_line(path: Path, obj: dict[str, Any]) -> None:
-    """Append one JSON object as a line and fsync (for the few per-window lines)."""
+def append_window(path: Path, window: WindowRecord) -> None:
+    """Append one window line to ``windows.jsonl`` and fsync (a few lines per run)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(obj, sort_keys=True) + "\n")
+        f.write(window.model_dump_json() + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
-def read_json_lines(path: Path) -> list[dict[str, Any]]:
+def read_windows(path: Path) -> list[WindowRecord]:
+    """Every complete window line of ``path`` (a torn last line is ignored); ``[]`` if there is none."""
     if not path.exists():
         return []
     out = []
@@ -183,7 +184,7 @@ def read_json_lines(path: Path) -> list[dict[str, Any]]:
         raw = raw.strip()
         if raw:
             try:
-                out.append(json.loads(raw))
+                out.append(WindowRecord.model_validate_json(raw))
             except ValueError:
                 continue  # a torn last line
     return out

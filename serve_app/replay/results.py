@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serve_app.replay.records import Record, read_json_lines, read_records
+from serve_app.replay.records import Record, read_records, read_windows
 from serve_app.replay.summary import RunMetrics, average_over_splits, split_metrics
+from serve_app.wire import WindowRecord
 
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
@@ -56,7 +57,7 @@ class RunData:
     path: Path
     meta: dict[str, Any]
     records: list[Record]
-    windows: list[dict[str, Any]]
+    windows: list[WindowRecord]
 
     @property
     def model(self) -> str:
@@ -65,7 +66,7 @@ class RunData:
 
 def load_run(path: Path) -> RunData:
     meta = json.loads((path / RUN_FILE).read_text())
-    return RunData(path, meta, read_records(path / RECORDS_FILE), read_json_lines(path / WINDOWS_FILE))
+    return RunData(path, meta, read_records(path / RECORDS_FILE), read_windows(path / WINDOWS_FILE))
 
 
 def run_metrics(run: RunData) -> tuple[list[RunMetrics], RunMetrics | None]:
@@ -84,7 +85,7 @@ def run_metrics(run: RunData) -> tuple[list[RunMetrics], RunMetrics | None]:
     per_split = [
         split_metrics(
             by_split[s],
-            [w for w in run.windows if w.get("split") == s],
+            [w for w in run.windows if w.split == s],
             majority_label=(splits_meta.get(s) or {}).get("majority_label"),
             parameters=parameters,
             carbon_g_per_kwh=carbon,

@@ -24,9 +24,13 @@ from serve_app.replay.driver import replay_requests
 from serve_app.replay.labels import check_labels, compare_labels
 from serve_app.replay.plan import TestSet, majority, plan_requests
 from serve_app.replay.ready import wait_ready
-from serve_app.replay.records import RecordStore, append_json_line
+from serve_app.replay.records import RecordStore, append_window
 from serve_app.replay.results import RECORDS_FILE, RUN_FILE, WINDOWS_FILE, load_run, run_dir, write_metrics
 from serve_app.replay.window import energy_delta
+from serve_app.wire import WindowRecord
+
+RUN_SCHEMA = 1
+"""The version of ``run.json``'s layout (``records.jsonl`` and ``windows.jsonl`` lines carry their own)."""
 
 
 def load_test_sets(cfg: ReplayConfig) -> tuple[Dataset, list[TestSet], dict[str, dict[str, Any]]]:
@@ -106,6 +110,7 @@ def prepare_run_folder(
     old = json.loads(path.read_text()) if path.exists() else {}
     ci = carbon_intensity(cfg.output.country)
     meta = {
+        "schema_version": RUN_SCHEMA,
         "model": model,
         "dataset": ds.name,
         "dataset_source": ds.source,
@@ -187,19 +192,19 @@ async def replay_model_split(
         if cfg.output.progress and not on_tty:
             print(f"{desc}: {window.sent} sent in {window.duration_s:.1f} s", file=sys.stderr, flush=True)
         after = await get_json(client, base_url, "/v1/energy")
-    append_json_line(
+    append_window(
         rdir / WINDOWS_FILE,
-        {
-            "model": model,
-            "split": test.split,
-            "session": session,
-            "start_unix_s": window.start_unix_s,
-            "end_unix_s": window.end_unix_s,
-            "sent": window.sent,
-            "skipped": window.skipped,
-            "energy_delta": energy_delta(before, after, model),
-            "codecarbon": cc,
-        },
+        WindowRecord(
+            model=model,
+            split=test.split,
+            session=session,
+            start_unix_s=window.start_unix_s,
+            end_unix_s=window.end_unix_s,
+            sent=window.sent,
+            skipped=window.skipped,
+            energy_delta=energy_delta(before, after, model),
+            codecarbon=cc,
+        ),
     )
     return window.sent
 

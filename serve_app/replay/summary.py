@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict
 from serve_app.energy.base import MEASURED_SOURCES
 from serve_app.replay import units
 from serve_app.replay.records import Record
+from serve_app.wire import WindowRecord
 
 J_PER_WH = 3600.0
 
@@ -134,12 +135,8 @@ def _session_duration_s(records: Sequence[Record]) -> float:
     return sum(max(r.done_unix_s for r in rs) - min(r.sent_unix_s for r in rs) for rs in by_session.values())
 
 
-def _window_sum(windows: Sequence[dict[str, Any]], section: str, key: str) -> float | None:
-    vals = [
-        w[section][key]
-        for w in windows
-        if isinstance(w.get(section), dict) and isinstance(w[section].get(key), (int, float))
-    ]
+def _window_sum(windows: Sequence[WindowRecord], section: str, key: str) -> float | None:
+    vals = [v for w in windows if (v := w.section(section, key)) is not None]
     return float(sum(vals)) if vals else None
 
 
@@ -149,7 +146,7 @@ def _div(a: float | None, b: float | None) -> float | None:
 
 def split_metrics(
     records: Sequence[Record],
-    windows: Sequence[dict[str, Any]] = (),
+    windows: Sequence[WindowRecord] = (),
     majority_label: str | None = None,
     parameters: int | None = None,
     carbon_g_per_kwh: float | None = None,

@@ -17,7 +17,7 @@ from serve_app.data import DEMO_DIR
 from serve_app.ports import free_port
 from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
 from serve_app.replay.echo_server import EchoServer, EchoState
-from serve_app.replay.records import read_json_lines, read_records
+from serve_app.replay.records import read_records, read_windows
 from serve_app.replay.runner import replay_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -120,9 +120,10 @@ def test_codecarbon_cross_check_window(tmp_path, echo_url):
         output=ReplayOutput(out=str(tmp_path), progress=False, codecarbon=True),
     )
     (folder,) = asyncio.run(replay_url(cfg, echo_url))
-    (window,) = read_json_lines(folder / "windows.jsonl")
-    assert window["codecarbon"]["energy_kwh"] > 0, window["codecarbon"]
-    assert window["energy_delta"]["metered_j"] > 0
+    (window,) = read_windows(folder / "windows.jsonl")
+    assert window.schema_version == 1 and window.model == "echo" and window.sent == 200
+    assert window.section("codecarbon", "energy_kwh") > 0, window.codecarbon
+    assert window.section("energy_delta", "metered_j") > 0
     metrics = json.loads((folder / "metrics.json").read_text())["mean"]
-    assert metrics["codecarbon_kwh"] == pytest.approx(window["codecarbon"]["energy_kwh"])
+    assert metrics["codecarbon_kwh"] == pytest.approx(window.section("codecarbon", "energy_kwh"))
     assert metrics["codecarbon_co2e_g"] > 0 and metrics["idle_j"] is not None

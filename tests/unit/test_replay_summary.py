@@ -3,6 +3,7 @@ import pytest
 from serve_app.replay.records import EnergyTag, Record
 from serve_app.replay.summary import average_over_splits, combine_sources, macro_f1, split_metrics
 from serve_app.replay.window import energy_delta
+from serve_app.wire import WindowRecord
 
 pytestmark = pytest.mark.unit
 
@@ -86,11 +87,16 @@ def test_split_metrics_hand_computed():
         rec(3, ["A"], ["A"], joules=0.0, session="b", sent=200.0, total=1.0, domains={"cpu": 0.0}),
     ]
     windows = [
-        {
-            "split": "s0",
-            "energy_delta": {"metered_j": 150.0, "attributed_j": 108.0, "idle_j": 42.0},
-            "codecarbon": {"energy_kwh": 0.0001, "emissions_kg": 0.00004},
-        }
+        WindowRecord(
+            model="m",
+            split="s0",
+            session="a",
+            start_unix_s=100.0,
+            end_unix_s=102.0,
+            sent=3,
+            energy_delta={"metered_j": 150.0, "attributed_j": 108.0, "idle_j": 42.0},
+            codecarbon={"energy_kwh": 0.0001, "emissions_kg": 0.00004},
+        )
     ]
     m = split_metrics(records, windows, majority_label="A", parameters=2_000_000, carbon_g_per_kwh=400.0)
     # texts: A B | A A | B | A -> gold 6 texts; correct: A,B,A,(B wrong),(B failed),A = 4

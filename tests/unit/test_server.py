@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from serve_app.classifiers.base import Prediction, WorkSink
+from serve_app.classifiers.base import WorkSink
 from serve_app.classifiers.kinds import build_classifier
 from serve_app.config import TraditionalSpec
 from serve_app.config_common import EnergyConfig
@@ -19,6 +19,7 @@ from serve_app.energy.tag import EnergyTag
 from serve_app.energy.window import ReplicaEnergy
 from serve_app.server import ClassifierReplica, request_weight
 from serve_app.train import train_split
+from serve_app.wire import Prediction
 from tests.unit.test_replica_energy import Package, energy_on
 
 pytestmark = pytest.mark.unit
