@@ -7,13 +7,14 @@ compares against: same splits, same models, same texts, one process.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from serve_app.classifiers import embedding
 from serve_app.classifiers.traditional import MODEL_IDS, ArtifactError, TrainedModel, fit, read_manifest, save
-from serve_app.data import Split, split_identity
+from serve_app.data import Dataset, Split, split_identity
 
 DEFAULT_EMBEDDING = "packaged:all-MiniLM-L6-v2"
 
@@ -68,16 +69,16 @@ def untrained(model_ids: list[str] | tuple[str, ...], out_dir: Path) -> list[str
 
 def train_missing(
     split: Split,
-    model_ids: list[str] | tuple[str, ...],
+    model_ids: Sequence[str],
     out_dir: Path,
-    labels: tuple[str, ...],
-    dataset_source: str,
+    ds: Dataset,
     embedding_model: str = DEFAULT_EMBEDDING,
 ) -> list[str]:
-    """Train and save the models of ``model_ids`` not yet under ``out_dir``; returns those trained."""
-    missing = untrained(model_ids, out_dir)
+    """Train and save the models of ``model_ids`` not yet under ``out_dir`` on ``split`` of ``ds``;
+    returns those trained."""
+    missing = untrained(list(model_ids), out_dir)
     if missing:
-        train_split(split, missing, out_dir, labels, dataset_source, embedding_model)
+        train_split(split, missing, out_dir, ds.labels, ds.source, embedding_model)
     return missing
 
 

@@ -133,7 +133,7 @@ def replay_local(
             if folders and _split_done(cfg, folders, models, test, run_name):
                 continue
             art = artifacts_root / test.split
-            train_missing(splits[test.split], models, art, full.labels, full.source, embedding_model)
+            train_missing(splits[test.split], models, art, full, embedding_model)
             app_cfg = {
                 "classifiers": [{"kind": "traditional", "id": m} for m in models],
                 "artifacts_dir": str(art),

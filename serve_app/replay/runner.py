@@ -7,6 +7,7 @@ import json
 import sys
 import time
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -198,12 +199,9 @@ async def replay_model_split(
             model=model,
             split=test.split,
             session=session,
-            start_unix_s=window.start_unix_s,
-            end_unix_s=window.end_unix_s,
-            sent=window.sent,
-            skipped=window.skipped,
             energy_delta=energy_delta(before, after, model),
             codecarbon=cc,
+            **asdict(window),  # start_unix_s, end_unix_s, sent, skipped
         ),
     )
     return window.sent

@@ -53,7 +53,7 @@ def _train(sweep: SweepFile, art_root: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for sp in study_splits(ds, sweep.n_train, sweep.n_test, sweep.splits, sweep.seed):
         art = art_root / sp.key
-        train_missing(sp, sweep.traditional_models(), art, ds.labels, ds.source, sweep.embedding_model)
+        train_missing(sp, sweep.traditional_models(), art, ds, sweep.embedding_model)
         out[sp.key] = art
     return out
 

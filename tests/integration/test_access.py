@@ -79,12 +79,12 @@ def test_router_bound_off_loopback_needs_a_key(demo_artifacts: Path, key_files: 
     def cfg(**router: Any) -> dict[str, Any]:
         return traditional_config(demo_artifacts, [MODEL], router=router)
 
+    # A key file that is missing or empty fails wherever the router listens: that is the loopback test
+    # below (same code path); here, what only a non-loopback host changes. Each case is one app
+    # deployment (a failing one takes Serve's three constructor tries), so the cases are few.
     cases = {
         "nokey": cfg(api_key_env="AW_TEST_UNSET_KEY"),
         "blankenv": cfg(api_key_env="AW_TEST_BLANK_KEY"),
-        "missingfile": cfg(api_key_file=str(key_files["missing"])),
-        "emptyfile": cfg(api_key_file=str(key_files["empty"])),
-        "envkey": cfg(api_key_env="AW_TEST_GOOD_KEY"),
         "filekey": cfg(api_key_file=str(key_files["good"])),
     }
     env = {"AW_TEST_BLANK_KEY": "   ", "AW_TEST_GOOD_KEY": KEY}
@@ -94,10 +94,6 @@ def test_router_bound_off_loopback_needs_a_key(demo_artifacts: Path, key_files: 
         assert got[name]["status"] == "failed", (name, got[name])
         assert "'0.0.0.0' (Serve http_options.host), not loopback" in err, err[-2000:]
         assert "router.api_key_file" in err and "AW_TEST_" in err, err[-2000:]
-    assert "cannot be read" in (got["missingfile"]["error"] or ""), got["missingfile"]
-    assert "router.api_key_file" in (got["missingfile"]["error"] or "")
-    assert "is empty" in (got["emptyfile"]["error"] or ""), got["emptyfile"]
-    assert got["envkey"] == {"status": "RUNNING", "error": None}, got["envkey"]
     assert got["filekey"] == {"status": "RUNNING", "error": None}, got["filekey"]
     assert KEY not in json.dumps(got), "the key leaked into an error"
 
