@@ -39,7 +39,7 @@ from serve_app.metrics import ReplicaMetrics, tags
 from serve_app.registry import registry
 from serve_app.server import ClassifierReplica
 from serve_app.topology.nodes import alive_nodes, current_node_id, current_node_name
-from serve_app.wire import Prediction
+from serve_app.wire import ModelDescription, Prediction
 
 log = logging.getLogger("accuwatt.deployment")
 EXPORT_PERIOD_S = 1.0
@@ -151,7 +151,7 @@ class ClassifierServer:
         return await self.server.classify(texts, mode, request_id)
 
     # -- views ---------------------------------------------------------------------------------
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> ModelDescription:
         return self.server.describe()
 
     def energy(self) -> dict[str, Any]:

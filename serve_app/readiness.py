@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from serve_app.wire import ModelDescription, ModelEntry
+
 log = logging.getLogger("accuwatt.readiness")
 
 STATUS_TIMEOUT_S = 2.0
@@ -48,19 +50,19 @@ class ModelState:
     state: str = "loading"
     reason: str | None = "the router has not yet read Serve's deployment status"
     serve_status: str | None = None
-    description: dict[str, Any] | None = None
+    description: ModelDescription | None = None
     since_unix_s: float = field(default_factory=time.time)
 
-    def public(self, model_id: str) -> dict[str, Any]:
-        """The ``/v1/models`` entry: the description (when known) plus state, reason, Serve status."""
-        body: dict[str, Any] = {"id": model_id, **(self.description or {})}
-        body.update(
+    def public(self, model_id: str) -> ModelEntry:
+        """The ``/v1/models`` row: the description (when known) plus state, reason, Serve status."""
+        known = self.description.model_dump() if self.description is not None else {}
+        return ModelEntry(
+            **{**known, "id": model_id},
             state=self.state,
             reason=self.reason,
             serve_status=self.serve_status,
             since_unix_s=self.since_unix_s,
         )
-        return body
 
 
 def _text(value: Any) -> str:

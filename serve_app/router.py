@@ -49,7 +49,7 @@ from serve_app.validation import (
     check_declared_length,
     parse_classify,
 )
-from serve_app.wire import ClassifyAnswer, EnergyTag
+from serve_app.wire import ClassifyAnswer, EnergyTag, ModelDescription
 
 log = logging.getLogger("accuwatt.router")
 api = FastAPI(
@@ -263,7 +263,7 @@ class Router:
                 400, "incomplete_body", "the connection closed before the body was complete"
             ) from None
 
-    async def _model(self, model_id: str) -> dict[str, Any]:
+    async def _model(self, model_id: str) -> ModelDescription:
         """A ready classifier's description; 503 ``model_loading`` / ``model_failed`` otherwise."""
         st = (await self._states.view())[model_id]
         if st.state != "ready" or st.description is None:
@@ -348,7 +348,8 @@ class Router:
         try:
             self._authorize(request)
             states = await self._states.view()
-            return JSONResponse({"models": [states[m].public(m) for m in self.handles]})
+            rows = [states[m].public(m).model_dump(exclude_unset=True) for m in self.handles]
+            return JSONResponse({"models": rows})
         except RequestError as exc:
             return error_response(exc)
         except Exception:
@@ -416,7 +417,7 @@ class Router:
                 raise RequestError(
                     404, "unknown_model", f"unknown model; available: {sorted(self.handles)}", "model"
                 )
-            modes = (await self._model(req.model))["modes"]
+            modes = (await self._model(req.model)).modes
             if req.mode is not None and req.mode not in modes:
                 raise RequestError(
                     400, "unsupported_mode", f"model {req.model!r} supports modes {modes}", "mode"

@@ -15,7 +15,7 @@ from serve_app.classifiers.base import Classifier, WorkSink
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.tag import EnergyTag
 from serve_app.energy.window import ReplicaEnergy
-from serve_app.wire import Prediction
+from serve_app.wire import ModelDescription, Prediction
 
 Predict = Callable[[list[str], str | None, WorkSink | None], Awaitable[list[Prediction]]]
 """How the replica calls its classifier: ``classifier.predict`` itself, or a batcher in front of it."""
@@ -68,24 +68,24 @@ class ClassifierReplica:
             self._on_tag(tag, len(texts))
         return {"predictions": [p.model_dump() for p in preds], "energy": tag.model_dump()}
 
-    def describe(self) -> dict[str, Any]:
-        """The ``/v1/models`` entry: the classifier's info and where its energy comes from."""
+    def describe(self) -> ModelDescription:
+        """What ``/v1/models`` shows of the classifier once ready: its info and where its energy comes from."""
         info, meter = self.classifier.info, self.energy.info
         modes: Any = info.details.get("modes") or []
-        return {
-            "id": self.model_id,
-            "kind": info.kind,
-            "labels": list(info.labels),
-            "devices": list(info.devices),
-            "energy_source": meter.source,
-            "energy_devices": list(meter.devices),
-            "node": meter.node,
-            "energy_notes": meter.notes,
-            "modes": list(modes),
-            "parameters": info.parameters,
-            "trainable_parameters": info.trainable_parameters,
-            "details": info.details,
-        }
+        return ModelDescription(
+            id=self.model_id,
+            kind=info.kind,
+            labels=list(info.labels),
+            devices=list(info.devices),
+            energy_source=meter.source,
+            energy_devices=list(meter.devices),
+            node=meter.node,
+            energy_notes=meter.notes,
+            modes=list(modes),
+            parameters=info.parameters,
+            trainable_parameters=info.trainable_parameters,
+            details=dict(info.details),
+        )
 
     def close(self) -> None:
         self.energy.close()

@@ -5,6 +5,9 @@
   by the router (serving overhead), sent in the HTTP answer and kept in every replay record.
 - `ClassifyAnswer`: the body of ``POST /v1/classify`` (the router writes it, the replay driver and
   any client read it).
+- `ModelDescription` / `ModelEntry`: what a replica says about its classifier (``describe()``), and a
+  row of ``GET /v1/models`` (the router's state of the classifier plus that description; the replay
+  reads it and keeps it in ``run.json``).
 - `WindowRecord`: one line of a run folder's ``windows.jsonl`` (the replay writes it, reports read it).
 
 Readers ignore fields they do not know (a newer service) and fill defaults for fields an older one did
@@ -104,6 +107,47 @@ class ClassifyAnswer(BaseModel):
     """Inside the router: from reading the request to the answer."""
     replayed: bool = False
     """Answered from the idempotency cache (a repeated ``request_id``): not classified or metered again."""
+
+
+class ModelDescription(BaseModel):
+    """A classifier as its replica describes it: labels, devices, where its energy comes from
+    (``energy_source``, ``energy_devices``, ``node``, ``energy_notes``), LLM ``modes``, parameter counts
+    (``trainable_parameters``: what training fitted, 0 for a zero-shot LLM) and kind-specific details."""
+
+    model_config = _CONFIG
+    id: str
+    kind: str | None = None
+    labels: list[str] = Field(default_factory=list)
+    devices: list[str] = Field(default_factory=list)
+    energy_source: str | None = None
+    energy_devices: list[str] = Field(default_factory=list)
+    node: str | None = None
+    energy_notes: str | None = None
+    modes: list[str] = Field(default_factory=list)
+    parameters: int | None = None
+    trainable_parameters: int | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelEntry(ModelDescription):
+    """One row of ``GET /v1/models``: ``state`` (``loading``, ``ready``, ``failed``) with ``reason`` and
+    Serve's ``serve_status``, since ``since_unix_s``; the description's fields once the classifier was
+    ready (a row is written with the fields it has: a loading row has no ``labels``)."""
+
+    state: str = "ready"
+    reason: str | None = None
+    serve_status: str | None = None
+    since_unix_s: float | None = None
+
+
+class ModelList(BaseModel):
+    """The body of ``GET /v1/models``."""
+
+    model_config = _CONFIG
+    models: list[ModelEntry] = Field(default_factory=list)
+
+    def entry(self, model_id: str) -> ModelEntry | None:
+        return next((m for m in self.models if m.id == model_id), None)
 
 
 WINDOW_SCHEMA = 1

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from serve_app.ports import free_port
-from serve_app.wire import ClassifyAnswer, EnergyTag, Prediction
+from serve_app.wire import ClassifyAnswer, EnergyTag, ModelEntry, ModelList, Prediction
 
 LABELS = ("OFFENSE", "OTHER")
 
@@ -88,24 +88,19 @@ def build_echo_app(state: EchoState) -> Starlette:
         )
 
     async def models(_: Request) -> JSONResponse:
-        return JSONResponse(
-            {
-                "models": [
-                    {
-                        "id": m,
-                        "kind": "traditional",
-                        "labels": list(LABELS),
-                        "devices": ["cpu"],
-                        "energy_source": "estimate",
-                        "modes": [],
-                        "parameters": 1000,
-                        "details": {},
-                        "state": "ready",
-                    }
-                    for m in state.models
-                ]
-            }
-        )
+        rows = [
+            ModelEntry(
+                id=m,
+                kind="traditional",
+                labels=list(LABELS),
+                devices=["cpu"],
+                energy_source="estimate",
+                parameters=1000,
+                state="ready",
+            )
+            for m in state.models
+        ]
+        return JSONResponse(ModelList(models=rows).model_dump())
 
     async def energy(_: Request) -> JSONResponse:
         idle = 0.5 * (time.monotonic() - state.started_s)

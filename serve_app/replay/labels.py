@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from serve_app.errors import UsageError
+from serve_app.wire import ModelEntry, ModelList
 
 log = logging.getLogger("accuwatt.replay")
 
@@ -21,10 +22,10 @@ class LabelMismatchError(UsageError):
     """A model shares no label with the dataset."""
 
 
-def compare_labels(dataset_labels: Sequence[str], entry: dict[str, Any] | None) -> dict[str, Any]:
-    """The dataset's labels against a ``/v1/models`` entry's: ``status`` is ``match``, ``partial``,
+def compare_labels(dataset_labels: Sequence[str], entry: ModelEntry | None) -> dict[str, Any]:
+    """The dataset's labels against a ``/v1/models`` row's: ``status`` is ``match``, ``partial``,
     ``none`` (no shared label) or ``unknown`` (the model did not say its labels)."""
-    model_labels = [str(x) for x in (entry or {}).get("labels") or []]
+    model_labels = list(entry.labels) if entry is not None else []
     ds = [str(x) for x in dataset_labels]
     shared = [x for x in ds if x in model_labels]
     if not model_labels:
@@ -46,12 +47,11 @@ def compare_labels(dataset_labels: Sequence[str], entry: dict[str, Any] | None) 
 
 
 def check_labels(
-    dataset: str, dataset_labels: Sequence[str], models_body: dict[str, Any] | None, models: Sequence[str]
+    dataset: str, dataset_labels: Sequence[str], listing: ModelList | None, models: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
     """Compare every model's labels with the dataset's; raise `LabelMismatchError` if any model shares
     none (before anything is sent), warn for a partial overlap. Returns the comparison per model."""
-    entries = {str(m.get("id")): m for m in (models_body or {}).get("models", [])}
-    out = {m: compare_labels(dataset_labels, entries.get(m)) for m in models}
+    out = {m: compare_labels(dataset_labels, listing.entry(m) if listing else None) for m in models}
     for model, c in out.items():
         if c["status"] == "none":
             raise LabelMismatchError(

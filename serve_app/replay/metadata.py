@@ -12,6 +12,8 @@ from typing import Any
 
 import psutil
 
+from serve_app.wire import ModelEntry
+
 _PACKAGES = (
     "accuwatt",
     "ray",
@@ -103,21 +105,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-def model_entry(models_body: dict[str, Any] | None, model: str) -> dict[str, Any] | None:
-    """The ``/v1/models`` entry of ``model``."""
-    for m in (models_body or {}).get("models", []):
-        if m.get("id") == model:
-            return dict(m)
-    return None
-
-
-def gpu_count(entry: dict[str, Any] | None) -> int:
+def gpu_count(entry: ModelEntry | None) -> int:
     """GPUs a model is served on, from its ``/v1/models`` ``devices`` (``cuda:0``, ``gpu:1``, ...)."""
-    devices = (entry or {}).get("devices") or []
-    return sum(1 for d in devices if str(d).lower().startswith(("cuda", "gpu", "nvidia")))
+    devices = entry.devices if entry is not None else []
+    return sum(1 for d in devices if d.lower().startswith(("cuda", "gpu", "nvidia")))
 
 
-def topology_label(entry: dict[str, Any] | None, nodes: int | None = None) -> str:
+def topology_label(entry: ModelEntry | None, nodes: int | None = None) -> str:
     """A folder-safe name of where a model runs: ``cpu``, ``1gpu``, ``4gpu-2nodes``."""
     n = gpu_count(entry)
     base = f"{n}gpu" if n else "cpu"

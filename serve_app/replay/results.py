@@ -24,7 +24,7 @@ from typing import Any
 
 from serve_app.replay.records import Record, read_records, read_windows
 from serve_app.replay.summary import RunMetrics, average_over_splits, split_metrics
-from serve_app.wire import WindowRecord
+from serve_app.wire import ModelEntry, WindowRecord
 
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
@@ -63,6 +63,12 @@ class RunData:
     def model(self) -> str:
         return str(self.meta.get("model", self.path.parent.name))
 
+    @property
+    def model_entry(self) -> ModelEntry | None:
+        """The model's ``/v1/models`` row when the run began (``run.json``: ``topology.model``)."""
+        row = (self.meta.get("topology") or {}).get("model")
+        return ModelEntry.model_validate(row) if isinstance(row, dict) and "id" in row else None
+
 
 def load_run(path: Path) -> RunData:
     meta = json.loads((path / RUN_FILE).read_text())
@@ -73,11 +79,11 @@ def run_metrics(run: RunData) -> tuple[list[RunMetrics], RunMetrics | None]:
     """Per-split metrics of a run (splits in run order) and their mean; ``None`` mean if no records."""
     splits_meta: dict[str, Any] = run.meta.get("splits", {})
     carbon = (run.meta.get("carbon") or {}).get("g_per_kwh")
-    params = (run.meta.get("topology") or {}).get("model", {}) or {}
-    parameters = params.get("parameters") if isinstance(params.get("parameters"), int) else None
-    trainable = params.get("trainable_parameters")
-    if not isinstance(trainable, int):  # recorded before /v1/models reported it: zero-shot LLMs have none
-        trainable = 0 if params.get("kind") == "llm" else None
+    entry = run.model_entry
+    parameters = entry.parameters if entry is not None else None
+    trainable = entry.trainable_parameters if entry is not None else None
+    if trainable is None and entry is not None and entry.kind == "llm":
+        trainable = 0  # recorded before /v1/models reported it: zero-shot LLMs have none
     by_split: dict[str, list[Record]] = {}
     for r in run.records:
         by_split.setdefault(r.split, []).append(r)

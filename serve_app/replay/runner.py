@@ -28,7 +28,7 @@ from serve_app.replay.ready import wait_ready
 from serve_app.replay.records import RecordStore, append_window
 from serve_app.replay.results import RECORDS_FILE, RUN_FILE, WINDOWS_FILE, load_run, run_dir, write_metrics
 from serve_app.replay.window import energy_delta
-from serve_app.wire import WindowRecord
+from serve_app.wire import ModelList, WindowRecord
 
 RUN_SCHEMA = 1
 """The version of ``run.json``'s layout (``records.jsonl`` and ``windows.jsonl`` lines carry their own)."""
@@ -92,18 +92,25 @@ async def get_json(
     return None
 
 
+async def get_models(client: ClientPool | httpx.AsyncClient, base_url: str) -> ModelList | None:
+    """``GET /v1/models`` as a `ModelList`; None if it never answers (a body that is not a model list
+    raises: the service is not one this replay can read)."""
+    body = await get_json(client, base_url, "/v1/models")
+    return None if body is None else ModelList.model_validate(body)
+
+
 def prepare_run_folder(
     cfg: ReplayConfig,
     ds: Dataset,
     split_meta: dict[str, dict[str, Any]],
     model: str,
-    models_body: dict[str, Any] | None,
+    listing: ModelList | None,
     energy_body: dict[str, Any] | None,
     session: str,
     base_url: str,
 ) -> Path:
     """Create (or resume) the model's run folder and write ``run.json`` (sessions appended)."""
-    entry = metadata.model_entry(models_body, model)
+    entry = listing.entry(model) if listing is not None else None
     topology = cfg.output.topology or metadata.topology_label(entry)
     rdir = run_dir(Path(cfg.output.out), ds.name, topology, model, cfg.resolved_run_name(ds.fingerprint))
     rdir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +131,7 @@ def prepare_run_folder(
         "splits": {**old.get("splits", {}), **split_meta},
         "carbon": {"country": ci.country, "g_per_kwh": ci.g_per_kwh, "source": ci.source},
         "topology": {
-            "model": entry,
+            "model": entry.model_dump(exclude_unset=True) if entry is not None else None,
             "gpus": metadata.gpu_count(entry),
             "energy": ((energy_body or {}).get("deployments") or {}).get(model),
             "url": base_url,
@@ -230,13 +237,13 @@ async def replay_session(
     the first time it is replayed and kept in ``folders``; records already there are skipped."""
     run_name = cfg.resolved_run_name(ds.fingerprint)
     async with http_client(cfg) as client:
-        models_body = await get_json(client, base_url, "/v1/models")
+        listing = await get_models(client, base_url)
         for test in tests:
             for model in models:
                 if model not in folders:
                     energy_body = await get_json(client, base_url, "/v1/energy")
                     folders[model] = prepare_run_folder(
-                        cfg, ds, split_meta, model, models_body, energy_body, session, base_url
+                        cfg, ds, split_meta, model, listing, energy_body, session, base_url
                     )
                 await replay_model_split(
                     client, base_url, cfg, model, test, folders[model], session, run_name
@@ -255,14 +262,13 @@ async def replay_url(cfg: ReplayConfig, base_url: str, tests: list[TestSet] | No
     ds, all_tests, split_meta = load_test_sets(cfg)
     async with http_client(cfg) as client:
         await wait_ready(client, base_url)
-        models_body = await get_json(client, base_url, "/v1/models")
-    models = cfg.models or [m["id"] for m in (models_body or {}).get("models", [])]
+        listing = await get_models(client, base_url)
+    models = cfg.models or [m.id for m in (listing.models if listing else [])]
     if not models:
         raise RuntimeError(f"no models to replay: none given and {base_url}/v1/models lists none")
-    if models_body is not None:
-        served = [str(m.get("id")) for m in models_body.get("models", [])]
-        check_ids(models, served, f"{base_url} serves")
-    check_labels(ds.name, ds.labels, models_body, models)
+    if listing is not None:
+        check_ids(models, [m.id for m in listing.models], f"{base_url} serves")
+    check_labels(ds.name, ds.labels, listing, models)
     folders: dict[str, Path] = {}
     session = uuid.uuid4().hex[:12]
     await replay_session(

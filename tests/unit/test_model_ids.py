@@ -9,6 +9,7 @@ import pytest
 
 from serve_app.model_ids import UnknownModelError, add_models_argument, check_ids, split_ids
 from serve_app.replay.labels import LabelMismatchError, check_labels, compare_labels
+from serve_app.wire import ModelEntry, ModelList
 
 
 @pytest.mark.parametrize(
@@ -40,18 +41,20 @@ def test_unknown_ids_are_named_with_the_known_ones() -> None:
 
 
 def test_compare_labels_statuses() -> None:
-    entry = {"labels": ["OFFENSE", "OTHER"]}
+    entry = ModelEntry(id="m", labels=["OFFENSE", "OTHER"])
     assert compare_labels(["OFFENSE", "OTHER"], entry)["status"] == "match"
     part = compare_labels(["OFFENSE", "OTHER", "SPAM"], entry)
     assert part["status"] == "partial" and part["dataset_only"] == ["SPAM"] and part["model_only"] == []
     assert compare_labels(["OTHER"], entry)["status"] == "partial"  # the model answers more labels
     assert compare_labels(["negative", "positive"], entry)["status"] == "none"
-    assert compare_labels(["a", "b"], {"labels": []})["status"] == "unknown"
+    assert compare_labels(["a", "b"], ModelEntry(id="m", state="loading"))["status"] == "unknown"
     assert compare_labels(["a", "b"], None)["status"] == "unknown"
 
 
 def test_check_labels_refuses_no_overlap_naming_both_sets() -> None:
-    body = {"models": [{"id": "m1", "labels": ["OFFENSE", "OTHER"]}, {"id": "m2", "labels": ["x", "y"]}]}
+    body = ModelList.model_validate(
+        {"models": [{"id": "m1", "labels": ["OFFENSE", "OTHER"]}, {"id": "m2", "labels": ["x", "y"]}]}
+    )
     with pytest.raises(LabelMismatchError, match=r"'m2' answers with labels \['x', 'y'\].*\['OTHER', 'Z'\]"):
         check_labels("ds", ["OTHER", "Z"], body, ["m1", "m2"])
     assert check_labels("ds", ["OTHER", "Z"], body, ["m1"])["m1"]["status"] == "partial"

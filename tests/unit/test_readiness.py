@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from serve_app.readiness import ModelState, deployment_state
 from serve_app.replay.ready import failed_models
+from serve_app.wire import ModelDescription, ModelList
 
 
 def _detail(status: str, *replica_states: str, message: str = "") -> dict[str, object]:
@@ -41,13 +42,19 @@ def test_unhealthy_with_a_running_replica_still_serves() -> None:
 
 def test_public_entry_puts_state_over_description() -> None:
     st = ModelState(
-        state="ready", reason=None, serve_status="HEALTHY", description={"id": "m", "labels": ["a"]}
+        state="ready",
+        reason=None,
+        serve_status="HEALTHY",
+        description=ModelDescription(id="m", labels=["a"], modes=[]),
     )
-    body = st.public("m")
+    body = st.public("m").model_dump(exclude_unset=True)  # as the router writes it
     assert body["id"] == "m" and body["labels"] == ["a"] and body["state"] == "ready"
-    loading = ModelState().public("x")
+    assert body["energy_source"] is None and body["details"] == {}  # a ready row has every field
+    loading = ModelState().public("x").model_dump(exclude_unset=True)
     assert loading["id"] == "x" and loading["state"] == "loading" and "labels" not in loading
     assert loading["reason"] and loading["serve_status"] is None
+    # what a reader makes of the loading row: no labels known (so a label check says "unknown")
+    assert ModelList.model_validate({"models": [loading]}).entry("x").labels == []
 
 
 def test_failed_models_reads_only_failed_entries() -> None:

@@ -144,5 +144,5 @@ def test_weights_and_description(tmp_path: Path, artifacts: Path) -> None:
         d = server.describe()
     finally:
         server.close()
-    assert d["id"] == MODEL and d["kind"] == "traditional" and d["labels"] == ["OFFENSE", "OTHER"]
-    assert d["energy_source"] == "rapl" and d["node"] == "n1" and d["trainable_parameters"] > 0
+    assert d.id == MODEL and d.kind == "traditional" and d.labels == ["OFFENSE", "OTHER"]
+    assert d.energy_source == "rapl" and d.node == "n1" and (d.trainable_parameters or 0) > 0
