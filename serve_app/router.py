@@ -211,6 +211,10 @@ class Router:
         ctx = serve.get_replica_context()
         self._app = ctx.app_name if ctx else "local"
         self._states = ModelStates(self._app, self.handles)
+        # Start the app's energy registry now (its worker takes seconds to start): a replica's first
+        # snapshots then reach it, and a replica that dies young still leaves them.
+        if ctx is not None:
+            registry(self._app)
 
         self._overhead = ServingOverhead(
             EnergyConfig.model_validate(energy or {}), current_node_name(), current_node_id()

@@ -183,6 +183,21 @@ def test_classifier_replica_killed_mid_request(
         int(d.split(":")[1]) for d in devices if d.startswith("cpu-process:")
     )  # the describe()d one
     assert victim in pids
+
+    def energy_replicas() -> dict[str, Any]:
+        body = httpx.get(f"{faults_url}/v1/energy", timeout=30).json()
+        return dict(body["deployments"][MODEL]["replicas"])
+
+    # Kill it only once it has reported (its group on the node account names its PID): a replica killed
+    # before its first report reached the registry has left no snapshot to keep (CI killed one 7 s after
+    # start, while the registry actor was still starting).
+    victim_rep = wait_for(
+        lambda: next(
+            (r for r, s in energy_replicas().items() if s.get("group") == f"replica:{victim}"), None
+        ),
+        120,
+        "the victim replica's first energy report",
+    )
     counters_before: dict[Any, float] = {}
     slow_texts = ["Die Regierung hat das Gesetz beschlossen, du Idiot. " * 20] * 256  # ~0.5 s on a replica
     slow: list[httpx.Response] = []
@@ -218,9 +233,9 @@ def test_classifier_replica_killed_mid_request(
         seen: list[str] = []
 
         def stale_seen() -> bool:
-            reps = httpx.get(f"{faults_url}/v1/energy", timeout=30).json()["deployments"][MODEL]["replicas"]
+            reps = energy_replicas()
             seen[:] = [f"{rep}: stale={s['stale']} metered_j={s['metered_j']:.1f}" for rep, s in reps.items()]
-            return len(reps) >= 2 and any(s["stale"] for s in reps.values())
+            return bool(reps.get(victim_rep, {}).get("stale")) and len(reps) >= 2
 
         # The dead replica's last snapshot is kept beside the live ones and marked stale (10 s after its
         # last report). The replacement's own first report is not waited for: on a slow CI machine its
@@ -228,7 +243,7 @@ def test_classifier_replica_killed_mid_request(
         try:
             wait_for(stale_seen, 120, "the dead replica's snapshot kept and marked stale")
         except AssertionError as exc:
-            raise AssertionError(f"{exc}; last /v1/energy replicas: {seen}") from None
+            raise AssertionError(f"{exc}; victim {victim_rep}; last /v1/energy replicas: {seen}") from None
     failed = [(r.request_index, r.status, r.error_code) for r in records if r.status != 200]
     assert not failed, failed
     # Serve's handle (in the router) re-sends a request whose replica died mid-execution and logs this line;
