@@ -445,10 +445,10 @@ class Router:
         latency = time.perf_counter() - t0
         if replayed:  # the cached answer already carries its tag (overhead included): unchanged
             self._overhead.abandon(window)
-        else:  # in place: an idempotent replay of this request returns the same tag
+        else:  # in place, as the typed tag: an idempotent replay of this request returns the same tag
             tag = EnergyTag.model_validate(result["energy"])
-            result["energy"] = add_overhead(tag, self._overhead.end(window)).model_dump()
-        energy = result["energy"]
+            result["energy"] = add_overhead(tag, self._overhead.end(window))
+        energy: EnergyTag = result["energy"]
         log.info(
             "classify %s model=%s texts=%d chars=%d latency=%.4fs J=%s (%s)",
             rid,
@@ -456,8 +456,8 @@ class Router:
             len(req.texts),
             sum(len(t) for t in req.texts),
             latency,
-            energy["joules"],
-            energy["source"],
+            energy.joules,
+            energy.source,
         )
         answer = ClassifyAnswer(
             model=req.model,
@@ -468,7 +468,7 @@ class Router:
             latency_s=latency,
             replayed=replayed,
         )
-        headers = {"X-Energy-Source": answer.energy.source}
-        if answer.energy.joules is not None:
-            headers["X-Energy-Joules"] = f"{answer.energy.joules:.9g}"
+        headers = {"X-Energy-Source": energy.source}
+        if energy.joules is not None:
+            headers["X-Energy-Joules"] = f"{energy.joules:.9g}"
         return JSONResponse(answer.model_dump(), headers=headers)
