@@ -22,11 +22,13 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -49,7 +51,15 @@ from serve_app.validation import (
     check_declared_length,
     parse_classify,
 )
-from serve_app.wire import ClassifyAnswer, EnergyTag, ModelDescription
+from serve_app.wire import (
+    ClassifyAnswer,
+    DeploymentEnergy,
+    EnergyTag,
+    EnergyView,
+    ModelDescription,
+    ModelList,
+    ReplicaEnergy,
+)
 
 log = logging.getLogger("accuwatt.router")
 api = FastAPI(
@@ -143,36 +153,29 @@ def internal_error(rid: str | None) -> JSONResponse:
     return JSONResponse(body, status_code=500)
 
 
+def unavailable(code: str, message: str, retry_after_s: float, field: str | None = None) -> RequestError:
+    """503 ``code`` with ``Retry-After``: the request was fine, the service cannot take it now."""
+    return RequestError(503, code, message, field, headers={"Retry-After": f"{retry_after_s:g}"})
+
+
 def overloaded(what: str) -> RequestError:
-    return RequestError(
-        503,
-        "overloaded",
-        f"{what} is at capacity; retry later",
-        headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)},
-    )
+    return unavailable("overloaded", f"{what} is at capacity; retry later", OVERLOAD_RETRY_AFTER_S)
 
 
 def not_ready(model_id: str, st: ModelState) -> RequestError:
     """503 for a classifier that is still loading (``model_loading``) or failed (``model_failed``)."""
-    code = "model_loading" if st.state == "loading" else "model_failed"
-    what = "is still loading" if st.state == "loading" else "failed to start"
-    return RequestError(
-        503,
-        code,
-        f"model {model_id!r} {what}: {st.reason or st.state}",
+    loading = st.state == "loading"
+    return unavailable(
+        "model_loading" if loading else "model_failed",
+        f"model {model_id!r} {'is still loading' if loading else 'failed to start'}: {st.reason or st.state}",
+        LOADING_RETRY_AFTER_S if loading else RESTART_RETRY_AFTER_S,
         "model",
-        headers={
-            "Retry-After": str(LOADING_RETRY_AFTER_S if st.state == "loading" else RESTART_RETRY_AFTER_S)
-        },
     )
 
 
 def replica_unavailable(model_id: str) -> RequestError:
-    return RequestError(
-        503,
-        "replica_unavailable",
-        f"the replicas of {model_id!r} are restarting",
-        headers={"Retry-After": str(RESTART_RETRY_AFTER_S)},
+    return unavailable(
+        "replica_unavailable", f"the replicas of {model_id!r} are restarting", RESTART_RETRY_AFTER_S
     )
 
 
@@ -334,11 +337,10 @@ class Router:
                 detail = {"not_ready_count": len(waiting)}
             if not waiting:
                 return JSONResponse({"status": "ready", **detail})
-            exc = RequestError(
-                503,
+            exc = unavailable(
                 "not_ready",
                 f"{len(waiting)} of {len(states)} classifiers are not ready",
-                headers={"Retry-After": str(LOADING_RETRY_AFTER_S)},
+                LOADING_RETRY_AFTER_S,
             )
             return JSONResponse(
                 {"status": "not_ready", **detail, **exc.body()}, status_code=503, headers=dict(exc.headers)
@@ -346,64 +348,62 @@ class Router:
         except Exception:
             return internal_error(None)
 
+    async def _authorized(self, request: Request, view: Callable[[], Awaitable[BaseModel]]) -> JSONResponse:
+        """A read-only view for an authorized caller: its JSON, or the refusal's (4xx/503), or a 500."""
+        try:
+            self._authorize(request)
+            return JSONResponse((await view()).model_dump(exclude_unset=True))
+        except RequestError as exc:
+            return error_response(exc)
+        except Exception:
+            return internal_error(None)
+
     @api.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
         """Every classifier with its ``state``; answers at once, whatever the replicas are doing."""
-        try:
-            self._authorize(request)
-            states = await self._states.view()
-            rows = [states[m].public(m).model_dump(exclude_unset=True) for m in self.handles]
-            return JSONResponse({"models": rows})
-        except RequestError as exc:
-            return error_response(exc)
-        except Exception:
-            return internal_error(None)
+        return await self._authorized(request, self._model_list)
 
     @api.get("/v1/energy")
     async def energy(self, request: Request) -> JSONResponse:
+        """Every deployment's replicas (live and stale), every node account, the serving overhead."""
+        return await self._authorized(request, self._energy_view)
 
+    async def _model_list(self) -> ModelList:
+        states = await self._states.view()
+        return ModelList(models=[states[m].public(m) for m in self.handles])
+
+    async def _energy_view(self) -> EnergyView:
         try:
-            self._authorize(request)
-            try:
-                reported = await asyncio.wait_for(registry(self._app).get.remote(), ENERGY_VIEW_TIMEOUT_S)
-            except TimeoutError:
-                raise RequestError(
-                    503,
-                    "energy_registry_unavailable",
-                    f"the energy registry did not answer within {ENERGY_VIEW_TIMEOUT_S:g} s",
-                    headers={"Retry-After": str(RESTART_RETRY_AFTER_S)},
-                ) from None
-            fresh = await asyncio.gather(
-                *(
-                    asyncio.wait_for(self.handles[m].energy_snapshot.remote(), ENERGY_VIEW_TIMEOUT_S)
-                    for m in self.handles
-                ),
-                return_exceptions=True,
+            reported = await asyncio.wait_for(registry(self._app).get.remote(), ENERGY_VIEW_TIMEOUT_S)
+        except TimeoutError:
+            raise unavailable(
+                "energy_registry_unavailable",
+                f"the energy registry did not answer within {ENERGY_VIEW_TIMEOUT_S:g} s",
+                RESTART_RETRY_AFTER_S,
+            ) from None
+        fresh = await asyncio.gather(
+            *(
+                asyncio.wait_for(self.handles[m].energy_snapshot.remote(), ENERGY_VIEW_TIMEOUT_S)
+                for m in self.handles
+            ),
+            return_exceptions=True,
+        )
+        out: dict[str, DeploymentEnergy] = {}
+        for model_id, snap in zip(self.handles, fresh, strict=True):
+            if isinstance(snap, BaseException):
+                log.warning("energy snapshot of %s failed: %s", model_id, type(snap).__name__)
+            replicas = self._merge_energy(
+                model_id, reported.get(model_id, {}), None if isinstance(snap, BaseException) else snap
             )
-            out: dict[str, Any] = {}
-            for model_id, snap in zip(self.handles, fresh, strict=True):
-                if isinstance(snap, BaseException):
-                    log.warning("energy snapshot of %s failed: %s", model_id, type(snap).__name__)
-                replicas = self._merge_energy(
-                    model_id, reported.get(model_id, {}), None if isinstance(snap, BaseException) else snap
-                )
-                totals = {
-                    k: sum(s[k] for s in replicas.values()) for k in ("metered_j", "attributed_j", "idle_j")
-                }
-                out[model_id] = {"replicas": replicas, **totals}
-
-            try:
-                nodes = await asyncio.wait_for(asyncio.to_thread(node_snapshots), ENERGY_VIEW_TIMEOUT_S)
-            except Exception as exc:  # the deployments' view still stands
-                log.warning("node accounts unavailable: %s", type(exc).__name__)
-                nodes = {}
-            return JSONResponse(
-                {"deployments": out, "nodes": nodes, "serving_overhead": self._overhead.snapshot()}
+            out[model_id] = DeploymentEnergy.of(
+                {rep: ReplicaEnergy.model_validate(s) for rep, s in replicas.items()}
             )
-        except RequestError as exc:
-            return error_response(exc)
-        except Exception:
-            return internal_error(None)
+        try:
+            nodes = await asyncio.wait_for(asyncio.to_thread(node_snapshots), ENERGY_VIEW_TIMEOUT_S)
+        except Exception as exc:  # the deployments' view still stands
+            log.warning("node accounts unavailable: %s", type(exc).__name__)
+            nodes = {}
+        return EnergyView(deployments=out, nodes=nodes, serving_overhead=self._overhead.snapshot())
 
     @api.post("/v1/classify")
     async def classify(self, request: Request) -> JSONResponse:

@@ -8,7 +8,10 @@
 - `ModelDescription` / `ModelEntry`: what a replica says about its classifier (``describe()``), and a
   row of ``GET /v1/models`` (the router's state of the classifier plus that description; the replay
   reads it and keeps it in ``run.json``).
+- `EnergyView` (`DeploymentEnergy`, `ReplicaEnergy`): the body of ``GET /v1/energy`` (the router
+  writes it; the replay reads its deltas and keeps a deployment's part in ``run.json``).
 - `WindowRecord`: one line of a run folder's ``windows.jsonl`` (the replay writes it, reports read it).
+- `RunInfo`: a run folder's ``run.json`` (the replay writes it, results and reports read it).
 
 Readers ignore fields they do not know (a newer service) and fill defaults for fields an older one did
 not send. Lines in files carry ``schema_version`` (the version of their model). Units: J, s.
@@ -175,3 +178,113 @@ class WindowRecord(BaseModel):
         part = getattr(self, name)
         value = part.get(key) if isinstance(part, dict) else None
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+class ReplicaEnergy(BaseModel):
+    """One replica's row of ``GET /v1/energy``: its cumulative totals since it started
+    (``metered_j = attributed_j + idle_j``; ``domains``: part -> domain -> J, parts ``metered``,
+    ``attributed``, ``idle``, ``held``), ``stale`` when the replica no longer answers (its last
+    report, kept). The other fields of the replica's snapshot (``energy/window.py``) pass through."""
+
+    model_config = ConfigDict(extra="allow")
+    source: str = "unavailable"
+    node: str | None = None
+    metered_j: float = 0.0
+    attributed_j: float = 0.0
+    idle_j: float = 0.0
+    domains: dict[str, dict[str, float]] = Field(default_factory=dict)
+    window_s: list[float] = Field(default_factory=list)
+    requests: int = 0
+    stale: bool = False
+    error: str | None = None
+
+
+class DeploymentEnergy(BaseModel):
+    """A classifier deployment in ``GET /v1/energy``: its replicas (live and stale) and their sums."""
+
+    model_config = _CONFIG
+    replicas: dict[str, ReplicaEnergy] = Field(default_factory=dict)
+    metered_j: float = 0.0
+    attributed_j: float = 0.0
+    idle_j: float = 0.0
+
+    @classmethod
+    def of(cls, replicas: dict[str, ReplicaEnergy]) -> DeploymentEnergy:
+        return cls(
+            replicas=replicas,
+            metered_j=sum(r.metered_j for r in replicas.values()),
+            attributed_j=sum(r.attributed_j for r in replicas.values()),
+            idle_j=sum(r.idle_j for r in replicas.values()),
+        )
+
+
+class EnergyView(BaseModel):
+    """The body of ``GET /v1/energy``: per deployment, per node account (``energy/account.py``
+    ``NodeAccount.snapshot``: metered, baseline idle, groups; each counter once) and the routers'
+    serving overhead."""
+
+    model_config = _CONFIG
+    deployments: dict[str, DeploymentEnergy] = Field(default_factory=dict)
+    nodes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    serving_overhead: dict[str, Any] = Field(default_factory=dict)
+
+
+RUN_SCHEMA = 1
+"""The version of ``run.json``'s layout."""
+
+
+class SplitInfo(BaseModel):
+    """What ``run.json`` records to name a split exactly (``data.split_identity``) and its majority
+    class in the training split (the gain baseline; None for a user's test file)."""
+
+    model_config = ConfigDict(extra="allow")
+    dataset: str | None = None
+    fingerprint: str | None = None
+    majority_label: str | None = None
+
+
+class CarbonInfo(BaseModel):
+    model_config = _CONFIG
+    country: str | None = None
+    g_per_kwh: float | None = None
+    source: str | None = None
+
+
+class Topology(BaseModel):
+    """What served the run: the model's ``/v1/models`` row, GPUs, its ``/v1/energy`` part, the URL."""
+
+    model_config = _CONFIG
+    model: ModelEntry | None = None
+    gpus: int = 0
+    energy: DeploymentEnergy | None = None
+    url: str | None = None
+
+
+class Session(BaseModel):
+    model_config = _CONFIG
+    session: str
+    started_unix_s: float
+
+
+class RunInfo(BaseModel):
+    """A run folder's ``run.json``: one model on one dataset and topology, over its sessions."""
+
+    model_config = _CONFIG
+    schema_version: int = RUN_SCHEMA
+    model: str
+    dataset: str = "?"
+    dataset_source: str | None = None
+    fingerprint: str | None = None
+    labels: list[str] = Field(default_factory=list)
+    label_check: dict[str, Any] = Field(default_factory=dict)
+    topology_name: str = "?"
+    run: str = "?"
+    config: dict[str, Any] = Field(default_factory=dict)
+    splits: dict[str, SplitInfo] = Field(default_factory=dict)
+    carbon: CarbonInfo = Field(default_factory=CarbonInfo)
+    topology: Topology = Field(default_factory=Topology)
+    versions: dict[str, Any] = Field(default_factory=dict)
+    git_commit: str | None = None
+    machine: dict[str, Any] = Field(default_factory=dict)
+    created_unix_s: float = 0.0
+    sessions: list[Session] = Field(default_factory=list)

@@ -24,7 +24,16 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from serve_app.ports import free_port
-from serve_app.wire import ClassifyAnswer, EnergyTag, ModelEntry, ModelList, Prediction
+from serve_app.wire import (
+    ClassifyAnswer,
+    DeploymentEnergy,
+    EnergyTag,
+    EnergyView,
+    ModelEntry,
+    ModelList,
+    Prediction,
+    ReplicaEnergy,
+)
 
 LABELS = ("OFFENSE", "OTHER")
 
@@ -104,16 +113,15 @@ def build_echo_app(state: EchoState) -> Starlette:
 
     async def energy(_: Request) -> JSONResponse:
         idle = 0.5 * (time.monotonic() - state.started_s)
-        rep = {
-            "source": "estimate",
-            "metered_j": state.attributed_j + idle,
-            "attributed_j": state.attributed_j,
-            "idle_j": idle,
-            "domains": {},
-            "requests": sum(state.answered.values()),
-            "resets": 0,
-        }
-        return JSONResponse({"deployments": {m: {"replicas": {"echo-0": rep}} for m in state.models}})
+        rep = ReplicaEnergy(
+            source="estimate",
+            metered_j=state.attributed_j + idle,
+            attributed_j=state.attributed_j,
+            idle_j=idle,
+            requests=sum(state.answered.values()),
+        )
+        view = EnergyView(deployments={m: DeploymentEnergy.of({"echo-0": rep}) for m in state.models})
+        return JSONResponse(view.model_dump())
 
     async def healthz(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})

@@ -20,11 +20,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from serve_app.replay.records import Record, read_records, read_windows
 from serve_app.replay.summary import RunMetrics, average_over_splits, split_metrics
-from serve_app.wire import ModelEntry, WindowRecord
+from serve_app.wire import ModelEntry, RunInfo, WindowRecord
 
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
@@ -55,30 +54,29 @@ def find_runs(paths: Iterable[Path]) -> list[Path]:
 @dataclass(frozen=True)
 class RunData:
     path: Path
-    meta: dict[str, Any]
+    info: RunInfo
     records: list[Record]
     windows: list[WindowRecord]
 
     @property
     def model(self) -> str:
-        return str(self.meta.get("model", self.path.parent.name))
+        return self.info.model
 
     @property
     def model_entry(self) -> ModelEntry | None:
         """The model's ``/v1/models`` row when the run began (``run.json``: ``topology.model``)."""
-        row = (self.meta.get("topology") or {}).get("model")
-        return ModelEntry.model_validate(row) if isinstance(row, dict) and "id" in row else None
+        return self.info.topology.model
 
 
 def load_run(path: Path) -> RunData:
-    meta = json.loads((path / RUN_FILE).read_text())
-    return RunData(path, meta, read_records(path / RECORDS_FILE), read_windows(path / WINDOWS_FILE))
+    info = RunInfo.model_validate_json((path / RUN_FILE).read_text())
+    return RunData(path, info, read_records(path / RECORDS_FILE), read_windows(path / WINDOWS_FILE))
 
 
 def run_metrics(run: RunData) -> tuple[list[RunMetrics], RunMetrics | None]:
     """Per-split metrics of a run (splits in run order) and their mean; ``None`` mean if no records."""
-    splits_meta: dict[str, Any] = run.meta.get("splits", {})
-    carbon = (run.meta.get("carbon") or {}).get("g_per_kwh")
+    splits_meta = run.info.splits
+    carbon = run.info.carbon.g_per_kwh
     entry = run.model_entry
     parameters = entry.parameters if entry is not None else None
     trainable = entry.trainable_parameters if entry is not None else None
@@ -92,7 +90,7 @@ def run_metrics(run: RunData) -> tuple[list[RunMetrics], RunMetrics | None]:
         split_metrics(
             by_split[s],
             [w for w in run.windows if w.split == s],
-            majority_label=(splits_meta.get(s) or {}).get("majority_label"),
+            majority_label=splits_meta[s].majority_label if s in splits_meta else None,
             parameters=parameters,
             carbon_g_per_kwh=carbon,
             trainable_parameters=trainable,

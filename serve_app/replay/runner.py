@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 import uuid
@@ -28,13 +27,19 @@ from serve_app.replay.ready import wait_ready
 from serve_app.replay.records import RecordStore, append_window
 from serve_app.replay.results import RECORDS_FILE, RUN_FILE, WINDOWS_FILE, load_run, run_dir, write_metrics
 from serve_app.replay.window import energy_delta
-from serve_app.wire import ModelList, WindowRecord
+from serve_app.wire import (
+    CarbonInfo,
+    EnergyView,
+    ModelList,
+    RunInfo,
+    Session,
+    SplitInfo,
+    Topology,
+    WindowRecord,
+)
 
-RUN_SCHEMA = 1
-"""The version of ``run.json``'s layout (``records.jsonl`` and ``windows.jsonl`` lines carry their own)."""
 
-
-def load_test_sets(cfg: ReplayConfig) -> tuple[Dataset, list[TestSet], dict[str, dict[str, Any]]]:
+def load_test_sets(cfg: ReplayConfig) -> tuple[Dataset, list[TestSet], dict[str, SplitInfo]]:
     """The test sets to replay and what ``run.json`` records about each split."""
     if cfg.data.test_file:
         ds = load_dataset(cfg.data.test_file, cfg.data.text_col, cfg.data.label_col)
@@ -45,21 +50,15 @@ def load_test_sets(cfg: ReplayConfig) -> tuple[Dataset, list[TestSet], dict[str,
         return (
             ds,
             [ts],
-            {
-                key: {
-                    "dataset": ds.name,
-                    "fingerprint": ds.fingerprint,
-                    "test_file": cfg.data.test_file,
-                    "majority_label": None,
-                }
-            },
+            {key: SplitInfo(dataset=ds.name, fingerprint=ds.fingerprint, test_file=cfg.data.test_file)},
         )
     ds = load_dataset(cfg.data.dataset, cfg.data.text_col, cfg.data.label_col)
-    tests, meta = [], {}
+    tests: list[TestSet] = []
+    meta: dict[str, SplitInfo] = {}
     for sp in study_splits(ds, cfg.data.n_train, cfg.data.n_test, cfg.data.splits, cfg.data.seed):
         maj = majority(sp.train.labels)
         tests.append(TestSet(sp.key, tuple(sp.test.ids), sp.test.texts, sp.test.labels, maj))
-        meta[sp.key] = {**split_identity(sp), "majority_label": maj}
+        meta[sp.key] = SplitInfo.model_validate({**split_identity(sp), "majority_label": maj})
     return ds, tests, meta
 
 
@@ -99,13 +98,19 @@ async def get_models(client: ClientPool | httpx.AsyncClient, base_url: str) -> M
     return None if body is None else ModelList.model_validate(body)
 
 
+async def get_energy(client: ClientPool | httpx.AsyncClient, base_url: str) -> EnergyView | None:
+    """``GET /v1/energy`` as an `EnergyView`; None if it never answers (a body that is not one raises)."""
+    body = await get_json(client, base_url, "/v1/energy")
+    return None if body is None else EnergyView.model_validate(body)
+
+
 def prepare_run_folder(
     cfg: ReplayConfig,
     ds: Dataset,
-    split_meta: dict[str, dict[str, Any]],
+    split_meta: dict[str, SplitInfo],
     model: str,
     listing: ModelList | None,
-    energy_body: dict[str, Any] | None,
+    energy: EnergyView | None,
     session: str,
     base_url: str,
 ) -> Path:
@@ -115,35 +120,34 @@ def prepare_run_folder(
     rdir = run_dir(Path(cfg.output.out), ds.name, topology, model, cfg.resolved_run_name(ds.fingerprint))
     rdir.mkdir(parents=True, exist_ok=True)
     path = rdir / RUN_FILE
-    old = json.loads(path.read_text()) if path.exists() else {}
+    old = RunInfo.model_validate_json(path.read_text()) if path.exists() else None
     ci = carbon_intensity(cfg.output.country)
-    meta = {
-        "schema_version": RUN_SCHEMA,
-        "model": model,
-        "dataset": ds.name,
-        "dataset_source": ds.source,
-        "fingerprint": ds.fingerprint,
-        "labels": list(ds.labels),
-        "label_check": compare_labels(ds.labels, entry),
-        "topology_name": topology,
-        "run": rdir.name,
-        "config": cfg.model_dump(mode="json"),
-        "splits": {**old.get("splits", {}), **split_meta},
-        "carbon": {"country": ci.country, "g_per_kwh": ci.g_per_kwh, "source": ci.source},
-        "topology": {
-            "model": entry.model_dump(exclude_unset=True) if entry is not None else None,
-            "gpus": metadata.gpu_count(entry),
-            "energy": ((energy_body or {}).get("deployments") or {}).get(model),
-            "url": base_url,
-        },
-        "versions": metadata.versions(),
-        "git_commit": metadata.git_commit(),
-        "machine": metadata.machine(),
-        "created_unix_s": old.get("created_unix_s", time.time()),
-        "sessions": [*old.get("sessions", []), {"session": session, "started_unix_s": time.time()}],
-    }
+    info = RunInfo(
+        model=model,
+        dataset=ds.name,
+        dataset_source=ds.source,
+        fingerprint=ds.fingerprint,
+        labels=list(ds.labels),
+        label_check=compare_labels(ds.labels, entry),
+        topology_name=topology,
+        run=rdir.name,
+        config=cfg.model_dump(mode="json"),
+        splits={**(old.splits if old else {}), **split_meta},
+        carbon=CarbonInfo(country=ci.country, g_per_kwh=ci.g_per_kwh, source=ci.source),
+        topology=Topology(
+            model=entry,
+            gpus=metadata.gpu_count(entry),
+            energy=energy.deployments.get(model) if energy is not None else None,
+            url=base_url,
+        ),
+        versions=metadata.versions(),
+        git_commit=metadata.git_commit(),
+        machine=metadata.machine(),
+        created_unix_s=old.created_unix_s if old else time.time(),
+        sessions=[*(old.sessions if old else []), Session(session=session, started_unix_s=time.time())],
+    )
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    tmp.write_text(info.model_dump_json(indent=2))
     tmp.replace(path)
     return rdir
 
@@ -164,7 +168,7 @@ async def replay_model_split(
         todo = sum(1 for r in plan if (model, test.split, r.index) not in store.done)
         if todo == 0:
             return 0
-        before = await get_json(client, base_url, "/v1/energy")
+        before = await get_energy(client, base_url)
         desc = f"{model} {test.split}"
         # A bar on a terminal; in a log (CI, tee) its carriage-return frames are noise: two lines instead.
         on_tty = sys.stderr.isatty()
@@ -199,7 +203,7 @@ async def replay_model_split(
             bar.close()
         if cfg.output.progress and not on_tty:
             print(f"{desc}: {window.sent} sent in {window.duration_s:.1f} s", file=sys.stderr, flush=True)
-        after = await get_json(client, base_url, "/v1/energy")
+        after = await get_energy(client, base_url)
     append_window(
         rdir / WINDOWS_FILE,
         WindowRecord(
@@ -226,7 +230,7 @@ async def replay_session(
     cfg: ReplayConfig,
     base_url: str,
     ds: Dataset,
-    split_meta: dict[str, dict[str, Any]],
+    split_meta: dict[str, SplitInfo],
     models: list[str],
     tests: list[TestSet],
     session: str,
@@ -241,9 +245,9 @@ async def replay_session(
         for test in tests:
             for model in models:
                 if model not in folders:
-                    energy_body = await get_json(client, base_url, "/v1/energy")
+                    energy = await get_energy(client, base_url)
                     folders[model] = prepare_run_folder(
-                        cfg, ds, split_meta, model, listing, energy_body, session, base_url
+                        cfg, ds, split_meta, model, listing, energy, session, base_url
                     )
                 await replay_model_split(
                     client, base_url, cfg, model, test, folders[model], session, run_name

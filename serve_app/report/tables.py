@@ -12,12 +12,12 @@ from serve_app.replay.summary import J_PER_WH, RunMetrics
 
 
 def _row(run: RunData, m: RunMetrics) -> dict[str, Any]:
-    meta = run.meta
-    gpus = int((meta.get("topology") or {}).get("gpus") or 0)
+    info = run.info
+    gpus = info.topology.gpus
     row = {
-        "dataset": meta.get("dataset", "?"),
-        "topology": meta.get("topology_name", "?"),
-        "run": meta.get("run", "?"),
+        "dataset": info.dataset,
+        "topology": info.topology_name,
+        "run": info.run,
         "gpus": gpus,
         "devices": f"{gpus} GPU" if gpus else "CPU",
         "path": str(run.path),

@@ -3,7 +3,7 @@ import pytest
 from serve_app.replay.records import EnergyTag, Record
 from serve_app.replay.summary import average_over_splits, combine_sources, macro_f1, split_metrics
 from serve_app.replay.window import energy_delta
-from serve_app.wire import WindowRecord
+from serve_app.wire import EnergyView, WindowRecord
 
 pytestmark = pytest.mark.unit
 
@@ -247,7 +247,7 @@ def test_energy_delta_sums_replicas_and_handles_new_and_reset():
                         "metered_j": 10.0,
                         "attributed_j": 6.0,
                         "idle_j": 4.0,
-                        "domains": {"cpu": 9.0},
+                        "domains": {"metered": {"cpu": 9.0}},
                     },
                     "r2": {"source": "rapl", "metered_j": 50.0, "attributed_j": 30.0, "idle_j": 20.0},
                 }
@@ -263,7 +263,7 @@ def test_energy_delta_sums_replicas_and_handles_new_and_reset():
                         "metered_j": 15.0,
                         "attributed_j": 9.0,
                         "idle_j": 6.0,
-                        "domains": {"cpu": 13.0},
+                        "domains": {"metered": {"cpu": 13.0}},
                     },
                     "r2": {
                         "source": "rapl",
@@ -276,6 +276,7 @@ def test_energy_delta_sums_replicas_and_handles_new_and_reset():
             }
         }
     }
+    before, after = EnergyView.model_validate(before), EnergyView.model_validate(after)
     d = energy_delta(before, after, "m")
     assert d["metered_j"] == pytest.approx(5 + 5 + 1)
     assert d["attributed_j"] == pytest.approx(3 + 3 + 1)
@@ -297,5 +298,5 @@ def test_energy_delta_nested_domains():
             "idle": {"cpu": 1.5, "dram": 0.5},
         },
     }
-    d = energy_delta(None, {"deployments": {"m": {"replicas": {"r": rep}}}}, "m")
+    d = energy_delta(None, EnergyView.model_validate({"deployments": {"m": {"replicas": {"r": rep}}}}), "m")
     assert d["domains_j"] == {"cpu": 2.5, "dram": 0.5} and d["idle_domains_j"] == {"cpu": 1.5, "dram": 0.5}

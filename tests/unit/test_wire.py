@@ -8,11 +8,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from serve_app.replay.client import Outcome
 from serve_app.replay.driver import outcome_to_record
 from serve_app.replay.plan import PlannedRequest
 from serve_app.replay.records import append_window, read_windows
-from serve_app.wire import WindowRecord
+from serve_app.wire import (
+    DeploymentEnergy,
+    EnergyView,
+    ModelEntry,
+    RunInfo,
+    Session,
+    SplitInfo,
+    Topology,
+    WindowRecord,
+)
 
 REQ = PlannedRequest(0, "r-0", ("t0", "t1"), ("a text", "another"), ("OTHER", "OFFENSE"))
 
@@ -94,3 +106,53 @@ def test_window_lines_round_trip_with_their_version(tmp_path: Path) -> None:
     assert first == w and first.section("energy_delta", "metered_j") == 2.5
     assert first.section("codecarbon", "energy_kwh") is None
     assert second.split == "s1" and second.energy_delta is None and second.schema_version == 1
+
+
+def test_energy_view_reads_the_routers_layout_and_refuses_another() -> None:
+    body = {
+        "deployments": {
+            "m": {
+                "replicas": {
+                    "r1": {
+                        "source": "estimate",
+                        "metered_j": 3.0,
+                        "attributed_j": 2.0,
+                        "idle_j": 1.0,
+                        "domains": {"metered": {"cpu": 2.5, "dram": 0.5}},
+                        "sampler_cpu_s": 0.25,  # a snapshot field the view does not name: kept
+                    }
+                },
+                "metered_j": 3.0,
+            }
+        },
+        "nodes": {"n1": {"metered_j": 9.0}},
+    }
+    view = EnergyView.model_validate(body)
+    rep = view.deployments["m"].replicas["r1"]
+    assert rep.domains["metered"]["dram"] == 0.5 and not rep.stale
+    assert rep.model_dump()["sampler_cpu_s"] == 0.25
+    assert DeploymentEnergy.of({"a": rep, "b": rep}).attributed_j == 4.0
+    # a body of another layout (flat domains, a list of replicas) is refused, never read as zeros
+    for bad in (
+        {"deployments": {"m": {"replicas": {"r1": {"domains": {"cpu": 2.5}}}}}},
+        {"deployments": {"m": {"replicas": [{"metered_j": 1.0}]}}},
+    ):
+        with pytest.raises(ValidationError):
+            EnergyView.model_validate(bad)
+
+
+def test_run_info_round_trips_and_an_old_file_reads_with_defaults() -> None:
+    info = RunInfo(
+        model="m",
+        dataset="ds",
+        splits={"s0": SplitInfo.model_validate({"dataset": "ds", "index": 0, "majority_label": "A"})},
+        topology=Topology(model=ModelEntry(id="m", kind="traditional", labels=["A", "B"]), gpus=0),
+        sessions=[Session(session="x", started_unix_s=1.0)],
+    )
+    back = RunInfo.model_validate_json(info.model_dump_json())
+    assert back == info and back.schema_version == 1
+    assert json.loads(info.model_dump_json())["splits"]["s0"]["index"] == 0  # identity fields kept
+    old = RunInfo.model_validate({"model": "m", "splits": {"s0": {"majority_label": "A"}}})
+    assert old.topology.model is None and old.carbon.g_per_kwh is None and old.topology_name == "?"
+    with pytest.raises(ValidationError):
+        RunInfo.model_validate({"dataset": "ds"})  # no model: not a run.json
