@@ -36,7 +36,7 @@ class EnergyConfig(Strict):
     """Meter through the node's energy account (``energy/account.py``: each node counter read once, split
     to process groups; serving overhead included). Off: the replica meters its own process tree (the
     pre-account design, kept for overhead benchmarks and replicas whose work spans nodes)."""
-    account_period_s: float = Field(0.5, gt=0, le=10)
+    account_period_s: float = Field(1.0, gt=0, le=10)
     """How often the node account splits its counters to processes (s): reading every process's CPU time
     costs CPU, so it runs coarser than the per-request split (see ``energy/share.py``)."""
     idle_w: dict[str, float] = Field(default_factory=dict)

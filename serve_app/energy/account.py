@@ -55,6 +55,8 @@ from serve_app.energy.procs import (
 log = logging.getLogger(__name__)
 SUSTAINED_S = 0.5
 """A tick at least this long counts as *sustained* for the lowest-power baseline (s)."""
+RATE_DECAY = 0.5
+"""How much less each older interval counts in the extrapolation rate (``rate_j_per_cpu_s``)."""
 
 
 def _add(d: dict[str, float], key: str, value: float) -> None:
@@ -99,7 +101,10 @@ class NodeAccount:
         self.cpu_cost_s = 0.0  # CPU time the ticks themselves used (s)
         self.error: str | None = None
         self._min_w: dict[str, float] = {}
-        self._rate: dict[str, float] = {}  # per counter: J per CPU-second of the last interval (active)
+        # per counter: active J and CPU-seconds of the recent intervals, each older interval counting
+        # RATE_DECAY times less (their ratio is the extrapolation rate, see `rate_j_per_cpu_s`)
+        self._recent_j: dict[str, float] = {}
+        self._recent_cpu_s: dict[str, float] = {}
         self._group_of_pid: dict[int, str] = {}
         self._deployments: dict[str, str] = {}  # replica/router group -> its Serve deployment
         self._base: dict[str, float] = {}
@@ -235,14 +240,16 @@ class NodeAccount:
                 self.flags.add("gpu_shared_equal_split")
             for g in owners or [OTHER]:
                 shares[g] = active / max(len(owners), 1)
-        elif denom > 0:
-            for g, d in cpu_d.items():
-                if d > 0:
-                    shares[g] = active * d / denom
-            shares[OTHER] = shares.get(OTHER, 0.0) + active * (denom - sum_cpu) / denom
-            self._rate[key] = active / denom
         else:
-            shares[OTHER] = active
+            self._recent_j[key] = self._recent_j.get(key, 0.0) * RATE_DECAY + active
+            self._recent_cpu_s[key] = self._recent_cpu_s.get(key, 0.0) * RATE_DECAY + denom
+            if denom > 0:
+                for g, d in cpu_d.items():
+                    if d > 0:
+                        shares[g] = active * d / denom
+                shares[OTHER] = shares.get(OTHER, 0.0) + active * (denom - sum_cpu) / denom
+            else:  # the counter moved but no CPU time was seen (clock-tick resolution): no one to split by
+                shares[OTHER] = active
         proxy = shares.pop(PROXY, 0.0)
         total_router = sum(routers_cpu.values())
         if proxy and total_router > 0:
@@ -263,6 +270,15 @@ class NodeAccount:
             _add(out, key, j)
         return out
 
+    def rate_j_per_cpu_s(self) -> dict[str, float]:
+        """Per CPU/DRAM counter: active J per CPU-second over the recent intervals (older ones decayed
+        by ``RATE_DECAY`` per tick). A single interval's ratio is noisy at clock-tick resolution (an
+        interval can see the counter move and no CPU time, or the reverse); the ratio of the decayed
+        sums is defined from the first CPU time seen and follows the load within a few ticks. It only
+        extrapolates between ticks (``share.py``); every tick replaces the extrapolation with the exact
+        split."""
+        return {k: j / self._recent_cpu_s[k] for k, j in self._recent_j.items() if self._recent_cpu_s[k] > 0}
+
     def share_of_pid(self, pid: int) -> dict[str, Any]:
         """What a replica (or router) process's meter needs: its group's cumulative energy at the last
         tick, its group's cumulative CPU time, the tick time, and each CPU/DRAM counter's last rate
@@ -278,7 +294,7 @@ class NodeAccount:
                 "energy_j": self.group_energy_j(group),
                 "cpu_s": self.group_cpu_s.get(group, 0.0),
                 "t_s": self.t_s,
-                "rate_j_per_cpu_s": dict(self._rate),
+                "rate_j_per_cpu_s": self.rate_j_per_cpu_s(),
                 "sources": dict(self.sources),
                 "ticks": self.ticks,
             }

@@ -21,6 +21,7 @@ Units: CPU time in seconds (from clock ticks, ``1 / SC_CLK_TCK`` s of resolution
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -141,9 +142,17 @@ def deployment_of(title: str) -> str | None:
 def own_group(title: str, pid: int, router_deployments: Iterable[str] = ROUTER_DEPLOYMENTS) -> str | None:
     """The group a process title names by itself, or None (it then takes its ancestor's). A replica's
     group is keyed by its PID only: its title changes while a method runs."""
+    kind = _title_kind(title, frozenset(router_deployments))
+    return f"{kind}:{pid}" if kind in ("replica", "router") else kind
+
+
+@functools.lru_cache(maxsize=4096)
+def _title_kind(title: str, routers: frozenset[str]) -> str | None:
+    """What a title alone says (``replica``, ``router``, proxy, Ray system or None), kept per title: a
+    scan asks it for every process every tick, and a node's titles are few."""
     deployment = deployment_of(title)
     if deployment is not None:
-        return f"router:{pid}" if deployment in router_deployments else f"replica:{pid}"
+        return "router" if deployment in routers else "replica"
     if title.startswith("ray::ProxyActor"):
         return PROXY
     if title.startswith("ray::") or any(w in title for w in _RAY_SYSTEM_WORDS):

@@ -100,7 +100,9 @@ class AccountShareMeter:
             self.error = None
             if self._exact and int(out["ticks"]) == self.ticks:
                 return  # the same tick again: keep extrapolating from where it arrived
-            self._exact = dict(out["energy_j"])
+            # every node counter, at 0 while the group has no share of it yet: a counter that showed
+            # up later would start a ledger at its value then, and that energy would be nobody's
+            self._exact = {**dict.fromkeys(out["sources"], 0.0), **out["energy_j"]}
             self._rate = dict(out["rate_j_per_cpu_s"])
             self._cpu_at_share_s = self._cpu_at(float(out["t_s"]))
             self.group, self.sources, self.ticks = out["group"], dict(out["sources"]), int(out["ticks"])
