@@ -64,7 +64,7 @@ async def measure(artifacts: str, texts: list[str], rounds: int) -> dict[str, An
                 lat[name].append(time.perf_counter() - t0)
     p50 = {n: statistics.median(v) * 1e6 for n, v in lat.items()}
 
-    energy = objs["on"].replica_energy
+    energy = objs["on"].server.energy
     info = energy.info
 
     def per_call_us(fn: Any, n: int = 2000) -> float:
