@@ -83,6 +83,8 @@ class ServeComparison(BaseModel):
     serve_texts_per_s: list[float]
     serve_vs_inprocess_ratio: list[float]
     serve_start_s: float
+    serve_meter: str = "estimate"
+    """The Serve app's ``energy.meter`` (``off``: the same app without metering, to isolate its cost)."""
 
 
 class BenchResult(BaseModel):
@@ -214,7 +216,10 @@ def serve_comparison(
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         t0 = time.perf_counter()
-        serve.run(build_app({"classifiers": [spec_dict]}), name="llm", route_prefix="/", blocking=False)
+        # all texts in flight at once, as in-process: the last request waits for the whole set, so the
+        # router's timeout must cover that (the default 120 s cut the last request here: 504)
+        app = build_app({"classifiers": [spec_dict], "router": {"request_timeout_s": 1800}})
+        serve.run(app, name="llm", route_prefix="/", blocking=False)
         wait_http(f"http://127.0.0.1:{port}/readyz", timeout_s=900)
         start_s = time.perf_counter() - t0
         url = f"http://127.0.0.1:{port}/v1/classify"
@@ -233,6 +238,7 @@ def serve_comparison(
         serve_texts_per_s=tps,
         serve_vs_inprocess_ratio=[s / i for s, i in zip(tps, inproc_tps, strict=True)],
         serve_start_s=start_s,
+        serve_meter=spec_dict["energy"]["meter"],
     )
 
 
@@ -257,6 +263,9 @@ def main() -> None:
     ap.add_argument("--serve", action="store_true", help="also compare Serve over HTTP (score mode)")
     ap.add_argument("--serve-batch", type=int, default=25, help="texts per HTTP request")
     ap.add_argument("--serve-concurrency", type=int, default=8, help="HTTP requests in flight")
+    ap.add_argument(
+        "--serve-meter", default="estimate", choices=["estimate", "auto", "off"], help="the Serve app's meter"
+    )
     ap.add_argument("--out", default=str(REPO / "results" / "bench_llm_modes.json"))
     args = ap.parse_args()
 
@@ -342,7 +351,7 @@ def main() -> None:
     Path(args.out).write_text(out.model_dump_json(indent=2))  # written before the Serve step can fail
     if args.serve and inproc_tps:
         out.serve = serve_comparison(
-            spec_dict,
+            {**spec_dict, "energy": {**spec_dict["energy"], "meter": args.serve_meter}},
             texts,
             "score",
             inproc_tps,

@@ -29,6 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from ray import serve  # noqa: E402
+
 MODEL = "tfidf-logreg"
 VARIANTS: dict[str, dict[str, Any]] = {
     "off": {"meter": "off"},
@@ -90,6 +93,17 @@ async def measure(artifacts: str, texts: list[str], rounds: int) -> dict[str, An
     }
 
 
+@serve.deployment
+class Probe:
+    """A replica that runs `measure` (the replica context must exist for the servers it builds)."""
+
+    def __init__(self, artifacts: str, texts: list[str]) -> None:
+        self.artifacts, self.texts = artifacts, texts
+
+    async def run(self, rounds: int) -> dict[str, Any]:
+        return await measure(self.artifacts, self.texts, rounds)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -97,7 +111,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
-    from ray import serve
 
     from serve_app.data import load_dataset, make_split
     from serve_app.train import train_split
@@ -108,16 +121,11 @@ def main() -> None:
     train_split(split, [MODEL], artifacts, ds.labels, ds.source)
     texts = list(split.test.texts)
 
-    @serve.deployment
-    class Probe:
-        async def run(self, rounds: int) -> dict[str, Any]:
-            return await measure(str(artifacts), texts, rounds)
-
     ray.init(
         num_cpus=4, include_dashboard=False, logging_level="ERROR", _temp_dir=tempfile.mkdtemp(prefix="aw-b-")
     )
     try:
-        handle = serve.run(Probe.bind(), name="replica-overhead", route_prefix=None)
+        handle = serve.run(Probe.bind(str(artifacts), texts), name="replica-overhead", route_prefix=None)
         out = handle.run.remote(args.rounds).result(timeout_s=1800)
     finally:
         serve.shutdown()

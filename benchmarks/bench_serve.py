@@ -11,7 +11,9 @@ Prints:
 2. throughput (texts/s, batched, concurrent) and p50 latency (single-text requests, one at a time,
    alternating between the apps) with energy metering on versus off (two otherwise identical apps on
    the same Ray), as a ratio and a difference;
-3. the sampler thread's CPU cost per second, from the metered replica, and the node account's own CPU
+3. what metering adds to a single-text request inside the replica, without HTTP (the measurement of
+   ``bench_replica_overhead.py``, run in the same Ray);
+4. the sampler thread's CPU cost per second, from the metered replica, and the node account's own CPU
    cost (its ticks' thread time over its window) as a share of one core.
 
 Usage: .venv/bin/python benchmarks/bench_serve.py [--texts 4000] [--batch 32] [--concurrency 8]
@@ -149,6 +151,11 @@ def main() -> None:
             tps[app].append(asyncio.run(throughput(urls[app], texts, args.batch, args.concurrency)))
         for meter, ms in p50_latency_ms(urls, texts[: args.latency_requests]).items():
             p50[meter].append(ms)
+    # in-replica cost of metering, without HTTP (bench_replica_overhead.py), in the same Ray and run
+    from benchmarks.bench_replica_overhead import Probe
+
+    probe = serve.run(Probe.bind(str(artifacts), list(split.test.texts)), name="probe", route_prefix=None)
+    in_replica = probe.run.remote(1).result(timeout_s=1800)
     view = httpx.get(f"{base}/auto/v1/energy", timeout=30).json()
     snap = view["deployments"][MODEL]
     accounts = list(view.get("nodes", {}).values())
@@ -182,6 +189,8 @@ def main() -> None:
         "p50_ms_metered": on_p50,
         "p50_ms_unmetered": off_p50,
         "metering_added_p50_ms": on_p50 - off_p50,
+        "in_replica_p50_us": in_replica["p50_us"],
+        "in_replica_added_p50_us": in_replica["added_p50_us"]["on"],
         "sampler_cpu_ms_per_s": replica["sampler_cpu_s"] / wall_s * 1e3 if wall_s > 0 else 0.0,
         "energy_source": replica["source"],
         "node_account_cpu_share_of_one_core": (
@@ -216,6 +225,9 @@ def main() -> None:
     )
     print(
         f"  p50 single-text latency: on {on_p50:.2f} ms, off {off_p50:.2f} ms, added {on_p50 - off_p50:+.3f} ms"
+    )
+    print(
+        f"  in-replica added p50 (no HTTP, bench_replica_overhead): {result['in_replica_added_p50_us']:+.0f} µs"
     )
     print(
         f"  sampler CPU cost: {result['sampler_cpu_ms_per_s']:.2f} ms per second ({replica['source']} meter)"

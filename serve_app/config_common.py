@@ -39,6 +39,10 @@ class EnergyConfig(Strict):
     account_period_s: float = Field(1.0, gt=0, le=10)
     """How often the node account splits its counters to processes (s): reading every process's CPU time
     costs CPU, so it runs coarser than the per-request split (see ``energy/share.py``)."""
+    codecarbon: bool = False
+    """Run CodeCarbon on every node beside the node account (``energy/crosscheck.py``): ``/v1/energy``
+    then shows, per node, CodeCarbon's energy next to the account's over the same window (needs the
+    ``carbon`` extra)."""
     idle_w: dict[str, float] = Field(default_factory=dict)
     """The node's baseline idle power (W) per counter key or domain (``{"cpu": 12}``); unset: the lowest
     sustained power the account has seen (0 for the estimate's CPU counter)."""

@@ -38,6 +38,7 @@ from typing import Any
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.account import NodeAccount
 from serve_app.energy.base import Meter, MeterError, MeterInfo, Reading, now_s
+from serve_app.energy.crosscheck import NodeCodeCarbon, cross_check
 from serve_app.energy.keys import RemoteProcesses, node_key
 from serve_app.energy.nodemeter import make_node_counters
 from serve_app.energy.probe import make_node_meter
@@ -61,6 +62,8 @@ class NodeEnergyAgentImpl:
         self._groups: dict[str, Meter] = {}
         self._accounts: dict[str, NodeAccount] = {}  # one per counters configuration (see account_key)
         self._account_lock = threading.Lock()
+        self._codecarbon: NodeCodeCarbon | None = None  # started by the first account that asks for it
+        self._cc_origin: dict[str, dict[str, float]] = {}  # account key -> its origin in the cross-check
 
     # -- the node account (one per node and counters configuration; see account.py) ------------------
     def start_account(self, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -77,6 +80,13 @@ class NodeEnergyAgentImpl:
                     name="accuwatt-account",
                     daemon=True,
                 ).start()
+            if ecfg.codecarbon and key not in self._cc_origin:
+                self._codecarbon = self._codecarbon or NodeCodeCarbon()
+                self._cc_origin[key] = {
+                    **self._codecarbon.energy_j(),
+                    "account": self._accounts[key].snapshot()["metered_j"],
+                    "t_s": time.monotonic(),
+                }
             return {"node": self.node, "key": key, "sources": dict(self._accounts[key].sources)}
 
     def _tick_loop(self, account: NodeAccount, period_s: float) -> None:
@@ -105,7 +115,14 @@ class NodeEnergyAgentImpl:
             account.own_gpus(gpu_keys, group_pid)
 
     def account_snapshot(self) -> list[dict[str, Any]]:
-        return [{**a.snapshot(), "account": k} for k, a in sorted(self._accounts.items())]
+        """Every account of the node; with ``energy.codecarbon``, its ``codecarbon`` cross-check."""
+        out = []
+        for key, account in sorted(self._accounts.items()):
+            snap = {**account.snapshot(), "account": key}
+            if self._codecarbon is not None and key in self._cc_origin:
+                snap["codecarbon"] = cross_check(self._codecarbon, self._cc_origin[key], snap["metered_j"])
+            out.append(snap)
+        return out
 
     def where(self) -> dict[str, Any]:
         import os

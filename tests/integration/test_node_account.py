@@ -80,7 +80,10 @@ def wait_for_account(base: str, ticks: int) -> dict[str, Any]:
 
 
 def test_node_account_under_load(serve_app_factory, demo_artifacts) -> None:
-    base = serve_app_factory(traditional_config(demo_artifacts, MODELS), name="acct", route_prefix="/acct")
+    cfg = traditional_config(demo_artifacts, MODELS)
+    for c in cfg["classifiers"]:  # CodeCarbon beside the account: same node, same window
+        c["energy"] = {"codecarbon": True}
+    base = serve_app_factory(cfg, name="acct", route_prefix="/acct")
     for m in MODELS:  # warm-up: every replica and the router have their share
         assert (
             httpx.post(f"{base}/v1/classify", json={"model": m, "texts": TEXTS}, timeout=60).status_code
@@ -88,8 +91,8 @@ def test_node_account_under_load(serve_app_factory, demo_artifacts) -> None:
         )
     sampler = BusySampler()
     try:
-        time.sleep(0.5)
-        v0 = wait_for_account(base, 2)
+        first = wait_for_account(base, 2)  # fetched after the sampler started: a later tick is inside it
+        v0 = wait_for_account(base, first["nodes"][ours(first)]["ticks"] + 1)
         n0 = v0["nodes"][ours(v0)]["ticks"]
 
         def one(i: int) -> dict[str, Any]:
@@ -146,10 +149,19 @@ def test_node_account_under_load(serve_app_factory, demo_artifacts) -> None:
     assert ledger_j <= account_j + pending + 0.01 * d_metered
     tag_j = sum(t["joules"] for t in tags)
     assert 0 < tag_j <= d_metered
+    # CodeCarbon on the same node since this app's replicas joined (energy/crosscheck.py): another
+    # tool's estimate built another way (its TDP table x CPU load, RAM per DIMM), so only the order of
+    # magnitude is comparable here; a node counter counted once per replica would fall outside
+    cc = a1["codecarbon"]
+    assert cc["error"] is None and cc["energy_j"] > 0, cc
+    assert 0 < cc["account_metered_j"] <= a1["metered_j"]
+    assert 0.1 < cc["ratio"] < 10, cc
     print(
         f"\nnode {node}: metered {d_metered:.2f} J = baseline {d_baseline:.2f} + groups "
         f"{ {k: round(a1['by_kind_j'].get(k, 0) - a0['by_kind_j'].get(k, 0), 2) for k in a1['by_kind_j']} }; "
         f"{len(tags)} tags sum {tag_j:.2f} J (model {sum(t['model_j'] for t in tags):.2f}, overhead "
         f"{sum(t['overhead_j'] for t in tags):.2f}); /proc/stat cpu J in [{0.95 * (lo1 - hi0) * per_core_w:.2f},"
-        f" {1.05 * (hi1 - lo0) * per_core_w:.2f}] vs account {d_cpu:.2f}"
+        f" {1.05 * (hi1 - lo0) * per_core_w:.2f}] vs account {d_cpu:.2f}; CodeCarbon {cc['energy_j']:.2f} J "
+        f"(cpu {cc['cpu_j']:.2f}, ram {cc['ram_j']:.2f}) vs account {cc['account_metered_j']:.2f} J over "
+        f"{cc['since_s']:.1f} s"
     )
