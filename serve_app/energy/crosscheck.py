@@ -25,6 +25,23 @@ MEASURE_S = 15.0
 the time since its last sample, so a window's tail is never missing."""
 
 
+def start_tracker(project: str, country: str = "DEU", measure_s: float = MEASURE_S) -> Any:
+    """A started CodeCarbon ``OfflineEmissionsTracker`` (no files written); raises when CodeCarbon is
+    not installed or has no usable backend here. The one place accuwatt builds a tracker."""
+    from codecarbon import OfflineEmissionsTracker
+
+    logging.getLogger("codecarbon").setLevel(logging.ERROR)
+    tracker = OfflineEmissionsTracker(
+        country_iso_code=country,
+        measure_power_secs=measure_s,
+        save_to_file=False,
+        log_level="error",
+        project_name=project,
+    )
+    tracker.start()
+    return tracker
+
+
 class NodeCodeCarbon:
     """One CodeCarbon tracker for the node (started at construction; failures are kept as ``error``)."""
 
@@ -33,18 +50,8 @@ class NodeCodeCarbon:
         self._tracker: Any = None
         self.error: str | None = None
         self.started_s = time.monotonic()
-        try:
-            from codecarbon import OfflineEmissionsTracker
-
-            logging.getLogger("codecarbon").setLevel(logging.ERROR)
-            self._tracker = OfflineEmissionsTracker(
-                country_iso_code="DEU",  # only its CO2 figure depends on it; energy is what is compared
-                measure_power_secs=measure_s,
-                save_to_file=False,
-                log_level="error",
-                project_name="accuwatt-node",
-            )
-            self._tracker.start()
+        try:  # the country only changes CodeCarbon's CO2 figure; energy is what is compared
+            self._tracker = start_tracker("accuwatt-node", measure_s=measure_s)
         except Exception as exc:  # not installed, or no usable backend on this node
             self._tracker, self.error = None, f"{type(exc).__name__}: {exc}"[:300]
 
@@ -78,6 +85,7 @@ def cross_check(cc: NodeCodeCarbon, origin: dict[str, float], account_metered_j:
     cc_j = {k: v - origin.get(k, 0.0) for k, v in now.items()}
     acc_j = account_metered_j - origin.get("account", 0.0)
     return {
+        "source": "codecarbon",
         "energy_j": cc_j["total"],
         "cpu_j": cc_j["cpu"],
         "ram_j": cc_j["ram"],

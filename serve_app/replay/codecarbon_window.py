@@ -7,8 +7,9 @@ installed the window reports ``{"error": ...}`` and the replay goes on.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
+
+from serve_app.energy.crosscheck import start_tracker
 
 
 class CodeCarbonWindow:
@@ -20,17 +21,7 @@ class CodeCarbonWindow:
 
     def start(self) -> None:
         try:
-            from codecarbon import OfflineEmissionsTracker
-
-            logging.getLogger("codecarbon").setLevel(logging.ERROR)
-            self._tracker = OfflineEmissionsTracker(
-                country_iso_code=self.country,
-                measure_power_secs=self.measure_power_secs,
-                save_to_file=False,
-                log_level="error",
-                project_name="accuwatt-replay",
-            )
-            self._tracker.start()
+            self._tracker = start_tracker("accuwatt-replay", self.country, self.measure_power_secs)
         except Exception as exc:  # not installed, or no usable backend on this machine
             self._tracker, self._error = None, f"{type(exc).__name__}: {exc}"
 
