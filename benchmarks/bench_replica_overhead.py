@@ -1,6 +1,6 @@
 """What metering adds to one request inside a replica, without HTTP noise.
 
-Inside one Serve replica (so that the replica context exists), three ``ClassifierServer`` objects on
+Inside one Serve replica (so that the replica context exists), three ``ClassifierHost`` objects on
 the same tfidf-logreg artifact: metering ``off`` (the baseline), ``auto`` (the estimate meter here,
 50 ms sampler) and ``auto`` with a 10 s sampler (isolates the per-request path from the sampler
 thread). Single-text ``classify`` calls, round-robin with the order flipped every request, batch wait
@@ -42,20 +42,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 async def measure(artifacts: str, texts: list[str], rounds: int) -> dict[str, Any]:
     """Runs inside the replica."""
-    from serve_app.deployment import ClassifierServer
+    from serve_app.deployment import ClassifierHost
     from serve_app.energy.tag import make_tag
 
-    cls: Any = ClassifierServer.func_or_class
     objs: dict[str, Any] = {}
     for name, energy in VARIANTS.items():
-        o = cls.__new__(cls)
+        o = ClassifierHost()
         spec = {
             "kind": "traditional",
             "id": MODEL,
             "energy": energy,
             "deployment": {"batch_wait_timeout_s": 0},
         }
-        await o.__init__(spec, artifacts)
+        await o.start(spec, artifacts)
         objs[name] = o
     names = list(objs)
     lat: dict[str, list[float]] = {n: [] for n in names}

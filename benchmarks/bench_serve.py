@@ -5,7 +5,8 @@ Prints:
 0. accuwatt's throughput (texts/s, batched, concurrent) and p50 latency against a bare Ray Serve app
    with the same two hops and model (`benchmarks/bare_serve.py`: FastAPI ingress -> model deployment,
    dynamic batching, nothing else), and the bare single-hop layout (model inside the ingress) beside
-   them: the serving cost accuwatt adds, measured against the real anchor;
+   them: the serving cost accuwatt adds, measured against the real anchor; and accuwatt's single-hop
+   layout (``router.layout: single_hop``, metered) against the bare one hop and both two-hop apps;
 1. texts/s of batched HTTP classification through the router and Serve, against the in-process
    prediction `accuwatt evaluate` does (one `predict` call over the same texts), as a ratio;
 2. throughput (texts/s, batched, concurrent) and p50 latency (single-text requests, one at a time,
@@ -127,23 +128,19 @@ def main() -> None:
         urls[name] = f"{base}/{name}/v1/classify"
         wait_ready(urls[name])
         asyncio.run(throughput(urls[name], texts[:500], args.batch, args.concurrency))  # warm up
-    for meter in ("auto", "off"):
+    for meter, layout in (("auto", "two_hop"), ("off", "two_hop"), ("hop", "single_hop")):
+        energy = {"meter": "off"} if meter == "off" else {"meter": "auto", **overrides}
         cfg = {
             "artifacts_dir": str(artifacts),
-            "classifiers": [
-                {
-                    "kind": "traditional",
-                    "id": MODEL,
-                    "energy": {"meter": meter, **(overrides if meter == "auto" else {})},
-                }
-            ],
+            "router": {"layout": layout},
+            "classifiers": [{"kind": "traditional", "id": MODEL, "energy": energy}],
         }
         serve.run(build_app(cfg), name=f"m-{meter}", route_prefix=f"/{meter}", blocking=False)
         wait_http(f"{base}/{meter}/readyz")
         urls[meter] = f"{base}/{meter}/v1/classify"
         asyncio.run(throughput(urls[meter], texts[:500], args.batch, args.concurrency))  # warm up
 
-    apps = ("bare2", "off", "auto", "bare1")
+    apps = ("bare2", "off", "auto", "hop", "bare1")
     tps: dict[str, list[float]] = {a: [] for a in apps}
     p50: dict[str, list[float]] = {a: [] for a in apps}
     for r in range(args.rounds):
@@ -168,6 +165,7 @@ def main() -> None:
     on_p50, off_p50 = statistics.median(p50["auto"]), statistics.median(p50["off"])
     bare_tps, one_tps = statistics.median(tps["bare2"]), statistics.median(tps["bare1"])
     bare_p50, one_p50 = statistics.median(p50["bare2"]), statistics.median(p50["bare1"])
+    hop_tps, hop_p50 = statistics.median(tps["hop"]), statistics.median(p50["hop"])
     result = {
         "bare_two_hop_texts_per_s": bare_tps,
         "bare_one_hop_texts_per_s": one_tps,
@@ -177,6 +175,11 @@ def main() -> None:
         "p50_ms_bare_two_hop": bare_p50,
         "p50_ms_bare_one_hop": one_p50,
         "accuwatt_added_p50_ms_vs_bare": on_p50 - bare_p50,
+        "single_hop_texts_per_s": hop_tps,
+        "single_hop_vs_bare_one_hop_throughput_ratio": hop_tps / one_tps,
+        "single_hop_vs_bare_two_hop_throughput_ratio": hop_tps / bare_tps,
+        "single_hop_vs_accuwatt_two_hop_throughput_ratio": hop_tps / on_tps,
+        "single_hop_added_p50_ms_vs_bare_one_hop": hop_p50 - one_p50,
         "texts": len(texts),
         "batch": args.batch,
         "concurrency": args.concurrency,
@@ -215,6 +218,11 @@ def main() -> None:
     print(
         f"  accuwatt vs bare two hops: throughput ratio {on_tps / bare_tps:.3f} (metering off "
         f"{off_tps / bare_tps:.3f}), p50 {on_p50 - bare_p50:+.2f} ms"
+    )
+    print(
+        f"  accuwatt single hop (metered): {hop_tps:10.0f} texts/s   vs bare one hop {hop_tps / one_tps:.3f}, "
+        f"vs bare two hops {hop_tps / bare_tps:.3f}, vs accuwatt two hops {hop_tps / on_tps:.3f}, "
+        f"p50 {hop_p50:.2f} ms ({hop_p50 - one_p50:+.2f} ms vs bare one hop)"
     )
     print(f"  in-process predict (accuwatt evaluate): {inproc_tps:10.0f} texts/s")
     print(

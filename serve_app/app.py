@@ -2,7 +2,8 @@
 
 ``serve run deployments/local.yaml`` and Python (``serve.run(build_app(cfg))``) call the same function:
 it validates the config once, trains missing traditional models when the config asks for it,
-and binds one `ClassifierServer` deployment per classifier behind the `Router`.
+and binds one `ClassifierServer` deployment per classifier behind the `Router` (two hops), or, with
+``router.layout: single_hop``, the one classifier inside the router's replicas.
 """
 
 from __future__ import annotations
@@ -75,19 +76,27 @@ def _serve_options(spec: ClassifierSpec) -> dict[str, Any]:
 def build_app(args: dict[str, Any]) -> Application:
     cfg = AppConfig.from_args(args)
     artifacts = str(ensure_artifacts(cfg))
-    server: Any = ClassifierServer  # a serve.Deployment at run time
+    router: Any = Router  # a serve.Deployment at run time
+    energy = overhead_energy(cfg).model_dump()
+    if cfg.router.layout == "single_hop":  # the one classifier inside the router's replicas
+        spec = cfg.classifiers[0]
+        ingress = router.options(
+            **{**_serve_options(spec), "name": "router"}, max_constructor_retry_count=ROUTER_START_ATTEMPTS
+        )
+        local = {"spec": spec.model_dump(), "artifacts_dir": artifacts}
+        return ingress.bind({}, cfg.router.model_dump(), energy, local)
+    server: Any = ClassifierServer
     handles = {
         spec.id: server.options(**_serve_options(spec)).bind(spec.model_dump(), artifacts)
         for spec in cfg.classifiers
     }
-    router: Any = Router
     ingress = router.options(
         num_replicas=1,
         max_ongoing_requests=cfg.router.max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.router.num_cpus},
         max_constructor_retry_count=ROUTER_START_ATTEMPTS,
     )
-    return ingress.bind(handles, cfg.router.model_dump(), overhead_energy(cfg).model_dump())
+    return ingress.bind(handles, cfg.router.model_dump(), energy)
 
 
 def overhead_energy(cfg: AppConfig) -> EnergyConfig:

@@ -72,6 +72,13 @@ class RouterConfig(Strict):
     """Idempotent classification is retried this often when a replica dies mid-request."""
     num_cpus: float = Field(0.25, ge=0)
     max_ongoing_requests: int = Field(512, ge=1)
+    layout: Literal["two_hop", "single_hop"] = "two_hop"
+    """``two_hop`` (default): the router is one deployment and each classifier another (proxy -> router
+    -> classifier replica). ``single_hop``: one traditional classifier runs inside the router's replica
+    (proxy -> router), which saves a Serve hop per request; the router's checks are the same. The
+    replica then takes the classifier's ``deployment`` options (replicas, CPUs), and its energy tag
+    covers the one process and the proxy's part as a whole (``model_j`` and ``overhead_j`` stay empty,
+    see ``energy/tag.py: single_hop_tag``)."""
 
 
 class AppConfig(Strict):
@@ -89,6 +96,18 @@ class AppConfig(Strict):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"classifier ids must be unique, repeated: {dupes}")
+        return self
+
+    @model_validator(mode="after")
+    def _single_hop_fits(self) -> AppConfig:
+        if self.router.layout != "single_hop":
+            return self
+        if len(self.classifiers) != 1 or self.classifiers[0].kind != "traditional":
+            kinds = [f"{c.id} ({c.kind})" for c in self.classifiers]
+            raise ValueError(
+                "router.layout single_hop serves exactly one traditional classifier inside the router's "
+                f"replica; this config has {kinds}: use layout two_hop (the default), or one app per model"
+            )
         return self
 
     @classmethod

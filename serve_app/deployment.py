@@ -89,14 +89,15 @@ def build_meter(spec: ClassifierSpec, workers: list[WorkerProcess]) -> tuple[Met
     return meter, flags
 
 
-@serve.deployment
-class ClassifierServer:
-    """A Serve deployment class; `app.py` binds one per classifier spec. It builds the classifier and
-    its energy from the spec and serves them through a `ClassifierReplica` (``server.py``)."""
+class ClassifierHost:
+    """One classifier in a Serve replica: builds the classifier and its energy from the spec and serves
+    them through a `ClassifierReplica` (``server.py``), with batching and metrics export. It runs as
+    its own deployment (`ClassifierServer`, the default two-hop layout) or inside the router's replica
+    (``router.layout: single_hop``, see ``router.py``)."""
 
     # Async so that an LLM classifier can ask its engine where its workers run, on the loop that
-    # then serves requests (Serve awaits an async constructor on the replica's event loop).
-    async def __init__(self, spec: dict[str, Any], artifacts_dir: str) -> None:  # type: ignore[misc]
+    # then serves requests (the replica's event loop).
+    async def start(self, spec: dict[str, Any], artifacts_dir: str) -> None:
         self.spec = AppConfig.model_validate({"classifiers": [spec]}).classifiers[0]
         classifier = build_classifier(self.spec, Path(artifacts_dir))
         ctx = serve.get_replica_context()
@@ -212,3 +213,12 @@ class ClassifierServer:
             self.server.close()
         except Exception:
             pass
+
+
+@serve.deployment
+class ClassifierServer(ClassifierHost):
+    """A classifier deployment (two-hop layout): `app.py` binds one per classifier spec behind the router."""
+
+    # Serve awaits an async constructor on the replica's event loop.
+    async def __init__(self, spec: dict[str, Any], artifacts_dir: str) -> None:  # type: ignore[misc]
+        await self.start(spec, artifacts_dir)

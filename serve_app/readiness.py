@@ -22,9 +22,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from serve_app.backends import Backend
 from serve_app.wire import ModelDescription, ModelEntry
 
 log = logging.getLogger("accuwatt.readiness")
@@ -88,10 +90,10 @@ def deployment_state(detail: dict[str, Any] | None) -> tuple[str, str | None, st
 class ModelStates:
     """The cached states of one application's classifiers, refreshed by a background task."""
 
-    def __init__(self, app_name: str, handles: dict[str, Any]) -> None:
+    def __init__(self, app_name: str, backends: Mapping[str, Backend]) -> None:
         self.app_name = app_name
-        self.handles = handles
-        self.states = {m: ModelState() for m in handles}
+        self.backends = backends
+        self.states = {m: ModelState() for m in backends}
         self._polled = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._controller: Any = None
@@ -157,16 +159,14 @@ class ModelStates:
     async def _describe(self, model_id: str) -> None:
         st = self.states[model_id]
         try:
-            st.description = await asyncio.wait_for(
-                self.handles[model_id].describe.remote(), DESCRIBE_TIMEOUT_S
-            )
+            st.description = await asyncio.wait_for(self.backends[model_id].describe(), DESCRIBE_TIMEOUT_S)
         except Exception as exc:  # retried on the next poll
             st.reason = f"describe() of a running replica failed: {type(exc).__name__}"
             return
         self._set(model_id, st, "ready", None)
 
     def _name(self, model_id: str) -> str:
-        return str(getattr(self.handles[model_id], "deployment_name", model_id))
+        return self.backends[model_id].deployment_name
 
     @staticmethod
     def _set(model_id: str, st: ModelState, state: str, reason: str | None) -> None:

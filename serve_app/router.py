@@ -35,11 +35,15 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from serve_app.backends import Backend, LocalClassifier, RemoteClassifier
 from serve_app.config import RouterConfig
 from serve_app.config_common import EnergyConfig
+from serve_app.deployment import ClassifierHost
 from serve_app.energy.agents import node_snapshots
 from serve_app.energy.overhead import ServingOverhead
-from serve_app.energy.tag import add_overhead
+from serve_app.energy.share import AccountShareMeter
+from serve_app.energy.tag import add_overhead, single_hop_tag
+from serve_app.energy.window import RequestWindow
 from serve_app.idempotency import IdempotencyCache, fingerprint
 from serve_app.readiness import LOADING_RETRY_AFTER_S, ModelState, ModelStates
 from serve_app.registry import registry
@@ -197,13 +201,26 @@ def _progress(snap: dict[str, Any]) -> tuple[int, float]:
 class Router:
     # Async: the constructor asks the Serve controller where the proxies listen (see `serve_http_host`).
     async def __init__(  # type: ignore[misc]
-        self, classifiers: dict[str, Any], router: dict[str, Any], energy: dict[str, Any] | None = None
+        self,
+        classifiers: dict[str, Any],
+        router: dict[str, Any],
+        energy: dict[str, Any] | None = None,
+        single_hop: dict[str, Any] | None = None,
     ) -> None:
-        """``energy``: the classifiers' energy configuration; the serving overhead is metered on the
-        same node account as their model energy (another configuration would start a second account
-        that counts the node again)."""
-        self.handles = classifiers
+        """``classifiers``: model id -> Serve handle of its deployment. ``energy``: the classifiers'
+        energy configuration; the serving overhead is metered on the same node account as their model
+        energy (another configuration would start a second account that counts the node again).
+        ``single_hop``: ``{"spec", "artifacts_dir"}`` of the one classifier this replica runs itself
+        (``router.layout: single_hop``)."""
         self.cfg = RouterConfig.model_validate(router)
+        ctx = serve.get_replica_context()
+        self.backends: dict[str, Backend] = {m: RemoteClassifier(h) for m, h in classifiers.items()}
+        self._local: ClassifierHost | None = None
+        if single_hop is not None:
+            self._local = ClassifierHost()
+            await self._local.start(single_hop["spec"], single_hop["artifacts_dir"])
+            own_deployment = ctx.deployment if ctx else "router"
+            self.backends[self._local.spec.id] = LocalClassifier(self._local, own_deployment)
         self.limits = Limits(self.cfg.max_body_bytes, self.cfg.max_texts, self.cfg.max_text_chars)
         self._api_key = load_api_key(self.cfg)
         host = await serve_http_host()
@@ -211,20 +228,23 @@ class Router:
         self._seen: dict[str, dict[str, dict[str, Any]]] = {}  # highest energy snapshot seen per replica
         self._inflight = 0
         self._idempotency = IdempotencyCache()
-        ctx = serve.get_replica_context()
         self._app = ctx.app_name if ctx else "local"
-        self._states = ModelStates(self._app, self.handles)
+        self._states = ModelStates(self._app, self.backends)
         # Start the app's energy registry now (its worker takes seconds to start): a replica's first
         # snapshots then reach it, and a replica that dies young still leaves them.
         if ctx is not None:
             registry(self._app)
 
         self._overhead = ServingOverhead(
-            EnergyConfig.model_validate(energy or {}), current_node_name(), current_node_id()
+            EnergyConfig.model_validate(energy or {}),
+            current_node_name(),
+            current_node_id(),
+            "single_hop: in the classifier's figures" if self._local is not None else None,
         )
         log.info(
-            "router ready: %d classifiers, HTTP host %s, auth %s",
-            len(self.handles),
+            "router ready: %d classifiers (%s), HTTP host %s, auth %s",
+            len(self.backends),
+            self.cfg.layout,
             host,
             "on" if self._api_key else "off (loopback only)",
         )
@@ -280,11 +300,11 @@ class Router:
     async def _call(self, model_id: str, texts: list[str], mode: str | None, rid: str) -> dict[str, Any]:
         """Classify on a replica; a replica that dies mid-request is retried ``retries`` times (the
         request is idempotent: same ``request_id``, no side effect but the dead replica's ledger)."""
-        handle = self.handles[model_id]
+        backend = self.backends[model_id]
         for attempt in range(self.cfg.retries + 1):
             try:
                 return await asyncio.wait_for(
-                    handle.classify.remote(texts, mode, rid), timeout=self.cfg.request_timeout_s
+                    backend.classify(texts, mode, rid), timeout=self.cfg.request_timeout_s
                 )
             except BackPressureError:
                 raise overloaded(f"the queue of {model_id!r}") from None
@@ -315,6 +335,14 @@ class Router:
         for rep, prev in seen.items():
             replicas.setdefault(rep, {**prev, "stale": True})
         return replicas
+
+    def _end_to_end(self, tag: EnergyTag, window: RequestWindow | None) -> EnergyTag:
+        """The model's tag with the serving overhead: the router's own window (two hops), or, in the
+        single-hop layout, the classifier's share as it is (it covers this process already)."""
+        if self._local is None:
+            return add_overhead(tag, self._overhead.end(window))
+        self._overhead.abandon(window)
+        return single_hop_tag(tag, isinstance(self._local.server.energy.meter, AccountShareMeter))
 
     # -- routes --------------------------------------------------------------------------------
     @api.get("/healthz")
@@ -370,7 +398,7 @@ class Router:
 
     async def _model_list(self) -> ModelList:
         states = await self._states.view()
-        return ModelList(models=[states[m].public(m) for m in self.handles])
+        return ModelList(models=[states[m].public(m) for m in self.backends])
 
     async def _energy_view(self) -> EnergyView:
         try:
@@ -383,13 +411,13 @@ class Router:
             ) from None
         fresh = await asyncio.gather(
             *(
-                asyncio.wait_for(self.handles[m].energy_snapshot.remote(), ENERGY_VIEW_TIMEOUT_S)
-                for m in self.handles
+                asyncio.wait_for(self.backends[m].energy_snapshot(), ENERGY_VIEW_TIMEOUT_S)
+                for m in self.backends
             ),
             return_exceptions=True,
         )
         out: dict[str, DeploymentEnergy] = {}
-        for model_id, snap in zip(self.handles, fresh, strict=True):
+        for model_id, snap in zip(self.backends, fresh, strict=True):
             if isinstance(snap, BaseException):
                 log.warning("energy snapshot of %s failed: %s", model_id, type(snap).__name__)
             replicas = self._merge_energy(
@@ -417,9 +445,9 @@ class Router:
             self._authorize(request)
             req = parse_classify(await self._read_body(request), self.limits)
             rid = req.request_id or serve_request_id()
-            if req.model not in self.handles:
+            if req.model not in self.backends:
                 raise RequestError(
-                    404, "unknown_model", f"unknown model; available: {sorted(self.handles)}", "model"
+                    404, "unknown_model", f"unknown model; available: {sorted(self.backends)}", "model"
                 )
             modes = (await self._model(req.model)).modes
             if req.mode is not None and req.mode not in modes:
@@ -447,7 +475,7 @@ class Router:
             self._overhead.abandon(window)
         else:  # in place, as the typed tag: an idempotent replay of this request returns the same tag
             tag = EnergyTag.model_validate(result["energy"])
-            result["energy"] = add_overhead(tag, self._overhead.end(window))
+            result["energy"] = self._end_to_end(tag, window)
         energy: EnergyTag = result["energy"]
         log.info(
             "classify %s model=%s texts=%d chars=%d latency=%.4fs J=%s (%s)",

@@ -26,12 +26,16 @@ class ServingOverhead:
     """The router's overhead: a `ReplicaEnergy` on the router's account share under the ``time`` rule
     (every request in flight alike). Starts in the background; until it is ready ``begin`` gives None."""
 
-    def __init__(self, cfg: EnergyConfig, node: str, node_id: str | None) -> None:
+    def __init__(
+        self, cfg: EnergyConfig, node: str, node_id: str | None, off_reason: str | None = None
+    ) -> None:
+        """``off_reason``: why the router meters no overhead of its own (the single-hop layout, where
+        the classifier's share already covers the router's process)."""
         self.cfg = cfg.model_copy(update={"attribution": "time"})
         self.energy: ReplicaEnergy | None = None
         self.error: str | None = "starting"
-        if cfg.meter == "off" or not cfg.node_account:
-            self.error = "off"
+        if off_reason or cfg.meter == "off" or not cfg.node_account:
+            self.error = off_reason or "off"
             return
         threading.Thread(
             target=self._start, args=(node, node_id), name="accuwatt-overhead", daemon=True

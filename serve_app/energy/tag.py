@@ -102,6 +102,20 @@ def add_overhead(tag: EnergyTag, overhead: Overhead | None) -> EnergyTag:
     )
 
 
+def single_hop_tag(tag: EnergyTag, proxy_included: bool) -> EnergyTag:
+    """The tag of the single-hop layout (``router.layout: single_hop``): the router's checks and the
+    classifier run in one process, so the replica's share is the request's cost end to end (with the
+    HTTP proxy's part when the share comes from the node account, ``proxy_included``), and its model
+    and serving parts cannot be told apart by process: ``model_j`` and ``overhead_j`` stay None,
+    flagged ``single_hop``."""
+    if tag.joules is None:
+        return tag
+    flags = [*tag.flags, "single_hop"] + ([] if proxy_included else ["proxy_not_metered"])
+    return tag.model_copy(
+        update={"model_j": None, "overhead_j": None, "scope": "model+serving", "flags": flags}
+    )
+
+
 def no_energy_tag(replica: str, info: MeterInfo, reason: str, source: str = "unavailable") -> EnergyTag:
     """A tag without a figure: the meter failed (``unavailable``) or metering is ``off``."""
     flag = f"meter_error: {reason[:200]}" if source == "unavailable" else reason

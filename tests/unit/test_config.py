@@ -42,3 +42,18 @@ def test_local_yaml_is_the_six_traditional_models() -> None:
 def test_bad_configs_are_rejected(bad) -> None:
     with pytest.raises(ValidationError):
         AppConfig.model_validate(bad)
+
+
+@pytest.mark.parametrize(
+    "classifiers",
+    [
+        [{"kind": "traditional", "id": "tfidf-logreg"}, {"kind": "traditional", "id": "bow-logreg"}],
+        [{"kind": "llm", "id": "tiny", "model": "/nonexistent/model", "labels": ["A", "B"]}],
+    ],
+    ids=["two models", "an LLM"],
+)
+def test_single_hop_takes_one_traditional_classifier(classifiers) -> None:
+    with pytest.raises(ValidationError, match="single_hop serves exactly one traditional classifier"):
+        AppConfig.model_validate({"classifiers": classifiers, "router": {"layout": "single_hop"}})
+    one = {"classifiers": [{"kind": "traditional", "id": "tfidf-logreg"}], "router": {"layout": "single_hop"}}
+    assert AppConfig.model_validate(one).router.layout == "single_hop"
