@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from serve_app.classifiers.llm_config import LLMSpec
 from serve_app.classifiers.pipeline_config import PipelineSpec
-from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict
+from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict, require_unique
 
 
 class TraditionalSpec(Strict):
@@ -92,10 +92,7 @@ class AppConfig(Strict):
 
     @model_validator(mode="after")
     def _unique_ids(self) -> AppConfig:
-        ids = [c.id for c in self.classifiers]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"classifier ids must be unique, repeated: {dupes}")
+        require_unique("classifier ids", [c.id for c in self.classifiers])
         return self
 
     @model_validator(mode="after")

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+
+def require_unique(what: str, items: Sequence[str]) -> None:
+    """A config error naming the repeated ``items`` (a validator's message)."""
+    repeated = sorted({i for i in items if items.count(i) > 1})
+    if repeated:
+        raise ValueError(f"{what} must be unique, repeated: {repeated}")
 
 
 class Strict(BaseModel):

@@ -22,6 +22,7 @@ from serve_app.classifiers.base import WorkSink
 from serve_app.classifiers.kinds import build_classifier
 from serve_app.classifiers.llm_config import LLMSpec
 from serve_app.config import AppConfig, ClassifierSpec
+from serve_app.energy.agents import MultiNodeMeter
 from serve_app.energy.base import BrokenMeter, Meter, MeterError
 from serve_app.energy.footprint import (
     WorkerProcess,
@@ -32,7 +33,7 @@ from serve_app.energy.footprint import (
     unmetered_gpu_nodes,
 )
 from serve_app.energy.keys import node_of_key
-from serve_app.energy.share import AccountShareMeter, account_meter
+from serve_app.energy.share import AccountShareMeter
 from serve_app.energy.tag import EnergyTag
 from serve_app.energy.window import ReplicaEnergy
 from serve_app.metrics import ReplicaMetrics, tags
@@ -57,32 +58,22 @@ def _gpu_ids() -> list[str]:
 def build_meter(spec: ClassifierSpec, workers: list[WorkerProcess]) -> tuple[Meter, list[str]]:
     """The replica's meter over its own process tree and GPUs plus its classifier's ``workers`` (see
     ``energy/footprint.py``), and the flags its tags must carry. With ``energy.node_account`` (the
-    default) and all work on this node, it is the replica's share of the node account (serving
-    overhead and shared counters counted once per node); work on other nodes keeps the per-replica
-    meter (flag ``not_in_node_account``). A meter that cannot be built gives a `BrokenMeter` (tags say
-    ``unavailable``; the replica still serves). An LLM on GPUs whose GPUs are not all read by NVML
+    default) it is the replica's share of each node account its work touches (serving overhead and
+    shared counters counted once per node). A meter that cannot be built gives a `BrokenMeter` (tags
+    say ``unavailable``; the replica still serves). An LLM on GPUs whose GPUs are not all read by NVML
     gets ``gpus_not_metered``: its figure would be CPU energy only."""
     node = current_node_name()
     names = alive_nodes() if any(w.node_id for w in workers) else {}
     tree = descendant_pids() if spec.energy.include_children else {os.getpid()}
     plan = plan_meter(workers, _gpu_ids(), current_node_id(), node, names, tree)
     flags: list[str] = []
-    use_account = spec.energy.node_account and spec.energy.meter != "off" and not plan.remotes
     try:
-        if use_account:
-            meter: Meter = account_meter(
-                spec.energy, node, current_node_id(), plan.local_pids, plan.local_gpu_ids
-            )
-        else:
-            meter = meter_for_plan(spec.energy, plan, node)
-            if spec.energy.node_account and plan.remotes:
-                flags.append("not_in_node_account")
+        meter = meter_for_plan(spec.energy, plan, node, current_node_id())
     except MeterError as exc:  # serve, with `unavailable` tags, rather than fail to start
         log.error("energy meter %r unusable, tags will say 'unavailable': %s", spec.energy.meter, exc)
         return BrokenMeter(str(exc), node), []
     if isinstance(spec, LLMSpec) and spec.on_gpu and spec.energy.meter != "off":
-        by_node = {node: meter.source} if isinstance(meter, AccountShareMeter) else sources_by_node(meter)
-        missing = unmetered_gpu_nodes(plan.gpu_nodes, by_node)
+        missing = unmetered_gpu_nodes(plan.gpu_nodes, sources_by_node(meter))
         if missing or not plan.gpu_nodes:
             flags.append("gpus_not_metered")
             log.warning("GPUs of %s not metered (nodes: %s)", spec.id, missing or "GPUs not located")
@@ -160,14 +151,19 @@ class ClassifierHost:
 
     def _account_fields(self) -> dict[str, Any]:
         meter = self.server.energy.meter
-        if not isinstance(meter, AccountShareMeter):
+        local = meter.local if isinstance(meter, MultiNodeMeter) else meter
+        if not isinstance(local, AccountShareMeter):
             return {"scope": "replica process tree"}
-        return {
+        out: dict[str, Any] = {
             "scope": "node account share (replica with its children and claimed workers)",
-            "group": meter.group,
-            "pending_j": meter.pending_j(),
-            "account_ticks": meter.ticks,
+            "group": local.group,
+            "pending_j": local.pending_j(),
+            "account_ticks": local.ticks,
         }
+        if isinstance(meter, MultiNodeMeter):
+            out["scope"] += f", and its group's share of the accounts of {', '.join(meter.nodes[1:])}"
+            out["remote_groups"] = {n: f"replica:{meter.group}" for n in meter.nodes[1:]}
+        return out
 
     def energy_snapshot(self) -> tuple[str, dict[str, Any]]:
         return self.replica, self.energy()

@@ -24,9 +24,8 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from serve_app.backends import Backend
 from serve_app.wire import ModelDescription, ModelEntry
 
 log = logging.getLogger("accuwatt.readiness")
@@ -87,10 +86,18 @@ def deployment_state(detail: dict[str, Any] | None) -> tuple[str, str | None, st
     return "loading", message or "no replica is running yet", status
 
 
+class Describable(Protocol):
+    """What the poller needs of a classifier (``backends.py`` gives it for both layouts)."""
+
+    deployment_name: str
+
+    async def describe(self) -> ModelDescription: ...
+
+
 class ModelStates:
     """The cached states of one application's classifiers, refreshed by a background task."""
 
-    def __init__(self, app_name: str, backends: Mapping[str, Backend]) -> None:
+    def __init__(self, app_name: str, backends: Mapping[str, Describable]) -> None:
         self.app_name = app_name
         self.backends = backends
         self.states = {m: ModelState() for m in backends}

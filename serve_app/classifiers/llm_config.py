@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict
+from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict, require_unique
 
 Mode = Literal["paper", "choice", "score"]
 MODES: tuple[str, ...] = ("paper", "choice", "score")
@@ -115,9 +115,7 @@ class LLMSpec(Strict):
     def _labels_ok(cls, labels: list[str]) -> list[str]:
         if any(not label.strip() or label != label.strip() for label in labels):
             raise ValueError("labels must be non-empty and carry no surrounding whitespace")
-        dupes = sorted({label for label in labels if labels.count(label) > 1})
-        if dupes:
-            raise ValueError(f"labels must be unique, repeated: {dupes}")
+        require_unique("labels", labels)
         return labels
 
     @model_validator(mode="after")

@@ -59,6 +59,16 @@ RATE_DECAY = 0.5
 """How much less each older interval counts in the extrapolation rate (``rate_j_per_cpu_s``)."""
 
 
+def share_source(sources: Mapping[str, str]) -> str:
+    """The source a share of the account is labelled with (counter key -> source): ``estimate`` if
+    any part is estimated (an estimate is never passed off as a measurement), else ``nvml`` where a
+    GPU counter is in it, else the one source there is."""
+    values = set(sources.values())
+    if not values or "estimate" in values:
+        return "estimate"
+    return "nvml" if "nvml" in values else sorted(values)[0]
+
+
 def _add(d: dict[str, float], key: str, value: float) -> None:
     d[key] = d.get(key, 0.0) + value
 
@@ -87,6 +97,7 @@ class NodeAccount:
         )
         self._lock = threading.Lock()
         self._claims: dict[int, int] = {}  # PID -> the PID whose group it joins
+        self._named: dict[int, str] = {}  # PID -> a group named by a replica on another node
         self._gpu_owners: dict[str, set[int]] = {}  # gpu key -> PIDs whose groups own it
         self.sources: dict[str, str] = {}
         self.metered_j: dict[str, float] = {}
@@ -121,6 +132,24 @@ class NodeAccount:
         with self._lock:
             for pid in pids:
                 self._claims[pid] = group_pid
+
+    def claim_group(self, pids: Iterable[int], group: str, gpu_keys: Iterable[str] = ()) -> None:
+        """Processes (and GPUs) of this node that work for a replica on another node (a pipeline
+        stage, an engine rank): from the next tick they form the group ``group``
+        (``replica:<pid>@<node>``), whose share that replica's meter reads (``share_of_group``), so
+        their energy is in this node's account once, as that replica's."""
+        with self._lock:
+            pids = list(pids)
+            for pid in pids:
+                self._named[pid] = group
+            for key in gpu_keys:
+                self._gpu_owners.setdefault(key, set()).update(pids)
+
+    def release_group(self, group: str) -> None:
+        """The replica is gone: its processes fall back to their own titles' groups from the next tick
+        (the energy split so far stays with ``group``)."""
+        with self._lock:
+            self._named = {pid: g for pid, g in self._named.items() if g != group}
 
     def own_gpus(self, gpu_keys: Iterable[str], group_pid: int) -> None:
         """GPUs (``gpu:<index>``) used by the group of process ``group_pid``."""
@@ -166,8 +195,9 @@ class NodeAccount:
         t_s = max(r.t_s for r in readings)
         dt_s = max(t_s - self.t_s, 0.0)
         groups = group_of(procs, None, self.routers)
-        if self._claims:  # claimed processes join their claimer's group as titles place it
+        if self._claims or self._named:  # claimed processes join their claimer's group
             claims = {pid: groups[owner] for pid, owner in self._claims.items() if owner in groups}
+            claims.update({pid: g for pid, g in self._named.items() if pid in procs})
             groups = group_of(procs, claims, self.routers)
         self._group_of_pid = groups
         for pid, p in procs.items():
@@ -285,19 +315,27 @@ class NodeAccount:
         (J per CPU-second) for extrapolating between ticks. Units: J, s."""
         with self._lock:
             group = self._group_of_pid.get(pid)
-            if self.error is not None:
-                return {"error": f"node counters failing on {self.node}: {self.error}"}
-            if group is None:
+            if group is None and self.error is None:
                 return {"error": f"process {pid} not seen on {self.node}"}
-            return {
-                "group": group,
-                "energy_j": self.group_energy_j(group),
-                "cpu_s": self.group_cpu_s.get(group, 0.0),
-                "t_s": self.t_s,
-                "rate_j_per_cpu_s": self.rate_j_per_cpu_s(),
-                "sources": dict(self.sources),
-                "ticks": self.ticks,
-            }
+            return self._share(group or "")
+
+    def share_of_group(self, group: str) -> dict[str, Any]:
+        """The same for a group by name (a ``claim_group`` group, read by a replica on another node)."""
+        with self._lock:
+            return self._share(group)
+
+    def _share(self, group: str) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": f"node counters failing on {self.node}: {self.error}"}
+        return {
+            "group": group,
+            "energy_j": self.group_energy_j(group),
+            "cpu_s": self.group_cpu_s.get(group, 0.0),
+            "t_s": self.t_s,
+            "rate_j_per_cpu_s": self.rate_j_per_cpu_s(),
+            "sources": dict(self.sources),
+            "ticks": self.ticks,
+        }
 
     def snapshot(self) -> dict[str, Any]:
         """The node's account: metered, baseline idle and every group, each counter once. Units: J, s."""

@@ -42,6 +42,8 @@ from serve_app.energy.crosscheck import NodeCodeCarbon, cross_check
 from serve_app.energy.keys import RemoteProcesses, node_key
 from serve_app.energy.nodemeter import make_node_counters
 from serve_app.energy.probe import make_node_meter
+from serve_app.energy.procs import TreeCpuClock
+from serve_app.energy.share import AccountShareMeter
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ class NodeEnergyAgentImpl:
         self.node = node
         self.node_id = node_id
         self._groups: dict[str, Meter] = {}
+        self._in_account: dict[str, tuple[str, str]] = {}  # watched group -> (account key, group name)
+        self._closed = threading.Event()
         self._accounts: dict[str, NodeAccount] = {}  # one per counters configuration (see account_key)
         self._account_lock = threading.Lock()
         self._codecarbon: NodeCodeCarbon | None = None  # started by the first account that asks for it
@@ -93,8 +97,7 @@ class NodeEnergyAgentImpl:
         from serve_app.metrics import NodeMetrics
 
         metrics = NodeMetrics()
-        while True:
-            time.sleep(period_s)
+        while not self._closed.wait(period_s):
             try:
                 account.tick()
                 metrics.export(self.node, dict(account.sources), account.by_share_key())
@@ -130,12 +133,19 @@ class NodeEnergyAgentImpl:
         return {"node": self.node, "node_id": self.node_id, "pid": os.getpid()}
 
     def watch(self, group: str, cfg: dict[str, Any], pids: list[int], gpu_ids: list[str]) -> dict[str, Any]:
-        """Start metering ``pids`` / ``gpu_ids`` for ``group``; returns the meter's info as a dict."""
-        old = self._groups.pop(group, None)
-        if old is not None:
-            old.close()
-        meter = make_node_meter(EnergyConfig.model_validate(cfg), pids, gpu_ids, self.node)
+        """Start metering ``pids`` / ``gpu_ids`` for ``group``; returns the meter's info as a dict.
+        With ``energy.node_account`` they join this node's account as the group ``replica:<group>``
+        (read back as its share: counted once, in this node's closure); otherwise a meter of the
+        group's own (``probe.make_node_meter``)."""
+        self.unwatch(group)
+        ecfg = EnergyConfig.model_validate(cfg)
+        if ecfg.node_account and ecfg.meter != "off":
+            return self._watch_in_account(group, ecfg, pids, gpu_ids)
+        meter = make_node_meter(ecfg, pids, gpu_ids, self.node)
         self._groups[group] = meter
+        return self._info(meter)
+
+    def _info(self, meter: Meter) -> dict[str, Any]:
         i = meter.info
         return {
             "source": i.source,
@@ -145,6 +155,27 @@ class NodeEnergyAgentImpl:
             "node": self.node,
             "notes": i.notes,
         }
+
+    def _watch_in_account(
+        self, group: str, cfg: EnergyConfig, pids: list[int], gpu_ids: list[str]
+    ) -> dict[str, Any]:
+        key = self.start_account(cfg.model_dump())["key"]
+        account = self._accounts[key]
+        name = f"replica:{group}"
+        account.claim_group(pids, name, [f"gpu:{g}" for g in gpu_ids if str(g).isdigit()])
+        self._in_account[group] = (key, name)
+        # its share, exact at each tick and extrapolated in between by its processes' CPU time
+        meter = AccountShareMeter(
+            None,
+            self.node,
+            cfg.account_period_s,
+            pid=pids[0] if pids else None,
+            fetch=lambda _pid: account.share_of_group(name),
+            claimed_pids=pids[1:],
+            cpu_clock=TreeCpuClock(pids),
+        )
+        self._groups[group] = meter
+        return self._info(meter)
 
     def read(self, group: str) -> dict[str, Any]:
         """The group's cumulative counters (keys without node prefix). Units: J."""
@@ -158,12 +189,21 @@ class NodeEnergyAgentImpl:
         return {"energy_j": r.energy_j, "source": r.source}
 
     def unwatch(self, group: str) -> None:
+        claimed = self._in_account.pop(group, None)
+        if claimed is not None:
+            self._accounts[claimed[0]].release_group(claimed[1])
         meter = self._groups.pop(group, None)
         if meter is not None:
             meter.close()
 
+    def close(self) -> None:
+        """Stop the accounts' ticks and every watched meter (the actor dies with its node otherwise)."""
+        self._closed.set()
+        for group in self.groups():
+            self.unwatch(group)
+
     def groups(self) -> list[str]:
-        return sorted(self._groups)
+        return sorted({*self._groups, *self._in_account})
 
 
 def agent_for(node_id: str, node: str) -> Any:

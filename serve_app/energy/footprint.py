@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import psutil
 
 from serve_app.config_common import EnergyConfig
-from serve_app.energy.agents import MultiNodeMeter
-from serve_app.energy.base import Meter
+from serve_app.energy.agents import MultiNodeMeter, agent_for
+from serve_app.energy.base import Meter, MeterError
 from serve_app.energy.keys import RemoteProcesses, WorkerProcess
 from serve_app.energy.probe import make_meter
+from serve_app.energy.share import AccountShareMeter
 
 
 def node_name(node_id: str, names: Mapping[str, str]) -> str:
@@ -85,13 +87,22 @@ def plan_meter(
     return MeterPlan(local_gpus, local_pids, remotes, frozenset(gpu_nodes))
 
 
-def meter_for_plan(cfg: EnergyConfig, plan: MeterPlan, node: str) -> Meter:
-    """The replica's meter for ``plan``: the local meter, wrapped in a ``MultiNodeMeter`` when the
-    plan has other nodes."""
-    local = make_meter(cfg, plan.local_gpu_ids, node, plan.local_pids)
+def meter_for_plan(cfg: EnergyConfig, plan: MeterPlan, node: str, node_id: str | None = None) -> Meter:
+    """The replica's meter for ``plan``, wrapped in a ``MultiNodeMeter`` when the plan has other nodes.
+
+    With ``energy.node_account`` (the default) every part is a share of a node account, so that each
+    node's counters are read once and its closure holds: here, the replica's group (its tree plus the
+    plan's local processes and GPUs, `account_meter`); on every other node, the group
+    ``replica:<pid>@<node>-<id>`` that the node's agent forms from the plan's processes and GPUs there
+    (``agents.NodeEnergyAgentImpl.watch``). Otherwise meters of the replica's own
+    (``probe.make_meter``, and the agents' meters of the remote processes)."""
+    if cfg.node_account and cfg.meter != "off":
+        local: Meter = account_meter(cfg, node, node_id, plan.local_pids, plan.local_gpu_ids)
+    else:
+        local = make_meter(cfg, plan.local_gpu_ids, node, plan.local_pids)
     if not plan.remotes or cfg.meter == "off":
         return local
-    group = f"{node}-{os.getpid()}-{id(local):x}"
+    group = f"{os.getpid()}@{node}-{id(local):x}"
     return MultiNodeMeter(local, node, plan.remotes, cfg, group)
 
 
@@ -114,3 +125,34 @@ def descendant_pids(pid: int | None = None) -> set[int]:
     with contextlib.suppress(psutil.Error):  # a child exiting while we walk
         out.update(p.pid for p in root.children(recursive=True))
     return out
+
+
+def account_meter(
+    energy: EnergyConfig,
+    node: str,
+    node_id: str | None,
+    local_pids: Sequence[int] = (),
+    gpu_ids: Sequence[str] = (),
+) -> AccountShareMeter:
+    """This process's share of the node energy account (``energy/share.py``), starting the node's
+    account if it is not running. ``local_pids`` / ``gpu_ids``: processes and GPUs of this node that
+    do this process's work outside its process tree (they join its group). Raises `MeterError` when
+    the account gives no share in time."""
+    import ray
+
+    if node_id is None:
+        raise MeterError("the node account needs Ray (no node id)")
+    agent = agent_for(node_id, node)
+    key = ray.get(agent.start_account.remote(energy.model_dump()), timeout=60)["key"]
+    gpu_keys = [f"gpu:{g}" for g in gpu_ids if str(g).isdigit()]
+    if local_pids or gpu_keys:
+        ray.get(agent.claim.remote(key, list(local_pids), os.getpid(), gpu_keys), timeout=60)
+    meter = AccountShareMeter(agent, node, energy.account_period_s, account=key, claimed_pids=local_pids)
+    deadline = time.monotonic() + 10 * energy.account_period_s + 30
+    while meter.error is not None and time.monotonic() < deadline:
+        time.sleep(energy.account_period_s / 2)
+        meter._poll()
+    if meter.error is not None:
+        meter.close()
+        raise MeterError(f"node account gave no share: {meter.error}")
+    return meter

@@ -15,7 +15,7 @@ from typing import Any
 
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.base import MeterError
-from serve_app.energy.share import account_meter
+from serve_app.energy.footprint import account_meter
 from serve_app.energy.tag import Overhead
 from serve_app.energy.window import ReplicaEnergy, RequestWindow
 

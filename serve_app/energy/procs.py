@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -193,3 +194,32 @@ def group_of(
 def kind_of(group: str) -> str:
     """``replica``, ``router``, ``proxy``, ``ray_system`` or ``other``."""
     return group.split(":", 1)[0]
+
+
+class TreeCpuClock:
+    """The CPU time (s) of some processes and their descendants: a remote replica's clock for its
+    group's share between ticks (``share.AccountShareMeter``). Descendants are looked up again every
+    ``refresh_s`` (a whole ``/proc`` walk); in between only the known processes are read."""
+
+    def __init__(self, pids: Iterable[int], root: str = "/proc", refresh_s: float = 5.0) -> None:
+        self.roots = tuple(pids)
+        self.root = root
+        self.refresh_s = refresh_s
+        self._tree: tuple[int, ...] = self.roots
+        self._found_s = float("-inf")
+
+    def __call__(self) -> float:
+        now = time.monotonic()
+        if now - self._found_s >= self.refresh_s:
+            self._found_s = now
+            procs = scan(self.root)
+            children: dict[int, list[int]] = {}
+            for p in procs.values():
+                children.setdefault(p.ppid, []).append(p.pid)
+            tree, todo = [], [pid for pid in self.roots if pid in procs]
+            while todo:
+                pid = todo.pop()
+                tree.append(pid)
+                todo.extend(children.get(pid, ()))
+            self._tree = tuple(tree)
+        return sum(p.cpu_s for p in (read_proc(pid, self.root) for pid in self._tree) if p is not None)

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from serve_app.config_common import EnergyConfig
+from serve_app.energy.account import share_source
 from serve_app.energy.base import MeterError, MeterInfo, Reading, now_s
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,14 @@ class AccountShareMeter:
         fetch: Callable[[int], dict[str, Any]] | None = None,
         account: str = "",
         claimed_pids: Sequence[int] = (),
+        cpu_clock: Callable[[], float] = time.process_time,
     ) -> None:
         """``fetch``: how to ask for the share (default: ``agent.share.remote`` through Ray, of the
-        account ``account``); ``claimed_pids``: processes outside this tree in the group (listed)."""
+        account ``account``); ``claimed_pids``: processes outside this tree in the group (listed);
+        ``cpu_clock``: the CPU time (s) of the group's work that extrapolates between ticks (default
+        this process's; a node agent reading a remote replica's group gives its processes' clock)."""
         self.agent = agent
+        self._cpu_clock = cpu_clock
         self.account = account
         self.claimed_pids = tuple(claimed_pids)
         self._fetch = fetch or self._ray_fetch
@@ -67,7 +71,7 @@ class AccountShareMeter:
         self._lock = threading.Lock()
         self._exact: dict[str, float] = {}
         self._rate: dict[str, float] = {}
-        self._cpu_at_share_s = time.process_time()
+        self._cpu_at_share_s = cpu_clock()
         self._shown: dict[str, float] = {}
         self._cpu_at_read_s = self._cpu_at_share_s
         self._samples: deque[tuple[float, float]] = deque(maxlen=512)  # (monotonic s, CPU s)
@@ -111,7 +115,7 @@ class AccountShareMeter:
         """This process's CPU time at monotonic time ``t_s`` (the account's tick), interpolated from the
         (time, CPU time) pairs its reads recorded: the share covers CPU up to the tick, so the
         extrapolation must start there, not when the share arrived (which would hold the counter)."""
-        self._samples.append((now_s(), time.process_time()))
+        self._samples.append((now_s(), self._cpu_clock()))
         pts = list(self._samples)
         before = [p for p in pts if p[0] <= t_s]
         after = [p for p in pts if p[0] >= t_s]
@@ -127,10 +131,7 @@ class AccountShareMeter:
     # -- Meter ---------------------------------------------------------------------------------------
     @property
     def source(self) -> Any:
-        values = set(self.sources.values())
-        if not values:
-            return "estimate"
-        return "estimate" if "estimate" in values else ("nvml" if "nvml" in values else values.pop())
+        return share_source(self.sources)
 
     @property
     def info(self) -> MeterInfo:
@@ -153,7 +154,7 @@ class AccountShareMeter:
         with self._lock:
             if self.error is not None:  # the account's counters fail (or no share yet)
                 raise MeterError(f"node account: {self.error}")
-            cpu_now = time.process_time()
+            cpu_now = self._cpu_clock()
             self._samples.append((now_s(), cpu_now))
             cpu_s = max(cpu_now - self._cpu_at_share_s, 0.0)
             since_read_s = max(cpu_now - self._cpu_at_read_s, 0.0)
@@ -174,36 +175,3 @@ class AccountShareMeter:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=self.period_s + RPC_TIMEOUT_S + 1)
-
-
-def account_meter(
-    energy: EnergyConfig,
-    node: str,
-    node_id: str | None,
-    local_pids: Sequence[int] = (),
-    gpu_ids: Sequence[str] = (),
-) -> AccountShareMeter:
-    """This process's share of the node energy account (``energy/share.py``), starting the node's
-    account if it is not running. ``local_pids`` / ``gpu_ids``: processes and GPUs of this node that
-    do this process's work outside its process tree (they join its group). Raises `MeterError` when
-    the account gives no share in time."""
-    import ray
-
-    from serve_app.energy.agents import agent_for
-
-    if node_id is None:
-        raise MeterError("the node account needs Ray (no node id)")
-    agent = agent_for(node_id, node)
-    key = ray.get(agent.start_account.remote(energy.model_dump()), timeout=60)["key"]
-    gpu_keys = [f"gpu:{g}" for g in gpu_ids if str(g).isdigit()]
-    if local_pids or gpu_keys:
-        ray.get(agent.claim.remote(key, list(local_pids), os.getpid(), gpu_keys), timeout=60)
-    meter = AccountShareMeter(agent, node, energy.account_period_s, account=key, claimed_pids=local_pids)
-    deadline = time.monotonic() + 10 * energy.account_period_s + 30
-    while meter.error is not None and time.monotonic() < deadline:
-        time.sleep(energy.account_period_s / 2)
-        meter._poll()
-    if meter.error is not None:
-        meter.close()
-        raise MeterError(f"node account gave no share: {meter.error}")
-    return meter

@@ -68,8 +68,9 @@ def _fmt(v: Any, spec: str, missing: str = "n/a") -> str:
     return format(v, spec) if spec else str(v)
 
 
-def markdown_table(df: pd.DataFrame, columns: Sequence[tuple[str, str, str]]) -> str:
-    """``columns``: (column, header, format spec)."""
+def markdown_table(df: pd.DataFrame, keys: Sequence[str]) -> str:
+    """The rows of ``df`` under the ``keys`` columns, with their headers and formats from `COLUMNS`."""
+    columns = [(k, *COLUMNS[k]) for k in keys]
     head = "| " + " | ".join(h for _, h, _ in columns) + " |"
     sep = "|" + "|".join("---" if spec == "" else "---:" for _, _, spec in columns) + "|"
     lines = [head, sep]
@@ -84,53 +85,91 @@ def markdown_table(df: pd.DataFrame, columns: Sequence[tuple[str, str, str]]) ->
     return "\n".join(lines)
 
 
-STUDY_COLUMNS = [
-    ("label", "model", ""),
-    ("topology", "topology", ""),
-    ("n_splits", "splits", "d"),
-    ("accuracy", "accuracy", ".3f"),
-    ("energy_wh", "energy (Wh)", ".3g"),
-    ("j_per_request", "J/request", ".3g"),
-    ("duration_s", "duration (s)", ".3g"),
-    ("avg_power_w", "avg power (W)", ".3g"),
-    ("devices", "devices", ""),
-    ("energy_source", "energy source", ""),
-    ("accuracy_per_wh", "accuracy per Wh", ".4g"),
-]
-CARBON_COLUMNS = [
-    ("label", "model", ""),
-    ("macro_f1", "macro-F1", ".3f"),
-    ("gain_pp", "gain over majority (pp)", ".1f"),
-    ("wh_per_1k", "Wh / 1k texts", ".3g"),
-    ("co2e_g", "CO2e (g)", ".3g"),
-    ("trainable_parameters", "trainable parameters", ""),
-    ("cegi", "CEGI (paper)", ".3g"),
-    ("cegi_note", "CEGI n/a because", ""),
-    ("parameters", "all parameters", ""),
-    ("cegi_all_parameters", "CEGI over all parameters (accuwatt variant)", ".3g"),
-    ("latency_p50_s", "p50 latency (s)", ".3g"),
-    ("n_errors", "errors", "d"),
-]
-UNITS_COLUMNS = [
-    ("label", "model", ""),
-    ("j_per_request", "J/request", ".3g"),
-    ("j_per_prompt_token", "J/prompt token", ".3g"),
-    ("j_per_output_token", "J/output token", ".3g"),
-    ("steady_j_per_output_token", "J/output token (steady)", ".3g"),
-    ("steady_j_per_request", "J/request (steady)", ".3g"),
-    ("steady_requests", "steady requests", "d"),
-    ("wh_per_1k", "Wh/1k queries", ".3g"),
-    ("energy_scope", "scope", ""),
-    ("energy_source", "source", ""),
-]
-ENERGY_COLUMNS = [
-    ("label", "model", ""),
-    ("energy_wh", "attributed (Wh)", ".3g"),
-    ("cpu_wh", "CPU (Wh)", ".3g"),
-    ("gpu_wh", "GPU (Wh)", ".3g"),
-    ("dram_wh", "DRAM (Wh)", ".3g"),
-    ("idle_wh", "idle (Wh)", ".3g"),
-    ("uncertainty_j", "± (J)", ".3g"),
-    ("codecarbon_kwh", "CodeCarbon (kWh)", ".3g"),
-    ("codecarbon_co2e_g", "CodeCarbon CO2e (g)", ".3g"),
-]
+COLUMNS: dict[str, tuple[str, str]] = {
+    # column: (header, format spec); one header per quantity in every table
+    "label": ("model", ""),
+    "topology": ("topology", ""),
+    "n_splits": ("splits", "d"),
+    "accuracy": ("accuracy", ".3f"),
+    "energy_wh": ("energy (Wh)", ".3g"),
+    "j_per_request": ("J/request", ".3g"),
+    "duration_s": ("duration (s)", ".3g"),
+    "avg_power_w": ("avg power (W)", ".3g"),
+    "devices": ("devices", ""),
+    "energy_source": ("energy source", ""),
+    "accuracy_per_wh": ("accuracy per Wh", ".4g"),
+    "macro_f1": ("macro-F1", ".3f"),
+    "gain_pp": ("gain over majority (pp)", ".1f"),
+    "wh_per_1k": ("Wh/1k queries", ".3g"),
+    "co2e_g": ("CO2e (g)", ".3g"),
+    "trainable_parameters": ("trainable parameters", ""),
+    "cegi": ("CEGI (paper)", ".3g"),
+    "cegi_note": ("CEGI n/a because", ""),
+    "parameters": ("all parameters", ""),
+    "cegi_all_parameters": ("CEGI over all parameters (accuwatt variant)", ".3g"),
+    "latency_p50_s": ("p50 latency (s)", ".3g"),
+    "n_errors": ("errors", "d"),
+    "j_per_prompt_token": ("J/prompt token", ".3g"),
+    "j_per_output_token": ("J/output token", ".3g"),
+    "steady_j_per_output_token": ("J/output token (steady)", ".3g"),
+    "steady_j_per_request": ("J/request (steady)", ".3g"),
+    "steady_requests": ("steady requests", "d"),
+    "energy_scope": ("scope", ""),
+    "cpu_wh": ("CPU (Wh)", ".3g"),
+    "gpu_wh": ("GPU (Wh)", ".3g"),
+    "dram_wh": ("DRAM (Wh)", ".3g"),
+    "idle_wh": ("idle (Wh)", ".3g"),
+    "uncertainty_j": ("± (J)", ".3g"),
+    "codecarbon_kwh": ("CodeCarbon (kWh)", ".3g"),
+    "codecarbon_co2e_g": ("CodeCarbon CO2e (g)", ".3g"),
+}
+STUDY_COLUMNS = (
+    "label",
+    "topology",
+    "n_splits",
+    "accuracy",
+    "energy_wh",
+    "j_per_request",
+    "duration_s",
+    "avg_power_w",
+    "devices",
+    "energy_source",
+    "accuracy_per_wh",
+)
+CARBON_COLUMNS = (
+    "label",
+    "macro_f1",
+    "gain_pp",
+    "wh_per_1k",
+    "co2e_g",
+    "trainable_parameters",
+    "cegi",
+    "cegi_note",
+    "parameters",
+    "cegi_all_parameters",
+    "latency_p50_s",
+    "n_errors",
+)
+UNITS_COLUMNS = (
+    "label",
+    "j_per_request",
+    "j_per_prompt_token",
+    "j_per_output_token",
+    "steady_j_per_output_token",
+    "steady_j_per_request",
+    "steady_requests",
+    "wh_per_1k",
+    "energy_scope",
+    "energy_source",
+)
+ENERGY_COLUMNS = (
+    "label",
+    "energy_wh",
+    "cpu_wh",
+    "gpu_wh",
+    "dram_wh",
+    "idle_wh",
+    "uncertainty_j",
+    "codecarbon_kwh",
+    "codecarbon_co2e_g",
+)

@@ -165,6 +165,13 @@ def test_work_spanning_two_nodes_is_metered_on_both(two_node_result: dict[str, A
     assert rep["metered_j"] == pytest.approx(rep["attributed_j"] + rep["idle_j"], rel=1e-6)
     # the replica's own share (model_j); joules adds the serving overhead (energy/overhead.py)
     assert sum(a["energy"]["model_j"] for a in answers) == pytest.approx(rep["attributed_j"], rel=1e-6)
+    # worker-1's part is a group of worker-1's node account (the stage's process, counted there once,
+    # not a meter of its own beside the account): the replica read no more than that group holds
+    group = rep["remote_groups"]["worker-1"]
+    remote = two_node_result["energy"]["nodes"]["worker-1"]["groups"][group]
+    assert remote["kind"] == "replica" and remote["cpu_s"] > 0, remote
+    assert 0 < rep["nodes_j"]["worker-1"] <= remote["j"] + 1e-9, (rep["nodes_j"], remote)
+    assert not any("not_in_node_account" in a["energy"]["flags"] for a in answers)
 
 
 def test_packed_stages_are_metered_on_their_one_node(two_node_result: dict[str, Any]) -> None:

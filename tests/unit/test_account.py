@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import psutil
@@ -236,3 +237,52 @@ def test_share_meter_reconciles_with_the_account_and_never_steps_back() -> None:
     finally:
         stop.set()
         meter.close()
+
+
+def test_processes_of_a_replica_on_another_node_are_its_group_in_this_nodes_account() -> None:
+    """A replica whose stage runs on this node: the node's agent makes the stage's process a group of
+    the account under the replica's name (counted once, here), reads its share back, and lets it go
+    when the replica unwatches. Checked against psutil's CPU time of the stage process itself."""
+    from serve_app.config_common import EnergyConfig
+    from serve_app.energy.agents import NodeEnergyAgentImpl
+
+    stage = subprocess.Popen([sys.executable, "-c", SPIN])  # untitled: `other` unless claimed
+    agent = NodeEnergyAgentImpl("n1")
+    try:
+        time.sleep(0.3)
+        cfg = EnergyConfig(meter="estimate", account_period_s=0.2).model_dump()
+        info = agent.watch("4242@head-1", cfg, [stage.pid], [])
+        assert info["source"] == "estimate" and f"cpu-process:{stage.pid}" in info["devices"]
+
+        def group_now() -> tuple[dict[str, Any], float]:
+            """The group at a fresh tick, and the stage's own CPU time (psutil) right after it."""
+            ticks = agent.account_snapshot()[0]["ticks"]
+            deadline = time.monotonic() + 30
+            while agent.account_snapshot()[0]["ticks"] == ticks and time.monotonic() < deadline:
+                time.sleep(0.01)
+            c = psutil.Process(stage.pid).cpu_times()
+            return agent.account_snapshot()[0]["groups"].get("replica:4242@head-1", {}), c.user + c.system
+
+        group_now()  # the first tick after the claim
+        g0, c0 = group_now()
+        time.sleep(2.0)
+        g1, c1 = group_now()
+        read = agent.read("4242@head-1")
+        (snap,) = agent.account_snapshot()
+        group = snap["groups"]["replica:4242@head-1"]
+        assert group["kind"] == "replica" and group["j"] > g0["j"] > 0
+        # its CPU time is the stage's own (psutil), to a clock tick or two at either end
+        assert g1["cpu_s"] - g0["cpu_s"] == pytest.approx(c1 - c0, abs=0.06), (g0, g1, c0, c1)
+        assert sum(read["energy_j"].values()) == pytest.approx(group["j"], rel=0.5)  # a tick apart at most
+        assert abs(snap["closure_error_j"]) < 1e-9 * snap["metered_j"]
+        agent.unwatch("4242@head-1")
+        time.sleep(0.5)
+        before = agent.account_snapshot()[0]["groups"]["replica:4242@head-1"]["cpu_s"]
+        time.sleep(1.0)
+        after = agent.account_snapshot()[0]["groups"]["replica:4242@head-1"]["cpu_s"]
+        assert after == before  # released: the stage's CPU no longer goes to the replica
+        assert "error" in agent.read("4242@head-1")
+    finally:
+        agent.close()
+        stage.kill()
+        stage.wait(timeout=10)
