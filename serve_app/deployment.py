@@ -163,6 +163,7 @@ class ClassifierHost:
         if isinstance(meter, MultiNodeMeter):
             out["scope"] += f", and its group's share of the accounts of {', '.join(meter.nodes[1:])}"
             out["remote_groups"] = {n: f"replica:{meter.group}" for n in meter.nodes[1:]}
+            out["remote_pending_j"] = meter.remote_pending_j
         return out
 
     def energy_snapshot(self) -> tuple[str, dict[str, Any]]:

@@ -178,7 +178,8 @@ class NodeEnergyAgentImpl:
         return self._info(meter)
 
     def read(self, group: str) -> dict[str, Any]:
-        """The group's cumulative counters (keys without node prefix). Units: J."""
+        """The group's cumulative counters (keys without node prefix) and, for an account share, what
+        of them is not yet settled at a tick (``pending_j``). Units: J."""
         meter = self._groups.get(group)
         if meter is None:
             return {"error": f"group {group!r} not watched on {self.node}"}
@@ -186,7 +187,8 @@ class NodeEnergyAgentImpl:
             r = meter.read()
         except MeterError as exc:
             return {"error": str(exc)}
-        return {"energy_j": r.energy_j, "source": r.source}
+        pending = meter.read_pending_j if isinstance(meter, AccountShareMeter) else 0.0
+        return {"energy_j": r.energy_j, "source": r.source, "pending_j": pending}
 
     def unwatch(self, group: str) -> None:
         claimed = self._in_account.pop(group, None)
@@ -246,6 +248,7 @@ class _Remote:
     source: str = "estimate"
     ok_s: float = 0.0
     error: str | None = None
+    pending_j: float = 0.0
 
 
 class MultiNodeMeter:
@@ -303,6 +306,7 @@ class MultiNodeMeter:
                         now_s(),
                         None,
                     )
+                    r.pending_j = float(out.get("pending_j", 0.0))
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_period_s):
@@ -312,6 +316,13 @@ class MultiNodeMeter:
     @property
     def nodes(self) -> tuple[str, ...]:
         return (self.local_node, *(r.rp.node for r in self._remotes))
+
+    @property
+    def remote_pending_j(self) -> dict[str, float]:
+        """Per other node, its account share's not-yet-settled part as of the last poll (J; 0 for a
+        meter of the group's own)."""
+        with self._lock:
+            return {r.rp.node: r.pending_j for r in self._remotes}
 
     @property
     def sources_by_node(self) -> dict[str, str]:

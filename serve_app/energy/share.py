@@ -79,6 +79,8 @@ class AccountShareMeter:
         self.sources: dict[str, str] = {}
         self.error: str | None = "no share yet"
         self.ticks = 0
+        self.read_pending_j = 0.0
+        """``pending_j`` as of the last ``read()`` (the same instant as its values)."""
         self._stop = threading.Event()
         self._poll()
         self._thread = threading.Thread(target=self._poll_loop, name="accuwatt-share", daemon=True)
@@ -165,12 +167,16 @@ class AccountShareMeter:
                 if key in self._shown:
                     est = max(est, self._shown[key] + SETTLE_RATE * since_read_s * rate)
                 self._shown[key] = est
+            self.read_pending_j = self._pending()
             return Reading(now_s(), dict(self._shown), self.source)
 
     def pending_j(self) -> float:
         """Shown minus exact share, summed over counters (J): the not-yet-settled part."""
         with self._lock:
-            return sum(self._shown.get(k, 0.0) - v for k, v in self._exact.items() if k in self._shown)
+            return self._pending()
+
+    def _pending(self) -> float:
+        return sum(self._shown.get(k, 0.0) - v for k, v in self._exact.items() if k in self._shown)
 
     def close(self) -> None:
         self._stop.set()

@@ -133,3 +133,16 @@ def test_classifies_over_http_with_energy_from_both_nodes(pp2_result: dict[str, 
         assert sum(tag["nodes_j"].values()) == pytest.approx(tag["joules"], rel=1e-6)
         work = tag["attribution"]["tokens"]
         assert work["decode_tokens"] == work["generated_tokens"] - len(TEXTS)
+
+
+@pytest.mark.timeout(2500)
+def test_stage_one_is_a_group_of_the_second_nodes_account(pp2_result: dict[str, Any]) -> None:
+    """Rank 1's processes are counted once, in worker-1's node account, as the replica's group there;
+    the replica's figure for worker-1 is read from that group."""
+    (rep,) = pp2_result["energy"]["deployments"]["tiny-pp2"]["replicas"].values()
+    group = rep["remote_groups"]["worker-1"]
+    remote = pp2_result["energy"]["nodes"]["worker-1"]["groups"][group]
+    assert remote["kind"] == "replica" and remote["cpu_s"] > 0, remote
+    # shown = exact share + what the extrapolation since the last tick has not settled yet
+    bound = remote["j"] + rep["remote_pending_j"]["worker-1"] + 1e-9
+    assert 0 < rep["nodes_j"]["worker-1"] <= bound, (rep["nodes_j"], rep["remote_pending_j"], remote)

@@ -10,8 +10,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -274,6 +274,7 @@ def test_processes_of_a_replica_on_another_node_are_its_group_in_this_nodes_acco
         # its CPU time is the stage's own (psutil), to a clock tick or two at either end
         assert g1["cpu_s"] - g0["cpu_s"] == pytest.approx(c1 - c0, abs=0.06), (g0, g1, c0, c1)
         assert sum(read["energy_j"].values()) == pytest.approx(group["j"], rel=0.5)  # a tick apart at most
+        assert abs(read["pending_j"]) < sum(read["energy_j"].values())
         assert abs(snap["closure_error_j"]) < 1e-9 * snap["metered_j"]
         agent.unwatch("4242@head-1")
         time.sleep(0.5)
