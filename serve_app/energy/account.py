@@ -116,6 +116,9 @@ class NodeAccount:
         # RATE_DECAY times less (their ratio is the extrapolation rate, see `rate_j_per_cpu_s`)
         self._recent_j: dict[str, float] = {}
         self._recent_cpu_s: dict[str, float] = {}
+        self._rate_prior: dict[str, float] = {}  # a counter's known J per CPU-second (the estimate's)
+        for m in self.meters:
+            self._rate_prior.update(getattr(m, "rate_prior_j_per_cpu_s", {}))
         self._group_of_pid: dict[int, str] = {}
         self._deployments: dict[str, str] = {}  # replica/router group -> its Serve deployment
         self._base: dict[str, float] = {}
@@ -306,8 +309,11 @@ class NodeAccount:
         interval can see the counter move and no CPU time, or the reverse); the ratio of the decayed
         sums is defined from the first CPU time seen and follows the load within a few ticks. It only
         extrapolates between ticks (``share.py``); every tick replaces the extrapolation with the exact
-        split."""
-        return {k: j / self._recent_cpu_s[k] for k, j in self._recent_j.items() if self._recent_cpu_s[k] > 0}
+        split. Until a counter has seen CPU time (a quiet node can show none for a few ticks: /proc/stat
+        counts in 10 ms ticks), a counter that knows its rate gives it (the estimate's ``cpu``: its
+        W/core), so the first requests on an idle node are not 0 J until the next tick."""
+        seen = {k: j / self._recent_cpu_s[k] for k, j in self._recent_j.items() if self._recent_cpu_s[k] > 0}
+        return {**self._rate_prior, **seen}
 
     def share_of_pid(self, pid: int) -> dict[str, Any]:
         """What a replica (or router) process's meter needs: its group's cumulative energy at the last

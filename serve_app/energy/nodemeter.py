@@ -60,6 +60,9 @@ class NodeEstimateMeter:
     def __init__(self, cpu_tdp_w: float, cpu_cores: int | None, dram_w_per_gb: float, node: str = "") -> None:
         self.cores = cpu_cores or os.cpu_count() or 1
         self.per_core_w = cpu_tdp_w / self.cores
+        self.rate_prior_j_per_cpu_s = {"cpu:node": self.per_core_w}
+        """What the account's extrapolation rate is before it has seen any CPU time (see
+        ``NodeAccount.rate_j_per_cpu_s``): the ``cpu`` counter is busy CPU time x W/core, so W/core."""
         self.dram_w_per_gb = dram_w_per_gb
         self._lock = threading.Lock()
         self._dram_j = 0.0
