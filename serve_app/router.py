@@ -213,6 +213,10 @@ class Router:
         ``single_hop``: ``{"spec", "artifacts_dir"}`` of the one classifier this replica runs itself
         (``router.layout: single_hop``)."""
         self.cfg = RouterConfig.model_validate(router)
+        self.limits = Limits(self.cfg.max_body_bytes, self.cfg.max_texts, self.cfg.max_text_chars)
+        self._api_key = load_api_key(self.cfg)
+        host = await serve_http_host()
+        require_key_off_loopback(host, self._api_key, self.cfg)  # fail closed before loading anything
         ctx = serve.get_replica_context()
         self.backends: dict[str, Backend] = {m: RemoteClassifier(h) for m, h in classifiers.items()}
         self._local: ClassifierHost | None = None
@@ -221,10 +225,6 @@ class Router:
             await self._local.start(single_hop["spec"], single_hop["artifacts_dir"])
             own_deployment = ctx.deployment if ctx else "router"
             self.backends[self._local.spec.id] = LocalClassifier(self._local, own_deployment)
-        self.limits = Limits(self.cfg.max_body_bytes, self.cfg.max_texts, self.cfg.max_text_chars)
-        self._api_key = load_api_key(self.cfg)
-        host = await serve_http_host()
-        require_key_off_loopback(host, self._api_key, self.cfg)
         self._seen: dict[str, dict[str, dict[str, Any]]] = {}  # highest energy snapshot seen per replica
         self._inflight = 0
         self._idempotency = IdempotencyCache()
