@@ -225,6 +225,10 @@ class Router:
             await self._local.start(single_hop["spec"], single_hop["artifacts_dir"])
             own_deployment = ctx.deployment if ctx else "router"
             self.backends[self._local.spec.id] = LocalClassifier(self._local, own_deployment)
+        # single hop: does the classifier's share include the proxy's part (an account share does)
+        self._proxy_in_share = self._local is not None and isinstance(
+            self._local.server.energy.meter, AccountShareMeter
+        )
         self._seen: dict[str, dict[str, dict[str, Any]]] = {}  # highest energy snapshot seen per replica
         self._inflight = 0
         self._idempotency = IdempotencyCache()
@@ -342,7 +346,7 @@ class Router:
         if self._local is None:
             return add_overhead(tag, self._overhead.end(window))
         self._overhead.abandon(window)
-        return single_hop_tag(tag, isinstance(self._local.server.energy.meter, AccountShareMeter))
+        return single_hop_tag(tag, self._proxy_in_share)
 
     # -- routes --------------------------------------------------------------------------------
     @api.get("/healthz")

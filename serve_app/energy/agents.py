@@ -39,7 +39,7 @@ from serve_app.config_common import EnergyConfig
 from serve_app.energy.account import NodeAccount
 from serve_app.energy.base import Meter, MeterError, MeterInfo, Reading, now_s
 from serve_app.energy.crosscheck import NodeCodeCarbon, cross_check
-from serve_app.energy.keys import RemoteProcesses, node_key
+from serve_app.energy.keys import RemoteProcesses, gpu_keys, node_key
 from serve_app.energy.nodemeter import make_node_counters
 from serve_app.energy.probe import make_node_meter
 from serve_app.energy.procs import TreeCpuClock
@@ -62,7 +62,7 @@ class NodeEnergyAgentImpl:
         self.node = node
         self.node_id = node_id
         self._groups: dict[str, Meter] = {}
-        self._in_account: dict[str, tuple[str, str]] = {}  # watched group -> (account key, group name)
+        self._in_account: dict[str, str] = {}  # watched group -> key of the account it is a group of
         self._closed = threading.Event()
         self._accounts: dict[str, NodeAccount] = {}  # one per counters configuration (see account_key)
         self._account_lock = threading.Lock()
@@ -162,8 +162,8 @@ class NodeEnergyAgentImpl:
         key = self.start_account(cfg.model_dump())["key"]
         account = self._accounts[key]
         name = f"replica:{group}"
-        account.claim_group(pids, name, [f"gpu:{g}" for g in gpu_ids if str(g).isdigit()])
-        self._in_account[group] = (key, name)
+        account.claim_group(pids, name, gpu_keys(gpu_ids))
+        self._in_account[group] = key
         # its share, exact at each tick and extrapolated in between by its processes' CPU time
         meter = AccountShareMeter(
             None,
@@ -184,16 +184,17 @@ class NodeEnergyAgentImpl:
         if meter is None:
             return {"error": f"group {group!r} not watched on {self.node}"}
         try:
-            r = meter.read()
+            r, pending = (
+                meter.read_with_pending() if isinstance(meter, AccountShareMeter) else (meter.read(), 0.0)
+            )
         except MeterError as exc:
             return {"error": str(exc)}
-        pending = meter.read_pending_j if isinstance(meter, AccountShareMeter) else 0.0
         return {"energy_j": r.energy_j, "source": r.source, "pending_j": pending}
 
     def unwatch(self, group: str) -> None:
-        claimed = self._in_account.pop(group, None)
-        if claimed is not None:
-            self._accounts[claimed[0]].release_group(claimed[1])
+        key = self._in_account.pop(group, None)
+        if key is not None:
+            self._accounts[key].release_group(f"replica:{group}")
         meter = self._groups.pop(group, None)
         if meter is not None:
             meter.close()

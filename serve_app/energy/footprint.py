@@ -27,7 +27,7 @@ import psutil
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.agents import MultiNodeMeter, agent_for
 from serve_app.energy.base import Meter, MeterError
-from serve_app.energy.keys import RemoteProcesses, WorkerProcess
+from serve_app.energy.keys import RemoteProcesses, WorkerProcess, gpu_keys
 from serve_app.energy.probe import make_meter
 from serve_app.energy.share import AccountShareMeter
 
@@ -144,9 +144,9 @@ def account_meter(
         raise MeterError("the node account needs Ray (no node id)")
     agent = agent_for(node_id, node)
     key = ray.get(agent.start_account.remote(energy.model_dump()), timeout=60)["key"]
-    gpu_keys = [f"gpu:{g}" for g in gpu_ids if str(g).isdigit()]
-    if local_pids or gpu_keys:
-        ray.get(agent.claim.remote(key, list(local_pids), os.getpid(), gpu_keys), timeout=60)
+    gpus = gpu_keys(gpu_ids)
+    if local_pids or gpus:
+        ray.get(agent.claim.remote(key, list(local_pids), os.getpid(), gpus), timeout=60)
     meter = AccountShareMeter(agent, node, energy.account_period_s, account=key, claimed_pids=local_pids)
     deadline = time.monotonic() + 10 * energy.account_period_s + 30
     while meter.error is not None and time.monotonic() < deadline:

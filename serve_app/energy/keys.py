@@ -6,6 +6,7 @@ Counter keys start with their domain: ``"cpu:package-0"``; across nodes the node
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -14,6 +15,12 @@ def node_key(key: str, node: str) -> str:
     """``"cpu:process"`` on node ``worker-1`` -> ``"cpu:worker-1:process"``."""
     domain, _, device = key.partition(":")
     return f"{domain}:{node}:{device}"
+
+
+def gpu_keys(gpu_ids: Iterable[str]) -> list[str]:
+    """The account's counter keys (``gpu:<index>``) of GPUs given by physical index (UUIDs are left
+    out: the node account names GPUs by index)."""
+    return [f"gpu:{g}" for g in gpu_ids if str(g).isdigit()]
 
 
 def node_of_key(key: str) -> str | None:

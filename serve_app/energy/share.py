@@ -79,8 +79,6 @@ class AccountShareMeter:
         self.sources: dict[str, str] = {}
         self.error: str | None = "no share yet"
         self.ticks = 0
-        self.read_pending_j = 0.0
-        """``pending_j`` as of the last ``read()`` (the same instant as its values)."""
         self._stop = threading.Event()
         self._poll()
         self._thread = threading.Thread(target=self._poll_loop, name="accuwatt-share", daemon=True)
@@ -154,21 +152,28 @@ class AccountShareMeter:
 
     def read(self) -> Reading:
         with self._lock:
-            if self.error is not None:  # the account's counters fail (or no share yet)
-                raise MeterError(f"node account: {self.error}")
-            cpu_now = self._cpu_clock()
-            self._samples.append((now_s(), cpu_now))
-            cpu_s = max(cpu_now - self._cpu_at_share_s, 0.0)
-            since_read_s = max(cpu_now - self._cpu_at_read_s, 0.0)
-            self._cpu_at_read_s = cpu_now
-            for key, exact in self._exact.items():
-                rate = 0.0 if key.startswith("gpu:") else self._rate.get(key, 0.0)  # GPUs: ticks only
-                est = exact + cpu_s * rate
-                if key in self._shown:
-                    est = max(est, self._shown[key] + SETTLE_RATE * since_read_s * rate)
-                self._shown[key] = est
-            self.read_pending_j = self._pending()
-            return Reading(now_s(), dict(self._shown), self.source)
+            return self._read()
+
+    def read_with_pending(self) -> tuple[Reading, float]:
+        """A reading and its ``pending_j`` at the same instant (a node agent serving a remote group)."""
+        with self._lock:
+            return self._read(), self._pending()
+
+    def _read(self) -> Reading:
+        if self.error is not None:  # the account's counters fail (or no share yet)
+            raise MeterError(f"node account: {self.error}")
+        cpu_now = self._cpu_clock()
+        self._samples.append((now_s(), cpu_now))
+        cpu_s = max(cpu_now - self._cpu_at_share_s, 0.0)
+        since_read_s = max(cpu_now - self._cpu_at_read_s, 0.0)
+        self._cpu_at_read_s = cpu_now
+        for key, exact in self._exact.items():
+            rate = 0.0 if key.startswith("gpu:") else self._rate.get(key, 0.0)  # GPUs: ticks only
+            est = exact + cpu_s * rate
+            if key in self._shown:
+                est = max(est, self._shown[key] + SETTLE_RATE * since_read_s * rate)
+            self._shown[key] = est
+        return Reading(now_s(), dict(self._shown), self.source)
 
     def pending_j(self) -> float:
         """Shown minus exact share, summed over counters (J): the not-yet-settled part."""
