@@ -42,7 +42,10 @@ if [ -f "$stamp" ] && { [ "$(cat "$stamp")" = "$(lock_id "$profile")" ] ||
 else
   # uv installs the lock (about 1 min here, where pip takes 8); it is bootstrapped into the venv, pinned.
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "uv==$UV_VERSION"
-  uv=("$venv/bin/uv" pip install -q --python "$venv/bin/python")
+  # Byte-compiled at install: the interpreter may not write .pyc files (PYTHONDONTWRITEBYTECODE is set on
+  # this project's machines), and then every new process (Ray workers, replicas, each vLLM process) compiles
+  # its imports again: 42 s to import vLLM's engine core here, 19 s from .pyc.
+  uv=("$venv/bin/uv" pip install -q --compile-bytecode --python "$venv/bin/python")
   [ -d "$torch_links" ] && uv+=(--find-links "$torch_links")
   [ -n "${ACCUWATT_TORCH_INDEX:-}" ] && uv+=(--extra-index-url "$ACCUWATT_TORCH_INDEX" --index-strategy unsafe-best-match)
   # torch first with its own dependencies (constrained to the lock): where only the CUDA build is found it
