@@ -15,7 +15,7 @@ same splits, so a split is fully identified by ``(dataset fingerprint, seed, i, 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +43,25 @@ class Pool:
 
 @dataclass(frozen=True)
 class Dataset:
+    """A train and a test split, or one ``pool`` that :func:`make_split` splits. ``labels`` are those
+    seen in any of them, sorted; fewer than two is refused here, whatever the source."""
+
     name: str
     source: str
     fingerprint: str
-    labels: tuple[str, ...]
     train: Pool | None
     test: Pool | None
-    pool: Pool | None  # set when the source has no train/test files
+    pool: Pool | None
+    labels: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.pool is None and (self.train is None or self.test is None):
+            raise DatasetError(f"{self.source}: needs a train and a test split, or one pool to split")
+        parts = (self.train, self.test, self.pool)
+        labels = sorted({lab for p in parts if p is not None for lab in p.labels})
+        if len(labels) < 2:
+            raise DatasetError(f"{self.source}: need at least two labels, found {labels}")
+        object.__setattr__(self, "labels", tuple(labels))
 
 
 @dataclass(frozen=True)
@@ -130,27 +142,18 @@ def load_dataset(source: str, text_col: str = "text", label_col: str = "label") 
         raise DatasetError(f"dataset not found: {source}")
     if path.is_file():
         pool = _pool(path.stem, _read_frame(path), text_col, label_col)
-        return _dataset(path.parent.name or path.stem, str(path), [path], None, None, pool)
+        return Dataset(path.parent.name or path.stem, str(path), _fingerprint([path]), None, None, pool)
     train_p, test_p = _find(path, "train"), _find(path, "test")
     if test_p is not None and train_p is not None:
         train = _pool("train", _read_frame(train_p), text_col, label_col)
         test = _pool("test", _read_frame(test_p), text_col, label_col)
-        return _dataset(path.name, str(path), [train_p, test_p], train, test, None)
+        return Dataset(path.name, str(path), _fingerprint([train_p, test_p]), train, test, None)
     files = [p for p in sorted(path.iterdir()) if p.suffix.lower() in DATA_SUFFIXES]
     only = test_p or (files[0] if len(files) == 1 else None)
     if only is None:
         raise DatasetError(f"{path}: expected train.* and test.*, or exactly one data file; found {files}")
     pool = _pool(only.stem, _read_frame(only), text_col, label_col)
-    return _dataset(path.name, str(path), [only], None, None, pool)
-
-
-def _dataset(
-    name: str, source: str, files: list[Path], train: Pool | None, test: Pool | None, pool: Pool | None
-) -> Dataset:
-    labels = sorted({lab for p in (train, test, pool) if p is not None for lab in p.labels})
-    if len(labels) < 2:
-        raise DatasetError(f"{source}: need at least two labels, found {labels}")
-    return Dataset(name, source, _fingerprint(files), tuple(labels), train, test, pool)
+    return Dataset(path.name, str(path), _fingerprint([only]), None, None, pool)
 
 
 def _load_hf(dataset_id: str, text_col: str, label_col: str) -> Dataset:
@@ -177,11 +180,9 @@ def _load_hf(dataset_id: str, text_col: str, label_col: str) -> Dataset:
     ]
     train = _pool("train", frame("train"), text_col, label_col) if "train" in dd else None
     test = _pool("test", frame("test"), text_col, label_col) if "test" in dd else None
-    labels = tuple(sorted({lab for p in (train, test) if p for lab in p.labels}))
     if train is None or test is None:
-        pool = train or test
-        return Dataset(dataset_id, f"hf:{dataset_id}", fp, labels, None, None, pool)
-    return Dataset(dataset_id, f"hf:{dataset_id}", fp, labels, train, test, None)
+        return Dataset(dataset_id, f"hf:{dataset_id}", fp, None, None, train or test)
+    return Dataset(dataset_id, f"hf:{dataset_id}", fp, train, test, None)
 
 
 def _take(pool: Pool, rows: np.ndarray) -> Sample:

@@ -17,7 +17,6 @@ import logging
 import math
 import struct
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,17 +72,6 @@ def count_parameters(model_dir: str) -> int | None:
             if name != "__metadata__":
                 total += math.prod(meta["shape"])
     return total
-
-
-@dataclass(frozen=True)
-class _Gen:
-    """One finished generation: text, generated token ids, finish reason, sample logprobs."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: str | None
-    logprobs: Any
-    prompt_logprobs: Any
 
 
 class LLMClassifier(Classifier):
@@ -226,8 +214,8 @@ class LLMClassifier(Classifier):
         return out
 
     # -- engine calls -----------------------------------------------------------------------------
-    async def _generate(self, prompt_ids: list[int], params: Any, on_work: WorkSink) -> _Gen:
-        """One engine request. Its per-step outputs report work: the first one the prefill (the prompt
+    async def _generate(self, prompt_ids: list[int], params: Any, on_work: WorkSink) -> Any:
+        """One engine request; returns vLLM's final ``RequestOutput``. Its per-step outputs report work: the first one the prefill (the prompt
         less its prefix-cache hits; the whole prefill, even if the engine ran it in chunks) and its
         first token, each later one the tokens decoded since (outputs are cumulative, and several
         steps may arrive in one output when this loop falls behind)."""
@@ -245,8 +233,7 @@ class LLMClassifier(Classifier):
                 seen = n
         if final is None:  # pragma: no cover - the engine always yields a final output
             raise RuntimeError("vLLM returned no output")
-        o = final.outputs[0]
-        return _Gen(o.text, list(o.token_ids), o.finish_reason, o.logprobs, final.prompt_logprobs)
+        return final
 
     @staticmethod
     def _params(**kwargs: Any) -> Any:
@@ -258,7 +245,7 @@ class LLMClassifier(Classifier):
         prompt_ids = self._encode(self._render(text))
         if not self.spec.reasoning:
             params = self._params(max_tokens=self.spec.paper_max_tokens)
-            g = await self._generate(prompt_ids, params, on_work)
+            g = (await self._generate(prompt_ids, params, on_work)).outputs[0]
             generated, n_gen = g.text, len(g.token_ids)
         else:
             generated, n_gen = await self._paper_reasoning(prompt_ids, on_work)
@@ -277,18 +264,20 @@ class LLMClassifier(Classifier):
         text, ids = "", []
         finish: str | None = "length"
         if budget > 0:
-            g = await self._generate(prompt_ids, self._params(max_tokens=budget), on_work)
-            text, ids, finish = g.text, g.token_ids, g.finish_reason
+            g = (await self._generate(prompt_ids, self._params(max_tokens=budget), on_work)).outputs[0]
+            text, ids, finish = g.text, list(g.token_ids), g.finish_reason
         if prompts.THINK_CLOSE in text:
             if finish != "length":
                 return text, len(ids)
-            g2 = await self._generate(prompt_ids + ids, self._params(max_tokens=answer_max), on_work)
+            g2 = (
+                await self._generate(prompt_ids + ids, self._params(max_tokens=answer_max), on_work)
+            ).outputs[0]
             return text + g2.text, len(ids) + len(g2.token_ids)
         if finish != "length":  # stopped without ever closing the thought
             return text, len(ids)
         close = "\n" + prompts.THINK_CLOSE + "\n\n"
         forced = prompt_ids + ids + self._encode(close)
-        g2 = await self._generate(forced, self._params(max_tokens=answer_max), on_work)
+        g2 = (await self._generate(forced, self._params(max_tokens=answer_max), on_work)).outputs[0]
         return text + close + g2.text, len(ids) + len(g2.token_ids)
 
     async def _choice(self, text: str, on_work: WorkSink) -> Prediction:
@@ -299,7 +288,7 @@ class LLMClassifier(Classifier):
             max_tokens=self._choice_max_tokens,
             structured_outputs=StructuredOutputsParams(choice=list(self._labels)),
         )
-        g = await self._generate(prompt_ids, params, on_work)
+        g = (await self._generate(prompt_ids, params, on_work)).outputs[0]
         parsed = prompts.parse_choice(g.text, self._labels)
         return Prediction(
             label=parsed.label,
@@ -314,7 +303,7 @@ class LLMClassifier(Classifier):
         if self._first_tokens is not None:
             token_ids = list(self._first_tokens.values())
             params = self._params(max_tokens=1, logprob_token_ids=token_ids)
-            g = await self._generate(prompt_ids, params, on_work)
+            g = (await self._generate(prompt_ids, params, on_work)).outputs[0]
             step = g.logprobs[0] if g.logprobs else {}
             logprobs = {
                 label: (step[tid].logprob if tid in step else -math.inf)
@@ -335,8 +324,8 @@ class LLMClassifier(Classifier):
         async def one(label: str) -> tuple[str, float, int]:
             ids = self._label_ids[label]
             params = self._params(max_tokens=1, prompt_logprobs=0)
-            g = await self._generate(prompt_ids + ids, params, on_work)
-            rows = (g.prompt_logprobs or [])[-len(ids) :]
+            out = await self._generate(prompt_ids + ids, params, on_work)
+            rows = (out.prompt_logprobs or [])[-len(ids) :]
             total = sum(row[tid].logprob for row, tid in zip(rows, ids, strict=True) if row and tid in row)
             return label, total, len(prompt_ids) + len(ids)
 

@@ -63,3 +63,16 @@ def test_demo_dataset_is_bundled() -> None:
 def test_unknown_path_is_a_clear_error() -> None:
     with pytest.raises(DatasetError, match="not found"):
         load_dataset("./no/such/dir")
+
+
+def test_a_single_label_is_refused_whatever_the_layout(tmp_path: Path) -> None:
+    one = pd.DataFrame([{"text": f"t{i}", "label": "a"} for i in range(20)])
+    one.to_json(tmp_path / "pool.jsonl", orient="records", lines=True)
+    with pytest.raises(DatasetError, match="at least two labels"):
+        load_dataset(str(tmp_path / "pool.jsonl"))
+    split = tmp_path / "split"
+    split.mkdir()
+    one.to_json(split / "train.jsonl", orient="records", lines=True)
+    one.to_json(split / "test.jsonl", orient="records", lines=True)
+    with pytest.raises(DatasetError, match="at least two labels"):
+        load_dataset(str(split))
