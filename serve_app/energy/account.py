@@ -35,9 +35,9 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
-from serve_app.energy.base import Meter, MeterError, Reading
+from serve_app.energy.base import Meter, MeterError, Reading, Source
 from serve_app.energy.counters import Limits, baseline_after, counter_step
 from serve_app.energy.nodemeter import node_busy_cpu_s
 from serve_app.energy.procs import (
@@ -59,14 +59,14 @@ RATE_DECAY = 0.5
 """How much less each older interval counts in the extrapolation rate (``rate_j_per_cpu_s``)."""
 
 
-def share_source(sources: Mapping[str, str]) -> str:
+def share_source(sources: Mapping[str, str]) -> Source:
     """The source a share of the account is labelled with (counter key -> source): ``estimate`` if
     any part is estimated (an estimate is never passed off as a measurement), else ``nvml`` where a
     GPU counter is in it, else the one source there is."""
     values = set(sources.values())
     if not values or "estimate" in values:
         return "estimate"
-    return "nvml" if "nvml" in values else sorted(values)[0]
+    return "nvml" if "nvml" in values else cast(Source, sorted(values)[0])  # sources are the account's
 
 
 def _add(d: dict[str, float], key: str, value: float) -> None:

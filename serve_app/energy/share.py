@@ -79,6 +79,7 @@ class AccountShareMeter:
         self.sources: dict[str, str] = {}
         self.error: str | None = "no share yet"
         self.ticks = 0
+        self._info = self._make_info()
         self._stop = threading.Event()
         self._poll()
         self._thread = threading.Thread(target=self._poll_loop, name="accuwatt-share", daemon=True)
@@ -110,6 +111,7 @@ class AccountShareMeter:
             self._rate = dict(out["rate_j_per_cpu_s"])
             self._cpu_at_share_s = self._cpu_at(float(out["t_s"]))
             self.group, self.sources, self.ticks = out["group"], dict(out["sources"]), int(out["ticks"])
+            self._info = self._make_info()  # read on every request's tag: built here, once per share
 
     def _cpu_at(self, t_s: float) -> float:
         """This process's CPU time at monotonic time ``t_s`` (the account's tick), interpolated from the
@@ -131,12 +133,15 @@ class AccountShareMeter:
     # -- Meter ---------------------------------------------------------------------------------------
     @property
     def source(self) -> Any:
-        return share_source(self.sources)
+        return self._info.source
 
     @property
     def info(self) -> MeterInfo:
+        return self._info
+
+    def _make_info(self) -> MeterInfo:
         return MeterInfo(
-            source=self.source,
+            source=share_source(self.sources),
             # the counters it shares, then the processes its group covers (its own tree, claimed ones)
             devices=(*sorted(self.sources), *(f"cpu-process:{p}" for p in (self.pid, *self.claimed_pids))),
             resolution_j=1e-3,

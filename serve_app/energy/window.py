@@ -9,7 +9,7 @@ failed request already used attributed (it was spent). With metering off every w
 
 from __future__ import annotations
 
-import uuid
+import itertools
 from typing import Any
 
 from serve_app.config_common import EnergyConfig
@@ -65,6 +65,7 @@ class ReplicaEnergy:
         self.replica = replica
         self.coverage_flags = list(coverage_flags)
         self.sampler = Sampler(meter, cfg.sample_period_s)
+        self._calls = itertools.count()  # next() is atomic under the GIL
         if self.metering:
             self.sampler.start()
 
@@ -83,7 +84,7 @@ class ReplicaEnergy:
 
     def open(self, request_id: str, weight: float, stepped: bool = False) -> RequestWindow:
         """Start a request's window. ``request_id`` is the client's correlation id (not unique)."""
-        key = f"{request_id}#{uuid.uuid4().hex}"
+        key = f"{request_id}#{next(self._calls)}"
         if not self.metering:
             return RequestWindow(self, key, None, False)
         start = self.sampler.read()
