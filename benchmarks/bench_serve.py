@@ -13,7 +13,7 @@ Prints:
    alternating between the apps) with energy metering on versus off (two otherwise identical apps on
    the same Ray), as a ratio and a difference;
 3. what metering adds to a single-text request inside the replica, without HTTP (the measurement of
-   ``bench_replica_overhead.py``, run in the same Ray);
+   ``bench_replica_overhead.py``, run in the same Ray once the HTTP apps are deleted, ``--probe-rounds``);
 4. the sampler thread's CPU cost per second, from the metered replica, and the node account's own CPU
    cost (its ticks' thread time over its window) as a share of one core.
 
@@ -90,6 +90,7 @@ def main() -> None:
         default="{}",
         help="EnergyConfig overrides of the metered app (JSON), e.g. '{\"sample_period_s\": 1}'",
     )
+    ap.add_argument("--probe-rounds", type=int, default=3, help="rounds of the in-replica probe")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     overrides = json.loads(args.energy)
@@ -148,16 +149,19 @@ def main() -> None:
             tps[app].append(asyncio.run(throughput(urls[app], texts, args.batch, args.concurrency)))
         for meter, ms in p50_latency_ms(urls, texts[: args.latency_requests]).items():
             p50[meter].append(ms)
-    # in-replica cost of metering, without HTTP (bench_replica_overhead.py), in the same Ray and run
-    from benchmarks.bench_replica_overhead import Probe
-
-    probe = serve.run(Probe.bind(str(artifacts), list(split.test.texts)), name="probe", route_prefix=None)
-    in_replica = probe.run.remote(1).result(timeout_s=1800)
     view = httpx.get(f"{base}/auto/v1/energy", timeout=30).json()
     snap = view["deployments"][MODEL]
     accounts = list(view.get("nodes", {}).values())
     replica = next(r for r in snap["replicas"].values() if not r["stale"])
     wall_s = replica["window_s"][1] - replica["window_s"][0]
+    # in-replica cost of metering, without HTTP (bench_replica_overhead.py), in the same Ray and run,
+    # once the HTTP apps are gone (their samplers and account ticks would time-share the 2 cores)
+    from benchmarks.bench_replica_overhead import Probe
+
+    for name in list(serve.status().applications):
+        serve.delete(name)
+    probe = serve.run(Probe.bind(str(artifacts), list(split.test.texts)), name="probe", route_prefix=None)
+    in_replica = probe.run.remote(args.probe_rounds).result(timeout_s=1800)
     serve.shutdown()
     ray.shutdown()
 
