@@ -188,6 +188,8 @@ def main() -> None:
         "batch": args.batch,
         "concurrency": args.concurrency,
         "rounds": args.rounds,
+        "texts_per_s_by_round": tps,  # the medians' inputs: the spread between rounds, per app
+        "p50_ms_by_round": p50,
         "inprocess_texts_per_s": inproc_tps,
         "serve_texts_per_s_metered": on_tps,
         "serve_vs_inprocess_ratio": on_tps / inproc_tps,
@@ -214,6 +216,8 @@ def main() -> None:
         f"{MODEL}, {len(texts)} texts, HTTP batches of {args.batch}, concurrency {args.concurrency}, "
         f"{args.rounds} alternating rounds (medians)"
     )
+    spread = {a: f"{min(v):.0f}-{max(v):.0f}" for a, v in tps.items()}
+    print(f"  texts/s per round, min-max: {spread}")
     print(f"  bare Ray Serve, two hops (the anchor):   {bare_tps:10.0f} texts/s   p50 {bare_p50:.2f} ms")
     print(
         f"  bare Ray Serve, one hop:                 {one_tps:10.0f} texts/s   ratio vs two hops "
