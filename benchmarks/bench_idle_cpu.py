@@ -1,0 +1,135 @@
+"""What the deployed service costs while it serves nothing: CPU time per process group, idle.
+
+One private Ray with Serve; the app (one LLM on vLLM for CPU with ``--llm``, else tfidf-logreg trained on
+the demo set) is deployed with metering on (``auto``), left idle for ``--seconds`` after it is ready, and
+every process on the node is read from ``/proc`` at both ends; then the same with metering ``off``.
+Processes are grouped by the node account's own rule (``energy/procs.group_of``: classifier replicas
+with their children, router, Serve proxy, Ray system, other). Units: % of one core.
+
+This is the fixed cost the offline engine does not pay: on a 2-core machine, what Ray and Serve take
+while idle is taken from the engine's OpenMP threads under load too (``bench_llm_modes.py --serve``).
+
+Usage: .venv/bin/python benchmarks/bench_idle_cpu.py [--llm prepared:smollm2] [--seconds 30] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benchmarks.bench_llm_modes import CPU_ENV  # noqa: E402
+from serve_app.energy.procs import group_of, kind_of, scan  # noqa: E402
+from tests.conftest import free_port, wait_http  # noqa: E402
+
+SETTLE_S = 10.0  # after /readyz: the replicas' first exports and the account's first ticks are done
+
+
+def idle_cpu(seconds: float) -> dict[str, Any]:
+    """CPU time per group kind and the busiest processes over ``seconds`` of idle (% of one core)."""
+    a = scan()
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    b = scan()
+    wall = time.monotonic() - t0
+    groups = group_of(b)
+    by_kind: dict[str, float] = {}
+    procs: list[tuple[float, str]] = []
+    for pid, p in b.items():
+        before = a.get(pid)
+        if before is None or before.start_s != p.start_s:
+            continue  # started within the window: not idle cost
+        pct = 100 * (p.cpu_s - before.cpu_s) / wall
+        kind = kind_of(groups[pid])
+        by_kind[kind] = by_kind.get(kind, 0.0) + pct
+        procs.append((pct, p.title[:70]))
+    return {
+        "seconds": wall,
+        "total_pct": sum(by_kind.values()),
+        "by_kind_pct": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
+        "top": [{"pct": pct, "title": t} for pct, t in sorted(procs, reverse=True)[:12]],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--llm", default=None, help="an LLM model (e.g. prepared:smollm2); default tfidf-logreg")
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+    from serve_app.data import load_dataset, make_split
+    from serve_app.train import train_split
+
+    artifacts = Path(tempfile.mkdtemp(prefix="aw-idle-"))
+    if args.llm:
+        base_spec: dict[str, Any] = {
+            "kind": "llm",
+            "id": "idle-llm",
+            "model": args.llm,
+            "labels": ["positive", "negative"],
+            "gpus_per_worker": 0,
+            "dtype": "float32",
+            "enforce_eager": True,
+            "max_model_len": 2048,
+            "env_vars": CPU_ENV,
+        }
+    else:
+        ds = load_dataset("demo")
+        train_split(make_split(ds, 300, 50, 20250101, 0), ["tfidf-logreg"], artifacts, ds.labels, ds.source)
+        base_spec = {"kind": "traditional", "id": "tfidf-logreg"}
+
+    ray.init(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        logging_level="ERROR",
+        _temp_dir=tempfile.mkdtemp(prefix="aw-b-"),
+    )
+    out: dict[str, Any] = {"model": args.llm or "tfidf-logreg"}
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        for meter in ("auto", "off"):
+            spec = {**base_spec, "energy": {"meter": meter}}
+            serve.run(
+                build_app({"classifiers": [spec], "artifacts_dir": str(artifacts)}),
+                name="idle",
+                route_prefix="/",
+                blocking=False,
+            )
+            wait_http(f"http://127.0.0.1:{port}/readyz", timeout_s=900)
+            time.sleep(SETTLE_S)
+            out[meter] = idle_cpu(args.seconds)
+            serve.delete("idle")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    print(f"{out['model']}: CPU while idle, % of one core, {args.seconds:g} s after the app was ready")
+    for meter in ("auto", "off"):
+        r = out[meter]
+        kinds = ", ".join(f"{k} {v:.1f}" for k, v in r["by_kind_pct"].items())
+        print(f"  metering {meter:4}: total {r['total_pct']:.1f}   ({kinds})")
+        for row in r["top"][:8]:
+            print(f"      {row['pct']:5.2f}  {row['title']}")
+
+
+if __name__ == "__main__":
+    main()
