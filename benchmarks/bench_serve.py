@@ -11,7 +11,8 @@ Prints:
    prediction `accuwatt evaluate` does (one `predict` call over the same texts), as a ratio;
 2. throughput (texts/s, batched, concurrent) and p50 latency (single-text requests, one at a time,
    alternating between the apps) with energy metering on versus off (two otherwise identical apps on
-   the same Ray), as a ratio and a difference;
+   the same Ray), as a ratio and a difference; and the node's busy CPU per text in each app's rounds
+   (``/proc/stat``), whose off/on ratio is the capacity metering leaves;
 3. what metering adds to a single-text request inside the replica, without HTTP (the measurement of
    ``bench_replica_overhead.py``, run in the same Ray once the HTTP apps are deleted, ``--probe-rounds``);
 4. the sampler thread's CPU cost per second, from the metered replica, and the node account's own CPU
@@ -42,6 +43,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from benchmarks._http import post_in_chunks  # noqa: E402
+from serve_app.energy.nodemeter import node_busy_cpu_s  # noqa: E402
 from tests.conftest import free_port, wait_http  # noqa: E402
 
 MODEL = "tfidf-logreg"
@@ -49,6 +51,15 @@ MODEL = "tfidf-logreg"
 
 async def throughput(url: str, texts: list[str], batch: int, concurrency: int) -> float:
     return len(texts) / await post_in_chunks(url, {"model": MODEL}, texts, batch, concurrency)
+
+
+def timed_round(url: str, texts: list[str], batch: int, concurrency: int) -> tuple[float, float]:
+    """One throughput round: texts/s, and the node's busy CPU (``/proc/stat``, every process: the
+    client, Ray, every app) per text in ms. The CPU figure is the machine's capacity cost: on a
+    saturated machine texts/s = cores / CPU per text, and it moves less with scheduling stalls."""
+    cpu0 = node_busy_cpu_s()
+    tps = asyncio.run(throughput(url, texts, batch, concurrency))
+    return tps, (node_busy_cpu_s() - cpu0) / len(texts) * 1e3
 
 
 def p50_latency_ms(urls: dict[str, str], texts: list[str]) -> dict[str, float]:
@@ -143,10 +154,13 @@ def main() -> None:
 
     apps = ("bare2", "off", "auto", "hop", "bare1")
     tps: dict[str, list[float]] = {a: [] for a in apps}
+    cpu_ms: dict[str, list[float]] = {a: [] for a in apps}
     p50: dict[str, list[float]] = {a: [] for a in apps}
     for r in range(args.rounds):
         for app in apps if r % 2 == 0 else apps[::-1]:
-            tps[app].append(asyncio.run(throughput(urls[app], texts, args.batch, args.concurrency)))
+            t, c = timed_round(urls[app], texts, args.batch, args.concurrency)
+            tps[app].append(t)
+            cpu_ms[app].append(c)
         for meter, ms in p50_latency_ms(urls, texts[: args.latency_requests]).items():
             p50[meter].append(ms)
     view = httpx.get(f"{base}/auto/v1/energy", timeout=30).json()
@@ -195,6 +209,10 @@ def main() -> None:
         "serve_vs_inprocess_ratio": on_tps / inproc_tps,
         "serve_texts_per_s_unmetered": off_tps,
         "metering_throughput_ratio": on_tps / off_tps,
+        "node_cpu_ms_per_text": {a: statistics.median(v) for a, v in cpu_ms.items()},
+        "node_cpu_ms_per_text_by_round": cpu_ms,
+        "metering_cpu_per_text_ratio_off_over_on": statistics.median(cpu_ms["off"])
+        / statistics.median(cpu_ms["auto"]),
         "p50_ms_metered": on_p50,
         "p50_ms_unmetered": off_p50,
         "metering_added_p50_ms": on_p50 - off_p50,
@@ -238,6 +256,11 @@ def main() -> None:
     )
     print(
         f"  Serve over HTTP, metering off:          {off_tps:10.0f} texts/s   ratio on/off {on_tps / off_tps:.3f}"
+    )
+    cpu = result["node_cpu_ms_per_text"]
+    print(
+        f"  node CPU per text (ms, /proc/stat): {', '.join(f'{a} {v:.3f}' for a, v in cpu.items())}; "
+        f"off/on {result['metering_cpu_per_text_ratio_off_over_on']:.3f} (the capacity ratio)"
     )
     print(
         f"  p50 single-text latency: on {on_p50:.2f} ms, off {off_p50:.2f} ms, added {on_p50 - off_p50:+.3f} ms"
