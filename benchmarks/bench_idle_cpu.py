@@ -29,7 +29,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.bench_llm_modes import CPU_ENV  # noqa: E402
+from benchmarks.bench_llm_modes import cpu_llm_spec  # noqa: E402
 from serve_app.energy.procs import group_of, kind_of, scan  # noqa: E402
 from tests.conftest import free_port, wait_http  # noqa: E402
 
@@ -77,18 +77,9 @@ def main() -> None:
     from serve_app.train import train_split
 
     artifacts = Path(tempfile.mkdtemp(prefix="aw-idle-"))
+    base_spec: dict[str, Any]
     if args.llm:
-        base_spec: dict[str, Any] = {
-            "kind": "llm",
-            "id": "idle-llm",
-            "model": args.llm,
-            "labels": ["positive", "negative"],
-            "gpus_per_worker": 0,
-            "dtype": "float32",
-            "enforce_eager": True,
-            "max_model_len": 2048,
-            "env_vars": CPU_ENV,
-        }
+        base_spec = cpu_llm_spec("idle-llm", args.llm, ["positive", "negative"])
     else:
         ds = load_dataset("demo")
         train_split(make_split(ds, 300, 50, 20250101, 0), ["tfidf-logreg"], artifacts, ds.labels, ds.source)

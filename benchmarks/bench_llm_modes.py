@@ -57,6 +57,23 @@ CPU_ENV = {
 }
 
 
+def cpu_llm_spec(model_id: str, model: str, labels: list[str], **extra: Any) -> dict[str, Any]:
+    """An LLMSpec dict for vLLM on CPU with this machine's settings (``CPU_ENV``); ``extra`` adds or
+    overrides fields."""
+    return {
+        "kind": "llm",
+        "id": model_id,
+        "model": model,
+        "labels": labels,
+        "gpus_per_worker": 0,
+        "dtype": "float32",
+        "enforce_eager": True,
+        "max_model_len": 2048,
+        "env_vars": CPU_ENV,
+        **extra,
+    }
+
+
 class ModeResult(BaseModel):
     mode: str
     cache: str = "cold"
@@ -279,20 +296,14 @@ def main() -> None:
     texts, gold = list(split.test.texts), list(split.test.labels)
     warm = list(split.train.texts)[:WARM_TEXTS]
     warm_users = list(split.train.texts)[: max(args.warm_texts, 1)]
-    spec_dict: dict[str, Any] = {
-        "kind": "llm",
-        "id": "bench-llm",
-        "model": args.model,
-        "labels": list(ds.labels),
-        "gpus_per_worker": 0,
-        "dtype": "float32",
-        "enforce_eager": True,
-        "max_model_len": 2048,
-        "paper_max_tokens": args.paper_max_tokens,
-        "env_vars": CPU_ENV,
-        "energy": {"meter": "estimate", "attribution": "tokens"},
-        "engine_kwargs": {"enable_prefix_caching": True},  # vLLM's default, stated
-    }
+    spec_dict = cpu_llm_spec(
+        "bench-llm",
+        args.model,
+        list(ds.labels),
+        paper_max_tokens=args.paper_max_tokens,
+        energy={"meter": "estimate", "attribution": "tokens"},
+        engine_kwargs={"enable_prefix_caching": True},  # vLLM's default, stated
+    )
     spec = LLMSpec.model_validate(spec_dict)
     t0 = time.perf_counter()
     clf = build_llm_classifier(spec)
