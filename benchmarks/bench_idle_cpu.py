@@ -9,7 +9,11 @@ with their children, router, Serve proxy, Ray system, other). Units: % of one co
 This is the fixed cost the offline engine does not pay: on a 2-core machine, what Ray and Serve take
 while idle is taken from the engine's OpenMP threads under load too (``bench_llm_modes.py --serve``).
 
+Serve's idle loops run at accuwatt's periods (``serve_app/env.py`` ``RAY_NODE_ENV``); ``--stock-serve``
+measures Serve's own (0.1 s).
+
 Usage: .venv/bin/python benchmarks/bench_idle_cpu.py [--llm prepared:smollm2] [--seconds 30] [--json out.json]
+       [--stock-serve]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.bench_llm_modes import cpu_llm_spec  # noqa: E402
 from serve_app.energy.procs import group_of, kind_of, scan  # noqa: E402
+from serve_app.env import RAY_NODE_ENV  # noqa: E402
 from tests.conftest import free_port, wait_http  # noqa: E402
 
 SETTLE_S = 10.0  # after /readyz: the replicas' first exports and the account's first ticks are done
@@ -67,7 +72,16 @@ def main() -> None:
     ap.add_argument("--llm", default=None, help="an LLM model (e.g. prepared:smollm2); default tfidf-logreg")
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--stock-serve",
+        action="store_true",
+        help="Serve's own loop periods (0.1 s), not accuwatt's RAY_NODE_ENV (serve_app/env.py)",
+    )
     args = ap.parse_args()
+    if args.stock_serve:  # importing the helpers set accuwatt's defaults; other values set stay
+        for key, value in RAY_NODE_ENV.items():
+            if os.environ.get(key) == value:
+                os.environ.pop(key)
 
     import ray
     from ray import serve
@@ -92,7 +106,8 @@ def main() -> None:
         logging_level="ERROR",
         _temp_dir=tempfile.mkdtemp(prefix="aw-b-"),
     )
-    out: dict[str, Any] = {"model": args.llm or "tfidf-logreg"}
+    ray_env = {k: os.environ.get(k, "Ray's default") for k in RAY_NODE_ENV}
+    out: dict[str, Any] = {"model": args.llm or "tfidf-logreg", "ray_env": ray_env}
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -114,6 +129,7 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     print(f"{out['model']}: CPU while idle, % of one core, {args.seconds:g} s after the app was ready")
+    print("  " + ", ".join(f"{k}={v}" for k, v in ray_env.items()))
     for meter in ("auto", "off"):
         r = out[meter]
         kinds = ", ".join(f"{k} {v:.1f}" for k, v in r["by_kind_pct"].items())

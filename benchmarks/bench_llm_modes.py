@@ -43,6 +43,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from serve_app.env import set_ray_node_defaults  # noqa: E402
+
+set_ray_node_defaults()  # Serve as accuwatt runs it (serve_app/env.py)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CACHE = Path(tempfile.gettempdir()) / "accuwatt-cache"
 WARM_TEXTS = 8

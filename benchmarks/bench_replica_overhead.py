@@ -30,6 +30,10 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from serve_app.env import set_ray_node_defaults  # noqa: E402
+
+set_ray_node_defaults()  # Serve as accuwatt runs it (serve_app/env.py)
+
 from ray import serve  # noqa: E402
 
 MODEL = "tfidf-logreg"

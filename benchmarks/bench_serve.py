@@ -42,6 +42,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from serve_app.env import set_ray_node_defaults  # noqa: E402
+
+set_ray_node_defaults()  # Serve as accuwatt runs it (serve_app/env.py)
+
 from benchmarks._http import post_in_chunks  # noqa: E402
 from serve_app.energy.nodemeter import node_busy_cpu_s  # noqa: E402
 from tests.conftest import free_port, wait_http  # noqa: E402

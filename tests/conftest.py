@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from serve_app.env import set_ray_node_defaults
 from serve_app.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +26,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+set_ray_node_defaults()  # every Ray the tests start runs as the nodes accuwatt starts do
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

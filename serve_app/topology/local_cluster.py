@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from serve_app.env import scoped_env
+from serve_app.env import scoped_env, set_ray_node_defaults
 from serve_app.ports import free_port
 from serve_app.topology.nodes import NODE_LABEL, NODE_RESOURCE_PREFIX
 
@@ -137,6 +137,7 @@ class LocalCluster:
         os.environ["RAY_AUTH_MODE"] = mode  # this process (the driver) must match the cluster
         use_loopback()
         Path(self.temp_dir, "ray").mkdir(exist_ok=True)  # where Ray writes its address file here
+        set_ray_node_defaults()
         with scoped_env({"RAY_TMPDIR": self.temp_dir, "RAY_USAGE_STATS_ENABLED": "0"}):
             head, *workers = self.nodes
             self._cluster = Cluster(initialize_head=True, head_node_args=self._node_args(head, True))

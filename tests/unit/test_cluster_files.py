@@ -11,6 +11,7 @@ import ray
 import yaml
 
 from serve_app.config import AppConfig
+from serve_app.env import RAY_NODE_ENV
 from serve_app.sweep.config import SweepFile, classifier_specs
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
@@ -55,3 +56,21 @@ def test_sweep_files_validate() -> None:
         sweep = SweepFile.from_yaml(f)
         for topo in sweep.topologies:
             AppConfig.model_validate({"classifiers": classifier_specs(sweep, topo)})
+
+
+def test_cluster_files_give_every_node_the_ray_node_env() -> None:
+    """The nodes ``ray up`` and KubeRay start get what ``serve_app.env.RAY_NODE_ENV`` gives the nodes
+    accuwatt starts itself, with the same values."""
+    ray_up = yaml.safe_load((CLUSTER / "ray-up.example.yaml").read_text())
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in ray_up[key]]
+    starts = [c for c in starts if " ray start " in f" {c} "]
+    assert len(starts) == 2
+    for command in starts:
+        for key, value in RAY_NODE_ENV.items():
+            assert f"{key}={value} " in command, (key, command)
+    rc = yaml.safe_load((CLUSTER / "kuberay-rayservice.yaml").read_text())["spec"]["rayClusterConfig"]
+    groups = [rc["headGroupSpec"], *rc["workerGroupSpecs"]]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e["value"] for e in container.get("env", [])}
+            assert {k: env.get(k) for k in RAY_NODE_ENV} == RAY_NODE_ENV, container["name"]

@@ -4,12 +4,14 @@ Units: the files hold µJ, figures are J."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.rapl import RaplMeter, rapl_available
+from serve_app.energy.sampler import IDLE_PERIOD_S
 from serve_app.energy.window import ReplicaEnergy
 
 pytestmark = pytest.mark.unit
@@ -68,9 +70,9 @@ def test_overlapping_windows_share_what_the_counter_moved(tmp_path: Path, packag
     assert tag_a.source == tag_b.source == "rapl" and tag_a.measured
     assert "example_flag" in tag_a.flags and tag_a.attribution and tag_a.attribution.max_sharers == 2
     assert snap["requests"] == 2 and snap["open_requests"] == 0
-    # Counted to the last reading the windows took; the final 0.05 J is in no reading yet.
-    assert snap["metered_j"] == pytest.approx(0.25 + 0.3 + 0.8 + 0.1)
-    assert snap["idle_j"] == pytest.approx(0.25)
+    # Counted up to the snapshot, which reads the counter itself: the final 0.05 J is idle too.
+    assert snap["metered_j"] == pytest.approx(0.25 + 0.3 + 0.8 + 0.1 + 0.05)
+    assert snap["idle_j"] == pytest.approx(0.25 + 0.05)
 
 
 def test_abandoned_window_keeps_what_it_used_attributed(tmp_path: Path, package: Package) -> None:
@@ -131,3 +133,42 @@ def test_stepped_window_takes_engine_work(tmp_path: Path, package: Package) -> N
     tokens = tag_long.attribution.tokens if tag_long.attribution else None
     assert tokens is not None and (tokens.prefill_tokens, tokens.decode_tokens) == (10, 3)
     assert tokens.prefill_j == pytest.approx(1.2 * 10 / 24) and tokens.decode_j == pytest.approx(1.2 * 3 / 24)
+
+
+def readings_over(energy: ReplicaEnergy, seconds: float) -> int:
+    """Readings the ledger took in ``seconds`` (the ledger's own count: no read of ours in between)."""
+    before = energy.sampler.ledger.totals().readings
+    time.sleep(seconds)
+    return energy.sampler.ledger.totals().readings - before
+
+
+def test_the_sampler_reads_at_its_period_only_while_a_request_is_open(
+    tmp_path: Path, package: Package
+) -> None:
+    """A 10 ms sampler: idle, it reads at most once a second (``IDLE_PERIOD_S``); a window opening wakes
+    it to 10 ms at once, and it backs off again once the window closes."""
+    energy = energy_on(tmp_path, sample_period_s=0.01)
+    try:
+        time.sleep(0.2)  # past the thread's start
+        idle_before = readings_over(energy, 0.6)
+        w = energy.open("r", 1.0)
+        busy = readings_over(energy, 0.6)
+        w.close()
+        time.sleep(0.05)  # the thread's current period ends
+        idle_after = readings_over(energy, 0.6)
+    finally:
+        energy.close()
+    assert IDLE_PERIOD_S >= 1.0
+    assert idle_before <= 1 and idle_after <= 1, (idle_before, idle_after)
+    assert busy >= 20, busy  # 60 periods of 10 ms; a loaded test machine stretches them
+
+
+def test_totals_include_energy_up_to_now_while_the_sampler_idles(tmp_path: Path, package: Package) -> None:
+    energy = energy_on(tmp_path, sample_period_s=0.01)
+    try:
+        time.sleep(0.1)
+        package.add(2.5)  # idle: no sampler read follows for up to a second
+        t = energy.totals()
+    finally:
+        energy.close()
+    assert sum(t.metered_j.values()) == pytest.approx(2.5) and sum(t.idle_j.values()) == pytest.approx(2.5)
