@@ -33,8 +33,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks._cpu import CpuByGroup  # noqa: E402
 from benchmarks.bench_llm_modes import cpu_llm_spec  # noqa: E402
-from serve_app.energy.procs import group_of, kind_of, scan  # noqa: E402
 from serve_app.env import RAY_NODE_ENV  # noqa: E402
 from tests.conftest import free_port, wait_http  # noqa: E402
 
@@ -43,28 +43,9 @@ SETTLE_S = 10.0  # after /readyz: the replicas' first exports and the account's 
 
 def idle_cpu(seconds: float) -> dict[str, Any]:
     """CPU time per group kind and the busiest processes over ``seconds`` of idle (% of one core)."""
-    a = scan()
-    t0 = time.monotonic()
+    clock = CpuByGroup().start()
     time.sleep(seconds)
-    b = scan()
-    wall = time.monotonic() - t0
-    groups = group_of(b)
-    by_kind: dict[str, float] = {}
-    procs: list[tuple[float, str]] = []
-    for pid, p in b.items():
-        before = a.get(pid)
-        if before is None or before.start_s != p.start_s:
-            continue  # started within the window: not idle cost
-        pct = 100 * (p.cpu_s - before.cpu_s) / wall
-        kind = kind_of(groups[pid])
-        by_kind[kind] = by_kind.get(kind, 0.0) + pct
-        procs.append((pct, p.title[:70]))
-    return {
-        "seconds": wall,
-        "total_pct": sum(by_kind.values()),
-        "by_kind_pct": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
-        "top": [{"pct": pct, "title": t} for pct, t in sorted(procs, reverse=True)[:12]],
-    }
+    return clock.stop()
 
 
 def main() -> None:

@@ -106,6 +106,9 @@ class ServeComparison(BaseModel):
     serve_start_s: float
     serve_meter: str = "estimate"
     """The Serve app's ``energy.meter`` (``off``: the same app without metering, to isolate its cost)."""
+    serve_cpu_pct_by_kind: list[dict[str, float]] = []
+    """Per repetition, the CPU each process group used while the texts went through Serve (% of one
+    core; the engine core and its workers are in ``replica``): what Ray and Serve took beside it."""
 
 
 class BenchResult(BaseModel):
@@ -222,6 +225,7 @@ def serve_comparison(
     import ray
     from ray import serve
 
+    from benchmarks._cpu import CpuByGroup
     from benchmarks._http import post_in_chunks
     from serve_app.app import build_app
     from tests.conftest import free_port, wait_http
@@ -246,7 +250,11 @@ def serve_comparison(
         url = f"http://127.0.0.1:{port}/v1/classify"
         body = {"model": spec_dict["id"], "mode": mode}
         asyncio.run(post_in_chunks(url, body, warm, len(warm), 1, 600))  # warm-up
-        walls = [asyncio.run(post_in_chunks(url, body, texts, batch, concurrency, 600)) for _ in inproc_tps]
+        walls, cpu = [], []
+        for _ in inproc_tps:
+            clock = CpuByGroup().start()
+            walls.append(asyncio.run(post_in_chunks(url, body, texts, batch, concurrency, 600)))
+            cpu.append(clock.stop()["by_kind_pct"])
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -260,6 +268,7 @@ def serve_comparison(
         serve_vs_inprocess_ratio=[s / i for s, i in zip(tps, inproc_tps, strict=True)],
         serve_start_s=start_s,
         serve_meter=spec_dict["energy"]["meter"],
+        serve_cpu_pct_by_kind=cpu,
     )
 
 
@@ -400,6 +409,11 @@ def main() -> None:
         print(
             f"target Serve >= 0.9x in-process (score, warm), each repetition: {[round(r, 2) for r in rs]} {verdict}"
         )
+        for i, kinds in enumerate(out.serve.serve_cpu_pct_by_kind):
+            print(
+                f"  Serve repetition {i + 1}, CPU % of one core: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in kinds.items())
+            )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ class EnergyConfig(Strict):
     """``auto`` probes nvml (if the replica owns GPUs), then rapl, then falls back to ``estimate``.
     ``off`` disables metering (tags say ``source: "off"``); it exists for overhead benchmarks."""
     sample_period_s: float = Field(0.05, gt=0, le=10)
+    """How often the replica's meter is read while a request weighted step by step is open (an LLM under
+    ``tokens``); otherwise once a second, as a split over constant sharers needs no reads in between
+    (``energy/sampler.py``). A meter integrating power readings (``nvml-power``) is read this often
+    throughout."""
     attribution: Literal["time", "texts", "tokens"] = "texts"
     """How an interval's energy is split among the requests active in it: equally (``time``), in
     proportion to their number of texts (``texts``), or to their token counts (``tokens``, LLMs)."""

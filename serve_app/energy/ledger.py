@@ -347,6 +347,11 @@ class Ledger:
     def open_requests(self) -> int:
         return len(self._open)
 
+    @property
+    def stepped_open(self) -> bool:
+        """Whether any open request is weighted by the work of each engine step."""
+        return any(o.stepped for o in list(self._open.values()))
+
     def totals(self) -> LedgerTotals:
         with self._lock:
             return LedgerTotals(

@@ -1,15 +1,16 @@
-"""The periodic sampler: reads the replica's meter every ``period_s`` while requests are open and feeds
-the ledger.
+"""The periodic sampler: reads the replica's meter and feeds the ledger, every ``period_s`` while a
+request weighted step by step is open (an LLM under the ``tokens`` rule), else every
+``coarse_period_s`` (``COARSE_PERIOD_S``).
 
-With no request open it reads only every ``idle_period_s`` (``IDLE_PERIOD_S``): an interval nobody
-shares goes to idle whatever its length, and each request's own reads at ``begin`` and ``end`` bound
-its window, so sampling an idle replica 20 times a second bought nothing and cost CPU on every replica
-and router (measured with ``benchmarks/bench_idle_cpu.py``). A request opening wakes it (``wake``). The
-idle reads remain so that counters are seen well within any wrap period and the totals stay fresh.
-
-A meter that fails (``MeterError``) puts the sampler in the ``unavailable`` state: tags then carry
-``source="unavailable"`` and no joules, and the failure is logged once; it recovers by itself when
-reads succeed again (the next good reading is a fresh origin, so the gap is not attributed).
+Every request's own reads at ``begin`` and ``end`` bound its window, so the set of sharers is constant
+inside every interval, and splitting one interval by fixed weights gives what splitting its parts would:
+periodic reads change no request's share there. They matter where weights move inside a request: a
+stepped request's tokens arrive step by step, and a reading closes the interval they are weighed in.
+So only then does the sampler read often; otherwise once a second (counters are seen well within
+any wrap period, and ``ReplicaEnergy.totals`` reads up to now anyway). Reading every 50 ms on every
+replica and router cost CPU for nothing (``benchmarks/bench_idle_cpu.py``). A stepped request
+opening wakes the sampler (``wake``). A meter that integrates power readings (``nvml-power``) is
+read every ``period_s`` throughout: there the reads are the measurement.
 """
 
 from __future__ import annotations
@@ -25,15 +26,16 @@ from serve_app.energy.ledger import Ledger
 log = logging.getLogger(__name__)
 
 
-IDLE_PERIOD_S = 1.0
-"""Read period (s) while no request is open (never below ``period_s``)."""
+COARSE_PERIOD_S = 1.0
+"""Read period (s) while no stepped request is open (never below ``period_s``)."""
 
 
 class Sampler:
-    def __init__(self, meter: Meter, period_s: float, idle_period_s: float = IDLE_PERIOD_S) -> None:
+    def __init__(self, meter: Meter, period_s: float, coarse_period_s: float = COARSE_PERIOD_S) -> None:
         self.meter = meter
         self.period_s = period_s
-        self.idle_period_s = max(period_s, idle_period_s)
+        integrates = meter.info.source == "nvml-power"
+        self.coarse_period_s = period_s if integrates else max(period_s, coarse_period_s)
         self.error: str | None = None
         try:
             first = meter.read()
@@ -45,7 +47,7 @@ class Sampler:
         self.cpu_s = 0.0  # CPU time the sampler thread itself used (s)
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._idle = False  # the thread waits on ``_wake`` (no request was open)
+        self._coarse = False  # the thread waits on ``_wake`` (no stepped request was open)
         self._thread = threading.Thread(target=self._run, name="accuwatt-sampler", daemon=True)
 
     def start(self) -> Sampler:
@@ -68,22 +70,22 @@ class Sampler:
         return reading
 
     def wake(self) -> None:
-        """A request opened: back to ``period_s`` if the thread is waiting out an idle period."""
-        if self._idle:
+        """A stepped request opened: back to ``period_s`` if the thread is waiting a coarse period."""
+        if self._coarse:
             self._wake.set()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            # ``_idle`` is set before the open count is read: a request that opens after the read sees
-            # it and wakes the thread (``begin`` adds the request before ``wake``)
-            self._idle = True
-            if self.ledger.open_requests:
-                self._idle = False
+            # ``_coarse`` is set before the open requests are looked at: a stepped request that opens
+            # after that sees it and wakes the thread (``begin`` adds the request before ``wake``)
+            self._coarse = True
+            if self.ledger.stepped_open:
+                self._coarse = False
                 if self._stop.wait(self.period_s):
                     break
             else:
-                woken = self._wake.wait(self.idle_period_s)
-                self._idle = False
+                woken = self._wake.wait(self.coarse_period_s)
+                self._coarse = False
                 self._wake.clear()
                 if woken:
                     continue  # the request's own read began the interval; sample a period later

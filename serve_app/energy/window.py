@@ -91,11 +91,12 @@ class ReplicaEnergy:
         stepped = stepped and start is not None
         if start is not None:
             self.sampler.ledger.begin(key, start, weight, stepped=stepped)
-            self.sampler.wake()
+            if stepped:
+                self.sampler.wake()
         return RequestWindow(self, key, start, stepped)
 
     def totals(self) -> LedgerTotals:
-        """The ledger's totals up to now: sampled first, as an idle sampler reads only every second."""
+        """The ledger's totals up to now: sampled first (the sampler may be a second behind)."""
         if self.metering:
             self.sampler.sample()
         return self.sampler.ledger.totals()

@@ -154,6 +154,7 @@ def test_engine_steps_weight_the_energy_split(tiny: LLMClassifier, engine_loop: 
         r0 = meter.read()
         for rid in ("paper", "score"):
             ledger.begin(rid, r0, tiny.request_weight(texts), stepped=True)
+        sampler.wake()  # stepped requests are open: read every period (as ReplicaEnergy.open does)
 
         def sink(rid: str) -> Any:
             return lambda prefill, decode: ledger.work(rid, prefill, decode)

@@ -11,7 +11,7 @@ import pytest
 
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.rapl import RaplMeter, rapl_available
-from serve_app.energy.sampler import IDLE_PERIOD_S
+from serve_app.energy.sampler import COARSE_PERIOD_S
 from serve_app.energy.window import ReplicaEnergy
 
 pytestmark = pytest.mark.unit
@@ -142,25 +142,29 @@ def readings_over(energy: ReplicaEnergy, seconds: float) -> int:
     return energy.sampler.ledger.totals().readings - before
 
 
-def test_the_sampler_reads_at_its_period_only_while_a_request_is_open(
+def test_the_sampler_reads_at_its_period_only_while_a_stepped_request_is_open(
     tmp_path: Path, package: Package
 ) -> None:
-    """A 10 ms sampler: idle, it reads at most once a second (``IDLE_PERIOD_S``); a window opening wakes
-    it to 10 ms at once, and it backs off again once the window closes."""
-    energy = energy_on(tmp_path, sample_period_s=0.01)
+    """A 10 ms sampler: idle, or with a request of fixed weight open, it reads at most once a second
+    (``COARSE_PERIOD_S``: the window's own reads bound that request); a stepped window opening wakes it
+    to 10 ms at once, and it backs off again once that window closes."""
+    energy = energy_on(tmp_path, sample_period_s=0.01, attribution="tokens")
     try:
         time.sleep(0.2)  # past the thread's start
-        idle_before = readings_over(energy, 0.6)
-        w = energy.open("r", 1.0)
-        busy = readings_over(energy, 0.6)
-        w.close()
+        idle = readings_over(energy, 0.6)
+        fixed = energy.open("fixed", 1.0, stepped=False)
+        with_fixed = readings_over(energy, 0.6)
+        stepped = energy.open("stepped", 1.0, stepped=True)
+        with_stepped = readings_over(energy, 0.6)
+        stepped.close((1, 1))
         time.sleep(0.05)  # the thread's current period ends
-        idle_after = readings_over(energy, 0.6)
+        after = readings_over(energy, 0.6)
+        fixed.close((1, 1))
     finally:
         energy.close()
-    assert IDLE_PERIOD_S >= 1.0
-    assert idle_before <= 1 and idle_after <= 1, (idle_before, idle_after)
-    assert busy >= 20, busy  # 60 periods of 10 ms; a loaded test machine stretches them
+    assert COARSE_PERIOD_S >= 1.0
+    assert idle <= 1 and with_fixed <= 1 and after <= 1, (idle, with_fixed, after)
+    assert with_stepped >= 20, with_stepped  # 60 periods of 10 ms; a loaded test machine stretches them
 
 
 def test_totals_include_energy_up_to_now_while_the_sampler_idles(tmp_path: Path, package: Package) -> None:
