@@ -11,8 +11,10 @@ Prints:
    prediction `accuwatt evaluate` does (one `predict` call over the same texts), as a ratio;
 2. throughput (texts/s, batched, concurrent) and p50 latency (single-text requests, one at a time,
    alternating between the apps) with energy metering on versus off (two otherwise identical apps on
-   the same Ray), as a ratio and a difference; and the node's busy CPU per text in each app's rounds
-   (``/proc/stat``), whose off/on ratio is the capacity metering leaves;
+   the same Ray), as a ratio and a difference; the node's busy CPU per text in each app's rounds
+   (``/proc/stat``), whose off/on ratio is the capacity metering leaves; and the CPU per text of each
+   app's own replicas (router and classifier, from ``/proc/<pid>/stat``), where metering runs: the
+   least noisy of the three, as the client, proxy and Ray are left out;
 3. what metering adds to a single-text request inside the replica, without HTTP (the measurement of
    ``bench_replica_overhead.py``, run in the same Ray once the HTTP apps are deleted, ``--probe-rounds``);
 4. the sampler thread's CPU cost per second, from the metered replica, and the node account's own CPU
@@ -48,6 +50,7 @@ set_ray_node_defaults()  # Serve as accuwatt runs it (serve_app/env.py)
 
 from benchmarks._http import post_in_chunks  # noqa: E402
 from serve_app.energy.nodemeter import node_busy_cpu_s  # noqa: E402
+from serve_app.energy.procs import scan  # noqa: E402
 from tests.conftest import free_port, wait_http  # noqa: E402
 
 MODEL = "tfidf-logreg"
@@ -57,13 +60,24 @@ async def throughput(url: str, texts: list[str], batch: int, concurrency: int) -
     return len(texts) / await post_in_chunks(url, {"model": MODEL}, texts, batch, concurrency)
 
 
-def timed_round(url: str, texts: list[str], batch: int, concurrency: int) -> tuple[float, float]:
-    """One throughput round: texts/s, and the node's busy CPU (``/proc/stat``, every process: the
-    client, Ray, every app) per text in ms. The CPU figure is the machine's capacity cost: on a
-    saturated machine texts/s = cores / CPU per text, and it moves less with scheduling stalls."""
-    cpu0 = node_busy_cpu_s()
+def timed_round(
+    url: str, texts: list[str], batch: int, concurrency: int, app: str
+) -> tuple[float, float, float]:
+    """One throughput round: texts/s; the node's busy CPU (``/proc/stat``, every process: the client,
+    Ray, every app) per text in ms; and the CPU of the app's own replicas (processes titled
+    ``ServeReplica:<app>:``) per text in ms. The node figure is the machine's capacity cost: on a
+    saturated machine texts/s = cores / CPU per text, and it moves less with scheduling stalls; the
+    app's own figure leaves out the proxy, Ray and the client, which all apps share."""
+    cpu0, procs0 = node_busy_cpu_s(), scan()
     tps = asyncio.run(throughput(url, texts, batch, concurrency))
-    return tps, (node_busy_cpu_s() - cpu0) / len(texts) * 1e3
+    cpu1, procs1 = node_busy_cpu_s(), scan()
+    own = f"ServeReplica:{app}:"
+    app_s = sum(
+        p.cpu_s - procs0[pid].cpu_s
+        for pid, p in procs1.items()
+        if own in p.title and pid in procs0 and procs0[pid].start_s == p.start_s
+    )
+    return tps, (cpu1 - cpu0) / len(texts) * 1e3, app_s / len(texts) * 1e3
 
 
 def p50_latency_ms(urls: dict[str, str], texts: list[str]) -> dict[str, float]:
@@ -159,12 +173,15 @@ def main() -> None:
     apps = ("bare2", "off", "auto", "hop", "bare1")
     tps: dict[str, list[float]] = {a: [] for a in apps}
     cpu_ms: dict[str, list[float]] = {a: [] for a in apps}
+    app_cpu_ms: dict[str, list[float]] = {a: [] for a in apps}
+    serve_apps = {"bare2": "bare2", "bare1": "bare1", "off": "m-off", "auto": "m-auto", "hop": "m-hop"}
     p50: dict[str, list[float]] = {a: [] for a in apps}
     for r in range(args.rounds):
         for app in apps if r % 2 == 0 else apps[::-1]:
-            t, c = timed_round(urls[app], texts, args.batch, args.concurrency)
+            t, c, own = timed_round(urls[app], texts, args.batch, args.concurrency, serve_apps[app])
             tps[app].append(t)
             cpu_ms[app].append(c)
+            app_cpu_ms[app].append(own)
         for meter, ms in p50_latency_ms(urls, texts[: args.latency_requests]).items():
             p50[meter].append(ms)
     view = httpx.get(f"{base}/auto/v1/energy", timeout=30).json()
@@ -217,6 +234,10 @@ def main() -> None:
         "node_cpu_ms_per_text_by_round": cpu_ms,
         "metering_cpu_per_text_ratio_off_over_on": statistics.median(cpu_ms["off"])
         / statistics.median(cpu_ms["auto"]),
+        "app_cpu_ms_per_text": {a: statistics.median(v) for a, v in app_cpu_ms.items()},
+        "app_cpu_ms_per_text_by_round": app_cpu_ms,
+        "metering_app_cpu_per_text_ratio_off_over_on": statistics.median(app_cpu_ms["off"])
+        / statistics.median(app_cpu_ms["auto"]),
         "p50_ms_metered": on_p50,
         "p50_ms_unmetered": off_p50,
         "metering_added_p50_ms": on_p50 - off_p50,
@@ -265,6 +286,11 @@ def main() -> None:
     print(
         f"  node CPU per text (ms, /proc/stat): {', '.join(f'{a} {v:.3f}' for a, v in cpu.items())}; "
         f"off/on {result['metering_cpu_per_text_ratio_off_over_on']:.3f} (the capacity ratio)"
+    )
+    own = result["app_cpu_ms_per_text"]
+    print(
+        f"  the app's own replicas' CPU per text (ms): {', '.join(f'{a} {v:.3f}' for a, v in own.items())}; "
+        f"off/on {result['metering_app_cpu_per_text_ratio_off_over_on']:.3f} (metering's cost where it runs)"
     )
     print(
         f"  p50 single-text latency: on {on_p50:.2f} ms, off {off_p50:.2f} ms, added {on_p50 - off_p50:+.3f} ms"
