@@ -85,6 +85,7 @@ def main() -> None:
         num_cpus=8,
         include_dashboard=False,
         logging_level="ERROR",
+        log_to_driver=False,  # else every request's Serve access line is shipped to this process
         _temp_dir=tempfile.mkdtemp(prefix="aw-b-"),
     )
     ray_env = {k: os.environ.get(k, "Ray's default") for k in RAY_NODE_ENV}

@@ -235,6 +235,7 @@ def serve_comparison(
         num_cpus=8,
         include_dashboard=False,
         logging_level="ERROR",
+        log_to_driver=False,  # else every request's Serve access line is shipped to this process
         _temp_dir=tempfile.mkdtemp(prefix="aw-b-"),
     )
     try:

@@ -125,7 +125,11 @@ def main() -> None:
     texts = list(split.test.texts)
 
     ray.init(
-        num_cpus=4, include_dashboard=False, logging_level="ERROR", _temp_dir=tempfile.mkdtemp(prefix="aw-b-")
+        num_cpus=4,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,  # else every request's Serve access line is shipped to this process
+        _temp_dir=tempfile.mkdtemp(prefix="aw-b-"),
     )
     try:
         handle = serve.run(Probe.bind(str(artifacts), texts), name="replica-overhead", route_prefix=None)

@@ -145,7 +145,11 @@ def main() -> None:
     inproc_tps = len(texts) / (time.perf_counter() - t0)
 
     ray.init(
-        num_cpus=8, include_dashboard=False, logging_level="ERROR", _temp_dir=tempfile.mkdtemp(prefix="aw-b-")
+        num_cpus=8,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,  # else every request's Serve access line is shipped to this process
+        _temp_dir=tempfile.mkdtemp(prefix="aw-b-"),
     )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -52,6 +52,12 @@ AGENT_PREFIX = "accuwatt-energy-agent-"
 DEFAULT_POLL_PERIOD_S = 0.1
 DEFAULT_RPC_TIMEOUT_S = 2.0
 MIN_MAX_STALE_S = 10.0
+QUIET_AFTER_S = 10.0
+"""An agent asked nothing for this long (no share meter polls it: every replica and router that used
+its accounts is gone, and nobody reads ``/v1/energy``) is quiet: its accounts tick only every
+``QUIET_PERIOD_S`` (each tick still splits the whole interval since the last, so closure is unchanged)
+until the next question, which brings the ``account_period_s`` ticks back within one period."""
+QUIET_PERIOD_S = 10.0
 
 
 # -- the per-node agent ------------------------------------------------------------------------
@@ -68,10 +74,14 @@ class NodeEnergyAgentImpl:
         self._account_lock = threading.Lock()
         self._codecarbon: NodeCodeCarbon | None = None  # started by the first account that asks for it
         self._cc_origin: dict[str, dict[str, float]] = {}  # account key -> its origin in the cross-check
+        self._asked_s = time.monotonic()  # the last question (see QUIET_AFTER_S)
+        self.quiet_after_s = QUIET_AFTER_S
+        self.quiet_period_s = QUIET_PERIOD_S
 
     # -- the node account (one per node and counters configuration; see account.py) ------------------
     def start_account(self, cfg: dict[str, Any]) -> dict[str, Any]:
         """Start (or join) the node's account for this counters configuration; returns its key."""
+        self._asked_s = time.monotonic()
         ecfg = EnergyConfig.model_validate(cfg)
         key = account_key(ecfg)
         with self._account_lock:
@@ -97,15 +107,26 @@ class NodeEnergyAgentImpl:
         from serve_app.metrics import NodeMetrics
 
         metrics = NodeMetrics()
+        last_tick_s = time.monotonic()
         while not self._closed.wait(period_s):
+            now = time.monotonic()
+            if now - self._asked_s > self.quiet_after_s and now - last_tick_s < self.quiet_period_s:
+                continue  # quiet: nobody uses the account now
+            last_tick_s = now
             try:
                 account.tick()
                 metrics.export(self.node, dict(account.sources), account.by_share_key())
             except Exception:  # a tick must never kill the agent
                 log.exception("node account tick failed")
 
+    def account(self, key: str) -> NodeAccount | None:
+        """The account of counters configuration ``key`` itself, in this process (not a question: it
+        does not wake a quiet agent)."""
+        return self._accounts.get(key)
+
     def share(self, pid: int, key: str) -> dict[str, Any]:
         """The account's share of process ``pid``'s group (see ``NodeAccount.share_of_pid``)."""
+        self._asked_s = time.monotonic()
         account = self._accounts.get(key)
         if account is None:
             return {"error": f"no node account {key!r} on {self.node}"}
@@ -119,6 +140,7 @@ class NodeEnergyAgentImpl:
 
     def account_snapshot(self) -> list[dict[str, Any]]:
         """Every account of the node; with ``energy.codecarbon``, its ``codecarbon`` cross-check."""
+        self._asked_s = time.monotonic()
         out = []
         for key, account in sorted(self._accounts.items()):
             snap = {**account.snapshot(), "account": key}
@@ -180,6 +202,7 @@ class NodeEnergyAgentImpl:
     def read(self, group: str) -> dict[str, Any]:
         """The group's cumulative counters (keys without node prefix) and, for an account share, what
         of them is not yet settled at a tick (``pending_j``). Units: J."""
+        self._asked_s = time.monotonic()
         meter = self._groups.get(group)
         if meter is None:
             return {"error": f"group {group!r} not watched on {self.node}"}

@@ -287,3 +287,35 @@ def test_processes_of_a_replica_on_another_node_are_its_group_in_this_nodes_acco
         agent.close()
         stage.kill()
         stage.wait(timeout=10)
+
+
+def test_an_agent_nobody_asks_goes_quiet_and_the_next_question_wakes_it() -> None:
+    """Every replica and router that polled the node's account is gone: the account ticks only every
+    quiet period (its tick reads every process: CPU for nobody), and the first question brings the
+    account period back. Closure holds across the quiet stretch (each tick splits all since the last)."""
+    from serve_app.config_common import EnergyConfig
+    from serve_app.energy.agents import NodeEnergyAgentImpl
+
+    agent = NodeEnergyAgentImpl("n1")
+    agent.quiet_after_s, agent.quiet_period_s = 0.5, 60.0
+    try:
+        key = agent.start_account(EnergyConfig(meter="estimate", account_period_s=0.05).model_dump())["key"]
+        account = agent.account(key)
+        assert account is not None
+
+        def ticks_over(seconds: float) -> int:
+            before = account.snapshot()["ticks"]
+            time.sleep(seconds)
+            return account.snapshot()["ticks"] - before
+
+        asked = ticks_over(0.4)  # asked at start: ticks every 50 ms
+        time.sleep(0.3)  # nothing asked for 0.7 s
+        quiet = ticks_over(1.0)
+        agent.account_snapshot()  # a question (what /v1/energy asks)
+        woken = ticks_over(0.4)
+        snap = account.snapshot()
+    finally:
+        agent.close()
+    assert asked >= 3 and woken >= 3, (asked, woken)
+    assert quiet == 0, quiet
+    assert abs(snap["closure_error_j"]) < 1e-9 * snap["metered_j"]
