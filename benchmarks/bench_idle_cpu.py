@@ -38,6 +38,8 @@ from benchmarks.bench_llm_modes import cpu_llm_spec  # noqa: E402
 from serve_app.env import RAY_NODE_ENV  # noqa: E402
 from tests.conftest import free_port, wait_http  # noqa: E402
 
+STOCK_SERVE_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "100"}
+"""Ray Serve's defaults for what ``serve_app/env.py`` ``RAY_NODE_ENV`` sets."""
 SETTLE_S = 10.0  # after /readyz: the replicas' first exports and the account's first ticks are done
 
 
@@ -59,16 +61,14 @@ def main() -> None:
         help="Serve's own loop periods (0.1 s), not accuwatt's RAY_NODE_ENV (serve_app/env.py)",
     )
     args = ap.parse_args()
-    if args.stock_serve:  # importing the helpers set accuwatt's defaults; other values set stay
-        for key, value in RAY_NODE_ENV.items():
-            if os.environ.get(key) == value:
-                os.environ.pop(key)
+    if args.stock_serve:  # Serve's own periods (local_ray sets accuwatt's only where none is set)
+        os.environ.update(STOCK_SERVE_ENV)
 
-    import ray
     from ray import serve
 
     from serve_app.app import build_app
     from serve_app.data import load_dataset, make_split
+    from serve_app.replay.local import local_ray
     from serve_app.train import train_split
 
     artifacts = Path(tempfile.mkdtemp(prefix="aw-idle-"))
@@ -80,17 +80,9 @@ def main() -> None:
         train_split(make_split(ds, 300, 50, 20250101, 0), ["tfidf-logreg"], artifacts, ds.labels, ds.source)
         base_spec = {"kind": "traditional", "id": "tfidf-logreg"}
 
-    ray.init(
-        address="local",
-        num_cpus=8,
-        include_dashboard=False,
-        logging_level="ERROR",
-        log_to_driver=False,  # else every request's Serve access line is shipped to this process
-        _temp_dir=tempfile.mkdtemp(prefix="aw-b-"),
-    )
-    ray_env = {k: os.environ.get(k, "Ray's default") for k in RAY_NODE_ENV}
+    ray_env = {k: os.environ.get(k, RAY_NODE_ENV[k]) for k in RAY_NODE_ENV}
     out: dict[str, Any] = {"model": args.llm or "tfidf-logreg", "ray_env": ray_env}
-    try:
+    with local_ray(8):
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         for meter in ("auto", "off"):
@@ -105,9 +97,6 @@ def main() -> None:
             time.sleep(SETTLE_S)
             out[meter] = idle_cpu(args.seconds)
             serve.delete("idle")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     print(f"{out['model']}: CPU while idle, % of one core, {args.seconds:g} s after the app was ready")

@@ -43,10 +43,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-from serve_app.env import set_ray_node_defaults  # noqa: E402
-
-set_ray_node_defaults()  # Serve as accuwatt runs it (serve_app/env.py)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CACHE = Path(tempfile.gettempdir()) / "accuwatt-cache"
 WARM_TEXTS = 8
@@ -222,23 +218,15 @@ def serve_comparison(
     """The same texts over HTTP, once per in-process repetition; ``batch`` x ``concurrency`` texts in
     flight. A fresh engine, prefix caching on, warmed up on the same ``warm`` texts as the in-process
     warm run."""
-    import ray
     from ray import serve
 
     from benchmarks._cpu import CpuByGroup
     from benchmarks._http import post_in_chunks
     from serve_app.app import build_app
+    from serve_app.replay.local import local_ray
     from tests.conftest import free_port, wait_http
 
-    ray.init(
-        address="local",  # a private Ray, never another user's cluster on this machine
-        num_cpus=8,
-        include_dashboard=False,
-        logging_level="ERROR",
-        log_to_driver=False,  # else every request's Serve access line is shipped to this process
-        _temp_dir=tempfile.mkdtemp(prefix="aw-b-"),
-    )
-    try:
+    with local_ray(8):
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         t0 = time.perf_counter()
@@ -256,9 +244,6 @@ def serve_comparison(
             clock = CpuByGroup().start()
             walls.append(asyncio.run(post_in_chunks(url, body, texts, batch, concurrency, 600)))
             cpu.append(clock.stop()["by_kind_pct"])
-    finally:
-        serve.shutdown()
-        ray.shutdown()
     tps = [len(texts) / w for w in walls]
     return ServeComparison(
         mode=mode,

@@ -30,10 +30,6 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from serve_app.env import set_ray_node_defaults  # noqa: E402
-
-set_ray_node_defaults()  # Serve as accuwatt runs it (serve_app/env.py)
-
 from ray import serve  # noqa: E402
 
 MODEL = "tfidf-logreg"
@@ -113,9 +109,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    import ray
-
     from serve_app.data import load_dataset, make_split
+    from serve_app.replay.local import local_ray
     from serve_app.train import train_split
 
     ds = load_dataset("demo")
@@ -124,19 +119,9 @@ def main() -> None:
     train_split(split, [MODEL], artifacts, ds.labels, ds.source)
     texts = list(split.test.texts)
 
-    ray.init(
-        num_cpus=4,
-        include_dashboard=False,
-        logging_level="ERROR",
-        log_to_driver=False,  # else every request's Serve access line is shipped to this process
-        _temp_dir=tempfile.mkdtemp(prefix="aw-b-"),
-    )
-    try:
+    with local_ray(4):
         handle = serve.run(Probe.bind(str(artifacts), texts), name="replica-overhead", route_prefix=None)
         out = handle.run.remote(args.rounds).result(timeout_s=1800)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     print(f"{MODEL}, single-text classify inside one replica, {len(texts)} texts x {args.rounds} rounds")

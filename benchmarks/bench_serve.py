@@ -44,10 +44,6 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from serve_app.env import set_ray_node_defaults  # noqa: E402
-
-set_ray_node_defaults()  # Serve as accuwatt runs it (serve_app/env.py)
-
 from benchmarks._http import post_in_chunks  # noqa: E402
 from serve_app.energy.nodemeter import node_busy_cpu_s  # noqa: E402
 from serve_app.energy.procs import scan  # noqa: E402
@@ -124,12 +120,12 @@ def main() -> None:
     args = ap.parse_args()
     overrides = json.loads(args.energy)
 
-    import ray
     from ray import serve
 
     from serve_app.app import build_app
     from serve_app.classifiers.traditional import TraditionalClassifier
     from serve_app.data import load_dataset, make_split
+    from serve_app.replay.local import local_ray
     from serve_app.train import train_split
 
     ds = load_dataset("demo")
@@ -144,65 +140,57 @@ def main() -> None:
     clf.compute(texts)
     inproc_tps = len(texts) / (time.perf_counter() - t0)
 
-    ray.init(
-        num_cpus=8,
-        include_dashboard=False,
-        logging_level="ERROR",
-        log_to_driver=False,  # else every request's Serve access line is shipped to this process
-        _temp_dir=tempfile.mkdtemp(prefix="aw-b-"),
-    )
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    base = f"http://127.0.0.1:{port}"
-    from benchmarks import bare_serve
+    with local_ray(8):
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        base = f"http://127.0.0.1:{port}"
+        from benchmarks import bare_serve
 
-    urls = {}
-    for name, bare in (("bare2", bare_serve.two_hop), ("bare1", bare_serve.one_hop)):
-        serve.run(bare(str(artifacts / MODEL)), name=name, route_prefix=f"/{name}", blocking=False)
-        urls[name] = f"{base}/{name}/v1/classify"
-        wait_ready(urls[name])
-        asyncio.run(throughput(urls[name], texts[:500], args.batch, args.concurrency))  # warm up
-    for meter, layout in (("auto", "two_hop"), ("off", "two_hop"), ("hop", "single_hop")):
-        energy = {"meter": "off"} if meter == "off" else {"meter": "auto", **overrides}
-        cfg = {
-            "artifacts_dir": str(artifacts),
-            "router": {"layout": layout},
-            "classifiers": [{"kind": "traditional", "id": MODEL, "energy": energy}],
-        }
-        serve.run(build_app(cfg), name=f"m-{meter}", route_prefix=f"/{meter}", blocking=False)
-        wait_http(f"{base}/{meter}/readyz")
-        urls[meter] = f"{base}/{meter}/v1/classify"
-        asyncio.run(throughput(urls[meter], texts[:500], args.batch, args.concurrency))  # warm up
+        urls = {}
+        for name, bare in (("bare2", bare_serve.two_hop), ("bare1", bare_serve.one_hop)):
+            serve.run(bare(str(artifacts / MODEL)), name=name, route_prefix=f"/{name}", blocking=False)
+            urls[name] = f"{base}/{name}/v1/classify"
+            wait_ready(urls[name])
+            asyncio.run(throughput(urls[name], texts[:500], args.batch, args.concurrency))  # warm up
+        for meter, layout in (("auto", "two_hop"), ("off", "two_hop"), ("hop", "single_hop")):
+            energy = {"meter": "off"} if meter == "off" else {"meter": "auto", **overrides}
+            cfg = {
+                "artifacts_dir": str(artifacts),
+                "router": {"layout": layout},
+                "classifiers": [{"kind": "traditional", "id": MODEL, "energy": energy}],
+            }
+            serve.run(build_app(cfg), name=f"m-{meter}", route_prefix=f"/{meter}", blocking=False)
+            wait_http(f"{base}/{meter}/readyz")
+            urls[meter] = f"{base}/{meter}/v1/classify"
+            asyncio.run(throughput(urls[meter], texts[:500], args.batch, args.concurrency))  # warm up
 
-    apps = ("bare2", "off", "auto", "hop", "bare1")
-    tps: dict[str, list[float]] = {a: [] for a in apps}
-    cpu_ms: dict[str, list[float]] = {a: [] for a in apps}
-    app_cpu_ms: dict[str, list[float]] = {a: [] for a in apps}
-    serve_apps = {"bare2": "bare2", "bare1": "bare1", "off": "m-off", "auto": "m-auto", "hop": "m-hop"}
-    p50: dict[str, list[float]] = {a: [] for a in apps}
-    for r in range(args.rounds):
-        for app in apps if r % 2 == 0 else apps[::-1]:
-            t, c, own = timed_round(urls[app], texts, args.batch, args.concurrency, serve_apps[app])
-            tps[app].append(t)
-            cpu_ms[app].append(c)
-            app_cpu_ms[app].append(own)
-        for meter, ms in p50_latency_ms(urls, texts[: args.latency_requests]).items():
-            p50[meter].append(ms)
-    view = httpx.get(f"{base}/auto/v1/energy", timeout=30).json()
-    snap = view["deployments"][MODEL]
-    accounts = list(view.get("nodes", {}).values())
-    replica = next(r for r in snap["replicas"].values() if not r["stale"])
-    wall_s = replica["window_s"][1] - replica["window_s"][0]
-    # in-replica cost of metering, without HTTP (bench_replica_overhead.py), in the same Ray and run,
-    # once the HTTP apps are gone (their samplers and account ticks would time-share the 2 cores)
-    from benchmarks.bench_replica_overhead import Probe
+        apps = ("bare2", "off", "auto", "hop", "bare1")
+        tps: dict[str, list[float]] = {a: [] for a in apps}
+        cpu_ms: dict[str, list[float]] = {a: [] for a in apps}
+        app_cpu_ms: dict[str, list[float]] = {a: [] for a in apps}
+        serve_apps = {"bare2": "bare2", "bare1": "bare1", "off": "m-off", "auto": "m-auto", "hop": "m-hop"}
+        p50: dict[str, list[float]] = {a: [] for a in apps}
+        for r in range(args.rounds):
+            for app in apps if r % 2 == 0 else apps[::-1]:
+                t, c, own = timed_round(urls[app], texts, args.batch, args.concurrency, serve_apps[app])
+                tps[app].append(t)
+                cpu_ms[app].append(c)
+                app_cpu_ms[app].append(own)
+            for meter, ms in p50_latency_ms(urls, texts[: args.latency_requests]).items():
+                p50[meter].append(ms)
+        view = httpx.get(f"{base}/auto/v1/energy", timeout=30).json()
+        snap = view["deployments"][MODEL]
+        accounts = list(view.get("nodes", {}).values())
+        replica = next(r for r in snap["replicas"].values() if not r["stale"])
+        wall_s = replica["window_s"][1] - replica["window_s"][0]
+        # in-replica cost of metering, without HTTP (bench_replica_overhead.py), in the same Ray and run,
+        # once the HTTP apps are gone (their samplers and account ticks would time-share the 2 cores)
+        from benchmarks.bench_replica_overhead import Probe
 
-    for name in list(serve.status().applications):
-        serve.delete(name)
-    probe = serve.run(Probe.bind(str(artifacts), list(split.test.texts)), name="probe", route_prefix=None)
-    in_replica = probe.run.remote(args.probe_rounds).result(timeout_s=1800)
-    serve.shutdown()
-    ray.shutdown()
+        for name in list(serve.status().applications):
+            serve.delete(name)
+        probe = serve.run(Probe.bind(str(artifacts), list(split.test.texts)), name="probe", route_prefix=None)
+        in_replica = probe.run.remote(args.probe_rounds).result(timeout_s=1800)
 
     on_tps, off_tps = statistics.median(tps["auto"]), statistics.median(tps["off"])
     on_p50, off_p50 = statistics.median(p50["auto"]), statistics.median(p50["off"])
