@@ -103,6 +103,8 @@ class ServeComparison(BaseModel):
     serve_meter: str = "estimate"
     """The Serve app's ``energy.meter`` (``off``: the same app without metering, to isolate its cost)."""
     serve_cpu_pct_by_kind: list[dict[str, float]] = []
+    serve_cpu_top: list[list[dict[str, Any]]] = []
+    """Per repetition, the processes that used the most CPU (% of one core, title)."""
     """Per repetition, the CPU each process group used while the texts went through Serve (% of one
     core; the engine core and its workers are in ``replica``): what Ray and Serve took beside it."""
 
@@ -239,11 +241,13 @@ def serve_comparison(
         url = f"http://127.0.0.1:{port}/v1/classify"
         body = {"model": spec_dict["id"], "mode": mode}
         asyncio.run(post_in_chunks(url, body, warm, len(warm), 1, 600))  # warm-up
-        walls, cpu = [], []
+        walls, cpu, top = [], [], []
         for _ in inproc_tps:
             clock = CpuByGroup().start()
             walls.append(asyncio.run(post_in_chunks(url, body, texts, batch, concurrency, 600)))
-            cpu.append(clock.stop()["by_kind_pct"])
+            used = clock.stop()
+            cpu.append(used["by_kind_pct"])
+            top.append(used["top"])
     tps = [len(texts) / w for w in walls]
     return ServeComparison(
         mode=mode,
@@ -255,6 +259,7 @@ def serve_comparison(
         serve_start_s=start_s,
         serve_meter=spec_dict["energy"]["meter"],
         serve_cpu_pct_by_kind=cpu,
+        serve_cpu_top=top,
     )
 
 

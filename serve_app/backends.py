@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from serve_app.deployment import ClassifierHost
-from serve_app.wire import ModelDescription
+from serve_app.wire import ModelDescription, ReplicaAnswer
 
 
 class Backend(Protocol):
@@ -16,7 +16,7 @@ class Backend(Protocol):
     local: bool
     """True when the classifier runs in the router's process (single hop)."""
 
-    async def classify(self, texts: list[str], mode: str | None, request_id: str) -> dict[str, Any]: ...
+    async def classify(self, texts: list[str], mode: str | None, request_id: str) -> ReplicaAnswer: ...
     async def describe(self) -> ModelDescription: ...
     async def energy_snapshot(self) -> tuple[str, dict[str, Any]]: ...
 
@@ -30,9 +30,9 @@ class RemoteClassifier:
         self.handle = handle
         self.deployment_name = str(handle.deployment_name)
 
-    async def classify(self, texts: list[str], mode: str | None, request_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self.handle.classify.remote(texts, mode, request_id)
-        return result
+    async def classify(self, texts: list[str], mode: str | None, request_id: str) -> ReplicaAnswer:
+        raw: str = await self.handle.classify_json.remote(texts, mode, request_id)
+        return ReplicaAnswer.model_validate_json(raw)
 
     async def describe(self) -> ModelDescription:
         description: ModelDescription = await self.handle.describe.remote()
@@ -52,7 +52,7 @@ class LocalClassifier:
         self.host = host
         self.deployment_name = deployment_name
 
-    async def classify(self, texts: list[str], mode: str | None, request_id: str) -> dict[str, Any]:
+    async def classify(self, texts: list[str], mode: str | None, request_id: str) -> ReplicaAnswer:
         return await self.host.classify(texts, mode, request_id)
 
     async def describe(self) -> ModelDescription:

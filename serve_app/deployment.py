@@ -40,7 +40,7 @@ from serve_app.metrics import ReplicaMetrics, tags
 from serve_app.registry import registry
 from serve_app.server import ClassifierReplica
 from serve_app.topology.nodes import alive_nodes, current_node_id, current_node_name
-from serve_app.wire import ModelDescription, Prediction
+from serve_app.wire import ModelDescription, Prediction, ReplicaAnswer
 
 log = logging.getLogger("accuwatt.deployment")
 EXPORT_PERIOD_S = 1.0
@@ -139,7 +139,7 @@ class ClassifierHost:
             self.metrics.meter_errors.inc(1, tags(source=self.server.energy.info.source))
         self.metrics.texts.inc(n_texts, tags(source=tag.source))
 
-    async def classify(self, texts: list[str], mode: str | None, request_id: str) -> dict[str, Any]:
+    async def classify(self, texts: list[str], mode: str | None, request_id: str) -> ReplicaAnswer:
         return await self.server.classify(texts, mode, request_id)
 
     # -- views ---------------------------------------------------------------------------------
@@ -219,3 +219,7 @@ class ClassifierServer(ClassifierHost):
     # Serve awaits an async constructor on the replica's event loop.
     async def __init__(self, spec: dict[str, Any], artifacts_dir: str) -> None:  # type: ignore[misc]
         await self.start(spec, artifacts_dir)
+
+    async def classify_json(self, texts: list[str], mode: str | None, request_id: str) -> str:
+        """``classify`` across the Ray hop: the `ReplicaAnswer` as JSON (``backends.RemoteClassifier``)."""
+        return (await self.classify(texts, mode, request_id)).model_dump_json()

@@ -14,9 +14,11 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Generic, TypeVar
 
 from serve_app.validation import RequestError
+
+T = TypeVar("T")
 
 
 def fingerprint(model: str, mode: str | None, texts: list[str]) -> str:
@@ -26,11 +28,13 @@ def fingerprint(model: str, mode: str | None, texts: list[str]) -> str:
     return h.hexdigest()
 
 
-class IdempotencyCache:
+class IdempotencyCache(Generic[T]):
+    """Answers of type ``T`` by request id (the router keeps `wire.ReplicaAnswer`)."""
+
     def __init__(self, max_entries: int = 10_000, ttl_s: float = 600.0) -> None:
         self.max_entries, self.ttl_s = max_entries, ttl_s
-        self._done: OrderedDict[str, tuple[float, str, dict[str, Any]]] = OrderedDict()
-        self._inflight: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+        self._done: OrderedDict[str, tuple[float, str, T]] = OrderedDict()
+        self._inflight: dict[str, tuple[str, asyncio.Future[T]]] = {}
 
     def _check(self, key: str, stored: str, fp: str) -> None:
         if stored != fp:
@@ -41,9 +45,7 @@ class IdempotencyCache:
                 "request_id",
             )
 
-    async def run(
-        self, key: str, fp: str, call: Callable[[], Awaitable[dict[str, Any]]]
-    ) -> tuple[dict[str, Any], bool]:
+    async def run(self, key: str, fp: str, call: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """``(result, replayed)``: the cached or joined result (replayed) or a fresh one."""
         now = time.monotonic()
         hit = self._done.get(key)
@@ -54,7 +56,7 @@ class IdempotencyCache:
             stored, running = self._inflight[key]
             self._check(key, stored, fp)
             return await asyncio.shield(running), True
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._inflight[key] = (fp, fut)
         try:
             result = await call()

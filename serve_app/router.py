@@ -62,6 +62,7 @@ from serve_app.wire import (
     EnergyView,
     ModelDescription,
     ModelList,
+    ReplicaAnswer,
     ReplicaEnergy,
 )
 
@@ -240,7 +241,7 @@ class Router:
         )
         self._seen: dict[str, dict[str, dict[str, Any]]] = {}  # highest energy snapshot seen per replica
         self._inflight = 0
-        self._idempotency = IdempotencyCache()
+        self._idempotency: IdempotencyCache[ReplicaAnswer] = IdempotencyCache()
         self._app = ctx.app_name if ctx else "local"
         self._states = ModelStates(self._app, self.backends)
         # Start the app's energy registry now (its worker takes seconds to start): a replica's first
@@ -310,7 +311,7 @@ class Router:
             raise not_ready(model_id, st)
         return st.description
 
-    async def _call(self, model_id: str, texts: list[str], mode: str | None, rid: str) -> dict[str, Any]:
+    async def _call(self, model_id: str, texts: list[str], mode: str | None, rid: str) -> ReplicaAnswer:
         """Classify on a replica; a replica that dies mid-request is retried ``retries`` times (the
         request is idempotent: same ``request_id``, no side effect but the dead replica's ledger)."""
         backend = self.backends[model_id]
@@ -486,10 +487,9 @@ class Router:
         latency = time.perf_counter() - t0
         if replayed:  # the cached answer already carries its tag (overhead included): unchanged
             self._overhead.abandon(window)
-        else:  # in place, as the typed tag: an idempotent replay of this request returns the same tag
-            tag = EnergyTag.model_validate(result["energy"])
-            result["energy"] = self._end_to_end(tag, window)
-        energy: EnergyTag = result["energy"]
+        else:  # in place: an idempotent replay of this request returns the same tag
+            result.energy = self._end_to_end(result.energy, window)
+        energy = result.energy
         log.info(
             "classify %s model=%s texts=%d chars=%d latency=%.4fs J=%s (%s)",
             rid,
@@ -503,8 +503,8 @@ class Router:
         answer = ClassifyAnswer(
             model=req.model,
             request_id=rid,
-            labels=[p["label"] for p in result["predictions"]],
-            predictions=result["predictions"],
+            labels=[p.label for p in result.predictions],
+            predictions=result.predictions,
             energy=energy,
             latency_s=latency,
             replayed=replayed,

@@ -15,7 +15,7 @@ from serve_app.classifiers.base import Classifier, WorkSink
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.tag import EnergyTag
 from serve_app.energy.window import ReplicaEnergy
-from serve_app.wire import ModelDescription, Prediction
+from serve_app.wire import ModelDescription, Prediction, ReplicaAnswer
 
 Predict = Callable[[list[str], str | None, WorkSink | None], Awaitable[list[Prediction]]]
 """How the replica calls its classifier: ``classifier.predict`` itself, or a batcher in front of it."""
@@ -53,7 +53,7 @@ class ClassifierReplica:
         # stepped: an LLM under the `tokens` rule is weighted by the tokens of each engine step
         self.stepped = self.rule == "tokens" and classifier.stepped
 
-    async def classify(self, texts: list[str], mode: str | None, request_id: str) -> dict[str, Any]:
+    async def classify(self, texts: list[str], mode: str | None, request_id: str) -> ReplicaAnswer:
         """``request_id`` is the client's correlation id, not unique (two clients, or one, may send
         the same ``X-Request-Id`` at once); the window is keyed by an id of this call alone."""
         window = self.energy.open(request_id, request_weight(self.rule, self.classifier, texts), self.stepped)
@@ -66,7 +66,7 @@ class ClassifierReplica:
         tag = window.close(tokens)
         if self._on_tag is not None:
             self._on_tag(tag, len(texts))
-        return {"predictions": [p.model_dump() for p in preds], "energy": tag.model_dump()}
+        return ReplicaAnswer(predictions=preds, energy=tag)
 
     def describe(self) -> ModelDescription:
         """What ``/v1/models`` shows of the classifier once ready: its info and where its energy comes from."""

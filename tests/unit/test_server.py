@@ -61,11 +61,11 @@ def test_a_request_gets_what_the_counter_moved_during_its_model_call(tmp_path: P
         snap = energy.snapshot()
     finally:
         server.close()
-    assert [p["label"] for p in out["predictions"]] and all(
-        p["label"] in ("OFFENSE", "OTHER") for p in out["predictions"]
+    assert [p.label for p in out.predictions] and all(
+        p.label in ("OFFENSE", "OTHER") for p in out.predictions
     )
-    tag = out["energy"]
-    assert tag["joules"] == pytest.approx(0.6) and tag["source"] == "rapl" and tag["measured"] is True
+    tag = out.energy
+    assert tag.joules == pytest.approx(0.6) and tag.source == "rapl" and tag.measured is True
     assert len(seen) == 1 and seen[0][1] == 2 and seen[0][0].joules == pytest.approx(0.6)
     assert snap["idle_j"] == pytest.approx(0.2) and snap["requests"] == 1
 
@@ -100,9 +100,9 @@ def test_concurrent_requests_split_a_shared_interval_by_their_texts(tmp_path: Pa
         one, three = asyncio.run(run())
     finally:
         energy.close()
-    assert one["energy"]["joules"] == pytest.approx(1.2 / 4)
-    assert three["energy"]["joules"] == pytest.approx(1.2 * 3 / 4)
-    assert len(one["predictions"]) == 1 and len(three["predictions"]) == 3
+    assert one.energy.joules == pytest.approx(1.2 / 4)
+    assert three.energy.joules == pytest.approx(1.2 * 3 / 4)
+    assert len(one.predictions) == 1 and len(three.predictions) == 3
 
 
 def test_a_failed_model_call_closes_its_window_and_raises(tmp_path: Path, artifacts: Path) -> None:
