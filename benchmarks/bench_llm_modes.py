@@ -103,10 +103,10 @@ class ServeComparison(BaseModel):
     serve_meter: str = "estimate"
     """The Serve app's ``energy.meter`` (``off``: the same app without metering, to isolate its cost)."""
     serve_cpu_pct_by_kind: list[dict[str, float]] = []
-    serve_cpu_top: list[list[dict[str, Any]]] = []
-    """Per repetition, the processes that used the most CPU (% of one core, title)."""
     """Per repetition, the CPU each process group used while the texts went through Serve (% of one
     core; the engine core and its workers are in ``replica``): what Ray and Serve took beside it."""
+    serve_cpu_top: list[list[dict[str, Any]]] = []
+    """Per repetition, the processes that used the most CPU (% of one core, title)."""
 
 
 class BenchResult(BaseModel):
