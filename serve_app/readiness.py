@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from serve_app.timeouts import within
 from serve_app.wire import ModelDescription, ModelEntry
 
 log = logging.getLogger("accuwatt.readiness")
@@ -112,7 +113,7 @@ class ModelStates:
             self._task = asyncio.get_running_loop().create_task(self._poll_forever())
         if not self._polled.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._polled.wait(), FIRST_POLL_WAIT_S)
+                await within(self._polled.wait(), FIRST_POLL_WAIT_S)
         return self.states
 
     def all_ready(self) -> bool:
@@ -138,9 +139,7 @@ class ModelStates:
                 self._controller = await asyncio.to_thread(
                     ray.get_actor, SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE
                 )
-            details = await asyncio.wait_for(
-                self._controller.get_serve_instance_details.remote(), STATUS_TIMEOUT_S
-            )
+            details = await within(self._controller.get_serve_instance_details.remote(), STATUS_TIMEOUT_S)
         except Exception as exc:
             log.warning("Serve controller status unavailable: %s", type(exc).__name__)
             self._controller = None
@@ -166,7 +165,7 @@ class ModelStates:
     async def _describe(self, model_id: str) -> None:
         st = self.states[model_id]
         try:
-            st.description = await asyncio.wait_for(self.backends[model_id].describe(), DESCRIBE_TIMEOUT_S)
+            st.description = await within(self.backends[model_id].describe(), DESCRIBE_TIMEOUT_S)
         except Exception as exc:  # retried on the next poll
             st.reason = f"describe() of a running replica failed: {type(exc).__name__}"
             return

@@ -47,6 +47,7 @@ from serve_app.energy.window import RequestWindow
 from serve_app.idempotency import IdempotencyCache, fingerprint
 from serve_app.readiness import LOADING_RETRY_AFTER_S, ModelState, ModelStates
 from serve_app.registry import registry
+from serve_app.timeouts import within
 from serve_app.topology.nodes import current_node_id, current_node_name
 from serve_app.validation import (
     Limits,
@@ -294,7 +295,7 @@ class Router:
             return b"".join(chunks)
 
         try:
-            return await asyncio.wait_for(collect(), timeout=self.cfg.body_timeout_s)
+            return await within(collect(), self.cfg.body_timeout_s)
         except asyncio.TimeoutError:
             raise RequestError(
                 408, "body_timeout", f"the body did not arrive within {self.cfg.body_timeout_s} s"
@@ -317,9 +318,7 @@ class Router:
         backend = self.backends[model_id]
         for attempt in range(self.cfg.retries + 1):
             try:
-                return await asyncio.wait_for(
-                    backend.classify(texts, mode, rid), timeout=self.cfg.request_timeout_s
-                )
+                return await within(backend.classify(texts, mode, rid), self.cfg.request_timeout_s)
             except BackPressureError:
                 raise overloaded(f"the queue of {model_id!r}") from None
             except DeploymentUnavailableError:
@@ -416,7 +415,7 @@ class Router:
 
     async def _energy_view(self) -> EnergyView:
         try:
-            reported = await asyncio.wait_for(registry(self._app).get.remote(), ENERGY_VIEW_TIMEOUT_S)
+            reported = await within(registry(self._app).get.remote(), ENERGY_VIEW_TIMEOUT_S)
         except TimeoutError:
             raise unavailable(
                 "energy_registry_unavailable",
@@ -424,10 +423,7 @@ class Router:
                 RESTART_RETRY_AFTER_S,
             ) from None
         fresh = await asyncio.gather(
-            *(
-                asyncio.wait_for(self.backends[m].energy_snapshot(), ENERGY_VIEW_TIMEOUT_S)
-                for m in self.backends
-            ),
+            *(within(self.backends[m].energy_snapshot(), ENERGY_VIEW_TIMEOUT_S) for m in self.backends),
             return_exceptions=True,
         )
         out: dict[str, DeploymentEnergy] = {}
@@ -441,7 +437,7 @@ class Router:
                 {rep: ReplicaEnergy.model_validate(s) for rep, s in replicas.items()}
             )
         try:
-            nodes = await asyncio.wait_for(asyncio.to_thread(node_snapshots), ENERGY_VIEW_TIMEOUT_S)
+            nodes = await within(asyncio.to_thread(node_snapshots), ENERGY_VIEW_TIMEOUT_S)
         except Exception as exc:  # the deployments' view still stands
             log.warning("node accounts unavailable: %s", type(exc).__name__)
             nodes = {}

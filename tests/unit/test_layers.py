@@ -10,7 +10,7 @@ from tests.conftest import REPO
 
 LAYERS: dict[int, tuple[str, ...]] = {
     1: ("serve_app", "wire", "config_common", "metrics", "ports", "errors", "env", "model_ids",
-        "models_prepare", "carbon", "registry", "topology"),
+        "models_prepare", "carbon", "registry", "topology", "timeouts"),
     2: ("classifiers", "energy", "data"),
     3: ("config", "train"),
     4: ("server", "readiness", "validation", "idempotency"),
