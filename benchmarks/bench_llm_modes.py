@@ -44,6 +44,9 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benchmarks._cpu import CpuByGroup  # noqa: E402
+
 CACHE = Path(tempfile.gettempdir()) / "accuwatt-cache"
 WARM_TEXTS = 8
 CPU_ENV = {
@@ -89,6 +92,9 @@ class ModeResult(BaseModel):
     """Estimate for the whole run (this process and its children); absent when no reading."""
     energy_source: str = "estimate"
     energy_j_per_text: float | None
+    cpu_pct: float | None = None
+    """CPU every process on the machine used during the texts (% of one core; the engine's share is
+    this process and its children), to set beside what the engine got under Serve."""
 
 
 class ServeComparison(BaseModel):
@@ -107,6 +113,9 @@ class ServeComparison(BaseModel):
     core; the engine core and its workers are in ``replica``): what Ray and Serve took beside it."""
     serve_cpu_top: list[list[dict[str, Any]]] = []
     """Per repetition, the processes that used the most CPU (% of one core, title)."""
+    inprocess_cpu_top: list[list[dict[str, Any]]] = []
+    """The same for each in-process repetition (the engine core and its workers are this process's
+    children): the CPU the offline engine had to itself."""
 
 
 class BenchResult(BaseModel):
@@ -175,7 +184,7 @@ def run_mode(
     warm: list[str],
     in_flight: int | None = None,
     cache: str = "cold",
-):
+) -> tuple[list[Any], ModeResult, list[dict[str, Any]]]:
     """One mode after a warm-up on ``warm`` (training texts: grammar compilation, first shapes, the
     instruction). ``cold``: the prefix cache is reset first (an earlier mode's prompts share prefixes
     with this one's); ``warm``: the cache keeps whatever earlier runs left, as in service."""
@@ -183,22 +192,29 @@ def run_mode(
         loop.run_until_complete(clf.reset_prefix_cache())
     loop.run_until_complete(clf.predict(warm, mode))
     with _Metered() as m:
+        clock = CpuByGroup().start()
         t0 = time.perf_counter()
         preds = loop.run_until_complete(_classify(clf, texts, mode, in_flight))
         wall = time.perf_counter() - t0
+        used = clock.stop()
     n = len(texts)
-    return preds, ModeResult(
-        mode=mode,
-        cache=cache,
-        texts=n,
-        accuracy=sum(p.label == g for p, g in zip(preds, gold, strict=True)) / n,
-        parsed_rate=sum(p.parsed for p in preds) / n,
-        prompt_tokens_per_text=sum(p.prompt_tokens or 0 for p in preds) / n,
-        generated_tokens_per_text=sum(p.generated_tokens or 0 for p in preds) / n,
-        wall_s=wall,
-        texts_per_s=n / wall,
-        energy_j=m.joules,
-        energy_j_per_text=None if m.joules is None else m.joules / n,
+    return (
+        preds,
+        ModeResult(
+            mode=mode,
+            cache=cache,
+            texts=n,
+            accuracy=sum(p.label == g for p, g in zip(preds, gold, strict=True)) / n,
+            parsed_rate=sum(p.parsed for p in preds) / n,
+            prompt_tokens_per_text=sum(p.prompt_tokens or 0 for p in preds) / n,
+            generated_tokens_per_text=sum(p.generated_tokens or 0 for p in preds) / n,
+            wall_s=wall,
+            texts_per_s=n / wall,
+            energy_j=m.joules,
+            energy_j_per_text=None if m.joules is None else m.joules / n,
+            cpu_pct=used["total_pct"],
+        ),
+        used["top"],
     )
 
 
@@ -222,7 +238,6 @@ def serve_comparison(
     warm run."""
     from ray import serve
 
-    from benchmarks._cpu import CpuByGroup
     from benchmarks._http import post_in_chunks
     from serve_app.app import build_app
     from serve_app.replay.local import local_ray
@@ -314,21 +329,24 @@ def main() -> None:
     start_s = time.perf_counter() - t0
     loop = asyncio.new_event_loop()
     results: dict[str, ModeResult] = {}  # keyed mode@cache
+    inproc_top: list[list[dict[str, Any]]] = []
     bias: dict[str, float] = {}
     inproc_tps: list[float] = []
     try:
         for cache in args.cache:  # cold first: the warm runs then keep what they cache
             for mode in args.modes:
                 warm_set = warm if cache == "cold" else warm_users
-                preds, res = run_mode(clf, loop, mode, texts, gold, warm_set, args.in_flight, cache)
+                preds, res, top = run_mode(clf, loop, mode, texts, gold, warm_set, args.in_flight, cache)
                 results[f"{mode}@{cache}"] = res
                 print(res.model_dump_json(), flush=True)
                 if mode == "score" and cache == "warm" and args.serve:
-                    inproc_tps = [res.texts_per_s]
+                    inproc_tps, inproc_top = [res.texts_per_s], [top]
                     for _ in range(args.repeats - 1):  # the same texts again: now cached, as in Serve
+                        clock = CpuByGroup().start()
                         t0 = time.perf_counter()
                         loop.run_until_complete(_classify(clf, texts, mode, args.in_flight))
                         inproc_tps.append(len(texts) / (time.perf_counter() - t0))
+                        inproc_top.append(clock.stop()["top"])
                 if mode == "score" and args.n_calibration and not bias:
                     bias = calibrate(clf, loop, list(split.train.texts))
                 if mode == "score" and bias:
@@ -374,6 +392,7 @@ def main() -> None:
             args.serve_concurrency,
             warm_users,
         )
+        out.serve.inprocess_cpu_top = inproc_top
         print(out.serve.model_dump_json(), flush=True)
         Path(args.out).write_text(out.model_dump_json(indent=2))
     print(f"engine start {start_s:.1f} s; results in {args.out}")
@@ -405,6 +424,12 @@ def main() -> None:
                 f"  Serve repetition {i + 1}, CPU % of one core: "
                 + ", ".join(f"{k} {v:.1f}" for k, v in kinds.items())
             )
+        for name, tops in (("in-process", out.serve.inprocess_cpu_top), ("Serve", out.serve.serve_cpu_top)):
+            for i, top in enumerate(tops):
+                print(
+                    f"  {name} repetition {i + 1}, top processes (% of one core): "
+                    + ", ".join(f"{p['title'][:40]} {p['pct']:.1f}" for p in top[:6])
+                )
 
 
 if __name__ == "__main__":
