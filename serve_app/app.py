@@ -19,7 +19,7 @@ from serve_app.config import AppConfig, ClassifierSpec
 from serve_app.config_common import EnergyConfig
 from serve_app.data import load_dataset, make_split
 from serve_app.deployment import ClassifierServer
-from serve_app.env import WORKER_ENV
+from serve_app.env import SERVE_REPLICA_ENV, WORKER_ENV
 from serve_app.router import Router
 from serve_app.train import train_split, untrained
 
@@ -52,6 +52,7 @@ def ensure_artifacts(cfg: AppConfig) -> Path:
 
 def _serve_options(spec: ClassifierSpec) -> dict[str, Any]:
     d = spec.deployment
+    serve_env = SERVE_REPLICA_ENV if spec.kind == "traditional" else {}
     opts: dict[str, Any] = {
         "name": spec.id,
         "num_replicas": d.num_replicas,
@@ -61,7 +62,7 @@ def _serve_options(spec: ClassifierSpec) -> dict[str, Any]:
             "num_cpus": d.num_cpus,
             "num_gpus": d.num_gpus,
             "resources": dict(d.resources),
-            "runtime_env": {"env_vars": {**WORKER_ENV, **d.env_vars}},
+            "runtime_env": {"env_vars": {**WORKER_ENV, **serve_env, **d.env_vars}},
         },
     }
     extra = spec.serve_options()
@@ -93,7 +94,10 @@ def build_app(args: dict[str, Any]) -> Application:
     ingress = router.options(
         num_replicas=1,
         max_ongoing_requests=cfg.router.max_ongoing_requests,
-        ray_actor_options={"num_cpus": cfg.router.num_cpus},
+        ray_actor_options={
+            "num_cpus": cfg.router.num_cpus,
+            "runtime_env": {"env_vars": {**SERVE_REPLICA_ENV, **cfg.router.env_vars}},
+        },
         max_constructor_retry_count=ROUTER_START_ATTEMPTS,
     )
     return ingress.bind(handles, cfg.router.model_dump(), energy)

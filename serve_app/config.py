@@ -72,6 +72,9 @@ class RouterConfig(Strict):
     """Idempotent classification is retried this often when a replica dies mid-request."""
     num_cpus: float = Field(0.25, ge=0)
     max_ongoing_requests: int = Field(512, ge=1)
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    """Environment of the router's replicas (two-hop layout; they start with ``env.SERVE_REPLICA_ENV``,
+    which these override)."""
     layout: Literal["two_hop", "single_hop"] = "two_hop"
     """``two_hop`` (default): the router is one deployment and each classifier another (proxy -> router
     -> classifier replica). ``single_hop``: one traditional classifier runs inside the router's replica
