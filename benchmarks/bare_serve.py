@@ -4,6 +4,9 @@ else (no validation, auth, readiness, idempotency, retries or energy).
 - ``two_hop``: a FastAPI ingress deployment calls a model deployment (dynamic batching, the model call
   in a worker thread): accuwatt's layout (router -> classifier replica) without accuwatt.
 - ``one_hop``: the model inside the ingress: what a single-hop layout could reach at best.
+- ``two_hop_own_loop``: ``two_hop`` with the Serve settings accuwatt gives its own replicas
+  (``serve_app.env.SERVE_REPLICA_ENV``: request code and the handle on the replica's own event loop),
+  so that accuwatt's own cost can be read apart from what those settings save.
 
 Same deployment resources as accuwatt's defaults (0.25 CPU each). No ``from __future__ import
 annotations`` here: FastAPI must resolve the route annotations of the class-based ingress.
@@ -84,6 +87,15 @@ class BareOneHop(_Batched):
 def two_hop(artifact_dir: str) -> Application:
     model: Any = BareModel
     ingress: Any = BareIngress
+    return ingress.bind(model.bind(artifact_dir))
+
+
+def two_hop_own_loop(artifact_dir: str) -> Application:
+    from serve_app.env import SERVE_REPLICA_ENV
+
+    actor = {"num_cpus": CPUS, "runtime_env": {"env_vars": dict(SERVE_REPLICA_ENV)}}
+    model: Any = BareModel.options(ray_actor_options=actor)
+    ingress: Any = BareIngress.options(ray_actor_options=actor)
     return ingress.bind(model.bind(artifact_dir))
 
 

@@ -147,7 +147,12 @@ def main() -> None:
         from benchmarks import bare_serve
 
         urls = {}
-        for name, bare in (("bare2", bare_serve.two_hop), ("bare1", bare_serve.one_hop)):
+        bares = (
+            ("bare2", bare_serve.two_hop),
+            ("bare2f", bare_serve.two_hop_own_loop),
+            ("bare1", bare_serve.one_hop),
+        )
+        for name, bare in bares:
             serve.run(bare(str(artifacts / MODEL)), name=name, route_prefix=f"/{name}", blocking=False)
             urls[name] = f"{base}/{name}/v1/classify"
             wait_ready(urls[name])
@@ -164,11 +169,18 @@ def main() -> None:
             urls[meter] = f"{base}/{meter}/v1/classify"
             asyncio.run(throughput(urls[meter], texts[:500], args.batch, args.concurrency))  # warm up
 
-        apps = ("bare2", "off", "auto", "hop", "bare1")
+        apps = ("bare2", "off", "auto", "hop", "bare1", "bare2f")
         tps: dict[str, list[float]] = {a: [] for a in apps}
         cpu_ms: dict[str, list[float]] = {a: [] for a in apps}
         app_cpu_ms: dict[str, list[float]] = {a: [] for a in apps}
-        serve_apps = {"bare2": "bare2", "bare1": "bare1", "off": "m-off", "auto": "m-auto", "hop": "m-hop"}
+        serve_apps = {
+            "bare2": "bare2",
+            "bare2f": "bare2f",
+            "bare1": "bare1",
+            "off": "m-off",
+            "auto": "m-auto",
+            "hop": "m-hop",
+        }
         p50: dict[str, list[float]] = {a: [] for a in apps}
         for r in range(args.rounds):
             for app in apps if r % 2 == 0 else apps[::-1]:
@@ -197,6 +209,7 @@ def main() -> None:
     bare_tps, one_tps = statistics.median(tps["bare2"]), statistics.median(tps["bare1"])
     bare_p50, one_p50 = statistics.median(p50["bare2"]), statistics.median(p50["bare1"])
     hop_tps, hop_p50 = statistics.median(tps["hop"]), statistics.median(p50["hop"])
+    own_tps, own_p50 = statistics.median(tps["bare2f"]), statistics.median(p50["bare2f"])
     result = {
         "bare_two_hop_texts_per_s": bare_tps,
         "bare_one_hop_texts_per_s": one_tps,
@@ -206,6 +219,11 @@ def main() -> None:
         "p50_ms_bare_two_hop": bare_p50,
         "p50_ms_bare_one_hop": one_p50,
         "accuwatt_added_p50_ms_vs_bare": on_p50 - bare_p50,
+        "accuwatt_unmetered_added_p50_ms_vs_bare": off_p50 - bare_p50,
+        "bare_own_loop_texts_per_s": own_tps,
+        "p50_ms_bare_own_loop": own_p50,
+        "accuwatt_vs_bare_own_loop_throughput_ratio": on_tps / own_tps,
+        "accuwatt_added_p50_ms_vs_bare_own_loop": on_p50 - own_p50,
         "single_hop_texts_per_s": hop_tps,
         "single_hop_vs_bare_one_hop_throughput_ratio": hop_tps / one_tps,
         "single_hop_vs_bare_two_hop_throughput_ratio": hop_tps / bare_tps,
@@ -261,6 +279,10 @@ def main() -> None:
     print(
         f"  accuwatt vs bare two hops: throughput ratio {on_tps / bare_tps:.3f} (metering off "
         f"{off_tps / bare_tps:.3f}), p50 {on_p50 - bare_p50:+.2f} ms"
+    )
+    print(
+        f"  bare two hops on the replicas' own loop (accuwatt's Serve settings): {own_tps:10.0f} texts/s, "
+        f"p50 {own_p50:.2f} ms; accuwatt vs it: throughput {on_tps / own_tps:.3f}, p50 {on_p50 - own_p50:+.2f} ms"
     )
     print(
         f"  accuwatt single hop (metered): {hop_tps:10.0f} texts/s   vs bare one hop {hop_tps / one_tps:.3f}, "
