@@ -229,6 +229,7 @@ def serve_comparison(
     texts: list[str],
     mode: str,
     inproc_tps: list[float],
+    inproc_top: list[list[dict[str, Any]]],
     batch: int,
     concurrency: int,
     warm: list[str],
@@ -275,6 +276,7 @@ def serve_comparison(
         serve_meter=spec_dict["energy"]["meter"],
         serve_cpu_pct_by_kind=cpu,
         serve_cpu_top=top,
+        inprocess_cpu_top=inproc_top,
     )
 
 
@@ -388,11 +390,11 @@ def main() -> None:
             texts,
             "score",
             inproc_tps,
+            inproc_top,
             args.serve_batch,
             args.serve_concurrency,
             warm_users,
         )
-        out.serve.inprocess_cpu_top = inproc_top
         print(out.serve.model_dump_json(), flush=True)
         Path(args.out).write_text(out.model_dump_json(indent=2))
     print(f"engine start {start_s:.1f} s; results in {args.out}")

@@ -52,7 +52,6 @@ def ensure_artifacts(cfg: AppConfig) -> Path:
 
 def _serve_options(spec: ClassifierSpec) -> dict[str, Any]:
     d = spec.deployment
-    serve_env = SERVE_REPLICA_ENV if spec.kind == "traditional" else {}
     opts: dict[str, Any] = {
         "name": spec.id,
         "num_replicas": d.num_replicas,
@@ -62,7 +61,7 @@ def _serve_options(spec: ClassifierSpec) -> dict[str, Any]:
             "num_cpus": d.num_cpus,
             "num_gpus": d.num_gpus,
             "resources": dict(d.resources),
-            "runtime_env": {"env_vars": {**WORKER_ENV, **serve_env, **d.env_vars}},
+            "runtime_env": {"env_vars": {**WORKER_ENV, **d.env_vars}},
         },
     }
     extra = spec.serve_options()

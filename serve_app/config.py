@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from serve_app.classifiers.llm_config import LLMSpec
 from serve_app.classifiers.pipeline_config import PipelineSpec
 from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict, require_unique
+from serve_app.env import SERVE_REPLICA_ENV
 
 
 class TraditionalSpec(Strict):
@@ -30,8 +31,13 @@ class TraditionalSpec(Strict):
         return self.id
 
     def serve_options(self) -> dict[str, Any]:
-        """Nothing beyond ``deployment``."""
-        return {}
+        """Beyond ``deployment``: the replica runs its request code on Serve's own event loop
+        (``env.SERVE_REPLICA_ENV``; the deployment's ``env_vars`` win)."""
+        return {
+            "ray_actor_options": {
+                "runtime_env": {"env_vars": {**SERVE_REPLICA_ENV, **self.deployment.env_vars}}
+            }
+        }
 
 
 ClassifierSpec = Annotated[TraditionalSpec | LLMSpec | PipelineSpec, Field(discriminator="kind")]

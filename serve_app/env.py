@@ -25,14 +25,15 @@ SERVE_REPLICA_ENV: dict[str, str] = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
 }
-"""What the router's replicas and the traditional classifiers' replicas get (``app.py``): Serve runs
-their request code on the replica's own event loop, and the router's handle to the classifiers on that
-loop too, instead of a loop in a thread of its own each (Serve's defaults, which guard against user
-code that blocks its loop). accuwatt's request code never blocks the loop (a model call goes to a
-worker thread, views that read files or call Ray go to threads or are awaited), so each request
-crosses two thread hand-offs fewer in each hop. LLM and pipeline replicas keep Serve's defaults: their
-constructors block while an engine or stage actors start (a minute or more for an LLM), which on the
-replica's own loop would stall Serve's calls to it. A deployment's ``env_vars`` win over these."""
+"""What the router's replicas (``app.py``) and the traditional classifiers' replicas
+(``TraditionalSpec.serve_options``) get: Serve runs their request code on the replica's own event loop,
+and the router's handle to the classifiers on that loop too, instead of a loop in a thread of its own
+each (Serve's defaults, which guard against user code that blocks its loop). accuwatt's request code
+never blocks the loop (a model call goes to a worker thread, views that read files or call Ray go to
+threads or are awaited), so each request crosses two thread hand-offs fewer in each hop. LLM and
+pipeline replicas keep Serve's defaults: their constructors block while an engine or stage actors start
+(a minute or more for an LLM), which on the replica's own loop would stall Serve's calls to it. A
+deployment's ``env_vars`` win over these."""
 RAY_NODE_ENV: dict[str, str] = {
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
