@@ -6,7 +6,10 @@ Prints:
    with the same two hops and model (`benchmarks/bare_serve.py`: FastAPI ingress -> model deployment,
    dynamic batching, nothing else), and the bare single-hop layout (model inside the ingress) beside
    them: the serving cost accuwatt adds, measured against the real anchor; and accuwatt's single-hop
-   layout (``router.layout: single_hop``, metered) against the bare one hop and both two-hop apps;
+   layout (``router.layout: single_hop``, metered) against the bare one hop and both two-hop apps.
+   The added p50s also come pooled over all rounds' single-text requests with a 95 % bootstrap
+   interval: a lone request's latency spreads over tens of ms here, so that a 1 ms difference can be
+   told from the spread between rounds;
 1. texts/s of batched HTTP classification through the router and Serve, against the in-process
    prediction `accuwatt evaluate` does (one `predict` call over the same texts), as a ratio;
 2. throughput (texts/s, batched, concurrent) and p50 latency (single-text requests, one at a time,
@@ -29,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -76,9 +80,9 @@ def timed_round(
     return tps, (cpu1 - cpu0) / len(texts) * 1e3, app_s / len(texts) * 1e3
 
 
-def p50_latency_ms(urls: dict[str, str], texts: list[str]) -> dict[str, float]:
+def single_text_latencies_ms(urls: dict[str, str], texts: list[str]) -> dict[str, list[float]]:
     """Single-text requests, one at a time, alternating between the apps request by request (the
-    order flips each time), so that both see the same machine state; p50 per app in ms."""
+    order flips each time), so that both see the same machine state; every latency per app in ms."""
     lat: dict[str, list[float]] = {name: [] for name in urls}
     names = list(urls)
     with httpx.Client(timeout=30) as client:
@@ -86,8 +90,25 @@ def p50_latency_ms(urls: dict[str, str], texts: list[str]) -> dict[str, float]:
             for name in names if i % 2 == 0 else names[::-1]:
                 t0 = time.perf_counter()
                 client.post(urls[name], json={"model": MODEL, "text": t}).raise_for_status()
-                lat[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(v) * 1e3 for name, v in lat.items()}
+                lat[name].append((time.perf_counter() - t0) * 1e3)
+    return lat
+
+
+def added_p50_ci(app: list[float], anchor: list[float], reps: int = 2000, seed: int = 0) -> list[float]:
+    """``[added p50, low, high]`` (ms): the difference of the two samples' medians and its 95 %
+    bootstrap interval (each sample resampled on its own). A lone request's latency spreads over
+    tens of ms here, so a 1 ms target needs this interval beside the figure."""
+    rng = random.Random(seed)
+    diffs = sorted(
+        statistics.median(rng.choices(app, k=len(app)))
+        - statistics.median(rng.choices(anchor, k=len(anchor)))
+        for _ in range(reps)
+    )
+    return [
+        statistics.median(app) - statistics.median(anchor),
+        diffs[reps // 40],
+        diffs[reps - 1 - reps // 40],
+    ]
 
 
 def wait_ready(url: str, timeout_s: float = 120.0) -> None:
@@ -182,14 +203,16 @@ def main() -> None:
             "hop": "m-hop",
         }
         p50: dict[str, list[float]] = {a: [] for a in apps}
+        latencies: dict[str, list[float]] = {a: [] for a in apps}
         for r in range(args.rounds):
             for app in apps if r % 2 == 0 else apps[::-1]:
                 t, c, own = timed_round(urls[app], texts, args.batch, args.concurrency, serve_apps[app])
                 tps[app].append(t)
                 cpu_ms[app].append(c)
                 app_cpu_ms[app].append(own)
-            for meter, ms in p50_latency_ms(urls, texts[: args.latency_requests]).items():
-                p50[meter].append(ms)
+            for app, ms in single_text_latencies_ms(urls, texts[: args.latency_requests]).items():
+                p50[app].append(statistics.median(ms))
+                latencies[app].extend(ms)
         view = httpx.get(f"{base}/auto/v1/energy", timeout=30).json()
         snap = view["deployments"][MODEL]
         accounts = list(view.get("nodes", {}).values())
@@ -235,6 +258,13 @@ def main() -> None:
         "rounds": args.rounds,
         "texts_per_s_by_round": tps,  # the medians' inputs: the spread between rounds, per app
         "p50_ms_by_round": p50,
+        # every single-text request of all rounds pooled, against the stock bare two hops and metering off
+        "added_p50_ms_pooled_ci95": {
+            "accuwatt_vs_bare": added_p50_ci(latencies["auto"], latencies["bare2"]),
+            "accuwatt_unmetered_vs_bare": added_p50_ci(latencies["off"], latencies["bare2"]),
+            "accuwatt_vs_bare_own_loop": added_p50_ci(latencies["auto"], latencies["bare2f"]),
+            "metering_on_vs_off": added_p50_ci(latencies["auto"], latencies["off"]),
+        },
         "inprocess_texts_per_s": inproc_tps,
         "serve_texts_per_s_metered": on_tps,
         "serve_vs_inprocess_ratio": on_tps / inproc_tps,
@@ -280,6 +310,10 @@ def main() -> None:
         f"  accuwatt vs bare two hops: throughput ratio {on_tps / bare_tps:.3f} (metering off "
         f"{off_tps / bare_tps:.3f}), p50 {on_p50 - bare_p50:+.2f} ms"
     )
+    for name, (d, lo, hi) in result["added_p50_ms_pooled_ci95"].items():
+        print(
+            f"  added p50, {name}, all rounds pooled: {d:+.2f} ms (95 % bootstrap interval {lo:+.2f} to {hi:+.2f})"
+        )
     print(
         f"  bare two hops on the replicas' own loop (accuwatt's Serve settings): {own_tps:10.0f} texts/s, "
         f"p50 {own_p50:.2f} ms; accuwatt vs it: throughput {on_tps / own_tps:.3f}, p50 {on_p50 - own_p50:+.2f} ms"
