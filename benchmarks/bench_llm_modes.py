@@ -18,11 +18,13 @@ Two cache settings (``--cache``, default both):
 The targets printed: ``score`` or ``choice`` at least 3x less time than ``paper`` (all texts at once),
 and, with ``--serve``, Serve at least 0.9x the in-process engine (``score``, warm cache) in each of
 ``--repeats`` repetitions (the in-process and the Serve engine see the same texts the same number of
-times, so repetitions after the first hit the cache alike). ``--in-flight N`` keeps at most N texts in
+times, so repetitions after the first hit the cache alike); ``--beside-ray`` runs the in-process engine
+beside an idle local Ray with Serve started (what any Serve app runs beside its replicas), to split the
+gap into Ray's presence and the app's request path. ``--in-flight N`` keeps at most N texts in
 the engine (light load: less batching, so each decode step costs more per token).
 
 Usage: .venv/bin/python benchmarks/bench_llm_modes.py [--n 200] [--model prepared:smollm2] [--serve]
-       [--cache cold warm] [--repeats 3] [--in-flight 16]
+       [--cache cold warm] [--repeats 3] [--in-flight 16] [--beside-ray]
 """
 
 from __future__ import annotations
