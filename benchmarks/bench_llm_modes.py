@@ -53,6 +53,8 @@ from benchmarks._cpu import CpuByGroup  # noqa: E402
 
 CACHE = Path(tempfile.gettempdir()) / "accuwatt-cache"
 WARM_TEXTS = 8
+BESIDE_RAY = "idle Ray + Serve"
+"""``ServeComparison.inprocess_beside`` with ``--beside-ray`` (see `idle_ray_serve`)."""
 CPU_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "0-1"),
@@ -355,18 +357,21 @@ def main() -> None:
         engine_kwargs={"enable_prefix_caching": True},  # vLLM's default, stated
     )
     spec = LLMSpec.model_validate(spec_dict)
-    beside = contextlib.ExitStack()
-    if args.beside_ray:
-        beside.enter_context(idle_ray_serve())
-    t0 = time.perf_counter()
-    clf = build_llm_classifier(spec)
-    start_s = time.perf_counter() - t0
-    loop = asyncio.new_event_loop()
-    results: dict[str, ModeResult] = {}  # keyed mode@cache
-    inproc_top: list[list[dict[str, Any]]] = []
-    bias: dict[str, float] = {}
-    inproc_tps: list[float] = []
-    try:
+    # the engine, its loop and (``--beside-ray``) the idle Ray beside it close in reverse order, also
+    # when the engine fails to start
+    with contextlib.ExitStack() as stack:
+        if args.beside_ray:
+            stack.enter_context(idle_ray_serve())
+        t0 = time.perf_counter()
+        clf = build_llm_classifier(spec)
+        stack.callback(clf.close)
+        start_s = time.perf_counter() - t0
+        loop = asyncio.new_event_loop()
+        stack.callback(loop.close)
+        results: dict[str, ModeResult] = {}  # keyed mode@cache
+        inproc_top: list[list[dict[str, Any]]] = []
+        bias: dict[str, float] = {}
+        inproc_tps: list[float] = []
         for cache in args.cache:  # cold first: the warm runs then keep what they cache
             for mode in args.modes:
                 warm_set = warm if cache == "cold" else warm_users
@@ -389,10 +394,6 @@ def main() -> None:
                     cal = res.model_copy(update={"mode": "score+calibrated", "accuracy": acc})
                     results[f"{cal.mode}@{cache}"] = cal
                     print(cal.model_dump_json(), flush=True)
-    finally:
-        clf.close()
-        loop.close()
-        beside.close()
     ratios: dict[str, dict[str, float]] = {}
     for name, r in results.items():
         p = results.get(f"paper@{r.cache}")
@@ -424,7 +425,7 @@ def main() -> None:
             "score",
             inproc_tps,
             inproc_top,
-            "idle Ray + Serve" if args.beside_ray else "nothing",
+            BESIDE_RAY if args.beside_ray else "nothing",
             args.serve_batch,
             args.serve_concurrency,
             warm_users,
