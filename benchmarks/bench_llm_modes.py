@@ -20,11 +20,14 @@ and, with ``--serve``, Serve at least 0.9x the in-process engine (``score``, war
 ``--repeats`` repetitions (the in-process and the Serve engine see the same texts the same number of
 times, so repetitions after the first hit the cache alike); ``--beside-ray`` runs the in-process engine
 beside an idle local Ray with Serve started (what any Serve app runs beside its replicas), to split the
-gap into Ray's presence and the app's request path. ``--in-flight N`` keeps at most N texts in
+gap into Ray's presence and the app's request path; ``--bracket`` runs the in-process repetitions again
+after Serve (a fresh engine, the same warm-up), so that a change in the machine's speed between the two
+arms shows as a difference between the in-process runs before and after (the target is still judged
+against the runs before; the ratio to the mean of both is reported beside it). ``--in-flight N`` keeps at most N texts in
 the engine (light load: less batching, so each decode step costs more per token).
 
 Usage: .venv/bin/python benchmarks/bench_llm_modes.py [--n 200] [--model prepared:smollm2] [--serve]
-       [--cache cold warm] [--repeats 3] [--in-flight 16] [--beside-ray]
+       [--cache cold warm] [--repeats 3] [--in-flight 16] [--beside-ray] [--bracket]
 """
 
 from __future__ import annotations
@@ -122,6 +125,10 @@ class ServeComparison(BaseModel):
     inprocess_cpu_top: list[list[dict[str, Any]]] = []
     """The same for each in-process repetition (the engine core and its workers are this process's
     children): the CPU the offline engine had to itself."""
+    inprocess_after_texts_per_s: list[float] = []
+    """``--bracket``: the in-process repetitions again after Serve (a fresh engine, the same warm-up)."""
+    serve_vs_bracket_ratio: list[float] = []
+    """``--bracket``: Serve over the mean of the in-process runs before and after it, per repetition."""
     inprocess_beside: str = "nothing"
     """What ran beside the in-process engine: ``nothing``, or ``idle Ray + Serve`` (``--beside-ray``: a
     local Ray with Serve's controller and proxy, no app), which splits the gap to Serve into what Ray's
@@ -200,7 +207,8 @@ def run_mode(
     with this one's); ``warm``: the cache keeps whatever earlier runs left, as in service."""
     if cache == "cold":
         loop.run_until_complete(clf.reset_prefix_cache())
-    loop.run_until_complete(clf.predict(warm, mode))
+    if warm:  # no training texts (``--n-calibration 0``): no warm-up
+        loop.run_until_complete(clf.predict(warm, mode))
     with _Metered() as m:
         clock = CpuByGroup().start()
         t0 = time.perf_counter()
@@ -226,6 +234,44 @@ def run_mode(
         ),
         used["top"],
     )
+
+
+def repeat_texts(
+    clf: Any, loop: asyncio.AbstractEventLoop, texts: list[str], mode: str, in_flight: int | None, times: int
+) -> tuple[list[float], list[list[dict[str, Any]]]]:
+    """The same texts ``times`` more (now cached, as in Serve): texts/s and the top processes of each."""
+    tps, tops = [], []
+    for _ in range(times):
+        clock = CpuByGroup().start()
+        t0 = time.perf_counter()
+        loop.run_until_complete(_classify(clf, texts, mode, in_flight))
+        tps.append(len(texts) / (time.perf_counter() - t0))
+        tops.append(clock.stop()["top"])
+    return tps, tops
+
+
+def inprocess_again(
+    spec: Any,
+    texts: list[str],
+    gold: list[str],
+    warm: list[str],
+    in_flight: int | None,
+    repeats: int,
+    beside: bool,
+) -> list[float]:
+    """``--bracket``: the in-process warm ``score`` repetitions once more, on a fresh engine."""
+    from serve_app.classifiers.llm import build_llm_classifier
+
+    with contextlib.ExitStack() as stack:
+        if beside:
+            stack.enter_context(idle_ray_serve())
+        clf = build_llm_classifier(spec)
+        stack.callback(clf.close)
+        loop = asyncio.new_event_loop()
+        stack.callback(loop.close)
+        _, res, _ = run_mode(clf, loop, "score", texts, gold, warm, in_flight, "warm")
+        more, _ = repeat_texts(clf, loop, texts, "score", in_flight, repeats - 1)
+    return [res.texts_per_s, *more]
 
 
 def calibrate(clf: Any, loop: asyncio.AbstractEventLoop, texts: list[str]) -> dict[str, float]:
@@ -281,7 +327,8 @@ def serve_comparison(
         start_s = time.perf_counter() - t0
         url = f"http://127.0.0.1:{port}/v1/classify"
         body = {"model": spec_dict["id"], "mode": mode}
-        asyncio.run(post_in_chunks(url, body, warm, len(warm), 1, 600))  # warm-up
+        if warm:
+            asyncio.run(post_in_chunks(url, body, warm, len(warm), 1, 600))  # warm-up
         walls, cpu, top = [], [], []
         for _ in inproc_tps:
             clock = CpuByGroup().start()
@@ -335,6 +382,11 @@ def main() -> None:
         action="store_true",
         help="run the in-process engine beside an idle local Ray with Serve (controller, proxy, no app)",
     )
+    ap.add_argument(
+        "--bracket",
+        action="store_true",
+        help="run the in-process repetitions again after Serve (shows drift in the machine's speed)",
+    )
     ap.add_argument("--out", default=str(REPO / "results" / "bench_llm_modes.json"))
     args = ap.parse_args()
 
@@ -379,13 +431,8 @@ def main() -> None:
                 results[f"{mode}@{cache}"] = res
                 print(res.model_dump_json(), flush=True)
                 if mode == "score" and cache == "warm" and args.serve:
-                    inproc_tps, inproc_top = [res.texts_per_s], [top]
-                    for _ in range(args.repeats - 1):  # the same texts again: now cached, as in Serve
-                        clock = CpuByGroup().start()
-                        t0 = time.perf_counter()
-                        loop.run_until_complete(_classify(clf, texts, mode, args.in_flight))
-                        inproc_tps.append(len(texts) / (time.perf_counter() - t0))
-                        inproc_top.append(clock.stop()["top"])
+                    more, more_top = repeat_texts(clf, loop, texts, mode, args.in_flight, args.repeats - 1)
+                    inproc_tps, inproc_top = [res.texts_per_s, *more], [top, *more_top]
                 if mode == "score" and args.n_calibration and not bias:
                     bias = calibrate(clf, loop, list(split.train.texts))
                 if mode == "score" and bias:
@@ -432,6 +479,17 @@ def main() -> None:
         )
         print(out.serve.model_dump_json(), flush=True)
         Path(args.out).write_text(out.model_dump_json(indent=2))
+        if args.bracket:
+            after = inprocess_again(
+                spec, texts, gold, warm_users, args.in_flight, args.repeats, args.beside_ray
+            )
+            sv = out.serve
+            sv.inprocess_after_texts_per_s = after
+            sv.serve_vs_bracket_ratio = [
+                s / ((b + a) / 2)
+                for s, b, a in zip(sv.serve_texts_per_s, sv.inprocess_texts_per_s, after, strict=True)
+            ]
+            Path(args.out).write_text(out.model_dump_json(indent=2))
     print(f"engine start {start_s:.1f} s; results in {args.out}")
     print(
         "energy source: estimate (CPU time of this process tree x W/core + resident memory x W/GB)\n"
@@ -457,6 +515,21 @@ def main() -> None:
         print(
             f"target Serve >= 0.9x in-process (score, warm), each repetition: {[round(r, 2) for r in rs]} {verdict}"
         )
+        if out.serve.inprocess_after_texts_per_s:
+            sv = out.serve
+            print(
+                "  texts/s, in-process before / Serve / in-process after: "
+                + "; ".join(
+                    f"{b:.2f} / {s:.2f} / {a:.2f}"
+                    for b, s, a in zip(
+                        sv.inprocess_texts_per_s,
+                        sv.serve_texts_per_s,
+                        sv.inprocess_after_texts_per_s,
+                        strict=True,
+                    )
+                )
+                + f"; Serve / mean of before and after: {[round(r, 2) for r in sv.serve_vs_bracket_ratio]}"
+            )
         for i, kinds in enumerate(out.serve.serve_cpu_pct_by_kind):
             print(
                 f"  Serve repetition {i + 1}, CPU % of one core: "
