@@ -60,7 +60,7 @@ BESIDE_RAY = "idle Ray + Serve"
 """``ServeComparison.inprocess_beside`` with ``--beside-ray`` (see `idle_ray_serve`)."""
 CPU_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "0-1"),
+    "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),  # see llm-cpu.yaml
     "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
     "VLLM_CACHE_ROOT": str(CACHE / "vllm"),
