@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -127,12 +127,17 @@ class ServeComparison(BaseModel):
     children): the CPU the offline engine had to itself."""
     inprocess_after_texts_per_s: list[float] = []
     """``--bracket``: the in-process repetitions again after Serve (a fresh engine, the same warm-up)."""
-    serve_vs_bracket_ratio: list[float] = []
-    """``--bracket``: Serve over the mean of the in-process runs before and after it, per repetition."""
     inprocess_beside: str = "nothing"
     """What ran beside the in-process engine: ``nothing``, or ``idle Ray + Serve`` (``--beside-ray``: a
     local Ray with Serve's controller and proxy, no app), which splits the gap to Serve into what Ray's
     presence costs and what the app's request path costs."""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def serve_vs_bracket_ratio(self) -> list[float]:
+        """``--bracket``: Serve over the mean of the in-process runs before and after it, per repetition."""
+        pairs = zip(self.inprocess_texts_per_s, self.inprocess_after_texts_per_s, strict=False)
+        return [s / ((b + a) / 2) for s, (b, a) in zip(self.serve_texts_per_s, pairs, strict=False)]
 
 
 class BenchResult(BaseModel):
@@ -236,6 +241,24 @@ def run_mode(
     )
 
 
+@contextlib.contextmanager
+def inprocess_engine(spec: Any, beside: bool) -> Iterator[tuple[Any, asyncio.AbstractEventLoop, float]]:
+    """The offline engine, a loop to drive it and its start time (s); with ``beside``, an idle Ray +
+    Serve beside it (`idle_ray_serve`). All close in reverse order, also when the engine fails to start."""
+    from serve_app.classifiers.llm import build_llm_classifier
+
+    with contextlib.ExitStack() as stack:
+        if beside:
+            stack.enter_context(idle_ray_serve())
+        t0 = time.perf_counter()
+        clf = build_llm_classifier(spec)
+        stack.callback(clf.close)
+        start_s = time.perf_counter() - t0
+        loop = asyncio.new_event_loop()
+        stack.callback(loop.close)
+        yield clf, loop, start_s
+
+
 def repeat_texts(
     clf: Any, loop: asyncio.AbstractEventLoop, texts: list[str], mode: str, in_flight: int | None, times: int
 ) -> tuple[list[float], list[list[dict[str, Any]]]]:
@@ -260,15 +283,7 @@ def inprocess_again(
     beside: bool,
 ) -> list[float]:
     """``--bracket``: the in-process warm ``score`` repetitions once more, on a fresh engine."""
-    from serve_app.classifiers.llm import build_llm_classifier
-
-    with contextlib.ExitStack() as stack:
-        if beside:
-            stack.enter_context(idle_ray_serve())
-        clf = build_llm_classifier(spec)
-        stack.callback(clf.close)
-        loop = asyncio.new_event_loop()
-        stack.callback(loop.close)
+    with inprocess_engine(spec, beside) as (clf, loop, _):
         _, res, _ = run_mode(clf, loop, "score", texts, gold, warm, in_flight, "warm")
         more, _ = repeat_texts(clf, loop, texts, "score", in_flight, repeats - 1)
     return [res.texts_per_s, *more]
@@ -390,7 +405,6 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "results" / "bench_llm_modes.json"))
     args = ap.parse_args()
 
-    from serve_app.classifiers.llm import build_llm_classifier
     from serve_app.classifiers.llm_config import LLMSpec
     from serve_app.classifiers.prompts import argmax_label, biased_scores
     from serve_app.data import load_dataset, make_split
@@ -409,17 +423,7 @@ def main() -> None:
         engine_kwargs={"enable_prefix_caching": True},  # vLLM's default, stated
     )
     spec = LLMSpec.model_validate(spec_dict)
-    # the engine, its loop and (``--beside-ray``) the idle Ray beside it close in reverse order, also
-    # when the engine fails to start
-    with contextlib.ExitStack() as stack:
-        if args.beside_ray:
-            stack.enter_context(idle_ray_serve())
-        t0 = time.perf_counter()
-        clf = build_llm_classifier(spec)
-        stack.callback(clf.close)
-        start_s = time.perf_counter() - t0
-        loop = asyncio.new_event_loop()
-        stack.callback(loop.close)
+    with inprocess_engine(spec, args.beside_ray) as (clf, loop, start_s):
         results: dict[str, ModeResult] = {}  # keyed mode@cache
         inproc_top: list[list[dict[str, Any]]] = []
         bias: dict[str, float] = {}
@@ -483,12 +487,7 @@ def main() -> None:
             after = inprocess_again(
                 spec, texts, gold, warm_users, args.in_flight, args.repeats, args.beside_ray
             )
-            sv = out.serve
-            sv.inprocess_after_texts_per_s = after
-            sv.serve_vs_bracket_ratio = [
-                s / ((b + a) / 2)
-                for s, b, a in zip(sv.serve_texts_per_s, sv.inprocess_texts_per_s, after, strict=True)
-            ]
+            out.serve.inprocess_after_texts_per_s = after
             Path(args.out).write_text(out.model_dump_json(indent=2))
     print(f"engine start {start_s:.1f} s; results in {args.out}")
     print(

@@ -17,9 +17,8 @@ _CACHE = Path(tempfile.gettempdir()) / "accuwatt-test-cache"
 
 CPU_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_CPU_OMP_THREADS_BIND": os.environ.get(
-        "ACCUWATT_TEST_OMP_BIND", "nobind"
-    ),  # as deployments/llm-cpu.yaml
+    # unpinned, as deployments/llm-cpu.yaml
+    "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("ACCUWATT_TEST_OMP_BIND", "nobind"),
     "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
     "OMP_NUM_THREADS": "2",
     "VLLM_CACHE_ROOT": str(_CACHE / "vllm"),
