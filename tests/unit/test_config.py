@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from pydantic import ValidationError
+from ray.serve.schema import ServeDeploySchema
 
 from serve_app.config import AppConfig
+from serve_app.router import is_loopback
 from tests.conftest import REPO
 
 
@@ -13,6 +16,20 @@ from tests.conftest import REPO
 def test_every_deployment_file_validates(path) -> None:
     cfg = AppConfig.from_yaml(path)
     assert cfg.classifiers
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "deployments").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_deployment_file_starts_without_a_key_only_on_loopback(path) -> None:
+    """`serve run deployments/<name>.yaml` with no key set: the host comes from Ray's own schema (a file
+    without ``http_options`` binds 0.0.0.0), and off loopback the router refuses to start without a key,
+    so such a file must name one (``router.api_key_file``)."""
+    serve_cfg = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    if is_loopback(serve_cfg.http_options.host):
+        return
+    for app in serve_cfg.applications:
+        assert app.args.get("router", {}).get("api_key_file"), (
+            f"{path.name} binds {serve_cfg.http_options.host} and names no router.api_key_file"
+        )
 
 
 def test_local_yaml_is_the_six_traditional_models() -> None:
