@@ -11,14 +11,16 @@ from serve_app.config import AppConfig
 from serve_app.router import is_loopback
 from tests.conftest import REPO
 
+DEPLOYMENT_FILES = sorted((REPO / "deployments").glob("*.yaml"))
 
-@pytest.mark.parametrize("path", sorted((REPO / "deployments").glob("*.yaml")), ids=lambda p: p.name)
+
+@pytest.mark.parametrize("path", DEPLOYMENT_FILES, ids=lambda p: p.name)
 def test_every_deployment_file_validates(path) -> None:
     cfg = AppConfig.from_yaml(path)
     assert cfg.classifiers
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "deployments").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", DEPLOYMENT_FILES, ids=lambda p: p.name)
 def test_every_deployment_file_starts_without_a_key_only_on_loopback(path) -> None:
     """`serve run deployments/<name>.yaml` with no key set: the host comes from Ray's own schema (a file
     without ``http_options`` binds 0.0.0.0), and off loopback the router refuses to start without a key,
@@ -27,7 +29,7 @@ def test_every_deployment_file_starts_without_a_key_only_on_loopback(path) -> No
     if is_loopback(serve_cfg.http_options.host):
         return
     for app in serve_cfg.applications:
-        assert app.args.get("router", {}).get("api_key_file"), (
+        assert AppConfig.model_validate(app.args).router.api_key_file, (
             f"{path.name} binds {serve_cfg.http_options.host} and names no router.api_key_file"
         )
 
