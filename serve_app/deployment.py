@@ -18,6 +18,7 @@ from typing import Any
 
 from ray import serve
 
+from serve_app import registry
 from serve_app.classifiers.base import WorkSink
 from serve_app.classifiers.kinds import build_classifier
 from serve_app.classifiers.llm_config import LLMSpec
@@ -37,7 +38,6 @@ from serve_app.energy.share import AccountShareMeter
 from serve_app.energy.tag import EnergyTag
 from serve_app.energy.window import ReplicaEnergy
 from serve_app.metrics import ReplicaMetrics, tags
-from serve_app.registry import registry
 from serve_app.server import ClassifierReplica
 from serve_app.topology.nodes import alive_nodes, current_node_id, current_node_name
 from serve_app.wire import ModelDescription, Prediction, ReplicaAnswer
@@ -172,13 +172,12 @@ class ClassifierHost:
     # -- Prometheus export ---------------------------------------------------------------------
     def _export_loop(self) -> None:
 
-        reg, last_t = None, time.monotonic()
+        last_t = time.monotonic()
         while not self._stop.wait(EXPORT_PERIOD_S):
             now = time.monotonic()
             try:
                 self._export(now - last_t)
-                reg = reg or registry(self._app)
-                reg.put.remote(self.spec.id, self.replica, self.energy())
+                registry.put(self._app, self.spec.id, self.replica, self.energy())
             except Exception:  # metrics must never break serving
                 log.exception("energy export failed")
             last_t = now

@@ -30,11 +30,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from ray import serve
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from serve_app import registry
 from serve_app.backends import Backend, LocalClassifier, RemoteClassifier
 from serve_app.config import RouterConfig
 from serve_app.config_common import EnergyConfig
@@ -46,7 +47,6 @@ from serve_app.energy.tag import add_overhead, single_hop_tag
 from serve_app.energy.window import RequestWindow
 from serve_app.idempotency import IdempotencyCache, fingerprint
 from serve_app.readiness import LOADING_RETRY_AFTER_S, ModelState, ModelStates
-from serve_app.registry import registry
 from serve_app.timeouts import within
 from serve_app.topology.nodes import current_node_id, current_node_name
 from serve_app.validation import (
@@ -245,10 +245,6 @@ class Router:
         self._idempotency: IdempotencyCache[ReplicaAnswer] = IdempotencyCache()
         self._app = ctx.app_name if ctx else "local"
         self._states = ModelStates(self._app, self.backends)
-        # Start the app's energy registry now (its worker takes seconds to start): a replica's first
-        # snapshots then reach it, and a replica that dies young still leaves them.
-        if ctx is not None:
-            registry(self._app)
 
         self._overhead = ServingOverhead(
             EnergyConfig.model_validate(energy or {}),
@@ -415,11 +411,11 @@ class Router:
 
     async def _energy_view(self) -> EnergyView:
         try:
-            reported = await within(registry(self._app).get.remote(), ENERGY_VIEW_TIMEOUT_S)
-        except TimeoutError:
+            reported = await within(registry.get(self._app, ENERGY_VIEW_TIMEOUT_S), ENERGY_VIEW_TIMEOUT_S)
+        except (TimeoutError, RayError):
             raise unavailable(
                 "energy_registry_unavailable",
-                f"the energy registry did not answer within {ENERGY_VIEW_TIMEOUT_S:g} s",
+                f"the energy registry (Ray's GCS) did not answer within {ENERGY_VIEW_TIMEOUT_S:g} s",
                 RESTART_RETRY_AFTER_S,
             ) from None
         fresh = await asyncio.gather(

@@ -12,7 +12,7 @@ Groups (:func:`group_of`):
 - ``router:<pid>``: a replica of the router deployment (``router``).
 - ``proxy``: Serve's HTTP proxy (``ray::ProxyActor``).
 - ``ray_system``: raylet, GCS, dashboard and runtime-env agents, log monitor, the Serve controller, the
-  energy agents and registry, idle and unknown Ray workers (``ray::IDLE``, ``ray::<ActorClass>``).
+  energy agents, idle and unknown Ray workers (``ray::IDLE``, ``ray::<ActorClass>``).
 - ``other``: not a Ray process, nor below one (the test runner, the OS, other tenants).
 
 A process without a title of its own takes the group of its nearest ancestor that has one.

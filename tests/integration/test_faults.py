@@ -189,8 +189,8 @@ def test_classifier_replica_killed_mid_request(
         return dict(body["deployments"][MODEL]["replicas"])
 
     # Kill it only once it has reported (its group on the node account names its PID): a replica killed
-    # before its first report reached the registry has left no snapshot to keep (CI killed one 7 s after
-    # start, while the registry actor was still starting).
+    # before its first report reached the registry (one a second, after its first export period) has
+    # left no snapshot to keep.
     victim_rep = wait_for(
         lambda: next(
             (r for r, s in energy_replicas().items() if s.get("group") == f"replica:{victim}"), None
