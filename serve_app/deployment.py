@@ -30,6 +30,7 @@ from serve_app.energy.footprint import (
     descendant_pids,
     meter_for_plan,
     plan_meter,
+    settle_of,
     sources_by_node,
     unmetered_gpu_nodes,
 )
@@ -94,7 +95,7 @@ class ClassifierHost:
         ctx = serve.get_replica_context()
         self.replica = ctx.replica_tag if ctx else "local"
         meter, coverage_flags = build_meter(self.spec, await classifier.workers())
-        energy = ReplicaEnergy(meter, self.spec.energy, self.replica, coverage_flags)
+        energy = ReplicaEnergy(meter, self.spec.energy, self.replica, coverage_flags, settle_of(meter))
         self.metrics = ReplicaMetrics()
         predict = self._predict_batch_of_one if classifier.batched else None
         self.server = ClassifierReplica(

@@ -56,6 +56,8 @@ class ClassifierReplica:
     async def classify(self, texts: list[str], mode: str | None, request_id: str) -> ReplicaAnswer:
         """``request_id`` is the client's correlation id, not unique (two clients, or one, may send
         the same ``X-Request-Id`` at once); the window is keyed by an id of this call alone."""
+        # both ends of the window on current counters (other nodes' are polled: one round trip each)
+        on_time = await self.energy.settle()
         window = self.energy.open(request_id, request_weight(self.rule, self.classifier, texts), self.stepped)
         try:
             preds = await self._predict(texts, mode, window.work if window.stepped else None)
@@ -63,7 +65,8 @@ class ClassifierReplica:
             window.abandon()
             raise
         tokens = (sum(p.prompt_tokens or 0 for p in preds), sum(p.generated_tokens or 0 for p in preds))
-        tag = window.close(tokens)
+        on_time = await self.energy.settle() and on_time
+        tag = window.close(tokens, late=not on_time)
         if self._on_tag is not None:
             self._on_tag(tag, len(texts))
         return ReplicaAnswer(predictions=preds, energy=tag)

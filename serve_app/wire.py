@@ -74,7 +74,8 @@ class EnergyTag(BaseModel):
     ``uncertainty_j``: counter resolution at both ends of the window, plus the energy that could
     shift across a window edge because the counter refreshes only every ``update_period_s``
     (average power over the window x update period). Flags: ``shorter_than_counter_update`` when
-    the request is shorter than the counter's refresh period.
+    the request is shorter than the counter's refresh period; ``remote_counters_late`` when another
+    node's counters did not arrive at the request's end in time (its remote work may count later).
     """
 
     model_config = _CONFIG

@@ -17,16 +17,23 @@ cumulative counters; the ledger splits them among requests.
 Read cost and staleness: ``read()`` is called per request, so it never makes a remote call. A poller
 thread asks every remote agent every ``poll_period_s`` (one actor call per node, batched, with a
 ``rpc_timeout_s`` bound) and caches the answer; ``read()`` returns the local meter's fresh reading
-merged with the cached remote counters. A remote counter is therefore at most
-``poll_period_s + rpc_timeout_s`` old: energy drawn remotely near a request's end may be attributed to
-the next interval instead. Conservation is unaffected (metered = attributed + idle holds per key), and
-``MeterInfo.update_period_s`` reports that staleness bound so that tags widen their uncertainty by it.
-If a node has not answered for ``max_stale_s``, ``read()`` raises ``MeterError`` (tags turn
-``unavailable`` instead of silently dropping that node's energy).
+merged with the cached remote counters, which may be up to ``poll_period_s + rpc_timeout_s`` old.
+So both ends of a request's window wait for them: ``await settled(t)`` asks the poller for a poll now
+and returns once every remote answer was asked for at ``t`` or later (one actor round trip, shared by
+every request starting or ending meanwhile). Without it, a request shorter than the poll period could
+close before any remote change reached it, its remote work landing in the next interval (seen on a
+PP=2 engine: a tag without its second node), and open on values up to a poll old, taking remote
+energy drawn before it. If the agents do not answer within ``poll_period_s + rpc_timeout_s``,
+``settled`` gives up (False; the tag says ``remote_counters_late``). Conservation is unaffected
+either way (metered = attributed + idle holds per key), and ``MeterInfo.update_period_s``
+reports the staleness bound so that tags widen their uncertainty by it. If a node has not answered for
+``max_stale_s``, ``read()`` raises ``MeterError`` (tags turn ``unavailable`` instead of silently
+dropping that node's energy).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -271,6 +278,7 @@ class _Remote:
     energy_j: dict[str, float] = field(default_factory=dict)
     source: str = "estimate"
     ok_s: float = 0.0
+    asked_s: float = 0.0  # when the agent was asked for the values held now (``settled``)
     error: str | None = None
     pending_j: float = 0.0
 
@@ -306,6 +314,7 @@ class MultiNodeMeter:
             self._remotes.append(_Remote(rp, agent, info))
         self._poll_once()
         self._stop = threading.Event()
+        self._ask = threading.Event()  # a request's window starts or ends: poll now (``settled``)
         self._thread = threading.Thread(target=self._poll_loop, name="accuwatt-agents", daemon=True)
         self._thread.start()
 
@@ -313,6 +322,7 @@ class MultiNodeMeter:
     def _poll_once(self) -> None:
         import ray
 
+        asked_s = now_s()
         refs = [r.agent.read.remote(self.group) for r in self._remotes]
         for r, ref in zip(self._remotes, refs, strict=True):
             try:
@@ -324,17 +334,39 @@ class MultiNodeMeter:
                 if "error" in out:
                     r.error = str(out["error"])
                 else:
-                    r.energy_j, r.source, r.ok_s, r.error = (
+                    r.energy_j, r.source, r.ok_s, r.asked_s, r.error = (
                         dict(out["energy_j"]),
                         out["source"],
                         now_s(),
+                        asked_s,
                         None,
                     )
                     r.pending_j = float(out.get("pending_j", 0.0))
 
     def _poll_loop(self) -> None:
-        while not self._stop.wait(self.poll_period_s):
+        while True:
+            self._ask.wait(self.poll_period_s)
+            self._ask.clear()
+            if self._stop.is_set():
+                return
             self._poll_once()
+
+    async def settled(self, t_s: float) -> bool:
+        """Wait until every remote counter held was asked for at ``t_s`` or later (an end of a
+        request's window: the next ``read()`` then shows the remote work up to ``t_s``). False if the
+        agents did not answer within ``poll_period_s + rpc_timeout_s``. Awaited on the replica's event
+        loop: it only sleeps."""
+        self._ask.set()
+        deadline = now_s() + self.poll_period_s + self.rpc_timeout_s
+        delay = 0.001
+        while True:
+            with self._lock:
+                if all(r.asked_s >= t_s for r in self._remotes):
+                    return True
+            if now_s() > deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 0.01)
 
     # -- Meter -----------------------------------------------------------------------------------
     @property
@@ -400,6 +432,7 @@ class MultiNodeMeter:
 
     def close(self) -> None:
         self._stop.set()
+        self._ask.set()
         self._thread.join(timeout=self.poll_period_s + self.rpc_timeout_s + 1)
         for r in self._remotes:
             with contextlib.suppress(Exception):

@@ -30,6 +30,7 @@ from serve_app.energy.base import Meter, MeterError
 from serve_app.energy.keys import RemoteProcesses, WorkerProcess, gpu_keys
 from serve_app.energy.probe import make_meter
 from serve_app.energy.share import AccountShareMeter
+from serve_app.energy.window import Settle
 
 
 def node_name(node_id: str, names: Mapping[str, str]) -> str:
@@ -104,6 +105,12 @@ def meter_for_plan(cfg: EnergyConfig, plan: MeterPlan, node: str, node_id: str |
         return local
     group = f"{os.getpid()}@{node}-{id(local):x}"
     return MultiNodeMeter(local, node, plan.remotes, cfg, group)
+
+
+def settle_of(meter: Meter) -> Settle | None:
+    """How a request's end waits for ``meter``'s counters: only a ``MultiNodeMeter`` caches some (other
+    nodes', polled); every other meter reads its counters when asked."""
+    return meter.settled if isinstance(meter, MultiNodeMeter) else None
 
 
 def sources_by_node(meter: Meter) -> dict[str, str]:

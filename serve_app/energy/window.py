@@ -3,21 +3,27 @@
 `ReplicaEnergy` owns the replica's meter, its sampler and its ledger; the deployment sees only this
 interface. ``open`` brackets a request (its first reading, its weight, whether the engine reports its
 work step by step); the window's ``close`` gives the request's `EnergyTag`, ``abandon`` keeps what a
-failed request already used attributed (it was spent). With metering off every window closes into an
+failed request already used attributed (it was spent). ``settle`` waits until the meter's counters
+are current, awaited before a window opens and before it closes: a meter that caches other nodes'
+counters (``agents.MultiNodeMeter``) asks for them then; other meters read them when asked. With metering off every window closes into an
 ``off`` tag; while the meter fails, into an ``unavailable`` tag without joules.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from serve_app.config_common import EnergyConfig
-from serve_app.energy.base import Meter, MeterInfo, Reading
+from serve_app.energy.base import Meter, MeterInfo, Reading, now_s
 from serve_app.energy.keys import joules_by_node
 from serve_app.energy.ledger import LedgerTotals
 from serve_app.energy.sampler import Sampler
 from serve_app.energy.tag import EnergyTag, make_tag, no_energy_tag
+
+Settle = Callable[[float], Awaitable[bool]]
+"""Waits until a ``read()`` shows every counter as of the given time; False if it gave up."""
 
 
 class RequestWindow:
@@ -35,8 +41,9 @@ class RequestWindow:
         """Tokens an engine step processed for this request (see ``Ledger.work``)."""
         self._owner.sampler.ledger.work(self.key, prefill_tokens, decode_tokens)
 
-    def close(self, tokens: tuple[int, int] | None = None) -> EnergyTag:
-        """End the window and return the request's tag. ``tokens``: (prompt, generated) of its texts."""
+    def close(self, tokens: tuple[int, int] | None = None, late: bool = False) -> EnergyTag:
+        """End the window and return the request's tag. ``tokens``: (prompt, generated) of its texts;
+        ``late``: ``ReplicaEnergy.settle`` gave up at an end of the window (flag ``remote_counters_late``)."""
         owner = self._owner
         if not owner.metering:
             return no_energy_tag(owner.replica, owner.info, "metering is off", source="off")
@@ -46,7 +53,7 @@ class RequestWindow:
             return no_energy_tag(owner.replica, owner.info, owner.sampler.error or "meter failed")
         alloc = owner.sampler.ledger.end(self.key, end)
         tag = make_tag(alloc, owner.info, owner.rule, owner.replica, tokens)
-        tag.flags.extend(owner.coverage_flags)
+        tag.flags.extend([*owner.coverage_flags, *(["remote_counters_late"] if late else [])])
         return tag
 
     def abandon(self) -> None:
@@ -57,10 +64,20 @@ class RequestWindow:
 
 class ReplicaEnergy:
     """A replica's meter, sampled periodically, split among its requests (``energy/ledger.py``).
-    ``coverage_flags``: what every tag of this replica must say about what its meter misses."""
+    ``coverage_flags``: what every tag of this replica must say about what its meter misses;
+    ``settle``: how a window's end waits for the meter's counters, for a meter that caches them
+    (``footprint.settle_of``), else None."""
 
-    def __init__(self, meter: Meter, cfg: EnergyConfig, replica: str, coverage_flags: list[str]) -> None:
+    def __init__(
+        self,
+        meter: Meter,
+        cfg: EnergyConfig,
+        replica: str,
+        coverage_flags: list[str],
+        settle: Settle | None = None,
+    ) -> None:
         self.metering = cfg.meter != "off"
+        self._settle = settle
         self.rule = cfg.attribution
         self.replica = replica
         self.coverage_flags = list(coverage_flags)
@@ -81,6 +98,13 @@ class ReplicaEnergy:
     def error(self) -> str | None:
         """Why the meter is failing now (tags say ``unavailable``), or None."""
         return self.sampler.error
+
+    async def settle(self) -> bool:
+        """Wait until a reading shows every counter as of now (other nodes' asked for now, one round
+        trip); at once on one node or with metering off. False if they did not come in time."""
+        if self._settle is None or not self.metering:
+            return True
+        return await self._settle(now_s())
 
     def open(self, request_id: str, weight: float, stepped: bool = False) -> RequestWindow:
         """Start a request's window. ``request_id`` is the client's correlation id (not unique)."""

@@ -57,6 +57,11 @@ def _scenario(out_path: str, model_dir: str) -> None:  # runs in the subprocess
                 ).json()
                 for mode in ("choice", "paper", "score")
             }
+            # one text each: shorter than the 0.1 s poll of worker-1's agent (the request's end waits)
+            result["short"] = [
+                c.post(base + "/v1/classify", json={"model": "tiny-pp2", "text": t, "mode": "score"}).json()
+                for t in TEXTS * 2
+            ]
             time.sleep(2.5)  # two export periods: /v1/energy snapshots are current
             result["energy"] = c.get(base + "/v1/energy").json()
         serve.shutdown()
@@ -133,6 +138,19 @@ def test_classifies_over_http_with_energy_from_both_nodes(pp2_result: dict[str, 
         assert sum(tag["nodes_j"].values()) == pytest.approx(tag["joules"], rel=1e-6)
         work = tag["attribution"]["tokens"]
         assert work["decode_tokens"] == work["generated_tokens"] - len(TEXTS)
+
+
+@pytest.mark.timeout(2500)
+def test_requests_shorter_than_the_remote_poll_get_their_remote_work(pp2_result: dict[str, Any]) -> None:
+    """Stage 1 works on worker-1 for every request; its agent's counters reach the replica by a poll
+    every 0.1 s. A request's end waits for a poll asked for after it, so even a one-text request,
+    shorter than the poll, gets worker-1's part (without the wait some tags listed only head)."""
+    short = pp2_result["short"]
+    assert len(short) == 2 * len(TEXTS)
+    for body in short:
+        tag = body["energy"]
+        assert "remote_counters_late" not in tag["flags"], tag
+        assert tag["nodes_j"].get("worker-1", 0.0) > 0, tag
 
 
 @pytest.mark.timeout(2500)

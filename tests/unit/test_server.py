@@ -128,6 +128,58 @@ def test_a_failed_model_call_closes_its_window_and_raises(tmp_path: Path, artifa
     assert snap["open_requests"] == 0 and snap["attributed_j"] == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("arrives", [True, False])
+def test_both_ends_of_a_request_wait_for_counters_that_arrive_late(
+    tmp_path: Path, artifacts: Path, arrives: bool
+) -> None:
+    """Another node's counters reach the replica only when its agent is polled (``MultiNodeMeter``):
+    each end of a request's window asks for them and waits. Here a poll's answer is the test writing
+    to the counter when asked: 0.1 J drawn before the request (the answer at its start), 0.4 J drawn
+    on the other node during the model call (the answer at its end). The request gets the 0.4 J, not
+    the 0.1 J. Answers that do not come in time: the tag says so, and that energy counts later."""
+    from serve_app.energy.base import now_s
+    from serve_app.energy.rapl import RaplMeter, rapl_available
+
+    rapl_available.cache_clear()
+    package = Package(tmp_path / "rapl")
+    classifier = build_classifier(TraditionalSpec(id=MODEL), artifacts)
+    asked: list[float] = []
+    model_ran: list[float] = []
+
+    async def settle(t_s: float) -> bool:
+        asked.append(t_s)
+        await asyncio.sleep(0.01)  # the round trip to the agent
+        if arrives:
+            package.add(0.1 if len(asked) == 1 else 0.4)
+        return arrives
+
+    async def predict(texts: list[str], mode: str | None, on_work: WorkSink | None) -> list[Prediction]:
+        model_ran.append(now_s())
+        out = await classifier.predict(texts)
+        model_ran.append(now_s())
+        return out
+
+    root = tmp_path / "rapl"
+    cfg = EnergyConfig.model_validate({"meter": "rapl", "sample_period_s": 10, "rapl_root": str(root)})
+    energy = ReplicaEnergy(RaplMeter(str(root), node="n1"), cfg, "replica-1", [], settle)
+    server = ClassifierReplica(MODEL, cfg, classifier, energy, predict)
+    try:
+        tag = asyncio.run(server.classify(["Das ist gut."], None, "r")).energy
+        if not arrives:
+            package.add(0.5)  # the late answers, after the tag
+        snap = energy.snapshot()
+    finally:
+        server.close()
+    # asked for counters as of the model call's start and of its end
+    assert len(asked) == 2 and asked[0] <= model_ran[0] and asked[1] >= model_ran[1]
+    if arrives:
+        assert tag.joules == pytest.approx(0.4) and "remote_counters_late" not in tag.flags
+        assert snap["idle_j"] == pytest.approx(0.1)
+    else:
+        assert tag.joules == pytest.approx(0.0) and "remote_counters_late" in tag.flags
+        assert snap["idle_j"] == pytest.approx(0.5)
+
+
 def test_weights_and_description(tmp_path: Path, artifacts: Path) -> None:
     from serve_app.energy.rapl import rapl_available
 
