@@ -18,13 +18,13 @@ Read cost and staleness: ``read()`` is called per request, so it never makes a r
 thread asks every remote agent every ``poll_period_s`` (one actor call per node, batched, with a
 ``rpc_timeout_s`` bound) and caches the answer; ``read()`` returns the local meter's fresh reading
 merged with the cached remote counters, which may be up to ``poll_period_s + rpc_timeout_s`` old.
-So both ends of a request's window wait for them: ``await settled(t)`` asks the poller for a poll now
-and returns once every remote answer was asked for at ``t`` or later (one actor round trip, shared by
-every request starting or ending meanwhile). Without it, a request shorter than the poll period could
-close before any remote change reached it, its remote work landing in the next interval (seen on a
-PP=2 engine: a tag without its second node), and open on values up to a poll old, taking remote
-energy drawn before it. If the agents do not answer within ``poll_period_s + rpc_timeout_s``,
-``settled`` gives up (False; the tag says ``remote_counters_late``). Conservation is unaffected
+So both ends of a request's window wait for them: ``await settled(t)`` asks every agent at once, on
+the replica's event loop, unless values asked for at ``t`` or later are held already (one actor round
+trip). Without it, a request shorter than the poll period could close before any remote change
+reached it, its remote work landing in the next interval (seen on a PP=2 engine: a tag without its
+second node), and open on values up to a poll old, taking remote energy drawn before it. A node that
+does not answer within ``rpc_timeout_s`` keeps its last values (``settled`` is False; the tag says
+``remote_counters_late``). Conservation is unaffected
 either way (metered = attributed + idle holds per key), and ``MeterInfo.update_period_s``
 reports the staleness bound so that tags widen their uncertainty by it. If a node has not answered for
 ``max_stale_s``, ``read()`` raises ``MeterError`` (tags turn ``unavailable`` instead of silently
@@ -314,7 +314,6 @@ class MultiNodeMeter:
             self._remotes.append(_Remote(rp, agent, info))
         self._poll_once()
         self._stop = threading.Event()
-        self._ask = threading.Event()  # a request's window starts or ends: poll now (``settled``)
         self._thread = threading.Thread(target=self._poll_loop, name="accuwatt-agents", daemon=True)
         self._thread.start()
 
@@ -326,47 +325,52 @@ class MultiNodeMeter:
         refs = [r.agent.read.remote(self.group) for r in self._remotes]
         for r, ref in zip(self._remotes, refs, strict=True):
             try:
-                out = ray.get(ref, timeout=self.rpc_timeout_s)
+                self._take(r, asked_s, ray.get(ref, timeout=self.rpc_timeout_s))
             except Exception as exc:  # timeout, actor died: keep the last values
                 r.error = f"{type(exc).__name__}: {exc}"[:300]
-                continue
-            with self._lock:
-                if "error" in out:
-                    r.error = str(out["error"])
-                else:
-                    r.energy_j, r.source, r.ok_s, r.asked_s, r.error = (
-                        dict(out["energy_j"]),
-                        out["source"],
-                        now_s(),
-                        asked_s,
-                        None,
-                    )
-                    r.pending_j = float(out.get("pending_j", 0.0))
+
+    def _take(self, r: _Remote, asked_s: float, out: dict[str, Any]) -> bool:
+        """One agent's answer to a read asked at ``asked_s``; False if it is an error. An answer older
+        than the values held (a periodic poll overtaken by a request's) is dropped."""
+        with self._lock:
+            if "error" in out:
+                r.error = str(out["error"])
+                return False
+            if asked_s >= r.asked_s:
+                r.energy_j, r.source, r.ok_s, r.asked_s, r.error = (
+                    dict(out["energy_j"]),
+                    out["source"],
+                    now_s(),
+                    asked_s,
+                    None,
+                )
+                r.pending_j = float(out.get("pending_j", 0.0))
+            return True
 
     def _poll_loop(self) -> None:
-        while True:
-            self._ask.wait(self.poll_period_s)
-            self._ask.clear()
-            if self._stop.is_set():
-                return
+        while not self._stop.wait(self.poll_period_s):
             self._poll_once()
 
     async def settled(self, t_s: float) -> bool:
-        """Wait until every remote counter held was asked for at ``t_s`` or later (an end of a
-        request's window: the next ``read()`` then shows the remote work up to ``t_s``). False if the
-        agents did not answer within ``poll_period_s + rpc_timeout_s``. Awaited on the replica's event
-        loop: it only sleeps."""
-        self._ask.set()
-        deadline = now_s() + self.poll_period_s + self.rpc_timeout_s
-        delay = 0.001
-        while True:
-            with self._lock:
-                if all(r.asked_s >= t_s for r in self._remotes):
-                    return True
-            if now_s() > deadline:
-                return False
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, 0.01)
+        """Make every remote counter held one asked for at ``t_s`` or later (an end of a request's
+        window: the next ``read()`` then shows the remote work up to ``t_s``): unless held already,
+        ask every agent now, on the replica's event loop. False if a node did not answer in
+        ``rpc_timeout_s`` (its last values stay)."""
+        with self._lock:
+            if all(r.asked_s >= t_s for r in self._remotes):
+                return True
+        asked_s = now_s()
+        refs = [r.agent.read.remote(self.group) for r in self._remotes]
+        ok = True
+        for r, ref in zip(self._remotes, refs, strict=True):
+            try:
+                out = await asyncio.wait_for(ref, self.rpc_timeout_s)
+            except Exception as exc:  # timeout, actor died
+                r.error = f"{type(exc).__name__}: {exc}"[:300]
+                ok = False
+                continue
+            ok = self._take(r, asked_s, out) and ok
+        return ok
 
     # -- Meter -----------------------------------------------------------------------------------
     @property
@@ -432,7 +436,6 @@ class MultiNodeMeter:
 
     def close(self) -> None:
         self._stop.set()
-        self._ask.set()
         self._thread.join(timeout=self.poll_period_s + self.rpc_timeout_s + 1)
         for r in self._remotes:
             with contextlib.suppress(Exception):
