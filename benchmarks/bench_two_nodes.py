@@ -105,6 +105,7 @@ def main() -> None:
     p50: dict[str, list[float]] = {k: [] for k in MODELS}
     tps: dict[str, list[float]] = {k: [] for k in MODELS}
     tags: list[dict[str, Any]] = []
+    with_remote_by_round: list[int] = []
     with LocalCluster(default_nodes(1)) as cluster:
         connect(cluster.address, logging_level="WARNING", namespace="accuwatt-bench-two-nodes")
         port = free_port()
@@ -112,6 +113,9 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         cfg = {
             "artifacts_dir": str(artifacts),
+            "router": {
+                "resources": {"node:head": 0.01}
+            },  # the overhead on head: worker-1's part is the model's
             "classifiers": [pipeline(MODELS["on"], "auto"), pipeline(MODELS["off"], "off")],
         }
         serve.run(build_app(cfg), name="accuwatt", route_prefix="/", blocking=False)
@@ -130,6 +134,7 @@ def main() -> None:
                 tps[key].append(args.texts / wall)
             round_lat, round_tags = latencies_ms(url, texts[: args.latency_requests], flip=r % 2 == 1)
             tags.extend(round_tags)
+            with_remote_by_round.append(sum(t["nodes_j"].get("worker-1", 0.0) > 0 for t in round_tags))
             for key, ms in round_lat.items():
                 lat[key].extend(ms)
                 p50[key].append(statistics.median(ms))
@@ -146,6 +151,7 @@ def main() -> None:
         "metering_throughput_ratio": statistics.median(tps["on"]) / statistics.median(tps["off"]),
         "metered_tags": len(tags),
         "tags_with_worker_1": with_remote,
+        "tags_with_worker_1_by_round": with_remote_by_round,
         "tags_remote_counters_late": late,
         "rounds": args.rounds,
         "batch": args.batch,

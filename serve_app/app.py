@@ -95,6 +95,7 @@ def build_app(args: dict[str, Any]) -> Application:
         max_ongoing_requests=cfg.router.max_ongoing_requests,
         ray_actor_options={
             "num_cpus": cfg.router.num_cpus,
+            "resources": dict(cfg.router.resources),
             "runtime_env": {"env_vars": {**SERVE_REPLICA_ENV, **cfg.router.env_vars}},
         },
         max_constructor_retry_count=ROUTER_START_ATTEMPTS,

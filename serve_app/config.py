@@ -77,6 +77,10 @@ class RouterConfig(Strict):
     retries: int = Field(1, ge=0, le=3)
     """Idempotent classification is retried this often when a replica dies mid-request."""
     num_cpus: float = Field(0.25, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources of the router's replicas (two-hop layout), e.g. ``{"node:head": 0.01}`` to
+    keep the router beside Serve's HTTP proxy on a multi-node cluster: then the serving overhead is
+    drawn, and metered, on one node (otherwise Ray may place it on any node)."""
     max_ongoing_requests: int = Field(512, ge=1)
     env_vars: dict[str, str] = Field(default_factory=dict)
     """Environment of the router's replicas (two-hop layout; they start with ``env.SERVE_REPLICA_ENV``,

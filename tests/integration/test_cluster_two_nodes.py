@@ -72,7 +72,15 @@ def _scenario(out_path: str) -> None:  # runs in the subprocess
             packed,
         ]
         serve.run(
-            build_app({"artifacts_dir": str(art), "classifiers": classifiers}),
+            # the router beside the proxy on head: the serving overhead is drawn there (unpinned, Ray
+            # put it on worker-1 in some runs, and the overhead then counted on worker-1)
+            build_app(
+                {
+                    "artifacts_dir": str(art),
+                    "router": {"resources": {"node:head": 0.01}},
+                    "classifiers": classifiers,
+                }
+            ),
             name="accuwatt",
             route_prefix="/",
             blocking=False,

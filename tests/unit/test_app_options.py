@@ -52,10 +52,11 @@ def test_router_gets_the_settings_and_its_env_vars_win(override: dict[str, str],
         {
             "artifacts_dir": str(tmp_path),
             "train_if_missing": {"n_train": 60, "n_test": 10},
-            "router": {"env_vars": override},
+            "router": {"env_vars": override, "resources": {"node:head": 0.01}},
             "classifiers": [{"kind": "traditional", "id": "tfidf-logreg"}],
         }
     )
     router = app._bound_deployment
     env = router.ray_actor_options["runtime_env"]["env_vars"]
     assert env == {**SERVE_REPLICA_ENV, **override}
+    assert router.ray_actor_options["resources"] == {"node:head": 0.01}
