@@ -172,8 +172,8 @@ def main() -> None:
         f"ratio {result['metering_throughput_ratio']:.3f}"
     )
     print(
-        f"  metered tags with a part from worker-1: {with_remote} of {len(tags)}; "
-        f"remote_counters_late: {late}"
+        f"  metered tags with a part from worker-1: {with_remote} of {len(tags)} "
+        f"(per round {with_remote_by_round}); remote_counters_late: {late}"
     )
 
 
