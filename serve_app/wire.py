@@ -75,7 +75,8 @@ class EnergyTag(BaseModel):
     shift across a window edge because the counter refreshes only every ``update_period_s``
     (average power over the window x update period). Flags: ``shorter_than_counter_update`` when
     the request is shorter than the counter's refresh period; ``remote_counters_late`` when another
-    node's counters did not arrive at the request's end in time (its remote work may count later).
+    node's counters did not arrive in time at an end of the request (its remote work may count in
+    the next request's window instead).
     """
 
     model_config = _CONFIG

@@ -24,11 +24,10 @@ trip). Without it, a request shorter than the poll period could close before any
 reached it, its remote work landing in the next interval (seen on a PP=2 engine: a tag without its
 second node), and open on values up to a poll old, taking remote energy drawn before it. A node that
 does not answer within ``rpc_timeout_s`` keeps its last values (``settled`` is False; the tag says
-``remote_counters_late``). Conservation is unaffected
-either way (metered = attributed + idle holds per key), and ``MeterInfo.update_period_s``
-reports the staleness bound so that tags widen their uncertainty by it. If a node has not answered for
-``max_stale_s``, ``read()`` raises ``MeterError`` (tags turn ``unavailable`` instead of silently
-dropping that node's energy).
+``remote_counters_late``). Conservation is unaffected either way (metered = attributed + idle holds
+per key), and ``MeterInfo.update_period_s`` reports the staleness bound so that tags widen their
+uncertainty by it. If a node has not answered for ``max_stale_s``, ``read()`` raises ``MeterError``
+(tags turn ``unavailable`` instead of silently dropping that node's energy).
 """
 
 from __future__ import annotations
@@ -327,7 +326,7 @@ class MultiNodeMeter:
             try:
                 self._take(r, asked_s, ray.get(ref, timeout=self.rpc_timeout_s))
             except Exception as exc:  # timeout, actor died: keep the last values
-                r.error = f"{type(exc).__name__}: {exc}"[:300]
+                _failed(r, exc)
 
     def _take(self, r: _Remote, asked_s: float, out: dict[str, Any]) -> bool:
         """One agent's answer to a read asked at ``asked_s``; False if it is an error. An answer older
@@ -364,12 +363,10 @@ class MultiNodeMeter:
         ok = True
         for r, ref in zip(self._remotes, refs, strict=True):
             try:
-                out = await asyncio.wait_for(ref, self.rpc_timeout_s)
-            except Exception as exc:  # timeout, actor died
-                r.error = f"{type(exc).__name__}: {exc}"[:300]
+                ok = self._take(r, asked_s, await asyncio.wait_for(ref, self.rpc_timeout_s)) and ok
+            except Exception as exc:  # timeout, actor died: keep the last values
+                _failed(r, exc)
                 ok = False
-                continue
-            ok = self._take(r, asked_s, out) and ok
         return ok
 
     # -- Meter -----------------------------------------------------------------------------------
@@ -479,3 +476,7 @@ def account_key(cfg: EnergyConfig) -> str:
         f"{cfg.meter}|{cfg.rapl_root}|{cfg.cpu_tdp_w:g}|{cfg.cpu_cores}|{cfg.dram_w_per_gb:g}|"
         f"{sorted(cfg.idle_w.items())}|{cfg.account_period_s:g}"
     )
+
+
+def _failed(r: _Remote, exc: BaseException) -> None:
+    r.error = f"{type(exc).__name__}: {exc}"[:300]

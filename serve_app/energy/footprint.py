@@ -108,8 +108,8 @@ def meter_for_plan(cfg: EnergyConfig, plan: MeterPlan, node: str, node_id: str |
 
 
 def settle_of(meter: Meter) -> Settle | None:
-    """How a request's end waits for ``meter``'s counters: only a ``MultiNodeMeter`` caches some (other
-    nodes', polled); every other meter reads its counters when asked."""
+    """How the ends of a request's window wait for ``meter``'s counters: only a ``MultiNodeMeter``
+    caches some (other nodes', polled); every other meter reads its counters when asked."""
     return meter.settled if isinstance(meter, MultiNodeMeter) else None
 
 

@@ -3,10 +3,11 @@
 `ReplicaEnergy` owns the replica's meter, its sampler and its ledger; the deployment sees only this
 interface. ``open`` brackets a request (its first reading, its weight, whether the engine reports its
 work step by step); the window's ``close`` gives the request's `EnergyTag`, ``abandon`` keeps what a
-failed request already used attributed (it was spent). ``settle`` waits until the meter's counters
-are current, awaited before a window opens and before it closes: a meter that caches other nodes'
-counters (``agents.MultiNodeMeter``) asks for them then; other meters read them when asked. With metering off every window closes into an
-``off`` tag; while the meter fails, into an ``unavailable`` tag without joules.
+failed request already used attributed (it was spent). ``settle``, awaited before a window opens and
+before it closes, waits until the meter's counters are current: a meter that caches other nodes'
+counters (``agents.MultiNodeMeter``) asks for them then; other meters read theirs when asked. With
+metering off every window closes into an ``off`` tag; while the meter fails, into an ``unavailable``
+tag without joules.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class RequestWindow:
 class ReplicaEnergy:
     """A replica's meter, sampled periodically, split among its requests (``energy/ledger.py``).
     ``coverage_flags``: what every tag of this replica must say about what its meter misses;
-    ``settle``: how a window's end waits for the meter's counters, for a meter that caches them
+    ``settle``: how the ends of a window wait for the meter's counters, for a meter that caches them
     (``footprint.settle_of``), else None."""
 
     def __init__(
