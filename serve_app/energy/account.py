@@ -317,8 +317,9 @@ class NodeAccount:
 
     def share_of_pid(self, pid: int) -> dict[str, Any]:
         """What a replica (or router) process's meter needs: its group's cumulative energy at the last
-        tick, its group's cumulative CPU time, the tick time, and each CPU/DRAM counter's last rate
-        (J per CPU-second) for extrapolating between ticks. Units: J, s."""
+        tick, its group's cumulative CPU time, the tick time, each CPU/DRAM counter's last rate
+        (J per CPU-second) and the group's processes at the tick, for extrapolating between ticks.
+        Units: J, s."""
         with self._lock:
             group = self._group_of_pid.get(pid)
             if group is None and self.error is None:
@@ -341,6 +342,7 @@ class NodeAccount:
             "rate_j_per_cpu_s": self.rate_j_per_cpu_s(),
             "sources": dict(self.sources),
             "ticks": self.ticks,
+            "pids": sorted(pid for pid, g in self._group_of_pid.items() if g == group),
         }
 
     def snapshot(self) -> dict[str, Any]:

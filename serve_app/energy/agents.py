@@ -48,7 +48,6 @@ from serve_app.energy.crosscheck import NodeCodeCarbon, cross_check
 from serve_app.energy.keys import RemoteProcesses, gpu_keys, node_key
 from serve_app.energy.nodemeter import make_node_counters
 from serve_app.energy.probe import make_node_meter
-from serve_app.energy.procs import TreeCpuClock
 from serve_app.energy.share import AccountShareMeter
 
 log = logging.getLogger(__name__)
@@ -200,7 +199,6 @@ class NodeEnergyAgentImpl:
             pid=pids[0] if pids else None,
             fetch=lambda _pid: account.share_of_group(name),
             claimed_pids=pids[1:],
-            cpu_clock=TreeCpuClock(pids),
         )
         self._groups[group] = meter
         return self._info(meter)

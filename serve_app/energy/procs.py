@@ -16,8 +16,8 @@ Groups (:func:`group_of`):
 - ``other``: not a Ray process, nor below one (the test runner, the OS, other tenants).
 
 A process without a title of its own takes the group of its nearest ancestor that has one.
-Units: CPU time in seconds (from clock ticks, ``1 / SC_CLK_TCK`` s of resolution; a remote group's
-clock between ticks, `TreeCpuClock`, reads the kernel's per-process CPU clocks, in nanoseconds).
+Units: CPU time in seconds (from clock ticks, ``1 / SC_CLK_TCK`` s of resolution; between ticks a
+group's share extrapolates by `process_cpu_s`, the kernel's per-process CPU clocks, in nanoseconds).
 """
 
 from __future__ import annotations
@@ -207,32 +207,3 @@ def process_cpu_s(pid: int) -> float | None:
         return time.clock_gettime(((~pid) << 3) | _CPUCLOCK_SCHED)
     except OSError:
         return None
-
-
-class TreeCpuClock:
-    """The CPU time (s) of some processes and their descendants: a remote replica's clock for its
-    group's share between ticks (``share.AccountShareMeter``), read from each process's kernel CPU
-    clock (`process_cpu_s`). Descendants are looked up again every ``refresh_s`` (a whole ``/proc``
-    walk); in between only the known processes are read."""
-
-    def __init__(self, pids: Iterable[int], refresh_s: float = 5.0) -> None:
-        self.roots = tuple(pids)
-        self.refresh_s = refresh_s
-        self._tree: tuple[int, ...] = self.roots
-        self._found_s = float("-inf")
-
-    def __call__(self) -> float:
-        now = time.monotonic()
-        if now - self._found_s >= self.refresh_s:
-            self._found_s = now
-            procs = scan()
-            children: dict[int, list[int]] = {}
-            for p in procs.values():
-                children.setdefault(p.ppid, []).append(p.pid)
-            tree, todo = [], [pid for pid in self.roots if pid in procs]
-            while todo:
-                pid = todo.pop()
-                tree.append(pid)
-                todo.extend(children.get(pid, ()))
-            self._tree = tuple(tree)
-        return sum(c for c in (process_cpu_s(pid) for pid in self._tree) if c is not None)

@@ -6,9 +6,11 @@ closure still holds exactly:
 
 - a poller asks the node's agent for the group's exact cumulative share ``E`` (per counter) at the
   account's last tick, every half ``account_period_s``, and takes it when the tick is new;
-- between ticks, ``read()`` extrapolates CPU and DRAM counters by this process's own CPU time since the
-  tick (interpolated from the CPU times its reads recorded) x the node's last joules per CPU-second
-  (``rate``); GPU counters move only at ticks;
+- between ticks, ``read()`` extrapolates CPU and DRAM counters by the CPU time of the group's processes
+  since the tick (the account lists them at each tick: the replica, its children such as vLLM's engine
+  core and workers, and the processes it claims; each read from the kernel's per-process CPU clock,
+  ``procs.process_cpu_s``, in nanoseconds; the CPU time at the tick is interpolated from the values its
+  reads recorded) x the node's last joules per CPU-second (``rate``); GPU counters move only at ticks;
 - the value shown never steps back and never stands still while the process works: it is
   ``max(E + extrapolation, last shown + SETTLE_RATE x the extrapolation since the last read)``. An
   overshoot (the extrapolation ran ahead of the exact share, e.g. the node's rate fell) is settled by
@@ -29,13 +31,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from serve_app.energy.account import share_source
 from serve_app.energy.base import MeterError, MeterInfo, Reading, now_s
+from serve_app.energy.procs import process_cpu_s
 
 log = logging.getLogger(__name__)
 RPC_TIMEOUT_S = 5.0
@@ -54,24 +56,22 @@ class AccountShareMeter:
         fetch: Callable[[int], dict[str, Any]] | None = None,
         account: str = "",
         claimed_pids: Sequence[int] = (),
-        cpu_clock: Callable[[], float] = time.process_time,
     ) -> None:
         """``fetch``: how to ask for the share (default: ``agent.share.remote`` through Ray, of the
-        account ``account``); ``claimed_pids``: processes outside this tree in the group (listed);
-        ``cpu_clock``: the CPU time (s) of the group's work that extrapolates between ticks (default
-        this process's; a node agent reading a remote replica's group gives its processes' clock)."""
+        account ``account``); ``claimed_pids``: processes outside this tree in the group (listed).
+        Until the first share lists the group's processes, ``pid`` and ``claimed_pids`` stand for them."""
         self.agent = agent
-        self._cpu_clock = cpu_clock
         self.account = account
         self.claimed_pids = tuple(claimed_pids)
         self._fetch = fetch or self._ray_fetch
         self.node = node
         self.period_s = period_s
         self.pid = pid or os.getpid()
+        self._pids: tuple[int, ...] = (self.pid, *self.claimed_pids)  # the group's processes
         self._lock = threading.Lock()
         self._exact: dict[str, float] = {}
         self._rate: dict[str, float] = {}
-        self._cpu_at_share_s = cpu_clock()
+        self._cpu_at_share_s = self._cpu_clock()
         self._shown: dict[str, float] = {}
         self._cpu_at_read_s = self._cpu_at_share_s
         self._samples: deque[tuple[float, float]] = deque(maxlen=512)  # (monotonic s, CPU s)
@@ -109,12 +109,18 @@ class AccountShareMeter:
             # up later would start a ledger at its value then, and that energy would be nobody's
             self._exact = {**dict.fromkeys(out["sources"], 0.0), **out["energy_j"]}
             self._rate = dict(out["rate_j_per_cpu_s"])
-            self._cpu_at_share_s = self._cpu_at(float(out["t_s"]))
+            pids = tuple(out.get("pids") or self._pids)
+            if set(pids) == set(self._pids):
+                self._cpu_at_share_s = self._cpu_at(float(out["t_s"]))
+            else:  # another set of processes: its clock starts now (the CPU since the tick shows at the next)
+                self._pids = pids
+                self._samples.clear()
+                self._cpu_at_share_s = self._cpu_at_read_s = self._cpu_clock()
             self.group, self.sources, self.ticks = out["group"], dict(out["sources"]), int(out["ticks"])
             self._info = self._make_info()  # read on every request's tag: built here, once per share
 
     def _cpu_at(self, t_s: float) -> float:
-        """This process's CPU time at monotonic time ``t_s`` (the account's tick), interpolated from the
+        """The group's CPU time at monotonic time ``t_s`` (the account's tick), interpolated from the
         (time, CPU time) pairs its reads recorded: the share covers CPU up to the tick, so the
         extrapolation must start there, not when the share arrived (which would hold the counter)."""
         self._samples.append((now_s(), self._cpu_clock()))
@@ -125,6 +131,10 @@ class AccountShareMeter:
             return pts[0][1] if not before else before[-1][1]
         (t0, c0), (t1, c1) = before[-1], after[0]
         return c0 if t1 <= t0 else c0 + (c1 - c0) * (t_s - t0) / (t1 - t0)
+
+    def _cpu_clock(self) -> float:
+        """CPU time (s) of the group's processes, summed; a process gone counts no more."""
+        return sum(c for c in map(process_cpu_s, self._pids) if c is not None)
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.period_s / 2):  # a new tick is seen within half a period
@@ -150,7 +160,7 @@ class AccountShareMeter:
             notes=(
                 f"node account share of group {self.group or '?'} (process {self.pid}): node counters "
                 f"split to processes by CPU time every {self.period_s:g} s, extrapolated in between by "
-                "this process's CPU time"
+                "the CPU time of the group's processes"
             ),
             extra={"group": self.group or ""},
         )

@@ -239,6 +239,52 @@ def test_share_meter_reconciles_with_the_account_and_never_steps_back() -> None:
         meter.close()
 
 
+def test_between_ticks_a_share_moves_with_the_cpu_of_the_whole_group() -> None:
+    """A replica whose work runs in its children (vLLM's engine core and workers): between two ticks
+    its share must move with the CPU time of every process in its group, not only its own. Here the
+    replica process sleeps while its child spins; the share's growth over half a second is the
+    child's CPU time (psutil, read by the test) x the account's rate. Extrapolating by the replica's
+    own CPU time showed nothing, and the children's energy arrived in one step at the next tick."""
+    code = (  # (under a title of its own, the replica's sys.executable is empty: the path is given)
+        "import subprocess, time\n"
+        f"subprocess.Popen([{sys.executable!r}, '-c', 'while True: pass'])\n"
+        "time.sleep(600)\n"
+    )
+    replica = subprocess.Popen(
+        ["bash", "-c", f'exec -a "ray::ServeReplica:app:llm" {sys.executable} -c "$0"', code],
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not psutil.Process(replica.pid).children():
+            assert time.monotonic() < deadline, "no child"
+            time.sleep(0.05)
+        (child,) = psutil.Process(replica.pid).children()
+        account = NodeAccount([NodeEstimateMeter(65.0, None, 0.375, node="n1")], "n1")
+        account.tick()
+        time.sleep(0.3)
+        account.tick()  # the child is seen, in the replica's group
+        meter = AccountShareMeter(None, "n1", 60.0, pid=replica.pid, fetch=account.share_of_pid)
+        try:
+            assert meter.group == f"replica:{replica.pid}"
+
+            def group_cpu_s() -> float:
+                return sum(sum(p.cpu_times()[:2]) for p in (psutil.Process(replica.pid), child))
+
+            r0, c0 = meter.read(), group_cpu_s()
+            time.sleep(0.5)  # no tick in between: the share only extrapolates
+            r1, c1 = meter.read(), group_cpu_s()
+        finally:
+            meter.close()
+        rate = sum(account.rate_j_per_cpu_s().values())
+        grown = sum(r1.energy_j.values()) - sum(r0.energy_j.values())
+        assert c1 - c0 > 0.05  # the child did work
+        assert grown == pytest.approx((c1 - c0) * rate, rel=0.1, abs=0.02 * rate)
+    finally:
+        os.killpg(replica.pid, 9)
+        replica.wait()
+
+
 def test_processes_of_a_replica_on_another_node_are_its_group_in_this_nodes_account() -> None:
     """A replica whose stage runs on this node: the node's agent makes the stage's process a group of
     the account under the replica's name (counted once, here), reads its share back, and lets it go
