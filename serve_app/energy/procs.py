@@ -1,7 +1,8 @@
 """The processes of one node, their CPU time and the group each belongs to (step 1 of the node account).
 
-Read from ``/proc`` only: ``/proc/<pid>/stat`` (parent PID, user + system CPU ticks) and
-``/proc/<pid>/cmdline`` (the process title Ray sets). No registration and no Ray dashboard are needed.
+Read from ``/proc`` (``/proc/<pid>/stat``: parent PID, start time; ``/proc/<pid>/cmdline``: the process
+title Ray sets) and the kernel's CPU clock of each process. No registration and no Ray dashboard are
+needed.
 
 Groups (:func:`group_of`):
 
@@ -16,8 +17,10 @@ Groups (:func:`group_of`):
 - ``other``: not a Ray process, nor below one (the test runner, the OS, other tenants).
 
 A process without a title of its own takes the group of its nearest ancestor that has one.
-Units: CPU time in seconds (from clock ticks, ``1 / SC_CLK_TCK`` s of resolution; between ticks a
-group's share extrapolates by `process_cpu_s`, the kernel's per-process CPU clocks, in nanoseconds).
+Units: CPU time in seconds, from the kernel's per-process CPU clocks (`process_cpu_s`, nanoseconds):
+``/proc/<pid>/stat`` counts 10 ms ticks, sampled, so two processes' tick counts over a second can be
+off by a tick each, and a share extrapolated between account ticks by the precise clock would then
+jump at the next tick by the difference.
 """
 
 from __future__ import annotations
@@ -59,7 +62,9 @@ class Proc:
 
 
 def read_proc(pid: int, root: str = "/proc", titles: TitleCache | None = None) -> Proc | None:
-    """One process from ``/proc`` (None if it exited while being read). ``titles``: see `TitleCache`."""
+    """One process from ``/proc`` (None if it exited while being read). ``titles``: see `TitleCache`.
+    Its CPU time comes from the kernel's clock of the process (`process_cpu_s`, ns) under the real
+    ``/proc``; from its ``stat`` (clock ticks) under another root (a tree a test wrote)."""
     try:
         stat = _read(f"{root}/{pid}/stat").decode(errors="replace")
         fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
@@ -73,7 +78,10 @@ def read_proc(pid: int, root: str = "/proc", titles: TitleCache | None = None) -
                 titles.put(pid, start_s, title)
     except OSError:
         return None
-    return Proc(pid, int(fields[1]), title, (int(fields[11]) + int(fields[12])) * _TICK_S, start_s)
+    cpu_s = (int(fields[11]) + int(fields[12])) * _TICK_S
+    if root == "/proc":  # a live process: its kernel CPU clock (ns), not the 10 ms ticks of its stat
+        cpu_s = process_cpu_s(pid) or cpu_s
+    return Proc(pid, int(fields[1]), title, cpu_s, start_s)
 
 
 def _read(path: str) -> bytes:
