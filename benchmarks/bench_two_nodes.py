@@ -87,8 +87,13 @@ def main() -> None:
 
     from serve_app.app import build_app
     from serve_app.data import load_dataset, make_split
-    from serve_app.ports import free_port
-    from serve_app.topology.local_cluster import LocalCluster, connect, default_nodes, use_loopback
+    from serve_app.topology.local_cluster import (
+        LocalCluster,
+        connect,
+        default_nodes,
+        start_serve,
+        use_loopback,
+    )
     from serve_app.train import train_split
     from tests.conftest import wait_http
 
@@ -108,9 +113,7 @@ def main() -> None:
     with_remote_by_round: list[int] = []
     with LocalCluster(default_nodes(1)) as cluster:
         connect(cluster.address, logging_level="WARNING", namespace="accuwatt-bench-two-nodes")
-        port = free_port()
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-        base = f"http://127.0.0.1:{port}"
+        base = start_serve()
         cfg = {
             "artifacts_dir": str(artifacts),
             "router": {

@@ -318,13 +318,16 @@ class MultiNodeMeter:
     def _poll_once(self) -> None:
         import ray
 
-        asked_s = now_s()
-        refs = [r.agent.read.remote(self.group) for r in self._remotes]
+        asked_s, refs = self._ask()
         for r, ref in zip(self._remotes, refs, strict=True):
             try:
                 self._take(r, asked_s, ray.get(ref, timeout=self.rpc_timeout_s))
             except Exception as exc:  # timeout, actor died: keep the last values
                 _failed(r, exc)
+
+    def _ask(self) -> tuple[float, list[Any]]:
+        """Ask every remote agent for the group's counters now: (when, one object ref per remote)."""
+        return now_s(), [r.agent.read.remote(self.group) for r in self._remotes]
 
     def _take(self, r: _Remote, asked_s: float, out: dict[str, Any]) -> bool:
         """One agent's answer to a read asked at ``asked_s``; False if it is an error. An answer older
@@ -356,8 +359,7 @@ class MultiNodeMeter:
         with self._lock:
             if all(r.asked_s >= t_s for r in self._remotes):
                 return True
-        asked_s = now_s()
-        refs = [r.agent.read.remote(self.group) for r in self._remotes]
+        asked_s, refs = self._ask()
         ok = True
         for r, ref in zip(self._remotes, refs, strict=True):
             try:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.data import load_dataset, study_splits
-from serve_app.ports import free_port
 from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
 from serve_app.replay.local import deploy
 from serve_app.replay.results import find_runs, load_run
@@ -26,7 +25,7 @@ from serve_app.replay.runner import finish, load_test_sets, replay_session
 from serve_app.report.cli import build_report
 from serve_app.sweep.compare import sweep_report
 from serve_app.sweep.config import SweepFile, Topology, classifier_specs
-from serve_app.topology.local_cluster import LocalCluster, NodeSpec, connect
+from serve_app.topology.local_cluster import LocalCluster, NodeSpec, connect, start_serve
 from serve_app.train import train_missing
 
 
@@ -75,9 +74,7 @@ def run_topology(
     connect(address, logging_level="WARNING", namespace=f"accuwatt-sweep-{uuid.uuid4().hex[:6]}")
     folders: dict[str, Path] = {}
     try:
-        port = free_port()
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-        url = f"http://127.0.0.1:{port}"
+        url = start_serve()
         session = uuid.uuid4().hex[:12]
         for test in tests:
             app = {"classifiers": classifier_specs(sweep, topo), "artifacts_dir": str(artifacts[test.split])}

@@ -89,6 +89,16 @@ def connect(address: str, **init_kwargs: Any) -> Any:
     return ray.init(address=address, _node_ip_address="127.0.0.1", **init_kwargs)
 
 
+def start_serve() -> str:
+    """Start Serve on the connected local cluster: its HTTP proxy on the head only (every node shares
+    the machine's ports), on a free loopback port; returns the proxy's base URL."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    return f"http://127.0.0.1:{port}"
+
+
 def default_nodes(workers: int, cpus_per_node: float = 4, gpus_per_node: float = 0) -> list[NodeSpec]:
     """A head and ``workers`` worker nodes named ``head``, ``worker-1``, ... On a 2-core machine the
     logical CPUs are deliberately more than the cores: replicas ask for fractions and mostly wait."""

@@ -25,8 +25,13 @@ pytestmark = pytest.mark.slow
 
 def _scenario(out_path: str) -> None:  # runs in the subprocess
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    from serve_app.ports import free_port
-    from serve_app.topology.local_cluster import LocalCluster, connect, default_nodes, use_loopback
+    from serve_app.topology.local_cluster import (
+        LocalCluster,
+        connect,
+        default_nodes,
+        start_serve,
+        use_loopback,
+    )
 
     use_loopback()
     import tempfile
@@ -47,9 +52,7 @@ def _scenario(out_path: str) -> None:  # runs in the subprocess
     result: dict[str, Any] = {}
     with LocalCluster(default_nodes(1)) as cluster:
         connect(cluster.address, logging_level="WARNING", namespace="accuwatt-two-node")
-        port = free_port()
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-        base = f"http://127.0.0.1:{port}"
+        base = start_serve()
         spanning = {
             "kind": "pipeline",
             "id": "tfidf-logreg-2nodes",

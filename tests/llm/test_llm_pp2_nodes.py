@@ -26,8 +26,13 @@ TEXTS = ["a warm, funny and moving film", "dull, slow and far too long", "an utt
 
 def _scenario(out_path: str, model_dir: str) -> None:  # runs in the subprocess
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    from serve_app.ports import free_port
-    from serve_app.topology.local_cluster import LocalCluster, connect, default_nodes, use_loopback
+    from serve_app.topology.local_cluster import (
+        LocalCluster,
+        connect,
+        default_nodes,
+        start_serve,
+        use_loopback,
+    )
 
     use_loopback()
     import httpx
@@ -42,9 +47,7 @@ def _scenario(out_path: str, model_dir: str) -> None:  # runs in the subprocess
     result: dict[str, Any] = {}
     with LocalCluster(default_nodes(1)) as cluster:
         connect(cluster.address, logging_level="WARNING", namespace="accuwatt-pp2")
-        port = free_port()
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-        base = f"http://127.0.0.1:{port}"
+        base = start_serve()
         t0 = time.monotonic()
         serve.run(build_app(args), name="accuwatt", route_prefix="/", blocking=False)
         with httpx.Client(timeout=300, trust_env=False) as c:
