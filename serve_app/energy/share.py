@@ -11,12 +11,19 @@ closure still holds exactly:
   core and workers, and the processes it claims; each read from the kernel's per-process CPU clock,
   ``procs.process_cpu_s``, in nanoseconds; the CPU time at the tick is interpolated from the values its
   reads recorded) x the node's last joules per CPU-second (``rate``); GPU counters move only at ticks;
-- the value shown never steps back and never stands still while the process works: it is
-  ``max(E + extrapolation, last shown + SETTLE_RATE x the extrapolation since the last read)``. An
-  overshoot (the extrapolation ran ahead of the exact share, e.g. the node's rate fell) is settled by
-  advancing at half the rate until the exact share catches up (each CPU-second closes half a rate of
-  the gap), so a request inside it still gets its work's energy, at half weight, instead of 0 J; an
-  undershoot is shown at the next read after the tick.
+- the value shown never steps back, never stands still while the process works, and never jumps:
+  - in step, it moves by the extrapolation since the last read;
+  - an **overshoot** (the extrapolation ran ahead of the exact share, e.g. the node's rate fell) is
+    settled by advancing at ``SETTLE_RATE`` (half) the rate until the exact share catches up (each
+    CPU-second closes half a rate of the gap), so a request inside it still gets its work's energy,
+    at half weight, instead of 0 J;
+  - an **undershoot** (the exact share at a tick ran ahead of what was shown: a process joined the
+    group with CPU time of its own, DRAM ran ahead of CPU time, and every GPU counter, which moves
+    only at ticks) is released on top of the extrapolation at a constant power, the gap when the tick
+    arrived / ``period_s``, so it is shown within one account period of wall time. The gap is energy
+    the group drew over the last period; it reaches the requests (or idle) of the next one by their
+    duration, at the group's average power then, instead of landing whole in the one request that
+    happened to be open when the tick arrived (a 30 ms request showed 10.7 J, 356 W on a 2-core VM).
 
 So over any window the ledger fed by this meter splits exactly the group's share, give or take
 ``pending_j = shown - E`` at the window's end (reported in the replica's snapshot: positive = an
@@ -75,6 +82,9 @@ class AccountShareMeter:
         self._shown: dict[str, float] = {}
         self._cpu_at_read_s = self._cpu_at_share_s
         self._samples: deque[tuple[float, float]] = deque(maxlen=512)  # (monotonic s, CPU s)
+        self._read_s = now_s()  # the last read (monotonic s)
+        self._tick_s: float | None = None  # when a tick not read yet arrived (monotonic s)
+        self._release_w: dict[str, float] = {}  # an undershoot's release power, per counter (W)
         self.group: str | None = None
         self.sources: dict[str, str] = {}
         self.error: str | None = "no share yet"
@@ -117,6 +127,7 @@ class AccountShareMeter:
                 self._samples.clear()
                 self._cpu_at_share_s = self._cpu_at_read_s = self._cpu_clock()
             self.group, self.sources, self.ticks = out["group"], dict(out["sources"]), int(out["ticks"])
+            self._tick_s = now_s()
             self._info = self._make_info()  # read on every request's tag: built here, once per share
 
     def _cpu_at(self, t_s: float) -> float:
@@ -177,18 +188,26 @@ class AccountShareMeter:
     def _read(self) -> Reading:
         if self.error is not None:  # the account's counters fail (or no share yet)
             raise MeterError(f"node account: {self.error}")
-        cpu_now = self._cpu_clock()
-        self._samples.append((now_s(), cpu_now))
+        t_s, cpu_now = now_s(), self._cpu_clock()
+        self._samples.append((t_s, cpu_now))
         cpu_s = max(cpu_now - self._cpu_at_share_s, 0.0)
         since_read_s = max(cpu_now - self._cpu_at_read_s, 0.0)
-        self._cpu_at_read_s = cpu_now
+        fresh, wall_s = self._tick_s is not None, t_s - max(self._read_s, self._tick_s or 0.0)
+        self._cpu_at_read_s, self._read_s, self._tick_s = cpu_now, t_s, None
         for key, exact in self._exact.items():
             rate = 0.0 if key.startswith("gpu:") else self._rate.get(key, 0.0)  # GPUs: ticks only
-            est = exact + cpu_s * rate
-            if key in self._shown:
-                est = max(est, self._shown[key] + SETTLE_RATE * since_read_s * rate)
-            self._shown[key] = est
-        return Reading(now_s(), dict(self._shown), self.source)
+            target, step = exact + cpu_s * rate, since_read_s * rate
+            if key not in self._shown:
+                self._shown[key] = target
+                continue
+            gap = target - self._shown[key] - step  # > 0: an undershoot; < 0: an overshoot
+            if fresh:  # a new tick: its undershoot is released over one account period
+                self._release_w[key] = max(gap, 0.0) / self.period_s
+            if gap <= 0:
+                self._shown[key] += max(step + gap, SETTLE_RATE * step)
+            else:
+                self._shown[key] += step + min(gap, self._release_w.get(key, 0.0) * max(wall_s, 0.0))
+        return Reading(t_s, dict(self._shown), self.source)
 
     def pending_j(self) -> float:
         """Shown minus exact share, summed over counters (J): the not-yet-settled part."""

@@ -285,6 +285,53 @@ def test_between_ticks_a_share_moves_with_the_cpu_of_the_whole_group() -> None:
         replica.wait()
 
 
+def test_an_undershoot_at_a_tick_is_released_over_a_period_not_in_one_read(tmp_path: Path) -> None:
+    """A process joins a replica's group with CPU time of its own (a vLLM engine core started between
+    two ticks): the share's extrapolation missed it, so the exact share at the next tick is ahead of
+    what was shown. That gap was drawn over the last period; shown in the next read, it landed whole
+    in whichever short request was open (10.7 J in a 30 ms request). It must come out at a power the
+    node can draw (65 W here: 2 cores x 32.5 W/core) and be shown in full within one period."""
+    go = tmp_path / "go"
+    code = (
+        "import os, subprocess, time\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
+        f"subprocess.Popen([{sys.executable!r}, '-c', 'while True: pass'])\n"
+        "time.sleep(600)\n"
+    )
+    replica = subprocess.Popen(
+        ["bash", "-c", f'exec -a "ray::ServeReplica:app:llm" {sys.executable} -c "$0"', code],
+        start_new_session=True,
+    )
+    account = NodeAccount([NodeEstimateMeter(65.0, 2, 0.375, node="n1")], "n1")
+    try:
+        time.sleep(0.3)
+        account.tick()
+        meter = AccountShareMeter(None, "n1", 1.0, pid=replica.pid, fetch=account.share_of_pid)
+        try:
+            assert meter.group == f"replica:{replica.pid}"
+            go.touch()
+            time.sleep(0.8)  # the child spins, unseen by the share's extrapolation
+            before = meter.read()
+            account.tick()  # the child is in the group now, with its CPU time since it started
+            meter._poll()
+            gap = sum(meter._exact.values()) - sum(before.energy_j.values())
+            assert gap > 10.0, gap  # ~0.7 CPU-s x 32.5 W
+            last, worst_w = before, 0.0
+            while (last.t_s - before.t_s) < 1.2:  # short requests, back to back
+                time.sleep(0.02)
+                r = meter.read()
+                j = sum(r.energy_j.values()) - sum(last.energy_j.values())
+                worst_w = max(worst_w, (j - 0.05) / (r.t_s - last.t_s))
+                last = r
+            assert worst_w <= 65.0, f"a window showed {worst_w:.0f} W"
+            assert meter.pending_j() >= -1e-6, meter.pending_j()  # the whole gap is shown
+        finally:
+            meter.close()
+    finally:
+        os.killpg(replica.pid, 9)
+        replica.wait()
+
+
 def test_processes_of_a_replica_on_another_node_are_its_group_in_this_nodes_account() -> None:
     """A replica whose stage runs on this node: the node's agent makes the stage's process a group of
     the account under the replica's name (counted once, here), reads its share back, and lets it go
