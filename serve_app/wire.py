@@ -73,10 +73,10 @@ class EnergyTag(BaseModel):
 
     ``uncertainty_j``: counter resolution at both ends of the window, plus the energy that could
     shift across a window edge because the counter refreshes only every ``update_period_s``
-    (average power over the window x update period). Flags: ``shorter_than_counter_update`` when
-    the request is shorter than the counter's refresh period; ``remote_counters_late`` when another
-    node's counters did not arrive in time at an end of the request (its remote work may count in
-    the next request's window instead).
+    (average power over the window x update period; x (update period + the remote counters' polling
+    lag) when they were late). Flags: ``shorter_than_counter_update`` when the request is shorter than
+    the counter's refresh period; ``remote_counters_late`` when another node's counters did not arrive
+    in time at an end of the request (its remote work may count in the next request's window instead).
     """
 
     model_config = _CONFIG

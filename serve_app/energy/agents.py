@@ -25,8 +25,8 @@ reached it, its remote work landing in the next interval (seen on a PP=2 engine:
 second node), and open on values up to a poll old, taking remote energy drawn before it. A node that
 does not answer within ``rpc_timeout_s`` keeps its last values (``settled`` is False; the tag says
 ``remote_counters_late``). Conservation is unaffected either way (metered = attributed + idle holds
-per key), and ``MeterInfo.update_period_s`` reports the staleness bound so that tags widen their
-uncertainty by it. If a node has not answered for ``max_stale_s``, ``read()`` raises ``MeterError``
+per key), and ``MeterInfo.lag_s`` reports the staleness bound: a late tag's uncertainty widens by it,
+and the counters' physical bound allows for it. If a node has not answered for ``max_stale_s``, ``read()`` raises ``MeterError``
 (tags turn ``unavailable`` instead of silently dropping that node's energy).
 """
 
@@ -402,8 +402,9 @@ class MultiNodeMeter:
             source=_combined_source(sources),
             devices=devices,
             resolution_j=max([li.resolution_j, *(float(r.info["resolution_j"]) for r in self._remotes)]),
-            update_period_s=max(li.update_period_s, remote_period + self.poll_period_s + self.rpc_timeout_s),
+            update_period_s=max(li.update_period_s, remote_period),
             node=self.local_node,
+            lag_s=self.poll_period_s + self.rpc_timeout_s,
             notes=(
                 f"{len(self.nodes)} nodes; remote counters polled every {self.poll_period_s:g} s "
                 f"(stale by at most {self.poll_period_s + self.rpc_timeout_s:g} s). Local: {li.notes}"

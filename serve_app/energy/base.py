@@ -55,6 +55,9 @@ class MeterInfo:
 
     ``resolution_j``: the smallest change a counter can show (J).
     ``update_period_s``: how often the underlying counter refreshes (s), as documented or observed.
+    ``lag_s``: how old a value can be when read, beyond that (s): a remote node's counters held from
+    its last poll. A window whose ends waited for fresh values (``ReplicaEnergy.settle``) does not
+    carry it; one whose ends did not (``remote_counters_late``) does.
     """
 
     source: Source
@@ -62,6 +65,7 @@ class MeterInfo:
     resolution_j: float
     update_period_s: float
     node: str = ""
+    lag_s: float = 0.0
     notes: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 

@@ -43,7 +43,7 @@ class Sampler:
             self.error = str(exc)
             first = Reading(now_s(), {}, meter.info.source)
         info = meter.info
-        self.ledger = Ledger(first, meter_limits(info.update_period_s, info.resolution_j))
+        self.ledger = Ledger(first, meter_limits(info.update_period_s + info.lag_s, info.resolution_j))
         self.cpu_s = 0.0  # CPU time the sampler thread itself used (s)
         self._stop = threading.Event()
         self._wake = threading.Event()

@@ -22,16 +22,24 @@ class Overhead:
 
 
 def make_tag(
-    alloc: Allocation, info: MeterInfo, rule: str, replica: str, tokens: tuple[int, int] | None = None
+    alloc: Allocation,
+    info: MeterInfo,
+    rule: str,
+    replica: str,
+    tokens: tuple[int, int] | None = None,
+    late: bool = False,
 ) -> EnergyTag:
-    """``tokens``: (prompt, generated) tokens of a stepped request's texts, shown with its steps."""
+    """``tokens``: (prompt, generated) tokens of a stepped request's texts, shown with its steps;
+    ``late``: an end of the window did not wait for fresh remote counters (``info.lag_s`` counts)."""
     joules = alloc.joules
     window_s = max(alloc.duration_s, 0.0)
     flags: list[str] = list(alloc.flags)
     if window_s < info.update_period_s:
         flags.append("shorter_than_counter_update")
+    if late:
+        flags.append("remote_counters_late")
     avg_w = joules / window_s if window_s > 0 else 0.0
-    uncertainty = 2 * info.resolution_j + avg_w * info.update_period_s
+    uncertainty = 2 * info.resolution_j + avg_w * (info.update_period_s + (info.lag_s if late else 0.0))
     if uncertainty > joules:
         flags.append("uncertainty_exceeds_value")
     return EnergyTag(

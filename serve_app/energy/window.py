@@ -53,8 +53,8 @@ class RequestWindow:
             owner.sampler.ledger.abandon(self.key, None)
             return no_energy_tag(owner.replica, owner.info, owner.sampler.error or "meter failed")
         alloc = owner.sampler.ledger.end(self.key, end)
-        tag = make_tag(alloc, owner.info, owner.rule, owner.replica, tokens)
-        tag.flags.extend([*owner.coverage_flags, *(["remote_counters_late"] if late else [])])
+        tag = make_tag(alloc, owner.info, owner.rule, owner.replica, tokens, late)
+        tag.flags.extend(owner.coverage_flags)
         return tag
 
     def abandon(self) -> None:
@@ -145,6 +145,7 @@ class ReplicaEnergy:
             "sample_period_s": self.sampler.period_s,
             "counter_update_period_s": ledger.observed_update_period_s(),
             "nominal_update_period_s": info.update_period_s,
+            "counter_lag_s": info.lag_s,  # remote counters held from a poll, when a window could not wait
             "resolution_j": info.resolution_j,
             "requests": t.requests,
             "open_requests": ledger.open_requests,

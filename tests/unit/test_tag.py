@@ -36,6 +36,16 @@ def test_short_request_is_flagged_and_estimates_are_not_measurements() -> None:
     assert set(tag.flags) == {"shorter_than_counter_update", "uncertainty_exceeds_value"}
 
 
+def test_remote_counters_polling_lag_widens_only_a_late_tag() -> None:
+    """A window whose ends waited for the other nodes' counters carries their update period only; one
+    that did not also carries how stale a polled remote value can be (``MeterInfo.lag_s``)."""
+    info = MeterInfo("estimate", (), resolution_j=0.0, update_period_s=1.0, node="head", lag_s=2.1)
+    alloc = _alloc({"cpu:worker-1:process": 1.0, "cpu:process": 3.0}, 0.5)  # 8 W
+    settled, late = make_tag(alloc, info, "texts", "rep"), make_tag(alloc, info, "texts", "rep", late=True)
+    assert settled.uncertainty_j == pytest.approx(8.0 * 1.0) and "remote_counters_late" not in settled.flags
+    assert late.uncertainty_j == pytest.approx(8.0 * 3.1) and "remote_counters_late" in late.flags
+
+
 def test_per_node_energy_from_node_qualified_counters() -> None:
     tag = make_tag(_alloc({"cpu:worker-1:process": 1.0, "cpu:process": 3.0}, 1.0), INFO, "texts", "rep")
     assert tag.nodes == ["head", "worker-1"] and tag.nodes_j == {"head": 3.0, "worker-1": 1.0}
