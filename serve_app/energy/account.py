@@ -117,6 +117,10 @@ class NodeAccount:
         self._recent_j: dict[str, float] = {}
         self._recent_cpu_s: dict[str, float] = {}
         self._rate_prior: dict[str, float] = {}  # a counter's known J per CPU-second (the estimate's)
+        # the proxy's and the routers' CPU-seconds of the recent intervals, decayed alike: a router's
+        # share grows by the proxy's part too (see `rate_j_per_cpu_s`)
+        self._recent_proxy_s = 0.0
+        self._recent_routers_s = 0.0
         for m in self.meters:
             self._rate_prior.update(getattr(m, "rate_prior_j_per_cpu_s", {}))
         self._group_of_pid: dict[int, str] = {}
@@ -224,6 +228,11 @@ class NodeAccount:
         for g, d in cpu_d.items():
             self.group_cpu_s[g] += d
         routers_cpu = {g: d for g, d in cpu_d.items() if kind_of(g) == "router" and d > 0}
+        total_router = sum(routers_cpu.values())
+        self._recent_proxy_s = self._recent_proxy_s * RATE_DECAY + (
+            cpu_d.get(PROXY, 0.0) if total_router else 0.0
+        )
+        self._recent_routers_s = self._recent_routers_s * RATE_DECAY + total_router
         for r in readings:
             for key, value in r.energy_j.items():
                 self.sources[key] = r.source
@@ -303,9 +312,12 @@ class NodeAccount:
             _add(out, key, j)
         return out
 
-    def rate_j_per_cpu_s(self) -> dict[str, float]:
+    def rate_j_per_cpu_s(self, group: str = "") -> dict[str, float]:
         """Per CPU/DRAM counter: active J per CPU-second over the recent intervals (older ones decayed
-        by ``RATE_DECAY`` per tick). A single interval's ratio is noisy at clock-tick resolution (an
+        by ``RATE_DECAY`` per tick); for a router's group, per CPU-second of the router itself, which
+        brings the proxy's part with it (x (routers' + proxy's CPU) / routers' CPU over the same
+        intervals: without it, a router's share trailed its exact value by the proxy's part at every
+        tick). A single interval's ratio is noisy at clock-tick resolution (an
         interval can see the counter move and no CPU time, or the reverse); the ratio of the decayed
         sums is defined from the first CPU time seen and follows the load within a few ticks. It only
         extrapolates between ticks (``share.py``); every tick replaces the extrapolation with the exact
@@ -313,7 +325,11 @@ class NodeAccount:
         counts in 10 ms ticks), a counter that knows its rate gives it (the estimate's ``cpu``: its
         W/core), so the first requests on an idle node are not 0 J until the next tick."""
         seen = {k: j / self._recent_cpu_s[k] for k, j in self._recent_j.items() if self._recent_cpu_s[k] > 0}
-        return {**self._rate_prior, **seen}
+        rate = {**self._rate_prior, **seen}
+        if kind_of(group) == "router" and self._recent_routers_s > 0:
+            factor = 1.0 + self._recent_proxy_s / self._recent_routers_s
+            rate = {k: v * factor for k, v in rate.items()}
+        return rate
 
     def share_of_pid(self, pid: int) -> dict[str, Any]:
         """What a replica (or router) process's meter needs: its group's cumulative energy at the last
@@ -339,7 +355,7 @@ class NodeAccount:
             "energy_j": self.group_energy_j(group),
             "cpu_s": self.group_cpu_s.get(group, 0.0),
             "t_s": self.t_s,
-            "rate_j_per_cpu_s": self.rate_j_per_cpu_s(),
+            "rate_j_per_cpu_s": self.rate_j_per_cpu_s(group),
             "sources": dict(self.sources),
             "ticks": self.ticks,
             "pids": sorted(pid for pid, g in self._group_of_pid.items() if g == group),

@@ -10,7 +10,8 @@ closure still holds exactly:
   since the tick (the account lists them at each tick: the replica, its children such as vLLM's engine
   core and workers, and the processes it claims; each read from the kernel's per-process CPU clock,
   ``procs.process_cpu_s``, in nanoseconds; the CPU time at the tick is interpolated from the values its
-  reads recorded) x the node's last joules per CPU-second (``rate``); GPU counters move only at ticks;
+  reads recorded) x the node's last joules per CPU-second (``rate``; a router's includes its proxy
+  part); GPU counters move only at ticks;
 - the value shown never steps back, never stands still while the process works, and never jumps:
   - in step, it moves by the extrapolation since the last read;
   - an **overshoot** (the extrapolation ran ahead of the exact share, e.g. the node's rate fell) is

@@ -34,9 +34,17 @@ TITLES = [f"ray::ServeReplica:app:model{i}" for i in range(7)] + [
 ]
 
 
-def spawn(title: str) -> subprocess.Popen[bytes]:
-    """A real process whose /proc/<pid>/cmdline starts with ``title`` (as Ray's setproctitle does)."""
-    return subprocess.Popen(["bash", "-c", f'exec -a "{title}" {sys.executable} -c "$0"', SPIN])
+def spawn(title: str, code: str = SPIN, wait: bool = False) -> subprocess.Popen[bytes]:
+    """A real process whose /proc/<pid>/cmdline starts with ``title`` (as Ray's setproctitle does);
+    ``wait``: until it does (an account that scans it before would keep the shell's title)."""
+    proc = subprocess.Popen(
+        ["bash", "-c", f'exec -a "{title}" {sys.executable} -c "$0"', code], start_new_session=True
+    )
+    deadline = time.monotonic() + 30
+    while wait and not Path(f"/proc/{proc.pid}/cmdline").read_bytes().startswith(title.encode()):
+        assert time.monotonic() < deadline, f"{title}: not titled"
+        time.sleep(0.01)
+    return proc
 
 
 @pytest.fixture()
@@ -285,6 +293,60 @@ def test_between_ticks_a_share_moves_with_the_cpu_of_the_whole_group() -> None:
         replica.wait()
 
 
+def test_a_routers_share_moves_with_its_proxy_part_between_ticks() -> None:
+    """A router's group gets the proxy's share too (split by the routers' CPU time), so between ticks it
+    must move by the router's CPU time x the rate x (routers' + proxy's CPU) / routers' CPU. With the
+    node's plain rate it trailed its exact value by the proxy's part at every tick (here, with the
+    proxy as busy as the router, by about half). Checked at each tick: the exact share against what was
+    shown just before it, and over the run against the two processes' CPU time read by psutil."""
+    router, proxy = spawn("ray::ServeReplica:app:router", wait=True), spawn("ray::ProxyActor", wait=True)
+    account = NodeAccount([NodeEstimateMeter(65.0, 2, 0.0, node="n1")], "n1")
+    stop = threading.Event()
+
+    def ticker() -> None:
+        while not stop.wait(0.3):
+            account.tick()
+
+    th = threading.Thread(target=ticker, daemon=True)
+    try:
+        time.sleep(0.3)
+        account.tick()
+        th.start()
+        time.sleep(1.0)  # a few ticks: the rate has seen both processes
+        meter = AccountShareMeter(None, "n1", 0.3, pid=router.pid, fetch=account.share_of_pid)
+        try:
+            assert meter.group == f"router:{router.pid}"
+            cpu0 = sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in (router, proxy))
+            shown0 = sum(meter.read().energy_j.values())
+            gaps, grown, prev, exact_prev = [], [], meter.read(), sum(meter._exact.values())
+            end = time.monotonic() + 4.0
+            while time.monotonic() < end:
+                time.sleep(0.02)
+                ticks = meter.ticks
+                r = meter.read()
+                exact = sum(meter._exact.values())
+                if meter.ticks != ticks or exact != exact_prev:  # a tick arrived since the last read
+                    gaps.append(exact - sum(prev.energy_j.values()))
+                    grown.append(exact - exact_prev)
+                prev, exact_prev = r, exact
+            cpu1 = sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in (router, proxy))
+            shown1 = sum(meter.read().energy_j.values())
+        finally:
+            meter.close()
+        assert len(grown) >= 6 and sum(grown) > 0
+        # at the ticks, the extrapolation was where the exact share arrived (the old rate: ~0.5)
+        assert abs(sum(gaps)) / sum(grown) < 0.25, (gaps, grown)
+        # and the router's share is the two processes' CPU x the estimate's 32.5 W/core
+        assert shown1 - shown0 == pytest.approx((cpu1 - cpu0) * 32.5, rel=0.3)
+    finally:
+        stop.set()
+        if th.is_alive():
+            th.join()
+        for p in (router, proxy):
+            p.kill()
+            p.wait()
+
+
 def test_an_undershoot_at_a_tick_is_released_over_a_period_not_in_one_read(tmp_path: Path) -> None:
     """A process joins a replica's group with CPU time of its own (a vLLM engine core started between
     two ticks): the share's extrapolation missed it, so the exact share at the next tick is ahead of
@@ -298,13 +360,9 @@ def test_an_undershoot_at_a_tick_is_released_over_a_period_not_in_one_read(tmp_p
         f"subprocess.Popen([{sys.executable!r}, '-c', 'while True: pass'])\n"
         "time.sleep(600)\n"
     )
-    replica = subprocess.Popen(
-        ["bash", "-c", f'exec -a "ray::ServeReplica:app:llm" {sys.executable} -c "$0"', code],
-        start_new_session=True,
-    )
+    replica = spawn("ray::ServeReplica:app:llm", code, wait=True)
     account = NodeAccount([NodeEstimateMeter(65.0, 2, 0.375, node="n1")], "n1")
     try:
-        time.sleep(0.3)
         account.tick()
         meter = AccountShareMeter(None, "n1", 1.0, pid=replica.pid, fetch=account.share_of_pid)
         try:
