@@ -250,12 +250,12 @@ def inprocess_engine(spec: Any, beside: bool) -> Iterator[tuple[Any, asyncio.Abs
     with contextlib.ExitStack() as stack:
         if beside:
             stack.enter_context(idle_ray_serve())
+        loop = asyncio.new_event_loop()
+        stack.callback(loop.close)  # after the engine's shutdown, which turns the loop once more
         t0 = time.perf_counter()
         clf = build_llm_classifier(spec)
         stack.callback(clf.close)
         start_s = time.perf_counter() - t0
-        loop = asyncio.new_event_loop()
-        stack.callback(loop.close)
         yield clf, loop, start_s
 
 
