@@ -258,10 +258,7 @@ def test_between_ticks_a_share_moves_with_the_cpu_of_the_whole_group() -> None:
         f"subprocess.Popen([{sys.executable!r}, '-c', 'while True: pass'])\n"
         "time.sleep(600)\n"
     )
-    replica = subprocess.Popen(
-        ["bash", "-c", f'exec -a "ray::ServeReplica:app:llm" {sys.executable} -c "$0"', code],
-        start_new_session=True,
-    )
+    replica = spawn("ray::ServeReplica:app:llm", code)
     try:
         deadline = time.monotonic() + 30
         while not psutil.Process(replica.pid).children():
