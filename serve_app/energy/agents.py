@@ -216,7 +216,7 @@ class NodeEnergyAgentImpl:
             )
         except MeterError as exc:
             return {"error": str(exc)}
-        return {"energy_j": r.energy_j, "source": r.source, "pending_j": pending}
+        return {"energy_j": r.energy_j, "source": r.source, "pending_j": pending, "t_s": r.t_s}
 
     def unwatch(self, group: str) -> None:
         key = self._in_account.pop(group, None)
@@ -275,9 +275,25 @@ class _Remote:
     energy_j: dict[str, float] = field(default_factory=dict)
     source: str = "estimate"
     ok_s: float = 0.0
-    asked_s: float = 0.0  # when the agent was asked for the values held now (``settled``)
+    asked_s: float = 0.0  # the latest ask the values held now answer (``settled``), this node's clock
+    read_s: float = float("-inf")  # when the agent read the values held now, the agent's clock
     error: str | None = None
     pending_j: float = 0.0
+
+    def take(self, asked_s: float, out: dict[str, Any]) -> bool:
+        """The agent's answer to a read asked at ``asked_s``; False if it is an error. The agent serves
+        reads concurrently (the poll thread's and a request's settle), so answers can come back in
+        another order than they were read: values read before those held are dropped (a counter must
+        never step back: from near zero that reads as a reset, and the whole value would count again),
+        while the ask still counts as answered, since the values held were read after it."""
+        if "error" in out:
+            self.error = str(out["error"])
+            return False
+        if float(out["t_s"]) >= self.read_s:
+            self.energy_j, self.source, self.read_s = dict(out["energy_j"]), out["source"], float(out["t_s"])
+            self.pending_j = float(out.get("pending_j", 0.0))
+        self.ok_s, self.asked_s, self.error = now_s(), max(self.asked_s, asked_s), None
+        return True
 
 
 class MultiNodeMeter:
@@ -330,22 +346,8 @@ class MultiNodeMeter:
         return now_s(), [r.agent.read.remote(self.group) for r in self._remotes]
 
     def _take(self, r: _Remote, asked_s: float, out: dict[str, Any]) -> bool:
-        """One agent's answer to a read asked at ``asked_s``; False if it is an error. An answer older
-        than the values held (a periodic poll overtaken by a request's) is dropped."""
         with self._lock:
-            if "error" in out:
-                r.error = str(out["error"])
-                return False
-            if asked_s >= r.asked_s:
-                r.energy_j, r.source, r.ok_s, r.asked_s, r.error = (
-                    dict(out["energy_j"]),
-                    out["source"],
-                    now_s(),
-                    asked_s,
-                    None,
-                )
-                r.pending_j = float(out.get("pending_j", 0.0))
-            return True
+            return r.take(asked_s, out)
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_period_s):

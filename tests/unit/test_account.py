@@ -437,6 +437,37 @@ def test_processes_of_a_replica_on_another_node_are_its_group_in_this_nodes_acco
         stage.wait(timeout=10)
 
 
+def test_answers_of_a_remote_agent_taken_out_of_order_never_step_back() -> None:
+    """A replica spanning nodes asks the other node's agent from two threads (the poll and a request's
+    settle), and the agent answers concurrently: the answer to the later ask can hold values read
+    earlier. Taken in the order of the asks, the counter stepped back, and from near zero a backward
+    step reads as a reset (the whole value counted again: a two-node CI run showed worker-1 16.3 J
+    in the replica's ledger against 9.2 J in its account group). Real agent, real stage process."""
+    from serve_app.config_common import EnergyConfig
+    from serve_app.energy.agents import NodeEnergyAgentImpl, _Remote
+    from serve_app.energy.keys import RemoteProcesses
+
+    stage = subprocess.Popen([sys.executable, "-c", SPIN])
+    agent = NodeEnergyAgentImpl("n1")
+    try:
+        cfg = EnergyConfig(meter="estimate", account_period_s=0.2).model_dump()
+        agent.watch("7@head-1", cfg, [stage.pid], [])
+        time.sleep(1.0)  # the stage's group has a share
+        earlier = agent.read("7@head-1")
+        time.sleep(0.3)
+        later = agent.read("7@head-1")
+        assert sum(later["energy_j"].values()) > sum(earlier["energy_j"].values())
+        remote = _Remote(RemoteProcesses("id", "worker-1", (stage.pid,)), None, {})
+        assert remote.take(1.0, later)  # asked first, read last
+        assert remote.take(2.0, earlier)  # asked last, read first, answered last
+        assert remote.energy_j == later["energy_j"]  # held: the values read last
+        assert remote.asked_s == 2.0  # and the later ask counts as answered: they were read after it
+    finally:
+        agent.close()
+        stage.kill()
+        stage.wait(timeout=10)
+
+
 def test_an_agent_nobody_asks_goes_quiet_and_the_next_question_wakes_it() -> None:
     """Every replica and router that polled the node's account is gone: the account ticks only every
     quiet period (its tick reads every process: CPU for nobody), and the first question brings the
