@@ -16,7 +16,6 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,6 +23,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from benchmarks._demo import cycled, trained_demo  # noqa: E402
 from benchmarks._http import post_in_chunks  # noqa: E402
 from serve_app.energy.procs import scan  # noqa: E402
 from tests.conftest import free_port, wait_http  # noqa: E402
@@ -55,15 +55,10 @@ def main() -> None:
     from ray import serve
 
     from serve_app.app import build_app
-    from serve_app.data import load_dataset, make_split
     from serve_app.replay.local import local_ray
-    from serve_app.train import train_split
 
-    ds = load_dataset("demo")
-    split = make_split(ds, 300, 200, 20250101, 0)
-    artifacts = Path(tempfile.mkdtemp(prefix="aw-bench-"))
-    train_split(split, [MODEL], artifacts, ds.labels, ds.source)
-    texts = [split.test.texts[i % len(split.test.texts)] for i in range(args.texts)]
+    split, artifacts = trained_demo([MODEL])
+    texts = cycled(split.test.texts, args.texts)
 
     with local_ray(8):
         port = free_port()

@@ -20,7 +20,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -109,14 +108,10 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from serve_app.data import load_dataset, make_split
+    from benchmarks._demo import trained_demo
     from serve_app.replay.local import local_ray
-    from serve_app.train import train_split
 
-    ds = load_dataset("demo")
-    split = make_split(ds, 300, 200, 20250101, 0)
-    artifacts = Path(tempfile.mkdtemp(prefix="aw-bench-"))
-    train_split(split, [MODEL], artifacts, ds.labels, ds.source)
+    split, artifacts = trained_demo([MODEL])
     texts = list(split.test.texts)
 
     with local_ray(4):

@@ -35,7 +35,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -48,6 +47,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from benchmarks._demo import cycled, trained_demo  # noqa: E402
 from benchmarks._http import post_in_chunks  # noqa: E402
 from serve_app.energy.nodemeter import node_busy_cpu_s  # noqa: E402
 from serve_app.energy.procs import scan  # noqa: E402
@@ -145,15 +145,10 @@ def main() -> None:
 
     from serve_app.app import build_app
     from serve_app.classifiers.traditional import TraditionalClassifier
-    from serve_app.data import load_dataset, make_split
     from serve_app.replay.local import local_ray
-    from serve_app.train import train_split
 
-    ds = load_dataset("demo")
-    split = make_split(ds, 300, 200, 20250101, 0)
-    artifacts = Path(tempfile.mkdtemp(prefix="aw-bench-"))
-    train_split(split, [MODEL], artifacts, ds.labels, ds.source)
-    texts = [split.test.texts[i % len(split.test.texts)] for i in range(args.texts)]
+    split, artifacts = trained_demo([MODEL])
+    texts = cycled(split.test.texts, args.texts)
 
     clf = TraditionalClassifier(artifacts / MODEL)
     clf.compute(texts[:10])

@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from benchmarks._demo import cycled, trained_demo  # noqa: E402
 from benchmarks._http import post_in_chunks  # noqa: E402
 from benchmarks.bench_serve import added_p50_ci  # noqa: E402
 
@@ -86,7 +86,6 @@ def main() -> None:
     from ray import serve
 
     from serve_app.app import build_app
-    from serve_app.data import load_dataset, make_split
     from serve_app.topology.local_cluster import (
         LocalCluster,
         connect,
@@ -94,17 +93,11 @@ def main() -> None:
         start_serve,
         use_loopback,
     )
-    from serve_app.train import train_split
     from tests.conftest import wait_http
 
     use_loopback()
-    ds = load_dataset("demo")
-    split = make_split(ds, 300, 200, 20250101, 0)
-    artifacts = Path(tempfile.mkdtemp(prefix="aw-bench-"))
-    train_split(split, ["tfidf-logreg"], artifacts, ds.labels, ds.source)
-    texts = [
-        split.test.texts[i % len(split.test.texts)] for i in range(max(args.texts, args.latency_requests))
-    ]
+    split, artifacts = trained_demo(["tfidf-logreg"])
+    texts = cycled(split.test.texts, max(args.texts, args.latency_requests))
 
     lat: dict[str, list[float]] = {k: [] for k in MODELS}
     p50: dict[str, list[float]] = {k: [] for k in MODELS}

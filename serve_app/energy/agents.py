@@ -26,8 +26,9 @@ second node), and open on values up to a poll old, taking remote energy drawn be
 does not answer within ``rpc_timeout_s`` keeps its last values (``settled`` is False; the tag says
 ``remote_counters_late``). Conservation is unaffected either way (metered = attributed + idle holds
 per key), and ``MeterInfo.lag_s`` reports the staleness bound: a late tag's uncertainty widens by it,
-and the counters' physical bound allows for it. If a node has not answered for ``max_stale_s``, ``read()`` raises ``MeterError``
-(tags turn ``unavailable`` instead of silently dropping that node's energy).
+and the counters' physical bound allows for it. If a node has not answered for ``max_stale_s``,
+``read()`` raises ``MeterError`` (tags turn ``unavailable`` instead of silently dropping that node's
+energy).
 """
 
 from __future__ import annotations
@@ -400,16 +401,17 @@ class MultiNodeMeter:
             f"{r.rp.node}/{d}" for r in self._remotes for d in r.info["devices"]
         )
         remote_period = max((float(r.info["update_period_s"]) for r in self._remotes), default=0.0)
+        lag_s = self.poll_period_s + self.rpc_timeout_s
         return MeterInfo(
             source=_combined_source(sources),
             devices=devices,
             resolution_j=max([li.resolution_j, *(float(r.info["resolution_j"]) for r in self._remotes)]),
             update_period_s=max(li.update_period_s, remote_period),
             node=self.local_node,
-            lag_s=self.poll_period_s + self.rpc_timeout_s,
+            lag_s=lag_s,
             notes=(
                 f"{len(self.nodes)} nodes; remote counters polled every {self.poll_period_s:g} s "
-                f"(stale by at most {self.poll_period_s + self.rpc_timeout_s:g} s). Local: {li.notes}"
+                f"(stale by at most {lag_s:g} s). Local: {li.notes}"
             ),
             extra={
                 "nodes": ",".join(self.nodes),
