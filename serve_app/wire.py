@@ -72,9 +72,10 @@ class EnergyTag(BaseModel):
     """What one request cost. ``joules`` is None when the meter was unavailable (never a fake 0).
 
     ``uncertainty_j``: counter resolution at both ends of the window, plus the energy that could
-    shift across a window edge because the counter refreshes only every ``update_period_s``
-    (average power over the window x update period; x (update period + the remote counters' polling
-    lag) when they were late). Flags: ``shorter_than_counter_update`` when the request is shorter than
+    shift across its edges: for a node account share (a meter that extrapolates between ticks),
+    twice its ``edge_error_j``, the largest correction its readings needed at its recent ticks;
+    for a counter read as it is, the average power over the window x the counter's update period;
+    plus average power x the remote counters' polling lag when they were late. Flags: ``shorter_than_counter_update`` when the request is shorter than
     the counter's refresh period; ``remote_counters_late`` when another node's counters did not arrive
     in time at an end of the request (its remote work may count in the next request's window instead).
     """

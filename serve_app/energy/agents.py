@@ -217,7 +217,14 @@ class NodeEnergyAgentImpl:
             )
         except MeterError as exc:
             return {"error": str(exc)}
-        return {"energy_j": r.energy_j, "source": r.source, "pending_j": pending, "t_s": r.t_s}
+        edge = meter.info.edge_error_j
+        return {
+            "energy_j": r.energy_j,
+            "source": r.source,
+            "pending_j": pending,
+            "edge_error_j": edge,
+            "t_s": r.t_s,
+        }
 
     def unwatch(self, group: str) -> None:
         key = self._in_account.pop(group, None)
@@ -280,6 +287,7 @@ class _Remote:
     read_s: float = float("-inf")  # when the agent read the values held now, the agent's clock
     error: str | None = None
     pending_j: float = 0.0
+    edge_error_j: float | None = None
 
     def take(self, asked_s: float, out: dict[str, Any]) -> bool:
         """The agent's answer to a read asked at ``asked_s``; False if it is an error. The agent serves
@@ -293,6 +301,8 @@ class _Remote:
         if float(out["t_s"]) >= self.read_s:
             self.energy_j, self.source, self.read_s = dict(out["energy_j"]), out["source"], float(out["t_s"])
             self.pending_j = float(out.get("pending_j", 0.0))
+            edge = out.get("edge_error_j")
+            self.edge_error_j = None if edge is None else float(edge)
         self.ok_s, self.asked_s, self.error = now_s(), max(self.asked_s, asked_s), None
         return True
 
@@ -402,6 +412,7 @@ class MultiNodeMeter:
         )
         remote_period = max((float(r.info["update_period_s"]) for r in self._remotes), default=0.0)
         lag_s = self.poll_period_s + self.rpc_timeout_s
+        edges = [li.edge_error_j, *(r.edge_error_j for r in self._remotes)]
         return MeterInfo(
             source=_combined_source(sources),
             devices=devices,
@@ -409,6 +420,8 @@ class MultiNodeMeter:
             update_period_s=max(li.update_period_s, remote_period),
             node=self.local_node,
             lag_s=lag_s,
+            # every node's share extrapolates: their errors add; one counter as it is: the period bound
+            edge_error_j=sum(e for e in edges if e is not None) if None not in edges else None,
             notes=(
                 f"{len(self.nodes)} nodes; remote counters polled every {self.poll_period_s:g} s "
                 f"(stale by at most {lag_s:g} s). Local: {li.notes}"

@@ -58,6 +58,11 @@ class MeterInfo:
     ``lag_s``: how old a value can be when read, beyond that (s): a remote node's counters held from
     its last poll. A window whose ends waited for fresh values (``ReplicaEnergy.settle``) does not
     carry it; one whose ends did not (``remote_counters_late``) does.
+    ``edge_error_j``: for a meter that extrapolates between its counter's updates (a node account
+    share), how far a reading can be from the exact value at that instant: the largest correction
+    its readings needed at its recent updates (J, summed over counters); None for a meter that shows
+    its counters as they are (the energy that can shift across a window's edge is then bounded by
+    the update period).
     """
 
     source: Source
@@ -66,6 +71,7 @@ class MeterInfo:
     update_period_s: float
     node: str = ""
     lag_s: float = 0.0
+    edge_error_j: float | None = None
     notes: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 

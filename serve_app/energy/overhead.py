@@ -61,7 +61,8 @@ class ServingOverhead:
         if tag.joules is None:
             return None
         counter_flags = tuple(f for f in tag.flags if f.startswith("counter_"))
-        return Overhead(tag.joules, dict(tag.domains_j), tag.source, self.energy.info.node, counter_flags)
+        node = self.energy.info.node
+        return Overhead(tag.joules, dict(tag.domains_j), tag.source, node, counter_flags, tag.uncertainty_j)
 
     def abandon(self, window: RequestWindow | None) -> None:
         if window is not None:

@@ -31,6 +31,13 @@ So over any window the ledger fed by this meter splits exactly the group's share
 overshoot held, negative = exact energy not shown yet), which the next tick settles. The ledger's
 per-request split is unchanged (the replica's requests by weight, idle when none is open).
 
+How far a reading can be from the exact share at that instant is what the next tick corrects: the
+correction each tick needed (its gap, summed over counters) is kept for the last ``EDGE_TICKS``
+ticks, and their largest is the meter's ``edge_error_j``. A window's energy is off by at most the
+error at its two ends (in between, the errors telescope), so a tag's uncertainty is twice that,
+whatever the window's length, instead of its average power x the account period (which flagged
+every request shorter than a period as uncertain by 20-70 times its value).
+
 Units: J, s. ``read()`` makes no remote call.
 """
 
@@ -50,6 +57,8 @@ from serve_app.energy.procs import process_cpu_s
 log = logging.getLogger(__name__)
 RPC_TIMEOUT_S = 5.0
 SETTLE_RATE = 0.5  # the fraction of the extrapolation rate at which a shown overshoot keeps moving
+EDGE_TICKS = 8  # the ticks whose largest correction is the meter's ``edge_error_j``
+MIN_EDGE_TICKS = 3  # ... once it has seen this many (before: the average power x period bound)
 
 
 class AccountShareMeter:
@@ -86,6 +95,7 @@ class AccountShareMeter:
         self._read_s = now_s()  # the last read (monotonic s)
         self._tick_s: float | None = None  # when a tick not read yet arrived (monotonic s)
         self._release_w: dict[str, float] = {}  # an undershoot's release power, per counter (W)
+        self._corrections: deque[float] = deque(maxlen=EDGE_TICKS)  # |gap| summed over counters, per tick (J)
         self.group: str | None = None
         self.sources: dict[str, str] = {}
         self.error: str | None = "no share yet"
@@ -169,6 +179,7 @@ class AccountShareMeter:
             resolution_j=1e-3,
             update_period_s=self.period_s,
             node=self.node,
+            edge_error_j=max(self._corrections) if len(self._corrections) >= MIN_EDGE_TICKS else None,
             notes=(
                 f"node account share of group {self.group or '?'} (process {self.pid}): node counters "
                 f"split to processes by CPU time every {self.period_s:g} s, extrapolated in between by "
@@ -195,6 +206,7 @@ class AccountShareMeter:
         since_read_s = max(cpu_now - self._cpu_at_read_s, 0.0)
         fresh, wall_s = self._tick_s is not None, t_s - max(self._read_s, self._tick_s or 0.0)
         self._cpu_at_read_s, self._read_s, self._tick_s = cpu_now, t_s, None
+        correction, corrected = 0.0, False
         for key, exact in self._exact.items():
             rate = 0.0 if key.startswith("gpu:") else self._rate.get(key, 0.0)  # GPUs: ticks only
             target, step = exact + cpu_s * rate, since_read_s * rate
@@ -204,10 +216,14 @@ class AccountShareMeter:
             gap = target - self._shown[key] - step  # > 0: an undershoot; < 0: an overshoot
             if fresh:  # a new tick: its undershoot is released over one account period
                 self._release_w[key] = max(gap, 0.0) / self.period_s
+                correction, corrected = correction + abs(gap), True
             if gap <= 0:
                 self._shown[key] += max(step + gap, SETTLE_RATE * step)
             else:
                 self._shown[key] += step + min(gap, self._release_w.get(key, 0.0) * max(wall_s, 0.0))
+        if corrected:
+            self._corrections.append(correction)
+            self._info = self._make_info()
         return Reading(t_s, dict(self._shown), self.source)
 
     def pending_j(self) -> float:

@@ -9,6 +9,8 @@ from serve_app.energy.keys import joules_by_node, node_of_key
 from serve_app.energy.ledger import Allocation
 from serve_app.wire import Attribution, EnergyTag, TokenWork
 
+EXCEEDS = "uncertainty_exceeds_value"
+
 
 @dataclass(frozen=True)
 class Overhead:
@@ -19,6 +21,7 @@ class Overhead:
     source: str
     node: str = ""
     flags: tuple[str, ...] = ()
+    uncertainty_j: float | None = None
 
 
 def make_tag(
@@ -39,9 +42,12 @@ def make_tag(
     if late:
         flags.append("remote_counters_late")
     avg_w = joules / window_s if window_s > 0 else 0.0
-    uncertainty = 2 * info.resolution_j + avg_w * (info.update_period_s + (info.lag_s if late else 0.0))
+    # what can shift across each edge of the window: an extrapolating meter's recent correction, or
+    # else the average power x the counter's update period; plus a late remote counter's lag
+    edges = 2 * info.edge_error_j if info.edge_error_j is not None else avg_w * info.update_period_s
+    uncertainty = 2 * info.resolution_j + edges + (avg_w * info.lag_s if late else 0.0)
     if uncertainty > joules:
-        flags.append("uncertainty_exceeds_value")
+        flags.append(EXCEEDS)
     return EnergyTag(
         joules=joules,
         source=info.source,
@@ -83,8 +89,8 @@ def _token_work(alloc: Allocation, tokens: tuple[int, int] | None) -> TokenWork 
 
 
 def add_overhead(tag: EnergyTag, overhead: Overhead | None) -> EnergyTag:
-    """The tag end to end: ``joules`` = ``model_j`` + ``overhead_j`` (domains summed) when both are
-    known and have the same source; otherwise the model's figure alone, flagged
+    """The tag end to end: ``joules`` = ``model_j`` + ``overhead_j`` (domains summed, uncertainties
+    added) when both are known and have the same source; otherwise the model's figure alone, flagged
     ``overhead_not_metered`` (an estimated overhead is never added to a measured figure)."""
     model = tag.joules
     if model is None:
@@ -96,16 +102,24 @@ def add_overhead(tag: EnergyTag, overhead: Overhead | None) -> EnergyTag:
         domains[d] = domains.get(d, 0.0) + j
     nodes = dict(tag.nodes_j)
     nodes[overhead.node] = nodes.get(overhead.node, 0.0) + overhead.joules
+    joules = model + overhead.joules
+    flags = [f for f in tag.flags if f != EXCEEDS]
+    uncertainty = tag.uncertainty_j
+    if uncertainty is not None and overhead.uncertainty_j is not None:
+        uncertainty += overhead.uncertainty_j
+    if uncertainty is not None and uncertainty > joules:
+        flags.append(EXCEEDS)
     return tag.model_copy(
         update={
-            "joules": model + overhead.joules,
+            "joules": joules,
+            "uncertainty_j": uncertainty,
             "model_j": model,
             "overhead_j": overhead.joules,
             "domains_j": domains,
             "nodes_j": nodes,
             "nodes": sorted(set(tag.nodes) | {overhead.node} - {""}),
             "scope": "model+serving",
-            "flags": [*tag.flags, *(f"overhead_{f}" for f in overhead.flags)],
+            "flags": [*flags, *(f"overhead_{f}" for f in overhead.flags)],
         }
     )
 

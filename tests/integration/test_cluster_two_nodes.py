@@ -188,6 +188,8 @@ def test_work_spanning_two_nodes_is_metered_on_both(two_node_result: dict[str, A
     bound = remote["j"] + rep["remote_pending_j"]["worker-1"] + 1e-9
     assert 0 < rep["nodes_j"]["worker-1"] <= bound, (rep["nodes_j"], rep["remote_pending_j"], remote)
     assert not any("not_in_node_account" in a["energy"]["flags"] for a in answers)
+    # both nodes' shares extrapolate between ticks: their recent corrections, added, bound a tag's edges
+    assert rep["edge_error_j"] is not None and rep["edge_error_j"] >= 0, rep
 
 
 def test_packed_stages_are_metered_on_their_one_node(two_node_result: dict[str, Any]) -> None:

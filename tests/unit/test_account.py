@@ -5,6 +5,8 @@ test itself wrote or read from /proc. Units: J, s, W."""
 from __future__ import annotations
 
 import os
+import random
+import statistics
 import subprocess
 import sys
 import threading
@@ -23,6 +25,7 @@ from serve_app.energy.procs import Proc, deployment_of, group_of, own_group
 from serve_app.energy.rapl import RaplMeter
 from serve_app.energy.sampler import meter_limits
 from serve_app.energy.share import AccountShareMeter
+from serve_app.energy.tag import make_tag
 
 pytestmark = pytest.mark.unit
 
@@ -387,6 +390,106 @@ def test_an_undershoot_at_a_tick_is_released_over_a_period_not_in_one_read(tmp_p
         replica.wait()
 
 
+def test_a_share_tags_uncertainty_covers_its_window_error_and_is_far_below_a_period_of_its_power(
+    tmp_path: Path,
+) -> None:
+    """A tag on an account share states an uncertainty of twice the meter's ``edge_error_j`` (the largest
+    correction its readings needed at recent ticks), not its average power x the account period. The
+    reference is a second account on the same RAPL tree, ticked by the test at each window's two ends:
+    the share the account itself would give that window. Steady (the package written at 30 W), the
+    bound is a small part of the old one and covers the windows' errors; when the written power swings
+    (12 W / 48 W, every 0.7 s, across the 0.5 s ticks) the corrections grow, and the bound with them."""
+    zones = make_rapl(tmp_path)
+    power_w, stop = [30.0], threading.Event()
+
+    def write() -> None:  # the package counter at power_w[0], replaced atomically (no torn read)
+        uj, last = 1_000_000.0, time.monotonic()
+        while not stop.wait(0.01):
+            now = time.monotonic()
+            uj, last = uj + power_w[0] * (now - last) * 1e6, now
+            tmp = zones["package-0"].with_suffix(".tmp")
+            tmp.write_text(f"{int(uj)}\n")
+            os.replace(tmp, zones["package-0"])
+
+    def account() -> NodeAccount:
+        return NodeAccount([RaplMeter(str(tmp_path), node="n1")], "n1", idle_w={"cpu": 4.0, "dram": 0.5})
+
+    replica = spawn("ray::ServeReplica:app:model0", "while True: pass", wait=True)
+    ticked, reference = account(), account()
+
+    def ticker() -> None:
+        while not stop.wait(0.5):
+            ticked.tick()
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (write, ticker)]
+    for th in threads:
+        th.start()
+    try:
+        time.sleep(1.2)  # the replica in a tick
+        meter = AccountShareMeter(None, "n1", 0.5, pid=replica.pid, fetch=ticked.share_of_pid)
+        try:
+            assert meter.group == f"replica:{replica.pid}"
+
+            def exact() -> float:  # the reference account's share of the replica, ticked now
+                reference.tick()
+                return sum(reference.share_of_pid(replica.pid)["energy_j"].values())
+
+            def windows(seconds: float) -> list[tuple[float, float, float, float]]:
+                """Back-to-back windows of 0.15-0.6 s: (shown, reference, uncertainty, old bound)."""
+                out, rng = [], random.Random(7)
+                first = meter.read()
+                ledger = Ledger(first, meter_limits(meter.info.update_period_s, meter.info.resolution_j))
+                ledger.begin("0", first, 1.0)
+                e0, end, i = exact(), time.monotonic() + seconds, 0
+                while time.monotonic() < end:
+                    time.sleep(rng.uniform(0.15, 0.6))
+                    r, e1 = meter.read(), exact()
+                    alloc = ledger.end(str(i), r)
+                    i += 1
+                    ledger.begin(str(i), r, 1.0)
+                    tag = make_tag(alloc, meter.info, "time", "r")
+                    old = alloc.joules / alloc.duration_s * meter.info.update_period_s
+                    if meter.info.edge_error_j is not None:  # after its first few ticks
+                        out.append((alloc.joules, e1 - e0, tag.uncertainty_j, old))
+                    e0 = e1
+                return out
+
+            def swing() -> None:
+                for w in [12.0, 48.0] * 6:
+                    power_w[0] = w
+                    time.sleep(0.7)
+
+            windows(3.0)  # the account's rates and the meter's corrections past their start
+            steady = windows(8.0)
+            swinger = threading.Thread(target=swing)
+            swinger.start()
+            swinging = windows(8.0)
+            swinger.join()
+        finally:
+            meter.close()
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+        replica.kill()
+        replica.wait()
+    for name, ws, top_w in (("steady", steady, 30.0), ("swinging", swinging, 48.0)):
+        # the reference's own resolution: a clock tick (10 ms) of the replica's CPU time at each end,
+        # at no more than the package's power per CPU-second
+        slack = 2 * 0.01 * top_w
+        outside = [w for w in ws if abs(w[0] - w[1]) > w[2] + slack]
+        old_outside = [w for w in ws if abs(w[0] - w[1]) > w[3] + slack]
+        print(
+            f"{name}: {len(ws)} windows, error beyond the bound in {len(outside)} ({len(old_outside)} with the old one)"
+        )
+        assert len(ws) >= 10, (name, ws)
+        # a sudden change is beyond what the recent corrections bound until the next tick shows it
+        assert len(outside) <= len(ws) // 10, (name, outside, ws)
+    # steady, the bound is a small part of a period of the window's power (what every tag said before)
+    assert statistics.median(u / old for _, _, u, old in steady) < 0.5, steady
+    assert statistics.median(u for *_, u, _ in swinging) > statistics.median(u for *_, u, _ in steady)
+
+
 def test_processes_of_a_replica_on_another_node_are_its_group_in_this_nodes_account() -> None:
     """A replica whose stage runs on this node: the node's agent makes the stage's process a group of
     the account under the replica's name (counted once, here), reads its share back, and lets it go
@@ -424,6 +527,11 @@ def test_processes_of_a_replica_on_another_node_are_its_group_in_this_nodes_acco
         assert sum(read["energy_j"].values()) == pytest.approx(group["j"], rel=0.5)  # a tick apart at most
         assert abs(read["pending_j"]) < sum(read["energy_j"].values())
         assert abs(snap["closure_error_j"]) < 1e-9 * snap["metered_j"]
+        edges = []
+        for _ in range(6):  # reads across a few ticks: the share's recent corrections travel with it
+            time.sleep(0.25)
+            edges.append(agent.read("4242@head-1")["edge_error_j"])
+        assert edges[-1] is not None and 0 <= edges[-1] < sum(read["energy_j"].values()), edges
         agent.unwatch("4242@head-1")
         time.sleep(0.5)
         before = agent.account_snapshot()[0]["groups"]["replica:4242@head-1"]["cpu_s"]

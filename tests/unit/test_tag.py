@@ -6,7 +6,7 @@ import pytest
 
 from serve_app.energy.base import MeterInfo
 from serve_app.energy.ledger import Allocation
-from serve_app.energy.tag import make_tag, no_energy_tag
+from serve_app.energy.tag import Overhead, add_overhead, make_tag, no_energy_tag
 
 INFO = MeterInfo("rapl", ("cpu:package-0",), resolution_j=1e-6, update_period_s=0.001, node="head")
 
@@ -44,6 +44,32 @@ def test_remote_counters_polling_lag_widens_only_a_late_tag() -> None:
     settled, late = make_tag(alloc, info, "texts", "rep"), make_tag(alloc, info, "texts", "rep", late=True)
     assert settled.uncertainty_j == pytest.approx(8.0 * 1.0) and "remote_counters_late" not in settled.flags
     assert late.uncertainty_j == pytest.approx(8.0 * 3.1) and "remote_counters_late" in late.flags
+
+
+def test_an_extrapolating_meters_edge_error_bounds_a_tag_whatever_its_length() -> None:
+    """An account share states how far a reading can be from its exact value (``edge_error_j``): a
+    window is off by at most that at each end, so a short request at high power is no longer
+    uncertain by a whole period of its power; a late remote counter still adds its lag."""
+    info = MeterInfo(
+        "estimate", (), resolution_j=1e-3, update_period_s=1.0, node="head", lag_s=2.0, edge_error_j=0.2
+    )
+    short = make_tag(_alloc({"cpu:process": 0.9}, 0.03), info, "texts", "rep")  # 30 W for 30 ms
+    long = make_tag(_alloc({"cpu:process": 90.0}, 3.0), info, "texts", "rep")
+    assert short.uncertainty_j == pytest.approx(long.uncertainty_j) == pytest.approx(2e-3 + 0.4)
+    assert "uncertainty_exceeds_value" not in short.flags and "shorter_than_counter_update" in short.flags
+    late = make_tag(_alloc({"cpu:process": 0.9}, 0.03), info, "texts", "rep", late=True)
+    assert late.uncertainty_j == pytest.approx(2e-3 + 0.4 + 30.0 * 2.0)
+
+
+def test_the_serving_overheads_uncertainty_adds_to_the_end_to_end_tag() -> None:
+    info = MeterInfo("estimate", (), resolution_j=0.0, update_period_s=1.0, node="head", edge_error_j=0.2)
+    tag = make_tag(_alloc({"cpu:process": 0.3}, 0.03), info, "texts", "rep")
+    assert tag.uncertainty_j == pytest.approx(0.4) and "uncertainty_exceeds_value" in tag.flags
+    both = add_overhead(tag, Overhead(0.5, {"cpu": 0.5}, "estimate", "head", uncertainty_j=0.3))
+    assert both.joules == pytest.approx(0.8) and both.uncertainty_j == pytest.approx(0.7)
+    assert "uncertainty_exceeds_value" not in both.flags  # 0.7 J of 0.8 J end to end
+    worse = add_overhead(tag, Overhead(0.5, {"cpu": 0.5}, "estimate", "head", uncertainty_j=0.6))
+    assert worse.uncertainty_j == pytest.approx(1.0) and worse.flags.count("uncertainty_exceeds_value") == 1
 
 
 def test_per_node_energy_from_node_qualified_counters() -> None:
