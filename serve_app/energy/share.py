@@ -85,6 +85,7 @@ class AccountShareMeter:
         self.period_s = period_s
         self.pid = pid or os.getpid()
         self._pids: tuple[int, ...] = (self.pid, *self.claimed_pids)  # the group's processes
+        self._last_cpu_s: dict[int, float] = {}  # each one's CPU time when last read (s)
         self._lock = threading.Lock()
         self._exact: dict[str, float] = {}
         self._rate: dict[str, float] = {}
@@ -135,6 +136,7 @@ class AccountShareMeter:
                 self._cpu_at_share_s = self._cpu_at(float(out["t_s"]))
             else:  # another set of processes: its clock starts now (the CPU since the tick shows at the next)
                 self._pids = pids
+                self._last_cpu_s = {p: c for p, c in self._last_cpu_s.items() if p in pids}
                 self._samples.clear()
                 self._cpu_at_share_s = self._cpu_at_read_s = self._cpu_clock()
             self.group, self.sources, self.ticks = out["group"], dict(out["sources"]), int(out["ticks"])
@@ -155,8 +157,18 @@ class AccountShareMeter:
         return c0 if t1 <= t0 else c0 + (c1 - c0) * (t_s - t0) / (t1 - t0)
 
     def _cpu_clock(self) -> float:
-        """CPU time (s) of the group's processes, summed; a process gone counts no more."""
-        return sum(c for c in map(process_cpu_s, self._pids) if c is not None)
+        """CPU time (s) of the group's processes, summed. A process gone keeps the CPU time last read
+        (a vLLM compile worker that exits between ticks): dropping it would step the clock back, and
+        the share would read that as an overshoot and move at half its rate until the next tick."""
+        total = 0.0
+        for pid in self._pids:
+            c = process_cpu_s(pid)
+            if c is None:
+                c = self._last_cpu_s.get(pid, 0.0)
+            else:
+                self._last_cpu_s[pid] = c
+            total += c
+        return total
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.period_s / 2):  # a new tick is seen within half a period

@@ -293,6 +293,53 @@ def test_between_ticks_a_share_moves_with_the_cpu_of_the_whole_group() -> None:
         replica.wait()
 
 
+def test_a_process_of_the_group_that_exits_between_ticks_leaves_the_share_at_its_rate() -> None:
+    """A child of the replica (a compile worker) exits between two ticks. The group's CPU clock must
+    keep the child's CPU time: dropping it stepped the clock back, the share read that as an overshoot
+    and moved at half its rate (``SETTLE_RATE``) until the next tick, so requests then got half
+    their energy. After the exit the share grows by the replica's own CPU time (psutil) x the rate."""
+    child = "import time\nt = time.time()\nwhile time.time() - t < 2.5: pass\n"
+    code = (  # the replica spins and reaps its child when it exits (a zombie's clock would still read)
+        "import subprocess, time\n"
+        f"child = subprocess.Popen([{sys.executable!r}, '-c', {child!r}])\n"
+        "while True:\n"
+        "    t = time.perf_counter()\n"
+        "    while time.perf_counter() - t < 0.02: pass\n"
+        "    child.poll()\n"
+    )
+    replica = spawn("ray::ServeReplica:app:llm", code, wait=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not psutil.Process(replica.pid).children():
+            assert time.monotonic() < deadline, "no child"
+            time.sleep(0.02)
+        (kid,) = psutil.Process(replica.pid).children()
+        account = NodeAccount([NodeEstimateMeter(65.0, None, 0.375, node="n1")], "n1")
+        account.tick()
+        time.sleep(0.2)
+        account.tick()  # the child is in the replica's group
+        meter = AccountShareMeter(None, "n1", 60.0, pid=replica.pid, fetch=account.share_of_pid)
+        try:
+            assert meter.group == f"replica:{replica.pid}" and meter.read() is not None
+            assert kid.is_running(), "the child exited before the share was read with it"
+            while psutil.pid_exists(kid.pid):  # exits and is reaped; no tick in between
+                assert time.monotonic() < deadline, "the child did not exit"
+                meter.read()  # read all along, as a replica's sampler does
+                time.sleep(0.02)
+            r0, c0 = meter.read(), sum(psutil.Process(replica.pid).cpu_times()[:2])
+            time.sleep(0.6)
+            r1, c1 = meter.read(), sum(psutil.Process(replica.pid).cpu_times()[:2])
+        finally:
+            meter.close()
+        rate = sum(account.rate_j_per_cpu_s().values())
+        grown = sum(r1.energy_j.values()) - sum(r0.energy_j.values())
+        assert c1 - c0 > 0.2  # the replica worked
+        assert grown == pytest.approx((c1 - c0) * rate, rel=0.15), (grown, (c1 - c0) * rate)
+    finally:
+        os.killpg(replica.pid, 9)
+        replica.wait()
+
+
 def test_a_routers_share_moves_with_its_proxy_part_between_ticks() -> None:
     """A router's group gets the proxy's share too (split by the routers' CPU time), so between ticks it
     must move by the router's CPU time x the rate x (routers' + proxy's CPU) / routers' CPU. With the
