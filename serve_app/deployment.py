@@ -189,6 +189,8 @@ class ClassifierHost:
         source = info.source
         live = "unavailable" if self.server.energy.error else source
         self.metrics.meter_info.set(1, tags(source=live, node=info.node, devices=",".join(info.devices)))
+        if info.edge_error_j is not None:  # an account share (re-set every export, like meter_info)
+            self.metrics.edge_error.set(info.edge_error_j, tags(source=source, node=info.node))
         power: dict[str, float] = {}
         for share, per_key in (("attributed", t.attributed_j), ("idle", t.idle_j)):
             for key, total in per_key.items():

@@ -26,6 +26,11 @@ TEXTS = "accuwatt_classified_texts"
 """Counter. Texts classified, by ``source`` (so J per text = energy / texts)."""
 METER_INFO = "accuwatt_meter_info"
 """Gauge (always 1). The replica's energy ``source``, ``node`` and ``devices``: which meter is live."""
+EDGE_ERROR = "accuwatt_edge_error_joules"
+"""Gauge, J. How far the replica's energy reading can be from its exact node-account share at one
+instant: the largest correction its share needed at its last ticks (``MeterInfo.edge_error_j``). A
+request's ``uncertainty_j`` is twice it, plus the router's part. No series for a meter whose counters
+are read as they are (a tag's bound is then average power x update period)."""
 METER_ERRORS = "accuwatt_meter_errors"
 """Counter. Meter reads that failed (the replica's tags are ``unavailable`` meanwhile)."""
 REPLAY_ACCURACY = "accuwatt_replay_accuracy_ratio"
@@ -63,6 +68,7 @@ PROM = {
     "texts": prom(TEXTS, "counter"),
     "meter_info": prom(METER_INFO, "gauge"),
     "meter_errors": prom(METER_ERRORS, "counter"),
+    "edge_error": prom(EDGE_ERROR, "gauge"),
     # Pushed by the replay driver through the Pushgateway, not through Ray: no prefix.
     "replay_accuracy": REPLAY_ACCURACY,
     "replay_energy": REPLAY_ENERGY,
@@ -123,6 +129,11 @@ class ReplicaMetrics:
             tag_keys=_keys("source", "node", "devices"),
         )
         self.meter_errors = m.Counter(METER_ERRORS, description="Failed meter reads", tag_keys=("source",))
+        self.edge_error = m.Gauge(
+            EDGE_ERROR,
+            description="Largest recent correction of the replica's share (J)",
+            tag_keys=_keys("source", "node"),
+        )
 
 
 class NodeMetrics:

@@ -263,6 +263,22 @@ ENERGY_DASHBOARD = Dashboard(
                     ),
                     width=8,
                 ),
+                Panel(
+                    "Edge error per replica (a request's uncertainty is twice it)",
+                    "timeseries",
+                    "joule",
+                    (
+                        Target(
+                            f"max by (deployment, replica) ({PROM['edge_error']}{F})",
+                            "{{deployment}}/{{replica}}",
+                        ),
+                    ),
+                    "How far a replica's reading can be from its exact node-account share at one instant: the "
+                    "largest correction its share needed at its last 8 account ticks. A request's uncertainty_j "
+                    "is twice it, plus the router's part. High after a change of load or of the node's power "
+                    "per CPU-second; no series for a meter read as it is (bound: average power x update period).",
+                    width=24,
+                ),
             ),
         ),
     ),
