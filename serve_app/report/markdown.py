@@ -45,6 +45,13 @@ answer; n/a with fewer than {STEADY_MIN_REQUESTS} requests.
 measurements, `estimate` is not."""
 
 
+ENERGY_NOTE = """\
+*±*: the requests' uncertainties summed (each: counter resolution and what can shift across its
+window's two edges, see `EnergyTag.uncertainty_j`). Conservative for a run: where requests follow one
+another without a pause the error at an edge they share moves energy between them and cancels in the
+sum; what remains is the error at the two ends of each stretch of back-to-back work."""
+
+
 def render_report(
     sections: list[tuple[str, pd.DataFrame, Fit | None, dict[str, Path | None]]], inputs: list[str]
 ) -> str:
@@ -79,7 +86,7 @@ def render_report(
         if countries:
             lines += [f"Grid intensity used: {', '.join(countries)} gCO2e/kWh.", ""]
         lines += ["### Comparable units", "", UNITS_NOTE, "", markdown_table(df, UNITS_COLUMNS), ""]
-        lines += ["### Energy by component", "", markdown_table(df, ENERGY_COLUMNS), ""]
+        lines += ["### Energy by component", "", ENERGY_NOTE, "", markdown_table(df, ENERGY_COLUMNS), ""]
         if figs.get("components"):
             lines += [f"![energy by component]({figs['components']})", ""]
         if fit is not None:
