@@ -66,6 +66,10 @@ class Attribution(BaseModel):
     intervals: int
     max_sharers: int
     tokens: TokenWork | None = None
+    stretch_starts: int | None = None
+    """In how many of the ledgers that split this request's energy (its replica's; the router's for
+    the serving overhead) it began a busy stretch (no other request open). A run's uncertainty counts
+    the stretches, not the requests: between back-to-back requests the edge errors cancel."""
 
 
 class EnergyTag(BaseModel):

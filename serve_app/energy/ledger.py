@@ -57,6 +57,7 @@ class _Open:
     intervals: int = 0
     max_sharers: int = 1
     stepped: bool = False
+    opened_stretch: bool = False  # no other request was open when it began
     new_prefill: int = 0  # tokens reported since the last split
     new_decode: int = 0
     prefill_tokens: int = 0  # tokens reported in all
@@ -101,6 +102,10 @@ class Allocation:
     steps: StepShare | None = None
     """Stepped requests only (see the module doc)."""
     flags: tuple[str, ...] = ()
+    opened_stretch: bool = False
+    """No other request was open when it began: it opened a stretch of busy time. Over a run the
+    errors at the edges of back-to-back requests cancel in the sum; what remains is the error at the
+    two ends of each stretch (``replay.summary``)."""
 
     @property
     def joules(self) -> float:
@@ -272,7 +277,9 @@ class Ledger:
             self._observe(reading)
             if request_id in self._open:
                 raise KeyError(f"request {request_id!r} is already open")
-            self._open[request_id] = _Open(weight=max(weight, 1e-9), start_s=reading.t_s, stepped=stepped)
+            self._open[request_id] = _Open(
+                weight=max(weight, 1e-9), start_s=reading.t_s, stepped=stepped, opened_stretch=not self._open
+            )
 
     def reweight(self, request_id: str, weight: float) -> None:
         """Change a request's standing weight for the intervals that follow."""
@@ -320,6 +327,7 @@ class Ledger:
                 o.max_sharers,
                 _steps(o) if o.stepped else None,
                 tuple(sorted(o.flags)),
+                o.opened_stretch,
             )
 
     def abandon(self, request_id: str, reading: Reading | None) -> None:

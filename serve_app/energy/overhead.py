@@ -62,7 +62,10 @@ class ServingOverhead:
             return None
         counter_flags = tuple(f for f in tag.flags if f.startswith("counter_"))
         node = self.energy.info.node
-        return Overhead(tag.joules, dict(tag.domains_j), tag.source, node, counter_flags, tag.uncertainty_j)
+        opened = bool(tag.attribution and tag.attribution.stretch_starts)
+        return Overhead(
+            tag.joules, dict(tag.domains_j), tag.source, node, counter_flags, tag.uncertainty_j, opened
+        )
 
     def abandon(self, window: RequestWindow | None) -> None:
         if window is not None:
@@ -72,5 +75,5 @@ class ServingOverhead:
         if self.energy is None:
             return {"error": self.error}
         snap = self.energy.snapshot()
-        keys = ("metered_j", "attributed_j", "idle_j", "requests", "source", "error")
+        keys = ("metered_j", "attributed_j", "idle_j", "requests", "source", "error", "edge_error_j")
         return {**{k: snap[k] for k in keys}, "group": self.energy.info.extra.get("group")}

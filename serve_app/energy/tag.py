@@ -22,6 +22,7 @@ class Overhead:
     node: str = ""
     flags: tuple[str, ...] = ()
     uncertainty_j: float | None = None
+    opened_stretch: bool = False
 
 
 def make_tag(
@@ -61,6 +62,7 @@ def make_tag(
             intervals=alloc.intervals,
             max_sharers=alloc.max_sharers,
             tokens=_token_work(alloc, tokens),
+            stretch_starts=int(alloc.opened_stretch),
         ),
         uncertainty_j=uncertainty,
         flags=flags,
@@ -109,10 +111,15 @@ def add_overhead(tag: EnergyTag, overhead: Overhead | None) -> EnergyTag:
         uncertainty += overhead.uncertainty_j
     if uncertainty is not None and uncertainty > joules:
         flags.append(EXCEEDS)
+    attribution = tag.attribution
+    if attribution is not None and attribution.stretch_starts is not None:
+        starts = attribution.stretch_starts + int(overhead.opened_stretch)
+        attribution = attribution.model_copy(update={"stretch_starts": starts})
     return tag.model_copy(
         update={
             "joules": joules,
             "uncertainty_j": uncertainty,
+            "attribution": attribution,
             "model_j": model,
             "overhead_j": overhead.joules,
             "domains_j": domains,

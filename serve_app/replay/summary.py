@@ -9,6 +9,14 @@ Definitions (units in names; Wh only here, at reporting time):
   no request carried a figure (never a fake zero). ``energy_source`` names the tag source(s); a run
   whose tags are ``estimate`` is an estimate, and mixed sources read ``mixed:<a>+<b>`` with
   ``measured = False``.
+- ``uncertainty_j``: of ``energy_j``. Each tag's uncertainty covers what can shift across its window's
+  two edges; in the sum, an edge two back-to-back requests share moves energy from one to the other and
+  cancels, so what remains is the error at the two ends of each busy stretch (a request that began with
+  none open, in its replica's or the router's ledger: ``attribution.stretch_starts``). The figure is the
+  smaller of the tags' uncertainties summed and the stretches x the largest tag uncertainty; the sum
+  alone when a request has no figure (a failed request's edges are not paired in the sum) or a tag does
+  not count its stretches. It assumes the replay's requests are the only ones on those replicas (as in
+  the study's protocol): another client's request at an edge leaves that edge unpaired.
 - ``duration_s``: per session, from the first request sent to the last answer, summed over the
   sessions that replayed this split (a resumed run has several).
 - ``avg_power_w = energy_j / duration_s``.
@@ -39,7 +47,7 @@ from pydantic import BaseModel, ConfigDict
 from serve_app.energy.base import MEASURED_SOURCES
 from serve_app.replay import units
 from serve_app.replay.records import Record
-from serve_app.wire import WindowRecord
+from serve_app.wire import EnergyTag, WindowRecord
 
 J_PER_WH = 3600.0
 
@@ -135,6 +143,18 @@ def _session_duration_s(records: Sequence[Record]) -> float:
     return sum(max(r.done_unix_s for r in rs) - min(r.sent_unix_s for r in rs) for rs in by_session.values())
 
 
+def run_uncertainty_j(tags: Sequence[EnergyTag], complete: bool) -> float | None:
+    """The uncertainty of the tags' sum (module doc): per busy stretch, not per request.
+    ``complete``: every request of the run has a tag with a figure."""
+    us = [t.uncertainty_j for t in tags if t.uncertainty_j is not None]
+    if not us:
+        return None
+    starts = [t.attribution.stretch_starts if t.attribution else None for t in tags]
+    if not complete or len(us) < len(tags) or None in starts:
+        return float(sum(us))
+    return float(min(sum(us), sum(s for s in starts if s is not None) * max(us)))
+
+
 def _window_sum(windows: Sequence[WindowRecord], section: str, key: str) -> float | None:
     vals = [v for w in windows if (v := w.section(section, key)) is not None]
     return float(sum(vals)) if vals else None
@@ -180,7 +200,7 @@ def split_metrics(
     for t in tagged:
         for d, v in t.domains_j.items():
             domains[d] = domains.get(d, 0.0) + float(v)
-    uncertainties = [t.uncertainty_j for t in tagged if t.uncertainty_j is not None]
+    uncertainty_j = run_uncertainty_j(tagged, complete=len(tagged) == len(recs))
 
     duration_s = _session_duration_s(recs)
     energy_wh = None if energy_j is None else energy_j / J_PER_WH
@@ -210,7 +230,7 @@ def split_metrics(
         energy_source=source,
         energy_scope=units.energy_scope(sorted(domains), [t.scope for t in tagged]),
         measured=measured,
-        uncertainty_j=float(sum(uncertainties)) if uncertainties else None,
+        uncertainty_j=uncertainty_j,
         domains_j=domains,
         j_per_request=_div(energy_j, len(recs)),
         j_per_text=_div(energy_j, n_texts),

@@ -46,10 +46,11 @@ measurements, `estimate` is not."""
 
 
 ENERGY_NOTE = """\
-*±*: the requests' uncertainties summed (each: counter resolution and what can shift across its
-window's two edges, see `EnergyTag.uncertainty_j`). Conservative for a run: where requests follow one
-another without a pause the error at an edge they share moves energy between them and cancels in the
-sum; what remains is the error at the two ends of each stretch of back-to-back work."""
+*±*: the uncertainty of the run's energy. Each request's tag covers what can shift across its window's
+two edges (`EnergyTag.uncertainty_j`); in the run's sum, an edge two back-to-back requests share moves
+energy from one to the other and cancels, so what remains is the error at the two ends of each busy
+stretch: the smaller of the requests' uncertainties summed and the stretches x the largest of them
+(the sum alone when a request failed or a tag does not count its stretches)."""
 
 
 def render_report(

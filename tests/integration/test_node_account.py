@@ -141,6 +141,9 @@ def test_node_account_under_load(serve_app_factory, demo_artifacts) -> None:
     assert all(g in a1["groups"] and a1["groups"][g]["kind"] == "replica" for g in groups)
     overhead = v1["serving_overhead"]
     assert overhead["group"] in a1["groups"] and a1["groups"][overhead["group"]]["kind"] == "router"
+    # every share states how far its reading can be from exact (a tag's uncertainty is twice it)
+    edges = [r["edge_error_j"] for d in deployments.values() for r in d["replicas"].values()]
+    assert None not in edges and overhead["edge_error_j"] is not None, (edges, overhead)
     # request-level closure: what the replicas' and the router's ledgers split equals their groups'
     # share in the account, up to what is pending (one account period of extrapolation)
     ledger_j = replica_sum + overhead["metered_j"]

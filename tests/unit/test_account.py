@@ -26,6 +26,7 @@ from serve_app.energy.rapl import RaplMeter
 from serve_app.energy.sampler import meter_limits
 from serve_app.energy.share import AccountShareMeter
 from serve_app.energy.tag import make_tag
+from serve_app.replay.summary import run_uncertainty_j
 
 pytestmark = pytest.mark.unit
 
@@ -512,6 +513,22 @@ def test_a_share_tags_uncertainty_covers_its_window_error_and_is_far_below_a_per
             swinger.start()
             swinging = windows(8.0)
             swinger.join()
+            power_w[0] = 30.0
+            windows(4.5)  # steady again, the swing's corrections aged out
+
+            # One busy stretch of eight staggered, overlapping requests: in the sum of their tags the
+            # edges they share cancel, so the run's uncertainty is the stretch's, not eight requests'
+            first = meter.read()
+            ledger = Ledger(first, meter_limits(meter.info.update_period_s, meter.info.resolution_j))
+            ledger.begin("0", first, 1.0)
+            e0, tags = exact(), []
+            for i in range(1, 9):
+                time.sleep(0.25)
+                r = meter.read()
+                if i < 8:
+                    ledger.begin(str(i), r, 1.0)
+                tags.append(make_tag(ledger.end(str(i - 1), r), meter.info, "time", "r"))
+            stretch_ref = exact() - e0
         finally:
             meter.close()
     finally:
@@ -535,6 +552,14 @@ def test_a_share_tags_uncertainty_covers_its_window_error_and_is_far_below_a_per
     # steady, the bound is a small part of a period of the window's power (what every tag said before)
     assert statistics.median(u / old for _, _, u, old in steady) < 0.5, steady
     assert statistics.median(u for *_, u, _ in swinging) > statistics.median(u for *_, u, _ in steady)
+    run_j, run_u = sum(t.joules or 0.0 for t in tags), run_uncertainty_j(tags, complete=True)
+    summed = sum(t.uncertainty_j or 0.0 for t in tags)
+    print(
+        f"stretch: tags {run_j:.2f} J, reference {stretch_ref:.2f} J, run ± {run_u:.2f} J (summed {summed:.2f})"
+    )
+    assert [t.attribution.stretch_starts for t in tags if t.attribution] == [1] + [0] * 7
+    assert run_u is not None and run_u <= summed / 2
+    assert abs(run_j - stretch_ref) <= run_u + 2 * 0.01 * 30.0
 
 
 def test_processes_of_a_replica_on_another_node_are_its_group_in_this_nodes_account() -> None:

@@ -98,6 +98,10 @@ def test_overlapping_requests_hand_computed() -> None:
     assert t.attributed_j["cpu:0"] == pytest.approx(24)
     assert (t.readings, t.requests, t.resets) == (7, 2, 0)
     assert_conserved(ledger, [a, b])
+    # A began with none open: it opened a stretch of busy time; B began inside it
+    assert (a.opened_stretch, b.opened_stretch) == (True, False)
+    ledger.begin("C", Reading(7, {"cpu:0": 41}, "rapl"))  # after an idle gap: a new stretch
+    assert ledger.end("C", Reading(8, {"cpu:0": 42}, "rapl")).opened_stretch
 
 
 def test_batch_by_texts_across_two_counters() -> None:

@@ -3,7 +3,7 @@ import pytest
 from serve_app.replay.records import EnergyTag, Record
 from serve_app.replay.summary import average_over_splits, combine_sources, macro_f1, split_metrics
 from serve_app.replay.window import energy_delta
-from serve_app.wire import EnergyView, WindowRecord
+from serve_app.wire import Attribution, EnergyView, WindowRecord
 
 pytestmark = pytest.mark.unit
 
@@ -120,6 +120,35 @@ def test_split_metrics_hand_computed():
     assert m.codecarbon_kwh == pytest.approx(0.0001) and m.codecarbon_co2e_g == pytest.approx(0.04)
     assert m.retried == 1 and m.throughput_rps == pytest.approx(1.0)
     assert m.latency_p50_s == pytest.approx(0.1)
+
+
+def test_a_runs_uncertainty_counts_busy_stretches_not_requests():
+    """Four back-to-back requests in one busy stretch (the first opened it in its replica's and the
+    router's ledger): the edges they share cancel in the sum, the stretch's two ends remain."""
+
+    def run(starts, uncertainties, failed=False):
+        recs = []
+        for i, (s, u) in enumerate(zip(starts, uncertainties, strict=True)):
+            r = rec(i, ["A"], ["A"], joules=1.0)
+            assert r.energy is not None
+            att = Attribution(
+                rule="texts", weight=1.0, window_s=0.1, intervals=1, max_sharers=2, stretch_starts=s
+            )
+            recs.append(
+                r.model_copy(
+                    update={"energy": r.energy.model_copy(update={"uncertainty_j": u, "attribution": att})}
+                )
+            )
+        if failed:
+            recs.append(rec(len(recs), ["A"], ["B"], error="HTTP 500", source=None))
+        return split_metrics(recs, [], "A").uncertainty_j
+
+    assert run([2, 0, 0, 0], [0.5, 0.6, 0.7, 0.5]) == pytest.approx(2 * 0.7)
+    # each request alone (concurrency 1): every edge unpaired, the sum is the smaller
+    assert run([2, 2, 2, 2], [0.5, 0.6, 0.7, 0.5]) == pytest.approx(2.3)
+    # a failed request's edges are not in the sum; a tag that does not count stretches: the sum
+    assert run([2, 0, 0, 0], [0.5, 0.6, 0.7, 0.5], failed=True) == pytest.approx(2.3)
+    assert run([2, None, 0, 0], [0.5, 0.6, 0.7, 0.5]) == pytest.approx(2.3)
 
 
 def test_cegi_by_hand():
