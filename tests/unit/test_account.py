@@ -251,6 +251,23 @@ def test_share_meter_reconciles_with_the_account_and_never_steps_back() -> None:
         meter.close()
 
 
+def share_with_child(
+    replica: subprocess.Popen[bytes],
+) -> tuple[psutil.Process, NodeAccount, AccountShareMeter]:
+    """A titled replica's one child (once started), an account that has seen both in two ticks, and
+    the replica's share meter on it (a 60 s period: no tick comes unless the test makes one)."""
+    deadline = time.monotonic() + 30
+    while not psutil.Process(replica.pid).children():
+        assert time.monotonic() < deadline, "no child"
+        time.sleep(0.02)
+    (child,) = psutil.Process(replica.pid).children()
+    account = NodeAccount([NodeEstimateMeter(65.0, None, 0.375, node="n1")], "n1")
+    account.tick()
+    time.sleep(0.2)
+    account.tick()  # the child is seen, in the replica's group
+    return child, account, AccountShareMeter(None, "n1", 60.0, pid=replica.pid, fetch=account.share_of_pid)
+
+
 def test_between_ticks_a_share_moves_with_the_cpu_of_the_whole_group() -> None:
     """A replica whose work runs in its children (vLLM's engine core and workers): between two ticks
     its share must move with the CPU time of every process in its group, not only its own. Here the
@@ -264,16 +281,7 @@ def test_between_ticks_a_share_moves_with_the_cpu_of_the_whole_group() -> None:
     )
     replica = spawn("ray::ServeReplica:app:llm", code)
     try:
-        deadline = time.monotonic() + 30
-        while not psutil.Process(replica.pid).children():
-            assert time.monotonic() < deadline, "no child"
-            time.sleep(0.05)
-        (child,) = psutil.Process(replica.pid).children()
-        account = NodeAccount([NodeEstimateMeter(65.0, None, 0.375, node="n1")], "n1")
-        account.tick()
-        time.sleep(0.3)
-        account.tick()  # the child is seen, in the replica's group
-        meter = AccountShareMeter(None, "n1", 60.0, pid=replica.pid, fetch=account.share_of_pid)
+        child, account, meter = share_with_child(replica)
         try:
             assert meter.group == f"replica:{replica.pid}"
 
@@ -310,16 +318,8 @@ def test_a_process_of_the_group_that_exits_between_ticks_leaves_the_share_at_its
     )
     replica = spawn("ray::ServeReplica:app:llm", code, wait=True)
     try:
+        kid, account, meter = share_with_child(replica)
         deadline = time.monotonic() + 30
-        while not psutil.Process(replica.pid).children():
-            assert time.monotonic() < deadline, "no child"
-            time.sleep(0.02)
-        (kid,) = psutil.Process(replica.pid).children()
-        account = NodeAccount([NodeEstimateMeter(65.0, None, 0.375, node="n1")], "n1")
-        account.tick()
-        time.sleep(0.2)
-        account.tick()  # the child is in the replica's group
-        meter = AccountShareMeter(None, "n1", 60.0, pid=replica.pid, fetch=account.share_of_pid)
         try:
             assert meter.group == f"replica:{replica.pid}" and meter.read() is not None
             assert kid.is_running(), "the child exited before the share was read with it"
