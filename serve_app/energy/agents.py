@@ -217,12 +217,11 @@ class NodeEnergyAgentImpl:
             )
         except MeterError as exc:
             return {"error": str(exc)}
-        edge = meter.info.edge_error_j
         return {
             "energy_j": r.energy_j,
             "source": r.source,
             "pending_j": pending,
-            "edge_error_j": edge,
+            "edge_error_j": meter.info.edge_error_j,
             "t_s": r.t_s,
         }
 

@@ -62,9 +62,9 @@ class ServingOverhead:
             return None
         counter_flags = tuple(f for f in tag.flags if f.startswith("counter_"))
         node = self.energy.info.node
-        opened = bool(tag.attribution and tag.attribution.stretch_starts)
+        starts = (tag.attribution.stretch_starts if tag.attribution else None) or 0
         return Overhead(
-            tag.joules, dict(tag.domains_j), tag.source, node, counter_flags, tag.uncertainty_j, opened
+            tag.joules, dict(tag.domains_j), tag.source, node, counter_flags, tag.uncertainty_j, starts
         )
 
     def abandon(self, window: RequestWindow | None) -> None:

@@ -22,7 +22,8 @@ class Overhead:
     node: str = ""
     flags: tuple[str, ...] = ()
     uncertainty_j: float | None = None
-    opened_stretch: bool = False
+    stretch_starts: int = 0
+    """1 when the request began a busy stretch in the router's ledger (see ``Attribution``)."""
 
 
 def make_tag(
@@ -112,8 +113,8 @@ def add_overhead(tag: EnergyTag, overhead: Overhead | None) -> EnergyTag:
     if uncertainty is not None and uncertainty > joules:
         flags.append(EXCEEDS)
     attribution = tag.attribution
-    if attribution is not None and attribution.stretch_starts is not None:
-        starts = attribution.stretch_starts + int(overhead.opened_stretch)
+    if overhead.stretch_starts and attribution is not None and attribution.stretch_starts is not None:
+        starts = attribution.stretch_starts + overhead.stretch_starts
         attribution = attribution.model_copy(update={"stretch_starts": starts})
     return tag.model_copy(
         update={

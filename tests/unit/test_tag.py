@@ -69,7 +69,7 @@ def test_the_serving_overheads_uncertainty_adds_to_the_end_to_end_tag() -> None:
     assert both.joules == pytest.approx(0.8) and both.uncertainty_j == pytest.approx(0.7)
     assert "uncertainty_exceeds_value" not in both.flags  # 0.7 J of 0.8 J end to end
     # it began a busy stretch in the router's ledger, not in its replica's (another request was open)
-    opened = add_overhead(tag, Overhead(0.5, {"cpu": 0.5}, "estimate", "head", opened_stretch=True))
+    opened = add_overhead(tag, Overhead(0.5, {"cpu": 0.5}, "estimate", "head", stretch_starts=1))
     assert tag.attribution is not None and tag.attribution.stretch_starts == 0
     assert opened.attribution is not None and opened.attribution.stretch_starts == 1
     worse = add_overhead(tag, Overhead(0.5, {"cpu": 0.5}, "estimate", "head", uncertainty_j=0.6))
