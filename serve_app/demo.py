@@ -1,9 +1,11 @@
 """``accuwatt demo``: the six study models on this machine, end to end, in one command.
 
 Starts a private local Ray and Serve, deploys ``deployments/local.yaml`` (the six traditional models,
-trained on first start from the bundled GermEval 2018 sample), replays the demo test set
-(``serve_app/data/demo/test.jsonl``, 200 German tweets) through HTTP like any client, prints one line
-per model (accuracy, J/request with its energy source, p50 latency) and shuts everything down.
+trained on first start from the bundled GermEval 2018 sample), replays the test split of the split
+they were trained on (``train_if_missing``: the bundled ``serve_app/data/demo/test.jsonl``, 200 German
+tweets, so that ``run.json`` records the training split's majority class, the baseline of the gain and
+of CEGI) through HTTP like any client, prints one line per model (accuracy, J/request with its energy
+source, p50 latency) and shuts everything down.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from serve_app.config import AppConfig
 from serve_app.data import DEMO_DIR
 from serve_app.model_ids import add_models_argument, check_ids
+from serve_app.replay.config import ReplayData
 from serve_app.replay.summary import RunMetrics
 
 LOCAL_YAML = Path(__file__).resolve().parents[1] / "deployments" / "local.yaml"
@@ -51,6 +54,18 @@ def demo_app_config(config_path: Path | None = None, models: list[str] | None = 
     return data
 
 
+def demo_replay_data(app_cfg: dict[str, Any]) -> ReplayData:
+    """The data the demo replays: the test split of the split its models are trained on (the config's
+    ``train_if_missing``, split 0), so that ``run.json`` records the training majority class; the
+    bundled test file as it is when the config names no such split (the gain and CEGI are then n/a)."""
+    t = app_cfg.get("train_if_missing")
+    if t is None or t["split_index"] != 0:
+        return ReplayData(test_file=str(DEMO_DIR / "test.jsonl"))
+    return ReplayData(
+        dataset=t["dataset"], n_train=t["n_train"], n_test=t["n_test"], seed=t["seed"], splits=1
+    )
+
+
 def format_table(rows: list[RunMetrics]) -> str:
     head = (
         f"{'model':<20} {'accuracy':>8} {'J/request':>11}  {'source':<10} {'p50 latency':>11} {'errors':>6}"
@@ -73,7 +88,7 @@ def run_demo(
     num_cpus: int | None = None,
     progress: bool = True,
 ) -> list[RunMetrics]:
-    from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
+    from serve_app.replay.config import ReplayConfig, ReplayLoad, ReplayOutput
     from serve_app.replay.local import local_serve
     from serve_app.replay.results import load_run, run_metrics
     from serve_app.replay.runner import replay_url
@@ -82,7 +97,7 @@ def run_demo(
     ids = [c["id"] for c in app_cfg["classifiers"]]
     cfg = ReplayConfig(
         models=ids,
-        data=ReplayData(test_file=str(DEMO_DIR / "test.jsonl")),
+        data=demo_replay_data(app_cfg),
         load=ReplayLoad(concurrency=concurrency),
         output=ReplayOutput(out=str(out), run_name="demo", progress=progress),
     )

@@ -34,8 +34,9 @@ All figures are means over the splits of each run."""
 
 UNITS_NOTE = f"""\
 Units other studies publish, from the per-request energy tags (attributed energy; idle excluded). Scope:
-the hardware column (`GPU only`, `CPU+DRAM`, `GPU+CPU+DRAM`) and, for software, the classifier's replica
-(model + in-replica serving; the router and HTTP proxy are not counted). *J/request*: per HTTP request
+the hardware column (`GPU only`, `CPU+DRAM`, `GPU+CPU+DRAM`) and, for software, what the tags covered
+(`model`: the classifier's replica; `model+serving`: with its share of the router and the HTTP proxy,
+as in the tables above). *J/request*: per HTTP request
 (one text per request in the study protocol). *J/prompt token*, *J/output token*: all of a request's
 energy over its prompt (input) or generated (output) tokens (LLMs only). *Steady*: the same over the
 steady-state window (ML.ENERGY's J/output token): per session, the requests sent and answered between
