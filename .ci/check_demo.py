@@ -2,8 +2,9 @@
 
 Usage: python .ci/check_demo.py <demo log> <demo --out folder>
 Checks: one row per model of the demo (six), each with an accuracy in (0.4, 1] on the 200 demo texts, a
-positive J/request and a known energy source; 200 records per model, all answered. Exits 1 with one line
-per problem."""
+positive J/request and a known energy source; 200 records per model, all answered; a run.json per model
+naming the training split's majority class (the baseline of the gain and of CEGI). Exits 1 with one
+line per problem."""
 
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ def problems(log: str, out: Path) -> list[str]:
         ok = sum(1 for r in lines_ if r.get("error") is None and r.get("predicted"))
         if len(lines_) != 200 or ok != 200:
             found.append(f"{model}: {len(lines_)} records, {ok} answered (expected 200)")
+        splits = json.loads((recs[0].parent / "run.json").read_text()).get("splits") or {}
+        if not splits or any(s.get("majority_label") is None for s in splits.values()):
+            found.append(f"{model}: run.json names no training majority class ({splits})")
     return found
 
 
