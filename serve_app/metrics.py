@@ -27,9 +27,9 @@ TEXTS = "accuwatt_classified_texts"
 METER_INFO = "accuwatt_meter_info"
 """Gauge (always 1). The replica's energy ``source``, ``node`` and ``devices``: which meter is live."""
 EDGE_ERROR = "accuwatt_edge_error_joules"
-"""Gauge, J. How far the replica's energy reading can be from its exact node-account share at one
-instant: the largest correction its share needed at its last ticks (``MeterInfo.edge_error_j``). A
-request's ``uncertainty_j`` is twice it, plus the router's part. No series for a meter whose counters
+"""Gauge, J. How far the replica's extrapolated share can drift from its exact node-account share in
+one tick period: the largest miss a tick showed at its last ticks (``MeterInfo.edge_error_j``). A
+request's ``uncertainty_j`` is twice it, plus what the share moved in its window and the router's part. No series for a meter whose counters
 are read as they are (a tag's bound is then average power x update period)."""
 METER_ERRORS = "accuwatt_meter_errors"
 """Counter. Meter reads that failed (the replica's tags are ``unavailable`` meanwhile)."""
@@ -131,7 +131,7 @@ class ReplicaMetrics:
         self.meter_errors = m.Counter(METER_ERRORS, description="Failed meter reads", tag_keys=("source",))
         self.edge_error = m.Gauge(
             EDGE_ERROR,
-            description="Largest recent correction of the replica's share (J)",
+            description="Largest recent miss of the replica's extrapolated share over a tick period (J)",
             tag_keys=_keys("source", "node"),
         )
 

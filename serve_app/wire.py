@@ -77,7 +77,8 @@ class EnergyTag(BaseModel):
 
     ``uncertainty_j``: counter resolution at both ends of the window, plus the energy that could
     shift across its edges: for a node account share (a meter that extrapolates between ticks),
-    twice its ``edge_error_j``, the largest correction its readings needed at its recent ticks;
+    twice its ``edge_error_j`` (the largest miss of its extrapolation over one tick period at its recent
+    ticks) plus what the share moved on top of its extrapolation inside the window;
     for a counter read as it is, the average power over the window x the counter's update period;
     plus average power x the remote counters' polling lag when they were late. Flags: ``shorter_than_counter_update`` when the request is shorter than
     the counter's refresh period; ``remote_counters_late`` when another node's counters did not arrive

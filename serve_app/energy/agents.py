@@ -222,6 +222,7 @@ class NodeEnergyAgentImpl:
             "source": r.source,
             "pending_j": pending,
             "edge_error_j": meter.info.edge_error_j,
+            "adjusted_j": r.adjusted_j,
             "t_s": r.t_s,
         }
 
@@ -287,6 +288,7 @@ class _Remote:
     error: str | None = None
     pending_j: float = 0.0
     edge_error_j: float | None = None
+    adjusted_j: float = 0.0  # the remote share's cumulative adjustment (``Reading.adjusted_j``)
 
     def take(self, asked_s: float, out: dict[str, Any]) -> bool:
         """The agent's answer to a read asked at ``asked_s``; False if it is an error. The agent serves
@@ -302,6 +304,7 @@ class _Remote:
             self.pending_j = float(out.get("pending_j", 0.0))
             edge = out.get("edge_error_j")
             self.edge_error_j = None if edge is None else float(edge)
+            self.adjusted_j = float(out.get("adjusted_j", 0.0))
         self.ok_s, self.asked_s, self.error = now_s(), max(self.asked_s, asked_s), None
         return True
 
@@ -445,7 +448,11 @@ class MultiNodeMeter:
                 energy.update({node_key(k, r.rp.node): v for k, v in r.energy_j.items()})
             resets = frozenset(node_key(k, self.local_node) for k in local.reset_keys)
             return Reading(
-                now_s(), energy, _combined_source([local.source, *(r.source for r in self._remotes)]), resets
+                now_s(),
+                energy,
+                _combined_source([local.source, *(r.source for r in self._remotes)]),
+                resets,
+                local.adjusted_j + sum(r.adjusted_j for r in self._remotes),
             )
 
     def close(self) -> None:

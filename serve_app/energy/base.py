@@ -43,6 +43,11 @@ class Reading:
     source: Source
     reset_keys: frozenset[str] = frozenset()
     """Counters the meter knows restarted since its previous reading (a driver reload)."""
+    adjusted_j: float = 0.0
+    """What the meter moved its values by on top of its extrapolation, cumulative, summed over counters
+    (J): a node account share releasing an undershoot or settling an overshoot (``share.py``). Between
+    two readings it is energy shown in that window that the window did not draw itself (or drew and
+    was not shown); 0 for a meter that shows its counters as they are."""
 
     @staticmethod
     def domain_of(key: str) -> Domain:
@@ -59,10 +64,11 @@ class MeterInfo:
     its last poll. A window whose ends waited for fresh values (``ReplicaEnergy.settle``) does not
     carry it; one whose ends did not (``remote_counters_late``) does.
     ``edge_error_j``: for a meter that extrapolates between its counter's updates (a node account
-    share), how far a reading can be from the exact value at that instant: the largest correction
-    its readings needed at its recent updates (J, summed over counters); None for a meter that shows
-    its counters as they are (the energy that can shift across a window's edge is then bounded by
-    the update period).
+    share), how far its extrapolation can drift from the exact value within one update: the largest
+    miss of its extrapolation over one update at its recent updates (J, summed over counters); None
+    for a meter that shows its counters as they are (the energy that can shift across a window's
+    edge is then bounded by the update period). What such a meter moves on top of its extrapolation
+    is counted in its readings (``Reading.adjusted_j``), not here.
     """
 
     source: Source

@@ -58,6 +58,7 @@ class _Open:
     max_sharers: int = 1
     stepped: bool = False
     opened_stretch: bool = False  # no other request was open when it began
+    adjusted0_j: float = 0.0  # the meter's cumulative adjustment at the request's start
     new_prefill: int = 0  # tokens reported since the last split
     new_decode: int = 0
     prefill_tokens: int = 0  # tokens reported in all
@@ -106,6 +107,11 @@ class Allocation:
     """No other request was open when it began: it opened a stretch of busy time. Over a run the
     errors at the edges of back-to-back requests cancel in the sum; what remains is the error at the
     two ends of each stretch (``replay.summary``)."""
+    adjusted_j: float = 0.0
+    """What the meter moved its values by on top of its extrapolation while the request was open
+    (``Reading.adjusted_j`` at its end minus at its start; every sharer's, not its share): energy
+    its window showed and did not draw, or drew and did not show (``make_tag`` adds it to the
+    uncertainty)."""
 
     @property
     def joules(self) -> float:
@@ -278,7 +284,11 @@ class Ledger:
             if request_id in self._open:
                 raise KeyError(f"request {request_id!r} is already open")
             self._open[request_id] = _Open(
-                weight=max(weight, 1e-9), start_s=reading.t_s, stepped=stepped, opened_stretch=not self._open
+                weight=max(weight, 1e-9),
+                start_s=reading.t_s,
+                stepped=stepped,
+                opened_stretch=not self._open,
+                adjusted0_j=reading.adjusted_j,
             )
 
     def reweight(self, request_id: str, weight: float) -> None:
@@ -328,6 +338,7 @@ class Ledger:
                 _steps(o) if o.stepped else None,
                 tuple(sorted(o.flags)),
                 o.opened_stretch,
+                max(reading.adjusted_j - o.adjusted0_j, 0.0),
             )
 
     def abandon(self, request_id: str, reading: Reading | None) -> None:

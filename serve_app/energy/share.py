@@ -31,12 +31,18 @@ So over any window the ledger fed by this meter splits exactly the group's share
 overshoot held, negative = exact energy not shown yet), which the next tick settles. The ledger's
 per-request split is unchanged (the replica's requests by weight, idle when none is open).
 
-How far a reading can be from the exact share at that instant is what the next tick corrects: the
-correction each tick needed (its gap, summed over counters) is kept for the last ``EDGE_TICKS``
-ticks, and their largest is the meter's ``edge_error_j``. A window's energy is off by at most the
-error at its two ends (in between, the errors telescope), so a tag's uncertainty is twice that,
-whatever the window's length, instead of its average power x the account period (which flagged
-every request shorter than a period as uncertain by 20-70 times its value).
+How far a window's energy can be from what the account would give it (an account ticked at the
+window's two ends): the shown value is the extrapolation minus the pending gap, so a window's error
+is the extrapolation's drift from the exact share over the window plus what the meter moved on top
+of the extrapolation inside it (releases and settling: known, counted in every reading as the
+cumulative ``Reading.adjusted_j``; the ledger gives each request the window's part). The drift is
+what a tick shows: at each new tick the exact share is set beside the extrapolation from the tick
+before (its miss over that period, summed over counters); the largest of the last ``EDGE_TICKS``
+misses is the meter's ``edge_error_j``, and a window (at most two pieces of periods) drifts by at
+most twice that, whatever its length. A tag's uncertainty is then twice ``edge_error_j`` plus its
+window's adjustment, instead of its average power x the account period (which flagged every request
+shorter than a period as uncertain by 20-70 times its value). A gap left pending (an overshoot held
+while the group is idle) is no new error at every tick: only the part of it a window is moved by.
 
 Units: J, s. ``read()`` makes no remote call.
 """
@@ -57,7 +63,7 @@ from serve_app.energy.procs import process_cpu_s
 log = logging.getLogger(__name__)
 RPC_TIMEOUT_S = 5.0
 SETTLE_RATE = 0.5  # the fraction of the extrapolation rate at which a shown overshoot keeps moving
-EDGE_TICKS = 8  # the ticks whose largest correction is the meter's ``edge_error_j``
+EDGE_TICKS = 8  # the ticks whose largest miss is the meter's ``edge_error_j``
 MIN_EDGE_TICKS = 3  # ... once it has seen this many (before: the average power x period bound)
 
 
@@ -96,7 +102,9 @@ class AccountShareMeter:
         self._read_s = now_s()  # the last read (monotonic s)
         self._tick_s: float | None = None  # when a tick not read yet arrived (monotonic s)
         self._release_w: dict[str, float] = {}  # an undershoot's release power, per counter (W)
-        self._corrections: deque[float] = deque(maxlen=EDGE_TICKS)  # |gap| summed over counters, per tick (J)
+        self._misses: deque[float] = deque(maxlen=EDGE_TICKS)  # the extrapolation's miss per period (J)
+        self._gap_is_miss = False  # the group's processes changed at the last tick: its gap is the miss
+        self._adjusted_j = 0.0  # cumulative |shown - extrapolated| moves (``Reading.adjusted_j``)
         self.group: str | None = None
         self.sources: dict[str, str] = {}
         self.error: str | None = "no share yet"
@@ -129,19 +137,32 @@ class AccountShareMeter:
                 return  # the same tick again: keep extrapolating from where it arrived
             # every node counter, at 0 while the group has no share of it yet: a counter that showed
             # up later would start a ledger at its value then, and that energy would be nobody's
-            self._exact = {**dict.fromkeys(out["sources"], 0.0), **out["energy_j"]}
-            self._rate = dict(out["rate_j_per_cpu_s"])
+            exact = {**dict.fromkeys(out["sources"], 0.0), **out["energy_j"]}
             pids = tuple(out.get("pids") or self._pids)
             if set(pids) == set(self._pids):
-                self._cpu_at_share_s = self._cpu_at(float(out["t_s"]))
+                cpu_s = self._cpu_at(float(out["t_s"]))
+                if self._exact:
+                    self._misses.append(self._miss(exact, cpu_s - self._cpu_at_share_s))
+                self._cpu_at_share_s = cpu_s
             else:  # another set of processes: its clock starts now (the CPU since the tick shows at the next)
+                self._gap_is_miss = bool(self._exact)  # no extrapolation to set beside: the next read's gap
                 self._pids = pids
                 self._last_cpu_s = {p: c for p, c in self._last_cpu_s.items() if p in pids}
                 self._samples.clear()
                 self._cpu_at_share_s = self._cpu_at_read_s = self._cpu_clock()
+            self._exact, self._rate = exact, dict(out["rate_j_per_cpu_s"])
             self.group, self.sources, self.ticks = out["group"], dict(out["sources"]), int(out["ticks"])
             self._tick_s = now_s()
             self._info = self._make_info()  # read on every request's tag: built here, once per share
+
+    def _miss(self, exact: dict[str, float], cpu_s: float) -> float:
+        """How far the extrapolation from the previous tick (``cpu_s`` of the group's CPU time since)
+        missed the new tick's ``exact`` share, summed over the counters both ticks had (J)."""
+        return sum(
+            abs(v - self._exact[k] - (0.0 if k.startswith("gpu:") else self._rate.get(k, 0.0)) * cpu_s)
+            for k, v in exact.items()
+            if k in self._exact
+        )
 
     def _cpu_at(self, t_s: float) -> float:
         """The group's CPU time at monotonic time ``t_s`` (the account's tick), interpolated from the
@@ -191,7 +212,7 @@ class AccountShareMeter:
             resolution_j=1e-3,
             update_period_s=self.period_s,
             node=self.node,
-            edge_error_j=max(self._corrections) if len(self._corrections) >= MIN_EDGE_TICKS else None,
+            edge_error_j=max(self._misses) if len(self._misses) >= MIN_EDGE_TICKS else None,
             notes=(
                 f"node account share of group {self.group or '?'} (process {self.pid}): node counters "
                 f"split to processes by CPU time every {self.period_s:g} s, extrapolated in between by "
@@ -218,7 +239,7 @@ class AccountShareMeter:
         since_read_s = max(cpu_now - self._cpu_at_read_s, 0.0)
         fresh, wall_s = self._tick_s is not None, t_s - max(self._read_s, self._tick_s or 0.0)
         self._cpu_at_read_s, self._read_s, self._tick_s = cpu_now, t_s, None
-        correction, corrected = 0.0, False
+        gaps = 0.0
         for key, exact in self._exact.items():
             rate = 0.0 if key.startswith("gpu:") else self._rate.get(key, 0.0)  # GPUs: ticks only
             target, step = exact + cpu_s * rate, since_read_s * rate
@@ -228,15 +249,18 @@ class AccountShareMeter:
             gap = target - self._shown[key] - step  # > 0: an undershoot; < 0: an overshoot
             if fresh:  # a new tick: its undershoot is released over one account period
                 self._release_w[key] = max(gap, 0.0) / self.period_s
-                correction, corrected = correction + abs(gap), True
+                gaps += abs(gap)
             if gap <= 0:
-                self._shown[key] += max(step + gap, SETTLE_RATE * step)
+                move = max(step + gap, SETTLE_RATE * step)
             else:
-                self._shown[key] += step + min(gap, self._release_w.get(key, 0.0) * max(wall_s, 0.0))
-        if corrected:
-            self._corrections.append(correction)
+                move = step + min(gap, self._release_w.get(key, 0.0) * max(wall_s, 0.0))
+            self._shown[key] += move
+            self._adjusted_j += abs(move - step)
+        if fresh and self._gap_is_miss:
+            self._misses.append(gaps)
+            self._gap_is_miss = False
             self._info = self._make_info()
-        return Reading(t_s, dict(self._shown), self.source)
+        return Reading(t_s, dict(self._shown), self.source, adjusted_j=self._adjusted_j)
 
     def pending_j(self) -> float:
         """Shown minus exact share, summed over counters (J): the not-yet-settled part."""

@@ -44,10 +44,12 @@ def make_tag(
     if late:
         flags.append("remote_counters_late")
     avg_w = joules / window_s if window_s > 0 else 0.0
-    # what can shift across each edge of the window: an extrapolating meter's recent correction, or
-    # else the average power x the counter's update period; plus a late remote counter's lag
+    # what can shift across the window's edges: an extrapolating meter's drift (its recent largest miss
+    # over a period, at most twice within a window) and what it moved on top of its extrapolation in
+    # the window, or else the average power x the counter's update period; plus a late remote lag
     edges = 2 * info.edge_error_j if info.edge_error_j is not None else avg_w * info.update_period_s
-    uncertainty = 2 * info.resolution_j + edges + (avg_w * info.lag_s if late else 0.0)
+    late_j = avg_w * info.lag_s if late else 0.0
+    uncertainty = 2 * info.resolution_j + edges + alloc.adjusted_j + late_j
     if uncertainty > joules:
         flags.append(EXCEEDS)
     return EnergyTag(

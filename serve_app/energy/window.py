@@ -146,7 +146,7 @@ class ReplicaEnergy:
             "counter_update_period_s": ledger.observed_update_period_s(),
             "nominal_update_period_s": info.update_period_s,
             "counter_lag_s": info.lag_s,  # remote counters held from a poll, when a window could not wait
-            "edge_error_j": info.edge_error_j,  # an account share's recent largest correction at a tick
+            "edge_error_j": info.edge_error_j,  # an account share's recent largest miss over a tick period
             "resolution_j": info.resolution_j,
             "requests": t.requests,
             "open_requests": ledger.open_requests,

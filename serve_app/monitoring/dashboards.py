@@ -273,10 +273,11 @@ ENERGY_DASHBOARD = Dashboard(
                             "{{deployment}}/{{replica}}",
                         ),
                     ),
-                    "How far a replica's reading can be from its exact node-account share at one instant: the "
-                    "largest correction its share needed at its last 8 account ticks. A request's uncertainty_j "
-                    "is twice it, plus the router's part. High after a change of load or of the node's power "
-                    "per CPU-second; no series for a meter read as it is (bound: average power x update period).",
+                    "How far a replica's extrapolated share can drift from its exact node-account share in one "
+                    "tick period: the largest miss its last 8 account ticks showed. A request's uncertainty_j is "
+                    "twice it, plus what the share moved inside its window and the router's part. High after a "
+                    "change of load or of the node's power per CPU-second; no series for a meter read as it is "
+                    "(bound: average power x update period).",
                     width=24,
                 ),
             ),

@@ -104,6 +104,17 @@ def test_overlapping_requests_hand_computed() -> None:
     assert ledger.end("C", Reading(8, {"cpu:0": 42}, "rapl")).opened_stretch
 
 
+def test_each_request_carries_what_the_meter_adjusted_during_its_own_window() -> None:
+    """``Reading.adjusted_j`` is cumulative (a share's releases and settling); a request carries the
+    part between its two readings, whoever else shared them, and none from before it began."""
+    ledger = Ledger(Reading(0, {"cpu:0": 0}, "estimate", adjusted_j=5.0))
+    ledger.begin("A", Reading(1, {"cpu:0": 1}, "estimate", adjusted_j=5.5))
+    ledger.begin("B", Reading(2, {"cpu:0": 2}, "estimate", adjusted_j=5.75))
+    a = ledger.end("A", Reading(3, {"cpu:0": 3}, "estimate", adjusted_j=6.0))
+    b = ledger.end("B", Reading(4, {"cpu:0": 4}, "estimate", adjusted_j=6.0))
+    assert (a.adjusted_j, b.adjusted_j) == (pytest.approx(0.5), pytest.approx(0.25))
+
+
 def test_batch_by_texts_across_two_counters() -> None:
     """Three requests of 1, 2 and 3 texts begin and end at the same two readings (one batch)."""
     m = ScriptedMeter([(0, {"cpu:p0": 5, "dram:p0": 1}), (0.5, {"cpu:p0": 5, "dram:p0": 1}),

@@ -61,6 +61,16 @@ def test_an_extrapolating_meters_edge_error_bounds_a_tag_whatever_its_length() -
     assert late.uncertainty_j == pytest.approx(2e-3 + 0.4 + 30.0 * 2.0)
 
 
+def test_what_the_meter_adjusted_in_a_window_adds_to_its_uncertainty() -> None:
+    """Energy a share released or held back inside the window (``Allocation.adjusted_j``) is energy
+    the window shows but did not draw, or drew and does not show: it adds to the edge bound."""
+    info = MeterInfo("estimate", (), resolution_j=1e-3, update_period_s=1.0, node="head", edge_error_j=0.2)
+    plain = _alloc({"cpu:process": 0.9}, 0.03)
+    moved = Allocation(**{**plain.__dict__, "adjusted_j": 0.35})
+    assert make_tag(plain, info, "texts", "rep").uncertainty_j == pytest.approx(2e-3 + 0.4)
+    assert make_tag(moved, info, "texts", "rep").uncertainty_j == pytest.approx(2e-3 + 0.4 + 0.35)
+
+
 def test_the_serving_overheads_uncertainty_adds_to_the_end_to_end_tag() -> None:
     info = MeterInfo("estimate", (), resolution_j=0.0, update_period_s=1.0, node="head", edge_error_j=0.2)
     tag = make_tag(_alloc({"cpu:process": 0.3}, 0.03), info, "texts", "rep")
