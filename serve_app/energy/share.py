@@ -37,9 +37,11 @@ is the extrapolation's drift from the exact share over the window plus what the 
 of the extrapolation inside it (releases and settling: known, counted in every reading as the
 cumulative ``Reading.adjusted_j``; the ledger gives each request the window's part). The drift is
 what a tick shows: at each new tick the exact share is set beside the extrapolation from the tick
-before (its miss over that period, summed over counters); the largest of the last ``EDGE_TICKS``
-misses is the meter's ``edge_error_j``, and a window (at most two pieces of periods) drifts by at
-most twice that, whatever its length. A tag's uncertainty is then twice ``edge_error_j`` plus its
+before (its miss over that period, summed over counters); the meter's ``edge_error_j`` is the largest
+of its last ``MIN_EDGE_TICKS`` misses, or of the older ones (up to ``EDGE_TICKS``) aged by the
+account's ``RATE_DECAY`` per tick when that is more (a step change's drift halves with each tick as
+the account's rate follows it), and a window (at most two pieces of periods) drifts by at most twice
+that, whatever its length. A tag's uncertainty is then twice ``edge_error_j`` plus its
 window's adjustment, instead of its average power x the account period (which flagged every request
 shorter than a period as uncertain by 20-70 times its value). A gap left pending (an overshoot held
 while the group is idle) is no new error at every tick: only the part of it a window is moved by.
@@ -56,7 +58,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from serve_app.energy.account import share_source
+from serve_app.energy.account import RATE_DECAY, share_source
 from serve_app.energy.base import MeterError, MeterInfo, Reading, now_s
 from serve_app.energy.procs import process_cpu_s
 
@@ -212,7 +214,7 @@ class AccountShareMeter:
             resolution_j=1e-3,
             update_period_s=self.period_s,
             node=self.node,
-            edge_error_j=max(self._misses) if len(self._misses) >= MIN_EDGE_TICKS else None,
+            edge_error_j=self._edge_error_j(),
             notes=(
                 f"node account share of group {self.group or '?'} (process {self.pid}): node counters "
                 f"split to processes by CPU time every {self.period_s:g} s, extrapolated in between by "
@@ -220,6 +222,17 @@ class AccountShareMeter:
             ),
             extra={"group": self.group or ""},
         )
+
+    def _edge_error_j(self) -> float | None:
+        """The largest of the last ``MIN_EDGE_TICKS`` misses, or of older ones (up to ``EDGE_TICKS``)
+        times ``RATE_DECAY`` per tick of age when that is more: after a step change of the node's
+        power per CPU-second the account's rate closes ``1 - RATE_DECAY`` of the gap each tick, so the
+        drift it left shrinks by that factor per tick. None until ``MIN_EDGE_TICKS`` misses were seen."""
+        misses = list(self._misses)
+        if len(misses) < MIN_EDGE_TICKS:
+            return None
+        aged = (m * RATE_DECAY**age for age, m in enumerate(reversed(misses)))
+        return max(*misses[-MIN_EDGE_TICKS:], *aged)
 
     def read(self) -> Reading:
         with self._lock:

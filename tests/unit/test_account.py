@@ -593,6 +593,53 @@ def test_a_share_tags_uncertainty_covers_its_window_error_and_is_far_below_a_per
     assert abs(run_j - stretch_ref) <= run_u + 2 * 0.01 * 30.0
 
 
+def test_after_a_step_of_the_nodes_power_the_edge_error_follows_the_accounts_rate_back_down(
+    tmp_path: Path,
+) -> None:
+    """The package's power steps from 30 W to 60 W under a spinning replica. The first ticks after the
+    step show large misses (the account's rate follows the step by half each tick); the edge error must
+    rise with them, keep every window after those ticks covered, and come back down within a few ticks
+    instead of holding the step's miss for ``EDGE_TICKS`` ticks (which kept every short request of a
+    replay that began just after a load change at the bound of that change)."""
+    replica = spawn("ray::ServeReplica:app:model0", "while True: pass", wait=True)
+    edges: list[tuple[float, float | None]] = []
+    try:
+        with WrittenRapl(tmp_path) as rapl:
+            time.sleep(1.2)
+            meter = rapl.share(replica.pid)
+            done = threading.Event()
+
+            def watch() -> None:
+                while not done.wait(0.05):
+                    edges.append((time.monotonic(), meter.info.edge_error_j))
+
+            watcher = threading.Thread(target=watch)
+            try:
+                rapl.windows(meter, 3.0)  # past the meter's first misses
+                watcher.start()
+                before = rapl.windows(meter, 2.0)
+                rapl.power_w, stepped_s = 60.0, time.monotonic()
+                after = rapl.windows(meter, 5.0)
+            finally:
+                done.set()
+                if watcher.ident is not None:
+                    watcher.join()
+                meter.close()
+    finally:
+        replica.kill()
+        replica.wait()
+    period = 0.5
+    peak = max(e for t, e in edges if e is not None and t > stepped_s)
+    steady = max(e for t, e in edges if e is not None and t < stepped_s)
+    late = [e for t, e in edges if e is not None and t > stepped_s + 7 * period + 0.25]
+    print(f"edge: {steady:.2f} J before the step, peak {peak:.2f} J, {max(late):.2f} J seven ticks after")
+    assert peak > 3 * steady, (steady, peak)  # the step's misses were seen
+    assert max(late) < 0.5 * peak, (peak, late)  # and aged out within a few ticks, not eight
+    assert outside(before, 30.0) == [], before
+    late_windows = [w for w in outside(after, 60.0) if w[4] - stepped_s > 2 * period + 0.25 + 0.6]
+    assert late_windows == [], (late_windows, stepped_s, after)
+
+
 def test_an_overshoot_left_pending_while_the_group_idles_is_not_an_error_at_every_tick(
     tmp_path: Path,
 ) -> None:
