@@ -217,6 +217,12 @@ class ReplicaEnergy(BaseModel):
     requests: int = 0
     stale: bool = False
     error: str | None = None
+    edge_error_j: float | None = None
+    """An account share's recent largest miss over a tick period (``MeterInfo.edge_error_j``)."""
+    missed_j: float | None = None
+    """... its misses summed since the replica started (``MeterInfo.missed_j``)."""
+    adjusted_j: float = 0.0
+    """... what it moved on top of its extrapolation, cumulative (``Reading.adjusted_j``)."""
 
 
 class DeploymentEnergy(BaseModel):

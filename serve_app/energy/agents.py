@@ -222,6 +222,7 @@ class NodeEnergyAgentImpl:
             "source": r.source,
             "pending_j": pending,
             "edge_error_j": meter.info.edge_error_j,
+            "missed_j": meter.info.missed_j,
             "adjusted_j": r.adjusted_j,
             "t_s": r.t_s,
         }
@@ -289,6 +290,7 @@ class _Remote:
     pending_j: float = 0.0
     edge_error_j: float | None = None
     adjusted_j: float = 0.0  # the remote share's cumulative adjustment (``Reading.adjusted_j``)
+    missed_j: float | None = None  # ... and its misses summed (``MeterInfo.missed_j``)
 
     def take(self, asked_s: float, out: dict[str, Any]) -> bool:
         """The agent's answer to a read asked at ``asked_s``; False if it is an error. The agent serves
@@ -305,6 +307,8 @@ class _Remote:
             edge = out.get("edge_error_j")
             self.edge_error_j = None if edge is None else float(edge)
             self.adjusted_j = float(out.get("adjusted_j", 0.0))
+            missed = out.get("missed_j")
+            self.missed_j = None if missed is None else float(missed)
         self.ok_s, self.asked_s, self.error = now_s(), max(self.asked_s, asked_s), None
         return True
 
@@ -415,6 +419,7 @@ class MultiNodeMeter:
         remote_period = max((float(r.info["update_period_s"]) for r in self._remotes), default=0.0)
         lag_s = self.poll_period_s + self.rpc_timeout_s
         edges = [li.edge_error_j, *(r.edge_error_j for r in self._remotes)]
+        missed = [li.missed_j, *(r.missed_j for r in self._remotes)]
         return MeterInfo(
             source=_combined_source(sources),
             devices=devices,
@@ -424,6 +429,7 @@ class MultiNodeMeter:
             lag_s=lag_s,
             # every node's share extrapolates: their errors add; one counter as it is: the period bound
             edge_error_j=sum(e for e in edges if e is not None) if None not in edges else None,
+            missed_j=sum(m for m in missed if m is not None) if None not in missed else None,
             notes=(
                 f"{len(self.nodes)} nodes; remote counters polled every {self.poll_period_s:g} s "
                 f"(stale by at most {lag_s:g} s). Local: {li.notes}"

@@ -68,7 +68,9 @@ class MeterInfo:
     miss of its extrapolation over one update at its recent updates (J, summed over counters); None
     for a meter that shows its counters as they are (the energy that can shift across a window's
     edge is then bounded by the update period). What such a meter moves on top of its extrapolation
-    is counted in its readings (``Reading.adjusted_j``), not here.
+    is counted in its readings (``Reading.adjusted_j``), not here. ``missed_j``: the same meter's
+    misses summed since it started (J); over a replay run their increase bounds the drift of all the
+    run's windows together (``replay.window``); None for a meter that shows its counters as they are.
     """
 
     source: Source
@@ -78,6 +80,7 @@ class MeterInfo:
     node: str = ""
     lag_s: float = 0.0
     edge_error_j: float | None = None
+    missed_j: float | None = None
     notes: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 

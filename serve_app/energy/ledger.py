@@ -139,6 +139,8 @@ class LedgerTotals:
     reorders: int = 0
     dropped: int = 0
     dropped_j: float = 0.0
+    adjusted_j: float = 0.0
+    """The meter's cumulative adjustment at the last reading (``Reading.adjusted_j``)."""
 
     @staticmethod
     def _by_domain(d: dict[str, float]) -> dict[str, float]:
@@ -386,6 +388,7 @@ class Ledger:
                 self._reorders,
                 self._dropped,
                 self._dropped_j,
+                self._last.adjusted_j,
             )
 
     def _held_by_key(self) -> dict[str, float]:

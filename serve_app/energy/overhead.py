@@ -75,5 +75,8 @@ class ServingOverhead:
         if self.energy is None:
             return {"error": self.error}
         snap = self.energy.snapshot()
-        keys = ("metered_j", "attributed_j", "idle_j", "requests", "source", "error", "edge_error_j")
+        keys = (
+            *("metered_j", "attributed_j", "idle_j", "requests", "source", "error"),
+            *("edge_error_j", "missed_j", "adjusted_j"),
+        )
         return {**{k: snap[k] for k in keys}, "group": self.energy.info.extra.get("group")}

@@ -105,6 +105,7 @@ class AccountShareMeter:
         self._tick_s: float | None = None  # when a tick not read yet arrived (monotonic s)
         self._release_w: dict[str, float] = {}  # an undershoot's release power, per counter (W)
         self._misses: deque[float] = deque(maxlen=EDGE_TICKS)  # the extrapolation's miss per period (J)
+        self._missed_j = 0.0  # every miss, summed (``MeterInfo.missed_j``)
         self._gap_is_miss = False  # the group's processes changed at the last tick: its gap is the miss
         self._adjusted_j = 0.0  # cumulative |shown - extrapolated| moves (``Reading.adjusted_j``)
         self.group: str | None = None
@@ -144,7 +145,7 @@ class AccountShareMeter:
             if set(pids) == set(self._pids):
                 cpu_s = self._cpu_at(float(out["t_s"]))
                 if self._exact:
-                    self._misses.append(self._miss(exact, cpu_s - self._cpu_at_share_s))
+                    self._add_miss(self._miss(exact, cpu_s - self._cpu_at_share_s))
                 self._cpu_at_share_s = cpu_s
             else:  # another set of processes: its clock starts now (the CPU since the tick shows at the next)
                 self._gap_is_miss = bool(self._exact)  # no extrapolation to set beside: the next read's gap
@@ -165,6 +166,10 @@ class AccountShareMeter:
             for k, v in exact.items()
             if k in self._exact
         )
+
+    def _add_miss(self, miss: float) -> None:
+        self._misses.append(miss)
+        self._missed_j += miss
 
     def _cpu_at(self, t_s: float) -> float:
         """The group's CPU time at monotonic time ``t_s`` (the account's tick), interpolated from the
@@ -215,6 +220,7 @@ class AccountShareMeter:
             update_period_s=self.period_s,
             node=self.node,
             edge_error_j=self._edge_error_j(),
+            missed_j=self._missed_j,
             notes=(
                 f"node account share of group {self.group or '?'} (process {self.pid}): node counters "
                 f"split to processes by CPU time every {self.period_s:g} s, extrapolated in between by "
@@ -270,7 +276,7 @@ class AccountShareMeter:
             self._shown[key] += move
             self._adjusted_j += abs(move - step)
         if fresh and self._gap_is_miss:
-            self._misses.append(gaps)
+            self._add_miss(gaps)
             self._gap_is_miss = False
             self._info = self._make_info()
         return Reading(t_s, dict(self._shown), self.source, adjusted_j=self._adjusted_j)

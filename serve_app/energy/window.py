@@ -147,6 +147,8 @@ class ReplicaEnergy:
             "nominal_update_period_s": info.update_period_s,
             "counter_lag_s": info.lag_s,  # remote counters held from a poll, when a window could not wait
             "edge_error_j": info.edge_error_j,  # an account share's recent largest miss over a tick period
+            "missed_j": info.missed_j,  # ... its misses summed: a replay run's drift bound (``replay.window``)
+            "adjusted_j": t.adjusted_j,  # ... what it moved on top of its extrapolation, cumulative
             "resolution_j": info.resolution_j,
             "requests": t.requests,
             "open_requests": ledger.open_requests,

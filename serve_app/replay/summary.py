@@ -15,8 +15,11 @@ Definitions (units in names; Wh only here, at reporting time):
   none open, in its replica's or the router's ledger: ``attribution.stretch_starts``). The figure is the
   smaller of the tags' uncertainties summed and the stretches x the largest tag uncertainty; the sum
   alone when a request has no figure (a failed request's edges are not paired in the sum) or a tag does
-  not count its stretches. It assumes the replay's requests are the only ones on those replicas (as in
-  the study's protocol): another client's request at an edge leaves that edge unpaired.
+  not count its stretches. When every replay window of the run has the bound its shares' own figures
+  give (``replay.window``: their misses and moves during the window and an edge error at each end, a
+  drift bound that does not grow with the number of stretches), the smaller of that sum and the
+  stretch figure. Both assume the replay's requests are the only ones on those replicas (as in the
+  study's protocol): another client's request at an edge leaves that edge unpaired.
 - ``duration_s``: per session, from the first request sent to the last answer, summed over the
   sessions that replayed this split (a resumed run has several).
 - ``avg_power_w = energy_j / duration_s``.
@@ -143,16 +146,26 @@ def _session_duration_s(records: Sequence[Record]) -> float:
     return sum(max(r.done_unix_s for r in rs) - min(r.sent_unix_s for r in rs) for rs in by_session.values())
 
 
-def run_uncertainty_j(tags: Sequence[EnergyTag], complete: bool) -> float | None:
-    """The uncertainty of the tags' sum (module doc): per busy stretch, not per request.
-    ``complete``: every request of the run has a tag with a figure."""
+def run_uncertainty_j(
+    tags: Sequence[EnergyTag], complete: bool, windows_j: float | None = None
+) -> float | None:
+    """The uncertainty of the tags' sum (module doc): per busy stretch, not per request, or the replay
+    windows' bound ``windows_j`` when smaller. ``complete``: every request of the run has a tag with a
+    figure."""
     us = [t.uncertainty_j for t in tags if t.uncertainty_j is not None]
     if not us:
         return None
     starts = [t.attribution.stretch_starts if t.attribution else None for t in tags]
     if not complete or len(us) < len(tags) or None in starts:
         return float(sum(us))
-    return float(min(sum(us), sum(s for s in starts if s is not None) * max(us)))
+    stretches = min(sum(us), sum(s for s in starts if s is not None) * max(us))
+    return float(stretches if windows_j is None else min(stretches, windows_j))
+
+
+def _windows_uncertainty_j(windows: Sequence[WindowRecord]) -> float | None:
+    """The replay windows' bounds summed (``replay.window``), None unless every window has one."""
+    bounds = [w.section("energy_delta", "uncertainty_j") for w in windows]
+    return None if not bounds or None in bounds else sum(b for b in bounds if b is not None)
 
 
 def _window_sum(windows: Sequence[WindowRecord], section: str, key: str) -> float | None:
@@ -200,7 +213,7 @@ def split_metrics(
     for t in tagged:
         for d, v in t.domains_j.items():
             domains[d] = domains.get(d, 0.0) + float(v)
-    uncertainty_j = run_uncertainty_j(tagged, complete=len(tagged) == len(recs))
+    uncertainty_j = run_uncertainty_j(tagged, len(tagged) == len(recs), _windows_uncertainty_j(windows))
 
     duration_s = _session_duration_s(recs)
     energy_wh = None if energy_j is None else energy_j / J_PER_WH

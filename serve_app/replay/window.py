@@ -5,10 +5,23 @@ delta over a window, summed over the deployment's replicas, splits what the repl
 replay into the part the requests were charged and the idle rest. A replica that appears only in the
 second view counts from zero; a counter that went backwards (the replica restarted) counts its new
 value, and the delta is flagged ``reset``.
+
+``uncertainty_j`` bounds the error of the energy the window's requests were charged, from the node
+account shares' own figures (``energy/share.py``): over any stretch of busy time a share's error is the
+drift of its extrapolation plus what it moved on top of it; summed over all the window's stretches,
+the drift is at most the misses the share's ticks showed during the window (each miss is the drift
+over a whole tick period, busy or not), plus one edge error at each end for the periods the window
+cuts, and the moves at most all it moved during the window. So, per replica of the deployment and
+for the router's serving overhead: the increase of ``missed_j`` + the increase of ``adjusted_j`` +
+``edge_error_j`` before + after; None when a share does not report them (a meter read as it is, an
+older replica), when a replica or the router restarted in between, or the view came from another
+router (the router is one replica: ``app.py``). It assumes the replay's requests are the only ones on
+those replicas, as the study's protocol does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from serve_app.wire import EnergyView, ReplicaEnergy
@@ -46,9 +59,38 @@ def energy_delta(
                 acc[dom] = acc.get(dom, 0.0) + _step(a, prev_part.get(dom, 0.0))[0]
     return {
         **total,
+        "uncertainty_j": window_uncertainty_j(before, after, deployment),
         "domains_j": domains["metered"],
         "idle_domains_j": domains["idle"],
         "source": "+".join(sorted({rep.source for rep in dep.replicas.values()})),
         "replicas": len(dep.replicas),
         "reset": reset,
     }
+
+
+def _drift_bound(before: Mapping[str, Any], after: Mapping[str, Any]) -> float | None:
+    """One share's bound over the window between two of its snapshots (module doc), or None."""
+    raw = [d.get(k) for d in (before, after) for k in ("missed_j", "edge_error_j", "adjusted_j")]
+    figures = [float(f) for f in raw if isinstance(f, (int, float))]
+    if len(figures) < len(raw):
+        return None
+    missed0, edge0, adjusted0, missed1, edge1, adjusted1 = figures
+    if missed1 < missed0 or adjusted1 < adjusted0:  # the share restarted
+        return None
+    return missed1 - missed0 + adjusted1 - adjusted0 + edge0 + edge1
+
+
+def window_uncertainty_j(
+    before: EnergyView | None, after: EnergyView | None, deployment: str
+) -> float | None:
+    """The bound of the module doc for ``deployment``'s requests over the window, or None."""
+    if before is None or after is None:
+        return None
+    dep, prev = after.deployments.get(deployment), before.deployments.get(deployment)
+    if dep is None or prev is None or not dep.replicas or set(dep.replicas) != set(prev.replicas):
+        return None
+    bounds = [_drift_bound(prev.replicas[n].model_dump(), r.model_dump()) for n, r in dep.replicas.items()]
+    o0, o1 = before.serving_overhead, after.serving_overhead
+    if "metered_j" in o1:  # the router meters an overhead: the tags carry it
+        bounds.append(_drift_bound(o0, o1) if o0.get("group") == o1.get("group") else None)
+    return None if None in bounds else sum(b for b in bounds if b is not None)

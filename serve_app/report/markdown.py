@@ -51,7 +51,10 @@ ENERGY_NOTE = """\
 two edges (`EnergyTag.uncertainty_j`); in the run's sum, an edge two back-to-back requests share moves
 energy from one to the other and cancels, so what remains is the error at the two ends of each busy
 stretch: the smaller of the requests' uncertainties summed and the stretches x the largest of them
-(the sum alone when a request failed or a tag does not count its stretches)."""
+(the sum alone when a request failed or a tag does not count its stretches). Where the replicas' node
+account shares report their own figures over the replay (`/v1/energy` before and after), the run's
+± is at most the drift their ticks showed during it, what they moved on top of their extrapolation,
+and one edge error at each end, however many stretches the run had: the smaller figure is shown."""
 
 
 def render_report(

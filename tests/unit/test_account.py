@@ -18,15 +18,20 @@ from typing import Any
 import psutil
 import pytest
 
+from serve_app.config_common import EnergyConfig
 from serve_app.energy.account import NodeAccount
 from serve_app.energy.ledger import Ledger
 from serve_app.energy.nodemeter import NodeEstimateMeter
 from serve_app.energy.procs import Proc, deployment_of, group_of, own_group
 from serve_app.energy.rapl import RaplMeter
 from serve_app.energy.sampler import meter_limits
-from serve_app.energy.share import EDGE_TICKS, AccountShareMeter
+from serve_app.energy.share import EDGE_TICKS, MIN_EDGE_TICKS, AccountShareMeter
 from serve_app.energy.tag import make_tag
+from serve_app.energy.window import ReplicaEnergy
 from serve_app.replay.summary import run_uncertainty_j
+from serve_app.replay.window import window_uncertainty_j
+from serve_app.wire import DeploymentEnergy, EnergyView
+from serve_app.wire import ReplicaEnergy as ReplicaRow
 
 pytestmark = pytest.mark.unit
 
@@ -638,6 +643,68 @@ def test_after_a_step_of_the_nodes_power_the_edge_error_follows_the_accounts_rat
     assert outside(before, 30.0) == [], before
     late_windows = [w for w in outside(after, 60.0) if w[4] - stepped_s > 2 * period + 0.25 + 0.6]
     assert late_windows == [], (late_windows, stepped_s, after)
+
+
+def test_a_runs_bound_from_its_shares_own_figures_does_not_grow_with_its_stretches(tmp_path: Path) -> None:
+    """Sixteen short requests, each alone (a busy stretch of its own), through a real `ReplicaEnergy` on
+    the share: the stretch rule bounds their sum by 16 x the largest tag uncertainty. The bound of the
+    replay window (``replay.window``: the misses and moves the share's ``/v1/energy`` rows show between
+    two snapshots, and an edge error at each end) must cover the error of their sum against the
+    reference account, and be far below. The replica works only inside the windows, so the reference
+    ticks just outside them add nothing."""
+    work = tmp_path / "work"
+    code = (
+        "import os, time\n"
+        "while True:\n"
+        f"    if os.path.exists({str(work)!r}):\n"
+        "        t = time.perf_counter()\n"
+        "        while time.perf_counter() - t < 0.002: pass\n"
+        "    else:\n"
+        "        time.sleep(0.001)\n"
+    )
+    replica = spawn("ray::ServeReplica:app:model0", code, wait=True)
+    try:
+        with WrittenRapl(tmp_path / "rapl") as rapl:
+            time.sleep(1.2)
+            meter = rapl.share(replica.pid)
+            energy = ReplicaEnergy(meter, EnergyConfig(attribution="time"), "r", [])
+            try:
+                time.sleep(rapl.period_s * (MIN_EDGE_TICKS + 2))  # the share has its first misses
+                before, tags, reference = energy.snapshot(), [], 0.0
+                for i in range(16):
+                    e0 = rapl.exact(replica.pid)
+                    window = energy.open(str(i), 1.0)
+                    work.touch()
+                    time.sleep(0.08)
+                    work.unlink()
+                    time.sleep(0.003)  # its last chunk of work done
+                    tags.append(window.close())
+                    reference += rapl.exact(replica.pid) - e0
+                    time.sleep(0.12)
+                after = energy.snapshot()
+            finally:
+                energy.close()
+    finally:
+        os.killpg(replica.pid, 9)
+        replica.wait()
+
+    def view(snapshot: dict[str, Any]) -> EnergyView:
+        return EnergyView(deployments={"m": DeploymentEnergy.of({"r": ReplicaRow.model_validate(snapshot)})})
+
+    bound = window_uncertainty_j(view(before), view(after), "m")
+    stretches = run_uncertainty_j(tags, complete=True)
+    run = run_uncertainty_j(tags, complete=True, windows_j=bound)
+    shown = sum(t.joules or 0.0 for t in tags)
+    print(
+        f"16 stretches: tags {shown:.2f} J, reference {reference:.2f} J; stretch rule ± {stretches:.2f} J, "
+        f"window bound ± {bound:.2f} J"
+    )
+    assert [t.attribution.stretch_starts for t in tags if t.attribution] == [1] * 16
+    assert bound is not None and stretches is not None and run == min(bound, stretches)
+    assert bound < stretches / 3, (bound, stretches)
+    # the reference's own resolution: a clock tick of the node's busy CPU (/proc/stat) at each end of
+    # each window, at no more than the package's power per CPU-second, random across windows
+    assert abs(shown - reference) <= bound + 2 * 0.01 * 30.0 * 16**0.5, (shown, reference, bound)
 
 
 def test_an_overshoot_left_pending_while_the_group_idles_is_not_an_error_at_every_tick(

@@ -2,7 +2,7 @@ import pytest
 
 from serve_app.replay.records import EnergyTag, Record
 from serve_app.replay.summary import average_over_splits, combine_sources, macro_f1, split_metrics
-from serve_app.replay.window import energy_delta
+from serve_app.replay.window import energy_delta, window_uncertainty_j
 from serve_app.wire import Attribution, EnergyView, WindowRecord
 
 pytestmark = pytest.mark.unit
@@ -149,6 +149,36 @@ def test_a_runs_uncertainty_counts_busy_stretches_not_requests():
     # a failed request's edges are not in the sum; a tag that does not count stretches: the sum
     assert run([2, 0, 0, 0], [0.5, 0.6, 0.7, 0.5], failed=True) == pytest.approx(2.3)
     assert run([2, None, 0, 0], [0.5, 0.6, 0.7, 0.5]) == pytest.approx(2.3)
+
+
+def test_a_windows_bound_adds_its_shares_misses_moves_and_end_edges_or_is_unknown():
+    """Per replica and for the router: missed and adjusted increases plus the edge error at each end.
+    A share that does not report them, a replica or router that restarted, another router: unknown."""
+
+    def view(rep, overhead=None, replicas=("r",)):
+        row = {"source": "estimate", "metered_j": 1.0, **rep}
+        return EnergyView.model_validate(
+            {
+                "deployments": {"m": {"replicas": dict.fromkeys(replicas, row)}},
+                "serving_overhead": overhead or {},
+            }
+        )
+
+    rep0 = {"missed_j": 10.0, "adjusted_j": 4.0, "edge_error_j": 0.5}
+    rep1 = {"missed_j": 12.0, "adjusted_j": 4.5, "edge_error_j": 0.25}
+    router0 = {"metered_j": 3.0, "group": "router:7", "missed_j": 1.0, "adjusted_j": 0.0, "edge_error_j": 0.1}
+    router1 = {**router0, "missed_j": 2.0, "adjusted_j": 0.2, "edge_error_j": 0.3}
+    assert window_uncertainty_j(view(rep0), view(rep1), "m") == pytest.approx(2 + 0.5 + 0.5 + 0.25)
+    both = window_uncertainty_j(view(rep0, router0), view(rep1, router1), "m")
+    assert both == pytest.approx(3.25 + 1 + 0.2 + 0.1 + 0.3)
+    assert energy_delta(view(rep0, router0), view(rep1, router1), "m")["uncertainty_j"] == both
+    unknown = [
+        (view({"missed_j": None, "adjusted_j": 0.0, "edge_error_j": None}), view(rep1)),  # read as is
+        (view(rep0), view({**rep1, "missed_j": 1.0})),  # the replica restarted
+        (view(rep0, router0), view(rep1, {**router1, "group": "router:8"})),  # another router
+        (view(rep0), view(rep1, replicas=("r", "s"))),  # a replica joined
+    ]
+    assert [window_uncertainty_j(a, b, "m") for a, b in unknown] == [None] * 4
 
 
 def test_cegi_by_hand():
