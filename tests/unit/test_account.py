@@ -443,6 +443,23 @@ def test_an_undershoot_at_a_tick_is_released_over_a_period_not_in_one_read(tmp_p
         replica.wait()
 
 
+def while_flag(flag: Path, busy_s: float, idle_busy_s: float, idle_sleep_s: float) -> str:
+    """A process's code: it spins in chunks of ``busy_s`` while ``flag`` exists, else spins
+    ``idle_busy_s`` and sleeps ``idle_sleep_s`` at a time (the test turns its work on and off)."""
+    return (
+        "import os, time\n"
+        "def spin(s):\n"
+        "    t = time.perf_counter()\n"
+        "    while time.perf_counter() - t < s: pass\n"
+        "while True:\n"
+        f"    if os.path.exists({str(flag)!r}):\n"
+        f"        spin({busy_s})\n"
+        "    else:\n"
+        f"        spin({idle_busy_s})\n"
+        f"        time.sleep({idle_sleep_s})\n"
+    )
+
+
 Window = tuple[float, float, float, float, float]
 
 
@@ -653,16 +670,7 @@ def test_a_runs_bound_from_its_shares_own_figures_does_not_grow_with_its_stretch
     reference account, and be far below. The replica works only inside the windows, so the reference
     ticks just outside them add nothing."""
     work = tmp_path / "work"
-    code = (
-        "import os, time\n"
-        "while True:\n"
-        f"    if os.path.exists({str(work)!r}):\n"
-        "        t = time.perf_counter()\n"
-        "        while time.perf_counter() - t < 0.002: pass\n"
-        "    else:\n"
-        "        time.sleep(0.001)\n"
-    )
-    replica = spawn("ray::ServeReplica:app:model0", code, wait=True)
+    replica = spawn("ray::ServeReplica:app:model0", while_flag(work, 0.002, 0.0, 0.001), wait=True)
     try:
         with WrittenRapl(tmp_path / "rapl") as rapl:
             time.sleep(1.2)
@@ -719,18 +727,7 @@ def test_an_overshoot_left_pending_while_the_group_idles_is_not_an_error_at_ever
     the windows' errors against the reference account."""
     spin = tmp_path / "spin"
     spin.touch()
-    code = (
-        "import os, time\n"
-        "while True:\n"
-        f"    if os.path.exists({str(spin)!r}):\n"
-        "        t = time.perf_counter()\n"
-        "        while time.perf_counter() - t < 0.05: pass\n"
-        "    else:\n"
-        "        t = time.perf_counter()\n"
-        "        while time.perf_counter() - t < 0.004: pass\n"
-        "        time.sleep(0.1)\n"
-    )
-    replica = spawn("ray::ServeReplica:app:model0", code, wait=True)
+    replica = spawn("ray::ServeReplica:app:model0", while_flag(spin, 0.05, 0.004, 0.1), wait=True)
     try:
         with WrittenRapl(tmp_path / "rapl") as rapl:
             rapl.power_w = 96.0
