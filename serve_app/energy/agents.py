@@ -304,11 +304,11 @@ class _Remote:
         if float(out["t_s"]) >= self.read_s:
             self.energy_j, self.source, self.read_s = dict(out["energy_j"]), out["source"], float(out["t_s"])
             self.pending_j = float(out.get("pending_j", 0.0))
-            edge = out.get("edge_error_j")
-            self.edge_error_j = None if edge is None else float(edge)
+            self.edge_error_j, self.missed_j = (
+                _float_or_none(out, "edge_error_j"),
+                _float_or_none(out, "missed_j"),
+            )
             self.adjusted_j = float(out.get("adjusted_j", 0.0))
-            missed = out.get("missed_j")
-            self.missed_j = None if missed is None else float(missed)
         self.ok_s, self.asked_s, self.error = now_s(), max(self.asked_s, asked_s), None
         return True
 
@@ -428,8 +428,8 @@ class MultiNodeMeter:
             node=self.local_node,
             lag_s=lag_s,
             # every node's share extrapolates: their errors add; one counter as it is: the period bound
-            edge_error_j=sum(e for e in edges if e is not None) if None not in edges else None,
-            missed_j=sum(m for m in missed if m is not None) if None not in missed else None,
+            edge_error_j=_sum_or_none(edges),
+            missed_j=_sum_or_none(missed),
             notes=(
                 f"{len(self.nodes)} nodes; remote counters polled every {self.poll_period_s:g} s "
                 f"(stale by at most {lag_s:g} s). Local: {li.notes}"
@@ -468,6 +468,16 @@ class MultiNodeMeter:
             with contextlib.suppress(Exception):
                 r.agent.unwatch.remote(self.group)
         self.local.close()
+
+
+def _float_or_none(out: dict[str, Any], key: str) -> float | None:
+    value = out.get(key)
+    return None if value is None else float(value)
+
+
+def _sum_or_none(values: list[float | None]) -> float | None:
+    """The nodes' figures summed, or None when a node has none (its counters are read as they are)."""
+    return None if None in values else sum(v for v in values if v is not None)
 
 
 def _combined_source(sources: list[str]) -> Any:

@@ -21,7 +21,6 @@ those replicas, as the study's protocol does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from serve_app.wire import EnergyView, ReplicaEnergy
@@ -68,16 +67,14 @@ def energy_delta(
     }
 
 
-def _drift_bound(before: Mapping[str, Any], after: Mapping[str, Any]) -> float | None:
-    """One share's bound over the window between two of its snapshots (module doc), or None."""
-    raw = [d.get(k) for d in (before, after) for k in ("missed_j", "edge_error_j", "adjusted_j")]
-    figures = [float(f) for f in raw if isinstance(f, (int, float))]
-    if len(figures) < len(raw):
+def _drift_bound(before: ReplicaEnergy, after: ReplicaEnergy) -> float | None:
+    """One share's bound over the window between two of its rows (module doc), or None."""
+    m0, m1, e0, e1 = before.missed_j, after.missed_j, before.edge_error_j, after.edge_error_j
+    if m0 is None or m1 is None or e0 is None or e1 is None:
         return None
-    missed0, edge0, adjusted0, missed1, edge1, adjusted1 = figures
-    if missed1 < missed0 or adjusted1 < adjusted0:  # the share restarted
+    if m1 < m0 or after.adjusted_j < before.adjusted_j:  # the share restarted
         return None
-    return missed1 - missed0 + adjusted1 - adjusted0 + edge0 + edge1
+    return m1 - m0 + after.adjusted_j - before.adjusted_j + e0 + e1
 
 
 def window_uncertainty_j(
@@ -89,8 +86,10 @@ def window_uncertainty_j(
     dep, prev = after.deployments.get(deployment), before.deployments.get(deployment)
     if dep is None or prev is None or not dep.replicas or set(dep.replicas) != set(prev.replicas):
         return None
-    bounds = [_drift_bound(prev.replicas[n].model_dump(), r.model_dump()) for n, r in dep.replicas.items()]
+    bounds = [_drift_bound(prev.replicas[n], r) for n, r in dep.replicas.items()]
     o0, o1 = before.serving_overhead, after.serving_overhead
-    if "metered_j" in o1:  # the router meters an overhead: the tags carry it
-        bounds.append(_drift_bound(o0, o1) if o0.get("group") == o1.get("group") else None)
+    if "metered_j" in o1:  # the router meters an overhead: the tags carry it (its row has a replica's fields)
+        same = o0.get("group") == o1.get("group")
+        rows = ReplicaEnergy.model_validate(o0), ReplicaEnergy.model_validate(o1)
+        bounds.append(_drift_bound(*rows) if same else None)
     return None if None in bounds else sum(b for b in bounds if b is not None)
