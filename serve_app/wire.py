@@ -223,6 +223,8 @@ class ReplicaEnergy(BaseModel):
     """... its misses summed since the replica started (``MeterInfo.missed_j``)."""
     adjusted_j: float = 0.0
     """... what it moved on top of its extrapolation, cumulative (``Reading.adjusted_j``)."""
+    max_power_w: dict[str, float] = Field(default_factory=dict)
+    """Per counter, the most its device can draw (W, ``MeterInfo.max_power_w``): the share moves no faster."""
 
 
 class DeploymentEnergy(BaseModel):

@@ -123,6 +123,8 @@ class NodeAccount:
         self._recent_routers_s = 0.0
         for m in self.meters:
             self._rate_prior.update(getattr(m, "rate_prior_j_per_cpu_s", {}))
+        self.max_power_w = {k: w for i in infos for k, w in i.max_power_w.items()}
+        """Per counter: the most its device can draw (W; ``MeterInfo.max_power_w``): no share moves faster."""
         self._group_of_pid: dict[int, str] = {}
         self._deployments: dict[str, str] = {}  # replica/router group -> its Serve deployment
         self._base: dict[str, float] = {}
@@ -334,8 +336,8 @@ class NodeAccount:
     def share_of_pid(self, pid: int) -> dict[str, Any]:
         """What a replica (or router) process's meter needs: its group's cumulative energy at the last
         tick, its group's cumulative CPU time, the tick time, each CPU/DRAM counter's last rate
-        (J per CPU-second) and the group's processes at the tick, for extrapolating between ticks.
-        Units: J, s."""
+        (J per CPU-second) and the group's processes at the tick, for extrapolating between ticks, and
+        each counter's most power. Units: J, s, W."""
         with self._lock:
             group = self._group_of_pid.get(pid)
             if group is None and self.error is None:
@@ -357,6 +359,7 @@ class NodeAccount:
             "t_s": self.t_s,
             "rate_j_per_cpu_s": self.rate_j_per_cpu_s(group),
             "sources": dict(self.sources),
+            "max_power_w": self.max_power_w,
             "ticks": self.ticks,
             "pids": sorted(pid for pid, g in self._group_of_pid.items() if g == group),
         }
@@ -383,6 +386,7 @@ class NodeAccount:
             return {
                 "node": self.node,
                 "sources": dict(self.sources),
+                "max_power_w": dict(self.max_power_w),
                 "measured": all(s in ("rapl", "nvml", "nvml-power") for s in self.sources.values()),
                 "metered_j": metered,
                 "metered_by_counter_j": dict(self.metered_j),

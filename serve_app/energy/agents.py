@@ -181,6 +181,7 @@ class NodeEnergyAgentImpl:
             "resolution_j": i.resolution_j,
             "update_period_s": i.update_period_s,
             "node": self.node,
+            "max_power_w": dict(i.max_power_w),
             "notes": i.notes,
         }
 
@@ -430,6 +431,14 @@ class MultiNodeMeter:
             # every node's share extrapolates: their errors add; one counter as it is: the period bound
             edge_error_j=_sum_or_none(edges),
             missed_j=_sum_or_none(missed),
+            max_power_w={
+                **{node_key(k, self.local_node): w for k, w in li.max_power_w.items()},
+                **{
+                    node_key(k, r.rp.node): w
+                    for r in self._remotes
+                    for k, w in r.info.get("max_power_w", {}).items()
+                },
+            },
             notes=(
                 f"{len(self.nodes)} nodes; remote counters polled every {self.poll_period_s:g} s "
                 f"(stale by at most {lag_s:g} s). Local: {li.notes}"

@@ -71,6 +71,10 @@ class MeterInfo:
     is counted in its readings (``Reading.adjusted_j``), not here. ``missed_j``: the same meter's
     misses summed since it started (J); over a replay run their increase bounds the drift of all the
     run's windows together (``replay.window``); None for a meter that shows its counters as they are.
+    ``max_power_w``: per counter key, the most its device can draw (W), where the device says
+    (RAPL's power-limit constraints, NVML's highest settable limit, the estimate's TDP and all its
+    memory): no share of the counter moves faster (``share.py``). A key not named has only its
+    domain's generic bound (``counters.MAX_POWER_W``).
     """
 
     source: Source
@@ -81,6 +85,7 @@ class MeterInfo:
     lag_s: float = 0.0
     edge_error_j: float | None = None
     missed_j: float | None = None
+    max_power_w: dict[str, float] = field(default_factory=dict)
     notes: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 

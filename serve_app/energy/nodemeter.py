@@ -40,8 +40,7 @@ def node_busy_cpu_s(proc_root: str = "/proc") -> float:
     return sum(ticks[i] for i in _BUSY_FIELDS if i < len(ticks)) * _TICK_S
 
 
-def node_memory_used_bytes(proc_root: str = "/proc") -> float:
-    """``MemTotal - MemAvailable`` from ``/proc/meminfo``. Units: bytes."""
+def _meminfo_bytes(proc_root: str) -> dict[str, int]:
     values: dict[str, int] = {}
     try:
         with open(f"{proc_root}/meminfo", encoding="ascii") as f:
@@ -51,7 +50,18 @@ def node_memory_used_bytes(proc_root: str = "/proc") -> float:
                     values[name] = int(rest.split()[0]) * 1024
     except (OSError, ValueError) as exc:
         raise MeterError(f"cannot read {proc_root}/meminfo: {exc}") from exc
+    return values
+
+
+def node_memory_used_bytes(proc_root: str = "/proc") -> float:
+    """``MemTotal - MemAvailable`` from ``/proc/meminfo``. Units: bytes."""
+    values = _meminfo_bytes(proc_root)
     return float(values.get("MemTotal", 0) - values.get("MemAvailable", 0))
+
+
+def node_memory_total_bytes(proc_root: str = "/proc") -> float:
+    """``MemTotal`` from ``/proc/meminfo``. Units: bytes."""
+    return float(_meminfo_bytes(proc_root).get("MemTotal", 0))
 
 
 class NodeEstimateMeter:
@@ -73,6 +83,11 @@ class NodeEstimateMeter:
             resolution_j=_TICK_S * self.per_core_w,
             update_period_s=_TICK_S,
             node=node,
+            # every core busy; all of the memory in use
+            max_power_w={
+                "cpu:node": cpu_tdp_w,
+                "dram:node": node_memory_total_bytes() / _BYTES_PER_GB * dram_w_per_gb,
+            },
             notes=(
                 f"node busy CPU time (/proc/stat) x {self.per_core_w:.2f} W/core (TDP {cpu_tdp_w:g} W / "
                 f"{self.cores} cores) + memory in use (/proc/meminfo) x {dram_w_per_gb:g} W/GB"

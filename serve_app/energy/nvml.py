@@ -200,6 +200,7 @@ class NvmlMeter:
             )
             + "; update period 0.1 s nominal",
             extra={**{g.key: g.uuid for g in self._gpus}, **{f"mode:{g.key}": g.mode for g in self._gpus}},
+            max_power_w={g.key: w for g in self._gpus if (w := self._max_power_w(g)) is not None},
         )
 
     def _open(
@@ -251,6 +252,15 @@ class NvmlMeter:
         except nvml.NVMLError as e:
             raise MeterError(f"{key} reports neither an energy counter nor power: {e}") from e
         return "power"
+
+    def _max_power_w(self, gpu: _Gpu) -> float | None:
+        """The highest power limit the board allows (W): the driver holds its draw under the limit set,
+        which is at most this. None where NVML does not say."""
+        try:
+            _min_mw, max_mw = self._nvml.nvmlDeviceGetPowerManagementLimitConstraints(gpu.handle)
+        except self._nvml.NVMLError:
+            return None
+        return float(max_mw) / _MW_PER_W if max_mw else None
 
     def _power_w(self, gpu: _Gpu) -> float:
         try:

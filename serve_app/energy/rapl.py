@@ -6,6 +6,8 @@ Layout read (``root`` defaults to ``/sys/class/powercap``)::
     intel-rapl:0/energy_uj             cumulative energy, µJ, wraps at max_energy_range_uj
     intel-rapl:0/max_energy_range_uj   counter range, µJ
     intel-rapl:0:0/name                "dram" (subzones "core"/"uncore" are inside the package: skipped)
+    intel-rapl:0/constraint_N_power_limit_uw, constraint_N_max_power_uw, enabled
+                                       the zone's power limits (PL1, PL2, ...), µW: optional
 
 Counter keys: ``cpu:<package name>`` for a package zone and ``dram:<package name>`` for its ``dram``
 subzone (``cpu:package-0``, ``dram:package-0``). Top-level zones that are not packages (``psys``,
@@ -16,6 +18,11 @@ origin) and s (monotonic clock). Wrap-around is undone with a running offset per
 the previous one means exactly one wrap, so ``read()`` must be called at least once per wrap period
 (``max_energy_range_uj`` / power: about an hour at 70 W on common parts; the sampler reads every
 ``sample_period_s``).
+
+A zone's most power (``MeterInfo.max_power_w``, W) is the largest of its ``constraint_N_max_power_uw``
+and, when its limits are enforced (``enabled`` is 1), of its ``constraint_N_power_limit_uw``: the
+package's power controller holds its draw under those over each limit's time window (milliseconds for
+PL2). A zone that names none has only the generic bound of ``counters.MAX_POWER_W``.
 
 Since Linux 5.10 (CVE-2020-8694) ``energy_uj`` is readable by root only; an unreadable file raises
 `MeterError` naming the path, never a silent 0 J.
@@ -40,6 +47,7 @@ RAPL_UPDATE_PERIOD_S = 0.001
 """Nominal counter refresh period (s): RAPL MSRs update about every 1 ms (Intel SDM)."""
 
 _UJ_PER_J = 1e6
+_UW_PER_W = 1e6
 _TOP_ZONE = re.compile(r"^(intel-rapl|amd-rapl):(\d+)$")
 _SUB_ZONE = re.compile(r"^(intel-rapl|amd-rapl):(\d+):(\d+)$")
 
@@ -80,6 +88,27 @@ def _read_uj(path: str) -> int:
     if value < 0:
         raise MeterError(f"RAPL file {path} holds a negative value {value}")
     return value
+
+
+def zone_max_power_w(zone_dir: str) -> float | None:
+    """The most power a zone's limits allow (module doc), W; None when the zone names none. The
+    constraint files are optional metadata: one that cannot be read or parsed is skipped."""
+    enforced = _optional_text(os.path.join(zone_dir, "enabled")) == "1"
+    values = []
+    for name in os.listdir(zone_dir):
+        kind = re.fullmatch(r"constraint_\d+_(max_power|power_limit)_uw", name)
+        if kind and (kind.group(1) == "max_power" or enforced):
+            text = _optional_text(os.path.join(zone_dir, name))
+            if text is not None and text.isdigit() and int(text) > 0:
+                values.append(int(text) / _UW_PER_W)
+    return max(values) if values else None
+
+
+def _optional_text(path: str) -> str | None:
+    try:
+        return _read_text(path)
+    except MeterError:
+        return None
 
 
 def discover_zones(root: str) -> list[tuple[str, str]]:
@@ -124,10 +153,12 @@ class RaplMeter:
     def __init__(self, root: str = DEFAULT_ROOT, node: str = "") -> None:
         self._root = root
         self._lock = threading.Lock()
+        zones = discover_zones(root)
         self._zones = [
             _Zone(key, os.path.join(path, "energy_uj"), _read_uj(os.path.join(path, "max_energy_range_uj")))
-            for key, path in discover_zones(root)
+            for key, path in zones
         ]
+        max_w = {key: w for key, path in zones if (w := zone_max_power_w(path)) is not None}
         for z in self._zones:
             if z.max_range_uj <= 0:
                 raise MeterError(f"RAPL zone {z.key} under {root} reports max_energy_range_uj=0")
@@ -137,6 +168,7 @@ class RaplMeter:
             resolution_j=RAPL_RESOLUTION_J,
             update_period_s=RAPL_UPDATE_PERIOD_S,
             node=node or socket.gethostname(),
+            max_power_w=max_w,
             notes=(
                 "powercap sysfs energy_uj (µJ); resolution 1e-6 J is the sysfs unit (hardware unit is "
                 "coarser, ~61 µJ); update period ~1 ms nominal; wrap-around undone per zone"

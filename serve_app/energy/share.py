@@ -24,7 +24,12 @@ closure still holds exactly:
     arrived / ``period_s``, so it is shown within one account period of wall time. The gap is energy
     the group drew over the last period; it reaches the requests (or idle) of the next one by their
     duration, at the group's average power then, instead of landing whole in the one request that
-    happened to be open when the tick arrived (a 30 ms request showed 10.7 J, 356 W on a 2-core VM).
+    happened to be open when the tick arrived (a 30 ms request showed 10.7 J, 356 W on a 2-core VM);
+  - and it never moves faster than the counter's device can draw (``max_power_w`` from the account:
+    RAPL's power limits, NVML's highest limit, the estimate's TDP): the group's exact share of a tick
+    is at most the node's, so an extrapolation beyond it is wrong (the rate, in J per CPU-second of
+    the node, can be high after a quiet interval: a draw above the baseline with little CPU time to
+    split it by). What the bound holds back stays pending, settled as an undershoot.
 
 So over any window the ledger fed by this meter splits exactly the group's share, give or take
 ``pending_j = shown - E`` at the window's end (reported in the replica's snapshot: positive = an
@@ -104,6 +109,7 @@ class AccountShareMeter:
         self._read_s = now_s()  # the last read (monotonic s)
         self._tick_s: float | None = None  # when a tick not read yet arrived (monotonic s)
         self._release_w: dict[str, float] = {}  # an undershoot's release power, per counter (W)
+        self._max_w: dict[str, float] = {}  # the most each counter's device can draw (W)
         self._misses: deque[float] = deque(maxlen=EDGE_TICKS)  # the extrapolation's miss per period (J)
         self._missed_j = 0.0  # every miss, summed (``MeterInfo.missed_j``)
         self._gap_is_miss = False  # the group's processes changed at the last tick: its gap is the miss
@@ -155,6 +161,7 @@ class AccountShareMeter:
                 self._cpu_at_share_s = self._cpu_at_read_s = self._cpu_clock()
             self._exact, self._rate = exact, dict(out["rate_j_per_cpu_s"])
             self.group, self.sources, self.ticks = out["group"], dict(out["sources"]), int(out["ticks"])
+            self._max_w = {k: float(w) for k, w in (out.get("max_power_w") or {}).items() if k in exact}
             self._tick_s = now_s()
             self._info = self._make_info()  # read on every request's tag: built here, once per share
 
@@ -221,6 +228,7 @@ class AccountShareMeter:
             node=self.node,
             edge_error_j=self._edge_error_j(),
             missed_j=self._missed_j,
+            max_power_w=dict(self._max_w),
             notes=(
                 f"node account share of group {self.group or '?'} (process {self.pid}): node counters "
                 f"split to processes by CPU time every {self.period_s:g} s, extrapolated in between by "
@@ -257,6 +265,7 @@ class AccountShareMeter:
         cpu_s = max(cpu_now - self._cpu_at_share_s, 0.0)
         since_read_s = max(cpu_now - self._cpu_at_read_s, 0.0)
         fresh, wall_s = self._tick_s is not None, t_s - max(self._read_s, self._tick_s or 0.0)
+        read_dt_s = max(t_s - self._read_s, 0.0)
         self._cpu_at_read_s, self._read_s, self._tick_s = cpu_now, t_s, None
         gaps = 0.0
         for key, exact in self._exact.items():
@@ -273,6 +282,8 @@ class AccountShareMeter:
                 move = max(step + gap, SETTLE_RATE * step)
             else:
                 move = step + min(gap, self._release_w.get(key, 0.0) * max(wall_s, 0.0))
+            if key in self._max_w:  # never faster than the device can draw
+                move = min(move, self._max_w[key] * read_dt_s)
             self._shown[key] += move
             self._adjusted_j += abs(move - step)
         if fresh and self._gap_is_miss:

@@ -149,6 +149,7 @@ class ReplicaEnergy:
             "edge_error_j": info.edge_error_j,  # an account share's recent largest miss over a tick period
             "missed_j": info.missed_j,  # ... its misses summed: a replay run's drift bound (``replay.window``)
             "adjusted_j": t.adjusted_j,  # ... what it moved on top of its extrapolation, cumulative
+            "max_power_w": dict(info.max_power_w),  # per counter, the most its device can draw
             "resolution_j": info.resolution_j,
             "requests": t.requests,
             "open_requests": ledger.open_requests,

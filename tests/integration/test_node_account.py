@@ -9,6 +9,7 @@ import concurrent.futures as cf
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -139,6 +140,15 @@ def test_node_account_under_load(serve_app_factory, demo_artifacts) -> None:
     assert replica_sum <= a1["metered_j"]
     groups = {r["group"] for d in deployments.values() for r in d["replicas"].values()}
     assert all(g in a1["groups"] and a1["groups"][g]["kind"] == "replica" for g in groups)
+    # each counter's most power, which no share moves faster than: every core at the estimate's TDP,
+    # all of the memory (the test's own /proc/meminfo) at its W/GB
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem_kb = next(line for line in meminfo if line.startswith("MemTotal:")).split()[1]
+    most = {"cpu:node": 65.0, "dram:node": int(mem_kb) * 1024 / 1e9 * 0.375}
+    assert a1["max_power_w"] == pytest.approx(most), a1["max_power_w"]
+    assert all(
+        r["max_power_w"] == a1["max_power_w"] for d in deployments.values() for r in d["replicas"].values()
+    )
     overhead = v1["serving_overhead"]
     assert overhead["group"] in a1["groups"] and a1["groups"][overhead["group"]]["kind"] == "router"
     # every share states how far its reading can be from exact (a tag's uncertainty is twice it)

@@ -474,10 +474,14 @@ class WrittenRapl:
     """A RAPL tree the test writes (the package at ``power_w`` plus ``per_cpu_w`` per busy CPU-second of
     the node, as the test reads it from /proc/stat; replaced atomically: no torn read), an account on it
     ticked every ``period_s``, and a *reference* account on the same tree that the test ticks at each
-    window's two ends: the share the account itself would give that window."""
+    window's two ends: the share the account itself would give that window. ``limit_w``: the package's
+    enforced power limit, written as powercap shows it."""
 
-    def __init__(self, root: Path, period_s: float = 0.5) -> None:
+    def __init__(self, root: Path, period_s: float = 0.5, limit_w: float | None = None) -> None:
         self.package = make_rapl(root)["package-0"]
+        if limit_w is not None:  # the package's enforced power limit, as powercap shows PL1
+            (self.package.parent / "enabled").write_text("1\n")
+            (self.package.parent / "constraint_0_power_limit_uw").write_text(f"{int(limit_w * 1e6)}\n")
         self.period_s, self.power_w, self.per_cpu_w = period_s, 30.0, 0.0
         self._uj, self._last, self._lock = 1_000_000.0, (time.monotonic(), busy_cpu_s()), threading.Lock()
         self._stop = threading.Event()
@@ -746,6 +750,53 @@ def test_a_runs_bound_from_its_shares_own_figures_does_not_grow_with_its_stretch
             assert bound < stretches / 2, (bound, stretches)
         else:
             assert abs(shown - exact) > slack, (shown, exact, slack)  # the step left a real error
+
+
+def test_a_share_never_moves_faster_than_its_device_can_draw(tmp_path: Path) -> None:
+    """The package draws a steady 20 W, under its enforced limit of 21 W (the powercap constraint the
+    test writes), over a baseline of 4 W. While the replica idles, the 16 W above the baseline are
+    split by the little CPU time the node spends, so the account's rate, in J per CPU-second, is far
+    above what one busy core can draw. When the replica then spins a full core, its extrapolation at
+    that rate is more power than the package can draw: between any two reads the share must move no
+    faster than the limit (before the bound, each moved at the rate until the next tick), and leave
+    the limit once the account's rate has followed the load."""
+    limit_w, spin = 21.0, tmp_path / "spin"
+    replica = spawn("ray::ServeReplica:app:model0", while_flag(spin, 0.05, 0.0, 0.1), wait=True)
+    try:
+        with WrittenRapl(tmp_path / "rapl", limit_w=limit_w) as rapl:
+            rapl.power_w = 20.0
+            time.sleep(1.2)
+            meter = rapl.share(replica.pid)
+            try:
+                time.sleep(rapl.period_s * 3)  # ticks over the idle replica
+                rate = sum(meter._rate.values())  # what the share extrapolates by (J per CPU-second)
+                spin.touch()
+                powers, prev = [], meter.read()
+                end = time.monotonic() + 4.0
+                while time.monotonic() < end:
+                    time.sleep(0.02)
+                    r = meter.read()
+                    powers.append(
+                        (sum(r.energy_j.values()) - sum(prev.energy_j.values())) / (r.t_s - prev.t_s)
+                    )
+                    prev = r
+                spin.unlink()
+            finally:
+                meter.close()
+    finally:
+        os.killpg(replica.pid, 9)
+        replica.wait()
+    print(
+        f"rate {rate:.1f} J/CPU-s; shown power: max {max(powers):.2f} W, at the bound in "
+        f"{sum(p > limit_w - 1e-6 for p in powers)} of {len(powers)} reads, last 0.5 s median "
+        f"{statistics.median(powers[-25:]):.2f} W"
+    )
+    assert meter.info.max_power_w == {"cpu:package-0": limit_w}
+    assert rate > 1.2 * limit_w, rate  # one core at this rate: more than the package can draw
+    assert max(powers) <= limit_w * (1 + 1e-9), max(powers)
+    assert max(powers) > 0.8 * limit_w, max(powers)  # the extrapolation reached the bound
+    # ... and left it once the account's rate followed the load (16 W split by the spinning core's time)
+    assert statistics.median(powers[-25:]) < 0.9 * limit_w, powers[-25:]
 
 
 def test_an_overshoot_left_pending_while_the_group_idles_is_not_an_error_at_every_tick(

@@ -45,6 +45,7 @@ class FakeGpu:
     energy_mj: int | None = 0  # None: counter NotSupported
     power_mw: int | None = 100_000  # None: power NotSupported
     lost: bool = False
+    max_limit_mw: int | None = 700_000  # the highest settable power limit; None: NotSupported
 
 
 @dataclass
@@ -87,6 +88,11 @@ class FakeNvml:
         if handle.energy_mj is None:
             raise NVMLError_NotSupported("Not Supported")
         return handle.energy_mj
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: FakeGpu) -> list[int]:
+        if handle.max_limit_mw is None:
+            raise NVMLError_NotSupported("Not Supported")
+        return [100_000, handle.max_limit_mw]
 
     def nvmlDeviceGetPowerUsage(self, handle: FakeGpu) -> int:
         if handle.lost:
@@ -195,6 +201,7 @@ def test_counter_mode_keys_and_units() -> None:
     assert meter.info.extra["gpu:2"] == UUIDS[2]
     assert meter.info.resolution_j == pytest.approx(1e-3)
     assert meter.info.update_period_s == pytest.approx(0.1)
+    assert meter.info.max_power_w == {"gpu:0": 700.0, "gpu:2": 700.0}  # the board's highest limit
     fake.gpus[2].energy_mj = 3_250
     assert meter.read().energy_j["gpu:2"] - r0.energy_j["gpu:2"] == pytest.approx(0.25)
     assert "by_uuid" in fake.calls
@@ -203,6 +210,11 @@ def test_counter_mode_keys_and_units() -> None:
     assert fake.shutdowns == 1
     with pytest.raises(MeterError, match="closed"):
         meter.read()
+
+
+def test_a_board_that_does_not_say_its_limits_has_no_max_power() -> None:
+    fake = FakeNvml([FakeGpu(UUIDS[0], max_limit_mw=None), FakeGpu(UUIDS[1], max_limit_mw=450_000)])
+    assert NvmlMeter(["0", "1"], nvml=fake).info.max_power_w == {"gpu:1": 450.0}
 
 
 def test_env_used_when_no_ids(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -69,6 +69,32 @@ def test_keys_units_and_info(tmp_path: Path, tree: dict[str, Path]) -> None:
     assert info.extra["max_energy_range_j:cpu:package-0"] == "1000.000000"
 
 
+def test_a_zones_most_power_is_its_largest_enforced_limit_or_hardware_maximum(
+    tmp_path: Path, tree: dict[str, Path]
+) -> None:
+    """As the kernel's powercap tree lays them out: package-0 with PL1 65 W and PL2 90 W enforced,
+    package-1 with limits not enforced but a hardware maximum of 120 W, the dram zone with a limit
+    file that does not parse; psys (skipped as a zone) says 400 W."""
+    limits = {
+        "pkg0": {
+            "enabled": "1",
+            "constraint_0_power_limit_uw": "65000000",
+            "constraint_1_power_limit_uw": "90000000",
+        },
+        "pkg1": {
+            "enabled": "0",
+            "constraint_0_power_limit_uw": "300000000",
+            "constraint_0_max_power_uw": "120000000",
+        },
+        "dram0": {"enabled": "1", "constraint_0_power_limit_uw": "n/a"},
+        "psys": {"enabled": "1", "constraint_0_power_limit_uw": "400000000"},
+    }
+    for zone, files in limits.items():
+        for name, text in files.items():
+            (tree[zone] / name).write_text(text + "\n")
+    assert RaplMeter(str(tmp_path)).info.max_power_w == {"cpu:package-0": 90.0, "cpu:package-1": 120.0}
+
+
 def test_amd_rapl_zones(tmp_path: Path) -> None:
     make_zone(tmp_path, "amd-rapl:0", "package-0", 3_000_000)
     assert RaplMeter(str(tmp_path)).read().energy_j == {"cpu:package-0": 3.0}
