@@ -78,6 +78,8 @@ async def _one(client: httpx.AsyncClient, url: str, out: list[tuple[int, float, 
         status, info = r.status_code, {"retry_after": r.headers.get("retry-after")}
         if status != 200:
             info["code"] = r.json()["error"]["code"]
+        else:  # the router's own time for it: from its admission to its answer
+            info["router_s"] = r.json()["latency_s"]
     except httpx.HTTPError as exc:
         status, info = 0, {"code": type(exc).__name__}
     out.append((status, time.perf_counter() - t0, info))
@@ -150,16 +152,19 @@ def test_twice_the_sustainable_rate_is_shed_and_recovered(base_url: str) -> None
     sampler.join(5)
     statuses = Counter(s for s, _, _ in results)
     accepted = [lat for s, lat, _ in results if s == 200]
+    in_router = [info["router_s"] for s, _, info in results if s == 200]
     shed = [info for s, _, info in results if s in (429, 503)]
     time.sleep(2)
     recovered = [httpx.post(url, json={"model": MODEL, "texts": TEXTS[:4]}, timeout=30) for _ in range(20)]
     rss_after = rss_mb(pids)
     p99 = statistics.quantiles(accepted, n=100)[98] if len(accepted) > 2 else float("nan")
+    p99_router = statistics.quantiles(in_router, n=100)[98] if len(in_router) > 2 else float("nan")
     print(
         f"\noverload: sustainable {sustainable:.1f} rps; offered (try {attempt + 1}) {len(results) / offered_s:.1f} rps for "
         f"{offered_s:.1f} s ({len(results)} requests); accepted {len(accepted) / offered_s:.1f} rps "
         f"({len(accepted)}), shed {len(shed)}; statuses {dict(statuses)}; accepted p50 "
-        f"{statistics.median(accepted):.3f} s p99 {p99:.3f} s"
+        f"{statistics.median(accepted):.3f} s p99 {p99:.3f} s (in the router: p50 "
+        f"{statistics.median(in_router):.3f} s p99 {p99_router:.3f} s)"
     )
     print(
         "RSS MB before/peak/after: "
@@ -173,7 +178,12 @@ def test_twice_the_sustainable_rate_is_shed_and_recovered(base_url: str) -> None
     # open loop and every shed request's trip through the proxy and the router, and the host's speed
     # moves between the probe and the load: CI once answered 0.45 of the probe's rate here.
     assert len(accepted) >= sustainable * offered_s / 3, "the service stopped doing useful work"
-    assert p99 < 10.0, "accepted requests waited in an unbounded queue"
+    # The queues accuwatt bounds (the router's admission, the classifier's ongoing and queued
+    # requests) hold an accepted request for little time. The client's own time also holds what
+    # waited before the router: in Serve's HTTP proxy and in this test's own client, which share the
+    # 2 cores with the service under twice its load (CI once saw p50 2.5 s, p99 18.6 s there, with
+    # 400 connections open), bounded by the client's connections, not by a queue of accuwatt's.
+    assert p99_router < 5.0, "accepted requests waited in an unbounded queue in the router"
     for role in pids:
         assert peak[role] - rss_before[role] < RSS_GROWTH_LIMIT_MB, (role, rss_before[role], peak[role])
     assert all(r.status_code == 200 for r in recovered), [r.status_code for r in recovered]
