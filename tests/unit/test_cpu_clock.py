@@ -15,6 +15,7 @@ from serve_app.energy.procs import process_cpu_s
 
 pytestmark = pytest.mark.unit
 SPIN = "while True:\n    pass\n"
+TICK_S = 0.01  # /proc/<pid>/stat's unit (SC_CLK_TCK = 100 on Linux)
 
 
 def test_a_busy_process_clock_moves_by_less_than_a_tick() -> None:
@@ -25,16 +26,17 @@ def test_a_busy_process_clock_moves_by_less_than_a_tick() -> None:
             assert time.monotonic() < deadline, "the busy process got no CPU"
             time.sleep(0.01)
         steps = []
-        for _ in range(20):
+        for _ in range(50):
             a = process_cpu_s(proc.pid) or 0.0
             t0 = time.perf_counter()
             while time.perf_counter() - t0 < 0.002:  # 2 ms of wall time
                 pass
             steps.append((process_cpu_s(proc.pid) or 0.0) - a)
-        # on two cores the spinner shares a core with this loop at worst: it gains 0 to 2 ms per
-        # step, never a whole 10 ms tick; with tick counts most steps would read 0 and some 10 ms
-        assert sum(s > 0 for s in steps) >= 10, steps
-        assert max(steps) < 0.008, steps
+        # with tick counts every step would read a whole number of 10 ms ticks (most of them 0);
+        # the kernel's clock shows the spinner's part of each 2 ms: a fraction of a tick. How many
+        # steps it runs in depends on the node's other load (CI ran it in 9 of 20), so few are asked
+        between = [x for x in steps if 1e-5 < x % TICK_S < TICK_S - 1e-5]
+        assert len(between) >= 5, steps
         ticks = sum(psutil.Process(proc.pid).cpu_times()[:2])  # the same CPU time, in 10 ms ticks
         assert abs((process_cpu_s(proc.pid) or 0.0) - ticks) < 0.05
     finally:
