@@ -343,6 +343,7 @@ class MultiNodeMeter:
             agent = agent_for(rp.node_id, rp.node)
             info = ray.get(agent.watch.remote(group, cfg_dict, list(rp.pids), list(rp.gpu_ids)), timeout=60)
             self._remotes.append(_Remote(rp, agent, info))
+        self._remote_info = _RemoteInfo.of(self._remotes)
         self._poll_once()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_loop, name="accuwatt-agents", daemon=True)
@@ -404,28 +405,22 @@ class MultiNodeMeter:
     @property
     def sources_by_node(self) -> dict[str, str]:
         """Each node's meter source (``nvml``, ``rapl``, ``estimate``, ...)."""
-        return {
-            self.local_node: self.local.info.source,
-            **{r.rp.node: r.info["source"] for r in self._remotes},
-        }
+        return {self.local_node: self.local.info.source, **self._remote_info.sources}
 
     @property
     def info(self) -> MeterInfo:
-        li = self.local.info
+        """Read per request (each tag carries it): what the agents said at ``watch`` is merged once, in
+        ``_RemoteInfo``; only the local meter's figures and the polled errors are taken each time."""
+        li, ri = self.local.info, self._remote_info
         by_node = self.sources_by_node
-        sources = list(by_node.values())
-        devices = tuple(f"{self.local_node}/{d}" for d in li.devices) + tuple(
-            f"{r.rp.node}/{d}" for r in self._remotes for d in r.info["devices"]
-        )
-        remote_period = max((float(r.info["update_period_s"]) for r in self._remotes), default=0.0)
         lag_s = self.poll_period_s + self.rpc_timeout_s
         edges = [li.edge_error_j, *(r.edge_error_j for r in self._remotes)]
         missed = [li.missed_j, *(r.missed_j for r in self._remotes)]
         return MeterInfo(
-            source=_combined_source(sources),
-            devices=devices,
-            resolution_j=max([li.resolution_j, *(float(r.info["resolution_j"]) for r in self._remotes)]),
-            update_period_s=max(li.update_period_s, remote_period),
+            source=_combined_source(list(by_node.values())),
+            devices=tuple(f"{self.local_node}/{d}" for d in li.devices) + ri.devices,
+            resolution_j=max(li.resolution_j, ri.resolution_j),
+            update_period_s=max(li.update_period_s, ri.update_period_s),
             node=self.local_node,
             lag_s=lag_s,
             # every node's share extrapolates: their errors add; one counter as it is: the period bound
@@ -433,11 +428,7 @@ class MultiNodeMeter:
             missed_j=_sum_or_none(missed),
             max_power_w={
                 **{node_key(k, self.local_node): w for k, w in li.max_power_w.items()},
-                **{
-                    node_key(k, r.rp.node): w
-                    for r in self._remotes
-                    for k, w in r.info.get("max_power_w", {}).items()
-                },
+                **ri.max_power_w,
             },
             notes=(
                 f"{len(self.nodes)} nodes; remote counters polled every {self.poll_period_s:g} s "
@@ -482,6 +473,31 @@ class MultiNodeMeter:
 def _float_or_none(out: dict[str, Any], key: str) -> float | None:
     value = out.get(key)
     return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class _RemoteInfo:
+    """What the other nodes' agents said of their counters when the group was watched (fixed after)."""
+
+    sources: dict[str, str]
+    devices: tuple[str, ...]
+    resolution_j: float
+    update_period_s: float
+    max_power_w: dict[str, float]
+
+    @classmethod
+    def of(cls, remotes: list[_Remote]) -> _RemoteInfo:
+        return cls(
+            sources={r.rp.node: str(r.info["source"]) for r in remotes},
+            devices=tuple(f"{r.rp.node}/{d}" for r in remotes for d in r.info["devices"]),
+            resolution_j=max((float(r.info["resolution_j"]) for r in remotes), default=0.0),
+            update_period_s=max((float(r.info["update_period_s"]) for r in remotes), default=0.0),
+            max_power_w={
+                node_key(k, r.rp.node): float(w)
+                for r in remotes
+                for k, w in r.info.get("max_power_w", {}).items()
+            },
+        )
 
 
 def _sum_or_none(values: list[float | None]) -> float | None:
