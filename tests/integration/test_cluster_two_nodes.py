@@ -190,6 +190,14 @@ def test_work_spanning_two_nodes_is_metered_on_both(two_node_result: dict[str, A
     assert not any("not_in_node_account" in a["energy"]["flags"] for a in answers)
     # both nodes' shares extrapolate between ticks: their recent corrections, added, bound a tag's edges
     assert rep["edge_error_j"] is not None and rep["edge_error_j"] >= 0, rep
+    # each node's counters cap its part at that node's most power: the estimate's TDP and all of the
+    # memory (both nodes are this machine: MemTotal read here) x W/GB, keyed by node
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem_gb = int(next(line for line in meminfo if line.startswith("MemTotal:")).split()[1]) * 1024 / 1e9
+    most = {
+        f"{d}:{n}:node": w for n in ("head", "worker-1") for d, w in (("cpu", 65.0), ("dram", mem_gb * 0.375))
+    }
+    assert rep["max_power_w"] == pytest.approx(most), rep["max_power_w"]
 
 
 def test_packed_stages_are_metered_on_their_one_node(two_node_result: dict[str, Any]) -> None:
