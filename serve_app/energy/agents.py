@@ -412,7 +412,7 @@ class MultiNodeMeter:
         """Read per request (each tag carries it): what the agents said at ``watch`` is merged once, in
         ``_RemoteInfo``; only the local meter's figures and the polled errors are taken each time."""
         li, ri = self.local.info, self._remote_info
-        by_node = self.sources_by_node
+        by_node = {self.local_node: li.source, **ri.sources}
         lag_s = self.poll_period_s + self.rpc_timeout_s
         edges = [li.edge_error_j, *(r.edge_error_j for r in self._remotes)]
         missed = [li.missed_j, *(r.missed_j for r in self._remotes)]

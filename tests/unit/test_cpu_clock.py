@@ -4,6 +4,7 @@ test keeps busy, against psutil's reading of its ticks."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from serve_app.energy.procs import process_cpu_s
 
 pytestmark = pytest.mark.unit
 SPIN = "while True:\n    pass\n"
-TICK_S = 0.01  # /proc/<pid>/stat's unit (SC_CLK_TCK = 100 on Linux)
+TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")  # /proc/<pid>/stat's unit (10 ms on Linux)
 
 
 def test_a_busy_process_clock_moves_by_less_than_a_tick() -> None:
