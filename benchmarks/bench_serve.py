@@ -9,7 +9,9 @@ Prints:
    layout (``router.layout: single_hop``, metered) against the bare one hop and both two-hop apps.
    The added p50s also come pooled over all rounds' single-text requests with a 95 % bootstrap
    interval: a lone request's latency spreads over tens of ms here, so that a 1 ms difference can be
-   told from the spread between rounds;
+   told from the spread between rounds; and the throughput ratios come per round (the apps of a round
+   run seconds apart) with a 95 % bootstrap interval over rounds. Each target's verdict is read from
+   its interval: met, missed, or not told apart at the run's spread;
 1. texts/s of batched HTTP classification through the router and Serve, against the in-process
    prediction `accuwatt evaluate` does (one `predict` call over the same texts), as a ratio;
 2. throughput (texts/s, batched, concurrent) and p50 latency (single-text requests, one at a time,
@@ -36,6 +38,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -94,21 +97,37 @@ def single_text_latencies_ms(urls: dict[str, str], texts: list[str]) -> dict[str
     return lat
 
 
-def added_p50_ci(app: list[float], anchor: list[float], reps: int = 2000, seed: int = 0) -> list[float]:
-    """``[added p50, low, high]`` (ms): the difference of the two samples' medians and its 95 %
-    bootstrap interval (each sample resampled on its own). A lone request's latency spreads over
-    tens of ms here, so a 1 ms target needs this interval beside the figure."""
+def bootstrap_ci(
+    stat: Callable[..., float], *samples: list[float], reps: int = 2000, seed: int = 0
+) -> list[float]:
+    """``[stat, low, high]``: ``stat`` of the samples and its 95 % bootstrap interval (each sample
+    resampled on its own, with replacement)."""
     rng = random.Random(seed)
-    diffs = sorted(
-        statistics.median(rng.choices(app, k=len(app)))
-        - statistics.median(rng.choices(anchor, k=len(anchor)))
-        for _ in range(reps)
-    )
-    return [
-        statistics.median(app) - statistics.median(anchor),
-        diffs[reps // 40],
-        diffs[reps - 1 - reps // 40],
-    ]
+    boots = sorted(stat(*(rng.choices(s, k=len(s)) for s in samples)) for _ in range(reps))
+    return [stat(*samples), boots[reps // 40], boots[reps - 1 - reps // 40]]
+
+
+def added_p50_ci(app: list[float], anchor: list[float]) -> list[float]:
+    """``[added p50, low, high]`` (ms): the difference of the two samples' medians and its 95 %
+    bootstrap interval. A lone request's latency spreads over tens of ms here, so a 1 ms target needs
+    this interval beside the figure."""
+    return bootstrap_ci(lambda a, b: statistics.median(a) - statistics.median(b), app, anchor)
+
+
+def round_ratio_ci(app: list[float], anchor: list[float]) -> list[float]:
+    """``[median ratio, low, high]``: each round's throughput of ``app`` over ``anchor`` (both ran in the
+    same round, seconds apart, so an hour when the host is slower moves both), the median over rounds and
+    its 95 % bootstrap interval over rounds. The ratio of the two apps' medians, printed first, can pair
+    one app's fast round with the other's slow one."""
+    return bootstrap_ci(statistics.median, [a / b for a, b in zip(app, anchor, strict=True)])
+
+
+def verdict(low: float, high: float, target: float, at_least: bool) -> str:
+    """``met`` when the whole interval is on the target's side, ``MISSED`` when none of it is, else
+    ``not told apart at this run's spread``."""
+    inside = (low >= target) if at_least else (high <= target)
+    outside = (high < target) if at_least else (low > target)
+    return "met" if inside else "MISSED" if outside else "not told apart at this run's spread"
 
 
 def wait_ready(url: str, timeout_s: float = 120.0) -> None:
@@ -260,6 +279,13 @@ def main() -> None:
             "accuwatt_vs_bare_own_loop": added_p50_ci(latencies["auto"], latencies["bare2f"]),
             "metering_on_vs_off": added_p50_ci(latencies["auto"], latencies["off"]),
         },
+        # each round's ratio (the apps of a round run seconds apart), against the same anchors
+        "throughput_ratio_by_round_ci95": {
+            "accuwatt_vs_bare": round_ratio_ci(tps["auto"], tps["bare2"]),
+            "accuwatt_unmetered_vs_bare": round_ratio_ci(tps["off"], tps["bare2"]),
+            "accuwatt_vs_bare_own_loop": round_ratio_ci(tps["auto"], tps["bare2f"]),
+            "metering_on_vs_off": round_ratio_ci(tps["auto"], tps["off"]),
+        },
         "inprocess_texts_per_s": inproc_tps,
         "serve_texts_per_s_metered": on_tps,
         "serve_vs_inprocess_ratio": on_tps / inproc_tps,
@@ -309,6 +335,14 @@ def main() -> None:
         print(
             f"  added p50, {name}, all rounds pooled: {d:+.2f} ms (95 % bootstrap interval {lo:+.2f} to {hi:+.2f})"
         )
+    for name, (m, lo, hi) in result["throughput_ratio_by_round_ci95"].items():
+        print(
+            f"  throughput ratio, {name}, per round: median {m:.3f} (95 % bootstrap interval {lo:.3f} to {hi:.3f})"
+        )
+    _, lo, hi = result["throughput_ratio_by_round_ci95"]["accuwatt_vs_bare"]
+    print(f"  target throughput >= 0.95x the bare app (per-round interval): {verdict(lo, hi, 0.95, True)}")
+    _, lo, hi = result["added_p50_ms_pooled_ci95"]["accuwatt_vs_bare"]
+    print(f"  target p50 within 1 ms of the bare app (pooled interval): {verdict(lo, hi, 1.0, False)}")
     print(
         f"  bare two hops on the replicas' own loop (accuwatt's Serve settings): {own_tps:10.0f} texts/s, "
         f"p50 {own_p50:.2f} ms; accuwatt vs it: throughput {on_tps / own_tps:.3f}, p50 {on_p50 - own_p50:+.2f} ms"
