@@ -8,13 +8,20 @@ fitted on training texts (minus each label's mean log-probability). With ``--ser
 also runs as a Ray Serve app and the same texts go over HTTP; its throughput is reported relative to
 the in-process engine on the same prompts.
 
-Two cache settings (``--cache``, default both):
-- ``cold``: every mode starts from a cold prefix cache (``choice`` and ``score`` prompts extend the
-  ``paper`` prompt, so a warm cache would make whichever runs later look cheaper) after a warm-up on a
-  few training texts: each mode's cost on its own.
-- ``warm``: the engine as users run it: prefix caching on and never reset, warmed up on
-  ``--warm-texts`` training texts in the mode (the shared instruction is then cached; the test texts
-  are new to the engine).
+Two cache settings (``--cache``, default both). In both, the prefix cache is emptied before each mode:
+the modes run on the same test texts and their prompts share their first blocks (``choice`` and
+``score`` prompts extend the ``paper`` prompt), so a mode run after another would find the test texts
+cached and look cheaper (before 2026-12-04 the ``warm`` runs did: see benchmarks/RESULTS.md).
+- ``cold``: emptied again after a warm-up on a few training texts (grammar compilation, first shapes):
+  the run's first texts prefill the instruction, and texts the engine takes in later steps find it
+  cached (all texts go in at once).
+- ``warm``: the engine as users run it, prefix caching on after ``--warm-texts`` training texts in the
+  mode: the instruction's whole cache blocks are cached, the test texts are new to the engine. With
+  SmolLM2's chat template the prompts share their first 126 tokens: blocks of 32 (``--block-size``,
+  as deployments/llm-cpu.yaml) cache 96 of them; with vLLM for CPU's default of 128 none. So the two
+  settings differ by one instruction's prefill, and agree within noise.
+The column ``prefilled`` (tokens per text the engine computed: prompt less prefix-cache hits, from the
+classifier's per-step reports) shows what the cache saved.
 The targets printed: ``score`` or ``choice`` at least 3x less time than ``paper`` (all texts at once),
 and, with ``--serve``, Serve at least 0.9x the in-process engine (``score``, warm cache) in each of
 ``--repeats`` repetitions (the in-process and the Serve engine see the same texts the same number of
@@ -89,12 +96,15 @@ def cpu_llm_spec(model_id: str, model: str, labels: list[str], **extra: Any) -> 
 class ModeResult(BaseModel):
     mode: str
     cache: str = "cold"
-    """``cold``: prefix cache reset before the mode; ``warm``: as users run the engine (see the doc)."""
+    """``cold``: nothing in the prefix cache at the start; ``warm``: the instruction cached by a warm-up,
+    as users run the engine; test texts new to the engine in both (see the doc)."""
     texts: int
     accuracy: float
     parsed_rate: float
     prompt_tokens_per_text: float
     generated_tokens_per_text: float
+    prefilled_tokens_per_text: float | None = None
+    """Prompt tokens the engine computed per text: its prompt tokens less prefix-cache hits."""
     wall_s: float
     texts_per_s: float
     energy_j: float | None
@@ -184,15 +194,30 @@ class _Metered:
         self.joules = sum(r1.energy_j.values()) - sum(self._r0.energy_j.values())
 
 
-async def _classify(clf: Any, texts: list[str], mode: str, in_flight: int | None) -> list[Any]:
+class _Work:
+    """Tokens the engine computed, from the classifier's per-step reports (its ``WorkSink``): prompt
+    tokens less prefix-cache hits, and decoded tokens."""
+
+    def __init__(self) -> None:
+        self.prefill = 0
+        self.decode = 0
+
+    def __call__(self, prefill: int, decode: int) -> None:
+        self.prefill += prefill
+        self.decode += decode
+
+
+async def _classify(
+    clf: Any, texts: list[str], mode: str, in_flight: int | None, work: _Work | None = None
+) -> list[Any]:
     """All texts at once (``in_flight`` None), or at most ``in_flight`` texts in the engine at a time."""
     if not in_flight:
-        return list(await clf.predict(texts, mode))
+        return list(await clf.predict(texts, mode, work))
     gate = asyncio.Semaphore(in_flight)
 
     async def one(text: str) -> Any:
         async with gate:
-            return (await clf.predict([text], mode))[0]
+            return (await clf.predict([text], mode, work))[0]
 
     return list(await asyncio.gather(*(one(t) for t in texts)))
 
@@ -208,16 +233,19 @@ def run_mode(
     cache: str = "cold",
 ) -> tuple[list[Any], ModeResult, list[dict[str, Any]]]:
     """One mode after a warm-up on ``warm`` (training texts: grammar compilation, first shapes, the
-    instruction). ``cold``: the prefix cache is reset first (an earlier mode's prompts share prefixes
-    with this one's); ``warm``: the cache keeps whatever earlier runs left, as in service."""
-    if cache == "cold":
-        loop.run_until_complete(clf.reset_prefix_cache())
+    instruction). The prefix cache is emptied first, so that no earlier run's test texts are cached (the
+    modes' prompts share their first blocks); ``cold`` empties it again after the warm-up, ``warm`` keeps
+    what the warm-up cached."""
+    loop.run_until_complete(clf.reset_prefix_cache())
     if warm:  # no training texts (``--n-calibration 0``): no warm-up
         loop.run_until_complete(clf.predict(warm, mode))
+    if cache == "cold":
+        loop.run_until_complete(clf.reset_prefix_cache())
     with _Metered() as m:
         clock = CpuByGroup().start()
         t0 = time.perf_counter()
-        preds = loop.run_until_complete(_classify(clf, texts, mode, in_flight))
+        work = _Work()
+        preds = loop.run_until_complete(_classify(clf, texts, mode, in_flight, work))
         wall = time.perf_counter() - t0
         used = clock.stop()
     n = len(texts)
@@ -231,6 +259,7 @@ def run_mode(
             parsed_rate=sum(p.parsed for p in preds) / n,
             prompt_tokens_per_text=sum(p.prompt_tokens or 0 for p in preds) / n,
             generated_tokens_per_text=sum(p.generated_tokens or 0 for p in preds) / n,
+            prefilled_tokens_per_text=work.prefill / n,
             wall_s=wall,
             texts_per_s=n / wall,
             energy_j=m.joules,
@@ -402,6 +431,13 @@ def main() -> None:
         action="store_true",
         help="run the in-process repetitions again after Serve (shows drift in the machine's speed)",
     )
+    ap.add_argument(
+        "--block-size",
+        type=int,
+        default=32,
+        help="KV cache block size in tokens, as deployments/llm-cpu.yaml (0: vLLM's default, 128 on CPU; "
+        "multiples of 32 there); the prefix cache keeps whole blocks only",
+    )
     ap.add_argument("--out", default=str(REPO / "results" / "bench_llm_modes.json"))
     args = ap.parse_args()
 
@@ -420,7 +456,10 @@ def main() -> None:
         list(ds.labels),
         paper_max_tokens=args.paper_max_tokens,
         energy={"meter": "estimate", "attribution": "tokens"},
-        engine_kwargs={"enable_prefix_caching": True},  # vLLM's default, stated
+        engine_kwargs={
+            "enable_prefix_caching": True,  # vLLM's default, stated
+            **({"block_size": args.block_size} if args.block_size else {}),
+        },
     )
     spec = LLMSpec.model_validate(spec_dict)
     with inprocess_engine(spec, args.beside_ray) as (clf, loop, start_s):
@@ -428,7 +467,7 @@ def main() -> None:
         inproc_top: list[list[dict[str, Any]]] = []
         bias: dict[str, float] = {}
         inproc_tps: list[float] = []
-        for cache in args.cache:  # cold first: the warm runs then keep what they cache
+        for cache in args.cache:
             for mode in args.modes:
                 warm_set = warm if cache == "cold" else warm_users
                 preds, res, top = run_mode(clf, loop, mode, texts, gold, warm_set, args.in_flight, cache)
@@ -492,14 +531,17 @@ def main() -> None:
     print(f"engine start {start_s:.1f} s; results in {args.out}")
     print(
         "energy source: estimate (CPU time of this process tree x W/core + resident memory x W/GB)\n"
-        f"{'mode@cache':24} {'acc':>6} {'parsed':>6} {'gen tok/text':>12} {'wall s':>8} {'texts/s':>8} "
-        f"{'J/text':>8}"
+        f"{'mode@cache':24} {'acc':>6} {'parsed':>6} {'prompt tok':>10} {'prefilled':>9} {'generated':>9} "
+        f"{'wall s':>8} {'texts/s':>8} {'J/text':>8}   (tokens per text)"
     )
     for name, r in results.items():
         jpt = f"{r.energy_j_per_text:8.2f}" if r.energy_j_per_text is not None else "       -"
+        pre = (
+            f"{r.prefilled_tokens_per_text:9.1f}" if r.prefilled_tokens_per_text is not None else "        -"
+        )
         print(
-            f"{name:24} {r.accuracy:6.3f} {r.parsed_rate:6.2f} {r.generated_tokens_per_text:12.1f} "
-            f"{r.wall_s:8.1f} {r.texts_per_s:8.2f} {jpt}"
+            f"{name:24} {r.accuracy:6.3f} {r.parsed_rate:6.2f} {r.prompt_tokens_per_text:10.1f} {pre} "
+            f"{r.generated_tokens_per_text:9.1f} {r.wall_s:8.1f} {r.texts_per_s:8.2f} {jpt}"
         )
     for name, rr in ratios.items():
         print(f"  {name} vs paper: " + ", ".join(f"{k} {v:.2f}" for k, v in rr.items()))
