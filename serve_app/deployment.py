@@ -87,11 +87,13 @@ class ClassifierHost:
     its own deployment (`ClassifierServer`, the default two-hop layout) or inside the router's replica
     (``router.layout: single_hop``, see ``router.py``)."""
 
-    # Async so that an LLM classifier can ask its engine where its workers run, on the loop that
-    # then serves requests (the replica's event loop).
+    # Async so that an LLM classifier can warm up and ask its engine where its workers run, on the
+    # loop that then serves requests (the replica's event loop). Serve reports the replica running,
+    # and the router the classifier ready, only after this returns.
     async def start(self, spec: dict[str, Any], artifacts_dir: str) -> None:
         self.spec = AppConfig.model_validate({"classifiers": [spec]}).classifiers[0]
         classifier = build_classifier(self.spec, Path(artifacts_dir))
+        await classifier.warm_up()  # its energy is the replica's, before any request: no tag carries it
         ctx = serve.get_replica_context()
         self.replica = ctx.replica_tag if ctx else "local"
         meter, coverage_flags = build_meter(self.spec, await classifier.workers())

@@ -51,6 +51,7 @@ class Classifier(ABC):
     - ``request_weight(texts)``: the request's weight under the ``tokens`` attribution rule.
     - ``workers()``: processes outside the replica's process tree that do its work (engine ranks,
       pipeline stages), for the replica's energy meter.
+    - ``warm_up()``: pay one-off first-call costs before the replica reports ready (none by default).
     - ``close()``: release what the classifier started.
     """
 
@@ -79,6 +80,9 @@ class Classifier(ABC):
 
     async def workers(self) -> list[WorkerProcess]:
         return []
+
+    async def warm_up(self) -> None:
+        return None
 
     def close(self) -> None:
         return None

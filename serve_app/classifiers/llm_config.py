@@ -101,6 +101,10 @@ class LLMSpec(Strict):
     """``paper`` mode, reasoning models: thinking limit in tokens; then ``</think>`` is forced."""
     label_bias: dict[str, float] = Field(default_factory=dict)
     """``score`` mode: added to each label's log-probability (nats) before the argmax."""
+    warm_up: bool = True
+    """Before the replica reports ready, classify one short text in each mode (``paper`` cut to two
+    tokens), so that no request pays the engine's first-call costs and the instruction's whole cache
+    blocks are cached for the first request as for every later one (``LLMClassifier.warm_up``)."""
 
     @field_validator("energy", mode="before")
     @classmethod
