@@ -35,6 +35,9 @@ class ClassifierInfo:
     details: dict[str, object] = field(default_factory=dict)
 
 
+WARM_UP_TEXT = "A short text."
+"""What ``Classifier.warm_up`` classifies: no request's text, no training text."""
+
 WorkSink = Callable[[int, int], None]
 """Where a classifier reports each engine step's tokens for one request: ``(prefill, decode)``."""
 
@@ -51,7 +54,8 @@ class Classifier(ABC):
     - ``request_weight(texts)``: the request's weight under the ``tokens`` attribution rule.
     - ``workers()``: processes outside the replica's process tree that do its work (engine ranks,
       pipeline stages), for the replica's energy meter.
-    - ``warm_up()``: pay one-off first-call costs before the replica reports ready (none by default).
+    - ``warm_up()``: pay one-off first-call costs before the replica reports ready (by default one
+      short text classified: the first call of a fitted model, the worker thread).
     - ``close()``: release what the classifier started.
     """
 
@@ -82,7 +86,7 @@ class Classifier(ABC):
         return []
 
     async def warm_up(self) -> None:
-        return None
+        await self.predict([WARM_UP_TEXT])
 
     def close(self) -> None:
         return None

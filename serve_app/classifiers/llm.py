@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.classifiers import llm_engine, llm_stages, prompts
-from serve_app.classifiers.base import Classifier, ClassifierInfo, WorkSink
+from serve_app.classifiers.base import WARM_UP_TEXT, Classifier, ClassifierInfo, WorkSink
 from serve_app.classifiers.llm_config import MODES, PREPARED_PREFIX, LLMSpec
 from serve_app.classifiers.llm_workers import WHERE_METHOD
 from serve_app.energy.keys import WorkerProcess
@@ -182,10 +182,10 @@ class LLMClassifier(Classifier):
             return
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        text = "A short text."
-        await self._generate(self._encode(self._render(text)), self._params(max_tokens=2), _no_sink)
+        prompt_ids = self._encode(self._render(WARM_UP_TEXT))
+        await self._generate(prompt_ids, self._params(max_tokens=2), _no_sink)
         for mode in ("choice", "score"):
-            await self.predict([text], mode)
+            await self.predict([WARM_UP_TEXT], mode)
 
     async def reset_prefix_cache(self) -> None:
         """Forget cached prompt prefixes (benchmarks: each mode starts from the same cold cache)."""

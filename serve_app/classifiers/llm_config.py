@@ -104,7 +104,8 @@ class LLMSpec(Strict):
     warm_up: bool = True
     """Before the replica reports ready, classify one short text in each mode (``paper`` cut to two
     tokens), so that no request pays the engine's first-call costs and the instruction's whole cache
-    blocks are cached for the first request as for every later one (``LLMClassifier.warm_up``)."""
+    blocks are cached for the first request as for every later one (``LLMClassifier.warm_up``; other
+    kinds always classify one short text)."""
 
     @field_validator("energy", mode="before")
     @classmethod
