@@ -24,8 +24,9 @@ The column ``prefilled`` (tokens per text the engine computed: prompt less prefi
 classifier's per-step reports) shows what the cache saved.
 The targets printed: ``score`` or ``choice`` at least 3x less time than ``paper`` (all texts at once),
 and, with ``--serve``, Serve at least 0.9x the in-process engine (``score``, warm cache) in each of
-``--repeats`` repetitions (the in-process and the Serve engine see the same texts the same number of
-times, so repetitions after the first hit the cache alike); ``--beside-ray`` runs the in-process engine
+``--repeats`` repetitions, each on ``--n`` test texts new to the engine (the in-process and the Serve
+engine see the same sets in the same order; before 2026-12-04 the repetitions after the first repeated
+the first set, which blocks of 32 then served almost whole from the cache); ``--beside-ray`` runs the in-process engine
 beside an idle local Ray with Serve started (what any Serve app runs beside its replicas), to split the
 gap into Ray's presence and the app's request path; ``--bracket`` runs the in-process repetitions again
 after Serve (a fresh engine, the same warm-up), so that a change in the machine's speed between the two
@@ -120,6 +121,7 @@ class ServeComparison(BaseModel):
     mode: str
     cache: str
     texts: int
+    """Texts per repetition; each repetition a set of its own, new to the engine (since 2026-12-04)."""
     inprocess_texts_per_s: list[float]
     """One per repetition."""
     serve_texts_per_s: list[float]
@@ -289,11 +291,12 @@ def inprocess_engine(spec: Any, beside: bool) -> Iterator[tuple[Any, asyncio.Abs
 
 
 def repeat_texts(
-    clf: Any, loop: asyncio.AbstractEventLoop, texts: list[str], mode: str, in_flight: int | None, times: int
+    clf: Any, loop: asyncio.AbstractEventLoop, sets: list[list[str]], mode: str, in_flight: int | None
 ) -> tuple[list[float], list[list[dict[str, Any]]]]:
-    """The same texts ``times`` more (now cached, as in Serve): texts/s and the top processes of each."""
+    """One repetition per set of texts (each new to the engine, as in Serve): texts/s and the top
+    processes of each."""
     tps, tops = [], []
-    for _ in range(times):
+    for texts in sets:
         clock = CpuByGroup().start()
         t0 = time.perf_counter()
         loop.run_until_complete(_classify(clf, texts, mode, in_flight))
@@ -304,17 +307,16 @@ def repeat_texts(
 
 def inprocess_again(
     spec: Any,
-    texts: list[str],
+    sets: list[list[str]],
     gold: list[str],
     warm: list[str],
     in_flight: int | None,
-    repeats: int,
     beside: bool,
 ) -> list[float]:
     """``--bracket``: the in-process warm ``score`` repetitions once more, on a fresh engine."""
     with inprocess_engine(spec, beside) as (clf, loop, _):
-        _, res, _ = run_mode(clf, loop, "score", texts, gold, warm, in_flight, "warm")
-        more, _ = repeat_texts(clf, loop, texts, "score", in_flight, repeats - 1)
+        _, res, _ = run_mode(clf, loop, "score", sets[0], gold, warm, in_flight, "warm")
+        more, _ = repeat_texts(clf, loop, sets[1:], "score", in_flight)
     return [res.texts_per_s, *more]
 
 
@@ -340,7 +342,7 @@ def idle_ray_serve() -> Iterator[None]:
 
 def serve_comparison(
     spec_dict: dict[str, Any],
-    texts: list[str],
+    sets: list[list[str]],
     mode: str,
     inproc_tps: list[float],
     inproc_top: list[list[dict[str, Any]]],
@@ -349,9 +351,9 @@ def serve_comparison(
     concurrency: int,
     warm: list[str],
 ) -> ServeComparison:
-    """The same texts over HTTP, once per in-process repetition; ``batch`` x ``concurrency`` texts in
-    flight. A fresh engine, prefix caching on, warmed up on the same ``warm`` texts as the in-process
-    warm run."""
+    """The in-process repetitions' sets of texts over HTTP, in the same order; ``batch`` x
+    ``concurrency`` texts in flight. A fresh engine, prefix caching on, warmed up on the same ``warm``
+    texts as the in-process warm run."""
     from ray import serve
 
     from benchmarks._http import post_in_chunks
@@ -374,17 +376,17 @@ def serve_comparison(
         if warm:
             asyncio.run(post_in_chunks(url, body, warm, len(warm), 1, 600))  # warm-up
         walls, cpu, top = [], [], []
-        for _ in inproc_tps:
+        for texts in sets:
             clock = CpuByGroup().start()
             walls.append(asyncio.run(post_in_chunks(url, body, texts, batch, concurrency, 600)))
             used = clock.stop()
             cpu.append(used["by_kind_pct"])
             top.append(used["top"])
-    tps = [len(texts) / w for w in walls]
+    tps = [len(texts) / w for texts, w in zip(sets, walls, strict=True)]
     return ServeComparison(
         mode=mode,
         cache="warm",
-        texts=len(texts),
+        texts=len(sets[0]),
         inprocess_texts_per_s=inproc_tps,
         serve_texts_per_s=tps,
         serve_vs_inprocess_ratio=[s / i for s, i in zip(tps, inproc_tps, strict=True)],
@@ -446,8 +448,12 @@ def main() -> None:
     from serve_app.data import load_dataset, make_split
 
     ds = load_dataset(args.dataset)
-    split = make_split(ds, args.n_calibration, args.n, args.seed, 0)
-    texts, gold = list(split.test.texts), list(split.test.labels)
+    # with --serve, one set of n test texts per repetition (each new to the engine; the first is the
+    # modes' set: a larger sample of the same split begins with the same texts)
+    split = make_split(ds, args.n_calibration, args.n * (args.repeats if args.serve else 1), args.seed, 0)
+    all_texts = list(split.test.texts)
+    sets = [all_texts[i : i + args.n] for i in range(0, len(all_texts), args.n)][: args.repeats]
+    texts, gold = sets[0], list(split.test.labels)[: args.n]
     warm = list(split.train.texts)[:WARM_TEXTS]
     warm_users = list(split.train.texts)[: max(args.warm_texts, 1)]
     spec_dict = cpu_llm_spec(
@@ -474,7 +480,7 @@ def main() -> None:
                 results[f"{mode}@{cache}"] = res
                 print(res.model_dump_json(), flush=True)
                 if mode == "score" and cache == "warm" and args.serve:
-                    more, more_top = repeat_texts(clf, loop, texts, mode, args.in_flight, args.repeats - 1)
+                    more, more_top = repeat_texts(clf, loop, sets[1:], mode, args.in_flight)
                     inproc_tps, inproc_top = [res.texts_per_s, *more], [top, *more_top]
                 if mode == "score" and args.n_calibration and not bias:
                     bias = calibrate(clf, loop, list(split.train.texts))
@@ -511,7 +517,7 @@ def main() -> None:
     if args.serve and inproc_tps:
         out.serve = serve_comparison(
             {**spec_dict, "energy": {**spec_dict["energy"], "meter": args.serve_meter}},
-            texts,
+            sets,
             "score",
             inproc_tps,
             inproc_top,
@@ -523,9 +529,7 @@ def main() -> None:
         print(out.serve.model_dump_json(), flush=True)
         Path(args.out).write_text(out.model_dump_json(indent=2))
         if args.bracket:
-            after = inprocess_again(
-                spec, texts, gold, warm_users, args.in_flight, args.repeats, args.beside_ray
-            )
+            after = inprocess_again(spec, sets, gold, warm_users, args.in_flight, args.beside_ray)
             out.serve.inprocess_after_texts_per_s = after
             Path(args.out).write_text(out.model_dump_json(indent=2))
     print(f"engine start {start_s:.1f} s; results in {args.out}")

@@ -129,8 +129,7 @@ class LLMClassifier(Classifier):
     ) -> list[Prediction]:
         """Classify ``texts`` (one engine request each, batched by the engine) in ``mode``; every
         engine step's tokens for them go to ``on_work`` as the engine reports them."""
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()  # the engine's output handler lives on this loop
+        self._bind_loop()
         name = mode or self.spec.default_mode
         run = {"paper": self._paper, "choice": self._choice, "score": self._score}.get(name)
         if run is None:
@@ -142,8 +141,7 @@ class LLMClassifier(Classifier):
         """Every vLLM worker (one per TP x PP rank): its process, Ray node and GPU (see
         ``llm_workers``), so that the replica's meter covers all of them. Call it on the loop that
         serves requests (the engine binds to the first loop that uses it)."""
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
+        self._bind_loop()
         places = await self._engine.collective_rpc(WHERE_METHOD, timeout=WHERE_TIMEOUT_S)
         places = sorted(places, key=lambda p: (p["rank"] is None, p["rank"] or 0))
         stages = list(await asyncio.gather(*(s.where.remote() for s in self._stages)))
@@ -180,8 +178,7 @@ class LLMClassifier(Classifier):
         think up to its budget). Call it on the loop that serves requests, before they come."""
         if not self.spec.warm_up:
             return
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
+        self._bind_loop()
         prompt_ids = self._encode(self._render(WARM_UP_TEXT))
         await self._generate(prompt_ids, self._params(max_tokens=2), _no_sink)
         for mode in ("choice", "score"):
@@ -208,6 +205,12 @@ class LLMClassifier(Classifier):
         self._engine_children = []
         llm_stages.stop_stages(self._stages)
         self._stages = []
+
+    def _bind_loop(self) -> None:
+        """Remember the loop that first drives the engine: its output handler lives there, and `close`
+        turns it once where it is not running."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
 
     # -- prompts ----------------------------------------------------------------------------------
     def _render(self, text: str) -> str:
