@@ -10,22 +10,24 @@ Sections:
 End to end (throughput and p50 through the router with metering on vs off) is measured by
 ``benchmarks/bench_serve.py``.
 
-Usage: ``.venv/bin/python benchmarks/bench_energy_overhead.py [-n 20000] [--json out.json]``
+Usage: ``.venv/bin/python benchmarks/bench_energy_overhead.py [-n 20000] [--out results/bench_energy_overhead.json]``
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._out import add_out_argument, write_result  # noqa: E402
 from serve_app.energy.base import Meter, MeterError, MeterInfo, Reading
 from serve_app.energy.estimate import EstimateMeter
 from serve_app.energy.ledger import Ledger
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--period-s", type=float, default=0.05, help="sampler period (s)")
     p.add_argument("--sampler-s", type=float, default=5.0, help="how long the sampler runs (s); 0 skips")
     p.add_argument("--rapl-root", default=DEFAULT_ROOT, help="powercap sysfs root")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    add_out_argument(p, "bench_energy_overhead")
     args = p.parse_args(argv)
     try:
         path = bench_request_path(_meters(args.rapl_root), args.requests)
@@ -215,9 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     result = BenchResult(request_path=path, sampler=sampler)
     print_report(result, args.rapl_root)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(asdict(result), f, indent=2)
+    written = write_result(args.out, "bench_energy_overhead", asdict(result))
+    print(f"result in {written}")
     return 0
 
 

@@ -12,14 +12,13 @@ while idle is taken from the engine's OpenMP threads under load too (``bench_llm
 Serve's idle loops run at accuwatt's periods (``serve_app/env.py`` ``RAY_NODE_ENV``); ``--stock-serve``
 measures Serve's own (0.1 s).
 
-Usage: .venv/bin/python benchmarks/bench_idle_cpu.py [--llm prepared:smollm2] [--seconds 30] [--json out.json]
+Usage: .venv/bin/python benchmarks/bench_idle_cpu.py [--llm prepared:smollm2] [--seconds 30] [--out results/bench_idle_cpu.json]
        [--stock-serve]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -34,6 +33,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks._cpu import CpuByGroup  # noqa: E402
+from benchmarks._out import add_out_argument, write_result  # noqa: E402
 from benchmarks.bench_llm_modes import cpu_llm_spec  # noqa: E402
 from serve_app.env import RAY_NODE_ENV  # noqa: E402
 from tests.conftest import free_port, wait_http  # noqa: E402
@@ -54,7 +54,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llm", default=None, help="an LLM model (e.g. prepared:smollm2); default tfidf-logreg")
     ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--json", default=None)
+    add_out_argument(ap, "bench_idle_cpu")
     ap.add_argument(
         "--stock-serve",
         action="store_true",
@@ -97,8 +97,7 @@ def main() -> None:
             time.sleep(SETTLE_S)
             out[meter] = idle_cpu(args.seconds)
             serve.delete("idle")
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+    path = write_result(args.out, "bench_idle_cpu", out)
     print(f"{out['model']}: CPU while idle, % of one core, {args.seconds:g} s after the app was ready")
     print("  " + ", ".join(f"{k}={v}" for k, v in ray_env.items()))
     for meter in ("auto", "off"):
@@ -107,6 +106,8 @@ def main() -> None:
         print(f"  metering {meter:4}: total {r['total_pct']:.1f}   ({kinds})")
         for row in r["top"][:8]:
             print(f"      {row['pct']:5.2f}  {row['title']}")
+
+    print(f"result in {path}")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks._cpu import CpuByGroup  # noqa: E402
+from benchmarks._out import add_out_argument, write_result  # noqa: E402
 
+BENCHMARK = "bench_llm_modes"
 CACHE = Path(tempfile.gettempdir()) / "accuwatt-cache"
 WARM_TEXTS = 8
 BESIDE_RAY = "idle Ray + Serve"
@@ -440,7 +442,7 @@ def main() -> None:
         help="KV cache block size in tokens, as deployments/llm-cpu.yaml (0: vLLM's default, 128 on CPU; "
         "multiples of 32 there); the prefix cache keeps whole blocks only",
     )
-    ap.add_argument("--out", default=str(REPO / "results" / "bench_llm_modes.json"))
+    add_out_argument(ap, BENCHMARK)
     args = ap.parse_args()
 
     from serve_app.classifiers.llm_config import LLMSpec
@@ -513,7 +515,7 @@ def main() -> None:
         ratios_vs_paper=ratios,
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(out.model_dump_json(indent=2))  # written before the Serve step can fail
+    write_result(args.out, BENCHMARK, out)  # written before the Serve step can fail
     if args.serve and inproc_tps:
         out.serve = serve_comparison(
             {**spec_dict, "energy": {**spec_dict["energy"], "meter": args.serve_meter}},
@@ -527,11 +529,11 @@ def main() -> None:
             warm_users,
         )
         print(out.serve.model_dump_json(), flush=True)
-        Path(args.out).write_text(out.model_dump_json(indent=2))
+        write_result(args.out, BENCHMARK, out)
         if args.bracket:
             after = inprocess_again(spec, sets, gold, warm_users, args.in_flight, args.beside_ray)
             out.serve.inprocess_after_texts_per_s = after
-            Path(args.out).write_text(out.model_dump_json(indent=2))
+            write_result(args.out, BENCHMARK, out)
     print(f"engine start {start_s:.1f} s; results in {args.out}")
     print(
         "energy source: estimate (CPU time of this process tree x W/core + resident memory x W/GB)\n"

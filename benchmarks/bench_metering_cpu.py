@@ -25,7 +25,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from benchmarks._demo import cycled, trained_demo  # noqa: E402
 from benchmarks._http import post_in_chunks  # noqa: E402
-from serve_app.energy.procs import scan  # noqa: E402
+from benchmarks._out import add_out_argument, write_result  # noqa: E402
+from serve_app.energy.procs import deployment_of, scan  # noqa: E402
 from tests.conftest import free_port, wait_http  # noqa: E402
 
 MODEL = "tfidf-logreg"
@@ -40,7 +41,8 @@ def one_round(url: str, app: str, texts: list[str], batch: int, concurrency: int
     out = {"texts/s": len(texts) / took_s}
     for pid, p in after.items():
         if f"ServeReplica:{app}:" in p.title and pid in before and before[pid].start_s == p.start_s:
-            out[p.title.split(":")[-1].split()[0]] = (p.cpu_s - before[pid].cpu_s) / len(texts) * 1e3
+            # by deployment: while a method runs Ray appends it to the title (`deployment_of` strips it)
+            out[deployment_of(p.title) or p.title] = (p.cpu_s - before[pid].cpu_s) / len(texts) * 1e3
     return out
 
 
@@ -50,6 +52,7 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--concurrency", type=int, default=8)
+    add_out_argument(ap, "bench_metering_cpu")
     args = ap.parse_args()
 
     from ray import serve
@@ -80,14 +83,19 @@ def main() -> None:
                     one_round(urls[meter], f"m-{meter}", texts, args.batch, args.concurrency)
                 )
 
+    keys = sorted(set(rounds["auto"][0]) & set(rounds["off"][0]))
+    medians = {m: {k: statistics.median(r[k] for r in rounds[m]) for k in keys} for m in METERS}
+    result = {"model": MODEL, "texts": args.texts, "batch": args.batch, "concurrency": args.concurrency}
+    path = write_result(args.out, "bench_metering_cpu", {**result, "medians": medians, "rounds": rounds})
     print(
         f"{MODEL}, {args.texts} texts per round, batches of {args.batch}, {args.concurrency} concurrent, "
         f"{args.rounds} alternating rounds (medians)"
     )
-    for key in sorted(set(rounds["auto"][0]) & set(rounds["off"][0])):
-        on, off = (statistics.median(r[key] for r in rounds[m]) for m in METERS)
+    for key in keys:
+        on, off = (medians[m][key] for m in METERS)
         unit = "texts/s" if key == "texts/s" else "ms of CPU per text"
         print(f"  {key:14s} metered {on:8.3f}  unmetered {off:8.3f}  {unit}   on/off {on / off:.3f}")
+    print(f"result in {path}")
 
 
 if __name__ == "__main__":

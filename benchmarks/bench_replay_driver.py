@@ -22,11 +22,13 @@ from pathlib import Path
 
 import httpx
 
-from serve_app.data import DEMO_DIR
-from serve_app.ports import free_port
-from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
-from serve_app.replay.records import read_records
-from serve_app.replay.runner import replay_url
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._out import add_out_argument, write_result  # noqa: E402
+from serve_app.data import DEMO_DIR  # noqa: E402
+from serve_app.ports import free_port  # noqa: E402
+from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput  # noqa: E402
+from serve_app.replay.records import read_records  # noqa: E402
+from serve_app.replay.runner import replay_url  # noqa: E402
 
 
 def _texts_file(n: int, folder: Path) -> Path:
@@ -75,6 +77,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--model", default="tfidf-logreg")
     p.add_argument("--skip-service", action="store_true")
+    add_out_argument(p, "bench_replay_driver")
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="aw-bench-") as tmp:
         root = Path(tmp)
@@ -106,12 +109,15 @@ def main() -> None:
                 service = _drive(url, a.model, texts, a.concurrency, root / "service")
             result["service"] = {"model": a.model, **service}
             result["driver_to_service_ratio"] = driver["req_per_s"] / service["req_per_s"]
+    path = write_result(a.out, "bench_replay_driver", result)
     print(json.dumps(result, indent=2))
     if "driver_to_service_ratio" in result:
         print(
             f"\ndriver {driver['req_per_s']:.0f} req/s vs service {service['req_per_s']:.0f} req/s "
             f"({a.model}, concurrency {a.concurrency}): ratio {result['driver_to_service_ratio']:.1f}x"
         )
+
+    print(f"result in {path}")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ building a tag. Units: µs.
 ``bench_serve.py`` measures the same end to end over HTTP, where a p50 of ~20 ms and the spread
 between two identical apps (its A/A run) hide effects this small.
 
-Usage: .venv/bin/python benchmarks/bench_replica_overhead.py [--rounds 3] [--json out.json]
+Usage: .venv/bin/python benchmarks/bench_replica_overhead.py [--rounds 3] [--out results/bench_replica_overhead.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -30,6 +29,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from ray import serve  # noqa: E402
+
+from benchmarks._out import add_out_argument, write_result  # noqa: E402
 
 MODEL = "tfidf-logreg"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -105,7 +106,7 @@ class Probe:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--json", default=None)
+    add_out_argument(ap, "bench_replica_overhead")
     args = ap.parse_args()
 
     from benchmarks._demo import trained_demo
@@ -117,8 +118,7 @@ def main() -> None:
     with local_ray(4):
         handle = serve.run(Probe.bind(str(artifacts), texts), name="replica-overhead", route_prefix=None)
         out = handle.run.remote(args.rounds).result(timeout_s=1800)
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+    path = write_result(args.out, "bench_replica_overhead", out)
     print(f"{MODEL}, single-text classify inside one replica, {len(texts)} texts x {args.rounds} rounds")
     for name, us in out["p50_us"].items():
         added = out["added_p50_us"].get(name)
@@ -129,6 +129,8 @@ def main() -> None:
         f"{out['read_begin_read_end_us']:.1f} µs, tag {out['make_tag_us']:.1f} µs, window open+close "
         f"{out['window_open_close_us']:.1f} µs"
     )
+
+    print(f"result in {path}")
 
 
 if __name__ == "__main__":

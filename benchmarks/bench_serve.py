@@ -52,6 +52,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from benchmarks._demo import cycled, trained_demo  # noqa: E402
 from benchmarks._http import post_in_chunks  # noqa: E402
+from benchmarks._out import add_out_argument, write_result  # noqa: E402
 from serve_app.energy.nodemeter import node_busy_cpu_s  # noqa: E402
 from serve_app.energy.procs import scan  # noqa: E402
 from tests.conftest import free_port, wait_http  # noqa: E402
@@ -156,7 +157,7 @@ def main() -> None:
         help="EnergyConfig overrides of the metered app (JSON), e.g. '{\"sample_period_s\": 1}'",
     )
     ap.add_argument("--probe-rounds", type=int, default=3, help="rounds of the in-replica probe")
-    ap.add_argument("--json", action="store_true")
+    add_out_argument(ap, "bench_serve")
     args = ap.parse_args()
     overrides = json.loads(args.energy)
 
@@ -313,9 +314,7 @@ def main() -> None:
             else None
         ),
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
+    path = write_result(args.out, "bench_serve", result)
     print(
         f"{MODEL}, {len(texts)} texts, HTTP batches of {args.batch}, concurrency {args.concurrency}, "
         f"{args.rounds} alternating rounds (medians)"
@@ -381,6 +380,8 @@ def main() -> None:
     share = result["node_account_cpu_share_of_one_core"]
     if share is not None:
         print(f"  node account CPU cost: {100 * share:.2f} % of one core (its ticks' own thread time)")
+
+    print(f"result in {path}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -37,6 +36,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from benchmarks._demo import cycled, trained_demo  # noqa: E402
 from benchmarks._http import post_in_chunks  # noqa: E402
+from benchmarks._out import add_out_argument, write_result  # noqa: E402
 from benchmarks.bench_serve import added_p50_ci  # noqa: E402
 
 MODELS = {"on": "tfidf-2nodes-metered", "off": "tfidf-2nodes-unmetered"}
@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=1000, help="texts per throughput round")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--concurrency", type=int, default=4)
-    ap.add_argument("--json", action="store_true")
+    add_out_argument(ap, "bench_two_nodes")
     args = ap.parse_args()
 
     from ray import serve
@@ -153,9 +153,7 @@ def main() -> None:
         "batch": args.batch,
         "concurrency": args.concurrency,
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
+    path = write_result(args.out, "bench_two_nodes", result)
     d, lo, hi = result["metering_added_p50_ms_pooled_ci95"]
     print(f"two-node pipeline (features on worker-1, head on head), {args.rounds} alternating rounds")
     print(
@@ -171,6 +169,8 @@ def main() -> None:
         f"  metered tags with a part from worker-1: {with_remote} of {len(tags)} "
         f"(per round {with_remote_by_round}); remote_counters_late: {late}"
     )
+
+    print(f"result in {path}")
 
 
 if __name__ == "__main__":
