@@ -10,7 +10,7 @@ Sections:
 End to end (throughput and p50 through the router with metering on vs off) is measured by
 ``benchmarks/bench_serve.py``.
 
-Usage: ``.venv/bin/python benchmarks/bench_energy_overhead.py [-n 20000] [--out results/bench_energy_overhead.json]``
+Usage: ``.venv/bin/python benchmarks/bench_energy_overhead.py [-n 20000] [--out PATH]``
 """
 
 from __future__ import annotations

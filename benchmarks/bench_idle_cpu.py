@@ -12,7 +12,7 @@ while idle is taken from the engine's OpenMP threads under load too (``bench_llm
 Serve's idle loops run at accuwatt's periods (``serve_app/env.py`` ``RAY_NODE_ENV``); ``--stock-serve``
 measures Serve's own (0.1 s).
 
-Usage: .venv/bin/python benchmarks/bench_idle_cpu.py [--llm prepared:smollm2] [--seconds 30] [--out results/bench_idle_cpu.json]
+Usage: .venv/bin/python benchmarks/bench_idle_cpu.py [--llm prepared:smollm2] [--seconds 30] [--out PATH]
        [--stock-serve]
 """
 

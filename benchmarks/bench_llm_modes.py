@@ -25,14 +25,15 @@ classifier's per-step reports) shows what the cache saved.
 The targets printed: ``score`` or ``choice`` at least 3x less time than ``paper`` (all texts at once),
 and, with ``--serve``, Serve at least 0.9x the in-process engine (``score``, warm cache) in each of
 ``--repeats`` repetitions, each on ``--n`` test texts new to the engine (the in-process and the Serve
-engine see the same sets in the same order; before 2026-12-04 the repetitions after the first repeated
-the first set, which blocks of 32 then served almost whole from the cache); ``--beside-ray`` runs the in-process engine
-beside an idle local Ray with Serve started (what any Serve app runs beside its replicas), to split the
-gap into Ray's presence and the app's request path; ``--bracket`` runs the in-process repetitions again
-after Serve (a fresh engine, the same warm-up), so that a change in the machine's speed between the two
-arms shows as a difference between the in-process runs before and after (the target is still judged
-against the runs before; the ratio to the mean of both is reported beside it). ``--in-flight N`` keeps at most N texts in
-the engine (light load: less batching, so each decode step costs more per token).
+engine see the same sets in the same order; before 2026-12-04 the repetitions after the first repeated the
+first set, which blocks of 32 then served almost whole from the cache); ``--beside-ray`` runs the
+in-process engine beside an idle local Ray with Serve started (what any Serve app runs beside its
+replicas), to split the gap into Ray's presence and the app's request path; ``--bracket`` runs the
+in-process repetitions again after Serve (a fresh engine, the same warm-up), so that a change in the
+machine's speed between the two arms shows as a difference between the in-process runs before and after
+(the target is still judged against the runs before; the ratio to the mean of both is reported beside it).
+``--in-flight N`` keeps at most N texts in the engine (light load: less batching, so each decode step
+costs more per token).
 
 Usage: .venv/bin/python benchmarks/bench_llm_modes.py [--n 200] [--model prepared:smollm2] [--serve]
        [--cache cold warm] [--repeats 3] [--in-flight 16] [--beside-ray] [--bracket]

@@ -10,7 +10,7 @@ building a tag. Units: µs.
 ``bench_serve.py`` measures the same end to end over HTTP, where a p50 of ~20 ms and the spread
 between two identical apps (its A/A run) hide effects this small.
 
-Usage: .venv/bin/python benchmarks/bench_replica_overhead.py [--rounds 3] [--out results/bench_replica_overhead.json]
+Usage: .venv/bin/python benchmarks/bench_replica_overhead.py [--rounds 3] [--out PATH]
 """
 
 from __future__ import annotations
