@@ -2,15 +2,14 @@
 ``--out`` names another file, written at every run beside the table it prints.
 
 The file holds the result with what names the run: the benchmark, the arguments, the commit (with
-``+dirty`` when the working tree had changes) and when it ran, so that a figure quoted in
-``benchmarks/RESULTS.md`` can be traced to its run.
+``+dirty`` when the working tree had changes, as ``run.json`` records it) and when it ran, so that a
+figure quoted in ``benchmarks/RESULTS.md`` can be traced to its run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,49 +17,32 @@ from typing import Any
 
 from pydantic import BaseModel
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO / "results"
+from serve_app.replay.metadata import git_commit
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 
 
 def add_out_argument(ap: argparse.ArgumentParser, benchmark: str) -> None:
-    """``--out PATH`` (default ``results/<benchmark>.json``)."""
+    """``--out PATH`` (default ``results/<benchmark>.json``); the parsed arguments carry the name."""
     ap.add_argument(
         "--out",
         default=str(RESULTS_DIR / f"{benchmark}.json"),
         help="where the result goes as JSON (default: %(default)s)",
     )
+    ap.set_defaults(benchmark=benchmark)
 
 
-def commit() -> str | None:
-    """The checkout's commit, ``+dirty`` when tracked files differ from it; None outside git."""
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return rev + ("+dirty" if dirty else "")
-
-
-def write_result(path: str | Path, benchmark: str, result: BaseModel | dict[str, Any]) -> Path:
-    """Write ``result`` with what names its run to ``path`` (folders made as needed)."""
+def write_result(args: argparse.Namespace, result: BaseModel | dict[str, Any]) -> Path:
+    """Write ``result`` with what names its run to ``args.out`` (folders made as needed)."""
     body = result.model_dump(mode="json") if isinstance(result, BaseModel) else result
     doc = {
-        "benchmark": benchmark,
+        "benchmark": args.benchmark,
         "argv": sys.argv[1:],
-        "commit": commit(),
+        "commit": git_commit(),
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "result": body,
     }
-    out = Path(path)
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return out

@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     result = BenchResult(request_path=path, sampler=sampler)
     print_report(result, args.rapl_root)
-    written = write_result(args.out, "bench_energy_overhead", asdict(result))
+    written = write_result(args, asdict(result))
     print(f"result in {written}")
     return 0
 

@@ -97,7 +97,7 @@ def main() -> None:
             time.sleep(SETTLE_S)
             out[meter] = idle_cpu(args.seconds)
             serve.delete("idle")
-    path = write_result(args.out, "bench_idle_cpu", out)
+    path = write_result(args, out)
     print(f"{out['model']}: CPU while idle, % of one core, {args.seconds:g} s after the app was ready")
     print("  " + ", ".join(f"{k}={v}" for k, v in ray_env.items()))
     for meter in ("auto", "off"):

@@ -64,7 +64,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from benchmarks._cpu import CpuByGroup  # noqa: E402
 from benchmarks._out import add_out_argument, write_result  # noqa: E402
 
-BENCHMARK = "bench_llm_modes"
 CACHE = Path(tempfile.gettempdir()) / "accuwatt-cache"
 WARM_TEXTS = 8
 BESIDE_RAY = "idle Ray + Serve"
@@ -443,7 +442,7 @@ def main() -> None:
         help="KV cache block size in tokens, as deployments/llm-cpu.yaml (0: vLLM's default, 128 on CPU; "
         "multiples of 32 there); the prefix cache keeps whole blocks only",
     )
-    add_out_argument(ap, BENCHMARK)
+    add_out_argument(ap, "bench_llm_modes")
     args = ap.parse_args()
 
     from serve_app.classifiers.llm_config import LLMSpec
@@ -515,8 +514,7 @@ def main() -> None:
         label_bias=bias,
         ratios_vs_paper=ratios,
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_result(args.out, BENCHMARK, out)  # written before the Serve step can fail
+    write_result(args, out)  # written before the Serve step can fail
     if args.serve and inproc_tps:
         out.serve = serve_comparison(
             {**spec_dict, "energy": {**spec_dict["energy"], "meter": args.serve_meter}},
@@ -530,11 +528,11 @@ def main() -> None:
             warm_users,
         )
         print(out.serve.model_dump_json(), flush=True)
-        write_result(args.out, BENCHMARK, out)
+        write_result(args, out)
         if args.bracket:
             after = inprocess_again(spec, sets, gold, warm_users, args.in_flight, args.beside_ray)
             out.serve.inprocess_after_texts_per_s = after
-            write_result(args.out, BENCHMARK, out)
+            write_result(args, out)
     print(f"engine start {start_s:.1f} s; results in {args.out}")
     print(
         "energy source: estimate (CPU time of this process tree x W/core + resident memory x W/GB)\n"

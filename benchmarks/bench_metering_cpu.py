@@ -86,7 +86,7 @@ def main() -> None:
     keys = sorted(set(rounds["auto"][0]) & set(rounds["off"][0]))
     medians = {m: {k: statistics.median(r[k] for r in rounds[m]) for k in keys} for m in METERS}
     result = {"model": MODEL, "texts": args.texts, "batch": args.batch, "concurrency": args.concurrency}
-    path = write_result(args.out, "bench_metering_cpu", {**result, "medians": medians, "rounds": rounds})
+    path = write_result(args, {**result, "medians": medians, "rounds": rounds})
     print(
         f"{MODEL}, {args.texts} texts per round, batches of {args.batch}, {args.concurrency} concurrent, "
         f"{args.rounds} alternating rounds (medians)"

@@ -109,7 +109,7 @@ def main() -> None:
                 service = _drive(url, a.model, texts, a.concurrency, root / "service")
             result["service"] = {"model": a.model, **service}
             result["driver_to_service_ratio"] = driver["req_per_s"] / service["req_per_s"]
-    path = write_result(a.out, "bench_replay_driver", result)
+    path = write_result(a, result)
     print(json.dumps(result, indent=2))
     if "driver_to_service_ratio" in result:
         print(

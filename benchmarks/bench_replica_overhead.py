@@ -118,7 +118,7 @@ def main() -> None:
     with local_ray(4):
         handle = serve.run(Probe.bind(str(artifacts), texts), name="replica-overhead", route_prefix=None)
         out = handle.run.remote(args.rounds).result(timeout_s=1800)
-    path = write_result(args.out, "bench_replica_overhead", out)
+    path = write_result(args, out)
     print(f"{MODEL}, single-text classify inside one replica, {len(texts)} texts x {args.rounds} rounds")
     for name, us in out["p50_us"].items():
         added = out["added_p50_us"].get(name)

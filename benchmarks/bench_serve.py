@@ -314,7 +314,7 @@ def main() -> None:
             else None
         ),
     }
-    path = write_result(args.out, "bench_serve", result)
+    path = write_result(args, result)
     print(
         f"{MODEL}, {len(texts)} texts, HTTP batches of {args.batch}, concurrency {args.concurrency}, "
         f"{args.rounds} alternating rounds (medians)"

@@ -153,7 +153,7 @@ def main() -> None:
         "batch": args.batch,
         "concurrency": args.concurrency,
     }
-    path = write_result(args.out, "bench_two_nodes", result)
+    path = write_result(args, result)
     d, lo, hi = result["metering_added_p50_ms_pooled_ci95"]
     print(f"two-node pipeline (features on worker-1, head on head), {args.rounds} alternating rounds")
     print(
