@@ -21,12 +21,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from serve_app.errors import UsageError
+
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 DEMO_DIR = Path(__file__).parent / "data" / "demo"
 
 
-class DatasetError(ValueError):
-    """The dataset cannot be used: missing file, missing column, too few texts."""
+class DatasetError(UsageError):
+    """The dataset cannot be used: missing or unreadable file, missing column, too few texts or labels,
+    test labels the training file never has."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,8 @@ class Pool:
 @dataclass(frozen=True)
 class Dataset:
     """A train and a test split, or one ``pool`` that :func:`make_split` splits. ``labels`` are those
-    seen in any of them, sorted; fewer than two is refused here, whatever the source."""
+    seen in any of them, sorted; fewer than two, or test labels the train split lacks, are refused
+    here, whatever the source."""
 
     name: str
     source: str
@@ -61,6 +65,13 @@ class Dataset:
         labels = sorted({lab for p in parts if p is not None for lab in p.labels})
         if len(labels) < 2:
             raise DatasetError(f"{self.source}: need at least two labels, found {labels}")
+        if self.train is not None and self.test is not None:
+            unseen = sorted(set(self.test.labels) - set(self.train.labels))
+            if unseen:
+                raise DatasetError(
+                    f"{self.source}: test labels {unseen} never occur in the training split (its "
+                    f"labels: {sorted(set(self.train.labels))}); no model trained on it could answer them"
+                )
         object.__setattr__(self, "labels", tuple(labels))
 
 
@@ -93,26 +104,41 @@ class Split:
 
 
 def _read_frame(path: Path) -> pd.DataFrame:
+    """The file as a frame; text files may start with a byte-order mark. An unreadable or empty file is
+    a `DatasetError` naming it."""
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return pd.read_json(path, lines=True, dtype=False)
-    if suffix == ".json":
-        return pd.read_json(path, dtype=False)
-    if suffix == ".csv":
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    if suffix == ".parquet":
+    if suffix not in DATA_SUFFIXES:
+        raise DatasetError(f"unsupported file type {suffix!r} ({path}); use one of {DATA_SUFFIXES}")
+    try:
+        if suffix == ".jsonl":
+            return pd.read_json(path, lines=True, dtype=False, encoding="utf-8-sig")
+        if suffix == ".json":
+            return pd.read_json(path, dtype=False, encoding="utf-8-sig")
+        if suffix == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
         return pd.read_parquet(path)
-    raise DatasetError(f"unsupported file type {suffix!r} ({path}); use one of {DATA_SUFFIXES}")
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DatasetError(f"cannot read {path}: {reason}") from exc
+
+
+def _label(value: object) -> str:
+    """A label as text. A whole number read as a float (an integer column with a missing value becomes
+    float in pandas) reads as the integer, so that ``1`` and ``1.0`` name one class."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
 
 
 def _pool(name: str, frame: pd.DataFrame, text_col: str, label_col: str) -> Pool:
+    """Rows with a text and a label; rows missing either (null, or empty in a CSV) are left out."""
     missing = [c for c in (text_col, label_col) if c not in frame.columns]
     if missing:
         raise DatasetError(f"{name}: missing column(s) {missing}; have {list(frame.columns)}")
     frame = frame[[text_col, label_col]].dropna()
     texts = tuple(str(t).strip() for t in frame[text_col])
-    labels = tuple(str(v).strip() for v in frame[label_col])
-    keep = [i for i, t in enumerate(texts) if t]
+    labels = tuple(_label(v) for v in frame[label_col])
+    keep = [i for i, (t, lab) in enumerate(zip(texts, labels, strict=True)) if t and lab]
     return Pool(name, tuple(texts[i] for i in keep), tuple(labels[i] for i in keep))
 
 
@@ -121,12 +147,20 @@ def _find(folder: Path, stem: str) -> Path | None:
     return hits[0] if hits else None
 
 
-def _fingerprint(paths: list[Path]) -> str:
+def _fingerprint(paths: list[Path], text_col: str, label_col: str) -> str:
+    """The files' names and bytes, and the columns read from them: the same file read with another
+    label column is another dataset (other trained models, another run). The default columns add
+    nothing, so fingerprints from before columns counted stay as they were."""
     h = hashlib.sha256()
     for p in paths:
         h.update(p.name.encode())
         h.update(hashlib.sha256(p.read_bytes()).digest())
+    h.update(_columns_key(text_col, label_col).encode())
     return h.hexdigest()[:16]
+
+
+def _columns_key(text_col: str, label_col: str) -> str:
+    return "" if (text_col, label_col) == ("text", "label") else f"\0columns:{text_col}\0{label_col}"
 
 
 def load_dataset(source: str, text_col: str = "text", label_col: str = "label") -> Dataset:
@@ -142,18 +176,27 @@ def load_dataset(source: str, text_col: str = "text", label_col: str = "label") 
         raise DatasetError(f"dataset not found: {source}")
     if path.is_file():
         pool = _pool(path.stem, _read_frame(path), text_col, label_col)
-        return Dataset(path.parent.name or path.stem, str(path), _fingerprint([path]), None, None, pool)
+        return Dataset(
+            path.parent.name or path.stem,
+            str(path),
+            _fingerprint([path], text_col, label_col),
+            None,
+            None,
+            pool,
+        )
     train_p, test_p = _find(path, "train"), _find(path, "test")
     if test_p is not None and train_p is not None:
         train = _pool("train", _read_frame(train_p), text_col, label_col)
         test = _pool("test", _read_frame(test_p), text_col, label_col)
-        return Dataset(path.name, str(path), _fingerprint([train_p, test_p]), train, test, None)
+        return Dataset(
+            path.name, str(path), _fingerprint([train_p, test_p], text_col, label_col), train, test, None
+        )
     files = [p for p in sorted(path.iterdir()) if p.suffix.lower() in DATA_SUFFIXES]
     only = test_p or (files[0] if len(files) == 1 else None)
     if only is None:
         raise DatasetError(f"{path}: expected train.* and test.*, or exactly one data file; found {files}")
     pool = _pool(only.stem, _read_frame(only), text_col, label_col)
-    return Dataset(path.name, str(path), _fingerprint([only]), None, None, pool)
+    return Dataset(path.name, str(path), _fingerprint([only], text_col, label_col), None, None, pool)
 
 
 def _load_hf(dataset_id: str, text_col: str, label_col: str) -> Dataset:
@@ -175,9 +218,10 @@ def _load_hf(dataset_id: str, text_col: str, label_col: str) -> Dataset:
             df[label_col] = [feature.int2str(int(v)) for v in df[label_col]]
         return df
 
-    fp = hashlib.sha256(f"hf:{dataset_id}:{getattr(dd['train'], '_fingerprint', '')}".encode()).hexdigest()[
-        :16
-    ]
+    first = dd["train"] if "train" in dd else next(iter(dd.values()))
+    fp = hashlib.sha256(
+        f"hf:{dataset_id}:{getattr(first, '_fingerprint', '')}{_columns_key(text_col, label_col)}".encode()
+    ).hexdigest()[:16]
     train = _pool("train", frame("train"), text_col, label_col) if "train" in dd else None
     test = _pool("test", frame("test"), text_col, label_col) if "test" in dd else None
     if train is None or test is None:

@@ -67,6 +67,16 @@ def untrained(model_ids: list[str] | tuple[str, ...], out_dir: Path) -> list[str
     return missing
 
 
+def _stale(manifest: dict[str, Any], split: Split, labels: tuple[str, ...], embedding_model: str) -> bool:
+    """Was this artifact trained on another split, label set or encoder than asked for?"""
+    encoder = embedding_model if str(manifest.get("model_id", "")).startswith("embedding-") else None
+    return (
+        manifest.get("split") != split_identity(split)
+        or list(manifest.get("labels") or []) != list(labels)
+        or manifest.get("embedding_model") != encoder
+    )
+
+
 def train_missing(
     split: Split,
     model_ids: Sequence[str],
@@ -74,9 +84,17 @@ def train_missing(
     ds: Dataset,
     embedding_model: str = DEFAULT_EMBEDDING,
 ) -> list[str]:
-    """Train and save the models of ``model_ids`` not yet under ``out_dir`` on ``split`` of ``ds``;
-    returns those trained."""
-    missing = untrained(list(model_ids), out_dir)
+    """Train and save the models of ``model_ids`` on ``split`` of ``ds`` that are not under ``out_dir``
+    or were trained there on another split, label set or encoder (they are replaced); returns those
+    trained."""
+    missing = []
+    for m in model_ids:
+        try:
+            if not _stale(read_manifest(out_dir / m), split, ds.labels, embedding_model):
+                continue
+        except ArtifactError:
+            pass
+        missing.append(m)
     if missing:
         train_split(split, missing, out_dir, ds.labels, ds.source, embedding_model)
     return missing

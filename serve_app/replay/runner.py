@@ -238,10 +238,12 @@ async def replay_session(
 ) -> None:
     """The one replay loop (``replay --url``, ``replay --local``, ``sweep``): every model on every test
     set against the router at ``base_url``, split by split. A model's run folder is created (or resumed)
-    the first time it is replayed and kept in ``folders``; records already there are skipped."""
+    the first time it is replayed and kept in ``folders``; records already there are skipped. Every
+    model's labels are checked against the dataset's before the first request (`check_labels`)."""
     run_name = cfg.resolved_run_name(ds.fingerprint)
     async with http_client(cfg) as client:
         listing = await get_models(client, base_url)
+        check_labels(ds.name, ds.labels, listing, models)
         for test in tests:
             for model in models:
                 if model not in folders:
@@ -272,7 +274,6 @@ async def replay_url(cfg: ReplayConfig, base_url: str, tests: list[TestSet] | No
         raise RuntimeError(f"no models to replay: none given and {base_url}/v1/models lists none")
     if listing is not None:
         check_ids(models, [m.id for m in listing.models], f"{base_url} serves")
-    check_labels(ds.name, ds.labels, listing, models)
     folders: dict[str, Path] = {}
     session = uuid.uuid4().hex[:12]
     await replay_session(

@@ -76,3 +76,66 @@ def test_a_single_label_is_refused_whatever_the_layout(tmp_path: Path) -> None:
     one.to_json(split / "test.jsonl", orient="records", lines=True)
     with pytest.raises(DatasetError, match="at least two labels"):
         load_dataset(str(split))
+
+
+def test_whole_number_labels_name_one_class_whatever_pandas_reads(tmp_path: Path) -> None:
+    # an integer label column with one null reads as float in pandas (1.0); the clean test file as 1
+    train = [{"text": f"good {i}", "label": 1} for i in range(6)] + [
+        {"text": f"bad {i}", "label": 2} for i in range(6)
+    ]
+    train.append({"text": "unlabelled", "label": None})
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in train))
+    test = [{"text": "good x", "label": 1}, {"text": "bad x", "label": 2}]
+    (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(r) for r in test))
+    ds = load_dataset(str(tmp_path))
+    assert ds.labels == ("1", "2")
+    assert ds.train is not None and len(ds.train) == 12  # the unlabelled row is left out
+
+
+def test_empty_labels_are_left_out_as_in_jsonl(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"text": ["a b", "c d", "e f", "g h"], "label": ["x", "", "y", "x"]}).to_csv(
+        path, index=False
+    )
+    ds = load_dataset(str(path))
+    assert ds.labels == ("x", "y") and ds.pool is not None and len(ds.pool) == 3
+
+
+def test_test_labels_the_training_file_lacks_are_refused(tmp_path: Path) -> None:
+    pd.DataFrame(_rows(12)).to_json(tmp_path / "train.jsonl", orient="records", lines=True)
+    test = pd.DataFrame([{"text": "t1", "label": "a"}, {"text": "t2", "label": "c"}])
+    test.to_json(tmp_path / "test.jsonl", orient="records", lines=True)
+    with pytest.raises(DatasetError, match=r"test labels \['c'\] never occur in the training split"):
+        load_dataset(str(tmp_path))
+
+
+def test_byte_order_mark_is_read_and_unreadable_files_are_dataset_errors(tmp_path: Path) -> None:
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in _rows(6)).encode())
+    assert load_dataset(str(bom)).labels == ("a", "b")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(DatasetError, match="cannot read"):
+        load_dataset(str(empty))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "a", "label": "x"}\n{"text": \n')
+    with pytest.raises(DatasetError, match="cannot read"):
+        load_dataset(str(broken))
+
+
+def test_the_label_column_is_part_of_the_dataset_identity(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    rows = [{"text": f"t{i}", "label": "ab"[i % 2], "fine": "xyz"[i % 3]} for i in range(12)]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    coarse, fine = load_dataset(str(path)), load_dataset(str(path), label_col="fine")
+    assert coarse.fingerprint != fine.fingerprint and fine.labels == ("x", "y", "z")
+    assert load_dataset(str(path)).fingerprint == coarse.fingerprint
+
+
+def test_cli_refuses_a_bad_dataset_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from serve_app.cli import main
+
+    (tmp_path / "empty.csv").write_text("")
+    assert main(["evaluate", "--dataset", str(tmp_path / "empty.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("accuwatt: error: cannot read") and "\n" not in err

@@ -10,7 +10,7 @@ import pytest
 from serve_app.classifiers.traditional import ArtifactError, TraditionalClassifier
 from serve_app.cli import main
 from serve_app.data import load_dataset, make_split
-from serve_app.train import evaluate_split, train_split
+from serve_app.train import evaluate_split, train_missing, train_split
 
 
 def test_train_save_load_predict(tmp_path: Path) -> None:
@@ -66,3 +66,23 @@ def test_cli_evaluate_json(capsys: pytest.CaptureFixture[str]) -> None:
     out = json.loads(capsys.readouterr().out)
     assert [s["model"] for s in out["summary"]] == ["bow-logreg", "tfidf-logreg"]
     assert all(s["splits"] == 2 for s in out["summary"])
+
+
+def test_artifacts_of_another_split_or_label_set_are_retrained(tmp_path: Path) -> None:
+    ds = load_dataset("demo")
+    split = make_split(ds, 60, 20, seed=3, index=0)
+    assert train_missing(split, ["tfidf-logreg"], tmp_path, ds) == ["tfidf-logreg"]
+    assert train_missing(split, ["tfidf-logreg"], tmp_path, ds) == []  # same split, labels: kept
+    other = make_split(ds, 60, 20, seed=3, index=1)
+    assert train_missing(other, ["tfidf-logreg"], tmp_path, ds) == ["tfidf-logreg"]
+    manifest = json.loads((tmp_path / "tfidf-logreg" / "manifest.json").read_text())
+    assert manifest["split"]["index"] == 1
+    # the same folder asked for another label set (the same file read with another label column)
+    relabel = tmp_path / "relabel.jsonl"
+    relabel.write_text(
+        "\n".join(json.dumps({"text": t, "label": "ab"[i % 2]}) for i, t in enumerate(ds.train.texts))  # type: ignore[union-attr]
+    )
+    ds2 = load_dataset(str(relabel))
+    split2 = make_split(ds2, 60, 20, seed=3, index=1)
+    assert train_missing(split2, ["tfidf-logreg"], tmp_path, ds2) == ["tfidf-logreg"]
+    assert TraditionalClassifier(tmp_path / "tfidf-logreg").info.labels == ("a", "b")
