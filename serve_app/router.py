@@ -412,7 +412,7 @@ class Router:
     async def _energy_view(self) -> EnergyView:
         try:
             reported = await within(registry.get(self._app, ENERGY_VIEW_TIMEOUT_S), ENERGY_VIEW_TIMEOUT_S)
-        except (TimeoutError, RayError):
+        except (asyncio.TimeoutError, RayError):
             raise unavailable(
                 "energy_registry_unavailable",
                 f"the energy registry (Ray's GCS) did not answer within {ENERGY_VIEW_TIMEOUT_S:g} s",
@@ -474,6 +474,9 @@ class Router:
         except Exception:
             self._overhead.abandon(window)
             return internal_error(rid)
+        except BaseException:  # cancelled (the client went away): the window must not stay open
+            self._overhead.abandon(window)
+            raise
         finally:
             self._inflight -= 1
         latency = time.perf_counter() - t0

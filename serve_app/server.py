@@ -61,11 +61,11 @@ class ClassifierReplica:
         window = self.energy.open(request_id, request_weight(self.rule, self.classifier, texts), self.stepped)
         try:
             preds = await self._predict(texts, mode, window.work if window.stepped else None)
-        except BaseException:
+            on_time = await self.energy.settle() and on_time
+        except BaseException:  # failed or cancelled: an open window would share every later interval
             window.abandon()
             raise
         tokens = (sum(p.prompt_tokens or 0 for p in preds), sum(p.generated_tokens or 0 for p in preds))
-        on_time = await self.energy.settle() and on_time
         tag = window.close(tokens, late=not on_time)
         if self._on_tag is not None:
             self._on_tag(tag, len(texts))

@@ -76,7 +76,7 @@ class ServingOverhead:
             return {"error": self.error}
         snap = self.energy.snapshot()
         keys = (
-            *("metered_j", "attributed_j", "idle_j", "requests", "source", "error"),
+            *("metered_j", "attributed_j", "idle_j", "requests", "open_requests", "source", "error"),
             *("edge_error_j", "missed_j", "adjusted_j"),
         )
         return {**{k: snap[k] for k in keys}, "group": self.energy.info.extra.get("group")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 
 import httpx
 import pytest
@@ -145,3 +146,25 @@ def test_repeated_request_id_is_classified_and_metered_once(base_url: str) -> No
     assert requests_served() - before == 1
     clash = httpx.post(f"{base_url}/v1/classify", json={**payload, "texts": ["anders"]}, timeout=60)
     assert clash.status_code == 409 and clash.json()["error"]["code"] == "request_id_conflict"
+
+
+def test_a_client_that_goes_away_leaves_no_request_open(base_url: str) -> None:
+    """Serve cancels a request whose client disconnects, in the router and in the replica. Neither may
+    keep its energy window open: an open window takes a share of every later interval, so every later
+    request's tag would be too small, with no flag."""
+    model = "embedding-logreg"
+    long = [" ".join(GERMAN) * 6] * 200  # about a second of encoding on two cores
+    for _ in range(3):
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{base_url}/v1/classify", json={"model": model, "texts": long}, timeout=0.3)
+    t0 = time.monotonic()
+    while True:  # the cancelled requests end within a few seconds
+        view = httpx.get(f"{base_url}/v1/energy", timeout=30).json()
+        replicas = [r for r in view["deployments"][model]["replicas"].values() if not r["stale"]]
+        open_now = sum(r["open_requests"] for r in replicas) + view["serving_overhead"]["open_requests"]
+        if open_now == 0 or time.monotonic() - t0 > 30:
+            break
+        time.sleep(0.5)
+    assert replicas and open_now == 0, view
+    r = httpx.post(f"{base_url}/v1/classify", json={"model": model, "texts": GERMAN}, timeout=60)
+    assert r.status_code == 200

@@ -198,3 +198,61 @@ def test_weights_and_description(tmp_path: Path, artifacts: Path) -> None:
         server.close()
     assert d.id == MODEL and d.kind == "traditional" and d.labels == ["OFFENSE", "OTHER"]
     assert d.energy_source == "rapl" and d.node == "n1" and (d.trainable_parameters or 0) > 0
+
+
+@pytest.mark.parametrize("where", ["model", "closing_settle"])
+def test_a_cancelled_request_leaves_no_window_open(tmp_path: Path, artifacts: Path, where: str) -> None:
+    """A client that goes away cancels the request in the replica, in the model call or while the
+    closing end waits for another node's counters. Its window must close: one left open would take a
+    share of every later interval. The energy drawn later goes to the next request alone."""
+    from serve_app.energy.rapl import RaplMeter, rapl_available
+
+    rapl_available.cache_clear()
+    package = Package(tmp_path / "rapl")
+    classifier = build_classifier(TraditionalSpec(id=MODEL), artifacts)
+    settles: list[float] = []
+    hang = asyncio.Event()  # never set: the cancelled step waits until cancelled
+
+    async def settle(t_s: float) -> bool:
+        settles.append(t_s)
+        if where == "closing_settle" and len(settles) == 2:
+            await hang.wait()
+        return True
+
+    async def predict(texts: list[str], mode: str | None, on_work: WorkSink | None) -> list[Prediction]:
+        if where == "model" and len(settles) == 1:
+            await hang.wait()
+        return await classifier.predict(texts)
+
+    root = tmp_path / "rapl"
+    cfg = EnergyConfig.model_validate(
+        {"meter": "rapl", "sample_period_s": 10, "rapl_root": str(root), "attribution": "time"}
+    )
+    energy = ReplicaEnergy(RaplMeter(str(root), node="n1"), cfg, "replica-1", [], settle)
+    server = ClassifierReplica(MODEL, cfg, classifier, energy, predict)
+
+    async def run() -> float | None:
+        first = asyncio.ensure_future(server.classify(["Das ist gut."], None, "gone"))
+        while not (len(settles) >= (2 if where == "closing_settle" else 1)):
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.01)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+
+        async def model_draws(
+            texts: list[str], mode: str | None, on_work: WorkSink | None
+        ) -> list[Prediction]:
+            package.add(1.0)
+            return await classifier.predict(texts)
+
+        server._predict = model_draws
+        return (await server.classify(["Du Idiot!"], None, "next")).energy.joules
+
+    try:
+        joules = asyncio.run(run())
+        snap = energy.snapshot()
+    finally:
+        server.close()
+    assert snap["open_requests"] == 0
+    assert joules == pytest.approx(1.0)  # not half of it: no phantom sharer
