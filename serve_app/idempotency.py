@@ -2,8 +2,9 @@
 
 A client that retries (after a timeout, a 503, a router restart, or a replay that resumes) sends the
 same ``request_id``. The router then answers from this cache, or joins the request still in flight,
-so the text is classified, and its energy metered, once. A reused id with a different payload is a
-client error (409), not a cache hit. Failures are not cached: a retry after one runs again.
+so the text is classified, and its energy metered, once, even when the first client went away while
+it ran (the classification goes on, and its answer waits for the retry). A reused id with a different
+payload is a client error (409), not a cache hit. Failures are not cached: a retry after one runs again.
 Bounded: at most ``max_entries`` answers, each kept for ``ttl_s``. Per router replica, in memory.
 """
 
@@ -56,20 +57,19 @@ class IdempotencyCache(Generic[T]):
             stored, running = self._inflight[key]
             self._check(key, stored, fp)
             return await asyncio.shield(running), True
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = (fp, fut)
-        try:
-            result = await call()
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # retrieved: joiners re-raise it, nobody logs it as unhandled
-            raise
-        else:
-            fut.set_result(result)
-            self._done[key] = (time.monotonic(), fp, result)
-            self._done.move_to_end(key)
-            while len(self._done) > self.max_entries:
-                self._done.popitem(last=False)
-            return result, False
-        finally:
-            del self._inflight[key]
+        # The call runs as a task of its own: a first client that goes away (Serve cancels its request)
+        # does not cancel it, so a retry that joined it, or comes later, gets its answer.
+        task = asyncio.ensure_future(call())
+        self._inflight[key] = (fp, task)
+        task.add_done_callback(lambda done: self._settle(key, fp, done))
+        return await asyncio.shield(task), False
+
+    def _settle(self, key: str, fp: str, task: asyncio.Future[T]) -> None:
+        """Keep a finished call's answer; a failure is not kept (a retry runs again)."""
+        del self._inflight[key]
+        if task.cancelled() or task.exception() is not None:  # retrieved: joiners re-raise it
+            return
+        self._done[key] = (time.monotonic(), fp, task.result())
+        self._done.move_to_end(key)
+        while len(self._done) > self.max_entries:
+            self._done.popitem(last=False)

@@ -74,3 +74,31 @@ def test_failures_are_not_cached_and_entries_are_bounded() -> None:
 def test_fingerprint_separates_texts_and_modes() -> None:
     assert fingerprint("m", None, ["ab", "c"]) != fingerprint("m", None, ["a", "bc"])
     assert fingerprint("m", "choice", ["a"]) != fingerprint("m", "score", ["a"])
+
+
+def test_a_first_client_that_goes_away_does_not_cancel_the_answer_its_retry_waits_for() -> None:
+    """Serve cancels the request of a client that disconnects. Its retry, already joined or arriving
+    later with the same request_id, gets the one classification's answer, not the cancellation."""
+    calls = 0
+
+    async def call() -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.1)
+        return {"n": calls}
+
+    async def main() -> tuple[tuple[dict[str, int], bool], tuple[dict[str, int], bool], bool]:
+        cache = IdempotencyCache()
+        fp = fingerprint("m", None, ["a"])
+        first = asyncio.ensure_future(cache.run("id1", fp, call))
+        await asyncio.sleep(0.02)
+        joined = asyncio.ensure_future(cache.run("id1", fp, call))
+        await asyncio.sleep(0.02)
+        first.cancel()  # the first client went away
+        answer = await joined
+        later = await cache.run("id1", fp, call)
+        return answer, later, first.cancelled()
+
+    joined, later, first_cancelled = asyncio.run(main())
+    assert first_cancelled and calls == 1
+    assert joined == ({"n": 1}, True) and later == ({"n": 1}, True)
