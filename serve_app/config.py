@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from serve_app.classifiers.llm_config import LLMSpec
 from serve_app.classifiers.pipeline_config import PipelineSpec
@@ -65,7 +65,8 @@ class RouterConfig(Strict):
     """Name of the environment variable (in the router's process) holding the bearer token."""
     api_key_file: str | None = None
     """Path of a file holding the bearer token (a mounted secret), read by the router at start; it wins
-    over ``api_key_env``. A configured file that is missing or empty stops the router from starting.
+    over ``api_key_env``. A configured file that is missing or empty stops the router from starting;
+an empty or blank path is refused here (never read as "no file").
     No key at all (no file, variable unset or empty) is allowed only while Serve's ``http_options.host``
     is loopback; otherwise the router refuses to start. Never put the token itself in a config."""
     body_timeout_s: float = Field(10.0, gt=0)
@@ -92,6 +93,13 @@ class RouterConfig(Strict):
     replica then takes the classifier's ``deployment`` options (replicas, CPUs), and its energy tag
     covers the one process and the proxy's part as a whole (``model_j`` and ``overhead_j`` stay empty,
     see ``energy/tag.py: single_hop_tag``)."""
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _key_file_named(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("is empty: name the file that holds the API key, or leave the setting out")
+        return v
 
 
 class AppConfig(Strict):

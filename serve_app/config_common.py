@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 def require_unique(what: str, items: Sequence[str]) -> None:
@@ -16,7 +16,10 @@ def require_unique(what: str, items: Sequence[str]) -> None:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Config: unknown keys refused, values frozen, and no float may be infinite or NaN (``.inf`` in a
+    YAML would pass ``gt=0`` and turn a tag's joules into null)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class EnergyConfig(Strict):
@@ -55,7 +58,7 @@ class EnergyConfig(Strict):
     """Run CodeCarbon on every node beside the node account (``energy/crosscheck.py``): ``/v1/energy``
     then shows, per node, CodeCarbon's energy next to the account's over the same window (needs the
     ``carbon`` extra)."""
-    idle_w: dict[str, float] = Field(default_factory=dict)
+    idle_w: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     """The node's baseline idle power (W) per counter key or domain (``{"cpu": 12}``); unset: the lowest
     sustained power the account has seen (0 for the estimate's CPU counter)."""
 
@@ -68,6 +71,8 @@ class DeploymentOptions(Strict):
     num_gpus: float = Field(0, ge=0)
     max_ongoing_requests: int = Field(32, ge=1)
     max_queued_requests: int = Field(256, ge=-1)
+    """Requests waiting for the replica beyond ``max_ongoing_requests``; -1: no limit (0 is refused, as
+    Serve does)."""
     max_batch_size: int = Field(32, ge=1)
     """Requests (not texts) merged into one model call; at most ``max_ongoing_requests`` are ever
     in the replica, so a larger value is never reached (Serve warns)."""
@@ -75,3 +80,10 @@ class DeploymentOptions(Strict):
     resources: dict[str, float] = Field(default_factory=dict)
     """Custom Ray resources, e.g. ``{"node:worker-1": 0.01}`` to pin a replica to a node."""
     env_vars: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _queue_bound(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("must be -1 (no limit) or at least 1; Serve refuses 0")
+        return v

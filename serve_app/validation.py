@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-FIELD_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+FIELD_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+"""Both are matched whole (``fullmatch``: ``$`` would let a trailing newline through)."""
 ALLOWED_FIELDS = frozenset({"model", "text", "texts", "mode", "request_id"})
 JSON_MEDIA_TYPES = ("application/json",)
 """Accepted ``Content-Type`` media types (``application/*+json`` too); a missing header is read as JSON."""
@@ -59,7 +60,7 @@ class Limits:
 
 def safe_field_name(name: str) -> str:
     """A client-chosen key, for error messages: itself if it looks like an identifier, else a placeholder."""
-    return name if FIELD_NAME_RE.match(name) else "<invalid name>"
+    return name if FIELD_NAME_RE.fullmatch(name) else "<invalid name>"
 
 
 def check_content_type(value: str | None) -> None:
@@ -78,9 +79,10 @@ def check_content_type(value: str | None) -> None:
 
 def check_declared_length(value: str | None, max_body_bytes: int) -> None:
     """Reject a ``Content-Length`` over the limit before reading the body."""
-    if value is not None and value.strip().isdigit() and int(value) > max_body_bytes:
+    digits = (value or "").strip()
+    if digits.isascii() and digits.isdecimal() and int(digits) > max_body_bytes:
         raise RequestError(
-            413, "body_too_large", f"body has {int(value)} bytes; the limit is {max_body_bytes}"
+            413, "body_too_large", f"body has {int(digits)} bytes; the limit is {max_body_bytes}"
         )
 
 
@@ -198,7 +200,7 @@ def parse_classify(raw: bytes, limits: Limits) -> ClassifyRequest:
         texts = [_check_text(t, f"texts[{i}]", limits) for i, t in enumerate(raw_texts)]
     mode = _check_name(body, "mode", required=False)
     rid = body.get("request_id")
-    if rid is not None and (not isinstance(rid, str) or not REQUEST_ID_RE.match(rid)):
+    if rid is not None and (not isinstance(rid, str) or not REQUEST_ID_RE.fullmatch(rid)):
         raise RequestError(
             400, "invalid_request_id", "request_id must be 1-128 characters of [A-Za-z0-9._:-]", "request_id"
         )

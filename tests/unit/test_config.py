@@ -56,6 +56,24 @@ def test_local_yaml_is_the_six_traditional_models() -> None:
         {"classifiers": []},
         {"classifiers": [{"kind": "traditional", "id": "tfidf-logreg", "energy": {"meter": "magic"}}]},
         {"classifiers": [{"kind": "traditional", "id": "tfidf-logreg", "energy": {"sample_period_s": 0}}]},
+        # a negative or NaN idle power would hand processes more energy than was metered, or none
+        {"classifiers": [{"kind": "traditional", "id": "tfidf-logreg", "energy": {"idle_w": {"cpu": -12}}}]},
+        {
+            "classifiers": [
+                {"kind": "traditional", "id": "tfidf-logreg", "energy": {"idle_w": {"cpu": "nan"}}}
+            ]
+        },
+        {"classifiers": [{"kind": "traditional", "id": "tfidf-logreg", "energy": {"cpu_tdp_w": "inf"}}]},
+        {
+            "classifiers": [{"kind": "traditional", "id": "tfidf-logreg"}],
+            "router": {"request_timeout_s": "inf"},
+        },
+        {
+            "classifiers": [
+                {"kind": "traditional", "id": "tfidf-logreg", "deployment": {"max_queued_requests": 0}}
+            ]
+        },
+        {"classifiers": [{"kind": "traditional", "id": "tfidf-logreg"}], "router": {"api_key_file": " "}},
     ],
 )
 def test_bad_configs_are_rejected(bad) -> None:

@@ -141,3 +141,18 @@ def test_api_key_from_file_or_env(tmp_path) -> None:
     key_file.write_text("from-file\n")
     cfg = RouterConfig(api_key_env="K", api_key_file=str(key_file))
     assert load_api_key(cfg, environ={"K": "from-env"}) == "from-file"
+
+
+def test_a_trailing_newline_is_not_part_of_a_valid_request_id_or_field_name() -> None:
+    for rid in ("abc\n", "a" * 128 + "\n"):
+        body = json.dumps({"model": "m", "text": "x", "request_id": rid}).encode()
+        assert _err(body).code == "invalid_request_id"
+    err = _err(json.dumps({"model": "m", "text": "x", "foo\n": 1}).encode())
+    assert err.code == "unknown_field" and "foo" not in err.message
+
+
+def test_a_content_length_of_other_digits_is_left_to_the_body_check() -> None:
+    check_declared_length("\u00b2", 10)  # a superscript two: a digit to str.isdigit, not a number
+    with pytest.raises(RequestError) as info:
+        check_declared_length(" 400000 ", 300_000)
+    assert info.value.status == 413
