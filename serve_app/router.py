@@ -30,13 +30,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from ray import serve
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from serve_app import registry
 from serve_app.backends import Backend, LocalClassifier, RemoteClassifier
+from serve_app.classifiers.base import InputRejected
 from serve_app.config import RouterConfig
 from serve_app.config_common import EnergyConfig
 from serve_app.deployment import ClassifierHost
@@ -188,6 +189,11 @@ def not_ready(model_id: str, st: ModelState) -> RequestError:
     )
 
 
+def rejected(exc: InputRejected) -> RequestError:
+    """A text the classifier refused (``classifiers.base.InputRejected``): the client's error."""
+    return RequestError(exc.status, exc.code, exc.message, exc.field)
+
+
 def replica_unavailable(model_id: str) -> RequestError:
     return unavailable(
         "replica_unavailable", f"the replicas of {model_id!r} are restarting", RESTART_RETRY_AFTER_S
@@ -315,6 +321,12 @@ class Router:
         for attempt in range(self.cfg.retries + 1):
             try:
                 return await within(backend.classify(texts, mode, rid), self.cfg.request_timeout_s)
+            except InputRejected as exc:  # single hop: the classifier's own exception
+                raise rejected(exc) from None
+            except RayTaskError as exc:  # two hops: the replica's exception, wrapped by Ray
+                if not isinstance(exc.cause, InputRejected):
+                    raise
+                raise rejected(exc.cause) from None
             except BackPressureError:
                 raise overloaded(f"the queue of {model_id!r}") from None
             except DeploymentUnavailableError:

@@ -21,6 +21,20 @@ def predictions_from_proba(classes: Sequence[str], proba: Any) -> list[Predictio
     ]
 
 
+class InputRejected(ValueError):
+    """A text this classifier cannot take although the router's checks passed (an LLM prompt longer
+    than the model's context): the client's error, answered as HTTP ``status`` with ``code`` and the
+    offending ``field`` (``texts[i]``), not as a failure of the service. All arguments go to
+    ``Exception.args``, so it survives pickling across the Serve hop."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(status, code, message, field)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+    def __str__(self) -> str:
+        return self.message
+
+
 @dataclass(frozen=True)
 class ClassifierInfo:
     """What `/v1/models` shows for a classifier."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.classifiers import llm_engine, llm_stages, prompts
-from serve_app.classifiers.base import WARM_UP_TEXT, Classifier, ClassifierInfo, WorkSink
+from serve_app.classifiers.base import WARM_UP_TEXT, Classifier, ClassifierInfo, InputRejected, WorkSink
 from serve_app.classifiers.llm_config import MODES, PREPARED_PREFIX, LLMSpec
 from serve_app.classifiers.llm_workers import WHERE_METHOD
 from serve_app.energy.keys import WorkerProcess
@@ -98,6 +98,7 @@ class LLMClassifier(Classifier):
         # otherwise allow one token per character (the grammar may spell a label) and the end token.
         single = self._first_tokens is not None and all(len(i) == 1 for i in self._label_ids.values())
         self._choice_max_tokens = 1 if single else max(len(label) for label in self._labels) + 1
+        self._max_model_len = int(getattr(getattr(engine, "model_config", None), "max_model_len", 0) or 0)
         devices = tuple(f"gpu:{r}" for r in range(spec.world_size)) if spec.on_gpu else ("cpu",)
         super().__init__(
             ClassifierInfo(
@@ -135,7 +136,10 @@ class LLMClassifier(Classifier):
         if run is None:
             raise UnknownModeError(f"unknown mode {name!r}; known: {', '.join(MODES)}")
         sink = on_work or _no_sink
-        return list(await asyncio.gather(*(run(t, sink) for t in texts)))
+        prompt_ids = [self._prompt_ids(t, name) for t in texts]
+        for i, ids in enumerate(prompt_ids):  # all checked before any reaches the engine
+            self._check_fits(i, len(ids), name)
+        return list(await asyncio.gather(*(run(ids, sink) for ids in prompt_ids)))
 
     async def workers(self) -> list[WorkerProcess]:
         """Every vLLM worker (one per TP x PP rank): its process, Ray node and GPU (see
@@ -218,6 +222,27 @@ class LLMClassifier(Classifier):
         rendered: str = self._tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return rendered
 
+    def _prompt_ids(self, text: str, mode: str) -> list[int]:
+        """The prompt of ``text`` in ``mode``: ``choice`` and ``score`` end in the prefilled answer head."""
+        return self._encode(self._render(text) + ("" if mode == "paper" else self._prefill))
+
+    def _check_fits(self, index: int, n_prompt: int, mode: str) -> None:
+        """Refuse a prompt the engine would refuse (it needs room for one token after it, and ``score``
+        over label sequences for the longest label's tokens too) as the client's error."""
+        if not self._max_model_len:
+            return
+        room = 1 + (
+            max(map(len, self._label_ids.values())) if mode == "score" and not self._first_tokens else 0
+        )
+        if n_prompt + room > self._max_model_len:
+            raise InputRejected(
+                413,
+                "text_too_long",
+                f"texts[{index}] makes a prompt of {n_prompt} tokens; model {self.spec.id!r} takes at most "
+                f"{self._max_model_len - room} (max_model_len {self._max_model_len})",
+                f"texts[{index}]",
+            )
+
     def _encode(self, text: str) -> list[int]:
         ids: list[int] = self._tok(text, add_special_tokens=False)["input_ids"]
         return ids
@@ -260,8 +285,7 @@ class LLMClassifier(Classifier):
 
         return SamplingParams(temperature=0.0, **kwargs)
 
-    async def _paper(self, text: str, on_work: WorkSink) -> Prediction:
-        prompt_ids = self._encode(self._render(text))
+    async def _paper(self, prompt_ids: list[int], on_work: WorkSink) -> Prediction:
         if not self.spec.reasoning:
             params = self._params(max_tokens=self.spec.paper_max_tokens)
             g = (await self._generate(prompt_ids, params, on_work)).outputs[0]
@@ -299,10 +323,9 @@ class LLMClassifier(Classifier):
         g2 = (await self._generate(forced, self._params(max_tokens=answer_max), on_work)).outputs[0]
         return text + close + g2.text, len(ids) + len(g2.token_ids)
 
-    async def _choice(self, text: str, on_work: WorkSink) -> Prediction:
+    async def _choice(self, prompt_ids: list[int], on_work: WorkSink) -> Prediction:
         from vllm.sampling_params import StructuredOutputsParams
 
-        prompt_ids = self._encode(self._render(text) + self._prefill)
         params = self._params(
             max_tokens=self._choice_max_tokens,
             structured_outputs=StructuredOutputsParams(choice=list(self._labels)),
@@ -317,17 +340,16 @@ class LLMClassifier(Classifier):
             raw=g.text,
         )
 
-    async def _score(self, text: str, on_work: WorkSink) -> Prediction:
-        prompt_ids = self._encode(self._render(text) + self._prefill)
+    async def _score(self, prompt_ids: list[int], on_work: WorkSink) -> Prediction:
         if self._first_tokens is not None:
             token_ids = list(self._first_tokens.values())
             params = self._params(max_tokens=1, logprob_token_ids=token_ids)
             g = (await self._generate(prompt_ids, params, on_work)).outputs[0]
             step = g.logprobs[0] if g.logprobs else {}
-            logprobs = {
-                label: (step[tid].logprob if tid in step else -math.inf)
-                for label, tid in self._first_tokens.items()
-            }
+            # a label whose token the engine gave no log-probability is left out (JSON has no -inf)
+            logprobs = {label: step[tid].logprob for label, tid in self._first_tokens.items() if tid in step}
+            if not logprobs:
+                raise RuntimeError(f"the engine returned no log-probability for any label of {self.spec.id}")
             n_prompt, n_gen = len(prompt_ids), len(g.token_ids)
         else:
             logprobs, n_prompt, n_gen = await self._score_sequences(prompt_ids, on_work)

@@ -209,3 +209,22 @@ def test_llm_over_http(llm_app: Load) -> None:
         assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_mode"
         r = client.post(base + "/v1/classify", json={"model": MODEL, "text": "ok"})  # default mode
         assert r.status_code == 200 and r.json()["predictions"][0]["scores"] is None
+
+
+def test_a_text_over_the_context_is_the_clients_error(llm_app: Load) -> None:
+    """A text within the router's ``max_text_chars`` whose prompt exceeds the model's ``max_model_len``
+    (2048) is answered 413 ``text_too_long`` naming the text, before any text of the request reaches
+    the engine (it answered 500 ``internal_error`` when the engine refused it), and the model serves on."""
+    base = llm_app.base
+    long = "word " * 3900  # 19,500 characters: under max_text_chars, about 3,900 tokens
+    with httpx.Client(timeout=300) as client:
+        r = client.post(
+            base + "/v1/classify", json={"model": MODEL, "texts": ["fine", long], "mode": "score"}
+        )
+        assert r.status_code == 413, r.text
+        err = r.json()["error"]
+        assert err["code"] == "text_too_long" and err["field"] == "texts[1]" and "2048" in err["message"]
+        r = client.post(base + "/v1/classify", json={"model": MODEL, "text": "a fine film", "mode": "score"})
+        assert r.status_code == 200, r.text
+        view = client.get(base + "/v1/energy").json()
+        assert all(rep["open_requests"] == 0 for rep in view["deployments"][MODEL]["replicas"].values())

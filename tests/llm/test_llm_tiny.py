@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import psutil
 import pytest
 
+from serve_app.classifiers.base import InputRejected
 from serve_app.classifiers.llm import LLMClassifier, UnknownModeError
 from serve_app.classifiers.prompts import UNPARSED_LABEL
 from tests.llm.conftest import EngineLoop, build, cpu_spec
@@ -84,6 +86,17 @@ def test_many_concurrent_texts_are_batched(tiny: LLMClassifier, engine_loop: Eng
 def test_unknown_mode(tiny: LLMClassifier, engine_loop: EngineLoop) -> None:
     with pytest.raises(UnknownModeError):
         engine_loop.run(tiny.predict(TEXTS, "fast"))
+
+
+def test_a_prompt_over_the_context_is_refused_before_the_engine(
+    tiny: LLMClassifier, engine_loop: EngineLoop
+) -> None:
+    with pytest.raises(InputRejected) as info:  # max_model_len 1024
+        engine_loop.run(tiny.predict(["fine", "word " * 1500], "choice"))
+    exc = info.value
+    assert exc.status == 413 and exc.code == "text_too_long" and exc.field == "texts[1]"
+    assert pickle.loads(pickle.dumps(exc)).field == "texts[1]"  # it crosses the Serve hop
+    assert len(engine_loop.run(tiny.predict(["fine"], "choice"))) == 1
 
 
 def test_request_weight_counts_prompt_tokens(tiny: LLMClassifier) -> None:
