@@ -32,6 +32,7 @@ from serve_app.energy.footprint import (
     plan_meter,
     settle_of,
     sources_by_node,
+    unmatched_gpu_nodes,
     unmetered_gpu_nodes,
 )
 from serve_app.energy.keys import node_of_key
@@ -74,7 +75,7 @@ def build_meter(spec: ClassifierSpec, workers: list[WorkerProcess]) -> tuple[Met
         log.error("energy meter %r unusable, tags will say 'unavailable': %s", spec.energy.meter, exc)
         return BrokenMeter(str(exc), node), []
     if isinstance(spec, LLMSpec) and spec.on_gpu and spec.energy.meter != "off":
-        missing = unmetered_gpu_nodes(plan.gpu_nodes, sources_by_node(meter))
+        missing = unmetered_gpu_nodes(plan.gpu_nodes, sources_by_node(meter), unmatched_gpu_nodes(meter))
         if missing or not plan.gpu_nodes:
             flags.append("gpus_not_metered")
             log.warning("GPUs of %s not metered (nodes: %s)", spec.id, missing or "GPUs not located")

@@ -83,6 +83,7 @@ class EnergyTag(BaseModel):
     plus average power x the remote counters' polling lag when they were late. Flags: ``shorter_than_counter_update`` when the request is shorter than
     the counter's refresh period; ``remote_counters_late`` when another node's counters did not arrive
     in time at an end of the request (its remote work may count in the next request's window instead).
+    ``meter_gap``: the meter failed and recovered while the request was open (the outage's energy is unknown: the figure lacks it).
     """
 
     model_config = _CONFIG

@@ -6,7 +6,8 @@ reads every process's CPU time (``procs.scan``) and splits each counter's interv
 
 1. **Baseline idle**, kept apart: ``idle_w`` when configured (per counter key or per domain), else the
    lowest sustained power seen so far on that counter (lowest average over a tick of at least
-   ``SUSTAINED_S``; the first ticks have none, so the baseline only ever falls), and 0 for the
+   ``SUSTAINED_S`` whose counter step was ``ok``: a rejected or reset step says nothing of the power;
+   the first ticks have none, so the baseline only ever falls), and 0 for the
    estimate's ``cpu`` counter (it counts busy CPU time only, so it has no idle part by construction).
 2. **Active CPU and DRAM** energy to every process by its CPU time in the interval (Kepler's rule; DRAM
    follows CPU time too: memory traffic follows the cores that run), summed into groups
@@ -40,6 +41,7 @@ from typing import Any, cast
 from serve_app.energy.base import Meter, MeterError, Reading, Source
 from serve_app.energy.counters import Limits, baseline_after, counter_step
 from serve_app.energy.nodemeter import node_busy_cpu_s
+from serve_app.energy.nvml import GpuIdentity
 from serve_app.energy.procs import (
     OTHER,
     PROXY,
@@ -60,9 +62,10 @@ RATE_DECAY = 0.5
 
 
 def share_source(sources: Mapping[str, str]) -> Source:
-    """The source a share of the account is labelled with (counter key -> source): ``estimate`` if
-    any part is estimated (an estimate is never passed off as a measurement), else ``nvml`` where a
-    GPU counter is in it, else the one source there is."""
+    """The source a share of the account is labelled with, from the counters its energy comes from
+    (counter key -> source; ``share.py`` gives the CPU and DRAM counters and the GPUs the group owns
+    or has energy on): ``estimate`` if any part is estimated (an estimate is never passed off as a
+    measurement), else ``nvml`` where a GPU counter is in it, else the one source there is."""
     values = set(sources.values())
     if not values or "estimate" in values:
         return "estimate"
@@ -160,6 +163,20 @@ class NodeAccount:
         with self._lock:
             self._named = {pid: g for pid, g in self._named.items() if g != group}
 
+    @property
+    def gpus(self) -> list[GpuIdentity]:
+        """The node's GPUs as its NVML counters name them (index, UUID), for ``keys.gpu_keys``."""
+        return sorted(
+            {
+                GpuIdentity(int(key.split(":", 1)[1]), str(uuid))
+                for m in self.meters
+                if m.info.source in ("nvml", "nvml-power")
+                for key, uuid in m.info.extra.items()
+                if key.startswith("gpu:") and key.split(":", 1)[1].isdigit()
+            },
+            key=lambda g: g.index,
+        )
+
     def own_gpus(self, gpu_keys: Iterable[str], group_pid: int) -> None:
         """GPUs (``gpu:<index>``) used by the group of process ``group_pid``."""
         with self._lock:
@@ -247,7 +264,7 @@ class NodeAccount:
                 if kind != "ok":
                     self.steps[kind] += 1
                     self.dropped_j += (value - before) if kind == "dropped" else 0.0
-                self._split_key(key, r.source, delta, dt_s, cpu_d, denom, sum_cpu, routers_cpu)
+                self._split_key(key, r.source, delta, dt_s, cpu_d, denom, sum_cpu, routers_cpu, kind == "ok")
         self.t_s = t_s
 
     def _baseline_w(self, key: str, source: str) -> float:
@@ -268,9 +285,12 @@ class NodeAccount:
         denom: float,
         sum_cpu: float,
         routers_cpu: Mapping[str, float],
+        ok: bool = True,
     ) -> None:
         idle = min(delta, self._baseline_w(key, source) * dt_s)
-        if dt_s >= SUSTAINED_S:
+        # only a step the counter really made is a power: a rejected one (0 J) or a reset (the value
+        # since the restart) would set the baseline near 0 W for good
+        if ok and dt_s >= SUSTAINED_S:
             self._min_w[key] = min(self._min_w.get(key, float("inf")), delta / dt_s)
         active = delta - idle
         _add(self.metered_j, key, delta)
@@ -362,6 +382,11 @@ class NodeAccount:
             "max_power_w": self.max_power_w,
             "ticks": self.ticks,
             "pids": sorted(pid for pid, g in self._group_of_pid.items() if g == group),
+            "gpus": sorted(
+                key
+                for key, pids in self._gpu_owners.items()
+                if any(self._group_of_pid.get(p) == group or self._named.get(p) == group for p in pids)
+            ),
         }
 
     def snapshot(self) -> dict[str, Any]:

@@ -138,11 +138,18 @@ class NodeEnergyAgentImpl:
             return {"error": f"no node account {key!r} on {self.node}"}
         return account.share_of_pid(pid)
 
-    def claim(self, key: str, pids: list[int], group_pid: int, gpu_keys: list[str]) -> None:
+    def claim(self, key: str, pids: list[int], group_pid: int, gpu_ids: list[str]) -> list[str]:
+        """Processes and GPUs (NVML indices or UUIDs) of this node that join the group of process
+        ``group_pid``; returns the GPU ids that match no counter of the account (not metered)."""
         account = self._accounts.get(key)
-        if account is not None:
-            account.claim(pids, group_pid)
-            account.own_gpus(gpu_keys, group_pid)
+        if account is None:
+            return list(gpu_ids)
+        keys, unmatched = gpu_keys(gpu_ids, account.gpus)
+        account.claim(pids, group_pid)
+        account.own_gpus(keys, group_pid)
+        if unmatched:
+            log.warning("GPUs %s of process %d match no NVML counter on %s", unmatched, group_pid, self.node)
+        return unmatched
 
     def account_snapshot(self) -> list[dict[str, Any]]:
         """Every account of the node; with ``energy.codecarbon``, its ``codecarbon`` cross-check."""
@@ -191,7 +198,8 @@ class NodeEnergyAgentImpl:
         key = self.start_account(cfg.model_dump())["key"]
         account = self._accounts[key]
         name = f"replica:{group}"
-        account.claim_group(pids, name, gpu_keys(gpu_ids))
+        keys, unmatched = gpu_keys(gpu_ids, account.gpus)
+        account.claim_group(pids, name, keys)
         self._in_account[group] = key
         # its share, exact at each tick and extrapolated in between by its processes' CPU time
         meter = AccountShareMeter(
@@ -201,9 +209,10 @@ class NodeEnergyAgentImpl:
             pid=pids[0] if pids else None,
             fetch=lambda _pid: account.share_of_group(name),
             claimed_pids=pids[1:],
+            unmatched_gpus=unmatched,
         )
         self._groups[group] = meter
-        return self._info(meter)
+        return {**self._info(meter), "unmatched_gpus": unmatched}
 
     def read(self, group: str) -> dict[str, Any]:
         """The group's cumulative counters (keys without node prefix) and, for an account share, what
@@ -401,6 +410,13 @@ class MultiNodeMeter:
         meter of the group's own)."""
         with self._lock:
             return {r.rp.node: r.pending_j for r in self._remotes}
+
+    @property
+    def unmatched_gpus(self) -> dict[str, list[str]]:
+        """Per node, the planned GPU ids that match no counter of its account (not metered)."""
+        out = {r.rp.node: list(r.info.get("unmatched_gpus") or []) for r in self._remotes}
+        out[self.local_node] = list(getattr(self.local, "unmatched_gpus", ()))
+        return {n: ids for n, ids in out.items() if ids}
 
     @property
     def sources_by_node(self) -> dict[str, str]:

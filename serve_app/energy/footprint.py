@@ -27,7 +27,7 @@ import psutil
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.agents import MultiNodeMeter, agent_for
 from serve_app.energy.base import Meter, MeterError
-from serve_app.energy.keys import RemoteProcesses, WorkerProcess, gpu_keys
+from serve_app.energy.keys import RemoteProcesses, WorkerProcess
 from serve_app.energy.probe import make_meter
 from serve_app.energy.share import AccountShareMeter
 from serve_app.energy.window import Settle
@@ -120,9 +120,23 @@ def sources_by_node(meter: Meter) -> dict[str, str]:
     return {meter.info.node: meter.info.source}
 
 
-def unmetered_gpu_nodes(gpu_nodes: Iterable[str], sources: Mapping[str, str]) -> list[str]:
-    """Nodes holding the replica's GPUs whose meter does not read GPUs (``sources``: node -> source)."""
-    return sorted(n for n in gpu_nodes if sources.get(n) not in ("nvml", "nvml-power"))
+def unmetered_gpu_nodes(
+    gpu_nodes: Iterable[str], sources: Mapping[str, str], unmatched: Iterable[str] = ()
+) -> list[str]:
+    """Nodes holding the replica's GPUs whose meter does not read GPUs (``sources``: node -> source),
+    and the nodes ``unmatched`` where a planned GPU matches no counter (``unmatched_gpu_nodes``)."""
+    gpu_nodes = set(gpu_nodes)
+    unread = {n for n in gpu_nodes if sources.get(n) not in ("nvml", "nvml-power")}
+    return sorted(unread | (set(unmatched) & gpu_nodes))
+
+
+def unmatched_gpu_nodes(meter: Meter) -> list[str]:
+    """Nodes where a GPU of the replica's plan matches no counter of the node's account (a UUID the
+    node's NVML does not list, no NVML there): the GPU's energy is in no share, so a tag that reads
+    the others is not the whole."""
+    if isinstance(meter, MultiNodeMeter):
+        return sorted(meter.unmatched_gpus)
+    return [meter.info.node] if getattr(meter, "unmatched_gpus", ()) else []
 
 
 def descendant_pids(pid: int | None = None) -> set[int]:
@@ -151,10 +165,18 @@ def account_meter(
         raise MeterError("the node account needs Ray (no node id)")
     agent = agent_for(node_id, node)
     key = ray.get(agent.start_account.remote(energy.model_dump()), timeout=60)["key"]
-    gpus = gpu_keys(gpu_ids)
-    if local_pids or gpus:
-        ray.get(agent.claim.remote(key, list(local_pids), os.getpid(), gpus), timeout=60)
-    meter = AccountShareMeter(agent, node, energy.account_period_s, account=key, claimed_pids=local_pids)
+    unmatched: list[str] = []
+    if local_pids or gpu_ids:  # the agent maps GPU UUIDs to the NVML indices its counters are named by
+        unmatched = ray.get(agent.claim.remote(key, list(local_pids), os.getpid(), list(gpu_ids)), timeout=60)
+    meter = AccountShareMeter(
+        agent,
+        node,
+        energy.account_period_s,
+        account=key,
+        claimed_pids=local_pids,
+        unmatched_gpus=unmatched or (),
+        own_group=True,
+    )
     deadline = time.monotonic() + 10 * energy.account_period_s + 30
     while meter.error is not None and time.monotonic() < deadline:
         time.sleep(energy.account_period_s / 2)

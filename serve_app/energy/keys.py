@@ -6,8 +6,10 @@ Counter keys start with their domain: ``"cpu:package-0"``; across nodes the node
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from serve_app.energy.nvml import GpuIdentity, resolve_gpus
 
 
 # -- counter keys ------------------------------------------------------------------------------
@@ -17,10 +19,19 @@ def node_key(key: str, node: str) -> str:
     return f"{domain}:{node}:{device}"
 
 
-def gpu_keys(gpu_ids: Iterable[str]) -> list[str]:
-    """The account's counter keys (``gpu:<index>``) of GPUs given by physical index (UUIDs are left
-    out: the node account names GPUs by index)."""
-    return [f"gpu:{g}" for g in gpu_ids if str(g).isdigit()]
+def gpu_keys(gpu_ids: Iterable[str], physical: Sequence[GpuIdentity]) -> tuple[list[str], list[str]]:
+    """The account's counter keys (``gpu:<NVML index>``) of GPUs given by NVML index or UUID
+    (``GPU-...``, or a unique prefix: vLLM's workers report UUIDs), mapped through ``physical`` (the
+    node's GPUs as its NVML counters name them, ``nvml.resolve_gpus``); and the ids that match none of
+    them (no NVML on the node, a MIG instance, an unknown id): their energy is in no share."""
+    keys: list[str] = []
+    unmatched: list[str] = []
+    for g in gpu_ids:
+        try:
+            keys.extend(f"gpu:{gpu.index}" for gpu in resolve_gpus([str(g)], physical))
+        except ValueError:
+            unmatched.append(str(g))
+    return list(dict.fromkeys(keys)), unmatched
 
 
 def node_of_key(key: str) -> str | None:

@@ -46,6 +46,8 @@ from serve_app.energy.base import Reading
 from serve_app.energy.counters import Limits, baseline_after, counter_step
 
 COUNTER_RESET_NOTE = "counter reset detected: delta taken as the new value"
+METER_GAP = "meter_gap"
+"""The flag of a request open across a meter outage (see ``Ledger.rebase``)."""
 STEP_FLAGS = {"reset": "counter_reset", "reordered": "counter_reordered", "dropped": "counter_above_bound"}
 
 
@@ -356,8 +358,11 @@ class Ledger:
 
     def rebase(self, reading: Reading) -> None:
         """Take ``reading`` as a new origin without allocating the gap before it (after a meter
-        outage the energy of the gap is unknown: it is neither metered nor attributed)."""
+        outage the energy of the gap is unknown: it is neither metered nor attributed). Every request
+        open across the gap is flagged ``meter_gap``: its figure lacks the gap's part."""
         with self._lock:
+            for o in self._open.values():
+                o.flags.add(METER_GAP)
             if reading.t_s >= self._last.t_s:
                 self._last = reading
                 self._base = dict(reading.energy_j)

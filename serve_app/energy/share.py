@@ -86,13 +86,24 @@ class AccountShareMeter:
         fetch: Callable[[int], dict[str, Any]] | None = None,
         account: str = "",
         claimed_pids: Sequence[int] = (),
+        unmatched_gpus: Sequence[str] = (),
+        own_group: bool = False,
     ) -> None:
         """``fetch``: how to ask for the share (default: ``agent.share.remote`` through Ray, of the
         account ``account``); ``claimed_pids``: processes outside this tree in the group (listed).
-        Until the first share lists the group's processes, ``pid`` and ``claimed_pids`` stand for them."""
+        Until the first share lists the group's processes, ``pid`` and ``claimed_pids`` stand for them.
+        ``unmatched_gpus``: GPUs of the group's plan that match no counter of the account (their
+        energy is in no share; ``footprint.unmatched_gpu_nodes`` flags the tags).
+        ``own_group``: take only a share of the process's own group (``replica:<pid>``,
+        ``router:<pid>``): a Ray worker that just took a replica's or router's actor is still in
+        ``ray_system`` until the account's next tick sees its new title, and a share of that group
+        (its processes, its whole history) would be read as this process's, its next tick as a huge
+        overshoot. Until then the meter has no share (``error`` says why)."""
         self.agent = agent
         self.account = account
         self.claimed_pids = tuple(claimed_pids)
+        self.unmatched_gpus = tuple(unmatched_gpus)
+        self.own_group = own_group
         self._fetch = fetch or self._ray_fetch
         self.node = node
         self.period_s = period_s
@@ -116,6 +127,7 @@ class AccountShareMeter:
         self._adjusted_j = 0.0  # cumulative |shown - extrapolated| moves (``Reading.adjusted_j``)
         self.group: str | None = None
         self.sources: dict[str, str] = {}
+        self._gpus: frozenset[str] = frozenset()  # the GPU counters the group owns
         self.error: str | None = "no share yet"
         self.ticks = 0
         self._info = self._make_info()
@@ -140,6 +152,9 @@ class AccountShareMeter:
         if "error" in out:
             self.error = str(out["error"])
             return
+        if self.own_group and str(out["group"]).rpartition(":")[2] != str(self.pid):
+            self.error = f"process {self.pid} is in group {out['group']!r}, not its own (yet)"
+            return
         with self._lock:
             self.error = None
             if self._exact and int(out["ticks"]) == self.ticks:
@@ -161,6 +176,7 @@ class AccountShareMeter:
                 self._cpu_at_share_s = self._cpu_at_read_s = self._cpu_clock()
             self._exact, self._rate = exact, dict(out["rate_j_per_cpu_s"])
             self.group, self.sources, self.ticks = out["group"], dict(out["sources"]), int(out["ticks"])
+            self._gpus = frozenset(out.get("gpus") or ())
             self._max_w = {k: float(w) for k, w in (out.get("max_power_w") or {}).items() if k in exact}
             self._tick_s = now_s()
             self._info = self._make_info()  # read on every request's tag: built here, once per share
@@ -220,7 +236,7 @@ class AccountShareMeter:
 
     def _make_info(self) -> MeterInfo:
         return MeterInfo(
-            source=share_source(self.sources),
+            source=share_source(self._label_sources()),
             # the counters it shares, then the processes its group covers (its own tree, claimed ones)
             devices=(*sorted(self.sources), *(f"cpu-process:{p}" for p in (self.pid, *self.claimed_pids))),
             resolution_j=1e-3,
@@ -234,8 +250,17 @@ class AccountShareMeter:
                 f"split to processes by CPU time every {self.period_s:g} s, extrapolated in between by "
                 "the CPU time of the group's processes"
             ),
-            extra={"group": self.group or ""},
+            extra={"group": self.group or "", "unmatched_gpus": ",".join(self.unmatched_gpus)},
         )
+
+    def _label_sources(self) -> dict[str, str]:
+        """The counters the group's energy comes from: CPU and DRAM (every process draws on them), and
+        the GPUs it owns or has energy on (a CPU classifier on a GPU node is not labelled ``nvml``)."""
+        return {
+            k: s
+            for k, s in self.sources.items()
+            if not k.startswith("gpu:") or k in self._gpus or self._exact.get(k, 0.0) > 0
+        }
 
     def _edge_error_j(self) -> float | None:
         """The largest of the last ``MIN_EDGE_TICKS`` misses, or of older ones (up to ``EDGE_TICKS``)

@@ -20,9 +20,10 @@ import pytest
 
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.account import NodeAccount
+from serve_app.energy.base import MeterError, MeterInfo, Reading
 from serve_app.energy.ledger import Ledger
 from serve_app.energy.nodemeter import NodeEstimateMeter
-from serve_app.energy.procs import Proc, deployment_of, group_of, own_group
+from serve_app.energy.procs import Proc, deployment_of, group_of, own_group, process_cpu_s
 from serve_app.energy.rapl import RaplMeter
 from serve_app.energy.sampler import meter_limits
 from serve_app.energy.share import EDGE_TICKS, MIN_EDGE_TICKS, AccountShareMeter
@@ -460,7 +461,7 @@ def while_flag(flag: Path, busy_s: float, idle_busy_s: float, idle_sleep_s: floa
     )
 
 
-Window = tuple[float, float, float, float, float]
+Window = tuple[float, float, float, float, float, float]
 
 
 def busy_cpu_s() -> float:
@@ -531,34 +532,44 @@ class WrittenRapl:
         self.reference.tick()
         return sum(self.reference.share_of_pid(pid)["energy_j"].values())
 
+    def read_both(self, meter: AccountShareMeter) -> tuple[Reading, float, float]:
+        """The meter's reading and the reference's share at one end of a window, and the replica's CPU
+        time between the two (s): on a loaded 2-core machine the test thread can wait tens of ms
+        between them, and the replica's work then is in one and not in the other (its resolution)."""
+        c0 = process_cpu_s(meter.pid) or 0.0
+        r, e = meter.read(), self.exact(meter.pid)
+        return r, e, max((process_cpu_s(meter.pid) or 0.0) - c0, 0.0)
+
     def windows(self, meter: AccountShareMeter, seconds: float) -> list[Window]:
         """Back-to-back windows of 0.15-0.6 s through a real `Ledger` and `make_tag`, once the meter
         has its first few misses: (shown, reference, the tag's uncertainty, the old bound: average
-        power x the account period, when the window ended)."""
+        power x the account period, when the window ended, the replica's CPU-seconds between the
+        meter's and the reference's reads at the two ends)."""
         out, rng = [], random.Random(7)
-        first = meter.read()
+        first, e0, skew0 = self.read_both(meter)
         ledger = Ledger(first, meter_limits(meter.info.update_period_s, meter.info.resolution_j))
         ledger.begin("0", first, 1.0)
-        e0, end, i = self.exact(meter.pid), time.monotonic() + seconds, 0
+        end, i = time.monotonic() + seconds, 0
         while time.monotonic() < end:
             time.sleep(rng.uniform(0.15, 0.6))
-            r, e1 = meter.read(), self.exact(meter.pid)
+            r, e1, skew1 = self.read_both(meter)
             alloc = ledger.end(str(i), r)
             i += 1
             ledger.begin(str(i), r, 1.0)
             tag = make_tag(alloc, meter.info, "time", "r")
             old = alloc.joules / alloc.duration_s * meter.info.update_period_s
             if meter.info.edge_error_j is not None and tag.uncertainty_j is not None:
-                out.append((alloc.joules, e1 - e0, tag.uncertainty_j, old, time.monotonic()))
-            e0 = e1
+                out.append((alloc.joules, e1 - e0, tag.uncertainty_j, old, time.monotonic(), skew0 + skew1))
+            e0, skew0 = e1, skew1
         return out
 
 
 def outside(ws: list[Window], top_w: float) -> list[Window]:
     """The windows whose error is beyond their tag's uncertainty, with the reference's own resolution
-    as slack: a clock tick (10 ms) of the replica's CPU time at each end, at no more than the
-    package's power per CPU-second."""
-    return [w for w in ws if abs(w[0] - w[1]) > w[2] + 2 * 0.01 * top_w]
+    as slack: at each end, a clock tick (10 ms) of the replica's CPU time or, when more, what it ran
+    between the meter's read and the reference's, at no more than the package's power per
+    CPU-second."""
+    return [w for w in ws if abs(w[0] - w[1]) > w[2] + max(2 * 0.01, w[5]) * top_w]
 
 
 def test_a_share_tags_uncertainty_covers_its_window_error_and_is_far_below_a_period_of_its_power(
@@ -566,20 +577,25 @@ def test_a_share_tags_uncertainty_covers_its_window_error_and_is_far_below_a_per
 ) -> None:
     """A tag on an account share states an uncertainty of twice the meter's ``edge_error_j`` (the largest
     miss of its extrapolation over a period at recent ticks) plus what the meter moved in the window,
-    not its average power x the account period. Steady (the package written at 30 W), the bound is a
-    small part of the old one and covers the windows' errors against the reference account; when the
-    written power swings (12 W / 48 W, every 0.7 s, across the 0.5 s ticks) the misses grow, and the
-    bound with them."""
+    not its average power x the account period. Steady (the package written at its 4 W idle plus
+    26 W per busy CPU-second of the node: 30 W with the spinning replica alone), the bound is a small
+    part of the old one and covers the windows' errors against the reference account; when the power
+    per CPU-second swings (8 / 44 W: 12 W / 48 W with the replica alone, every 0.7 s, across the 0.5 s
+    ticks) the misses grow, and the bound with them. The package draws per CPU-second, as hardware
+    does: a constant 30 W made the replica's share of each interval its fraction of the node's busy
+    CPU time, which the machine's other load (a shared 2-core VM) moves at will; a window over such a
+    change was beyond the bound now and then while "steady" (2 of 6 runs, one window of 23-24)."""
     replica = spawn("ray::ServeReplica:app:model0", "while True: pass", wait=True)
     try:
         with WrittenRapl(tmp_path) as rapl:
+            rapl.power_w, rapl.per_cpu_w = 4.0, 26.0
             time.sleep(1.2)  # the replica in a tick
             meter = rapl.share(replica.pid)
             try:
 
                 def swing() -> None:
-                    for w in [12.0, 48.0] * 6:
-                        rapl.power_w = w
+                    for w in [8.0, 44.0] * 6:
+                        rapl.per_cpu_w = w
                         time.sleep(0.7)
 
                 rapl.windows(meter, 3.0)  # the account's rates and the meter's misses past their start
@@ -589,22 +605,22 @@ def test_a_share_tags_uncertainty_covers_its_window_error_and_is_far_below_a_per
                 swinger.start()
                 swinging = rapl.windows(meter, 8.0)
                 swinger.join()
-                rapl.power_w = 30.0
+                rapl.per_cpu_w = 26.0
                 rapl.windows(meter, 4.5)  # steady again, the swing's misses aged out
 
                 # One busy stretch of eight staggered, overlapping requests: in the sum of their tags the
                 # edges they share cancel, so the run's uncertainty is the stretch's, not eight requests'
-                first = meter.read()
+                first, e0, skew0 = rapl.read_both(meter)
                 ledger = Ledger(first, meter_limits(meter.info.update_period_s, meter.info.resolution_j))
                 ledger.begin("0", first, 1.0)
-                e0, tags = rapl.exact(replica.pid), []
+                tags = []
                 for i in range(1, 9):
                     time.sleep(0.25)
-                    r = meter.read()
+                    r, e1, skew1 = rapl.read_both(meter) if i == 8 else (meter.read(), 0.0, 0.0)
                     if i < 8:
                         ledger.begin(str(i), r, 1.0)
                     tags.append(make_tag(ledger.end(str(i - 1), r), meter.info, "time", "r"))
-                stretch_ref = rapl.exact(replica.pid) - e0
+                stretch_ref = e1 - e0
             finally:
                 meter.close()
     finally:
@@ -632,7 +648,7 @@ def test_a_share_tags_uncertainty_covers_its_window_error_and_is_far_below_a_per
     )
     assert [t.attribution.stretch_starts for t in tags if t.attribution] == [1] + [0] * 7
     assert run_u is not None and run_u <= summed / 2
-    assert abs(run_j - stretch_ref) <= run_u + 2 * 0.01 * 30.0
+    assert abs(run_j - stretch_ref) <= run_u + max(2 * 0.01, skew0 + skew1) * 30.0
 
 
 def test_after_a_step_of_the_nodes_power_the_edge_error_follows_the_accounts_rate_back_down(
@@ -961,3 +977,97 @@ def test_an_agent_nobody_asks_goes_quiet_and_the_next_question_wakes_it() -> Non
     assert asked >= 3 and woken >= 3, (asked, woken)
     assert quiet == 0, quiet
     assert abs(snap["closure_error_j"]) < 1e-9 * snap["metered_j"]
+
+
+def test_a_share_meter_waits_for_its_own_group_instead_of_reading_ray_systems(tmp_path: Path) -> None:
+    """A Serve replica runs in a Ray worker that was ``ray::IDLE`` (group ``ray_system``) until it took
+    the actor. Built before the account's next tick sees its new title, its meter must not take
+    ``ray_system``'s share (its processes, its whole history) as its own: it has no share until then,
+    and from its own group's first share on it follows that group, with no overshoot to work off."""
+    flag = tmp_path / "take-the-actor"
+    title = "ray::ServeReplica:app:clf"
+    code = (
+        f"import os\nwhile not os.path.exists({str(flag)!r}): pass\n"
+        f"os.execv({sys.executable!r}, [{title!r}, '-c', 'while True: pass'])\n"
+    )
+    worker = spawn("ray::IDLE", code, wait=True)
+    try:
+        with WrittenRapl(tmp_path / "rapl", period_s=60.0) as rapl:  # the test makes the ticks
+            for _ in range(6):
+                time.sleep(0.5)
+                rapl.ticked.tick()
+            history_j = sum(rapl.ticked.group_energy_j("ray_system").values())
+            assert history_j > 20.0, history_j  # the idle worker spun in ray_system
+            flag.touch()
+            deadline = time.monotonic() + 30
+            while not Path(f"/proc/{worker.pid}/cmdline").read_bytes().startswith(title.encode()):
+                assert time.monotonic() < deadline, "not retitled"
+                time.sleep(0.01)
+            meter = AccountShareMeter(
+                None, "n1", 0.5, pid=worker.pid, fetch=rapl.ticked.share_of_pid, own_group=True
+            )
+            try:
+                assert meter.error is not None  # the account still has it in ray_system
+                with pytest.raises(MeterError):
+                    meter.read()
+                rapl.ticked.tick()
+                meter._poll()
+                assert meter.error is None and meter.group == f"replica:{worker.pid}"
+                first, exact0 = meter.read(), sum(meter._exact.values())
+                for _ in range(6):
+                    time.sleep(0.5)
+                    rapl.ticked.tick()
+                    meter._poll()
+                    last = meter.read()
+                shown_j = sum(last.energy_j.values()) - sum(first.energy_j.values())
+                exact_j = sum(rapl.ticked.share_of_pid(worker.pid)["energy_j"].values()) - exact0
+                info = meter.info
+            finally:
+                meter.close()
+    finally:
+        worker.kill()
+        worker.wait()
+    print(f"ray_system history {history_j:.1f} J; replica exact {exact_j:.1f} J, shown {shown_j:.1f} J")
+    assert exact_j > 5.0
+    # within what one period of the package's active power can leave pending (an undershoot released
+    # over a period); reading ray_system's share first left ~the history pending, moving at half rate
+    assert abs(shown_j - exact_j) < 26.0 * 0.5 + 1.0, (shown_j, exact_j)
+    assert info.missed_j is not None and info.missed_j < history_j / 2, (info.missed_j, history_j)
+
+
+def test_a_rejected_counter_step_leaves_the_idle_baseline_as_it_was() -> None:
+    """The lowest sustained power is the baseline idle: a counter step the account rejects (a reordered
+    read: 0 J over the interval) says nothing of the power and must not set it to 0 W for good."""
+    script = iter(
+        [
+            (0.0, 1000.0),
+            (1.0, 1020.0),  # 20 W: the lowest sustained power so far
+            (2.0, 1040.0),
+            (3.0, 1035.0),  # a read reordered (5 J back, far from zero): 0 J
+            (4.0, 1080.0),
+            (5.0, 1100.0),  # 20 W again: all of it baseline idle
+        ]
+    )
+
+    class Scripted:
+        """The node's counter as the test scripts it (the vendor boundary)."""
+
+        info = MeterInfo(source="rapl", devices=("package-0",), resolution_j=1e-6, update_period_s=0.001)
+
+        def read(self) -> Reading:
+            t_s, j = next(script)
+            return Reading(t_s, {"cpu:package-0": j}, "rapl")
+
+        def close(self) -> None:
+            pass
+
+    account = NodeAccount([Scripted()], "n1")
+    for _ in range(4):
+        account.tick()
+    assert account.steps["reordered"] == 1
+    before = account.baseline_j["cpu:package-0"]
+    account.tick()  # 4 -> 5 s at 20 W: the baseline's power
+    assert account.baseline_j["cpu:package-0"] - before == pytest.approx(20.0)
+    assert sum(account.snapshot()["by_kind_j"].values()) == pytest.approx(
+        account.metered_j["cpu:package-0"] - account.baseline_j["cpu:package-0"]
+    )

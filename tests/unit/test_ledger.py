@@ -241,8 +241,20 @@ def test_rebase_drops_the_gap() -> None:
     ledger.rebase(Reading(10, {"cpu:0": 500}, "rapl"))  # meter outage between 1 and 10 s
     r = ledger.end("r", Reading(11, {"cpu:0": 502}, "rapl"))
     assert r.joules == pytest.approx(2)
+    assert "meter_gap" in r.flags  # its figure lacks the outage's energy, and says so
     assert ledger.totals().metered_j == {"cpu:0": pytest.approx(3)}
     assert_conserved(ledger, [r])
+
+
+def test_only_requests_open_across_an_outage_are_flagged_meter_gap() -> None:
+    ledger = Ledger(Reading(0, {"cpu:0": 0}, "rapl"))
+    ledger.begin("across", Reading(1, {"cpu:0": 1}, "rapl"))
+    ledger.rebase(Reading(10, {"cpu:0": 500}, "rapl"))
+    ledger.begin("after", Reading(11, {"cpu:0": 502}, "rapl"))
+    across = ledger.end("across", Reading(12, {"cpu:0": 504}, "rapl"))
+    after = ledger.end("after", Reading(13, {"cpu:0": 506}, "rapl"))
+    assert "meter_gap" in across.flags and "meter_gap" not in after.flags
+    assert_conserved(ledger, [across, after])
 
 
 def test_duplicate_begin_and_unknown_end_raise() -> None:

@@ -104,6 +104,29 @@ def test_meter_failure_gives_unavailable_tags_then_recovers(tmp_path: Path, pack
         energy.close()
 
 
+def test_a_window_open_across_a_meter_outage_is_flagged_meter_gap(tmp_path: Path, package: Package) -> None:
+    """The counter fails mid-request and is back when it closes: the figure holds only what was
+    metered around the outage (the outage's energy is unknown), so the tag must say so, not pass it off
+    as the request's whole energy."""
+    energy = energy_on(tmp_path)
+    try:
+        w = energy.open("r1", 1.0)
+        package.add(0.1)
+        energy.snapshot()  # a read: the 0.1 J are metered
+        (package.zone / "energy_uj").unlink()  # the driver went away
+        assert energy.open("r2", 1.0).close().source == "unavailable"  # a read saw the outage
+        package.add(50.0)  # drawn while unreadable; the counter is back from here
+        tag = w.close()
+        later = energy.open("r3", 1.0)
+        package.add(0.3)
+        after = later.close()
+    finally:
+        energy.close()
+    assert tag.joules == pytest.approx(0.1) and tag.source == "rapl"
+    assert "meter_gap" in tag.flags
+    assert after.joules == pytest.approx(0.3) and "meter_gap" not in after.flags
+
+
 def test_metering_off_says_so(tmp_path: Path, package: Package) -> None:
     energy = energy_on(tmp_path, meter="off")
     try:
