@@ -5,7 +5,10 @@ Source, in order:
    the ``carbon_intensity`` field, gCO2e/kWh, the year it names) when ``codecarbon`` is installed.
    The file is read directly: CodeCarbon itself is not imported (slow, and it starts no tracker here).
 2. Otherwise the small table ``DEFAULT_G_PER_KWH`` below, copied from that same file (year 2023),
-   for a handful of countries, and CodeCarbon's world average (475 gCO2e/kWh) for any other.
+   for a handful of countries.
+
+A code in neither is refused (`UsageError`, naming the known codes): falling back to a world average
+would put every CO2e and CEGI figure off by the country's difference with no sign of it in the report.
 
 Units: g CO2e per kWh; country codes are ISO 3166-1 alpha-3 (``DEU``, ``FRA``, ``USA``).
 """
@@ -18,8 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-WORLD_AVERAGE_G_PER_KWH = 475.0
-"""CodeCarbon's world average (IEA Global Energy & CO2 Status Report 2019)."""
+from serve_app.errors import UsageError
 
 DEFAULT_G_PER_KWH: dict[str, float] = {
     "DEU": 380.95,
@@ -47,7 +49,7 @@ class CarbonIntensity:
     country: str
     g_per_kwh: float
     source: str
-    """``codecarbon:<year>``, ``default-table:2023`` or ``world-average``."""
+    """``codecarbon:<year>`` or ``default-table:2023``."""
 
     def co2e_g(self, energy_wh: float) -> float:
         """CO2-equivalent in grams for ``energy_wh`` watt-hours."""
@@ -70,15 +72,35 @@ def _codecarbon_mix() -> dict[str, dict[str, object]] | None:
     return None
 
 
-def carbon_intensity(country: str = "DEU", use_codecarbon: bool = True) -> CarbonIntensity:
-    """The grid carbon intensity of ``country`` (ISO alpha-3), from CodeCarbon's data where possible."""
-    code = country.strip().upper()
+def _codecarbon_intensity(code: str, use_codecarbon: bool) -> CarbonIntensity | None:
+    """``code``'s intensity in CodeCarbon's data, or None (not installed, no such code, no figure)."""
     mix = _codecarbon_mix() if use_codecarbon else None
-    if mix is not None and code in mix:
-        entry = mix[code]
-        value = entry.get("carbon_intensity")
-        if isinstance(value, (int, float)) and value > 0:
-            return CarbonIntensity(code, float(value), f"codecarbon:{entry.get('year', '?')}")
+    entry = mix.get(code) if mix is not None else None
+    if entry is None:
+        return None
+    value = entry.get("carbon_intensity")
+    if not isinstance(value, (int, float)) or value <= 0:
+        return None
+    return CarbonIntensity(code, float(value), f"codecarbon:{entry.get('year', '?')}")
+
+
+def known_countries(use_codecarbon: bool = True) -> list[str]:
+    """The codes `carbon_intensity` has a figure for, sorted."""
+    mix = (_codecarbon_mix() if use_codecarbon else None) or {}
+    return sorted(set(DEFAULT_G_PER_KWH) | {c for c in mix if _codecarbon_intensity(c, use_codecarbon)})
+
+
+def carbon_intensity(country: str = "DEU", use_codecarbon: bool = True) -> CarbonIntensity:
+    """The grid carbon intensity of ``country`` (ISO alpha-3), from CodeCarbon's data where possible;
+    an unknown code is refused (module doc)."""
+    code = country.strip().upper()
+    found = _codecarbon_intensity(code, use_codecarbon)
+    if found is not None:
+        return found
     if code in DEFAULT_G_PER_KWH:
         return CarbonIntensity(code, DEFAULT_G_PER_KWH[code], "default-table:2023")
-    return CarbonIntensity(code, WORLD_AVERAGE_G_PER_KWH, "world-average")
+    known = known_countries(use_codecarbon)
+    raise UsageError(
+        f"--country {country!r}: no grid carbon intensity for it; give an ISO 3166-1 alpha-3 code, "
+        f"e.g. {', '.join(sorted(DEFAULT_G_PER_KWH))} ({len(known)} known)"
+    )

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
+from serve_app.carbon import carbon_intensity
 from serve_app.model_ids import add_models_argument
 from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
 
@@ -89,6 +90,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    carbon_intensity(cfg.output.country)  # an unknown --country is refused before training or sending
     if args.local:
         from serve_app.replay.local import replay_local
 

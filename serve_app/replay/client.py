@@ -4,7 +4,8 @@
 factor in ``[1, 1 + jitter]``; transport errors (connection refused or reset, timeouts) after an
 exponential backoff with the same jitter. Every attempt carries the same ``request_id``, so the
 service can deduplicate and the replay records the request once. Other 4xx/5xx are final: the error
-body's ``code`` and ``message`` become the record's error.
+body's ``code`` and ``message`` become the record's error. A 200 whose body is not a JSON object (a
+proxy's HTML page) is final too, with the code ``malformed_answer``: the replay records it and goes on.
 """
 
 from __future__ import annotations
@@ -78,6 +79,17 @@ def _error_of(resp: httpx.Response) -> tuple[str, str]:
         return str(err.get("code") or f"http_{resp.status_code}"), str(err.get("message") or resp.text[:200])
     except (ValueError, AttributeError):
         return f"http_{resp.status_code}", resp.text[:200]
+
+
+def _answer_of(resp: httpx.Response) -> tuple[dict[str, Any] | None, str | None]:
+    """A 200's decoded body and None, or None and why it is not a JSON object."""
+    try:
+        body = resp.json()
+    except ValueError as exc:
+        return None, f"malformed answer: not JSON ({exc}): {resp.text[:200]!r}"
+    if not isinstance(body, dict):
+        return None, f"malformed answer: a JSON {type(body).__name__}, not an object"
+    return body, None
 
 
 class ClientPool:
@@ -156,7 +168,9 @@ async def classify(
             latency_s = time.perf_counter() - t_attempt
             status = resp.status_code
             if status == 200:
-                return Outcome(200, resp.json(), latency_s, time.perf_counter() - t0, sent_unix_s, attempt)
+                body, why = _answer_of(resp)
+                bad = None if why is None else "malformed_answer"
+                return Outcome(200, body, latency_s, time.perf_counter() - t0, sent_unix_s, attempt, why, bad)
             code, message = _error_of(resp)
             proxy_failure = status in PROXY_FAILURE_STATUSES and code.startswith("http_")
             if status not in RETRY_STATUSES and not proxy_failure:

@@ -67,6 +67,12 @@ class ReplayConfig(BaseModel):
         load = self.load
         return LoadShape(load.concurrency, load.rate_rps, load.arrivals, load.burstiness, self.data.seed)
 
+    def request_plan(self) -> str:
+        """How a split's texts become requests and how they are offered: the load shape and the batch
+        size (``closed-c1-b1``). Records are keyed by request index, so a run folder's records must all
+        come from one plan."""
+        return f"{self.load_shape().describe()}-b{self.load.batch_size}"
+
     def resolved_run_name(self, fingerprint: str) -> str:
         """Same requests and load shape -> same name (so a rerun resumes the run folder)."""
         if self.output.run_name:
@@ -77,4 +83,4 @@ class ReplayConfig(BaseModel):
             if d.test_file
             else f"s{d.seed}-{d.splits}x{d.n_train}-{d.n_test}-{fingerprint[:8]}"
         )
-        return f"{proto}-{self.load_shape().describe()}-b{self.load.batch_size}"
+        return f"{proto}-{self.request_plan()}"

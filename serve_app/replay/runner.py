@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from serve_app.carbon import carbon_intensity
 from serve_app.data import Dataset, load_dataset, split_identity, study_splits
+from serve_app.errors import UsageError
 from serve_app.model_ids import check_ids
 from serve_app.replay import metadata
 from serve_app.replay.client import ClientPool, RetryPolicy, auth_headers, retry_after_s
@@ -24,7 +25,7 @@ from serve_app.replay.driver import replay_requests
 from serve_app.replay.labels import check_labels, compare_labels
 from serve_app.replay.plan import TestSet, majority, plan_requests
 from serve_app.replay.ready import wait_ready
-from serve_app.replay.records import RecordStore, append_window
+from serve_app.replay.records import RecordStore, append_window, read_records
 from serve_app.replay.results import RECORDS_FILE, RUN_FILE, WINDOWS_FILE, load_run, run_dir, write_metrics
 from serve_app.replay.window import energy_delta
 from serve_app.wire import (
@@ -104,6 +105,20 @@ async def get_energy(client: ClientPool | httpx.AsyncClient, base_url: str) -> E
     return None if body is None else EnergyView.model_validate(body)
 
 
+def check_resume(old: RunInfo | None, cfg: ReplayConfig, rdir: Path) -> None:
+    """Refuse to resume a run folder whose records were sent under another request plan
+    (`ReplayConfig.request_plan`: an explicit ``--run-name`` with another ``--batch-size`` or load
+    shape): records are keyed by request index, so the new plan would record texts twice or skip some."""
+    if old is None or not read_records(rdir / RECORDS_FILE):
+        return
+    was, now = ReplayConfig.model_validate(old.config).request_plan(), cfg.request_plan()
+    if was != now:
+        raise UsageError(
+            f"{rdir} holds requests sent as {was}, this replay would send {now}: "
+            "use the same --batch-size and load shape, or another --run-name"
+        )
+
+
 def prepare_run_folder(
     cfg: ReplayConfig,
     ds: Dataset,
@@ -114,13 +129,15 @@ def prepare_run_folder(
     session: str,
     base_url: str,
 ) -> Path:
-    """Create (or resume) the model's run folder and write ``run.json`` (sessions appended)."""
+    """Create (or resume, `check_resume`) the model's run folder and write ``run.json`` (sessions
+    appended)."""
     entry = listing.entry(model) if listing is not None else None
     topology = cfg.output.topology or metadata.topology_label(entry)
     rdir = run_dir(Path(cfg.output.out), ds.name, topology, model, cfg.resolved_run_name(ds.fingerprint))
     rdir.mkdir(parents=True, exist_ok=True)
     path = rdir / RUN_FILE
     old = RunInfo.model_validate_json(path.read_text()) if path.exists() else None
+    check_resume(old, cfg, rdir)
     ci = carbon_intensity(cfg.output.country)
     info = RunInfo(
         model=model,

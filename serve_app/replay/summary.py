@@ -8,7 +8,9 @@ Definitions (units in names; Wh only here, at reporting time):
 - ``energy_j``: the sum of the per-request energy tags (the service's attributed energy); ``None`` when
   no request carried a figure (never a fake zero). ``energy_source`` names the tag source(s); a run
   whose tags are ``estimate`` is an estimate, and mixed sources read ``mixed:<a>+<b>`` with
-  ``measured = False``.
+  ``measured = False``. ``measured`` says whether the tags present all come from a measuring source;
+  requests without a figure (a failed request has none) are counted in ``energy_missing`` and make
+  the source read ``<source> (partial)``: the sum then covers only the tagged requests.
 - ``uncertainty_j``: of ``energy_j``. Each tag's uncertainty covers what can shift across its window's
   two edges; in the sum, an edge two back-to-back requests share moves energy from one to the other and
   cancels, so what remains is the error at the two ends of each busy stretch (a request that began with
@@ -19,7 +21,9 @@ Definitions (units in names; Wh only here, at reporting time):
   give (``replay.window``: their misses and moves during the window and an edge error at each end, a
   drift bound that does not grow with the number of stretches), the smaller of that sum and the
   stretch figure. Both assume the replay's requests are the only ones on those replicas (as in the
-  study's protocol): another client's request at an edge leaves that edge unpaired.
+  study's protocol): another client's request at an edge leaves that edge unpaired. The windows count
+  only when every session with records for the split has its window line (a killed session writes
+  none): otherwise they cover part of the split, and the tag figure stands alone.
 - ``duration_s``: per session, from the first request sent to the last answer, summed over the
   sessions that replayed this split (a resumed run has several).
 - ``avg_power_w = energy_j / duration_s``.
@@ -33,9 +37,13 @@ Definitions (units in names; Wh only here, at reporting time):
   majority is unknown (a ``--test-file`` run): the test labels are never used as the baseline.
 - **CEGI** (``cegi``, the paper's index) and ``cegi_all_parameters`` (accuwatt's former variant), and
   the comparable units (J per request, per prompt and output token, the steady-state window, Wh per
-  1,000 queries, ``energy_scope``): defined in ``serve_app/replay/units.py``.
+  1,000 queries, ``energy_scope``): defined in ``serve_app/replay/units.py``. ``j_per_request``,
+  ``j_per_text`` and ``wh_per_1k`` divide the tags' sum by the tagged requests and their texts only.
 - ``idle_j`` / ``metered_j`` / ``window_attributed_j``: deltas of the deployment's ``/v1/energy``
-  counters over the replay windows (``metered = attributed + idle``); ``None`` without windows.
+  counters over the replay windows (``metered = attributed + idle``), and ``codecarbon_*`` CodeCarbon's
+  figures over them; ``None`` unless every session with records has a window line with the figure.
+- Over splits (``average_over_splits``): a CEGI is n/a on a split without a gain, so the mean CEGI is
+  given only when every split has one (else ``None``, and ``cegi_note`` says on how many it is n/a).
 """
 
 from __future__ import annotations
@@ -168,9 +176,16 @@ def _windows_uncertainty_j(windows: Sequence[WindowRecord]) -> float | None:
     return None if not bounds or None in bounds else sum(b for b in bounds if b is not None)
 
 
+def _covering(windows: Sequence[WindowRecord], records: Sequence[Record]) -> Sequence[WindowRecord]:
+    """``windows`` when every session with records has a window line, else none: a killed session
+    writes no line, and the other sessions' windows alone would pass for the whole split's."""
+    return windows if {r.session for r in records} <= {w.session for w in windows} else ()
+
+
 def _window_sum(windows: Sequence[WindowRecord], section: str, key: str) -> float | None:
-    vals = [v for w in windows if (v := w.section(section, key)) is not None]
-    return float(sum(vals)) if vals else None
+    """``key`` of ``section`` summed over the windows; None unless every window has it."""
+    vals = [w.section(section, key) for w in windows]
+    return None if not vals or None in vals else float(sum(v for v in vals if v is not None))
 
 
 def _div(a: float | None, b: float | None) -> float | None:
@@ -204,11 +219,12 @@ def split_metrics(
     )
 
     tagged = [r.energy for r in recs if r.energy is not None and r.energy.joules is not None]
+    tagged_texts = sum(len(r.gold) for r in recs if r.energy is not None and r.energy.joules is not None)
     energy_j = float(sum(t.joules for t in tagged if t.joules is not None)) if tagged else None
     source, measured = combine_sources(t.source for t in tagged)
     if tagged and len(tagged) < len(recs):
         source += " (partial)"
-        measured = False
+    windows = _covering(windows, recs)
     domains: dict[str, float] = {}
     for t in tagged:
         for d, v in t.domains_j.items():
@@ -245,9 +261,9 @@ def split_metrics(
         measured=measured,
         uncertainty_j=uncertainty_j,
         domains_j=domains,
-        j_per_request=_div(energy_j, len(recs)),
-        j_per_text=_div(energy_j, n_texts),
-        wh_per_1k=_div(None if energy_wh is None else energy_wh * 1000, n_texts),
+        j_per_request=_div(energy_j, len(tagged)),
+        j_per_text=_div(energy_j, tagged_texts),
+        wh_per_1k=_div(None if energy_wh is None else energy_wh * 1000, tagged_texts),
         duration_s=duration_s,
         avg_power_w=_div(energy_j, duration_s),
         accuracy_per_wh=_div(accuracy, energy_wh),
@@ -287,9 +303,26 @@ def _std(xs: Iterable[float | None]) -> float | None:
     return float(np.std(vals, ddof=1)) if len(vals) > 1 else None
 
 
+def _mean_of_all(values: Sequence[float | None]) -> float | None:
+    """The mean when every split has a value, else None."""
+    return None if None in values else _mean(values)
+
+
+def _mean_cegi_note(per_split: Sequence[RunMetrics]) -> str | None:
+    """Why the mean CEGI is n/a: the splits' reason when all share it, else on how many splits and why."""
+    notes = [m.cegi_note or "n/a" for m in per_split if m.cegi is None]
+    if not notes:
+        return None
+    if len(notes) == len(per_split) and len(set(notes)) == 1:
+        return notes[0]
+    return f"n/a on {len(notes)} of {len(per_split)} splits: {'; '.join(sorted(set(notes)))}"
+
+
 def average_over_splits(per_split: Sequence[RunMetrics]) -> RunMetrics:
-    """The mean over splits of one model (pure). Optional figures average the splits that have them;
-    counts (requests, texts, errors, missing tags, retries) are summed; sources are combined."""
+    """The mean over splits of one model (pure). Optional figures average the splits that have them,
+    except CEGI: n/a on a split without a gain, its mean over the other splits would hide the losses,
+    so it is given only when every split has one. Counts (requests, texts, errors, missing tags,
+    retries) are summed; sources are combined."""
     if not per_split:
         raise ValueError("no splits")
     if len({m.model for m in per_split}) != 1:
@@ -301,7 +334,9 @@ def average_over_splits(per_split: Sequence[RunMetrics]) -> RunMetrics:
         "n_splits",
         "energy_source",
         "energy_scope",
+        "cegi",
         "cegi_note",
+        "cegi_all_parameters",
         "trainable_parameters",
         "measured",
         "domains_j",
@@ -323,13 +358,12 @@ def average_over_splits(per_split: Sequence[RunMetrics]) -> RunMetrics:
             m = _mean(vals)
             data[name] = m if m is not None or name not in ("accuracy", "macro_f1", "duration_s") else 0.0
     labels = {m.energy_source for m in per_split}
+    parts = {p for lab in labels for p in lab.replace(" (partial)", "").removeprefix("mixed:").split("+")}
+    src_label, measured = combine_sources(parts - {"unavailable"})
     if len(labels) == 1:
         src_label = labels.pop()
-    else:
-        parts = {p for lab in labels for p in lab.replace(" (partial)", "").removeprefix("mixed:").split("+")}
-        src_label, _ = combine_sources(parts - {"unavailable"})
-        if any("partial" in lab or lab == "unavailable" for lab in labels):
-            src_label += " (partial)"
+    elif any("partial" in lab or lab == "unavailable" for lab in labels):
+        src_label += " (partial)"
     domains: dict[str, float] = {}
     for sm in per_split:
         for d, v in sm.domains_j.items():
@@ -339,13 +373,15 @@ def average_over_splits(per_split: Sequence[RunMetrics]) -> RunMetrics:
         split="mean",
         n_splits=len(per_split),
         energy_source=src_label,
-        measured=all(m.measured for m in per_split),
+        measured=measured,
         domains_j=domains,
         accuracy_std=_std([m.accuracy for m in per_split]),
         energy_wh_std=_std([m.energy_wh for m in per_split]),
         parameters=per_split[0].parameters,
         trainable_parameters=per_split[0].trainable_parameters,
         energy_scope="/".join(sorted({m.energy_scope for m in per_split})),
-        cegi_note=None if data.get("cegi") is not None else per_split[0].cegi_note,
+        cegi=_mean_of_all([m.cegi for m in per_split]),
+        cegi_note=_mean_cegi_note(per_split),
+        cegi_all_parameters=_mean_of_all([m.cegi_all_parameters for m in per_split]),
         **data,
     )

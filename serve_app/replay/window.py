@@ -2,9 +2,11 @@
 
 ``/v1/energy`` gives cumulative per-replica counters (J): ``metered_j = attributed_j + idle_j``. The
 delta over a window, summed over the deployment's replicas, splits what the replicas drew during the
-replay into the part the requests were charged and the idle rest. A replica that appears only in the
-second view counts from zero; a counter that went backwards (the replica restarted) counts its new
-value, and the delta is flagged ``reset``.
+replay into the part the requests were charged and the idle rest. A replica that the first view shows
+the deployment without counts from zero; a counter that went backwards (the replica restarted) counts
+its new value, and the delta is flagged ``reset``. Without a first view of the deployment (its ``GET``
+never answered) the delta is unknown: the second view alone holds the replicas' lifetime totals, not
+the window's.
 
 ``uncertainty_j`` bounds the error of the energy the window's requests were charged, from the node
 account shares' own figures (``energy/share.py``): over any stretch of busy time a share's error is the
@@ -37,12 +39,13 @@ def _step(after: float, before: float) -> tuple[float, bool]:
 def energy_delta(
     before: EnergyView | None, after: EnergyView | None, deployment: str
 ) -> dict[str, Any] | None:
-    """Sum over the replicas of ``deployment`` of ``after - before`` per counter; ``None`` if unknown."""
+    """Sum over the replicas of ``deployment`` of ``after - before`` per counter; ``None`` when either
+    view is missing or lacks the deployment (module doc)."""
     dep = after.deployments.get(deployment) if after is not None else None
-    if dep is None or not dep.replicas:
-        return None
     prev_dep = before.deployments.get(deployment) if before is not None else None
-    prev_reps = prev_dep.replicas if prev_dep is not None else {}
+    if dep is None or not dep.replicas or prev_dep is None:
+        return None
+    prev_reps = prev_dep.replicas
     total = dict.fromkeys(COUNTERS, 0.0)
     domains: dict[str, dict[str, float]] = {"metered": {}, "idle": {}}
     reset = False

@@ -14,33 +14,44 @@ import pandas as pd  # noqa: E402
 
 from serve_app.report.regression import Fit, pareto_front  # noqa: E402
 
+ENERGY_KINDS: dict[tuple[bool, bool], tuple[str, str, bool]] = {
+    # (measured, partial): (legend label, marker, filled)
+    (True, False): ("measured", "o", True),
+    (True, True): ("measured, partial (requests without a figure)", "s", False),
+    (False, False): ("estimate (not measured)", "^", False),
+    (False, True): ("estimate (not measured), partial", "v", False),
+}
+"""How a run's energy is drawn: a measurement is never marked as an estimate, and a figure that
+misses some requests' tags (``energy_missing``: a failed request has none) is marked partial."""
+
+
+def energy_kinds(df: pd.DataFrame) -> list[tuple[bool, bool]]:
+    """Each row's key in `ENERGY_KINDS`: (its tags all measured, some requests without a tag)."""
+    partial = df["energy_missing"].fillna(0).astype(int) > 0
+    return [(bool(m), bool(p)) for m, p in zip(df["measured"], partial, strict=True)]
+
 
 def accuracy_energy_scatter(df: pd.DataFrame, title: str, out: Path) -> Path | None:
-    """Accuracy against energy per run (log energy axis); Pareto-optimal runs joined and ringed."""
+    """Accuracy against energy per run (log energy axis), drawn by `ENERGY_KINDS`; Pareto-optimal
+    runs joined and ringed."""
     d = df[df["energy_wh"].notna() & (df["energy_wh"] > 0)].sort_values("energy_wh")
     if d.empty:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 5))
     front = pareto_front(d["energy_wh"].to_numpy(), d["accuracy"].to_numpy())
-    estimate = ~d["measured"].astype(bool).to_numpy()
-    if (~estimate).any():
+    kinds = energy_kinds(d)
+    for kind, (label, marker, filled) in ENERGY_KINDS.items():
+        part = d[[k == kind for k in kinds]]
+        if part.empty:
+            continue
         ax.scatter(
-            d["energy_wh"][~estimate],
-            d["accuracy"][~estimate],
+            part["energy_wh"],
+            part["accuracy"],
             s=45,
-            color="tab:blue",
-            label="measured",
-            zorder=3,
-        )
-    if estimate.any():
-        ax.scatter(
-            d["energy_wh"][estimate],
-            d["accuracy"][estimate],
-            s=45,
-            color="tab:blue",
-            marker="^",
-            facecolors="none",
-            label="estimate (not measured)",
+            marker=marker,
+            facecolors="tab:blue" if filled else "none",
+            edgecolors="tab:blue",
+            label=label,
             zorder=3,
         )
     pf = d[front]

@@ -43,7 +43,8 @@ steady-state window (ML.ENERGY's J/output token): per session, the requests sent
 {100 * STEADY_TRIM_FRACTION:g} % and {100 - 100 * STEADY_TRIM_FRACTION:g} % of the span from the first send to the last
 answer; n/a with fewer than {STEADY_MIN_REQUESTS} requests.
 *Wh/1k queries*: Wh per 1,000 classified texts, the AI Energy Score unit. *Source*: `nvml`/`rapl` are
-measurements, `estimate` is not."""
+measurements, `estimate` is not; `(partial)`: some requests (a failed one) carried no figure, and the
+units are over the requests and texts that did."""
 
 
 ENERGY_NOTE = """\
@@ -55,6 +56,21 @@ stretch: the smaller of the requests' uncertainties summed and the stretches x t
 account shares report their own figures over the replay (`/v1/energy` before and after), the run's
 ± is at most the drift their ticks showed during it, what they moved on top of their extrapolation,
 and one edge error at each end, however many stretches the run had: the smaller figure is shown."""
+
+
+def grid_intensities(df: pd.DataFrame) -> list[str]:
+    """Each grid intensity the runs used, with its country and source (``DEU 380.95 gCO2e/kWh
+    (codecarbon:2023)``), so a figure from another country's or a default grid is visible."""
+    if "carbon_g_per_kwh" not in df:
+        return []
+    rows = df[df["carbon_g_per_kwh"].notna()]
+    found = set()
+    for _, r in rows.iterrows():
+        country, source = r.get("carbon_country"), r.get("carbon_source")
+        where = "country not recorded" if pd.isna(country) else str(country)
+        how = "source not recorded" if pd.isna(source) else str(source)
+        found.add(f"{where} {r['carbon_g_per_kwh']:g} gCO2e/kWh ({how})")
+    return sorted(found)
 
 
 def render_report(
@@ -87,9 +103,9 @@ def render_report(
                 "",
             ]
         lines += ["### Carbon, CEGI and latency", "", markdown_table(df, CARBON_COLUMNS), ""]
-        countries = sorted({str(c) for c in df.get("carbon_g_per_kwh", pd.Series(dtype=float)).dropna()})
-        if countries:
-            lines += [f"Grid intensity used: {', '.join(countries)} gCO2e/kWh.", ""]
+        grids = grid_intensities(df)
+        if grids:
+            lines += [f"Grid intensity used: {'; '.join(grids)}.", ""]
         lines += ["### Comparable units", "", UNITS_NOTE, "", markdown_table(df, UNITS_COLUMNS), ""]
         lines += ["### Energy by component", "", ENERGY_NOTE, "", markdown_table(df, ENERGY_COLUMNS), ""]
         if figs.get("components"):

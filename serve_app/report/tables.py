@@ -21,6 +21,8 @@ def _row(run: RunData, m: RunMetrics) -> dict[str, Any]:
         "gpus": gpus,
         "devices": f"{gpus} GPU" if gpus else "CPU",
         "path": str(run.path),
+        "carbon_country": info.carbon.country,
+        "carbon_source": info.carbon.source,
     }
     row.update(m.model_dump(exclude={"domains_j"}))
     for d in ("cpu", "gpu", "dram"):

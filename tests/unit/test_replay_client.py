@@ -101,3 +101,30 @@ def test_energy_view_is_retried_after_503_and_given_up_on_404():
     assert asyncio.run(go("/v1/nothing")) is None and calls == ["/v1/nothing"]  # a 4xx is final
     calls.clear()
     assert asyncio.run(go("/v1/energy", attempts=2)) is None and len(calls) == 2  # bounded
+
+
+def test_a_200_that_is_not_json_is_a_failed_request_and_the_replay_goes_on(tmp_path):
+    """A proxy's HTML page (or a JSON that is no object) with status 200: one failed record per
+    request, code ``malformed_answer``, and every planned request is still sent."""
+    from serve_app.replay.driver import LoadShape, replay_requests
+    from serve_app.replay.plan import TestSet, plan_requests
+    from serve_app.replay.records import RecordStore, read_records
+
+    html = run(lambda request: httpx.Response(200, text="<html>ok</html>"))
+    assert html.status == 200 and html.body is None and html.attempts == 1
+    assert html.error_code == "malformed_answer" and "<html>ok</html>" in html.error
+    listed = run(lambda request: httpx.Response(200, json=["A"]))
+    assert listed.body is None and listed.error_code == "malformed_answer"
+
+    async def replay():
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, text="<html>ok</html>"))
+        ts = TestSet("s0", ("t:0", "t:1", "t:2"), ("x", "y", "z"), ("A", "B", "A"))
+        async with httpx.AsyncClient(transport=transport) as c:
+            with RecordStore(tmp_path / "records.jsonl") as store:
+                plan = plan_requests("r", "m", ts)
+                await replay_requests(c, "http://x", "m", "s0", plan, LoadShape(), store, "a", FAST)
+
+    asyncio.run(replay())
+    recs = read_records(tmp_path / "records.jsonl")
+    assert [r.request_index for r in recs] == [0, 1, 2]
+    assert all(not r.ok and r.status == 200 and r.error_code == "malformed_answer" for r in recs)

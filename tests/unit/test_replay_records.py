@@ -71,3 +71,36 @@ def test_majority_ties_alphabetical():
     assert majority(["B", "A", "B", "A"]) == "A"
     assert majority(["B", "B", "A"]) == "B"
     assert majority([]) is None
+
+
+def test_a_run_folder_is_resumed_only_with_its_own_request_plan(tmp_path):
+    """An explicit --run-name keeps the folder whatever the batch size: records are keyed by request
+    index, so resuming with another batch size would record texts twice. It is refused."""
+    from serve_app.data import Dataset, Pool
+    from serve_app.errors import UsageError
+    from serve_app.replay.config import ReplayConfig
+    from serve_app.replay.results import RECORDS_FILE
+    from serve_app.replay.runner import prepare_run_folder
+
+    ds = Dataset("ds", "test", "f" * 16, None, None, Pool("p", ("a", "b", "c", "d"), ("A", "B", "A", "B")))
+
+    def cfg(batch_size: int, concurrency: int | None = None) -> ReplayConfig:
+        return ReplayConfig.model_validate(
+            {
+                "load": {"batch_size": batch_size, "concurrency": concurrency},
+                "output": {"out": str(tmp_path), "run_name": "mine", "topology": "cpu", "progress": False},
+            }
+        )
+
+    def prepare(c: ReplayConfig):
+        return prepare_run_folder(c, ds, {}, "m", None, None, "s", "http://x")
+
+    rdir = prepare(cfg(4))
+    assert prepare(cfg(1)) == rdir  # nothing recorded yet: any plan may start it
+    with RecordStore(rdir / RECORDS_FILE) as store:
+        store.append(rec(0))
+    with pytest.raises(UsageError, match="sent as closed-c1-b1, this replay would send closed-c1-b4"):
+        prepare(cfg(4))
+    with pytest.raises(UsageError, match="closed-c2-b1"):
+        prepare(cfg(1, concurrency=2))
+    assert prepare(cfg(1, concurrency=1)) == rdir  # the same plan (1 worker) resumes

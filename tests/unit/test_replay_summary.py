@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from serve_app.replay.records import EnergyTag, Record
@@ -96,7 +97,17 @@ def test_split_metrics_hand_computed():
             sent=3,
             energy_delta={"metered_j": 150.0, "attributed_j": 108.0, "idle_j": 42.0},
             codecarbon={"energy_kwh": 0.0001, "emissions_kg": 0.00004},
-        )
+        ),
+        WindowRecord(
+            model="m",
+            split="s0",
+            session="b",
+            start_unix_s=200.0,
+            end_unix_s=201.0,
+            sent=1,
+            energy_delta={"metered_j": 0.0, "attributed_j": 0.0, "idle_j": 0.0},
+            codecarbon={"energy_kwh": 0.0, "emissions_kg": 0.0},
+        ),
     ]
     m = split_metrics(records, windows, majority_label="A", parameters=2_000_000, carbon_g_per_kwh=400.0)
     # texts: A B | A A | B | A -> gold 6 texts; correct: A,B,A,(B wrong),(B failed),A = 4
@@ -107,10 +118,12 @@ def test_split_metrics_hand_computed():
     assert m.cegi is None  # no gain over the majority class
     assert m.energy_j == pytest.approx(108.0)
     assert m.energy_wh == pytest.approx(0.03)
-    assert m.energy_missing == 1 and m.energy_source == "rapl (partial)" and not m.measured
+    # the failed request has no figure: the tags present are measured, the sum is partial
+    assert m.energy_missing == 1 and m.energy_source == "rapl (partial)" and m.measured
     assert m.domains_j == pytest.approx({"cpu": 90.0, "dram": 18.0})
-    assert m.j_per_request == pytest.approx(27.0) and m.j_per_text == pytest.approx(18.0)
-    assert m.wh_per_1k == pytest.approx(5.0)
+    # per-request units over the 3 tagged requests and their 5 texts
+    assert m.j_per_request == pytest.approx(36.0) and m.j_per_text == pytest.approx(21.6)
+    assert m.wh_per_1k == pytest.approx(6.0)
     # session a: 100.0 -> max(101, 102, 103) = 3 s; session b: 1 s
     assert m.duration_s == pytest.approx(4.0)
     assert m.avg_power_w == pytest.approx(27.0)
@@ -357,5 +370,91 @@ def test_energy_delta_nested_domains():
             "idle": {"cpu": 1.5, "dram": 0.5},
         },
     }
-    d = energy_delta(None, EnergyView.model_validate({"deployments": {"m": {"replicas": {"r": rep}}}}), "m")
+    before = EnergyView.model_validate({"deployments": {"m": {"replicas": {}}}})  # the replica started after
+    d = energy_delta(before, EnergyView.model_validate({"deployments": {"m": {"replicas": {"r": rep}}}}), "m")
     assert d["domains_j"] == {"cpu": 2.5, "dram": 0.5} and d["idle_domains_j"] == {"cpu": 1.5, "dram": 0.5}
+
+
+def _split(name, correct, n=10, source="rapl"):
+    """``n`` one-text requests of 1 J; gold A on the first half, B on the rest; ``correct`` answered right."""
+    gold = ["A" if i < n // 2 else "B" for i in range(n)]
+    return [
+        rec(i, [g], [g if i < correct else "C"], joules=1.0, source=source, split=name)
+        for i, g in enumerate(gold)
+    ]
+
+
+def test_mean_cegi_needs_a_cegi_on_every_split():
+    """A CEGI is n/a where a split had no gain: averaging the other splits alone would report a model
+    that loses on most splits with the CEGI of its one gain."""
+    kw = {"majority_label": "A", "carbon_g_per_kwh": 400.0, "trainable_parameters": 1000, "parameters": 10**6}
+    gain = split_metrics(_split("s0", 6), **kw)  # 60 % vs the majority's 50 %: +10 pp
+    losses = [split_metrics(_split(s, 3), **kw) for s in ("s1", "s2")]  # -20 pp each
+    assert gain.cegi is not None and losses[0].cegi is None
+    mean = average_over_splits([gain, *losses])
+    assert mean.gain_pp == pytest.approx(-10.0)
+    assert mean.cegi is None and mean.cegi_all_parameters is None
+    assert mean.cegi_note == "n/a on 2 of 3 splits: no gain over the training majority class"
+    both = average_over_splits([gain, split_metrics(_split("s1", 8), **kw)])
+    assert both.cegi == pytest.approx(np.mean([gain.cegi, split_metrics(_split("s1", 8), **kw).cegi]))
+    assert both.cegi_note is None
+    llm = {**kw, "trainable_parameters": 0}
+    zero_shot = average_over_splits([split_metrics(_split(s, 8), **llm) for s in ("s0", "s1")])
+    assert zero_shot.cegi is None and zero_shot.cegi_note == "no trainable parameters (zero-shot)"
+
+
+def test_a_failed_request_leaves_a_measured_run_measured_and_units_over_the_tagged_requests():
+    """A failed request (an HTTP 500) carries no tag: the run is partial, not an estimate, and its
+    per-request units are over the requests that carried a figure."""
+    failed = rec(9, ["B"], None, source=None, error="HTTP 500")
+    m = split_metrics([*_split("s0", 9)[:9], failed])
+    assert m.energy_source == "rapl (partial)" and m.energy_missing == 1 and m.measured
+    assert m.energy_j == pytest.approx(9.0)
+    assert m.j_per_request == pytest.approx(1.0) and m.j_per_text == pytest.approx(1.0)
+    assert m.wh_per_1k == pytest.approx(9.0 / 3600 * 1000 / 9)
+    estimate = split_metrics([*_split("s0", 9, source="estimate")[:9], failed])
+    assert estimate.energy_source == "estimate (partial)" and not estimate.measured
+    unavailable = split_metrics([rec(0, ["A"], ["A"], source=None, split="s1")])
+    mean = average_over_splits([m, unavailable])
+    assert mean.energy_source == "rapl (partial)" and mean.measured
+    mixed = average_over_splits([m, split_metrics(_split("s1", 9, source="estimate"))])
+    assert mixed.energy_source == "mixed:estimate+rapl (partial)" and not mixed.measured
+
+
+def test_energy_delta_without_a_first_view_is_unknown_not_the_lifetime_totals():
+    rep = {"source": "nvml", "metered_j": 1e6, "attributed_j": 1e4, "idle_j": 990_000.0}
+    after = EnergyView.model_validate({"deployments": {"m": {"replicas": {"r": rep}}}})
+    assert energy_delta(None, after, "m") is None
+    assert energy_delta(EnergyView.model_validate({"deployments": {}}), after, "m") is None
+    started = EnergyView.model_validate({"deployments": {"m": {"replicas": {}}}})
+    assert energy_delta(started, after, "m")["metered_j"] == pytest.approx(1e6)  # started in between
+
+
+def test_windows_count_only_when_every_session_has_its_window_line():
+    """Session a was killed (no window line); session b's window covers only its own requests."""
+    att = Attribution(rule="texts", weight=1.0, window_s=0.1, intervals=1, max_sharers=1, stretch_starts=1)
+    recs = []
+    for i in range(6):
+        r = rec(i, ["A"], ["A"], joules=1.0, session="a" if i < 3 else "b", sent=100.0 + i)
+        assert r.energy is not None
+        recs.append(r.model_copy(update={"energy": r.energy.model_copy(update={"attribution": att})}))
+    b = WindowRecord(
+        model="m",
+        split="s0",
+        session="b",
+        start_unix_s=103.0,
+        end_unix_s=106.0,
+        sent=3,
+        energy_delta={"metered_j": 20.0, "attributed_j": 3.0, "idle_j": 17.0, "uncertainty_j": 0.001},
+        codecarbon={"energy_kwh": 0.0001, "emissions_kg": 0.00004},
+    )
+    m = split_metrics(recs, [b])
+    assert m.uncertainty_j == pytest.approx(split_metrics(recs).uncertainty_j)
+    assert m.uncertainty_j == pytest.approx(0.6)  # the tags' figures, not session b's bound
+    assert m.idle_j is None and m.metered_j is None and m.window_attributed_j is None
+    assert m.codecarbon_kwh is None
+    a = b.model_copy(update={"session": "a", "energy_delta": {**b.energy_delta, "uncertainty_j": 0.002}})
+    both = split_metrics(recs, [a, b])
+    assert both.uncertainty_j == pytest.approx(0.003) and both.idle_j == pytest.approx(34.0)
+    no_idle = a.model_copy(update={"energy_delta": None})  # its first /v1/energy view never answered
+    assert split_metrics(recs, [no_idle, b]).idle_j is None

@@ -83,6 +83,7 @@ def test_report_end_to_end(tmp_path):
     out = build_report([tmp_path / "res"], tmp_path / "rep")
     text = out.read_text()
     assert "| cheap |" in text and "rapl" in text and "Pareto" in text and "R² =" in text
+    assert "Grid intensity used: country not recorded 400 gCO2e/kWh (source not recorded)." in text
     df = pd.read_parquet(tmp_path / "rep" / "results.parquet")
     row = df.set_index("model").loc["dear"]
     assert row["accuracy"] == 1.0 and row["energy_wh"] == pytest.approx(400 / 3600)
@@ -101,3 +102,37 @@ def test_report_end_to_end(tmp_path):
     assert (tmp_path / "rep" / "splits.csv").exists()
     for name in ("ds_accuracy_energy.png", "ds_energy_components.png", "ds_energy_duration.png"):
         assert (tmp_path / "rep" / "figures" / name).stat().st_size > 5000
+
+
+def test_a_partial_measurement_is_drawn_partial_never_as_an_estimate():
+    from serve_app.report.figures import ENERGY_KINDS, energy_kinds
+
+    df = pd.DataFrame(
+        {"measured": [True, True, False, False], "energy_missing": [0, 1, 0, 2]}, index=[3, 5, 7, 9]
+    )
+    kinds = energy_kinds(df)
+    assert kinds == [(True, False), (True, True), (False, False), (False, True)]
+    labels = [ENERGY_KINDS[k][0] for k in kinds]
+    assert labels[0] == "measured"
+    assert "estimate" not in labels[1] and "partial" in labels[1] and "measured" in labels[1]
+    assert labels[2] == "estimate (not measured)"
+    assert "estimate" in labels[3] and "partial" in labels[3]
+    assert len({ENERGY_KINDS[k][1] for k in kinds}) == 4  # each drawn with its own marker
+
+
+def test_the_report_names_each_grid_intensitys_country_and_source():
+    from serve_app.report.markdown import grid_intensities
+
+    df = pd.DataFrame(
+        {
+            "carbon_g_per_kwh": [380.95, 380.95, 475.0, None],
+            "carbon_country": ["DEU", "DEU", "GER", None],
+            "carbon_source": ["codecarbon:2023", "codecarbon:2023", "world-average", None],
+        }
+    )
+    assert grid_intensities(df) == [
+        "DEU 380.95 gCO2e/kWh (codecarbon:2023)",
+        "GER 475 gCO2e/kWh (world-average)",
+    ]
+    old = pd.DataFrame({"carbon_g_per_kwh": [400.0], "carbon_country": [None], "carbon_source": [None]})
+    assert grid_intensities(old) == ["country not recorded 400 gCO2e/kWh (source not recorded)"]
