@@ -27,11 +27,11 @@ _CONFIG = ConfigDict(extra="ignore")
 
 
 class Prediction(BaseModel):
-    """One text's answer. ``scores`` (label -> score) and token counts are optional extras;
-    ``parsed``: the label was read from the model's answer (False: a generative LLM's answer named no
-    label and the fallback was used); ``raw``: a generative LLM's answer text."""
+    """One text's answer. ``scores`` (label -> score, finite: JSON has no infinity) and token counts
+    are optional extras; ``parsed``: the label was read from the model's answer (False: a generative
+    LLM's answer named no label and the fallback was used); ``raw``: a generative LLM's answer text."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
     label: str
     scores: dict[str, float] | None = None
     prompt_tokens: int | None = None

@@ -6,6 +6,7 @@ version."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from serve_app.wire import (
     DeploymentEnergy,
     EnergyView,
     ModelEntry,
+    Prediction,
     RunInfo,
     Session,
     SplitInfo,
@@ -156,3 +158,11 @@ def test_run_info_round_trips_and_an_old_file_reads_with_defaults() -> None:
     assert old.topology.model is None and old.carbon.g_per_kwh is None and old.topology_name == "?"
     with pytest.raises(ValidationError):
         RunInfo.model_validate({"dataset": "ds"})  # no model: not a run.json
+
+
+def test_scores_are_finite_numbers() -> None:
+    """JSON has no infinity: a -inf score would be written as null and refused by the router."""
+    for bad in (-math.inf, math.nan):
+        with pytest.raises(ValidationError, match="finite"):
+            Prediction(label="a", scores={"a": bad, "b": -0.1})
+    assert Prediction(label="a", scores={"a": -30.0}).scores == {"a": -30.0}
