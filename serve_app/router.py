@@ -93,7 +93,7 @@ def load_api_key(cfg: RouterConfig, environ: dict[str, str] | None = None) -> st
     if cfg.api_key_file:
         path = Path(cfg.api_key_file)
         try:
-            key = path.read_text(encoding="utf-8").strip()
+            key = path.read_text(encoding="utf-8-sig").strip()  # an editor's byte-order mark is no key
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
             raise AccessError(f"router.api_key_file {str(path)!r} cannot be read: {reason}") from None
@@ -316,11 +316,14 @@ class Router:
 
     async def _call(self, model_id: str, texts: list[str], mode: str | None, rid: str) -> ReplicaAnswer:
         """Classify on a replica; a replica that dies mid-request is retried ``retries`` times (the
-        request is idempotent: same ``request_id``, no side effect but the dead replica's ledger)."""
+        request is idempotent: same ``request_id``, no side effect but the dead replica's ledger).
+        ``request_timeout_s`` bounds all attempts together, not each."""
         backend = self.backends[model_id]
+        deadline = time.monotonic() + self.cfg.request_timeout_s
         for attempt in range(self.cfg.retries + 1):
             try:
-                return await within(backend.classify(texts, mode, rid), self.cfg.request_timeout_s)
+                left = max(deadline - time.monotonic(), 0.0)
+                return await within(backend.classify(texts, mode, rid), left)
             except InputRejected as exc:  # single hop: the classifier's own exception
                 raise rejected(exc) from None
             except RayTaskError as exc:  # two hops: the replica's exception, wrapped by Ray

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from serve_app.carbon import carbon_intensity
@@ -111,7 +112,14 @@ def check_resume(old: RunInfo | None, cfg: ReplayConfig, rdir: Path) -> None:
     shape): records are keyed by request index, so the new plan would record texts twice or skip some."""
     if old is None or not read_records(rdir / RECORDS_FILE):
         return
-    was, now = ReplayConfig.model_validate(old.config).request_plan(), cfg.request_plan()
+    try:
+        was = ReplayConfig.model_validate(old.config).request_plan()
+    except ValidationError as exc:  # written by another version of accuwatt
+        raise UsageError(
+            f"{rdir} holds a run whose replay settings this version cannot read "
+            f"({exc.error_count()} problem(s), first: {exc.errors()[0]['loc']}); use another --run-name"
+        ) from None
+    now = cfg.request_plan()
     if was != now:
         raise UsageError(
             f"{rdir} holds requests sent as {was}, this replay would send {now}: "

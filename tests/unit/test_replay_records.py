@@ -104,3 +104,13 @@ def test_a_run_folder_is_resumed_only_with_its_own_request_plan(tmp_path):
     with pytest.raises(UsageError, match="closed-c2-b1"):
         prepare(cfg(1, concurrency=2))
     assert prepare(cfg(1, concurrency=1)) == rdir  # the same plan (1 worker) resumes
+    # a run.json whose settings this version cannot read (another version wrote it): one-line refusal
+    import json
+
+    from serve_app.replay.results import RUN_FILE
+
+    run = json.loads((rdir / RUN_FILE).read_text())
+    run["config"]["load"]["from_the_future"] = 1
+    (rdir / RUN_FILE).write_text(json.dumps(run))
+    with pytest.raises(UsageError, match="cannot read"):
+        prepare(cfg(1, concurrency=1))

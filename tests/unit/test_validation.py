@@ -141,6 +141,8 @@ def test_api_key_from_file_or_env(tmp_path) -> None:
     key_file.write_text("from-file\n")
     cfg = RouterConfig(api_key_env="K", api_key_file=str(key_file))
     assert load_api_key(cfg, environ={"K": "from-env"}) == "from-file"
+    key_file.write_bytes(b"\xef\xbb\xbfwith-bom\n")  # as some editors save it
+    assert load_api_key(cfg, environ={}) == "with-bom"
 
 
 def test_a_trailing_newline_is_not_part_of_a_valid_request_id_or_field_name() -> None:
