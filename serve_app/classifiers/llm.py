@@ -94,10 +94,13 @@ class LLMClassifier(Classifier):
         self._overhead_tokens = len(self._encode(probe))
         self._label_ids = self._label_token_ids()
         self._first_tokens = prompts.first_token_plan(self._label_ids)
-        # Labels of one token each stop after that token (the constraint determines the rest);
-        # otherwise allow one token per character (the grammar may spell a label) and the end token.
+        self._scored_ids = self._scored_label_ids()
+        # The constraint may spell a label in any tokens, down to one per byte, then the end token.
+        # Labels of one token each are first tried with one token (``_choice``).
+        self._choice_full_tokens = max(len(label.encode("utf-8")) for label in self._labels) + 1
         single = self._first_tokens is not None and all(len(i) == 1 for i in self._label_ids.values())
-        self._choice_max_tokens = 1 if single else max(len(label) for label in self._labels) + 1
+        self._choice_max_tokens = 1 if single else self._choice_full_tokens
+        self._close_ids = self._encode("\n" + prompts.THINK_CLOSE + "\n\n")
         self._max_model_len = int(getattr(getattr(engine, "model_config", None), "max_model_len", 0) or 0)
         devices = tuple(f"gpu:{r}" for r in range(spec.world_size)) if spec.on_gpu else ("cpu",)
         super().__init__(
@@ -231,9 +234,11 @@ class LLMClassifier(Classifier):
         over label sequences for the longest label's tokens too) as the client's error."""
         if not self._max_model_len:
             return
-        room = 1 + (
-            max(map(len, self._label_ids.values())) if mode == "score" and not self._first_tokens else 0
-        )
+        room = 1
+        if mode == "score" and not self._first_tokens:
+            room += max(map(len, self._scored_ids.values()))
+        elif mode == "paper" and self.spec.reasoning:
+            room += len(self._close_ids)  # a thought cut short is closed before the answer
         if n_prompt + room > self._max_model_len:
             raise InputRejected(
                 413,
@@ -255,6 +260,21 @@ class LLMClassifier(Classifier):
         for label in self._labels:
             ids = prompts.continuation_ids(head_ids, self._encode(tail + label))
             out[label] = ids if ids else self._encode(label)
+        return out
+
+    def _scored_label_ids(self) -> dict[str, list[int]]:
+        """What ``score`` over label sequences scores: each label's tokens and the first token after
+        the label in the study's format (the line break that ends the field). Without it a label
+        that is the start of another ("World", "World Politics") could never lose to it: its tokens
+        are a part of the other's. A tokenizer that merges the label's end with the break keeps the
+        label's tokens alone."""
+        tail = self._prefill
+        head_ids = self._encode(tail)
+        out = {}
+        for label, ids in self._label_ids.items():
+            ended = prompts.continuation_ids(head_ids, self._encode(tail + label + "\n\n"))
+            exact = ended is not None and len(ended) > len(ids) and ended[: len(ids)] == ids
+            out[label] = ended[: len(ids) + 1] if exact and ended is not None else list(ids)
         return out
 
     # -- engine calls -----------------------------------------------------------------------------
@@ -304,6 +324,10 @@ class LLMClassifier(Classifier):
     async def _paper_reasoning(self, prompt_ids: list[int], on_work: WorkSink) -> tuple[str, int]:
         """Think at most ``reasoning_budget_tokens``, then answer in ``paper_max_tokens``."""
         budget, answer_max = self.spec.reasoning_budget_tokens, self.spec.paper_max_tokens
+        if self._max_model_len:  # the thought, its forced close and the answer must fit the context
+            budget = max(
+                0, min(budget, self._max_model_len - len(prompt_ids) - len(self._close_ids) - answer_max)
+            )
         text, ids = "", []
         finish: str | None = "length"
         if budget > 0:
@@ -331,11 +355,21 @@ class LLMClassifier(Classifier):
             structured_outputs=StructuredOutputsParams(choice=list(self._labels)),
         )
         g = (await self._generate(prompt_ids, params, on_work)).outputs[0]
+        n_prompt, n_gen = len(prompt_ids), len(g.token_ids)
+        if self._choice_max_tokens < self._choice_full_tokens and not prompts.settles(g.text, self._labels):
+            # One token began more than one label (a piece such as "ne" of "neutral" and "negative",
+            # or a label that starts another): ask again with room to finish (the prompt is cached).
+            params = self._params(
+                max_tokens=self._choice_full_tokens,
+                structured_outputs=StructuredOutputsParams(choice=list(self._labels)),
+            )
+            g = (await self._generate(prompt_ids, params, on_work)).outputs[0]
+            n_prompt, n_gen = n_prompt + len(prompt_ids), n_gen + len(g.token_ids)
         parsed = prompts.parse_choice(g.text, self._labels)
         return Prediction(
             label=parsed.label,
-            prompt_tokens=len(prompt_ids),
-            generated_tokens=len(g.token_ids),
+            prompt_tokens=n_prompt,
+            generated_tokens=n_gen,
             parsed=parsed.parsed,
             raw=g.text,
         )
@@ -363,7 +397,7 @@ class LLMClassifier(Classifier):
         """Labels sharing a first token: score each label's whole token sequence (one request each)."""
 
         async def one(label: str) -> tuple[str, float, int]:
-            ids = self._label_ids[label]
+            ids = self._scored_ids[label]
             params = self._params(max_tokens=1, prompt_logprobs=0)
             out = await self._generate(prompt_ids + ids, params, on_work)
             rows = (out.prompt_logprobs or [])[-len(ids) :]

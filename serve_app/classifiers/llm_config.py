@@ -98,7 +98,8 @@ class LLMSpec(Strict):
     reasoning: bool = False
     """An R1-style model that thinks in ``<think>...</think>`` before answering."""
     reasoning_budget_tokens: int = Field(1024, ge=0)
-    """``paper`` mode, reasoning models: thinking limit in tokens; then ``</think>`` is forced."""
+    """``paper`` mode, reasoning models: thinking limit in tokens; then ``</think>`` is forced. Capped
+    per text so that the prompt, the thought, its close and ``paper_max_tokens`` fit ``max_model_len``."""
     label_bias: dict[str, float] = Field(default_factory=dict)
     """``score`` mode: added to each label's log-probability (nats) before the argmax."""
     warm_up: bool = True
@@ -156,6 +157,16 @@ class LLMSpec(Strict):
             raise ValueError("STRICT_SPREAD would split tensor-parallel ranks across nodes")
         if self.pipeline_spans_nodes and self.placement_strategy == "STRICT_PACK":
             raise ValueError("STRICT_PACK keeps every stage on one node; drop pipeline_spans_nodes")
+        if self.on_gpu and self.world_size > 1 and self.gpus_per_worker != 1:
+            raise ValueError(
+                "gpus_per_worker must be 1 when TP*PP > 1: vLLM gives each rank one whole GPU (more is "
+                "refused, a fraction leaves its workers unschedulable or ranks sharing a GPU)"
+            )
+        if not self.on_gpu and self.pipeline_parallel_size > 1 and self.enforce_eager:
+            raise ValueError(
+                "vLLM for CPU fails at the first step of a pipeline run eager: keep compilation on "
+                "(enforce_eager: false) for pipeline_parallel_size > 1"
+            )
         if self.world_size > 1 and self.deployment.num_cpus <= 0:
             raise ValueError("deployment.num_cpus must be > 0 (it is the replica's placement bundle)")
         return self

@@ -146,7 +146,11 @@ def match_label(value: str, labels: Sequence[str]) -> str | None:
         candidate = candidate[2:]
     candidate = candidate.strip(_STRIP_CHARS).casefold()
     by_fold = {label.casefold(): label for label in labels}
-    return by_fold.get(candidate)
+    if candidate in by_fold:
+        return by_fold[candidate]
+    # a label that itself begins or ends with such characters ("Umwelt (AfU)", "U.S."), stripped alike
+    alike = [label for label in labels if label.strip(_STRIP_CHARS).casefold() == candidate]
+    return alike[0] if len(alike) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,12 @@ def parse_choice(generated: str, labels: Sequence[str]) -> ParsedAnswer:
     if label is None:
         return ParsedAnswer(UNPARSED_LABEL, False, "not_a_label" if generated.strip() else "empty")
     return ParsedAnswer(label, True)
+
+
+def settles(generated: str, labels: Sequence[str]) -> bool:
+    """Does a ``choice`` generation cut short name one label for certain? Only when exactly one label
+    starts with it: a piece that begins several (or a label that begins a longer one) does not."""
+    return sum(1 for label in labels if label.startswith(generated)) == 1
 
 
 def continuation_ids(prefix_ids: Sequence[int], full_ids: Sequence[int]) -> list[int] | None:

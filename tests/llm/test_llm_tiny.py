@@ -110,11 +110,14 @@ def test_request_weight_counts_prompt_tokens(tiny: LLMClassifier) -> None:
 def test_sequence_scoring_when_labels_share_a_first_token(
     tiny_model_dir: Path, engine_loop: EngineLoop
 ) -> None:
-    """Labels "positive"/"positively negative" share their first token: each label's whole
-    sequence is scored instead."""
-    clf = build(cpu_spec(str(tiny_model_dir), id="tiny-seq", labels=["positive", "positively negative"]))
+    """Labels "World"/"World Politics" share their first token: each label's whole sequence is
+    scored instead, and with the line break that ends the answer's field, so that "World" is
+    "World" and nothing more, not the start of "World Politics" (whose score could never be higher)."""
+    clf = build(cpu_spec(str(tiny_model_dir), id="tiny-seq", labels=["World", "World Politics"]))
     try:
         assert clf.info.details["score_strategy"] == "sequence"
+        short, long = (clf._scored_ids[label] for label in clf.labels)
+        assert long[: len(short)] != short  # the short label's sequence is not the long one's start
         p = engine_loop.run(clf.predict(TEXTS[:2], "score"))
         for pred in p:
             assert pred.scores is not None and set(pred.scores) == set(clf.labels)

@@ -119,6 +119,20 @@ def test_cpu_specs() -> None:
     assert tp2.executor_backend == "mp"
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"gpus_per_worker": 2, "tensor_parallel_size": 2},  # vLLM: no bundle with more than one GPU
+        {"gpus_per_worker": 0.5, "tensor_parallel_size": 2},  # ray workers ask 1 GPU of a 0.5 bundle
+        {"gpus_per_worker": 0.5, "tensor_parallel_size": 2, "distributed_executor_backend": "mp"},
+        {"gpus_per_worker": 0, "pipeline_parallel_size": 2, "enforce_eager": True},  # fails at step 1
+    ],
+)
+def test_specs_vllm_cannot_run_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        spec(**bad)
+
+
 def test_env_vars_layering() -> None:
     s = spec(gpus_per_worker=0, env_vars={"VLLM_CPU_KVCACHE_SPACE": "4"}, deployment={"env_vars": {"A": "1"}})
     env = s.serve_options()["ray_actor_options"]["runtime_env"]["env_vars"]

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from serve_app.classifiers import prompts
-from serve_app.classifiers.prompts import UNPARSED_LABEL, parse_answer, parse_choice
+from serve_app.classifiers.prompts import UNPARSED_LABEL, parse_answer, parse_choice, settles
 
 pytestmark = pytest.mark.unit
 
@@ -84,6 +84,22 @@ def test_labels_with_punctuation_match_exactly() -> None:
     labels = ["World", "Sports", "Business", "Sci/Tech"]
     assert parse_answer("[[ ## category ## ]]\nSci/Tech\n", labels).label == "Sci/Tech"
     assert parse_answer("[[ ## category ## ]]\nsci/tech\n", labels).label == "Sci/Tech"
+
+
+def test_labels_that_begin_or_end_with_punctuation_match_leniently() -> None:
+    labels = ["Umwelt (AfU)", "U.S.", "Inland"]
+    for answer in ("**Umwelt (AfU)**", '"Umwelt (AfU)"', "- Umwelt (AfU)", "umwelt (afu)"):
+        assert parse_answer(f"[[ ## category ## ]]\n{answer}\n", labels).label == "Umwelt (AfU)", answer
+    assert parse_answer("[[ ## category ## ]]\n*U.S.*\n", labels).label == "U.S."
+    # two labels alike once stripped are not guessed between
+    assert parse_answer("[[ ## category ## ]]\n**US**\n", ["US.", "(US)"]).parsed is False
+
+
+def test_a_choice_cut_short_settles_only_on_one_label() -> None:
+    assert settles("posi", ["positive", "negative"])
+    assert not settles("ne", ["neutral", "negative"])  # a piece of two labels
+    assert not settles("World", ["World", "World Politics"])  # a label that begins another
+    assert not settles("x", ["positive", "negative"])
 
 
 def test_reasoning_answer_is_read_after_think_close() -> None:
