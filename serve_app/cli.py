@@ -7,8 +7,10 @@ import importlib
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from serve_app import __version__
+from serve_app.argtypes import int_at_least, non_negative_int, positive_int
 from serve_app.errors import UsageError
 from serve_app.model_ids import add_models_argument, check_ids
 
@@ -30,10 +32,14 @@ def _dataset_args(p: argparse.ArgumentParser, splits: int) -> None:
     )
     p.add_argument("--text-col", default="text")
     p.add_argument("--label-col", default="label")
-    p.add_argument("--n-train", type=int, default=200, help="training texts per split (study: 200)")
-    p.add_argument("--n-test", type=int, default=200, help="test texts per split (study: 200)")
-    p.add_argument("--splits", type=int, default=splits, help="number of splits (study: 10)")
-    p.add_argument("--seed", type=int, default=20250101, help="split seed; split i uses (seed, i)")
+    p.add_argument(
+        "--n-train", type=int_at_least(2), default=200, help="training texts per split (study: 200)"
+    )
+    p.add_argument("--n-test", type=positive_int, default=200, help="test texts per split (study: 200)")
+    p.add_argument("--splits", type=positive_int, default=splits, help="number of splits (study: 10)")
+    p.add_argument(
+        "--seed", type=non_negative_int, default=20250101, help="split seed; split i uses (seed, i)"
+    )
     add_models_argument(p, "traditional model ids (default: all six)")
     p.add_argument(
         "--embedding-model",
@@ -116,14 +122,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every parser of the command (subcommands inherit the class): a bad argument is a `UsageError`,
+    one line naming the argument, like every other input the user can fix."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="accuwatt", description=__doc__)
+    parser = _Parser(prog="accuwatt", description=__doc__)
     parser.add_argument("--version", action="version", version=f"accuwatt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train the traditional models on study splits and save them")
     _dataset_args(p, splits=1)
-    p.add_argument("--split-index", type=int, default=0, help="first split index")
+    p.add_argument("--split-index", type=non_negative_int, default=0, help="first split index")
     p.add_argument(
         "--out", default="artifacts/demo", help="artifacts folder (one sub-folder per split if --splits > 1)"
     )

@@ -235,7 +235,12 @@ def _take(pool: Pool, rows: np.ndarray) -> Sample:
 
 
 def make_split(ds: Dataset, n_train: int, n_test: int, seed: int, index: int) -> Split:
-    """Split ``index`` of the study protocol (see module doc). Sizes are capped by the pools."""
+    """Split ``index`` of the study protocol (see module doc). Sizes are capped by the pools; sizes
+    below 1 and a negative seed or index are refused (`ValueError`), never read as other sizes."""
+    if n_train < 1 or n_test < 1:
+        raise ValueError(f"split sizes must be >= 1, got n_train={n_train}, n_test={n_test}")
+    if seed < 0 or index < 0:
+        raise ValueError(f"seed and split index must be >= 0, got seed={seed}, index={index}")
     rng = np.random.default_rng([seed, index])
     if ds.pool is not None:
         n = len(ds.pool)
@@ -259,6 +264,8 @@ def make_split(ds: Dataset, n_train: int, n_test: int, seed: int, index: int) ->
 
 
 def study_splits(ds: Dataset, n_train: int, n_test: int, splits: int, seed: int) -> list[Split]:
+    if splits < 1:
+        raise ValueError(f"splits must be >= 1, got {splits}")
     return [make_split(ds, n_train, n_test, seed, i) for i in range(splits)]
 
 

@@ -17,8 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from serve_app.argtypes import config_error, positive_int
 from serve_app.config import AppConfig
 from serve_app.data import DEMO_DIR
+from serve_app.errors import UsageError
 from serve_app.model_ids import add_models_argument, check_ids
 from serve_app.replay.config import ReplayData
 from serve_app.replay.summary import RunMetrics
@@ -34,12 +36,36 @@ DEFAULT_MODELS = (
 )
 
 
+def _load_app_config(path: Path) -> AppConfig:
+    """An AppConfig YAML, or a Serve config whose first application's args are one; any problem with
+    the file is one line naming it."""
+    import yaml
+    from pydantic import ValidationError
+
+    where = f"--config {path}"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and "applications" in data:  # a whole Serve config file
+            apps = data["applications"]
+            if not (isinstance(apps, list) and apps and isinstance(apps[0], dict)):
+                raise UsageError(f"{where}: 'applications' must list at least one application")
+            data = apps[0].get("args")
+        if not isinstance(data, dict):
+            raise UsageError(f"{where}: not an AppConfig (a mapping) or a Serve config with its args")
+        return AppConfig.from_args(data)
+    except (ValidationError, yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise config_error(where, exc) from None
+
+
 def demo_app_config(config_path: Path | None = None, models: list[str] | None = None) -> dict[str, Any]:
     """The local deployment's ``AppConfig`` (from ``deployments/local.yaml`` when present), as a dict,
-    restricted to ``models``."""
+    restricted to ``models``. A ``config_path`` that is not a readable, valid config is refused
+    (`UsageError`); the built-in default stands in only for ``local.yaml`` missing from an install."""
+    if config_path is not None and not config_path.is_file():
+        raise UsageError(f"--config {config_path}: no such file")
     path = config_path or LOCAL_YAML
     if path.is_file():
-        cfg = AppConfig.from_yaml(path)
+        cfg = _load_app_config(path)
     else:  # installed without the repository's deployments/ folder
         cfg = AppConfig.model_validate(
             {
@@ -88,6 +114,8 @@ def run_demo(
     num_cpus: int | None = None,
     progress: bool = True,
 ) -> list[RunMetrics]:
+    from pydantic import ValidationError
+
     from serve_app.replay.config import ReplayConfig, ReplayLoad, ReplayOutput
     from serve_app.replay.local import local_serve
     from serve_app.replay.results import load_run, run_metrics
@@ -95,12 +123,15 @@ def run_demo(
 
     app_cfg = demo_app_config(config_path, models)
     ids = [c["id"] for c in app_cfg["classifiers"]]
-    cfg = ReplayConfig(
-        models=ids,
-        data=demo_replay_data(app_cfg),
-        load=ReplayLoad(concurrency=concurrency),
-        output=ReplayOutput(out=str(out), run_name="demo", progress=progress),
-    )
+    try:
+        cfg = ReplayConfig(
+            models=ids,
+            data=demo_replay_data(app_cfg),
+            load=ReplayLoad(concurrency=concurrency),
+            output=ReplayOutput(out=str(out), run_name="demo", progress=progress),
+        )
+    except ValidationError as exc:
+        raise config_error("", exc, {}) from None
     with local_serve(app_cfg, num_cpus=num_cpus) as url:
         folders = asyncio.run(replay_url(cfg, url))
     rows = []
@@ -118,14 +149,14 @@ def register(subparsers: Any) -> None:
         description=__doc__,
     )
     add_models_argument(p, "a subset of the models in deployments/local.yaml")
-    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (closed loop)")
+    p.add_argument("--concurrency", type=positive_int, default=4, help="requests in flight (closed loop)")
     p.add_argument(
         "--out", type=Path, default=None, help="keep the run folders here (default: a temporary folder)"
     )
     p.add_argument(
         "--config", type=Path, default=None, help="an AppConfig or Serve config YAML (default: local.yaml)"
     )
-    p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for the local Ray")
+    p.add_argument("--num-cpus", type=positive_int, default=None, help="logical CPUs for the local Ray")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=run)
 

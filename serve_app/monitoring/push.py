@@ -71,8 +71,25 @@ def publish_run_metrics(
 
 
 def load_dashboards(folder: Path) -> list[dict[str, Any]]:
-    """The committed dashboard JSON models under ``folder``."""
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    """The committed dashboard JSON models under ``folder``; a folder that is missing, holds no
+    ``*.json`` or holds one that is not a dashboard (a JSON object) is refused (`UsageError`)."""
+    from serve_app.errors import UsageError
+
+    if not folder.is_dir():
+        raise UsageError(f"--dashboards {folder}: not a folder")
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise UsageError(f"--dashboards {folder}: holds no *.json dashboards")
+    out = []
+    for p in files:
+        try:
+            model = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+            raise UsageError(f"{p}: not a dashboard JSON file ({' '.join(str(exc).split())})") from None
+        if not isinstance(model, dict):
+            raise UsageError(f"{p}: not a dashboard JSON object")
+        out.append(model)
+    return out
 
 
 def push_dashboards(

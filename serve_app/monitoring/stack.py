@@ -47,7 +47,9 @@ def find_session_dir(ray_temp_dir: Path = DEFAULT_RAY_TEMP_DIR) -> Path:
 
 def discovery_file(ray_temp_dir: Path, work_dir: Path) -> Path:
     """Ray's service-discovery file for the latest session, or one written into ``work_dir`` from the
-    session's ``metrics_export_port_*`` files when Ray wrote none (no dashboard)."""
+    session's ``metrics_export_port_*`` files when Ray wrote none (no dashboard). The path is absolute:
+    Prometheus resolves a relative ``file_sd_configs`` path against its config file's folder."""
+    ray_temp_dir, work_dir = ray_temp_dir.absolute(), work_dir.absolute()
     session = find_session_dir(ray_temp_dir)
     for candidate in (session / SD_FILE, ray_temp_dir / SD_FILE):
         if candidate.exists() and candidate.resolve().parent == session:
@@ -84,7 +86,7 @@ def render_config(
     jobs = []
     for job in cfg["scrape_configs"]:
         if job["job_name"] == "ray":
-            job["file_sd_configs"] = [{"files": [str(sd_file)], "refresh_interval": "5s"}]
+            job["file_sd_configs"] = [{"files": [str(sd_file.absolute())], "refresh_interval": "5s"}]
         elif job["job_name"] == "accuwatt_replay":
             if pushgateway is None:
                 continue

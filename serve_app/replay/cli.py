@@ -6,6 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
+from serve_app.argtypes import config_error, non_negative_int, positive_float, positive_int
 from serve_app.carbon import carbon_intensity
 from serve_app.model_ids import add_models_argument
 from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
@@ -19,28 +20,33 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-col", default=d.text_col)
     g.add_argument("--label-col", default=d.label_col)
     add_models_argument(g, "model ids (default: all served)")
-    g.add_argument("--n-train", type=int, default=d.n_train)
-    g.add_argument("--n-test", type=int, default=d.n_test)
-    g.add_argument("--splits", type=int, default=d.splits, help="study splits, the same for every model")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--n-train", type=positive_int, default=d.n_train)
+    g.add_argument("--n-test", type=positive_int, default=d.n_test)
+    g.add_argument(
+        "--splits", type=positive_int, default=d.splits, help="study splits, the same for every model"
+    )
+    g.add_argument("--seed", type=non_negative_int, default=d.seed)
     g.add_argument("--test-file", help="replay this file's texts as they are (no splits, no training)")
     g = p.add_argument_group("load shape")
     g.add_argument(
-        "--concurrency", type=int, help="closed loop: workers (default 1); open loop: max in flight"
+        "--concurrency", type=positive_int, help="closed loop: workers (default 1); open loop: max in flight"
     )
-    g.add_argument("--rate", type=float, dest="rate_rps", help="open loop: mean requests per second")
+    g.add_argument("--rate", type=positive_float, dest="rate_rps", help="open loop: mean requests per second")
     g.add_argument("--arrivals", choices=["poisson", "gamma"], default=load.arrivals)
     g.add_argument(
-        "--burstiness", type=float, default=load.burstiness, help="gamma shape (1 = Poisson, <1 burstier)"
+        "--burstiness",
+        type=positive_float,
+        default=load.burstiness,
+        help="gamma shape (1 = Poisson, <1 burstier)",
     )
-    g.add_argument("--batch-size", type=int, default=load.batch_size, help="texts per request")
+    g.add_argument("--batch-size", type=positive_int, default=load.batch_size, help="texts per request")
     g.add_argument(
         "--max-attempts",
-        type=int,
+        type=positive_int,
         default=load.max_attempts,
         help="per request, 429/503 and transport errors",
     )
-    g.add_argument("--timeout-s", type=float, default=load.timeout_s)
+    g.add_argument("--timeout-s", type=positive_float, default=load.timeout_s)
     g = p.add_argument_group("output")
     g.add_argument("--out", default=out.out, help="results root: <out>/<dataset>/<topology>/<model>/<run>/")
     g.add_argument("--run-name", help="default: derived from protocol and load shape (a rerun resumes)")
@@ -52,6 +58,10 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", dest="progress", action="store_false")
 
 
+FLAGS = {"rate_rps": "--rate"}
+"""Config fields whose flag is not ``--field-name``."""
+
+
 def config_from_args(args: argparse.Namespace) -> ReplayConfig:
     """Build the typed config from parsed arguments (the namespace is only read); each argument goes
     to the part that declares it."""
@@ -60,14 +70,19 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
     def part(model: type[ReplayData] | type[ReplayLoad] | type[ReplayOutput]) -> dict[str, Any]:
         return {k: v for k, v in given.items() if k in model.model_fields}
 
-    return ReplayConfig.model_validate(
-        {
-            "models": given.get("models") or [],
-            "data": part(ReplayData),
-            "load": part(ReplayLoad),
-            "output": part(ReplayOutput),
-        }
-    )
+    from pydantic import ValidationError
+
+    try:
+        return ReplayConfig.model_validate(
+            {
+                "models": given.get("models") or [],
+                "data": part(ReplayData),
+                "load": part(ReplayLoad),
+                "output": part(ReplayOutput),
+            }
+        )
+    except ValidationError as exc:  # a value the flags' own checks let through
+        raise config_error("", exc, FLAGS) from None
 
 
 def register(subparsers: Any) -> None:
@@ -83,7 +98,9 @@ def register(subparsers: Any) -> None:
         "local Ray, replay, tear down",
     )
     p.add_argument("--embedding-model", default="packaged:all-MiniLM-L6-v2", help="--local: embedding models")
-    p.add_argument("--num-cpus", type=int, default=None, help="--local: logical CPUs for the local Ray")
+    p.add_argument(
+        "--num-cpus", type=positive_int, default=None, help="--local: logical CPUs for the local Ray"
+    )
     add_replay_arguments(p)
     p.set_defaults(func=run)
 

@@ -37,7 +37,10 @@ APP_NAME = "accuwatt"
 
 @contextmanager
 def local_ray(num_cpus: int | None = None) -> Iterator[None]:
-    """A private local Ray instance for the duration of the block."""
+    """A private local Ray instance for the duration of the block (``num_cpus``: logical CPUs, at least
+    1; default ``max(8, cores)``)."""
+    if num_cpus is not None and num_cpus < 1:
+        raise UsageError(f"--num-cpus: must be an integer >= 1, got {num_cpus}")
     import ray
     from ray import serve
 
@@ -46,7 +49,7 @@ def local_ray(num_cpus: int | None = None) -> Iterator[None]:
     tmp = tempfile.mkdtemp(prefix="aw-ray-")
     ray.init(
         address="local",
-        num_cpus=num_cpus or max(8, os.cpu_count() or 1),
+        num_cpus=num_cpus if num_cpus is not None else max(8, os.cpu_count() or 1),
         include_dashboard=False,
         _temp_dir=tmp,
         log_to_driver=False,

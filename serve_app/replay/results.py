@@ -44,10 +44,10 @@ def find_runs(paths: Iterable[Path]) -> list[Path]:
     """Every run folder (holding ``run.json`` and ``records.jsonl``) at or below ``paths``."""
     found: set[Path] = set()
     for p in paths:
-        if (p / RUN_FILE).is_file():
+        if (p / RUN_FILE).is_file() and (p / RECORDS_FILE).is_file():
             found.add(p)
         elif p.is_dir():
-            found.update(f.parent for f in p.rglob(RUN_FILE) if (f.parent / RECORDS_FILE).exists())
+            found.update(f.parent for f in p.rglob(RUN_FILE) if (f.parent / RECORDS_FILE).is_file())
     return sorted(found)
 
 

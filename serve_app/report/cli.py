@@ -11,18 +11,44 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from serve_app.replay.results import find_runs, load_run
+from serve_app.argtypes import first_error
+from serve_app.errors import UsageError
+from serve_app.replay.results import RECORDS_FILE, RUN_FILE, RunData, find_runs, load_run
 from serve_app.report import figures
 from serve_app.report.markdown import render_report
 from serve_app.report.regression import fit_energy_duration
 from serve_app.report.tables import results_frames
 
 
+def _load_runs(paths: list[Path]) -> list[RunData]:
+    """The runs under ``paths``; a path that does not exist, holds no run folder, or holds a folder
+    that is not an accuwatt run is refused (`UsageError`), never skipped."""
+    from pydantic import ValidationError
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    runs = []
+    for p in paths:
+        found = find_runs([p])
+        if not found:
+            raise UsageError(f"{p}: no run folders ({RUN_FILE} + {RECORDS_FILE}) there")
+        for run_path in found:
+            try:
+                runs.append(load_run(run_path))
+            except ValidationError as exc:
+                raise UsageError(f"{run_path}: not an accuwatt run folder: {first_error(exc)}") from None
+            except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+                detail = " ".join(str(exc).split())
+                raise UsageError(f"{run_path}: not an accuwatt run folder: {detail}") from None
+    return runs
+
+
 def build_report(paths: list[Path], out: Path) -> Path:
-    runs = [load_run(p) for p in find_runs(paths)]
-    if not runs:
-        raise SystemExit(f"no run folders (run.json + records.jsonl) under {[str(p) for p in paths]}")
+    runs = _load_runs(paths)
     means, splits = results_frames(runs)
+    if means.empty:  # e.g. replays killed before their first answer
+        raise UsageError(f"no answered requests in the runs under {', '.join(map(str, paths))}")
     out.mkdir(parents=True, exist_ok=True)
     figdir = out / "figures"
     figdir.mkdir(exist_ok=True)

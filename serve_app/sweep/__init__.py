@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from serve_app.argtypes import yaml_message
 from serve_app.errors import UsageError
 from serve_app.model_ids import add_ids_argument, check_ids
 
@@ -27,6 +28,7 @@ def register(subparsers: Any) -> None:
 
 def load_sweep(path: Path) -> Any:
     """The sweep file, or one line saying why it is not valid (e.g. an unknown model id)."""
+    import yaml
     from pydantic import ValidationError
 
     from serve_app.sweep.config import SweepFile
@@ -39,6 +41,10 @@ def load_sweep(path: Path) -> Any:
         raise UsageError(f"{path}: {where}{first['msg'].removeprefix('Value error, ')}") from None
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: {yaml_message(exc)}") from None
 
 
 def run(args: argparse.Namespace) -> int:

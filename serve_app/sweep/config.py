@@ -46,12 +46,13 @@ class Topology(Strict):
 class SweepFile(Strict):
     """Models x topologies, replayed on the same dataset and splits."""
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    """A plain folder name: the default output is ``results/sweeps/<name>``."""
     dataset: str = "demo"
     n_train: int = Field(200, ge=2)
     n_test: int = Field(200, ge=1)
     splits: int = Field(10, ge=1)
-    seed: int = 20250101
+    seed: int = Field(20250101, ge=0)
     concurrency: int | None = Field(None, ge=1)
     batch_size: int = Field(1, ge=1)
     embedding_model: str = "packaged:all-MiniLM-L6-v2"
@@ -64,7 +65,33 @@ class SweepFile(Strict):
         names = [t.name for t in self.topologies]
         if len(set(names)) != len(names):
             raise ValueError(f"topology names must be unique: {names}")
+        if self.name in (".", ".."):
+            raise ValueError(f"name must be a plain folder name, not {self.name!r}")
         check_ids(self.traditional_models(), MODEL_IDS, "the traditional models are")
+        return self
+
+    @model_validator(mode="after")
+    def _specs_deploy(self) -> SweepFile:
+        """Every topology's classifiers make a valid ``AppConfig`` (a spec's typo or missing ``id`` is
+        refused here, not after training and a cluster start)."""
+        from pydantic import ValidationError
+
+        from serve_app.config import AppConfig
+
+        for topo in self.topologies:
+            specs = classifier_specs(self, topo)
+            try:
+                AppConfig.model_validate({"classifiers": specs})
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                loc = list(err["loc"])
+                where = ""
+                if len(loc) >= 2 and loc[0] == "classifiers" and isinstance(loc[1], int):
+                    # one spec per entry of ``models``, in order; pydantic names the kind's tag
+                    kind = str(specs[loc[1]].get("kind"))
+                    where = f"models[{loc[1]}]" + "".join(f".{x}" for x in loc[2:] if str(x) != kind)
+                msg = str(err["msg"]).removeprefix("Value error, ")
+                raise ValueError(f"topology {topo.name}: {where + ': ' if where else ''}{msg}") from None
         return self
 
     @classmethod
@@ -75,7 +102,7 @@ class SweepFile(Strict):
         return [m for m in self.models if isinstance(m, str)]
 
     def model_ids(self) -> list[str]:
-        return [m if isinstance(m, str) else str(m["id"]) for m in self.models]
+        return [m if isinstance(m, str) else str(m.get("id")) for m in self.models]
 
 
 def classifier_specs(sweep: SweepFile, topo: Topology) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from serve_app.data import load_dataset, study_splits
+from serve_app.data import Dataset, load_dataset, study_splits
 from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
 from serve_app.replay.local import deploy
 from serve_app.replay.results import find_runs, load_run
@@ -45,10 +45,9 @@ def _replay_config(sweep: SweepFile, topo: Topology, out: Path) -> Any:
     )
 
 
-def _train(sweep: SweepFile, art_root: Path) -> dict[str, Path]:
+def _train(sweep: SweepFile, art_root: Path, ds: Dataset) -> dict[str, Path]:
     """Train the traditional models once per split; returns split key -> artifacts folder."""
 
-    ds = load_dataset(sweep.dataset)
     out: dict[str, Path] = {}
     for sp in study_splits(ds, sweep.n_train, sweep.n_test, sweep.splits, sweep.seed):
         art = art_root / sp.key
@@ -94,8 +93,9 @@ def run_sweep(path: Path, out: Path, address: str | None = None, only: list[str]
     """Run every topology of a sweep file; returns the path of ``sweep.md``."""
 
     sweep = SweepFile.from_yaml(path)
+    ds = load_dataset(sweep.dataset)  # a missing dataset is refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    artifacts = _train(sweep, out / "_artifacts")
+    artifacts = _train(sweep, out / "_artifacts", ds)
     settings = {t.name: t.model_dump() for t in sweep.topologies}
     (out / "sweep.json").write_text(
         json.dumps(

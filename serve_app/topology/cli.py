@@ -26,6 +26,8 @@ from typing import Any
 
 import psutil
 
+from serve_app.argtypes import non_negative_float, non_negative_int, positive_float
+
 STATE_DIR_ENV = "ACCUWATT_STATE_DIR"
 RECORD_FILE = "cluster.json"
 
@@ -90,9 +92,9 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("cluster", help="a local multi-node Ray cluster (head + N workers, loopback)")
     sub = p.add_subparsers(dest="cluster_command", required=True)
     up = sub.add_parser("up", help="start and stay in the foreground until Ctrl-C")
-    up.add_argument("--workers", type=int, default=1)
-    up.add_argument("--cpus-per-node", type=float, default=4)
-    up.add_argument("--gpus-per-node", type=float, default=0)
+    up.add_argument("--workers", type=non_negative_int, default=1, help="worker nodes beside the head")
+    up.add_argument("--cpus-per-node", type=positive_float, default=4, help="logical CPUs per node")
+    up.add_argument("--gpus-per-node", type=non_negative_float, default=0, help="GPUs per node")
     up.add_argument(
         "--auth",
         choices=["disabled", "token"],

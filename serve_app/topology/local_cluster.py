@@ -102,6 +102,12 @@ def start_serve() -> str:
 def default_nodes(workers: int, cpus_per_node: float = 4, gpus_per_node: float = 0) -> list[NodeSpec]:
     """A head and ``workers`` worker nodes named ``head``, ``worker-1``, ... On a 2-core machine the
     logical CPUs are deliberately more than the cores: replicas ask for fractions and mostly wait."""
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if not cpus_per_node > 0 or not gpus_per_node >= 0:
+        raise ValueError(
+            f"need cpus_per_node > 0 and gpus_per_node >= 0, got {cpus_per_node}, {gpus_per_node}"
+        )
     names = ["head"] + [f"worker-{i}" for i in range(1, workers + 1)]
     return [NodeSpec(n, cpus_per_node, gpus_per_node) for n in names]
 

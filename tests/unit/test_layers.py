@@ -9,7 +9,7 @@ import ast
 from tests.conftest import REPO
 
 LAYERS: dict[int, tuple[str, ...]] = {
-    1: ("serve_app", "wire", "config_common", "metrics", "ports", "errors", "env", "model_ids",
+    1: ("serve_app", "wire", "config_common", "metrics", "ports", "errors", "argtypes", "env", "model_ids",
         "models_prepare", "carbon", "registry", "topology", "timeouts"),
     2: ("classifiers", "energy", "data"),
     3: ("config", "train"),
