@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from serve_app.argtypes import config_error, positive_int
 from serve_app.config import AppConfig
 from serve_app.data import DEMO_DIR
@@ -40,7 +42,6 @@ def _load_app_config(path: Path) -> AppConfig:
     """An AppConfig YAML, or a Serve config whose first application's args are one; any problem with
     the file is one line naming it."""
     import yaml
-    from pydantic import ValidationError
 
     where = f"--config {path}"
     try:
@@ -114,8 +115,6 @@ def run_demo(
     num_cpus: int | None = None,
     progress: bool = True,
 ) -> list[RunMetrics]:
-    from pydantic import ValidationError
-
     from serve_app.replay.config import ReplayConfig, ReplayLoad, ReplayOutput
     from serve_app.replay.local import local_serve
     from serve_app.replay.results import load_run, run_metrics

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 from typing import Any
 
+from pydantic import ValidationError
+
 from serve_app.argtypes import config_error, non_negative_int, positive_float, positive_int
 from serve_app.carbon import carbon_intensity
 from serve_app.model_ids import add_models_argument
@@ -69,8 +71,6 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
 
     def part(model: type[ReplayData] | type[ReplayLoad] | type[ReplayOutput]) -> dict[str, Any]:
         return {k: v for k, v in given.items() if k in model.model_fields}
-
-    from pydantic import ValidationError
 
     try:
         return ReplayConfig.model_validate(

@@ -11,6 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from serve_app.argtypes import first_error
 from serve_app.errors import UsageError
 from serve_app.replay.results import RECORDS_FILE, RUN_FILE, RunData, find_runs, load_run
@@ -23,8 +25,6 @@ from serve_app.report.tables import results_frames
 def _load_runs(paths: list[Path]) -> list[RunData]:
     """The runs under ``paths``; a path that does not exist, holds no run folder, or holds a folder
     that is not an accuwatt run is refused (`UsageError`), never skipped."""
-    from pydantic import ValidationError
-
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
