@@ -442,6 +442,11 @@ def main() -> None:
         help="KV cache block size in tokens, as deployments/llm-cpu.yaml (0: vLLM's default, 128 on CPU; "
         "multiples of 32 there); the prefix cache keeps whole blocks only",
     )
+    ap.add_argument(
+        "--align-prefix",
+        action="store_true",
+        help="pad the instruction so the prompts' shared prefix fills whole cache blocks (LLMSpec.align_prefix)",
+    )
     add_out_argument(ap, "bench_llm_modes")
     args = ap.parse_args()
 
@@ -463,6 +468,7 @@ def main() -> None:
         args.model,
         list(ds.labels),
         paper_max_tokens=args.paper_max_tokens,
+        align_prefix=args.align_prefix,
         energy={"meter": "estimate", "attribution": "tokens"},
         engine_kwargs={
             "enable_prefix_caching": True,  # vLLM's default, stated

@@ -30,6 +30,7 @@ from serve_app.wire import Prediction
 
 log = logging.getLogger(__name__)
 WHERE_TIMEOUT_S = 60.0
+_TEXT_SLOT = "\ue000"  # a private-use character standing for the text while the shared prefix is measured
 
 # A `WorkSink` receives the tokens the engine processed for a call since its last report:
 # prefill: prompt tokens computed (prefix-cache hits excluded), decode: one per decode step
@@ -88,6 +89,8 @@ class LLMClassifier(Classifier):
         self._engine_children: list[int] = []
         self._stages: list[Any] = []  # PipelineStage actors (CPU stages on other nodes)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pad = self._aligned_pad() if spec.align_prefix else ""
+        shared = self._shared_tokens(self._pad)
         probe = self._render("")
         self._opens_think = spec.reasoning and prompts.opens_think(probe)
         self._prefill = prompts.answer_prefill(spec.reasoning, self._opens_think)
@@ -117,6 +120,8 @@ class LLMClassifier(Classifier):
                     "model": spec.served_model_name or spec.model,
                     "reasoning": spec.reasoning,
                     "score_strategy": "first_token" if self._first_tokens else "sequence",
+                    "shared_prefix_tokens": shared,
+                    "prefix_pad_tokens": shared - self._shared_tokens(""),
                     "tensor_parallel_size": spec.tensor_parallel_size,
                     "pipeline_parallel_size": spec.pipeline_parallel_size,
                 },
@@ -220,10 +225,26 @@ class LLMClassifier(Classifier):
             self._loop = asyncio.get_running_loop()
 
     # -- prompts ----------------------------------------------------------------------------------
-    def _render(self, text: str) -> str:
-        messages = prompts.chat_messages(text, self._labels)
+    def _render(self, text: str, pad: str | None = None) -> str:
+        """The chat-templated prompt of ``text``; ``pad`` ends the system message (default: the one
+        :meth:`_aligned_pad` chose)."""
+        messages = prompts.chat_messages(text, self._labels, self._pad if pad is None else pad)
         rendered: str = self._tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return rendered
+
+    def _shared_tokens(self, pad: str) -> int:
+        """The tokens every prompt shares (all before the text) when ``pad`` ends the system message."""
+        head = self._render(_TEXT_SLOT, pad).split(_TEXT_SLOT, 1)[0]
+        return len(self._encode(head))
+
+    def _aligned_pad(self) -> str:
+        """The pad that makes the shared prefix whole KV-cache blocks (``LLMSpec.align_prefix``); ""
+        without a prefix cache."""
+        cache = getattr(getattr(self._engine, "vllm_config", None), "cache_config", None)
+        block = int(getattr(cache, "block_size", 0) or 0)
+        if block <= 1 or not getattr(cache, "enable_prefix_caching", False):
+            return ""
+        return prompts.prefix_pad(self._shared_tokens, block, 2 * block)
 
     def _prompt_ids(self, text: str, mode: str) -> list[int]:
         """The prompt of ``text`` in ``mode``: ``choice`` and ``score`` end in the prefilled answer head."""

@@ -102,6 +102,12 @@ class LLMSpec(Strict):
     per text so that the prompt, the thought, its close and ``paper_max_tokens`` fit ``max_model_len``."""
     label_bias: dict[str, float] = Field(default_factory=dict)
     """``score`` mode: added to each label's log-probability (nats) before the argmax."""
+    align_prefix: bool = False
+    """End the system message with blank lines (one space each, at most two blocks' worth) so that
+    the tokens every prompt shares fill whole KV-cache blocks: a prefix cache keeps whole blocks only,
+    and the shared prefix's last partial block is otherwise computed again for every text. Changes
+    the study's prompt by that whitespace; ``/v1/models`` shows ``shared_prefix_tokens`` and
+    ``prefix_pad_tokens``. Nothing is added without a prefix cache (``enable_prefix_caching``)."""
     warm_up: bool = True
     """Before the replica reports ready, classify one short text in each mode (``paper`` cut to two
     tokens), so that no request pays the engine's first-call costs and the instruction's whole cache

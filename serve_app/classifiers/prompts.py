@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 UNPARSED_LABEL = ""
@@ -31,6 +31,8 @@ OUTPUT_FIELD = "category"
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
+PAD_UNIT = " \n"
+"""One unit of :func:`prefix_pad`: a line holding one space."""
 _FIELD_RE = re.compile(r"\[\[\s*##\s*(\w+)\s*##\s*\]\]")
 _STRIP_CHARS = " \t\r\n\"'`*_.,;:!()[]{}<>"
 
@@ -45,8 +47,9 @@ def instruction(labels: Sequence[str]) -> str:
     return "\n".join([INSTRUCTION_HEAD, *(f"- {label}" for label in labels)])
 
 
-def system_message(labels: Sequence[str]) -> str:
-    """DSPy's chat-adapter system message for the signature ``text: str -> category: str``."""
+def system_message(labels: Sequence[str], pad: str = "") -> str:
+    """DSPy's chat-adapter system message for the signature ``text: str -> category: str``, then
+    ``pad`` (blank lines from :func:`prefix_pad`, or nothing)."""
     objective = "\n".join("        " + line for line in instruction(labels).splitlines())
     return (
         "Your input fields are:\n"
@@ -66,7 +69,7 @@ def system_message(labels: Sequence[str]) -> str:
         f"{marker('completed')}\n"
         "\n"
         "In adhering to this structure, your objective is: \n"
-        f"{objective}"
+        f"{objective}{pad}"
     )
 
 
@@ -81,12 +84,28 @@ def user_message(text: str) -> str:
     )
 
 
-def chat_messages(text: str, labels: Sequence[str]) -> list[dict[str, str]]:
-    """The study's two chat messages (system, user) for one text."""
+def chat_messages(text: str, labels: Sequence[str], pad: str = "") -> list[dict[str, str]]:
+    """The study's two chat messages (system, user) for one text; ``pad`` ends the system message."""
     return [
-        {"role": "system", "content": system_message(labels)},
+        {"role": "system", "content": system_message(labels, pad)},
         {"role": "user", "content": user_message(text)},
     ]
+
+
+def prefix_pad(shared_tokens: Callable[[str], int], block: int, most: int) -> str:
+    """The shortest run of blank lines that, ending the system message, makes the prompts' shared
+    prefix (``shared_tokens(pad)``: its tokens with that pad) a whole number of ``block``-token KV-cache
+    blocks, trying pads of up to ``most`` units; "" when none does (or the prefix fills whole blocks).
+
+    A prefix cache keeps whole blocks only: a shared prefix of 126 tokens in blocks of 32 has its last
+    30 tokens computed again for every text. Each unit (a line holding one space) is one token in
+    common BPE vocabularies, where runs of line breaks alone merge into one token.
+    """
+    for n in range(most + 1):
+        pad = "" if n == 0 else "\n" + PAD_UNIT * (n - 1)
+        if shared_tokens(pad) % block == 0:
+            return pad
+    return ""
 
 
 def answer_prefill(reasoning: bool, prompt_opens_think: bool = False) -> str:

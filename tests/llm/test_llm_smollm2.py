@@ -29,7 +29,16 @@ def sample() -> tuple[list[str], list[str]]:
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_dir: Path, engine_loop: EngineLoop) -> Iterator[LLMClassifier]:
-    clf = build(cpu_spec(str(smollm2_dir), id="smollm2", max_model_len=2048, paper_max_tokens=48))
+    clf = build(
+        cpu_spec(
+            str(smollm2_dir),
+            id="smollm2",
+            max_model_len=2048,
+            paper_max_tokens=48,
+            align_prefix=True,  # as deployments/llm-cpu.yaml
+            engine_kwargs={"block_size": 32, "enable_prefix_caching": True},
+        )
+    )
     yield clf
     clf.close()
 
@@ -67,3 +76,19 @@ def test_paper_mode_generates_and_parses_like_the_study(
     for p in preds:
         assert p.raw is not None and 1 <= (p.generated_tokens or 0) <= 48
         assert (p.parsed and p.label in smollm2.labels) or (not p.parsed and p.label == UNPARSED_LABEL)
+
+
+def test_the_shared_prefix_comes_whole_from_the_cache(
+    smollm2: LLMClassifier, engine_loop: EngineLoop
+) -> None:
+    """``align_prefix``: the instruction ends in blank lines up to a whole number of 32-token blocks, so
+    after the warm-up a new text prefills only its own tokens (without the pad the prefix is 126
+    tokens, of which the cache keeps 96). The tokens computed are the engine's own count."""
+    details = smollm2.info.details
+    assert details["shared_prefix_tokens"] % 32 == 0 and details["prefix_pad_tokens"] > 0
+    engine_loop.run(smollm2.warm_up())
+    reports: list[tuple[int, int]] = []
+    text = "An unexpected delight from start to finish, with a cast that never puts a foot wrong."
+    engine_loop.run(smollm2.predict([text], "score", lambda p, d: reports.append((p, d))))
+    prompt = smollm2._prompt_ids(text, "score")
+    assert reports[0][0] == len(prompt) - details["shared_prefix_tokens"]

@@ -158,3 +158,22 @@ def test_bias_and_argmax() -> None:
     assert prompts.argmax_label({"positive": -1.0, "negative": -1.0}, LABELS) == "positive"  # tie: first
     assert prompts.argmax_label({"positive": math.nan, "negative": -9.0}, LABELS) == "negative"
     assert prompts.argmax_label({"positive": -math.inf, "negative": -math.inf}, LABELS) == "positive"
+
+
+def test_prefix_pad_fills_the_last_block_with_one_token_per_unit() -> None:
+    # a tokenizer stand-in where the system message's pad costs one token per line (as in BPE
+    # vocabularies with a " \n" token); the shared prefix is 126 tokens without a pad
+    def shared(pad: str) -> int:
+        return 126 + pad.count("\n")
+
+    pad = prompts.prefix_pad(shared, 32, 64)
+    assert pad == "\n" + prompts.PAD_UNIT
+    assert shared(pad) == 128
+    assert prompts.prefix_pad(lambda pad: 128 + pad.count("\n"), 32, 64) == ""  # already whole blocks
+
+
+def test_prefix_pad_gives_up_beyond_its_limit() -> None:
+    # a tokenizer that merges every pad into one token can never reach the block's end
+    assert prompts.prefix_pad(lambda pad: 126 + (1 if pad else 0), 32, 64) == ""
+    assert prompts.prefix_pad(lambda pad: 100 + pad.count("\n"), 32, 20) == ""
+    assert prompts.system_message(LABELS, "\n \n").endswith("- negative\n \n")
