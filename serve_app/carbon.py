@@ -9,6 +9,8 @@ Source, in order:
 
 A code in neither is refused (`UsageError`, naming the known codes): falling back to a world average
 would put every CO2e and CEGI figure off by the country's difference with no sign of it in the report.
+So is a code CodeCarbon lists with no figure (``CAF``: ``carbon_intensity`` 0.0), with a message
+saying so (it is a real code; only the figure is missing).
 
 Units: g CO2e per kWh; country codes are ISO 3166-1 alpha-3 (``DEU``, ``FRA``, ``USA``).
 """
@@ -99,6 +101,15 @@ def carbon_intensity(country: str = "DEU", use_codecarbon: bool = True) -> Carbo
         return found
     if code in DEFAULT_G_PER_KWH:
         return CarbonIntensity(code, DEFAULT_G_PER_KWH[code], "default-table:2023")
+    mix = _codecarbon_mix() if use_codecarbon else None
+    entry = mix.get(code) if mix is not None else None
+    if isinstance(entry, dict):  # a country CodeCarbon lists, with no usable figure (CAF: 0.0)
+        raise UsageError(
+            f"--country {country!r}: CodeCarbon has no grid carbon intensity for it "
+            f"(carbon_intensity {entry.get('carbon_intensity')!r} in its data, year {entry.get('year', '?')}), "
+            "and accuwatt has no option to give one; CO2e and CEGI would be 0 or wrong, so choose a "
+            f"country with a figure, e.g. {', '.join(sorted(DEFAULT_G_PER_KWH))}"
+        )
     known = known_countries(use_codecarbon)
     raise UsageError(
         f"--country {country!r}: no grid carbon intensity for it; give an ISO 3166-1 alpha-3 code, "

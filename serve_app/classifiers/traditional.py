@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import platform
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +30,7 @@ from serve_app.classifiers.base import (
     WorkSink,
     predictions_from_proba,
 )
+from serve_app.errors import UsageError
 from serve_app.wire import Prediction
 
 FEATURES = ("bow", "tfidf", "embedding")
@@ -52,6 +55,55 @@ def make_estimator(name: str) -> Any:
     return LogisticRegression() if name == "logreg" else XGBClassifier()
 
 
+def normalise(texts: Sequence[str]) -> list[str]:
+    """Texts in Unicode normal form NFC: the same word gives the same features whether it arrives
+    composed (``ü``) or decomposed (``u`` + combining diaeresis, which ``\\w`` does not match)."""
+    return [unicodedata.normalize("NFC", t) for t in texts]
+
+
+def featurize(vectorizer: Any, embedding_model: str | None, texts: Sequence[str], fit: bool = False) -> Any:
+    """The one place features are computed, for training (``fit``: the vectorizer learns its
+    vocabulary) and for serving: texts NFC-normalised, then the vectorizer or the encoder."""
+    texts = normalise(texts)
+    if vectorizer is None:
+        assert embedding_model is not None
+        return embedding.encode(embedding_model, texts)
+    if not fit:
+        return vectorizer.transform(texts)
+    try:
+        return vectorizer.fit_transform(texts)
+    except ValueError as exc:
+        if "empty vocabulary" not in str(exc):
+            raise
+        raise UsageError(
+            "no word tokens in the training texts (only emoji, punctuation or one-letter words?): "
+            "bag of words has nothing to count; use the tfidf or embedding models"
+        ) from None
+
+
+def check_classes(labels: Sequence[str], where: str = "the training sample") -> None:
+    """Refuse a training sample with fewer than two classes: a classifier cannot be fitted (logistic
+    regression) or fits one that predicts a single class and whose scores are unusable (XGBoost)."""
+    seen = sorted(set(labels))
+    if len(seen) < 2:
+        raise UsageError(
+            f"{where}: the {len(labels)} training texts have {len(seen)} class(es) {seen}, a classifier "
+            "needs at least 2; use a larger --n-train (or a dataset with more texts of the other labels)"
+        )
+
+
+def padded_predictions(labels: Sequence[str], classes: Sequence[str], proba: Any) -> list[Prediction]:
+    """Predictions scored over every label the model advertises (``labels``, in that order): a label
+    the training sample lacked scores 0.0 (the estimator knows only ``classes``, its columns)."""
+    order = list(labels) + [c for c in classes if c not in labels]
+    if list(classes) == order:
+        return predictions_from_proba(order, proba)
+    proba = np.asarray(proba)
+    full = np.zeros((len(proba), len(order)))
+    full[:, [order.index(c) for c in classes]] = proba
+    return predictions_from_proba(order, full)
+
+
 @dataclass
 class TrainedModel:
     """Features + estimator. ``classes`` are the label strings the estimator knows, in its order."""
@@ -63,10 +115,7 @@ class TrainedModel:
     embedding_model: str | None
 
     def features(self, texts: list[str]) -> Any:
-        if self.vectorizer is not None:
-            return self.vectorizer.transform(texts)
-        assert self.embedding_model is not None
-        return embedding.encode(self.embedding_model, texts)
+        return featurize(self.vectorizer, self.embedding_model, texts)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.estimator.predict_proba(self.features(texts)))
@@ -91,18 +140,19 @@ def fit(
     features: Any | None = None,
     embedding_model: str | None = None,
 ) -> TrainedModel:
-    """Train one model. ``features`` may be precomputed (embeddings shared by two models)."""
+    """Train one model. ``features`` may be precomputed with :func:`featurize` (embeddings shared by
+    two models). A sample with fewer than two classes, or (bag of words) no word token, is refused
+    (`UsageError`)."""
+    check_classes(labels)
     feature, est_name = model_id.split("-", 1)
     vec = make_vectorizer(feature)
     classes = tuple(sorted(set(labels)))  # only labels seen in training (XGBoost needs 0..k-1)
     y = np.array([classes.index(lab) for lab in labels])
-    if vec is not None:
-        x = vec.fit_transform(texts)
-    else:
-        x = features if features is not None else embedding.encode(embedding_model or "", texts)
+    encoder = None if vec is not None else embedding.canonical_name(embedding_model or "")
+    x = features if vec is None and features is not None else featurize(vec, encoder, texts, fit=True)
     est = make_estimator(est_name)
     est.fit(x, y)
-    return TrainedModel(model_id, vec, est, classes, embedding_model if vec is None else None)
+    return TrainedModel(model_id, vec, est, classes, encoder)
 
 
 def versions() -> dict[str, str]:
@@ -123,10 +173,25 @@ def versions() -> dict[str, str]:
     return out
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse (`UsageError`) an artifact folder that cannot be made: it, or a folder above it, is a file."""
+    for p in (out_dir, *out_dir.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                raise UsageError(
+                    f"--out {out_dir}: {p} is a file, not a folder; name a folder for the models"
+                )
+            return
+
+
 def save(
     model: TrainedModel, out_dir: Path, labels: tuple[str, ...], provenance: dict[str, Any]
 ) -> dict[str, Any]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # no permission, a file made meanwhile
+        raise UsageError(f"--out {out_dir}: cannot make the folder ({exc.strerror or exc})") from None
     joblib.dump(model, out_dir / "model.joblib")
     manifest = {
         "model_id": model.model_id,
@@ -150,6 +215,20 @@ def read_manifest(artifact_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def trainable_parameters(manifest: dict[str, Any], model: TrainedModel) -> int:
+    """What training fitted, as the manifest records it (older manifests lack it: counted then)."""
+    value = manifest.get("trainable_parameters")
+    return int(value) if isinstance(value, int) else model.trainable_parameters()
+
+
+def artifact_details(manifest: dict[str, Any], model: TrainedModel) -> dict[str, Any]:
+    """What ``/v1/models`` shows of an artifact: data, split, encoder, versions and the classes the
+    estimator was trained on (``labels`` may hold more; those score 0.0)."""
+    details = {k: manifest.get(k) for k in ("dataset", "split", "embedding_model", "versions")}
+    details["trained_classes"] = list(model.classes)
+    return details
+
+
 class TraditionalClassifier(Classifier):
     """A loaded artifact: one synchronous model call per batch (the server batches requests)."""
 
@@ -169,16 +248,15 @@ class TraditionalClassifier(Classifier):
                 labels=tuple(self.manifest["labels"]),
                 devices=devices,
                 parameters=self.manifest.get("parameters"),
-                trainable_parameters=self.model.trainable_parameters(),  # older manifests lack it
-                details={
-                    k: self.manifest.get(k) for k in ("dataset", "split", "embedding_model", "versions")
-                },
+                trainable_parameters=trainable_parameters(self.manifest, self.model),
+                details=artifact_details(self.manifest, self.model),
             )
         )
 
     def compute(self, texts: list[str]) -> list[Prediction]:
-        """The model call itself, in the calling thread (``predict`` runs it in a worker thread)."""
-        return predictions_from_proba(self.model.classes, self.model.predict_proba(texts))
+        """The model call itself, in the calling thread (``predict`` runs it in a worker thread);
+        scores cover every label of ``info.labels``."""
+        return padded_predictions(self.info.labels, self.model.classes, self.model.predict_proba(texts))
 
     async def predict(
         self, texts: list[str], mode: str | None = None, on_work: WorkSink | None = None

@@ -75,12 +75,13 @@ def _tokens(values: list[int | None] | None) -> int | None:
 
 
 def per_token(records: Sequence[Record], which: str) -> float | None:
-    """J per ``prompt`` or ``output`` token over the requests with both an energy figure and counts."""
+    """J per ``prompt`` or ``output`` token over the requests with both an energy figure and counts; a
+    count of 0 (an answer with no generated token) is a count: its request's energy stays in."""
     energy_j, tokens = 0.0, 0
     for r in records:
         j = _joules(r)
         n = _tokens(r.prompt_tokens if which == "prompt" else r.generated_tokens)
-        if j is not None and n:
+        if j is not None and n is not None:
             energy_j, tokens = energy_j + j, tokens + n
     return energy_j / tokens if tokens else None
 

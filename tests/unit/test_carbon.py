@@ -30,3 +30,18 @@ def test_replay_refuses_an_unknown_country_before_any_request(capsys, tmp_path):
     assert main([*args, "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--country 'GER'" in err and "DEU" in err
+
+
+def test_a_country_codecarbon_lists_without_a_figure_is_refused_saying_so():
+    """CodeCarbon lists CAF with carbon_intensity 0.0: a real code, no figure; the message says that
+    rather than asking for an ISO code."""
+    from serve_app.carbon import _codecarbon_mix
+
+    mix = _codecarbon_mix() or {}
+    if "CAF" not in mix or mix["CAF"].get("carbon_intensity") != 0.0:
+        pytest.skip("CodeCarbon's data has no CAF entry without a figure")
+    with pytest.raises(UsageError, match=r"--country 'CAF': CodeCarbon has no grid carbon intensity.*0\.0"):
+        carbon_intensity("CAF")
+    assert "CAF" not in known_countries()
+    with pytest.raises(UsageError, match="give an ISO 3166-1 alpha-3 code"):  # the table alone: unknown
+        carbon_intensity("CAF", use_codecarbon=False)

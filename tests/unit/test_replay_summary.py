@@ -458,3 +458,20 @@ def test_windows_count_only_when_every_session_has_its_window_line():
     assert both.uncertainty_j == pytest.approx(0.003) and both.idle_j == pytest.approx(34.0)
     no_idle = a.model_copy(update={"energy_delta": None})  # its first /v1/energy view never answered
     assert split_metrics(recs, [no_idle, b]).idle_j is None
+
+
+def test_a_request_with_zero_generated_tokens_keeps_its_energy_per_token():
+    """0 tokens is a count, not "no count": its energy stays in the numerator (J per output token is
+    all the energy over all the tokens), and a request without counts is still left out."""
+    records = [
+        rec(0, ["A"], ["A"], joules=10.0).model_copy(update={"prompt_tokens": [50], "generated_tokens": [0]}),
+        rec(1, ["B"], ["B"], joules=30.0).model_copy(
+            update={"prompt_tokens": [150], "generated_tokens": [4]}
+        ),
+        rec(2, ["A"], ["A"], joules=5.0),
+    ]
+    m = split_metrics(records, majority_label="A")
+    assert m.j_per_output_token == pytest.approx(40.0 / 4)
+    assert m.j_per_prompt_token == pytest.approx(40.0 / 200)
+    only_zero = split_metrics(records[:1], majority_label="A")
+    assert only_zero.j_per_output_token is None  # no token at all: no figure, not a division by zero
