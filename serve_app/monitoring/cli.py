@@ -11,35 +11,62 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from serve_app.argtypes import port, prometheus_duration
+from serve_app.argtypes import port
 from serve_app.errors import UsageError
+from serve_app.monitoring.flags import host_port, scrape_interval, user_password
 
 DEFAULT_WORK_DIR = Path(__file__).resolve().parents[2] / ".cache" / "accuwatt" / "monitoring"
 """In the checkout (gitignored ``.cache/``), like ``stack.BIN_DIR``: never relative to where the
 command runs, so the rendered config's paths are the same from any folder."""
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from serve_app.monitoring.stack import MonitoringError, start_stack
+class _Terminated(BaseException):
+    """SIGTERM while ``up`` runs: unwinds like Ctrl-C, so what had started is stopped."""
 
-    try:
-        services = start_stack(
-            Path(args.ray_temp_dir).absolute(),
-            Path(args.work_dir).absolute(),
-            args.port,
-            None if args.no_pushgateway else args.pushgateway_port,
-            args.scrape_interval,
-        )
-    except MonitoringError as exc:
-        print(f"accuwatt monitoring: {exc}", file=sys.stderr)
-        return 1
-    for s in services:
-        print(f"{s.name}: {s.url}  (log: {s.log_path})")
-    print("Ctrl-C stops them.", flush=True)
+
+def _raise_terminated(*_: object) -> None:
+    raise _Terminated
+
+
+def _os_message(exc: OSError, flag: str, given: str, folder: Path) -> str:
+    """An OSError in one line: named by ``flag`` when it concerns ``folder``, else by its file."""
+    name = Path(exc.filename).absolute() if exc.filename else None
+    detail = exc.strerror or str(exc)
+    if name is None or name == folder or folder in name.parents:
+        return f"{flag} {given}: {detail}"
+    return f"{name}: {detail}"
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from serve_app.monitoring.stack import MonitoringError, Service, start_stack
+
+    work_dir = Path(args.work_dir).absolute()
+    services: list[Service] = []
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    # Before anything starts: a signal during startup unwinds through start_stack, which stops the
+    # half-started service (Prometheus runs in a session of its own, so no signal reaches it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
+        try:
+            services = start_stack(
+                Path(args.ray_temp_dir).absolute(),
+                work_dir,
+                args.port,
+                None if args.no_pushgateway else args.pushgateway_port,
+                args.scrape_interval,
+            )
+        except MonitoringError as exc:
+            raise UsageError(str(exc)) from None
+        except OSError as exc:
+            raise UsageError(_os_message(exc, "--work-dir", args.work_dir, work_dir)) from None
+        for sig in signals:
+            signal.signal(sig, lambda *_: stop.set())
+        for s in services:
+            print(f"{s.name}: {s.url}  (log: {s.log_path})")
+        print("Ctrl-C stops them.", flush=True)
         while not stop.wait(1.0):
             dead = [s for s in services if s.process.poll() is not None]
             if dead:
@@ -48,10 +75,16 @@ def cmd_up(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 1
+        return 0
+    except (KeyboardInterrupt, _Terminated) as exc:
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
+        print(f"accuwatt: {what} while starting; stopped what had started", file=sys.stderr)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 143
     finally:
         for s in reversed(services):
             s.stop()
-    return 0
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -74,12 +107,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     from serve_app.monitoring.build import stale, write
 
     root = Path(args.out)
-    if args.check:
-        bad = stale(root)
-        for rel in bad:
-            print(f"stale: {root / rel} (run `accuwatt monitoring build`)", file=sys.stderr)
-        return 1 if bad else 0
-    for path in write(root):
+    try:
+        if args.check:
+            bad = stale(root)
+            for rel in bad:
+                print(f"stale: {root / rel} (run `accuwatt monitoring build`)", file=sys.stderr)
+            return 1 if bad else 0
+        paths = write(root)
+    except OSError as exc:
+        raise UsageError(_os_message(exc, "--out", args.out, root.absolute())) from None
+    for path in paths:
         print(path)
     return 0
 
@@ -92,7 +129,6 @@ def cmd_push_dashboards(args: argparse.Namespace) -> int:
     url = urllib.parse.urlsplit(args.grafana_url)
     if url.scheme not in ("http", "https") or not url.netloc:
         raise UsageError(f"--grafana-url {args.grafana_url}: expected http(s)://host[:port]")
-    basic = tuple(args.basic_auth.split(":", 1)) if args.basic_auth else None
     dashboards = load_dashboards(Path(args.dashboards))
     try:
         urls = push_dashboards(
@@ -101,7 +137,7 @@ def cmd_push_dashboards(args: argparse.Namespace) -> int:
             dashboards,
             datasource_uid=args.datasource_uid,
             folder_uid=args.folder_uid,
-            basic_auth=basic,
+            basic_auth=args.basic_auth,
         )
     except (GrafanaException, OSError) as exc:  # HTTP answers; transport errors (niquests: OSError)
         detail = " ".join(str(exc).split()) or type(exc).__name__
@@ -133,9 +169,9 @@ def register(subparsers: Any) -> None:
         )
         sp.add_argument(
             "--scrape-interval",
-            type=prometheus_duration,
+            type=scrape_interval,
             default="15s",
-            help="Prometheus duration (default: 15s)",
+            help="Prometheus duration, at most 15s: the rules' rates are over 1m (default: 15s)",
         )
 
     sp = sub.add_parser("up", help="start Prometheus (and a Pushgateway) on loopback against the local Ray")
@@ -151,7 +187,13 @@ def register(subparsers: Any) -> None:
         "no discovery file (no dashboard), writes one into --work-dir for the config to point at",
     )
     ray_args(sp)
-    sp.add_argument("--pushgateway", default="127.0.0.1:9091", help="host:port of the Pushgateway")
+    sp.add_argument(
+        "--pushgateway",
+        type=host_port,
+        default="127.0.0.1:9091",
+        metavar="HOST:PORT",
+        help="the Pushgateway (default: 127.0.0.1:9091)",
+    )
     sp.set_defaults(func=cmd_render)
 
     sp = sub.add_parser("build", help="regenerate rule files and dashboard JSON under monitoring/")
@@ -162,7 +204,9 @@ def register(subparsers: Any) -> None:
     sp = sub.add_parser("push-dashboards", help="create or overwrite the dashboards in a Grafana")
     sp.add_argument("--grafana-url", required=True, help="e.g. http://127.0.0.1:3000")
     sp.add_argument("--token", default=None, help="a Grafana service-account token (Editor)")
-    sp.add_argument("--basic-auth", default=None, metavar="USER:PASSWORD", help="instead of --token")
+    sp.add_argument(
+        "--basic-auth", type=user_password, default=None, metavar="USER:PASSWORD", help="instead of --token"
+    )
     sp.add_argument(
         "--datasource-uid",
         default=None,

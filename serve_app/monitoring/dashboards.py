@@ -2,7 +2,8 @@
 
 ``build_dashboards()`` returns the JSON models committed under ``monitoring/grafana/dashboards/``
 (``accuwatt monitoring build`` writes them). Queries use the recording rules of ``queries.py``
-where one exists, Ray Serve's own ``ray_serve_*`` series for traffic and latency (Ray's unit: ms),
+where one exists (not for means: a mean divides summed rates, as recorded means split by source and
+application do not add up), Ray Serve's own ``ray_serve_*`` series for traffic and latency (Ray's unit: ms),
 and Grafana's ``$__rate_interval`` / ``$__range`` plus the dashboard variables ``$application``,
 ``$deployment`` and ``$dataset``; ``grafana.to_promql`` substitutes them for evaluation outside Grafana.
 """
@@ -34,9 +35,11 @@ __all__ = [
     "variable_queries",
 ]
 
-F = '{application=~"$application", deployment=~"$deployment"}'
+FILTER = ('application=~"$application"', 'deployment=~"$deployment"')
+F = "{" + ", ".join(FILTER) + "}"
 """The dashboard filter, added to every per-deployment selector."""
 APP = '{application=~"$application"}'
+ATTRIBUTED = "{" + ", ".join((*FILTER, 'share="attributed"')) + "}"
 DS = '{dataset=~"$dataset"}'
 
 
@@ -115,11 +118,11 @@ ENERGY_DASHBOARD = Dashboard(
                     "percentunit",
                     (
                         Target(
-                            f"sum by (deployment, share) ({q.ENERGY_SHARE.record}{F})",
-                            "{{deployment}} {{share}}",
+                            f"sum by (application, deployment, share) ({q.ENERGY_SHARE.record}{F})",
+                            "{{application}}/{{deployment}} {{share}}",
                         ),
                     ),
-                    "attributed + idle = 1.",
+                    "attributed + idle = 1 per application and deployment.",
                 ),
                 Panel(
                     "Replica power by domain (last export interval)",
@@ -148,8 +151,12 @@ ENERGY_DASHBOARD = Dashboard(
                         "{{deployment}}",
                     )
                     + (
+                        # From summed rates, not the recorded means: a deployment whose replicas use two
+                        # meters (or that two applications serve) has one recorded mean per source.
                         Target(
-                            f"sum by (deployment) ({q.JOULES_PER_REQUEST.record}{F})", "{{deployment}} mean"
+                            f"sum by (deployment) ({_rate(q.REQ_SUM, F)})"
+                            f" / sum by (deployment) ({_rate(q.REQ_COUNT, F)})",
+                            "{{deployment}} mean",
                         ),
                     ),
                     "Attributed joules per request (histogram accuwatt_request_energy_joules).",
@@ -158,7 +165,13 @@ ENERGY_DASHBOARD = Dashboard(
                     "Attributed energy per text",
                     "timeseries",
                     "joule",
-                    (Target(f"sum by (deployment) ({q.JOULES_PER_TEXT.record}{F})", "{{deployment}}"),),
+                    (
+                        Target(
+                            f"sum by (deployment) ({_rate(q.ENERGY, ATTRIBUTED)})"
+                            f" / sum by (deployment) ({_rate(q.TEXTS, F)})",
+                            "{{deployment}}",
+                        ),
+                    ),
                 ),
             ),
         ),

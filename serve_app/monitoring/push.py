@@ -70,9 +70,39 @@ def publish_run_metrics(
     )
 
 
+def publish_runs(gateway_url: str, folders: list[Path], timeout_s: float = 5.0) -> list[tuple[str, str]]:
+    """Push every split's metrics and their mean (``split="mean"``) of each replay run folder (their
+    ``records.jsonl``, as ``accuwatt report`` computes them) with `publish_run_metrics`; returns the
+    (model, split) groups pushed. Stops at the first failure and raises it (``OSError``, incl.
+    ``urllib.error.URLError``, or ``http.client.HTTPException``)."""
+    from serve_app.replay.results import load_run, run_metrics
+
+    pushed = []
+    for folder in folders:
+        run = load_run(folder)
+        per_split, mean = run_metrics(run)
+        for fig in [*per_split, *([mean] if mean is not None else [])]:
+            publish_run_metrics(
+                gateway_url,
+                run.model,
+                run.info.dataset,
+                fig.energy_source,
+                fig.accuracy,
+                fig.energy_wh,
+                fig.accuracy_per_wh,
+                split=fig.split,
+                n_texts=fig.n_texts,
+                duration_s=fig.duration_s,
+                timeout_s=timeout_s,
+            )
+            pushed.append((run.model, fig.split))
+    return pushed
+
+
 def load_dashboards(folder: Path) -> list[dict[str, Any]]:
     """The committed dashboard JSON models under ``folder``; a folder that is missing, holds no
-    ``*.json`` or holds one that is not a dashboard (a JSON object) is refused (`UsageError`)."""
+    ``*.json`` or holds one that is not a dashboard (a JSON object with a ``uid``) is refused
+    (`UsageError`)."""
     from serve_app.errors import UsageError
 
     if not folder.is_dir():
@@ -88,6 +118,8 @@ def load_dashboards(folder: Path) -> list[dict[str, Any]]:
             raise UsageError(f"{p}: not a dashboard JSON file ({' '.join(str(exc).split())})") from None
         if not isinstance(model, dict):
             raise UsageError(f"{p}: not a dashboard JSON object")
+        if not isinstance(model.get("uid"), str) or not model["uid"]:
+            raise UsageError(f"{p}: the dashboard has no uid (Grafana would add a new copy at every push)")
         out.append(model)
     return out
 
@@ -125,5 +157,5 @@ def push_dashboards(
         if folder_uid:
             payload["folderUid"] = folder_uid
         answer = api.dashboard.update_dashboard(payload)
-        urls.append(str(answer.get("url", body["uid"])))
+        urls.append(str(answer.get("url") or body.get("uid", "")))
     return urls

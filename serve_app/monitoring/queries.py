@@ -26,6 +26,8 @@ REPLAY_ACC_PER_WH = PROM["replay_acc_per_wh"]
 DEP = "application, deployment"
 REP = "application, deployment, replica"
 RATE_WINDOW = "1m"
+METER_ON = 'source!="off"'
+"""The replicas that meter: ``energy.meter: off`` exports ``meter_info{source="off"}`` and no energy."""
 SHARE_WINDOW = "5m"
 
 
@@ -73,8 +75,11 @@ class Alert:
 
 
 def zero_per_replica(by: str = REP, selector: str = "") -> str:
-    """A 0 for every replica that has a live meter (``accuwatt_meter_info``), to fill gaps with ``or``."""
-    return f"(0 * max by ({by}) ({METER_INFO}{selector}))"
+    """A 0 for every replica that has a live meter (``accuwatt_meter_info`` whose source is not
+    ``off``: a replica deployed with ``energy.meter: off`` never exports energy), to fill gaps with
+    ``or``. ``selector``: more matchers, ``{...}``."""
+    matchers = [m for m in (selector.strip().removeprefix("{").removesuffix("}").strip(),) if m]
+    return f"(0 * max by ({by}) ({METER_INFO}{{{', '.join([*matchers, METER_ON])}}}))"
 
 
 POWER_BY_SHARE = Recording(

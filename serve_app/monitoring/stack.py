@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -134,28 +135,66 @@ def _binary(name: str) -> str:
     return path
 
 
+def check_port_free(port: int, flag: str) -> None:
+    """Refuse (`MonitoringError`) a loopback port another process listens on: its answer to
+    ``/-/ready`` would pass for the service we start (which then fails to bind and exits).
+    ``SO_REUSEADDR`` as Prometheus sets it: a port with connections in TIME_WAIT is free."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise MonitoringError(
+                f"127.0.0.1:{port} is in use ({exc.strerror or exc}): another process listens there; "
+                f"stop it or choose another {flag}"
+            ) from None
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a log (at most 300 characters), or ``""``."""
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][-300:] if lines else ""
+
+
 def _start(name: str, argv: list[str], url: str, log_path: Path, timeout_s: float) -> Service:
+    """Start ``argv`` in a session of its own and wait until ``url`` answers ``/-/ready`` while it
+    still runs. Whatever ends the wait (an error, Ctrl-C, a SIGTERM handler's exception) stops it."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     service = Service(name, url, proc, log_path)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise MonitoringError(f"{name} exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise MonitoringError(
+                    f"{name} exited with {proc.returncode}: {_last_line(log_path)} (log: {log_path})"
+                )
+            try:
+                ready = httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                ready = False
+            if ready:
+                if proc.poll() is not None:  # the answer came from another server on that port
+                    raise MonitoringError(
+                        f"{url} answered /-/ready but the {name} started for it exited with "
+                        f"{proc.returncode}: {_last_line(log_path)} (log: {log_path})"
+                    )
                 return service
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    service.stop()
-    raise MonitoringError(f"{name} not ready at {url} within {timeout_s} s; log: {log_path}")
+            time.sleep(0.2)
+        raise MonitoringError(f"{name} not ready at {url} within {timeout_s} s; log: {log_path}")
+    except BaseException:
+        service.stop()
+        raise
 
 
 def start_pushgateway(port: int, work_dir: Path, timeout_s: float = 30.0) -> Service:
     """Debian's ``prometheus-pushgateway`` on ``127.0.0.1:port`` (no persistence: a restart forgets runs)."""
     argv = [_binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
+    check_port_free(port, "--pushgateway-port")
     return _start("pushgateway", argv, f"http://127.0.0.1:{port}", work_dir / "pushgateway.log", timeout_s)
 
 
@@ -164,6 +203,7 @@ def start_prometheus(
 ) -> Service:
     """Debian's ``prometheus`` on ``127.0.0.1:port`` with ``config`` written to ``work_dir/prometheus.yml``
     and its TSDB under ``work_dir/data``."""
+    check_port_free(port, "--port")
     work_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = work_dir / "prometheus.yml"
     cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
+import logging
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -11,7 +14,10 @@ from pydantic import ValidationError
 from serve_app.argtypes import config_error, non_negative_int, positive_float, positive_int
 from serve_app.carbon import carbon_intensity
 from serve_app.model_ids import add_models_argument
+from serve_app.monitoring.flags import host_port
 from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
+
+log = logging.getLogger("accuwatt.replay")
 
 
 def add_replay_arguments(p: argparse.ArgumentParser) -> None:
@@ -101,8 +107,32 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--num-cpus", type=positive_int, default=None, help="--local: logical CPUs for the local Ray"
     )
+    p.add_argument(
+        "--pushgateway",
+        type=host_port,
+        default=None,
+        metavar="HOST:PORT",
+        help="after the run, push each model's per-split and mean metrics to this Prometheus Pushgateway "
+        "(the 'replay runs' dashboard); a failed push only warns",
+    )
     add_replay_arguments(p)
     p.set_defaults(func=run)
+
+
+def push_run_metrics(gateway: str, folders: list[Path]) -> bool:
+    """Push the runs' metrics to the Pushgateway at ``gateway`` (``host:port``); a failure is one
+    warning line, never the run's failure (its folders are complete). True when everything was pushed."""
+    from serve_app.monitoring.push import publish_runs
+
+    try:
+        publish_runs(gateway, folders)
+    except (OSError, http.client.HTTPException) as exc:
+        detail = " ".join(str(getattr(exc, "reason", None) or exc).split()) or type(exc).__name__
+        log.warning(
+            "Pushgateway %s: %s; run metrics not pushed (the run folders are complete)", gateway, detail
+        )
+        return False
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,4 +148,6 @@ def run(args: argparse.Namespace) -> int:
         folders = asyncio.run(replay_url(cfg, args.url))
     for f in folders:
         print(f)
+    if args.pushgateway:
+        push_run_metrics(args.pushgateway, folders)
     return 0

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from serve_app.monitoring.build import stale
-from serve_app.monitoring.dashboards import DATASOURCE_UID, build_dashboards
+from serve_app.monitoring.dashboards import DATASOURCE_UID, build_dashboards, to_promql
 from serve_app.monitoring.push import load_dashboards, push_dashboards
 from serve_app.monitoring.stack import (
     MONITORING_DIR,
@@ -160,3 +160,133 @@ def test_push_dashboards_through_grafana_api(fake_grafana: str) -> None:
         assert body["overwrite"] is True and body["folderUid"] == "f1"
         assert body["dashboard"]["uid"] == d["uid"]
         assert DATASOURCE_UID not in json.dumps(body) and "prom-x" in json.dumps(body)
+
+
+def test_dashboards_without_uid_are_refused_at_load(tmp_path: Path) -> None:
+    from serve_app.errors import UsageError
+
+    (tmp_path / "a.json").write_text(json.dumps({"title": "no uid", "panels": []}))
+    with pytest.raises(UsageError, match="no uid"):
+        load_dashboards(tmp_path)
+
+
+# -- panel queries and rules evaluated by promtool on synthetic series ------------------------------
+
+
+def _panel_expr(title: str, legend: str) -> str:
+    """The PromQL (Grafana variables at "All") of the energy dashboard's target with this legend."""
+    model = build_dashboards()["accuwatt-energy.json"]
+    (expr,) = [
+        t["expr"]
+        for p in model["panels"]
+        if p["title"] == title
+        for t in p.get("targets", [])
+        if t["legendFormat"] == legend
+    ]
+    return to_promql(expr)
+
+
+def _promtool_eval(
+    tmp_path: Path,
+    series: dict[str, str],
+    expr: str,
+    expected: dict[str, float],
+    interval: str = "15s",
+    eval_time: str = "8m",
+) -> None:
+    """``expr`` at ``eval_time`` over ``series`` (the committed recording rules loaded) must give
+    exactly ``expected`` (labels -> value)."""
+    doc = {
+        "rule_files": [str(MONITORING_DIR / "rules" / "recording.yml")],
+        "evaluation_interval": interval,
+        "tests": [
+            {
+                "interval": interval,
+                "input_series": [{"series": k, "values": v} for k, v in series.items()],
+                "promql_expr_test": [
+                    {
+                        "expr": expr,
+                        "eval_time": eval_time,
+                        "exp_samples": [{"labels": k, "value": v} for k, v in expected.items()],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "panel_test.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, width=1000))
+    r = run_promtool("test", "rules", str(path))
+    assert r.returncode == 0, expr + "\n" + r.stdout + r.stderr
+
+
+@needs_promtool
+def test_mean_energy_per_request_of_a_deployment_on_two_meters(tmp_path: Path) -> None:
+    """Two replicas of one deployment on different meters, each 1 J per request: the mean is 1 J."""
+    from serve_app.monitoring.queries import REQ_COUNT, REQ_SUM
+
+    series = {}
+    for replica, source in (("r1", "rapl"), ("r2", "estimate")):
+        labels = f'{{application="a", deployment="clf", replica="{replica}", source="{source}"}}'
+        series[REQ_SUM + labels] = "0+15x40"
+        series[REQ_COUNT + labels] = "0+15x40"
+    expr = _panel_expr("Energy per request (quantiles and mean)", "{{deployment}} mean")
+    _promtool_eval(tmp_path, series, expr, {'{deployment="clf"}': 1})
+
+
+@needs_promtool
+def test_mean_energy_per_text_of_a_deployment_two_applications_serve(tmp_path: Path) -> None:
+    """One classifier id in two applications (one on two meters), each 1 J/s attributed and 2 texts/s:
+    0.5 J per text."""
+    from serve_app.monitoring.queries import ENERGY, TEXTS
+
+    series = {}
+    for app, replica, source, joules, texts in (
+        ("a1", "r1", "rapl", 7.5, 15),
+        ("a1", "r2", "estimate", 7.5, 15),
+        ("a2", "q", "rapl", 15, 30),
+    ):
+        rep = f'application="{app}", deployment="clf", replica="{replica}", source="{source}"'
+        series[f'{ENERGY}{{{rep}, share="attributed", domain="cpu", node="h"}}'] = f"0+{joules}x40"
+        series[f'{ENERGY}{{{rep}, share="idle", domain="cpu", node="h"}}'] = "0+100x40"
+        series[f"{TEXTS}{{{rep}}}"] = f"0+{texts}x40"
+    expr = _panel_expr("Attributed energy per text", "{{deployment}}")
+    _promtool_eval(tmp_path, series, expr, {'{deployment="clf"}': 0.5})
+
+
+@needs_promtool
+def test_share_of_metered_energy_stays_a_share_per_application(tmp_path: Path) -> None:
+    """Two applications serving one classifier id, each 25 % attributed: four series of 0.25 / 0.75,
+    none above 1."""
+    from serve_app.monitoring.queries import ENERGY
+
+    series = {}
+    for app, replica in (("a1", "r"), ("a2", "q")):
+        rep = f'application="{app}", deployment="clf", replica="{replica}", domain="cpu", source="rapl", node="h"'
+        series[f'{ENERGY}{{{rep}, share="attributed"}}'] = "0+1x40"
+        series[f'{ENERGY}{{{rep}, share="idle"}}'] = "0+3x40"
+    expr = _panel_expr("Share of metered energy (5m)", "{{application}}/{{deployment}} {{share}}")
+    expected = {
+        f'{{application="{app}", deployment="clf", share="{share}"}}': value
+        for app in ("a1", "a2")
+        for share, value in (("attributed", 0.25), ("idle", 0.75))
+    }
+    _promtool_eval(tmp_path, series, expr, expected)
+
+
+@needs_promtool
+def test_rate_rules_have_data_at_the_longest_scrape_interval_allowed(tmp_path: Path) -> None:
+    """`--scrape-interval` is refused above MAX_SCRAPE_INTERVAL_S; at that interval (scrapes and rule
+    evaluation) the rate1m rules still see samples."""
+    from serve_app.monitoring.flags import MAX_SCRAPE_INTERVAL_S
+    from serve_app.monitoring.queries import ENERGY
+
+    interval = f"{MAX_SCRAPE_INTERVAL_S:g}s"
+    rep = 'application="a", deployment="d", replica="r1", domain="cpu", source="rapl", node="h1"'
+    series = {f'{ENERGY}{{{rep}, share="idle"}}': f"0+{2 * MAX_SCRAPE_INTERVAL_S:g}x40"}
+    _promtool_eval(
+        tmp_path,
+        series,
+        "deployment:accuwatt_power_watts:rate1m",
+        {'deployment:accuwatt_power_watts:rate1m{application="a", deployment="d", source="rapl"}': 2},
+        interval=interval,
+    )
