@@ -78,19 +78,23 @@ an empty or blank path is refused here (never read as "no file").
     retries: int = Field(1, ge=0, le=3)
     """Idempotent classification is retried this often when a replica dies mid-request."""
     num_cpus: float = Field(0.25, ge=0)
+    """Logical CPUs of the router's replica (two-hop layout; ``single_hop`` takes the classifier's
+    ``deployment`` and refuses this)."""
     resources: dict[str, float] = Field(default_factory=dict)
-    """Custom Ray resources of the router's replicas (two-hop layout), e.g. ``{"node:head": 0.01}`` to
-    keep the router beside Serve's HTTP proxy on a multi-node cluster: then the serving overhead is
-    drawn, and metered, on one node (otherwise Ray may place it on any node)."""
+    """Custom Ray resources of the router's replicas (two-hop layout; ``single_hop`` refuses them), e.g.
+    ``{"node:head": 0.01}`` to keep the router beside Serve's HTTP proxy on a multi-node cluster: then
+    the serving overhead is drawn, and metered, on one node (otherwise Ray may place it on any node)."""
     max_ongoing_requests: int = Field(512, ge=1)
+    """Requests in the router's replica at once (two-hop layout; ``single_hop`` refuses it)."""
     env_vars: dict[str, str] = Field(default_factory=dict)
-    """Environment of the router's replicas (two-hop layout; they start with ``env.SERVE_REPLICA_ENV``,
-    which these override)."""
+    """Environment of the router's replicas (two-hop layout, where they start with
+    ``env.SERVE_REPLICA_ENV``, which these override; ``single_hop`` refuses them)."""
     layout: Literal["two_hop", "single_hop"] = "two_hop"
     """``two_hop`` (default): the router is one deployment and each classifier another (proxy -> router
     -> classifier replica). ``single_hop``: one traditional classifier runs inside the router's replica
     (proxy -> router), which saves a Serve hop per request; the router's checks are the same. The
-    replica then takes the classifier's ``deployment`` options (replicas, CPUs), and its energy tag
+    replica then takes the classifier's ``deployment`` options (replicas, CPUs, resources, env_vars,
+    max_ongoing_requests; the router's own are refused), and its energy tag
     covers the one process and the proxy's part as a whole (``model_j`` and ``overhead_j`` stay empty,
     see ``energy/tag.py: single_hop_tag``)."""
 
@@ -100,6 +104,11 @@ an empty or blank path is refused here (never read as "no file").
         if v is not None and not v.strip():
             raise ValueError("is empty: name the file that holds the API key, or leave the setting out")
         return v
+
+
+SINGLE_HOP_FROM_CLASSIFIER = ("num_cpus", "max_ongoing_requests", "resources", "env_vars")
+"""Router settings of the two-hop layout that ``single_hop`` takes from ``classifiers[0].deployment``
+instead (``app.build_app``): set in ``router``, they are refused rather than ignored."""
 
 
 class AppConfig(Strict):
@@ -125,6 +134,19 @@ class AppConfig(Strict):
             raise ValueError(
                 "router.layout single_hop serves exactly one traditional classifier inside the router's "
                 f"replica; this config has {kinds}: use layout two_hop (the default), or one app per model"
+            )
+        fields = RouterConfig.model_fields
+        ignored = [
+            name
+            for name in SINGLE_HOP_FROM_CLASSIFIER
+            if getattr(self.router, name) != fields[name].get_default(call_default_factory=True)
+        ]
+        if ignored:
+            names = ", ".join(f"router.{n}" for n in ignored)
+            raise ValueError(
+                f"{names} would be ignored with router.layout single_hop: the router's replicas are the "
+                f"classifier's, and take classifiers[0].deployment ({', '.join(SINGLE_HOP_FROM_CLASSIFIER)} "
+                "are set there)"
             )
         return self
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated, Literal
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -13,6 +13,14 @@ def require_unique(what: str, items: Sequence[str]) -> None:
     repeated = sorted({i for i in items if items.count(i) > 1})
     if repeated:
         raise ValueError(f"{what} must be unique, repeated: {repeated}")
+
+
+def over_defaults(value: Any, defaults: Mapping[str, Any]) -> Any:
+    """A config mapping laid over a kind's own ``defaults`` (a before-validator's value): a partial
+    ``deployment`` keeps the defaults it does not set. Anything else (a model, a wrong type) as it is."""
+    if isinstance(value, Mapping):
+        return {**defaults, **value}
+    return value
 
 
 class Strict(BaseModel):

@@ -9,6 +9,7 @@ energy to Prometheus and the app's registry.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -19,7 +20,7 @@ from typing import Any
 from ray import serve
 
 from serve_app import registry
-from serve_app.classifiers.base import WorkSink
+from serve_app.classifiers.base import Classifier, WorkSink
 from serve_app.classifiers.kinds import build_classifier
 from serve_app.classifiers.llm_config import LLMSpec
 from serve_app.config import AppConfig, ClassifierSpec
@@ -82,6 +83,16 @@ def build_meter(spec: ClassifierSpec, workers: list[WorkerProcess]) -> tuple[Met
     return meter, flags
 
 
+def _close_quietly(*parts: Any) -> None:
+    """``close()`` every part that is not None; an error in one is logged, never raised over the cause."""
+    for part in parts:
+        if part is not None:
+            try:
+                part.close()
+            except Exception:
+                log.exception("closing %s after a failed start failed", type(part).__name__)
+
+
 class ClassifierHost:
     """One classifier in a Serve replica: builds the classifier and its energy from the spec and serves
     them through a `ClassifierReplica` (``server.py``), with batching and metrics export. It runs as
@@ -92,25 +103,42 @@ class ClassifierHost:
     # loop that then serves requests (the replica's event loop). Serve reports the replica running,
     # and the router the classifier ready, only after this returns.
     async def start(self, spec: dict[str, Any], artifacts_dir: str) -> None:
-        self.spec = AppConfig.model_validate({"classifiers": [spec]}).classifiers[0]
-        classifier = build_classifier(self.spec, Path(artifacts_dir))
-        await classifier.warm_up()  # its energy is the replica's, before any request: no tag carries it
-        ctx = serve.get_replica_context()
-        self.replica = ctx.replica_tag if ctx else "local"
-        meter, coverage_flags = build_meter(self.spec, await classifier.workers())
-        energy = ReplicaEnergy(meter, self.spec.energy, self.replica, coverage_flags, settle_of(meter))
-        self.metrics = ReplicaMetrics()
-        predict = self._predict_batch_of_one if classifier.batched else None
-        self.server = ClassifierReplica(
-            self.spec.id, self.spec.energy, classifier, energy, predict, self._record
-        )
-        self._exported: dict[tuple[str, str], float] = {}
-        self._app = ctx.app_name if ctx else "local"
+        valid = AppConfig.model_validate({"classifiers": [spec]}).classifiers[0]
+        await self.attach(valid, build_classifier(valid, Path(artifacts_dir)))
+
+    async def attach(self, spec: ClassifierSpec, classifier: Classifier) -> None:
+        """Serve ``classifier`` (built from ``spec``): warm it up, meter it, start the export. If any
+        of it fails, the classifier is closed (an LLM's engine processes end) and so is whatever energy
+        part was built, before the error goes on: Serve retries a failed constructor in a new replica
+        actor, and every try would otherwise leave its engine behind."""
+        self.spec = spec
         self._stop = threading.Event()
-        threading.Thread(target=self._export_loop, name="accuwatt-export", daemon=True).start()
-        batcher: Any = self._predict_batch  # serve.batch adds these setters at run time
-        batcher.set_max_batch_size(self.spec.deployment.max_batch_size)
-        batcher.set_batch_wait_timeout_s(self.spec.deployment.batch_wait_timeout_s)
+        meter: Meter | None = None
+        energy: ReplicaEnergy | None = None
+        try:
+            await classifier.warm_up()  # its energy is the replica's, before any request: no tag has it
+            workers = await classifier.workers()
+            ctx = serve.get_replica_context()
+            self.replica = ctx.replica_tag if ctx else "local"
+            meter, coverage_flags = build_meter(self.spec, workers)
+            energy = ReplicaEnergy(meter, self.spec.energy, self.replica, coverage_flags, settle_of(meter))
+            self.metrics = ReplicaMetrics()
+            predict = self._predict_batch_of_one if classifier.batched else None
+            self.server = ClassifierReplica(
+                self.spec.id, self.spec.energy, classifier, energy, predict, self._record
+            )
+            self._exported: dict[tuple[str, str], float] = {}
+            self._failed_reads_exported = 0
+            self._app = ctx.app_name if ctx else "local"
+            threading.Thread(target=self._export_loop, name="accuwatt-export", daemon=True).start()
+            batcher: Any = self._predict_batch  # serve.batch adds these setters at run time
+            batcher.set_max_batch_size(self.spec.deployment.max_batch_size)
+            batcher.set_batch_wait_timeout_s(self.spec.deployment.batch_wait_timeout_s)
+        except BaseException:
+            self._stop.set()
+            self.__dict__.pop("server", None)  # closed here: __del__ must not close it again
+            _close_quietly(energy if energy is not None else meter, classifier)  # energy closes its meter
+            raise
         log.info(
             "replica %s ready: %s (%s), meter %s",
             self.replica,
@@ -139,8 +167,6 @@ class ClassifierHost:
     def _record(self, tag: EnergyTag, n_texts: int) -> None:
         if tag.joules is not None:
             self.metrics.request_energy.observe(tag.joules, tags(source=tag.source))
-        elif tag.source != "off":
-            self.metrics.meter_errors.inc(1, tags(source=self.server.energy.info.source))
         self.metrics.texts.inc(n_texts, tags(source=tag.source))
 
     async def classify(self, texts: list[str], mode: str | None, request_id: str) -> ReplicaAnswer:
@@ -192,6 +218,10 @@ class ClassifierHost:
         source = info.source
         live = "unavailable" if self.server.energy.error else source
         self.metrics.meter_info.set(1, tags(source=live, node=info.node, devices=",".join(info.devices)))
+        failed = self.server.energy.failed_reads  # every failed read, idle or not
+        if failed > self._failed_reads_exported:
+            self.metrics.meter_errors.inc(failed - self._failed_reads_exported, tags(source=source))
+            self._failed_reads_exported = failed
         if info.edge_error_j is not None:  # an account share (re-set every export, like meter_info)
             self.metrics.edge_error.set(info.edge_error_j, tags(source=source, node=info.node))
         power: dict[str, float] = {}
@@ -210,11 +240,14 @@ class ClassifierHost:
             )
 
     def __del__(self) -> None:
-        try:
-            self._stop.set()
-            self.server.close()
-        except Exception:
-            pass
+        """Stop the export and close the classifier and its energy (a failed `attach` closed its own
+        parts already and left nothing to close here)."""
+        stop, server = getattr(self, "_stop", None), getattr(self, "server", None)
+        with contextlib.suppress(Exception):
+            if stop is not None:
+                stop.set()
+            if server is not None:
+                server.close()
 
 
 @serve.deployment

@@ -2,7 +2,10 @@
 
 ``WORKER_ENV``: what every classifier replica and worker process gets (models load from local paths
 or the cache; tokenizers do not start thread pools in forked workers). A deployment's ``env_vars``
-win over these.
+win over these. An LLM replica's ``HF_HUB_OFFLINE`` comes from its spec's ``hf_hub_offline`` ("1" or
+"0") instead, and its environment is layered by ``LLMSpec.engine_env``: these and the engine's
+defaults, then the deployment's ``env_vars``, then the spec's own ``env_vars`` (each winning over the
+ones before).
 
 ``RAY_NODE_ENV``: what the Ray nodes accuwatt starts get (``accuwatt demo``, ``replay --local``,
 ``accuwatt cluster up``, the tests and benchmarks; ``cluster/`` files set the same for ``ray start``).

@@ -5,11 +5,20 @@ details (the dict behind ``serve.status()``) with a bounded timeout, and derives
 state:
 
 - ``loading``: no replica of the deployment is ``RUNNING`` yet (its constructor, e.g. a vLLM engine
-  start, is still running), or one is but the router has not read its description yet;
+  start, is still running; or Serve replaces a replica that crashed or failed its health check, and
+  marks the deployment ``UNHEALTHY`` meanwhile), or one is but the router has not read its
+  description yet; ``reason``: Serve's message when it has one;
 - ``ready``: a replica is ``RUNNING`` and its ``describe()`` answered (labels, modes, parameters are
-  known); only then does the router send it requests;
-- ``failed``: no replica is running and Serve marks the deployment ``DEPLOY_FAILED`` or ``UNHEALTHY``;
-  ``reason`` carries Serve's message (e.g. the constructor's exception).
+  known); only then does the router send it requests. ``reason`` keeps Serve's message while Serve
+  marks the deployment ``DEPLOY_FAILED`` or ``UNHEALTHY`` (e.g. a new version failed to start while
+  the old replicas still serve);
+- ``failed``: no replica is running and Serve marks the deployment ``DEPLOY_FAILED``, or
+  ``UNHEALTHY`` with no replica starting either; ``reason`` carries Serve's message (e.g. the
+  constructor's exception).
+
+The description belongs to the replicas that answered it: it is dropped whenever the classifier is
+not ready, and read again when the set of ``RUNNING`` replicas changes (a replacement may run on
+another node, with another meter, or a new version with other labels).
 
 The request path only reads the cached view (`ModelStates.view`); it waits for the first poll at most
 ``FIRST_POLL_WAIT_S``. ``describe()`` is called only on a deployment Serve reports running, so the
@@ -43,6 +52,8 @@ FIRST_POLL_WAIT_S = 0.8
 """The first request after the router starts waits at most this long for the first poll."""
 LOADING_RETRY_AFTER_S = 5
 FAILED_STATUSES = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
+STARTING_REPLICA_STATES = frozenset({"STARTING", "UPDATING", "RECOVERING"})
+"""Serve's states of a replica on its way to ``RUNNING`` (``ray.serve._private.common.ReplicaState``)."""
 
 
 @dataclass
@@ -53,6 +64,8 @@ class ModelState:
     reason: str | None = "the router has not yet read Serve's deployment status"
     serve_status: str | None = None
     description: ModelDescription | None = None
+    described_replicas: frozenset[str] | None = None
+    """The ``RUNNING`` replicas when ``description`` was asked for (None: no description)."""
     since_unix_s: float = field(default_factory=time.time)
 
     def public(self, model_id: str) -> ModelEntry:
@@ -72,6 +85,16 @@ def _text(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
+def running_replicas(detail: dict[str, Any] | None) -> frozenset[str]:
+    """The ids of a deployment's ``RUNNING`` replicas in its Serve details (pure)."""
+    replicas = (detail or {}).get("replicas") or []
+    return frozenset(
+        str(r.get("replica_id") or f"#{i}")
+        for i, r in enumerate(replicas)
+        if _text(r.get("state")) == "RUNNING"
+    )
+
+
 def deployment_state(detail: dict[str, Any] | None) -> tuple[str, str | None, str | None]:
     """``(state, reason, serve_status)`` of a deployment from its Serve details (pure); ``ready``
     here means a replica is running (the router still has to read its description)."""
@@ -79,11 +102,14 @@ def deployment_state(detail: dict[str, Any] | None) -> tuple[str, str | None, st
         return "loading", "the deployment is not registered with Serve yet", None
     status = _text(detail.get("status", ""))
     message = str(detail.get("message") or "") or None
-    running = sum(1 for r in detail.get("replicas") or [] if _text(r.get("state")) == "RUNNING")
-    if running:
-        return "ready", None, status
-    if status in FAILED_STATUSES:
+    states = [_text(r.get("state")) for r in detail.get("replicas") or []]
+    if "RUNNING" in states:
+        # A running replica serves whatever Serve thinks of the rest; its message stays in sight.
+        return "ready", message if status in FAILED_STATUSES else None, status
+    starting = any(s in STARTING_REPLICA_STATES for s in states)
+    if status == "DEPLOY_FAILED" or (status in FAILED_STATUSES and not starting):
         return "failed", message or f"Serve reports the deployment {status}", status
+    # UNHEALTHY with a replica starting: Serve replaces one that crashed or failed its health check.
     return "loading", message or "no replica is running yet", status
 
 
@@ -152,24 +178,33 @@ class ModelStates:
         deployments = await self._details()
         if deployments is None:
             return  # keep the last known states; the next poll retries
-        to_describe = []
+        to_describe: list[tuple[str, frozenset[str], str | None]] = []
         for model_id, st in self.states.items():
-            state, reason, serve_status = deployment_state(deployments.get(self._name(model_id)))
+            detail = deployments.get(self._name(model_id))
+            state, reason, serve_status = deployment_state(detail)
             st.serve_status = serve_status
-            if state == "ready" and st.description is None:
-                to_describe.append(model_id)
-                state, reason = "loading", "a replica is running; reading its description"
+            if state != "ready":  # the description was the replicas' that no longer run
+                st.description, st.described_replicas = None, None
+            else:
+                running = running_replicas(detail)
+                if st.description is None:
+                    to_describe.append((model_id, running, reason))
+                    state, reason = "loading", "a replica is running; reading its description"
+                elif running != st.described_replicas:  # kept (and served) until the new one answers
+                    to_describe.append((model_id, running, reason))
             self._set(model_id, st, state, reason)
-        await asyncio.gather(*(self._describe(m) for m in to_describe))
+        await asyncio.gather(*(self._describe(m, running, reason) for m, running, reason in to_describe))
 
-    async def _describe(self, model_id: str) -> None:
+    async def _describe(self, model_id: str, running: frozenset[str], reason: str | None) -> None:
         st = self.states[model_id]
         try:
-            st.description = await within(self.backends[model_id].describe(), DESCRIBE_TIMEOUT_S)
+            description = await within(self.backends[model_id].describe(), DESCRIBE_TIMEOUT_S)
         except Exception as exc:  # retried on the next poll
-            st.reason = f"describe() of a running replica failed: {type(exc).__name__}"
+            if st.description is None:
+                st.reason = f"describe() of a running replica failed: {type(exc).__name__}"
             return
-        self._set(model_id, st, "ready", None)
+        st.description, st.described_replicas = description, running
+        self._set(model_id, st, "ready", reason)
 
     def _name(self, model_id: str) -> str:
         return self.backends[model_id].deployment_name

@@ -183,7 +183,7 @@ def not_ready(model_id: str, st: ModelState) -> RequestError:
     loading = st.state == "loading"
     return unavailable(
         "model_loading" if loading else "model_failed",
-        f"model {model_id!r} {'is still loading' if loading else 'failed to start'}: {st.reason or st.state}",
+        f"model {model_id!r} {'is still loading' if loading else 'failed'}: {st.reason or st.state}",
         LOADING_RETRY_AFTER_S if loading else RESTART_RETRY_AFTER_S,
         "model",
     )

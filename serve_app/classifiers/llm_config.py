@@ -19,7 +19,14 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict, require_unique
+from serve_app.config_common import (
+    DeploymentOptions,
+    EnergyConfig,
+    Strict,
+    over_defaults,
+    require_unique,
+)
+from serve_app.env import WORKER_ENV
 
 Mode = Literal["paper", "choice", "score"]
 MODES: tuple[str, ...] = ("paper", "choice", "score")
@@ -45,15 +52,20 @@ _TYPED_ENGINE_ARGS = frozenset(
 )
 
 
+LLM_DEPLOYMENT: dict[str, Any] = {"num_cpus": 1.0, "max_ongoing_requests": 256}
+"""An LLM's ``deployment`` defaults where they differ from `DeploymentOptions`' (kept under a partial
+``deployment`` mapping: ``{num_replicas: 2}`` changes the replicas only)."""
+
+
 class LLMSpec(Strict):
     """A zero-shot classifier: an instruct LLM served by vLLM, prompted with the study's DSPy prompt."""
 
     kind: Literal["llm"] = "llm"
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
-    deployment: DeploymentOptions = DeploymentOptions.model_validate(
-        {"num_cpus": 1.0, "max_ongoing_requests": 256}
-    )
-    """The replica actor: one logical CPU for the engine's front end by default; GPUs come from the workers."""
+    deployment: DeploymentOptions = DeploymentOptions.model_validate(LLM_DEPLOYMENT)
+    """The replica actor: one logical CPU for the engine's front end and 256 requests in flight (the
+    engine batches them) by default, also under a mapping that sets other fields only; GPUs come from
+    the workers."""
     energy: EnergyConfig = EnergyConfig.model_validate({"attribution": "tokens"})
 
     # Model and engine
@@ -86,9 +98,12 @@ class LLMSpec(Strict):
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Further ``vllm.AsyncEngineArgs`` fields, passed through (e.g. ``gpu_memory_utilization``)."""
     env_vars: dict[str, str] = Field(default_factory=dict)
-    """Environment of the replica and its engine processes (e.g. ``VLLM_CPU_KVCACHE_SPACE``)."""
+    """Environment of the replica and its engine processes (e.g. ``VLLM_CPU_KVCACHE_SPACE``); wins over
+    ``deployment.env_vars`` and accuwatt's defaults (:meth:`engine_env`)."""
     hf_hub_offline: bool = True
-    """Set ``HF_HUB_OFFLINE=1`` in the replica (models must be local or already cached)."""
+    """``HF_HUB_OFFLINE`` in the replica and its engine: ``1`` (models must be local or already cached)
+    or, when false, ``0`` (the hub is asked; overrides an ``HF_HUB_OFFLINE`` the node has). An
+    ``HF_HUB_OFFLINE`` in ``deployment.env_vars`` or ``env_vars`` wins over this."""
 
     # Classification
     labels: list[str] = Field(min_length=1)
@@ -113,6 +128,12 @@ class LLMSpec(Strict):
     tokens), so that no request pays the engine's first-call costs and the instruction's whole cache
     blocks are cached for the first request as for every later one (``LLMClassifier.warm_up``; other
     kinds always classify one short text)."""
+
+    @field_validator("deployment", mode="before")
+    @classmethod
+    def _deployment_defaults(cls, value: Any) -> Any:
+        """A ``deployment`` mapping keeps the LLM defaults it does not set (`LLM_DEPLOYMENT`)."""
+        return over_defaults(value, LLM_DEPLOYMENT)
 
     @field_validator("energy", mode="before")
     @classmethod
@@ -212,14 +233,15 @@ class LLMSpec(Strict):
         return self.executor_backend == "ray"
 
     def engine_env(self) -> dict[str, str]:
-        """Environment the replica and its engine need: defaults, then ``env_vars`` (which win)."""
-        env: dict[str, str] = {}
-        if self.hf_hub_offline:
-            env["HF_HUB_OFFLINE"] = "1"
+        """The whole environment accuwatt gives the replica and its engine processes, each layer winning
+        over the ones before: accuwatt's defaults (``env.WORKER_ENV``, ``HF_HUB_OFFLINE`` from
+        ``hf_hub_offline``, vLLM for CPU's cache and reserved CPUs), then ``deployment.env_vars``, then
+        ``env_vars``. The replica's ``runtime_env`` is this (:meth:`serve_options`), and
+        ``build_llm_classifier`` sets it while the engine starts (scripts and tests)."""
+        env = {**WORKER_ENV, "HF_HUB_OFFLINE": "1" if self.hf_hub_offline else "0"}
         if not self.on_gpu:
             env.update({"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
-        env.update(self.env_vars)
-        return env
+        return {**env, **self.deployment.env_vars, **self.env_vars}
 
     def placement(self) -> tuple[list[dict[str, float]], PlacementStrategy] | None:
         """The replica's placement group: bundles and strategy; None when the replica's own actor
@@ -256,11 +278,11 @@ class LLMSpec(Strict):
     def serve_options(self) -> dict[str, Any]:
         """Ray Serve deployment options beyond ``deployment`` (merge them into ``@serve.deployment``).
 
-        Keys: ``ray_actor_options`` (``num_cpus``, ``num_gpus`` and ``runtime_env.env_vars``: the
-        deployment's ``env_vars`` overlaid with :meth:`engine_env`), and, when workers need their own
+        Keys: ``ray_actor_options`` (``num_cpus``, ``num_gpus`` and ``runtime_env.env_vars``:
+        :meth:`engine_env`, the deployment's ``env_vars`` included), and, when workers need their own
         resources, ``placement_group_bundles`` and ``placement_group_strategy``.
         """
-        env = {**self.deployment.env_vars, **self.engine_env()}
+        env = self.engine_env()
         pg = self.placement()
         num_gpus = self.gpus_per_replica if self.on_gpu and not self.workers_are_actors else 0.0
         # CPU stages across nodes: stage 0's ranks are the replica's children, so it holds their CPUs.

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict
+from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict, over_defaults
 
 PipelineStrategy = Literal["STRICT_SPREAD", "SPREAD", "PACK"]
+PIPELINE_DEPLOYMENT: dict[str, Any] = {"num_cpus": 1.0}
+"""A pipeline's ``deployment`` defaults where they differ from `DeploymentOptions`' (kept under a
+partial ``deployment`` mapping)."""
 
 
 class PipelineSpec(Strict):
@@ -18,8 +21,11 @@ class PipelineSpec(Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     model: str = Field(pattern=r"^(bow|tfidf|embedding)-(logreg|xgboost)$")
     """The trained artifact under ``artifacts_dir`` (as ``accuwatt train`` writes it)."""
-    deployment: DeploymentOptions = DeploymentOptions(num_cpus=1.0)
-    """``num_cpus`` >= 1 while ``app._serve_options`` drops the actor's own CPUs (Serve then asks 1)."""
+    deployment: DeploymentOptions = DeploymentOptions.model_validate(PIPELINE_DEPLOYMENT)
+    """The replica (the classification head), in the first bundle of its placement group, which holds
+    ``num_cpus`` (1 by default, also under a mapping that sets other fields only) and ``resources``.
+    No GPUs: ``num_gpus`` must be 0 (the bundle has none, and Serve refuses an actor that asks for more
+    than its first bundle holds)."""
     energy: EnergyConfig = EnergyConfig()
     feature_cpus: float = Field(0.25, gt=0)
     """Logical CPUs of the feature stage's bundle."""
@@ -28,6 +34,22 @@ class PipelineSpec(Strict):
     placement_strategy: PipelineStrategy = "STRICT_SPREAD"
     """``STRICT_SPREAD``: the two stages on two different nodes (the experiment); ``PACK``: same node
     where possible (the single-node baseline of the same code path)."""
+
+    @field_validator("deployment", mode="before")
+    @classmethod
+    def _deployment_defaults(cls, value: Any) -> Any:
+        """A ``deployment`` mapping keeps the pipeline defaults it does not set (`PIPELINE_DEPLOYMENT`)."""
+        return over_defaults(value, PIPELINE_DEPLOYMENT)
+
+    @field_validator("deployment")
+    @classmethod
+    def _no_gpus(cls, value: DeploymentOptions) -> DeploymentOptions:
+        if value.num_gpus:
+            raise ValueError(
+                "num_gpus must be 0 for a pipeline: the replica's placement bundle holds no GPU, and "
+                "Serve refuses an actor that asks for more than its first bundle holds"
+            )
+        return value
 
     def placement(self) -> tuple[list[dict[str, float]], str]:
         replica = {"CPU": self.deployment.num_cpus, **self.deployment.resources}

@@ -11,6 +11,10 @@ any wrap period, and ``ReplicaEnergy.totals`` reads up to now anyway). Reading e
 replica and router cost CPU for nothing (``benchmarks/bench_idle_cpu.py``). A stepped request
 opening wakes the sampler (``wake``). A meter that integrates power readings (``nvml-power``) is
 read every ``period_s`` throughout: there the reads are the measurement.
+
+``failed_reads`` counts every read that failed (the sampler's, the request path's, the first), so a
+meter that fails while the replica is idle shows too (the deployment exports it as
+``accuwatt_meter_errors``).
 """
 
 from __future__ import annotations
@@ -37,9 +41,12 @@ class Sampler:
         integrates = meter.info.source == "nvml-power"
         self.coarse_period_s = period_s if integrates else max(period_s, coarse_period_s)
         self.error: str | None = None
+        self._failed_reads = 0
+        self._failed_lock = threading.Lock()  # reads come from the request path and the thread
         try:
             first = meter.read()
         except MeterError as exc:  # failing from the start: an empty origin, counters appear later
+            self._count_failure()
             self.error = str(exc)
             first = Reading(now_s(), {}, meter.info.source)
         info = meter.info
@@ -54,11 +61,21 @@ class Sampler:
         self._thread.start()
         return self
 
+    @property
+    def failed_reads(self) -> int:
+        """Meter reads that failed since the sampler started (cumulative)."""
+        return self._failed_reads
+
+    def _count_failure(self) -> None:
+        with self._failed_lock:
+            self._failed_reads += 1
+
     def read(self) -> Reading | None:
         """A reading for the request path, or None while the meter is failing."""
         try:
             reading = self.meter.read()
         except MeterError as exc:
+            self._count_failure()
             if self.error is None:
                 log.error("energy meter failed, tags are 'unavailable' until it recovers: %s", exc)
             self.error = str(exc)

@@ -100,6 +100,11 @@ class ReplicaEnergy:
         """Why the meter is failing now (tags say ``unavailable``), or None."""
         return self.sampler.error
 
+    @property
+    def failed_reads(self) -> int:
+        """Meter reads that failed since the replica started, idle or not."""
+        return self.sampler.failed_reads
+
     async def settle(self) -> bool:
         """Wait until a reading shows every counter as of now (other nodes' asked for now, one round
         trip); at once on one node or with metering off. False if they did not come in time."""

@@ -60,7 +60,7 @@ async def wait_ready(
             body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
             failed = failed_models(body) if isinstance(body, dict) else {}
             if failed:
-                raise NotReadyError(f"{base_url}: classifiers failed to start: {failed}")
+                raise NotReadyError(f"{base_url}: classifiers failed: {failed}")
             last = f"{resp.status_code} {resp.text[:300]}"
         except (httpx.HTTPError, ValueError) as exc:
             last = type(exc).__name__

@@ -94,3 +94,32 @@ def test_single_hop_takes_one_traditional_classifier(classifiers) -> None:
         AppConfig.model_validate({"classifiers": classifiers, "router": {"layout": "single_hop"}})
     one = {"classifiers": [{"kind": "traditional", "id": "tfidf-logreg"}], "router": {"layout": "single_hop"}}
     assert AppConfig.model_validate(one).router.layout == "single_hop"
+
+
+@pytest.mark.parametrize(
+    "router",
+    [
+        {"num_cpus": 2.0},
+        {"max_ongoing_requests": 1000},
+        {"resources": {"node:head": 0.01}},
+        {"env_vars": {"MY_VAR": "1"}},
+    ],
+    ids=lambda r: next(iter(r)),
+)
+def test_single_hop_refuses_router_settings_it_would_ignore(router) -> None:
+    """The single-hop router's replicas take classifiers[0].deployment; the router's own replica
+    settings were silently dropped (build_app never reads them in that layout)."""
+    cfg = {
+        "classifiers": [{"kind": "traditional", "id": "tfidf-logreg"}],
+        "router": {"layout": "single_hop", **router},
+    }
+    with pytest.raises(ValidationError, match=rf"router\.{next(iter(router))} would be ignored") as err:
+        AppConfig.model_validate(cfg)
+    assert "classifiers[0].deployment" in str(err.value)
+    assert AppConfig.model_validate({**cfg, "router": router}).router.layout == "two_hop"  # fine there
+
+
+def test_a_dumped_single_hop_config_validates_again() -> None:
+    """Settings at their defaults are not refused: a config dumped whole (demo, run.json) reloads."""
+    cfg = AppConfig.from_yaml(REPO / "deployments" / "single-hop.yaml")
+    assert AppConfig.model_validate(cfg.model_dump(mode="json")) == cfg

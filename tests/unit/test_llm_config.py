@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from serve_app.classifiers.llm_config import LLMSpec
 from serve_app.config import AppConfig
+from serve_app.env import WORKER_ENV
 
 pytestmark = pytest.mark.unit
 
@@ -137,17 +138,48 @@ def test_env_vars_layering() -> None:
     s = spec(gpus_per_worker=0, env_vars={"VLLM_CPU_KVCACHE_SPACE": "4"}, deployment={"env_vars": {"A": "1"}})
     env = s.serve_options()["ray_actor_options"]["runtime_env"]["env_vars"]
     assert env == {
+        **WORKER_ENV,
         "A": "1",
         "HF_HUB_OFFLINE": "1",
         "VLLM_CPU_KVCACHE_SPACE": "4",
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
     }
-    assert "HF_HUB_OFFLINE" not in spec(hf_hub_offline=False).engine_env()
+    assert env == s.engine_env()  # what build_llm_classifier sets while the engine starts
+
+
+def test_hf_hub_offline_false_sets_zero() -> None:
+    """``hf_hub_offline: false`` must reach the replica as ``0``: leaving the variable out let
+    ``WORKER_ENV``'s ``1`` stand (and a node's own ``1``)."""
+    assert spec(hf_hub_offline=False).engine_env()["HF_HUB_OFFLINE"] == "0"
+    assert spec().engine_env()["HF_HUB_OFFLINE"] == "1"
+
+
+def test_defaults_lose_to_the_deployments_env_vars_which_lose_to_the_specs() -> None:
+    s = spec(
+        gpus_per_worker=0,
+        deployment={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "8", "HF_HUB_OFFLINE": "0", "B": "dep"}},
+        env_vars={"B": "spec"},
+    )
+    env = s.engine_env()
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "8" and env["HF_HUB_OFFLINE"] == "0"  # over the defaults
+    assert env["B"] == "spec"  # the spec's own env_vars over the deployment's
+    assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0" and env["TOKENIZERS_PARALLELISM"] == "false"
+
+
+def test_a_partial_deployment_keeps_the_llm_defaults() -> None:
+    """The sweep writes ``deployment: {num_replicas: N}``: that must not drop the LLM's 1 CPU and 256
+    requests in flight for DeploymentOptions' 0.25 and 32."""
+    d = spec(deployment={"num_replicas": 2}).deployment
+    assert (d.num_replicas, d.num_cpus, d.max_ongoing_requests) == (2, 1.0, 256)
+    assert spec().deployment == spec(deployment={}).deployment
+    assert spec(deployment={"max_ongoing_requests": 64}).deployment.num_cpus == 1.0
+    assert spec(deployment={"num_cpus": 0.5}).deployment.max_ongoing_requests == 256
 
 
 def test_custom_resources_go_into_the_replica_bundle() -> None:
     s = spec(tensor_parallel_size=2, deployment={"resources": {"node:w1": 0.01}})
-    assert s.serve_options()["placement_group_bundles"][0] == {"CPU": 0.25, "node:w1": 0.01}
+    # the LLM's 1 CPU stays under a deployment mapping that sets resources only
+    assert s.serve_options()["placement_group_bundles"][0] == {"CPU": 1.0, "node:w1": 0.01}
     assert s.serve_options()["ray_actor_options"]["resources"] == {"node:w1": 0.01}
 
 
