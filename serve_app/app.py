@@ -21,7 +21,7 @@ from serve_app.data import load_dataset, make_split
 from serve_app.deployment import ClassifierServer
 from serve_app.env import SERVE_REPLICA_ENV, WORKER_ENV
 from serve_app.router import Router
-from serve_app.train import train_split, untrained
+from serve_app.train import train_missing, untrained
 
 log = logging.getLogger("accuwatt.app")
 ROUTER_START_ATTEMPTS = 3
@@ -30,23 +30,27 @@ after this many tries instead of Serve's default 20: the cause does not go away 
 
 
 def ensure_artifacts(cfg: AppConfig) -> Path:
-    """Resolve ``artifacts_dir`` (absolute, so replicas find it) and train what is missing."""
+    """Resolve ``artifacts_dir`` (absolute, so replicas find it). With ``train_if_missing``, train what
+    is missing or was trained on another split, label set or encoder than it names (as replay and
+    sweep do); without it, refuse models that are not trained."""
 
     root = Path(cfg.artifacts_dir).expanduser().resolve()
     wanted = sorted({c.artifact for c in cfg.classifiers if c.artifact is not None})
-    missing = untrained(wanted, root)
-    if missing:
-        if cfg.train_if_missing is None:
+    t = cfg.train_if_missing
+    if t is None:
+        missing = untrained(wanted, root)
+        if missing:
             raise ArtifactError(
                 f"models {missing} are not trained under {root}; run `accuwatt train` "
                 "or set train_if_missing in the config"
             )
-
-        t = cfg.train_if_missing
+        return root
+    if wanted:
         ds = load_dataset(t.dataset)
         split = make_split(ds, t.n_train, t.n_test, t.seed, t.split_index)
-        log.info("training %s on %s (split %d) into %s", missing, ds.name, t.split_index, root)
-        train_split(split, missing, root, ds.labels, ds.source, t.embedding_model)
+        trained = train_missing(split, wanted, root, ds, t.embedding_model)
+        if trained:
+            log.info("trained %s on %s (split %d) into %s", trained, ds.name, t.split_index, root)
     return root
 
 
