@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,16 @@ def register(subparsers: Any) -> None:
         help="deploy each topology of a sweep file, replay, compare",
         description="Deploy each topology of FILE in turn (a fresh local cluster per "
         "topology, or --address), replay the same dataset and splits, "
-        "tear down, and write a report comparing them.",
+        "tear down, and write a report comparing them. A topology that fails is recorded "
+        "(sweep.json, sweep.md) and the sweep goes on; it then exits with status 1.",
     )
     p.add_argument("file", type=Path, help="a sweep file, e.g. cluster/topologies/cpu-smoke.yaml")
     p.add_argument("--out", type=Path, default=Path("results/sweeps"), help="default: results/sweeps/<name>")
-    p.add_argument("--address", help="run on this Ray cluster instead of starting local ones")
+    p.add_argument(
+        "--address",
+        help="run on this Ray cluster (e.g. `auto` on the head of a `ray up` cluster) instead of "
+        "starting local ones; the sweep's driver must run on the cluster's head",
+    )
     add_ids_argument(p, "--only", "topology names of the file to run (space- or comma-separated)")
     p.set_defaults(func=run)
 
@@ -48,13 +54,20 @@ def load_sweep(path: Path) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serve_app.sweep.runner import run_sweep
+    """Exit 0 when every topology ran; 1 when some failed (the report covers the others); 2 (one
+    ``accuwatt: error:`` line) for input the user can fix, training included."""
+    from serve_app.sweep.runner import SweepFailed, run_sweep
 
     sweep = load_sweep(args.file)
     if args.only:
         check_ids(args.only, [t.name for t in sweep.topologies], f"{args.file} has", "topology")
     out = args.out / sweep.name if args.out == Path("results/sweeps") else args.out
-    print(run_sweep(args.file, out, args.address, args.only))
+    try:
+        print(run_sweep(args.file, out, args.address, args.only))
+    except SweepFailed as exc:
+        print(exc.report)
+        print(f"accuwatt: sweep: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

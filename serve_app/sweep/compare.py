@@ -1,112 +1,243 @@
 """What a sweep adds to ``accuwatt report``: single vs double node, the GPU count effect, and the
-energy-vs-duration regression across every run of the sweep (pure over the report's frames)."""
+energy-vs-duration regression across every run of the sweep (pure over the report's frames).
+
+Two runs' energies are compared as a ratio only where they cover the same requests: an energy ratio
+is left empty, with a ``note`` saying why, where the runs' failed requests (``n_errors``), requests
+without energy (``energy_missing``) or energy sources differ, or either has no energy. GPU counts are
+the ones each run recorded (``run.json``: ``topology.gpus``, from the model's ``/v1/models`` devices),
+not the topology's setting: a CPU model deployed in a 4-GPU topology ran on 0 GPUs.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from serve_app.errors import UsageError
 from serve_app.report.regression import Fit, fit_energy_duration
 from serve_app.report.tables import results_frames
 
 NODES_TABLE = "### Single vs double node"
 GPUS_TABLE = "### Effect of the GPU count"
 REGRESSION = "### Energy vs duration (all runs)"
+FAILED = "### Failed topologies"
+_SIDES = ("1node", "2nodes")
+NODES_COLUMNS = [
+    "model",
+    *(f"{q}_{side}" for q in ("topology", "gpus", "energy_wh") for side in _SIDES),
+    "energy_ratio",
+    *(f"duration_s_{side}" for side in _SIDES),
+    "duration_ratio",
+    *(f"{q}_{side}" for q in ("accuracy", "n_errors", "energy_missing", "energy_source") for side in _SIDES),
+    "note",
+]
+GPUS_COLUMNS = [
+    "model",
+    "topology",
+    "gpus",
+    "energy_wh",
+    "duration_s",
+    "avg_power_w",
+    "n_errors",
+    "energy_missing",
+    "energy_source",
+    "energy_ratio",
+    "duration_ratio",
+    "note",
+]
 
 
 def with_settings(df: pd.DataFrame, settings: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """Add the sweep's ``nodes`` and ``gpus_setting`` columns by topology name."""
+    if df.empty:
+        return df.assign(nodes=pd.Series(dtype=object), gpus_setting=pd.Series(dtype=object))
     return df.assign(
         nodes=[settings.get(t, {}).get("nodes") for t in df["topology"]],  # type: ignore[misc]
         gpus_setting=[settings.get(t, {}).get("gpus", 0) for t in df["topology"]],
     )
 
 
+def _missing(v: Any) -> bool:
+    return v is None or bool(pd.isna(v))
+
+
 def _ratio(a: Any, b: Any) -> float | None:
-    return float(a) / float(b) if a is not None and b and pd.notna(a) and pd.notna(b) else None
+    return None if _missing(a) or _missing(b) or not b else float(a) / float(b)
+
+
+def _int(v: Any) -> int:
+    return 0 if _missing(v) else int(v)
+
+
+def not_comparable(a: pd.Series, b: pd.Series) -> str | None:
+    """Why the energies of runs ``a`` and ``b`` make no ratio (``None`` where they do): either has no
+    energy, or they differ in failed requests, requests without energy or energy source."""
+    why = []
+    if _missing(a.get("energy_wh")) or _missing(b.get("energy_wh")):
+        both = _missing(a.get("energy_wh")) and _missing(b.get("energy_wh"))
+        why.append("no energy in " + ("either run" if both else "one run"))
+    ea, eb = _int(a.get("n_errors")), _int(b.get("n_errors"))
+    if ea != eb:
+        why.append(f"failed requests differ ({ea} vs {eb})")
+    ma, mb = _int(a.get("energy_missing")), _int(b.get("energy_missing"))
+    if ma != mb:
+        why.append(f"requests without energy differ ({ma} vs {mb})")
+    sa, sb = a.get("energy_source"), b.get("energy_source")
+    if not _missing(sa) and not _missing(sb) and sa != sb:
+        why.append(f"energy sources differ ({sa} vs {sb})")
+    return "; ".join(why) or None
+
+
+def refuse_duplicates(df: pd.DataFrame) -> None:
+    """A sweep compares one run per model and topology: several (e.g. an older run with other settings
+    in the same ``--out``) are refused, naming their folders, rather than one picked."""
+    if df.empty:
+        return
+    dup = df[df.duplicated(["model", "topology"], keep=False)]
+    if not dup.empty:
+        (model, topo), g = next(iter(dup.groupby(["model", "topology"], sort=True)))
+        paths = ", ".join(str(p) for p in g["path"]) if "path" in g else f"{len(g)} runs"
+        raise UsageError(
+            f"{len(g)} runs of {model} on topology {topo} ({paths}): a sweep report compares one run per "
+            "model and topology; remove the others or give them another --out"
+        )
 
 
 def nodes_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per model and GPU count: energy and duration on one node vs two nodes, and their ratios."""
-    rows = []
-    for (model, gpus), g in df.groupby(["model", "gpus_setting"]):
-        one, two = g[g["nodes"] == 1], g[g["nodes"] == 2]
-        if one.empty or two.empty:
-            continue
-        e1, e2 = one["energy_wh"].iloc[0], two["energy_wh"].iloc[0]
-        d1, d2 = one["duration_s"].iloc[0], two["duration_s"].iloc[0]
-        rows.append(
-            {
-                "model": model,
-                "gpus": gpus,
-                "energy_wh_1node": e1,
-                "energy_wh_2nodes": e2,
-                "energy_ratio": _ratio(e2, e1),
-                "duration_s_1node": d1,
-                "duration_s_2nodes": d2,
-                "duration_ratio": _ratio(d2, d1),
-                "accuracy_1node": one["accuracy"].iloc[0],
-                "accuracy_2nodes": two["accuracy"].iloc[0],
-            }
-        )
-    return pd.DataFrame(rows)
+    """Per model and GPU setting, every (one-node, two-node) pair of topologies: energy and duration,
+    their ratios (two nodes / one node), accuracy, failed requests, requests without energy, energy
+    sources and the GPUs each run recorded. The energy ratio is empty where ``note`` says why."""
+    refuse_duplicates(df)
+    rows: list[dict[str, Any]] = []
+    if df.empty:
+        return pd.DataFrame(rows, columns=NODES_COLUMNS)
+    for (model, _setting), g in df.groupby(["model", "gpus_setting"], sort=True):
+        ones = g[g["nodes"] == 1].sort_values("topology")
+        twos = g[g["nodes"] == 2].sort_values("topology")
+        for _, a in ones.iterrows():
+            for _, b in twos.iterrows():
+                note = not_comparable(a, b)
+                rows.append(
+                    {
+                        "model": model,
+                        "topology_1node": a["topology"],
+                        "topology_2nodes": b["topology"],
+                        "gpus_1node": _int(a.get("gpus")),
+                        "gpus_2nodes": _int(b.get("gpus")),
+                        "energy_wh_1node": a["energy_wh"],
+                        "energy_wh_2nodes": b["energy_wh"],
+                        "energy_ratio": None if note else _ratio(b["energy_wh"], a["energy_wh"]),
+                        "duration_s_1node": a["duration_s"],
+                        "duration_s_2nodes": b["duration_s"],
+                        "duration_ratio": _ratio(b["duration_s"], a["duration_s"]),
+                        "accuracy_1node": a["accuracy"],
+                        "accuracy_2nodes": b["accuracy"],
+                        "n_errors_1node": _int(a.get("n_errors")),
+                        "n_errors_2nodes": _int(b.get("n_errors")),
+                        "energy_missing_1node": _int(a.get("energy_missing")),
+                        "energy_missing_2nodes": _int(b.get("energy_missing")),
+                        "energy_source_1node": a.get("energy_source"),
+                        "energy_source_2nodes": b.get("energy_source"),
+                        "note": note,
+                    }
+                )
+    return pd.DataFrame(rows, columns=NODES_COLUMNS)
 
 
 def gpus_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per model, single-node runs: energy, duration and power by GPU count, ratios to the fewest GPUs."""
-    rows = []
-    for model, g in df[df["nodes"] == 1].groupby("model"):
-        g = g.sort_values("gpus_setting")
-        if g["gpus_setting"].nunique() < 2:
+    """Per model, single-node runs by the GPU count each run recorded: energy, duration and power,
+    ratios to the run on the fewest GPUs. Models whose recorded GPU count never changes (e.g. a CPU
+    model in every topology) are left out; an energy ratio is empty where ``note`` says why."""
+    refuse_duplicates(df)
+    rows: list[dict[str, Any]] = []
+    if df.empty:
+        return pd.DataFrame(rows, columns=GPUS_COLUMNS)
+    for model, g in df[df["nodes"] == 1].groupby("model", sort=True):
+        g = g.assign(gpus=[_int(v) for v in g["gpus"]]).sort_values(["gpus", "topology"])
+        if g["gpus"].nunique() < 2:
             continue
-        base = g.iloc[0]
+        fewest = g[g["gpus"] == g["gpus"].min()]
+        base = fewest.iloc[0] if len(fewest) == 1 else None
         for _, r in g.iterrows():
+            if base is None:
+                note: str | None = f"several topologies ran on {fewest['gpus'].iloc[0]} GPUs: no single base"
+            else:
+                note = not_comparable(r, base)
             rows.append(
                 {
                     "model": model,
-                    "gpus": r["gpus_setting"],
+                    "topology": r["topology"],
+                    "gpus": r["gpus"],
                     "energy_wh": r["energy_wh"],
                     "duration_s": r["duration_s"],
                     "avg_power_w": r["avg_power_w"],
-                    "energy_ratio": _ratio(r["energy_wh"], base["energy_wh"]),
-                    "duration_ratio": _ratio(r["duration_s"], base["duration_s"]),
+                    "n_errors": _int(r.get("n_errors")),
+                    "energy_missing": _int(r.get("energy_missing")),
+                    "energy_source": r.get("energy_source"),
+                    "energy_ratio": None
+                    if note or base is None
+                    else _ratio(r["energy_wh"], base["energy_wh"]),
+                    "duration_ratio": None if base is None else _ratio(r["duration_s"], base["duration_s"]),
+                    "note": note,
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=GPUS_COLUMNS)
+
+
+def regression_rows(splits: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The (run, split) rows the regression fits: those with energy for every request; and how many
+    rows with partial energy were left out."""
+    if splits.empty:
+        return splits, 0
+    e = splits[splits["energy_wh"].notna()]
+    complete = [_int(v) == 0 for v in e["energy_missing"]] if "energy_missing" in e else [True] * len(e)
+    return e[complete], len(e) - sum(complete)
 
 
 def regression(splits: pd.DataFrame) -> Fit | None:
-    e = splits[splits["energy_wh"].notna()]
+    """Energy vs duration over every (run, split) with energy for all its requests; devices are the
+    GPUs each run recorded."""
+    e, _ = regression_rows(splits)
     if len(e) < 2:
         return None
-    return fit_energy_duration(
-        e["energy_wh"].to_numpy(), e["duration_s"].to_numpy(), e["gpus_setting"].fillna(0).to_numpy()
-    )
+    devices = np.asarray([_int(v) for v in e["gpus"]], float)
+    return fit_energy_duration(e["energy_wh"].to_numpy(), e["duration_s"].to_numpy(), devices)
 
 
 def _md(df: pd.DataFrame) -> str:
     if df.empty:
         return "_no pairs in this sweep_"
     cols = list(df.columns)
-    fmt = [
-        lambda v: (
-            ""
-            if v is None or (isinstance(v, float) and pd.isna(v))
-            else (f"{v:.4g}" if isinstance(v, float) else str(v))
-        )
-    ]
+
+    def fmt(v: Any) -> str:
+        if v is None or (isinstance(v, float) and pd.isna(v)):
+            return ""
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt[0](r[c]) for c in cols) + " |" for _, r in df.iterrows()]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for _, r in df.iterrows()]
     return "\n".join(lines)
 
 
-def sweep_report(runs: list[Any], settings: dict[str, dict[str, Any]], title: str, out: Path) -> Path:
-    """Write ``sweep.md`` and ``sweep_*.csv`` into ``out``; returns the Markdown path."""
+def sweep_report(
+    runs: list[Any],
+    settings: dict[str, dict[str, Any]],
+    title: str,
+    out: Path,
+    failures: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``sweep.md`` and ``sweep_*.csv`` into ``out``; returns the Markdown path. ``runs`` must hold
+    one run per model and topology (`refuse_duplicates`); ``failures`` (topology -> why) are listed."""
     means, splits = results_frames(runs)
+    refuse_duplicates(means)
     means, splits = with_settings(means, settings), with_settings(splits, settings)
-    nodes, gpus, fit = nodes_table(means), gpus_table(means), regression(splits)
+    nodes, gpus = nodes_table(means), gpus_table(means)
+    fit = regression(splits)
+    _, partial = regression_rows(splits)
     out.mkdir(parents=True, exist_ok=True)
     nodes.to_csv(out / "sweep_nodes.csv", index=False)
     gpus.to_csv(out / "sweep_gpus.csv", index=False)
@@ -114,8 +245,16 @@ def sweep_report(runs: list[Any], settings: dict[str, dict[str, Any]], title: st
         f"# Topology sweep: {title}",
         "",
         "Energy is attributed energy (Wh per run over a split's test "
-        "set, mean over splits); ratios are two nodes / one node and n GPUs / fewest GPUs.",
+        "set, mean over splits); ratios are two nodes / one node and n GPUs / fewest GPUs. GPUs are "
+        "the count each run recorded (run.json). An energy ratio is left empty where `note` says why: "
+        "the runs differ in failed requests, requests without energy or energy source.",
         "",
+    ]
+    if failures:
+        lines += [FAILED, ""]
+        lines += [f"- `{name}`: {why}" for name, why in failures.items()]
+        lines += ["", "Their runs are not in the tables below.", ""]
+    lines += [
         NODES_TABLE,
         "",
         _md(nodes),
@@ -128,10 +267,12 @@ def sweep_report(runs: list[Any], settings: dict[str, dict[str, Any]], title: st
         "",
     ]
     if fit is None:
-        lines.append("_fewer than two runs with energy_")
+        lines.append("_fewer than two runs with energy for every request_")
     else:
         r2 = "n/a" if fit.r2 is None else f"{fit.r2:.4f}"
         lines += [f"`{fit.formula()}` (R² = {r2}, n = {fit.n} runs x splits; devices = GPUs per replica)"]
+    if partial:
+        lines += ["", f"{partial} run x split(s) left out: some of their requests have no energy."]
     path = out / "sweep.md"
     path.write_text("\n".join(lines) + "\n")
     return path

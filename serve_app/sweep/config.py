@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from serve_app.classifiers.embedding import PACKAGED
 from serve_app.classifiers.traditional import MODEL_IDS
 from serve_app.config_common import Strict
 from serve_app.model_ids import check_ids
@@ -31,6 +33,14 @@ class Topology(Strict):
     group; ``STRICT_SPREAD`` puts the stages on two nodes). Needs the ``pipeline`` classifier kind."""
     cpus_per_node: float = Field(4, gt=0)
     """Local clusters: logical CPUs per node."""
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        """A folder of the run tree (``runs/<dataset>/<topology>/...``): ``.`` and ``..`` are not."""
+        if name in (".", ".."):
+            raise ValueError(f"topology name must be a plain folder name, not {name!r}")
+        return name
 
     @model_validator(mode="after")
     def _consistent(self) -> Topology:
@@ -60,6 +70,32 @@ class SweepFile(Strict):
     """Traditional model ids (trained per split), or classifier spec templates (e.g. an LLM spec)."""
     topologies: list[Topology] = Field(min_length=1)
 
+    @field_validator("embedding_model")
+    @classmethod
+    def _encoder_exists(cls, name: str) -> str:
+        """A ``packaged:`` name must be one accuwatt ships; a path (starting with ``.``, ``/`` or ``~``,
+        relative to the working folder, as ``accuwatt train`` reads it) must exist. Anything else is a
+        hub id, checked when the encoder loads."""
+        if name.startswith("packaged:") and name not in PACKAGED:
+            raise ValueError(f"no such packaged model {name!r} (packaged: {', '.join(PACKAGED)})")
+        if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+            raise ValueError(f"no such folder: {name} ({Path(name).expanduser().absolute()})")
+        return name
+
+    @model_validator(mode="after")
+    def _encoder_installed(self) -> SweepFile:
+        """The packaged encoder of an ``embedding-*`` model is installed (the ``embeddings`` extra)."""
+        if self.embedding_model in PACKAGED and any(
+            m.startswith("embedding-") for m in self.traditional_models()
+        ):
+            for module in (PACKAGED[self.embedding_model], "sentence_transformers"):
+                if importlib.util.find_spec(module) is None:
+                    raise ValueError(
+                        f"embedding_model {self.embedding_model} needs the Python package {module}: "
+                        "pip install 'accuwatt[embeddings]'"
+                    )
+        return self
+
     @model_validator(mode="after")
     def _unique(self) -> SweepFile:
         names = [t.name for t in self.topologies]
@@ -81,7 +117,7 @@ class SweepFile(Strict):
         for topo in self.topologies:
             specs = classifier_specs(self, topo)
             try:
-                AppConfig.model_validate({"classifiers": specs})
+                cfg = AppConfig.model_validate({"classifiers": specs})
             except ValidationError as exc:
                 err = exc.errors()[0]
                 loc = list(err["loc"])
@@ -92,6 +128,7 @@ class SweepFile(Strict):
                     where = f"models[{loc[1]}]" + "".join(f".{x}" for x in loc[2:] if str(x) != kind)
                 msg = str(err["msg"]).removeprefix("Value error, ")
                 raise ValueError(f"topology {topo.name}: {where + ': ' if where else ''}{msg}") from None
+            check_spread(topo, cfg.classifiers)
         return self
 
     @classmethod
@@ -99,10 +136,36 @@ class SweepFile(Strict):
         return cls.model_validate(yaml.safe_load(Path(path).read_text()))
 
     def traditional_models(self) -> list[str]:
-        return [m for m in self.models if isinstance(m, str)]
+        """The trained models the sweep deploys, each once: plain ids, and the artifacts of
+        ``traditional`` (``id``) and ``pipeline`` (``model``) specs given as mappings."""
+        out: list[str] = []
+        for m in self.models:
+            key = (
+                None
+                if isinstance(m, str)
+                else {"traditional": "id", "pipeline": "model"}.get(str(m.get("kind")))
+            )
+            artifact = m if isinstance(m, str) else m.get(key) if key else None
+            if isinstance(artifact, str) and artifact not in out:
+                out.append(artifact)
+        return out
 
     def model_ids(self) -> list[str]:
         return [m if isinstance(m, str) else str(m.get("id")) for m in self.models]
+
+
+def check_spread(topo: Topology, classifiers: list[Any]) -> None:
+    """``STRICT_SPREAD`` puts every bundle of a replica's placement group on a different node: a spec
+    with more bundles than the topology has nodes would never be scheduled (refused here)."""
+    for c in classifiers:
+        placement = getattr(c, "placement", None)
+        pg = placement() if placement is not None else None
+        if pg is not None and pg[1] == "STRICT_SPREAD" and len(pg[0]) > topo.nodes:
+            raise ValueError(
+                f"topology {topo.name}: model {c.id}: STRICT_SPREAD needs a node for each of its "
+                f"{len(pg[0])} placement-group bundles, the topology has {topo.nodes}; use SPREAD "
+                "(best effort) or PACK, or more nodes"
+            )
 
 
 def classifier_specs(sweep: SweepFile, topo: Topology) -> list[dict[str, Any]]:

@@ -1,15 +1,19 @@
 """``accuwatt cluster up|down|status``: a local multi-node Ray cluster on this machine.
 
-``up`` starts a head and ``--workers`` worker raylets (loopback only), prints the address and the state
-file, and stays in the foreground until Ctrl-C / SIGTERM (the nodes are its children and stop with it).
-``down`` sends SIGTERM to that launcher; ``status`` prints the state and, if the cluster answers, its
-nodes. Drivers connect with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` exported (loopback, see
-``local_cluster``) and, for ``--auth token``, ``RAY_AUTH_MODE=token``.
+``up`` starts a head and ``--workers`` worker raylets (loopback only), prints the cluster (address,
+nodes, metrics ports), the state record and the exports a driver needs (``RAY_ADDRESS``, loopback,
+auth), and stays in the foreground until Ctrl-C / SIGTERM (the nodes are its children and stop with
+it; a start that fails or is interrupted stops the nodes it started). ``down`` sends SIGTERM to that
+launcher; ``status`` prints what ``up`` recorded (address, auth, session folder, every node with its
+CPUs, GPUs and metrics port) while the launcher runs: from the record, without asking the cluster.
+Drivers connect with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` exported (loopback, see ``local_cluster``)
+and, for ``--auth token``, ``RAY_AUTH_MODE=token``.
 
-What ``up`` started is recorded in ``cluster.json`` in a per-user private folder (mode 0700, see
-:func:`state_dir`), never in a shared place such as ``/tmp``: the launcher's PID with its start time
-and command line. ``down`` signals the PID only while the process still has both, so a recycled PID or
-a stale record never gets another process killed.
+What ``up`` started is recorded in ``cluster.json`` in a per-user private folder (see
+:func:`state_dir`), never in a shared place such as ``/tmp`` (the cluster's session folder there is
+not read back): the cluster's description, and the launcher's PID with its start time and command
+line. ``down`` signals the PID only while the process still has both, so a recycled PID or a stale
+record never gets another process killed.
 """
 
 from __future__ import annotations
@@ -27,31 +31,69 @@ from typing import Any
 import psutil
 
 from serve_app.argtypes import non_negative_float, non_negative_int, positive_float
+from serve_app.errors import UsageError
 
 STATE_DIR_ENV = "ACCUWATT_STATE_DIR"
 RECORD_FILE = "cluster.json"
 
 
-def state_dir() -> Path:
-    """``$ACCUWATT_STATE_DIR``, else ``$XDG_RUNTIME_DIR/accuwatt``, else ``~/.cache/accuwatt/run``;
-    created with mode 0700. A folder owned by another user is refused; looser modes are tightened."""
+def state_dir_path() -> Path:
+    """``$ACCUWATT_STATE_DIR``, else ``$XDG_RUNTIME_DIR/accuwatt``, else ``~/.cache/accuwatt/run``."""
     if os.environ.get(STATE_DIR_ENV):
-        d = Path(os.environ[STATE_DIR_ENV])
-    elif os.environ.get("XDG_RUNTIME_DIR"):
-        d = Path(os.environ["XDG_RUNTIME_DIR"]) / "accuwatt"
-    else:
-        d = Path.home() / ".cache" / "accuwatt" / "run"
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = d.lstat()
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise PermissionError(f"{d} is not a folder of this user: refusing to keep cluster state there")
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        d.chmod(0o700)
+        return Path(os.environ[STATE_DIR_ENV])
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "accuwatt"
+    return Path.home() / ".cache" / "accuwatt" / "run"
+
+
+def _refuse(d: Path, why: str) -> UsageError:
+    return UsageError(
+        f"cluster state folder {d}: {why}; accuwatt keeps the cluster record only in a private folder "
+        f"(mode 0700, yours): fix it or set ${STATE_DIR_ENV} to another folder"
+    )
+
+
+def check_private(d: Path) -> None:
+    """Refuse (`UsageError`) a state folder that is not a private folder of this user: not a folder
+    (a file, a symlink), another user's, or open to group or others. It is never changed here."""
+    try:
+        st = d.lstat()
+    except OSError as exc:
+        raise _refuse(d, exc.strerror or type(exc).__name__) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise _refuse(d, "is a symbolic link")
+    if not stat.S_ISDIR(st.st_mode):
+        raise _refuse(d, "is not a folder")
+    if st.st_uid != os.getuid():
+        raise _refuse(d, f"belongs to another user (uid {st.st_uid})")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise _refuse(d, f"has mode {mode:04o}, open to group or others (`chmod 700 {d}`)")
+
+
+def state_dir(create: bool = True) -> Path | None:
+    """The private per-user folder of the cluster record (`state_dir_path`). Made with mode 0700 when
+    missing and ``create`` (``up``); else ``None`` when missing (``status`` and ``down`` only read).
+    An existing folder is used only if private (`check_private`): never chmod-ed or taken over."""
+    d = state_dir_path()
+    if create:
+        try:
+            d.mkdir(mode=0o700, parents=True)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise _refuse(d, f"cannot be made ({exc.strerror or type(exc).__name__})") from None
+        else:
+            d.chmod(0o700)  # made here: mkdir's mode is cut by the umask
+    elif not d.exists() and not d.is_symlink():
+        return None
+    check_private(d)
     return d
 
 
-def record_path() -> Path:
-    return state_dir() / RECORD_FILE
+def record_path(create: bool = True) -> Path | None:
+    d = state_dir(create)
+    return None if d is None else d / RECORD_FILE
 
 
 def process_identity(pid: int) -> dict[str, Any]:
@@ -60,22 +102,39 @@ def process_identity(pid: int) -> dict[str, Any]:
     return {"pid": pid, "create_time": p.create_time(), "cmdline": p.cmdline()}
 
 
-def write_record(state_file: str, pid: int) -> Path:
-    """Record the launcher (owner-only file in the private state folder)."""
+def write_record(cluster: dict[str, Any], pid: int) -> Path:
+    """Record the cluster's description (what ``status`` prints) and its launcher, in an owner-only
+    file of the private state folder."""
     path = record_path()
+    assert path is not None  # made when missing
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"state": state_file, **process_identity(pid)}, f)
+        json.dump({"cluster": cluster, **process_identity(pid)}, f)
     tmp.replace(path)
     return path
 
 
 def read_record() -> dict[str, Any] | None:
-    try:
-        return dict(json.loads(record_path().read_text()))
-    except (OSError, ValueError):
+    """The record ``up`` wrote; ``None`` when there is none. A record (or state folder) that cannot be
+    read or is not a record is a `UsageError` naming it, never taken for "no cluster"."""
+    path = record_path(create=False)
+    if path is None:
         return None
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UsageError(f"{path}: cannot be read ({why})") from None
+    try:
+        rec = json.loads(text)
+    except ValueError:
+        rec = None
+    if not isinstance(rec, dict):
+        raise UsageError(f"{path}: not a cluster record written by `accuwatt cluster up`; remove it")
+    return rec
 
 
 def recorded_launcher(rec: dict[str, Any]) -> psutil.Process | None:
@@ -104,35 +163,53 @@ def register(subparsers: Any) -> None:
     up.set_defaults(func=_up)
     down = sub.add_parser("down", help="stop the cluster started by `up`")
     down.set_defaults(func=_down)
-    st = sub.add_parser("status", help="print the cluster's state and nodes")
+    st = sub.add_parser("status", help="print the recorded cluster: address, auth and nodes")
     st.set_defaults(func=_status)
+
+
+def export_line(address: str, auth: str) -> str:
+    """The exports a driver on this machine needs to join the cluster (`up` prints it)."""
+    return f"export RAY_ADDRESS={address} RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE={auth}"
+
+
+def _forget(record: Path) -> None:
+    """Remove the record if it is still this launcher's."""
+    try:
+        rec = read_record()
+    except UsageError:
+        return
+    if rec is not None and rec.get("pid") == os.getpid():
+        record.unlink(missing_ok=True)
 
 
 def _up(args: argparse.Namespace) -> int:
     from serve_app.topology.local_cluster import LocalCluster, default_nodes, prometheus_targets
 
     record_path()  # the private folder is usable before anything starts
-    cluster = LocalCluster(
-        default_nodes(args.workers, args.cpus_per_node, args.gpus_per_node), auth=args.auth
-    )
+    nodes = default_nodes(args.workers, args.cpus_per_node, args.gpus_per_node)
     stop = threading.Event()
-    cluster.start()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # after start: Ray's head installs its own (exit 1)
-        signal.signal(sig, lambda *_: stop.set())
+    cluster = None
     record = None
     try:
+        cluster = LocalCluster(nodes, auth=args.auth)
+        cluster.start()  # a start that fails or is interrupted stops the nodes it started
+        for sig in (signal.SIGINT, signal.SIGTERM):  # after start: Ray's head installs its own (exit 1)
+            signal.signal(sig, lambda *_: stop.set())
         info = cluster.info()
-        record = write_record(str(Path(info.temp_dir) / "cluster.json"), os.getpid())
+        record = write_record(json.loads(info.to_json()), os.getpid())
         print(info.to_json())
         print(f"address: {info.address}  metrics: {', '.join(prometheus_targets(info))}")
         print(f"recorded in {record}")
-        print("export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=" + args.auth, flush=True)
+        print(export_line(info.address, args.auth), flush=True)
         stop.wait()
+    except KeyboardInterrupt:
+        print("accuwatt cluster up: interrupted; the nodes started are stopped", file=sys.stderr)
+        return 130
     finally:
-        cluster.shutdown()
-        rec = read_record()
-        if record is not None and rec is not None and rec.get("pid") == os.getpid():
-            record.unlink(missing_ok=True)
+        if cluster is not None:
+            cluster.shutdown()
+        if record is not None:
+            _forget(record)
     return 0
 
 
@@ -144,7 +221,9 @@ def _checked_record() -> tuple[dict[str, Any], psutil.Process] | None:
         return None
     proc = recorded_launcher(rec)
     if proc is None:
-        record_path().unlink(missing_ok=True)
+        path = record_path(create=False)
+        if path is not None:
+            path.unlink(missing_ok=True)
         print(
             f"the recorded launcher (PID {rec.get('pid')}) is gone or PID {rec.get('pid')} is now another "
             "process: nothing signalled, stale record removed",
@@ -168,8 +247,24 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    """Print the recorded cluster (address, auth, session folder, nodes) and the exports."""
     checked = _checked_record()
     if checked is None:
         return 1
-    print(Path(checked[0]["state"]).read_text())
+    rec, proc = checked
+    cluster = rec.get("cluster")
+    if not isinstance(cluster, dict) or not cluster.get("address"):
+        print(
+            f"launcher PID {proc.pid} runs, but its record has no cluster description (an older "
+            "accuwatt wrote it): `accuwatt cluster down`, then `up` again",
+            file=sys.stderr,
+        )
+        return 1
+    print(json.dumps(cluster, indent=2))
+    for n in cluster.get("nodes") or []:
+        print(
+            f"node {n.get('name')}: {n.get('num_cpus')} CPUs, {n.get('num_gpus')} GPUs, "
+            f"metrics 127.0.0.1:{n.get('metrics_port')}"
+        )
+    print(export_line(str(cluster["address"]), str(cluster.get("auth", "disabled"))))
     return 0

@@ -82,7 +82,9 @@ def use_loopback() -> None:
 
 
 def connect(address: str, **init_kwargs: Any) -> Any:
-    """``ray.init`` a driver into a local cluster over loopback."""
+    """``ray.init`` a driver into a cluster this module started (loopback only). Any other cluster
+    (``ray up``, KubeRay) is joined with a plain ``ray.init(address=...)``: its nodes are not on
+    127.0.0.1, and a driver pinned there finds no node to attach to."""
     import ray
 
     use_loopback()
@@ -147,20 +149,29 @@ class LocalCluster:
         return args
 
     def start(self, timeout_s: float = 60.0) -> LocalCluster:
+        """Start the head and the workers and wait for them. If anything fails or is interrupted on
+        the way (a node that does not come up, Ctrl-C), the nodes started so far are shut down and
+        the session folder removed before the exception goes on."""
         from ray.cluster_utils import Cluster
 
         mode = "token" if self.auth == "token" else "disabled"
         os.environ["RAY_AUTH_MODE"] = mode  # this process (the driver) must match the cluster
         use_loopback()
-        Path(self.temp_dir, "ray").mkdir(exist_ok=True)  # where Ray writes its address file here
-        set_ray_node_defaults()
-        with scoped_env({"RAY_TMPDIR": self.temp_dir, "RAY_USAGE_STATS_ENABLED": "0"}):
-            head, *workers = self.nodes
-            self._cluster = Cluster(initialize_head=True, head_node_args=self._node_args(head, True))
-            for w in workers:
-                self._cluster.add_node(**self._node_args(w, False))
-            self._cluster.wait_for_nodes(timeout=timeout_s)
-        self._write_state()
+        try:
+            Path(self.temp_dir, "ray").mkdir(exist_ok=True)  # where Ray writes its address file here
+            set_ray_node_defaults()
+            with scoped_env({"RAY_TMPDIR": self.temp_dir, "RAY_USAGE_STATS_ENABLED": "0"}):
+                head, *workers = self.nodes
+                # Kept before the head starts, so that a failure from here on shuts down what started.
+                self._cluster = Cluster(initialize_head=False)
+                self._cluster.add_node(**self._node_args(head, True))
+                for w in workers:
+                    self._cluster.add_node(**self._node_args(w, False))
+                self._cluster.wait_for_nodes(timeout=timeout_s)
+            self._write_state()
+        except BaseException:
+            self.shutdown()
+            raise
         return self
 
     @property

@@ -84,38 +84,46 @@ def test_sweep_settings() -> None:
 
 
 def test_sweep_tables() -> None:
+    base = {"accuracy": 0.8, "n_errors": 0, "energy_missing": 0, "energy_source": "rapl"}
     df = pd.DataFrame(
         [
             {
+                **base,
                 "model": "m",
+                "topology": "1n-1g",
                 "nodes": 1,
                 "gpus_setting": 1,
+                "gpus": 1,
                 "energy_wh": 1.0,
                 "duration_s": 10.0,
-                "accuracy": 0.8,
                 "avg_power_w": 360.0,
             },
             {
+                **base,
                 "model": "m",
+                "topology": "2n-1g",
                 "nodes": 2,
                 "gpus_setting": 1,
+                "gpus": 1,
                 "energy_wh": 2.0,
                 "duration_s": 11.0,
-                "accuracy": 0.8,
                 "avg_power_w": 650.0,
             },
             {
+                **base,
                 "model": "m",
+                "topology": "1n-2g",
                 "nodes": 1,
                 "gpus_setting": 2,
+                "gpus": 2,
                 "energy_wh": 1.2,
                 "duration_s": 6.0,
-                "accuracy": 0.8,
                 "avg_power_w": 720.0,
             },
         ]
     )
     nodes = nodes_table(df)
     assert nodes["energy_ratio"].tolist() == [2.0]
+    assert nodes[["topology_1node", "topology_2nodes"]].values.tolist() == [["1n-1g", "2n-1g"]]
     gpus = gpus_table(df)
     assert gpus["energy_ratio"].tolist() == [1.0, pytest.approx(1.2)]
