@@ -44,7 +44,8 @@ ClassifierSpec = Annotated[TraditionalSpec | LLMSpec | PipelineSpec, Field(discr
 
 
 class TrainIfMissing(Strict):
-    """Train the traditional models named by the app when their artifacts are missing."""
+    """Train the traditional models named by the app when their artifacts are missing or were trained
+    on another split, label set or encoder than these fields name."""
 
     dataset: str = "demo"
     """A dataset path, a Hugging Face id, or ``demo`` (the bundled GermEval 2018 sample)."""
