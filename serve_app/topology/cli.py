@@ -247,7 +247,8 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    """Print the recorded cluster (address, auth, session folder, nodes) and the exports."""
+    """Print the recorded cluster (address, auth, session folder, nodes) as JSON on stdout, and its
+    nodes and exports on stderr."""
     checked = _checked_record()
     if checked is None:
         return 1
@@ -260,11 +261,12 @@ def _status(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print(json.dumps(cluster, indent=2))
+    print(json.dumps(cluster, indent=2))  # stdout: the record alone, for scripts; the rest for people
     for n in cluster.get("nodes") or []:
         print(
             f"node {n.get('name')}: {n.get('num_cpus')} CPUs, {n.get('num_gpus')} GPUs, "
-            f"metrics 127.0.0.1:{n.get('metrics_port')}"
+            f"metrics 127.0.0.1:{n.get('metrics_port')}",
+            file=sys.stderr,
         )
-    print(export_line(str(cluster["address"]), str(cluster.get("auth", "disabled"))))
+    print(export_line(str(cluster["address"]), str(cluster.get("auth", "disabled"))), file=sys.stderr)
     return 0

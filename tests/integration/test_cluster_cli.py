@@ -35,14 +35,18 @@ def mode(p: Path) -> int:
 
 
 def test_state_folder_is_private(tmp_path: Path) -> None:
+    """`status` makes no folder; `up` would make it 0700; a loose folder that exists is refused in one
+    line and left as it is (a read-only command never changes a user's folder)."""
     fresh = tmp_path / "fresh" / "state"
     assert cli(fresh, "status").returncode == 1
-    assert fresh.is_dir() and mode(fresh) == 0o700
+    assert not fresh.exists()
     loose = tmp_path / "loose"
     loose.mkdir(mode=0o777)
     os.chmod(loose, 0o777)
-    cli(loose, "status")
-    assert mode(loose) == 0o700
+    p = cli(loose, "status")
+    assert p.returncode == 2 and p.stderr.startswith("accuwatt: error: "), p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert mode(loose) == 0o777
 
 
 @pytest.fixture

@@ -14,32 +14,14 @@ import yaml
 
 from serve_app.cli import main
 from serve_app.errors import UsageError
+from tests.unit.guards import forbid_ray, one_error
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(autouse=True)
 def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A guard, not a stub of the code under test: bad input must be refused before any Ray starts,
-    so a command that gets as far as starting one fails the test instead of running for minutes."""
-    import ray
-    import ray.cluster_utils
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a unit test reached a Ray start: the input was not refused first")
-
-    monkeypatch.setattr(ray, "init", refuse)
-    monkeypatch.setattr(ray.cluster_utils, "Cluster", refuse)
-
-
-def one_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    """Run ``accuwatt argv``; assert exit 2 and exactly one ``accuwatt: error:`` line; return it."""
-    rc = main(argv)
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert rc == 2, err
-    assert len(lines) == 1 and lines[0].startswith("accuwatt: error: "), err
-    return lines[0]
+    forbid_ray(monkeypatch)
 
 
 # -- H1: demo --config ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from serve_app.cli import main
 from serve_app.monitoring.stack import SD_FILE, MonitoringError, _start, find_binary
 from serve_app.ports import free_port
 from serve_app.replay.echo_server import EchoServer
+from tests.unit.guards import forbid_ray, one_error
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
@@ -35,23 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(autouse=True)
 def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A guard, not a stub of the code under test: nothing here may start a Ray."""
-    import ray
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a unit test reached a Ray start")
-
-    monkeypatch.setattr(ray, "init", refuse)
-
-
-def one_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    """Run ``accuwatt argv``; assert exit 2 and exactly one ``accuwatt: error:`` line; return it."""
-    rc = main(argv)
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert rc == 2, err
-    assert len(lines) == 1 and lines[0].startswith("accuwatt: error: "), err
-    return lines[0]
+    forbid_ray(monkeypatch)
 
 
 # -- loopback stand-ins -----------------------------------------------------------------------------
@@ -116,6 +101,22 @@ def _session(ray_temp_dir: Path) -> Path:
     (ray_temp_dir / "session_latest").symlink_to(session)
     (session / "metrics_export_port_abc").write_text("41234")
     return session
+
+
+def _rendered(capsys: pytest.CaptureFixture[str], tmp_path: Path, *flags: str) -> dict[str, Any]:
+    """``monitoring render`` with ``flags`` against a Ray session of the test's own; the config read back."""
+    _session(tmp_path / "ray")
+    argv = [
+        "monitoring",
+        "render",
+        "--ray-temp-dir",
+        str(tmp_path / "ray"),
+        "--work-dir",
+        str(tmp_path / "w"),
+    ]
+    assert main([*argv, *flags]) == 0
+    cfg: dict[str, Any] = yaml.safe_load(capsys.readouterr().out)
+    return cfg
 
 
 def _fake_prometheus(folder: Path, script: str = "exec sleep 120") -> Path:
@@ -450,17 +451,7 @@ def test_render_refuses_a_pushgateway_that_is_not_host_port(
 def test_render_accepts_host_port_and_prometheus_takes_the_config(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, value: str
 ) -> None:
-    _session(tmp_path / "ray")
-    argv = [
-        "monitoring",
-        "render",
-        "--ray-temp-dir",
-        str(tmp_path / "ray"),
-        "--work-dir",
-        str(tmp_path / "w"),
-    ]
-    assert main([*argv, "--pushgateway", value]) == 0
-    cfg = yaml.safe_load(capsys.readouterr().out)
+    cfg = _rendered(capsys, tmp_path, "--pushgateway", value)
     (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "accuwatt_replay"]
     assert job["static_configs"] == [{"targets": [value]}]
     path = tmp_path / "prometheus.yml"
@@ -490,15 +481,5 @@ def test_scrape_intervals_longer_than_a_quarter_of_the_rate_window_are_refused(
 def test_scrape_intervals_up_to_15s_are_rendered(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, value: str
 ) -> None:
-    _session(tmp_path / "ray")
-    argv = [
-        "monitoring",
-        "render",
-        "--ray-temp-dir",
-        str(tmp_path / "ray"),
-        "--work-dir",
-        str(tmp_path / "w"),
-    ]
-    assert main([*argv, "--scrape-interval", value]) == 0
-    cfg = yaml.safe_load(capsys.readouterr().out)
+    cfg = _rendered(capsys, tmp_path, "--scrape-interval", value)
     assert cfg["global"] == {"scrape_interval": value, "evaluation_interval": value}

@@ -6,7 +6,6 @@ and sweep files refused or accepted at load. Nothing here starts Ray: a guard ma
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,34 +24,19 @@ from serve_app.report.tables import results_frames
 from serve_app.sweep.compare import regression, sweep_report, with_settings
 from serve_app.sweep.config import SweepFile
 from serve_app.sweep.runner import _replay_config, run_topology, sweep_run_folders
+from tests.unit.guards import NoRay, cluster_env_restored, forbid_ray, one_error
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 CPU = {"1node": {"nodes": 1, "gpus": 0}, "2nodes": {"nodes": 2, "gpus": 0}}
 
 
-class NoRay(RuntimeError):
-    pass
-
-
 @pytest.fixture(autouse=True)
 def _no_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Any Ray start fails (`NoRay`); the process environment and Ray's loopback switch that a local
-    cluster's start sets are restored afterwards."""
-    import ray
-    import ray._private.ray_constants as rc
-    import ray.cluster_utils
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise NoRay("a unit test reached a Ray start")
-
-    monkeypatch.setattr(ray, "init", refuse)
-    monkeypatch.setattr(ray.cluster_utils, "Cluster", refuse)
-    monkeypatch.setattr(rc, "ENABLE_RAY_CLUSTER", rc.ENABLE_RAY_CLUSTER)
-    env = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(env)
+    """Any Ray start fails (`NoRay`); what a local cluster's start sets is given back afterwards."""
+    forbid_ray(monkeypatch, NoRay)
+    with cluster_env_restored(monkeypatch):
+        yield
 
 
 def write_run(
@@ -293,15 +277,6 @@ def test_address_joins_with_a_plain_ray_init(monkeypatch: pytest.MonkeyPatch, tm
 
 
 # -- 6-10: sweep files at load ------------------------------------------------------------------------
-
-
-def one_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    rc = main(argv)
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert rc == 2, err
-    assert len(lines) == 1 and lines[0].startswith("accuwatt: error: "), err
-    return lines[0]
 
 
 def test_strict_spread_with_more_bundles_than_nodes_is_refused(

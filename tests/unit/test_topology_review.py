@@ -17,36 +17,17 @@ import pytest
 from serve_app.cli import main
 from serve_app.topology.cli import STATE_DIR_ENV, export_line, state_dir, write_record
 from serve_app.topology.local_cluster import LocalCluster, NodeSpec
+from tests.unit.guards import cluster_env_restored, forbid_ray, one_error
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No Ray start (a guard), and the environment a local cluster's start sets restored after."""
-    import ray
-    import ray._private.ray_constants as rc
-    import ray.cluster_utils
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a unit test reached a Ray start")
-
-    monkeypatch.setattr(ray, "init", refuse)
-    monkeypatch.setattr(ray.cluster_utils, "Cluster", refuse)
-    monkeypatch.setattr(rc, "ENABLE_RAY_CLUSTER", rc.ENABLE_RAY_CLUSTER)
-    env = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(env)
-
-
-def one_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    rc = main(argv)
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert rc == 2, err
-    assert len(lines) == 1 and lines[0].startswith("accuwatt: error: "), err
-    return lines[0]
+    """No Ray start (a guard), and the environment a local cluster's start sets given back after."""
+    forbid_ray(monkeypatch)
+    with cluster_env_restored(monkeypatch):
+        yield
 
 
 # -- 11: the state folder -------------------------------------------------------------------------
@@ -114,10 +95,10 @@ def test_status_prints_the_recorded_cluster_after_its_session_folder_is_gone(
     record = write_record(cluster, os.getpid())  # this test's process stands for the live launcher
     assert stat.S_IMODE(record.stat().st_mode) == 0o600
     assert main(["cluster", "status"]) == 0  # before: FileNotFoundError on <temp_dir>/cluster.json
-    out = capsys.readouterr().out
-    assert json.loads(out[: out.index("\n}") + 2]) == cluster
-    assert "node head: 4 CPUs, 0 GPUs, metrics 127.0.0.1:45001" in out
-    assert "export RAY_ADDRESS=127.0.0.1:41234 " in out
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == cluster  # stdout is the record alone, for scripts
+    assert "node head: 4 CPUs, 0 GPUs, metrics 127.0.0.1:45001" in printed.err
+    assert "export RAY_ADDRESS=127.0.0.1:41234 " in printed.err
 
 
 @pytest.mark.parametrize(("make", "expect"), [("dir", "cannot be read"), ("junk", "not a cluster record")])
