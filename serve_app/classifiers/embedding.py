@@ -39,6 +39,10 @@ def canonical_name(name: str) -> str:
     path that does not exist is refused (`UsageError`), not sent to the hub as an id."""
     if name in PACKAGED:
         return name
+    if name.startswith("packaged:"):
+        raise UsageError(
+            f"--embedding-model: no such packaged model {name!r} (packaged: {', '.join(PACKAGED)})"
+        )
     path = Path(name).expanduser()
     if path.exists():
         return str(path.resolve())

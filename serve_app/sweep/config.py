@@ -9,9 +9,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+from serve_app.classifiers import embedding
 from serve_app.classifiers.embedding import PACKAGED
 from serve_app.classifiers.traditional import MODEL_IDS
 from serve_app.config_common import Strict
+from serve_app.errors import UsageError
 from serve_app.model_ids import check_ids
 
 Strategy = Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"]
@@ -73,13 +75,13 @@ class SweepFile(Strict):
     @field_validator("embedding_model")
     @classmethod
     def _encoder_exists(cls, name: str) -> str:
-        """A ``packaged:`` name must be one accuwatt ships; a path (starting with ``.``, ``/`` or ``~``,
-        relative to the working folder, as ``accuwatt train`` reads it) must exist. Anything else is a
-        hub id, checked when the encoder loads."""
-        if name.startswith("packaged:") and name not in PACKAGED:
-            raise ValueError(f"no such packaged model {name!r} (packaged: {', '.join(PACKAGED)})")
-        if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
-            raise ValueError(f"no such folder: {name} ({Path(name).expanduser().absolute()})")
+        """A packaged name accuwatt ships, an existing local path (relative to the working folder, as
+        ``accuwatt train`` reads it) or a hub id, checked when the encoder loads
+        (`embedding.canonical_name`)."""
+        try:
+            embedding.canonical_name(name)
+        except UsageError as exc:
+            raise ValueError(str(exc).removeprefix("--embedding-model").lstrip(": ")) from None
         return name
 
     @model_validator(mode="after")
