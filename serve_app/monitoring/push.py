@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from serve_app import metrics as m
+from serve_app.errors import UsageError
+from serve_app.monitoring.dashboards import DATASOURCE_UID
+from serve_app.replay.results import load_run, run_metrics
 
 REPLAY_JOB = "accuwatt_replay"
 J_PER_WH = 3600.0
@@ -75,8 +78,6 @@ def publish_runs(gateway_url: str, folders: list[Path], timeout_s: float = 5.0) 
     ``records.jsonl``, as ``accuwatt report`` computes them) with `publish_run_metrics`; returns the
     (model, split) groups pushed. Stops at the first failure and raises it (``OSError``, incl.
     ``urllib.error.URLError``, or ``http.client.HTTPException``)."""
-    from serve_app.replay.results import load_run, run_metrics
-
     pushed = []
     for folder in folders:
         run = load_run(folder)
@@ -103,8 +104,6 @@ def load_dashboards(folder: Path) -> list[dict[str, Any]]:
     """The committed dashboard JSON models under ``folder``; a folder that is missing, holds no
     ``*.json`` or holds one that is not a dashboard (a JSON object with a ``uid``) is refused
     (`UsageError`)."""
-    from serve_app.errors import UsageError
-
     if not folder.is_dir():
         raise UsageError(f"--dashboards {folder}: not a folder")
     files = sorted(folder.glob("*.json"))
@@ -140,8 +139,6 @@ def push_dashboards(
     ``accuwatt-prometheus``, the provisioned one). Returns the URLs Grafana reports.
     """
     from grafana_client import GrafanaApi
-
-    from serve_app.monitoring.dashboards import DATASOURCE_UID
 
     credential: Any = token if token else basic_auth
     api = GrafanaApi.from_url(grafana_url, credential=credential, timeout=timeout_s)

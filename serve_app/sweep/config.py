@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from serve_app.classifiers import embedding
 from serve_app.classifiers.embedding import PACKAGED
 from serve_app.classifiers.traditional import MODEL_IDS
+from serve_app.config import AppConfig
 from serve_app.config_common import Strict
 from serve_app.errors import UsageError
 from serve_app.model_ids import check_ids
@@ -112,10 +113,6 @@ class SweepFile(Strict):
     def _specs_deploy(self) -> SweepFile:
         """Every topology's classifiers make a valid ``AppConfig`` (a spec's typo or missing ``id`` is
         refused here, not after training and a cluster start)."""
-        from pydantic import ValidationError
-
-        from serve_app.config import AppConfig
-
         for topo in self.topologies:
             specs = classifier_specs(self, topo)
             try:
