@@ -73,6 +73,10 @@ class RunMetrics(BaseModel):
     n_splits: int = 1
     n_requests: int
     n_texts: int
+    n_texts_planned: int | None = None
+    """The texts the run was to replay (``run.json``: each split's ``n_test``, over every split it
+    lists); ``n_texts`` below it is an incomplete run (e.g. killed): its energy covers fewer texts.
+    ``None`` when a split does not record its size (a ``--test-file`` run)."""
     n_errors: int
     accuracy: float
     accuracy_std: float | None = None
@@ -308,6 +312,11 @@ def _mean_of_all(values: Sequence[float | None]) -> float | None:
     return None if None in values else _mean(values)
 
 
+def _sum_of_all(values: Sequence[int | None]) -> int | None:
+    """The sum when every split has a value, else None."""
+    return None if None in values else sum(v for v in values if v is not None)
+
+
 def _mean_cegi_note(per_split: Sequence[RunMetrics]) -> str | None:
     """Why the mean CEGI is n/a: the splits' reason when all share it, else on how many splits and why."""
     notes = [m.cegi_note or "n/a" for m in per_split if m.cegi is None]
@@ -343,6 +352,7 @@ def average_over_splits(per_split: Sequence[RunMetrics]) -> RunMetrics:
         "accuracy_std",
         "energy_wh_std",
         "parameters",
+        "n_texts_planned",
     }
     data: dict[str, Any] = {}
     for name in RunMetrics.model_fields:
@@ -372,6 +382,7 @@ def average_over_splits(per_split: Sequence[RunMetrics]) -> RunMetrics:
         model=per_split[0].model,
         split="mean",
         n_splits=len(per_split),
+        n_texts_planned=_sum_of_all([m.n_texts_planned for m in per_split]),
         energy_source=src_label,
         measured=measured,
         domains_j=domains,

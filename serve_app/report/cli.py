@@ -11,29 +11,35 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from pydantic import ValidationError
 
 from serve_app.argtypes import first_error
 from serve_app.errors import UsageError
-from serve_app.replay.results import RECORDS_FILE, RUN_FILE, RunData, find_runs, load_run
+from serve_app.replay.results import RECORDS_FILE, RUN_FILE, RunData, find_runs, load_run, safe_name
 from serve_app.report import figures
 from serve_app.report.markdown import render_report
 from serve_app.report.regression import fit_energy_duration
 from serve_app.report.tables import results_frames
+from serve_app.sweep.compare import regression_rows
 
 
 def _load_runs(paths: list[Path]) -> list[RunData]:
-    """The runs under ``paths``; a path that does not exist, holds no run folder, or holds a folder
-    that is not an accuwatt run is refused (`UsageError`), never skipped."""
+    """The runs under ``paths``, each once (paths may overlap); a path that does not exist, holds no run
+    folder, or holds a folder that is not an accuwatt run is refused (`UsageError`), never skipped."""
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
     runs = []
+    seen: set[Path] = set()
     for p in paths:
         found = find_runs([p])
         if not found:
             raise UsageError(f"{p}: no run folders ({RUN_FILE} + {RECORDS_FILE}) there")
         for run_path in found:
+            if run_path.resolve() in seen:  # overlapping paths (results results/demo): each run once
+                continue
+            seen.add(run_path.resolve())
             try:
                 runs.append(load_run(run_path))
             except ValidationError as exc:
@@ -42,6 +48,19 @@ def _load_runs(paths: list[Path]) -> list[RunData]:
                 detail = " ".join(str(exc).split())
                 raise UsageError(f"{run_path}: not an accuwatt run folder: {detail}") from None
     return runs
+
+
+def _with_sections(df: pd.DataFrame) -> pd.DataFrame:
+    """Add ``section``: the dataset's name, and its data's fingerprint where runs of one name replayed
+    different data (two files both named ``data.csv``), so they never share a table."""
+    fps = df["fingerprint"].fillna("unknown").astype(str)
+    several = {ds for ds, f in fps.groupby(df["dataset"]) if f.nunique() > 1}
+    return df.assign(
+        section=[
+            f"{ds} (data {fp[:8]})" if ds in several else str(ds)
+            for ds, fp in zip(df["dataset"], fps, strict=True)
+        ]
+    )
 
 
 def build_report(paths: list[Path], out: Path) -> Path:
@@ -56,15 +75,16 @@ def build_report(paths: list[Path], out: Path) -> Path:
         frame.to_csv(out / f"{name}.csv", index=False)
         frame.to_parquet(out / f"{name}.parquet", index=False)
     sections = []
-    for dataset, df in means.groupby("dataset", sort=True):
-        dsplits = splits[splits["dataset"] == dataset]
-        e = dsplits[dsplits["energy_wh"].notna()]
+    means, splits = _with_sections(means), _with_sections(splits)
+    for dataset, df in means.groupby("section", sort=True):
+        # the sweep's rule: only (run, split)s with energy for every request (a partial sum is low)
+        e, partial = regression_rows(splits[splits["section"] == dataset])
         fit = (
             fit_energy_duration(e["energy_wh"].to_numpy(), e["duration_s"].to_numpy(), e["gpus"].to_numpy())
             if len(e) >= 2
             else None
         )
-        slug = str(dataset).replace("/", "_")
+        slug = safe_name(str(dataset))  # a bare file name: a space or parenthesis would break the link
         figs = {
             "scatter": figures.accuracy_energy_scatter(
                 df, f"{dataset}: accuracy vs energy", figdir / f"{slug}_accuracy_energy.png"
@@ -79,10 +99,17 @@ def build_report(paths: list[Path], out: Path) -> Path:
             ),
         }
         sections.append(
-            (str(dataset), df, fit, {k: (v.relative_to(out) if v else None) for k, v in figs.items()})
+            (
+                str(dataset),
+                df,
+                fit,
+                {k: (v.relative_to(out) if v else None) for k, v in figs.items()},
+                partial,
+            )
         )
     path = out / "report.md"
-    path.write_text(render_report(sections, [str(p) for p in paths]))
+    empty = [str(r.path) for r in runs if not r.records]  # killed before their first answer
+    path.write_text(render_report(sections, [str(p) for p in paths], empty))
     return path
 
 

@@ -30,7 +30,9 @@ test labels are never the baseline). *CEGI over all parameters* is accuwatt's fo
 ratio over all the model's parameters, frozen encoder or LLM weights included); it is not the paper's
 index. Figures whose source is `estimate` are not measurements (CPU time x per-core
 power + memory x W/GB); `mixed:` and `(partial)` sources say so where sources differ or tags are missing.
-All figures are means over the splits of each run."""
+All figures are means over the splits of each run. A model marked `(incomplete: n of m texts)` answered
+fewer texts than its splits hold (a replay stopped before the end): its energy, duration and their
+ratios cover those texts only and do not compare with a whole run's."""
 
 UNITS_NOTE = f"""\
 Units other studies publish, from the per-request energy tags (attributed energy; idle excluded). Scope:
@@ -74,8 +76,13 @@ def grid_intensities(df: pd.DataFrame) -> list[str]:
 
 
 def render_report(
-    sections: list[tuple[str, pd.DataFrame, Fit | None, dict[str, Path | None]]], inputs: list[str]
+    sections: list[tuple[str, pd.DataFrame, Fit | None, dict[str, Path | None], int]],
+    inputs: list[str],
+    empty: list[str] | None = None,
 ) -> str:
+    """The report; each section: (dataset, one row per run, the energy-vs-duration fit, its figures'
+    paths, how many (run, split)s the fit left out because some of their requests have no energy);
+    ``empty``: the run folders left out because they hold no record."""
     lines = [
         "# accuwatt report",
         "",
@@ -84,16 +91,23 @@ def render_report(
         DEFINITIONS,
         "",
     ]
-    for dataset, df, fit, figs in sections:
-        df = df.sort_values(["accuracy", "energy_wh"], ascending=[False, True])
+    if empty:
         lines += [
-            f"## {dataset}",
-            "",
-            "### Accuracy and energy (the study's table)",
-            "",
-            markdown_table(df, STUDY_COLUMNS),
+            f"Left out, no request recorded: {', '.join(f'`{p}`' for p in empty)}.",
             "",
         ]
+    for dataset, df, fit, figs, partial in sections:
+        df = df.sort_values(["accuracy", "energy_wh"], ascending=[False, True])
+        lines += [f"## {dataset}", "", "### Accuracy and energy (the study's table)", ""]
+        sizes = sorted({round(float(v), 6) for v in df["texts_per_split"]}) if "texts_per_split" in df else []
+        if len(sizes) > 1:
+            lines += [
+                f"**These runs differ in texts per split ({', '.join(f'{v:g}' for v in sizes)})**: energy "
+                "per run, CO2e, CEGI and accuracy per Wh grow or shrink with the texts, so they compare "
+                "only runs of one size (the Pareto front too); J/request and Wh/1k queries do not depend on it.",
+                "",
+            ]
+        lines += [markdown_table(df, STUDY_COLUMNS), ""]
         if figs.get("scatter"):
             lines += [
                 f"![accuracy vs energy]({figs['scatter']})",
@@ -110,6 +124,13 @@ def render_report(
         lines += ["### Energy by component", "", ENERGY_NOTE, "", markdown_table(df, ENERGY_COLUMNS), ""]
         if figs.get("components"):
             lines += [f"![energy by component]({figs['components']})", ""]
+        if fit is None and partial:
+            lines += [
+                "### Energy vs duration",
+                "",
+                "No fit: fewer than two per-split runs with energy for every request.",
+                "",
+            ]
         if fit is not None:
             r2 = "n/a" if fit.r2 is None else f"{fit.r2:.4f}"
             lines += [
@@ -121,4 +142,10 @@ def render_report(
             ]
             if figs.get("regression"):
                 lines += [f"![energy vs duration]({figs['regression']})", ""]
+        if partial:
+            lines += [
+                f"{partial} per-split run(s) left out of the energy-vs-duration fit: some of their "
+                "requests have no energy, so their sum is not the run's energy.",
+                "",
+            ]
     return "\n".join(lines) + "\n"

@@ -14,8 +14,9 @@ from serve_app.replay.summary import J_PER_WH, RunMetrics
 def _row(run: RunData, m: RunMetrics) -> dict[str, Any]:
     info = run.info
     gpus = info.topology.gpus
-    row = {
+    row: dict[str, Any] = {
         "dataset": info.dataset,
+        "fingerprint": info.fingerprint,
         "topology": info.topology_name,
         "run": info.run,
         "gpus": gpus,
@@ -25,6 +26,8 @@ def _row(run: RunData, m: RunMetrics) -> dict[str, Any]:
         "carbon_source": info.carbon.source,
     }
     row.update(m.model_dump(exclude={"domains_j"}))
+    # energy per run, its CO2e and accuracy per Wh scale with the texts a split holds
+    row["texts_per_split"] = m.n_texts / m.n_splits
     for d in ("cpu", "gpu", "dram"):
         row[f"{d}_wh"] = m.domains_j[d] / J_PER_WH if d in m.domains_j else None
     row["idle_wh"] = None if m.idle_j is None else m.idle_j / J_PER_WH
@@ -60,14 +63,22 @@ def _with_labels(df: pd.DataFrame) -> pd.DataFrame:
         ].nunique()
         if runs > 1:
             lab += f" ({r['run']})"
+        planned = r.get("n_texts_planned")
+        if planned is not None and not pd.isna(planned) and int(r["n_texts"]) < int(planned):
+            # a killed run's figures cover fewer texts than its plan: never pass for a whole run
+            lab += f" (incomplete: {int(r['n_texts'])} of {int(planned)} texts)"
         labels.append(lab)
     return df.assign(label=labels)
 
 
 def _fmt(v: Any, spec: str, missing: str = "n/a") -> str:
+    """One cell: ``|`` escaped (a topology or run name may hold one; it would split the row)."""
     if v is None or (isinstance(v, float) and pd.isna(v)):
         return missing
-    return format(v, spec) if spec else str(v)
+    text = format(v, spec) if spec else str(v)
+    if spec.endswith("f") and isinstance(v, (int, float)) and v != 0 and float(text) == 0:
+        text = format(v, ".2g")  # a fixed-point format would show a non-zero value (a gain of 0.04 pp) as 0
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
 def markdown_table(df: pd.DataFrame, keys: Sequence[str]) -> str:
@@ -92,6 +103,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "label": ("model", ""),
     "topology": ("topology", ""),
     "n_splits": ("splits", "d"),
+    "texts_per_split": ("texts/split", ".4g"),
     "accuracy": ("accuracy", ".3f"),
     "energy_wh": ("energy (Wh)", ".3g"),
     "j_per_request": ("J/request", ".3g"),
@@ -129,6 +141,7 @@ STUDY_COLUMNS = (
     "label",
     "topology",
     "n_splits",
+    "texts_per_split",
     "accuracy",
     "energy_wh",
     "j_per_request",
