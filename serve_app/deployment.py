@@ -50,12 +50,23 @@ EXPORT_PERIOD_S = 1.0
 
 
 def _gpu_ids() -> list[str]:
+    """The GPUs Ray gave this worker; none outside Ray (``ray.get_gpu_ids`` would start a local Ray)."""
     import ray
 
+    if not ray.is_initialized():
+        return []
     try:
         return [str(g) for g in ray.get_gpu_ids()]
     except Exception:  # outside a Ray worker
         return []
+
+
+def holds_gpus(spec: ClassifierSpec) -> bool:
+    """Does the replica of ``spec`` own GPUs: an LLM's workers, or a traditional replica's
+    ``deployment.num_gpus`` (its sentence encoder runs on a visible GPU)."""
+    if isinstance(spec, LLMSpec):
+        return spec.on_gpu
+    return spec.deployment.num_gpus > 0
 
 
 def build_meter(spec: ClassifierSpec, workers: list[WorkerProcess]) -> tuple[Meter, list[str]]:
@@ -64,7 +75,8 @@ def build_meter(spec: ClassifierSpec, workers: list[WorkerProcess]) -> tuple[Met
     default) it is the replica's share of each node account its work touches (serving overhead and
     shared counters counted once per node). A meter that cannot be built gives a `BrokenMeter` (tags
     say ``unavailable``; the replica still serves). An LLM on GPUs whose GPUs are not all read by NVML
-    gets ``gpus_not_metered``: its figure would be CPU energy only."""
+    gets ``gpus_not_metered``, and so does any replica holding GPUs (a traditional replica with
+    ``deployment.num_gpus``, its encoder on the GPU): its figure would be CPU energy only."""
     node = current_node_name()
     names = alive_nodes() if any(w.node_id for w in workers) else {}
     tree = descendant_pids() if spec.energy.include_children else {os.getpid()}
@@ -75,7 +87,7 @@ def build_meter(spec: ClassifierSpec, workers: list[WorkerProcess]) -> tuple[Met
     except MeterError as exc:  # serve, with `unavailable` tags, rather than fail to start
         log.error("energy meter %r unusable, tags will say 'unavailable': %s", spec.energy.meter, exc)
         return BrokenMeter(str(exc), node), []
-    if isinstance(spec, LLMSpec) and spec.on_gpu and spec.energy.meter != "off":
+    if holds_gpus(spec) and spec.energy.meter != "off":
         missing = unmetered_gpu_nodes(plan.gpu_nodes, sources_by_node(meter), unmatched_gpu_nodes(meter))
         if missing or not plan.gpu_nodes:
             flags.append("gpus_not_metered")

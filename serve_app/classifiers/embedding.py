@@ -39,6 +39,10 @@ def canonical_name(name: str) -> str:
     path that does not exist is refused (`UsageError`), not sent to the hub as an id."""
     if name in PACKAGED:
         return name
+    if not name.strip():  # Path("") is the working folder: never an encoder the user named
+        raise UsageError(
+            f"--embedding-model: empty name; give a local folder, a hub id or {', '.join(PACKAGED)}"
+        )
     if name.startswith("packaged:"):
         raise UsageError(
             f"--embedding-model: no such packaged model {name!r} (packaged: {', '.join(PACKAGED)})"
@@ -65,7 +69,9 @@ def load_encoder(name: str, device: str | None = None) -> Any:
     path = canonical_name(name)
     try:
         return SentenceTransformer(resolve_embedding_model(path), device=device)
-    except OSError as exc:  # not a model folder, or the hub cannot be reached or has no such model
+    except (OSError, ValueError) as exc:
+        # a folder that holds no model (transformers: ValueError "Unrecognized model"), or the hub
+        # cannot be reached or has no such model (OSError)
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if Path(path).exists():
             raise UsageError(

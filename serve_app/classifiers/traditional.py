@@ -75,6 +75,11 @@ def featurize(vectorizer: Any, embedding_model: str | None, texts: Sequence[str]
     except ValueError as exc:
         if "empty vocabulary" not in str(exc):
             raise
+        if getattr(vectorizer, "analyzer", None) == "char":  # tfidf: character 2-3-grams
+            raise UsageError(
+                "no training text has two or more characters (one emoji or letter each?): character "
+                "n-grams have nothing to count; use the embedding models"
+            ) from None
         raise UsageError(
             "no word tokens in the training texts (only emoji, punctuation or one-letter words?): "
             "bag of words has nothing to count; use the tfidf or embedding models"
@@ -192,7 +197,6 @@ def save(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # no permission, a file made meanwhile
         raise UsageError(f"--out {out_dir}: cannot make the folder ({exc.strerror or exc})") from None
-    joblib.dump(model, out_dir / "model.joblib")
     manifest = {
         "model_id": model.model_id,
         "labels": list(labels),
@@ -204,7 +208,21 @@ def save(
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **provenance,
     }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    # A save that fails (disk full, an error while pickling) must not leave a truncated model beside
+    # the previous manifest (that artifact would look complete and fail to load): the model is written
+    # to a temporary file first; the old manifest goes before the new model replaces the old one, and
+    # the new manifest is put in place whole.
+    model_tmp = out_dir / "model.joblib.tmp"
+    try:
+        joblib.dump(model, model_tmp)
+    except BaseException:
+        model_tmp.unlink(missing_ok=True)
+        raise
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    model_tmp.replace(out_dir / "model.joblib")
+    manifest_tmp = out_dir / (MANIFEST + ".tmp")
+    manifest_tmp.write_text(json.dumps(manifest, indent=2))
+    manifest_tmp.replace(out_dir / MANIFEST)
     return manifest
 
 
