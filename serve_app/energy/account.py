@@ -97,6 +97,7 @@ class NodeAccount:
         self.limits = Limits(
             slack_s=max((i.update_period_s for i in infos), default=0.0),
             slack_j=2 * max((i.resolution_j for i in infos), default=0.0),
+            key_max_power_w={k: w for i in infos for k, w in i.max_power_w.items()},
         )
         self._lock = threading.Lock()
         self._claims: dict[int, int] = {}  # PID -> the PID whose group it joins
@@ -131,7 +132,7 @@ class NodeAccount:
         self._group_of_pid: dict[int, str] = {}
         self._deployments: dict[str, str] = {}  # replica/router group -> its Serve deployment
         self._base: dict[str, float] = {}
-        self._cpu: dict[int, float] = {}
+        self._cpu: dict[int, tuple[float, float]] = {}  # PID -> (start time, CPU time) at the last scan
         self._busy_s = 0.0
         self.t_s = 0.0
         self.started_s = 0.0
@@ -194,7 +195,7 @@ class NodeAccount:
                 self._base[key] = value
                 self.sources[key] = r.source
         self._uptime_s = uptime_s(self.proc_root)
-        self._cpu = {pid: p.cpu_s for pid, p in scan(self.proc_root, self._titles).items()}
+        self._cpu = {pid: (p.start_s, p.cpu_s) for pid, p in scan(self.proc_root, self._titles).items()}
         self._busy_s = node_busy_cpu_s(self.proc_root)
         self.t_s = self.started_s = max((r.t_s for r in readings), default=time.monotonic())
 
@@ -231,15 +232,16 @@ class NodeAccount:
                 self._deployments[groups[pid]] = deployment_of(p.title) or ""
         cpu_d: dict[str, float] = defaultdict(float)
         for pid, p in procs.items():
-            prev = self._cpu.get(pid)
-            if prev is None or p.cpu_s < prev:  # a PID not seen (or reused) since the last scan
-                # started since then: all its CPU time is in this interval; else it was missed
-                # (unreadable at the last scan): its origin is now
+            prev_start_s, prev = self._cpu.get(pid, (None, None))
+            # a PID not seen since the last scan, or another process under it (a reused PID: its start
+            # time differs, whatever its CPU time): started since then, all its CPU time is in this
+            # interval; else it was missed (unreadable at the last scan): its origin is now
+            if prev is None or prev_start_s != p.start_s or p.cpu_s < prev:
                 d = p.cpu_s if p.start_s >= self._uptime_s - 0.01 else 0.0
             else:
                 d = p.cpu_s - prev
             cpu_d[groups[pid]] += d
-        self._cpu = {pid: p.cpu_s for pid, p in procs.items()}
+        self._cpu = {pid: (p.start_s, p.cpu_s) for pid, p in procs.items()}
         self._uptime_s = up_s
         sum_cpu = sum(cpu_d.values())
         denom = max(sum_cpu, busy_s - self._busy_s)

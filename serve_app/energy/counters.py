@@ -16,7 +16,9 @@ of a counter into a delta with :func:`counter_step`, which applies three rules:
   and the new value becomes the baseline: it never reaches a tag.
 
 Bounds per domain (:data:`MAX_POWER_W`) are per counter key (one GPU, one CPU package and its DRAM,
-or one replica's process-set estimate); ``slack_s`` covers a counter that refreshes every
+or one replica's process-set estimate), raised for a counter whose meter says it can show more
+(``MeterInfo.max_power_w``, ``Limits.key_max_power_w``: the whole-node estimate at the configured TDP
+of all the node's packages, all of its memory in use); ``slack_s`` covers a counter that refreshes every
 ``update_period_s`` (or a remote value polled late), whose energy can land in one short interval.
 Units: J, s, W.
 """
@@ -39,15 +41,20 @@ StepKind = Literal["ok", "reset", "reordered", "dropped"]
 class Limits:
     """Physical bounds of counter steps. ``max_power_w``: per domain (W; a domain not named is
     unbounded); ``slack_s``: extra time one interval may carry (counter update period, remote
-    polling staleness); ``slack_j``: resolution at both ends (J)."""
+    polling staleness); ``slack_j``: resolution at both ends (J). ``key_max_power_w``: per counter
+    key, the most its meter says it can show (W, ``MeterInfo.max_power_w``); it raises the domain's
+    bound for that key, never lowers it: a whole-node estimate (``cpu:node`` = busy CPU time x
+    TDP / cores, up to the configured TDP of all the node's packages) can show more than one
+    package's generic bound, and its steps are no less real for that."""
 
     max_power_w: Mapping[str, float] = field(default_factory=lambda: dict(MAX_POWER_W))
     slack_s: float = 0.0
     slack_j: float = 0.0
+    key_max_power_w: Mapping[str, float] = field(default_factory=dict)
 
     def bound_j(self, key: str, dt_s: float) -> float:
         """The most energy counter ``key`` can show over ``dt_s`` seconds. Units: J."""
-        max_w = self.max_power_w.get(key.split(":", 1)[0], math.inf)
+        max_w = max(self.max_power_w.get(key.split(":", 1)[0], math.inf), self.key_max_power_w.get(key, 0.0))
         if math.isinf(max_w):
             return math.inf
         return max_w * (max(dt_s, 0.0) + self.slack_s) + self.slack_j

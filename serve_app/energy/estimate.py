@@ -61,6 +61,7 @@ class EstimateMeter:
         self._last_s: float | None = None
         self._tick_s = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
         self._node = node
+        self._max_power_w = estimate_max_power_w(cpu_tdp_w, self.per_core_w, dram_w_per_gb)
         self._notes = (
             f"CPU time x {self.per_core_w:.2f} W/core (TDP {cpu_tdp_w:g} W / {self._cores} cores)"
             f" + resident memory x {dram_w_per_gb:g} W/GB; children {'included' if include_children else 'excluded'}"
@@ -76,6 +77,7 @@ class EstimateMeter:
             resolution_j=step_s * self.per_core_w,
             update_period_s=step_s,
             node=self._node,
+            max_power_w=dict(self._max_power_w),
             notes=self._notes,
         )
 
@@ -147,6 +149,17 @@ class EstimateMeter:
 
     def close(self) -> None:
         self._children.clear()
+
+
+def estimate_max_power_w(cpu_tdp_w: float, per_core_w: float, dram_w_per_gb: float) -> dict[str, float]:
+    """The most the estimate's counters can show (W): every logical CPU of the machine busy (its TDP,
+    or more where ``cpu_cores`` names fewer cores than the machine has: per-core power x its CPUs) and
+    all of its memory resident. A process tree (or a set of them) runs on this machine, so it can show
+    no more; and a step up to this is no less real for exceeding a generic package bound."""
+    return {
+        "cpu:process": max(cpu_tdp_w, per_core_w * (os.cpu_count() or 1)),
+        "dram:process": psutil.virtual_memory().total / _BYTES_PER_GB * dram_w_per_gb,
+    }
 
 
 def _cpu_s(proc: psutil.Process) -> float:

@@ -83,9 +83,10 @@ class NodeEstimateMeter:
             resolution_j=_TICK_S * self.per_core_w,
             update_period_s=_TICK_S,
             node=node,
-            # every core busy; all of the memory in use
+            # every logical CPU busy (/proc/stat counts them all, whatever ``cpu_cores`` says); all of
+            # the memory in use
             max_power_w={
-                "cpu:node": cpu_tdp_w,
+                "cpu:node": max(cpu_tdp_w, self.per_core_w * (os.cpu_count() or 1)),
                 "dram:node": node_memory_total_bytes() / _BYTES_PER_GB * dram_w_per_gb,
             },
             notes=(

@@ -67,15 +67,16 @@ def read_proc(pid: int, root: str = "/proc", titles: TitleCache | None = None) -
     ``/proc``; from its ``stat`` (clock ticks) under another root (a tree a test wrote)."""
     try:
         stat = _read(f"{root}/{pid}/stat").decode(errors="replace")
+        comm = stat[stat.find("(") + 1 : stat.rfind(")")]
         fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
         # fields[0] = state, [1] = ppid, [11] = utime, [12] = stime, [19] = starttime (man 5 proc,
         # minus pid and comm)
         start_s = int(fields[19]) * _TICK_S
-        title = titles.get(pid, start_s) if titles is not None else None
+        title = titles.get(pid, start_s, comm) if titles is not None else None
         if title is None:
             title = _read(f"{root}/{pid}/cmdline").replace(b"\0", b" ").decode(errors="replace").strip()
             if titles is not None:
-                titles.put(pid, start_s, title)
+                titles.put(pid, start_s, comm, title)
     except OSError:
         return None
     cpu_s = (int(fields[11]) + int(fields[12])) * _TICK_S
@@ -94,20 +95,22 @@ def _read(path: str) -> bytes:
 
 
 class TitleCache:
-    """Process titles kept between scans, keyed by PID and start time (a reused PID is a new process),
-    so a scan reads one file per process instead of two. Ray workers' titles are read every scan: an
-    idle worker (``ray::IDLE``) becomes a replica or an actor under the same PID."""
+    """Process titles kept between scans, keyed by PID, start time (a reused PID is a new process) and
+    ``comm`` (the executable's name in ``stat``, which ``exec`` changes: a process forked by the raylet
+    holds the raylet's command line until it execs the worker, under the same PID and start time), so a
+    scan reads one file per process instead of two. Ray workers' titles are read every scan: an idle
+    worker (``ray::IDLE``) becomes a replica or an actor under the same PID."""
 
     def __init__(self) -> None:
-        self._titles: dict[int, tuple[float, str]] = {}
+        self._titles: dict[int, tuple[float, str, str]] = {}
 
-    def get(self, pid: int, start_s: float) -> str | None:
+    def get(self, pid: int, start_s: float, comm: str = "") -> str | None:
         hit = self._titles.get(pid)
-        return hit[1] if hit is not None and hit[0] == start_s else None
+        return hit[2] if hit is not None and hit[:2] == (start_s, comm) else None
 
-    def put(self, pid: int, start_s: float, title: str) -> None:
+    def put(self, pid: int, start_s: float, comm: str, title: str) -> None:
         if not _may_retitle(title):
-            self._titles[pid] = (start_s, title)
+            self._titles[pid] = (start_s, comm, title)
 
     def keep_only(self, pids: Iterable[int]) -> None:
         """Forget processes that are gone."""

@@ -35,6 +35,7 @@ class ProcessSetMeter:
             resolution_j=max((i.resolution_j for i in infos), default=0.0),
             update_period_s=max((i.update_period_s for i in infos), default=0.01),
             node=self._node,
+            max_power_w=infos[0].max_power_w if infos else {},
             notes=infos[0].notes if infos else "no processes",
         )
 

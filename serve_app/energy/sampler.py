@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator, Mapping
 
 from serve_app.energy.base import Meter, MeterError, Reading, now_s
 from serve_app.energy.counters import Limits
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 COARSE_PERIOD_S = 1.0
 """Read period (s) while no stepped request is open (never below ``period_s``)."""
+MAX_POWER_REFRESH_S = 1.0
+"""How often the ledger's bounds look at the meter's ``max_power_w`` again (s)."""
 
 
 class Sampler:
@@ -50,7 +53,11 @@ class Sampler:
             self.error = str(exc)
             first = Reading(now_s(), {}, meter.info.source)
         info = meter.info
-        self.ledger = Ledger(first, meter_limits(info.update_period_s + info.lag_s, info.resolution_j))
+        # the meter's own bounds as it says them at each step: an account share learns them at its
+        # first poll, which may come after this
+        self.ledger = Ledger(
+            first, meter_limits(info.update_period_s + info.lag_s, info.resolution_j, _MaxPowerOf(meter))
+        )
         self.cpu_s = 0.0  # CPU time the sampler thread itself used (s)
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -124,7 +131,36 @@ class Sampler:
         self.meter.close()
 
 
-def meter_limits(update_period_s: float, resolution_j: float) -> Limits:
-    """Physical bounds for a meter's counters: the default maximum power per domain, with one counter
-    update period (or remote polling staleness) of slack and the resolution at both ends."""
-    return Limits(slack_s=update_period_s, slack_j=2 * resolution_j)
+class _MaxPowerOf(Mapping[str, float]):
+    """A meter's ``MeterInfo.max_power_w`` as it is now (W per counter key): an account share learns
+    it at its first poll, which may come after the sampler starts. Looked up again at most every
+    ``MAX_POWER_REFRESH_S`` (some meters build their info on every call)."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._meter = meter
+        self._values: dict[str, float] = {}
+        self._read_s = float("-inf")
+
+    def _now(self) -> dict[str, float]:
+        t = time.monotonic()
+        if t - self._read_s >= MAX_POWER_REFRESH_S:
+            self._values, self._read_s = dict(self._meter.info.max_power_w), t
+        return self._values
+
+    def __getitem__(self, key: str) -> float:
+        return self._now()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._now())
+
+    def __len__(self) -> int:
+        return len(self._now())
+
+
+def meter_limits(
+    update_period_s: float, resolution_j: float, max_power_w: Mapping[str, float] | None = None
+) -> Limits:
+    """Physical bounds for a meter's counters: the default maximum power per domain (raised for a
+    counter whose meter says it can show more, ``MeterInfo.max_power_w``), with one counter update
+    period (or remote polling staleness) of slack and the resolution at both ends."""
+    return Limits(slack_s=update_period_s, slack_j=2 * resolution_j, key_max_power_w=max_power_w or {})
