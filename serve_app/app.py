@@ -61,6 +61,8 @@ def _serve_options(spec: ClassifierSpec) -> dict[str, Any]:
         "num_replicas": d.num_replicas,
         "max_ongoing_requests": d.max_ongoing_requests,
         "max_queued_requests": d.max_queued_requests,
+        "health_check_period_s": d.health_check_period_s,
+        "health_check_timeout_s": d.health_check_timeout_s,
         "ray_actor_options": {
             "num_cpus": d.num_cpus,
             "num_gpus": d.num_gpus,

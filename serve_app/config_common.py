@@ -88,6 +88,11 @@ class DeploymentOptions(Strict):
     resources: dict[str, float] = Field(default_factory=dict)
     """Custom Ray resources, e.g. ``{"node:worker-1": 0.01}`` to pin a replica to a node."""
     env_vars: dict[str, str] = Field(default_factory=dict)
+    health_check_period_s: float = Field(10.0, gt=0)
+    """How often Serve checks the replica (s): a replica whose classifier can no longer answer (an LLM
+    engine or a pipeline's feature stage died) is replaced."""
+    health_check_timeout_s: float = Field(30.0, gt=0)
+    """How long Serve waits for a health check before it counts as failed (s)."""
 
     @field_validator("max_queued_requests")
     @classmethod

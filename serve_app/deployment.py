@@ -184,6 +184,14 @@ class ClassifierHost:
     async def classify(self, texts: list[str], mode: str | None, request_id: str) -> ReplicaAnswer:
         return await self.server.classify(texts, mode, request_id)
 
+    async def check_health(self) -> None:
+        """Serve's health check of the replica (every ``deployment.health_check_period_s``): raises
+        when its classifier can no longer answer, and Serve replaces the replica. Before the start
+        ends there is nothing to check (Serve does not call it then)."""
+        server = getattr(self, "server", None)
+        if server is not None:
+            await server.check_health()
+
     # -- views ---------------------------------------------------------------------------------
     def describe(self) -> ModelDescription:
         return self.server.describe()

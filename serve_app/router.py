@@ -266,6 +266,12 @@ class Router:
             "on" if self._api_key else "off (loopback only)",
         )
 
+    async def check_health(self) -> None:
+        """Serve's health check: with ``single_hop`` the classifier this replica runs must still be able
+        to answer (an LLM engine or a feature stage that died fails it, and Serve replaces the replica)."""
+        if self._local is not None:
+            await self._local.check_health()
+
     # -- helpers -------------------------------------------------------------------------------
     def _authorize(self, request: Request) -> None:
         if not self._api_key:

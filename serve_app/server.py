@@ -71,6 +71,10 @@ class ClassifierReplica:
             self._on_tag(tag, len(texts))
         return ReplicaAnswer(predictions=preds, energy=tag)
 
+    async def check_health(self) -> None:
+        """Raise when the classifier can no longer answer (Serve then replaces the replica)."""
+        await self.classifier.check_health()
+
     def describe(self) -> ModelDescription:
         """What ``/v1/models`` shows of the classifier once ready: its info and where its energy comes from."""
         info, meter = self.classifier.info, self.energy.info

@@ -102,5 +102,11 @@ class Classifier(ABC):
     async def warm_up(self) -> None:
         await self.predict([WARM_UP_TEXT])
 
+    async def check_health(self) -> None:
+        """Raise when the classifier can no longer answer (an engine or a stage process died): Serve
+        calls it through the replica every ``health_check_period_s`` and replaces a replica that
+        raises, instead of leaving it to fail every request. Default: nothing outside the replica."""
+        return None
+
     def close(self) -> None:
         return None

@@ -196,6 +196,13 @@ class LLMClassifier(Classifier):
         for mode in ("choice", "score"):
             await self.predict([WARM_UP_TEXT], mode)
 
+    async def check_health(self) -> None:
+        """vLLM's own check: raises ``EngineDeadError`` once the engine core (or a worker or a
+        pipeline stage it waits on) has died; a closed classifier is not healthy either."""
+        if self._engine is None:
+            raise RuntimeError("the LLM engine is closed")
+        await self._engine.check_health()
+
     async def reset_prefix_cache(self) -> None:
         """Forget cached prompt prefixes (benchmarks: each mode starts from the same cold cache)."""
         await self._engine.reset_prefix_cache()

@@ -15,6 +15,7 @@ estimate when they are packed on one node (the stage is a Ray actor there, not t
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from serve_app.topology.nodes import current_node_id, current_node_name
 from serve_app.wire import Prediction
 
 STAGE_READY_TIMEOUT_S = 300.0
+STAGE_HEALTH_TIMEOUT_S = 10.0
+"""Longest wait for the feature stage's answer in a health check (s; Serve's own timeout is longer)."""
 
 
 class FeatureStageImpl:
@@ -113,6 +116,11 @@ class PipelineClassifier(Classifier):
         x = await self.stage.features.remote(list(texts))
         proba = np.asarray(self.model.estimator.predict_proba(x))
         return padded_predictions(self.info.labels, self.model.classes, proba)
+
+    async def check_health(self) -> None:
+        """The feature stage answers: a dead stage actor raises (``RayActorError``), a stuck one
+        times out (``GetTimeoutError``)."""
+        await asyncio.wait_for(self.stage.where.remote(), STAGE_HEALTH_TIMEOUT_S)
 
     def close(self) -> None:
         import ray

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,7 @@ def _scenario(out_path: str) -> None:  # runs in the subprocess
             "feature_resources": {"node:head": 0.01},
             "placement_strategy": "PACK",
         }
+        packed["deployment"] = {**packed["deployment"], "health_check_period_s": 1.0}
         classifiers: list[dict[str, Any]] = [
             {"kind": "traditional", "id": "bow-logreg", "deployment": {"resources": {"node:worker-1": 0.01}}},
             spanning,
@@ -106,8 +108,32 @@ def _scenario(out_path: str) -> None:  # runs in the subprocess
 
             time.sleep(2.5)  # two export periods: /v1/energy snapshots are current
             result["energy"] = c.get(base + "/v1/energy").json()
+            # the packed pipeline's feature stage dies: Serve's health check must replace the replica
+            # (a replica that only failed its requests stayed, and every request got 500 for good)
+            packed_model = next(m for m in result["models"]["models"] if m["id"] == "tfidf-logreg-packed")
+            stage_pid = int(packed_model["details"]["feature_pid"])
+            os.kill(stage_pid, signal.SIGKILL)  # a process this scenario's cluster started
+            result["stage_killed"] = {"pid": stage_pid, **_recovered(c, base, stage_pid, texts[0])}
         serve.shutdown()
     Path(out_path).write_text(json.dumps(result, default=str))
+
+
+def _recovered(c: Any, base: str, dead_pid: int, text: str, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Poll until ``tfidf-logreg-packed`` runs a feature stage other than ``dead_pid`` and answers; the
+    status codes seen on the way, the new stage's PID and how long it took."""
+    import time
+
+    t0 = time.monotonic()
+    seen: list[int] = []
+    while time.monotonic() - t0 < timeout_s:
+        r = c.post(base + "/v1/classify", json={"model": "tfidf-logreg-packed", "text": text})
+        seen.append(r.status_code)
+        models = {m["id"]: m for m in c.get(base + "/v1/models").json()["models"]}
+        pid = models["tfidf-logreg-packed"].get("details", {}).get("feature_pid")
+        if r.status_code == 200 and pid is not None and int(pid) != dead_pid:
+            return {"new_pid": int(pid), "statuses": seen, "answer": r.json(), "s": time.monotonic() - t0}
+        time.sleep(0.5)
+    return {"new_pid": None, "statuses": seen[-20:], "s": time.monotonic() - t0}
 
 
 def _wait(c: Any, url: str, timeout_s: float = 240.0) -> None:
@@ -207,3 +233,12 @@ def test_packed_stages_are_metered_on_their_one_node(two_node_result: dict[str, 
     assert f"cpu-process:{model['details']['feature_pid']}" in model["energy_devices"]
     answers = two_node_result["tfidf-logreg-packed"]
     assert all(a["energy"]["nodes"] == ["head"] and a["energy"]["joules"] > 0 for a in answers)
+
+
+def test_a_dead_feature_stage_is_replaced_by_serves_health_check(two_node_result: dict[str, Any]) -> None:
+    """The stage's process killed (SIGKILL, by the PID ``/v1/models`` showed): the replica's
+    ``check_health`` fails, Serve starts a new replica with a new stage, and the model answers again."""
+    killed = two_node_result["stage_killed"]
+    assert killed["new_pid"] is not None, killed  # before: 500 on every request, the old replica kept
+    assert killed["new_pid"] != killed["pid"]
+    assert killed["answer"]["energy"]["joules"] is not None, killed["answer"]

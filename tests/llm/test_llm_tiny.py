@@ -198,3 +198,30 @@ def test_engine_steps_weight_the_energy_split(tiny: LLMClassifier, engine_loop: 
     t = ledger.totals()
     assert t.held_j == {}
     assert sum(t.metered_j.values()) == pytest.approx(sum(t.attributed_j.values()) + sum(t.idle_j.values()))
+
+
+def test_a_dead_engine_fails_the_health_check(tiny_model_dir: Path, engine_loop: EngineLoop) -> None:
+    """The engine's processes killed (SIGKILL; children of this process): ``check_health`` (what Serve
+    calls on the replica) raises vLLM's ``EngineDeadError``, so Serve replaces the replica instead of
+    keeping one whose every request fails. While the engine lives it passes."""
+    import os
+    import signal
+    import time
+
+    clf = build(cpu_spec(str(tiny_model_dir), id="tiny-health"))
+    try:
+        engine_loop.run(clf.check_health())  # alive: passes
+        for pid in list(clf._engine_children):
+            os.kill(pid, signal.SIGKILL)
+        error: Exception | None = None
+        deadline = time.monotonic() + 30.0  # vLLM notices a dead engine core from its monitor thread
+        while error is None and time.monotonic() < deadline:
+            try:
+                engine_loop.run(clf.check_health())
+            except Exception as exc:
+                error = exc
+            else:
+                time.sleep(0.2)
+        assert type(error).__name__ == "EngineDeadError", error
+    finally:
+        clf.close()
