@@ -11,6 +11,7 @@ learnt yet (``Path '/readyz' not found. Ping ...``).
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import Any
 
@@ -21,6 +22,8 @@ from serve_app.replay.client import auth_headers
 READY_TIMEOUT_S = 900.0
 """Default wait: a vLLM engine on a few CPU cores can take minutes to load."""
 READY_POLL_S = 0.5
+READY_SAY_AFTER_S = 5.0
+"""A wait longer than this says once, on stderr, what it waits for and what it last heard."""
 
 
 class NotReadyError(RuntimeError):
@@ -49,9 +52,11 @@ async def wait_ready(
     client: Any, base_url: str, timeout_s: float = READY_TIMEOUT_S, poll_s: float = READY_POLL_S
 ) -> None:
     """Poll ``base_url/readyz`` (``client``: an httpx.AsyncClient or a ClientPool) until it is 200."""
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     url = base_url.rstrip("/") + "/readyz"
     last = "no answer"
+    told = False
     while True:
         try:
             resp = raise_on_client_error(await client.get(url, timeout=min(10.0, timeout_s)))
@@ -66,6 +71,9 @@ async def wait_ready(
             last = type(exc).__name__
         if time.monotonic() + poll_s > deadline:
             raise NotReadyError(f"{base_url} was not ready within {timeout_s:.0f} s (last: {last})")
+        if not told and time.monotonic() - started >= READY_SAY_AFTER_S:  # a dead URL is not silent
+            print(f"waiting up to {timeout_s:.0f} s for {url} (last: {last})", file=sys.stderr, flush=True)
+            told = True
         await asyncio.sleep(poll_s)
 
 

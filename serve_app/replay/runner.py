@@ -25,10 +25,10 @@ from serve_app.replay.config import ReplayConfig
 from serve_app.replay.driver import replay_requests
 from serve_app.replay.labels import check_labels, compare_labels
 from serve_app.replay.plan import TestSet, majority, plan_requests
-from serve_app.replay.ready import wait_ready
+from serve_app.replay.ready import READY_POLL_S, wait_ready
 from serve_app.replay.records import RecordStore, append_window, read_records
 from serve_app.replay.results import RECORDS_FILE, RUN_FILE, WINDOWS_FILE, load_run, run_dir, write_metrics
-from serve_app.replay.window import energy_delta
+from serve_app.replay.window import cold_meters, energy_delta
 from serve_app.wire import (
     CarbonInfo,
     EnergyView,
@@ -39,6 +39,9 @@ from serve_app.wire import (
     Topology,
     WindowRecord,
 )
+
+METERS_WARM_TIMEOUT_S = 30.0
+"""Longest wait for the energy meters' first ticks before the first request (`wait_meters_warm`)."""
 
 
 def load_test_sets(cfg: ReplayConfig) -> tuple[Dataset, list[TestSet], dict[str, SplitInfo]]:
@@ -251,6 +254,32 @@ def http_client(cfg: ReplayConfig) -> ClientPool:
     return ClientPool(cfg.load_shape().max_in_flight, cfg.load.timeout_s, auth_headers())
 
 
+async def wait_meters_warm(
+    client: ClientPool | httpx.AsyncClient,
+    base_url: str,
+    timeout_s: float = METERS_WARM_TIMEOUT_S,
+    poll_s: float = READY_POLL_S,
+) -> list[str]:
+    """Poll ``/v1/energy`` until no node-account share is cold (`window.cold_meters`): a service that
+    just became ready has shares that have seen too few ticks to bound a tag's edges (its first
+    requests' uncertainty would be the average power x the tick period, 20-60 times the energy, and
+    the run's window bound missing). Returns the shares still cold after ``timeout_s`` (the replay goes
+    on; their figures carry the looser bound they say)."""
+    deadline = time.monotonic() + timeout_s
+    told = False
+    while True:
+        view = await get_energy(client, base_url)
+        cold = cold_meters(view) if view is not None else []
+        if not cold or time.monotonic() + poll_s > deadline:
+            return cold
+        if not told:
+            print(
+                f"waiting for the energy meters' first ticks: {', '.join(cold)}", file=sys.stderr, flush=True
+            )
+            told = True
+        await asyncio.sleep(poll_s)
+
+
 async def replay_session(
     cfg: ReplayConfig,
     base_url: str,
@@ -269,6 +298,7 @@ async def replay_session(
     async with http_client(cfg) as client:
         listing = await get_models(client, base_url)
         check_labels(ds.name, ds.labels, listing, models)
+        await wait_meters_warm(client, base_url)
         for test in tests:
             for model in models:
                 if model not in folders:

@@ -80,6 +80,23 @@ def _drift_bound(before: ReplicaEnergy, after: ReplicaEnergy) -> float | None:
     return m1 - m0 + after.adjusted_j - before.adjusted_j + e0 + e1
 
 
+def cold_meters(view: EnergyView) -> list[str]:
+    """The node-account shares of ``view`` (rows with ``missed_j``) that cannot bound their edges yet
+    (``edge_error_j`` still None: fewer ticks seen than the bound needs, right after a start). A
+    request they tag meanwhile gets the loose bound (average power x tick period) and a window over
+    them none: ``replay`` waits for them before its first request (pure)."""
+    cold = [
+        f"{name}/{replica}"
+        for name, dep in sorted(view.deployments.items())
+        for replica, row in sorted(dep.replicas.items())
+        if row.missed_j is not None and row.edge_error_j is None
+    ]
+    overhead = view.serving_overhead
+    if overhead.get("missed_j") is not None and overhead.get("edge_error_j") is None:
+        cold.append("serving_overhead")
+    return cold
+
+
 def window_uncertainty_j(
     before: EnergyView | None, after: EnergyView | None, deployment: str
 ) -> float | None:

@@ -56,6 +56,10 @@ def test_local_protocol_two_splits(tmp_path):
     assert set(run["splits"]) == {r.split for r in recs}
     # the models served on split i were trained on split i
     assert run["splits"]["seed20250101-split1-n120x30"]["index"] == 1
+    # every split is a fresh deployment: the replay waits for the meters' first ticks, so each window
+    # has its drift bound (it was null, and the first tags' ± the average power x the tick period)
+    windows = [json.loads(line) for line in (records.parent / "windows.jsonl").read_text().splitlines()]
+    assert len(windows) == 2 and all(w["energy_delta"]["uncertainty_j"] is not None for w in windows), windows
     metrics = json.loads((records.parent / "metrics.json").read_text())
     assert metrics["mean"]["n_splits"] == 2 and metrics["mean"]["idle_j"] is not None
     # a rerun of the same command has nothing left to send
