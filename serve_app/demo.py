@@ -94,15 +94,26 @@ def demo_replay_data(app_cfg: dict[str, Any]) -> ReplayData:
 
 
 def format_table(rows: list[RunMetrics]) -> str:
+    """One row per model; ``vs majority``: its accuracy's gain over answering the training split's most
+    frequent label for every text (percentage points, the study's baseline), and a last line with that
+    baseline's own accuracy on the same texts."""
     head = (
         f"{'model':<20} {'accuracy':>8} {'J/request':>11}  {'source':<10} {'p50 latency':>11} {'errors':>6}"
+        f" {'macro-F1':>8} {'vs majority':>11}"
     )
     lines = [head, "-" * len(head)]
     for m in rows:
         jpr = "n/a" if m.j_per_request is None else f"{m.j_per_request:.4g}"
         p50 = "n/a" if m.latency_p50_s is None else f"{m.latency_p50_s * 1000:.1f} ms"
+        gain = "n/a" if m.gain_pp is None else f"{m.gain_pp:+.1f} pp"
         lines.append(
             f"{m.model:<20} {m.accuracy:>8.3f} {jpr:>11}  {m.energy_source:<10} {p50:>11} {m.n_errors:>6}"
+            f" {m.macro_f1:>8.3f} {gain:>11}"
+        )
+    baselines = {round(m.majority_accuracy, 6) for m in rows if m.majority_accuracy is not None}
+    if len(baselines) == 1:
+        lines.append(
+            f"(the training split's majority class alone, answered for every text: accuracy {baselines.pop():.3f})"
         )
     return "\n".join(lines)
 
