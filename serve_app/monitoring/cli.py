@@ -7,11 +7,10 @@ import re
 import signal
 import sys
 import threading
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from serve_app.argtypes import port
+from serve_app.argtypes import http_url, port, require_package
 from serve_app.errors import UsageError
 from serve_app.monitoring.flags import host_port, scrape_interval, user_password
 
@@ -122,13 +121,11 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_push_dashboards(args: argparse.Namespace) -> int:
+    require_package("grafana_client", "accuwatt monitoring push-dashboards", "monitoring", "grafana-client")
     from grafana_client.client import GrafanaException
 
     from serve_app.monitoring.push import load_dashboards, push_dashboards
 
-    url = urllib.parse.urlsplit(args.grafana_url)
-    if url.scheme not in ("http", "https") or not url.netloc:
-        raise UsageError(f"--grafana-url {args.grafana_url}: expected http(s)://host[:port]")
     dashboards = load_dashboards(Path(args.dashboards))
     try:
         urls = push_dashboards(
@@ -202,7 +199,7 @@ def register(subparsers: Any) -> None:
     sp.set_defaults(func=cmd_build)
 
     sp = sub.add_parser("push-dashboards", help="create or overwrite the dashboards in a Grafana")
-    sp.add_argument("--grafana-url", required=True, help="e.g. http://127.0.0.1:3000")
+    sp.add_argument("--grafana-url", type=http_url, required=True, help="e.g. http://127.0.0.1:3000")
     sp.add_argument("--token", default=None, help="a Grafana service-account token (Editor)")
     sp.add_argument(
         "--basic-auth", type=user_password, default=None, metavar="USER:PASSWORD", help="instead of --token"

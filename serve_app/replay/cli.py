@@ -11,8 +11,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from serve_app.argtypes import config_error, non_negative_int, positive_float, positive_int
+from serve_app.argtypes import (
+    config_error,
+    http_url,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    require_package,
+)
 from serve_app.carbon import carbon_intensity
+from serve_app.errors import UsageError
 from serve_app.model_ids import add_models_argument
 from serve_app.monitoring.flags import host_port
 from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
@@ -40,12 +48,15 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
         "--concurrency", type=positive_int, help="closed loop: workers (default 1); open loop: max in flight"
     )
     g.add_argument("--rate", type=positive_float, dest="rate_rps", help="open loop: mean requests per second")
-    g.add_argument("--arrivals", choices=["poisson", "gamma"], default=load.arrivals)
+    g.add_argument(
+        "--arrivals",
+        choices=["poisson", "gamma"],
+        help=f"open loop (with --rate): the arrival process (default: {load.arrivals})",
+    )
     g.add_argument(
         "--burstiness",
         type=positive_float,
-        default=load.burstiness,
-        help="gamma shape (1 = Poisson, <1 burstier)",
+        help=f"open loop (with --rate): gamma shape (1 = Poisson, <1 burstier; default: {load.burstiness:g})",
     )
     g.add_argument("--batch-size", type=positive_int, default=load.batch_size, help="texts per request")
     g.add_argument(
@@ -70,10 +81,24 @@ FLAGS = {"rate_rps": "--rate"}
 """Config fields whose flag is not ``--field-name``."""
 
 
+OPEN_LOOP_ONLY = {"arrivals": "--arrivals", "burstiness": "--burstiness"}
+"""Flags that shape open-loop arrivals only: without ``--rate`` the replay is closed loop and they
+would be ignored."""
+
+
 def config_from_args(args: argparse.Namespace) -> ReplayConfig:
     """Build the typed config from parsed arguments (the namespace is only read); each argument goes
-    to the part that declares it."""
+    to the part that declares it. An open-loop flag without ``--rate`` is refused (`UsageError`)."""
     given = {k: v for k, v in vars(args).items() if v is not None}
+    if given.get("rate_rps") is None:
+        for field, flag in OPEN_LOOP_ONLY.items():
+            if field in given:
+                raise UsageError(
+                    f"{flag} shapes open-loop arrivals and needs --rate (requests per second); "
+                    "without --rate the replay is closed loop (--concurrency workers)"
+                )
+    if "burstiness" in given and given.get("arrivals") != "gamma":
+        raise UsageError("--burstiness is the gamma shape and needs --arrivals gamma (Poisson has none)")
 
     def part(model: type[ReplayData] | type[ReplayLoad] | type[ReplayOutput]) -> dict[str, Any]:
         return {k: v for k, v in given.items() if k in model.model_fields}
@@ -96,7 +121,9 @@ def register(subparsers: Any) -> None:
         "replay", help="replay a dataset through the service, one record per request", description=__doc__
     )
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--url", help="base URL of a running router, e.g. http://127.0.0.1:8000")
+    target.add_argument(
+        "--url", type=http_url, help="base URL of a running router, e.g. http://127.0.0.1:8000"
+    )
     target.add_argument(
         "--local",
         action="store_true",
@@ -137,6 +164,8 @@ def push_run_metrics(gateway: str, folders: list[Path]) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    if cfg.output.codecarbon:  # before training or sending, not one failed window per run
+        require_package("codecarbon", "--codecarbon", "carbon")
     carbon_intensity(cfg.output.country)  # an unknown --country is refused before training or sending
     if args.local:
         from serve_app.replay.local import replay_local
