@@ -1,12 +1,10 @@
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from serve_app.replay.records import EnergyTag, Record
 from serve_app.report.cli import build_report
 from serve_app.report.regression import fit_energy_duration, pareto_front
+from tests.unit.runs import write_run
 
 pytestmark = pytest.mark.unit
 
@@ -37,43 +35,7 @@ def test_pareto_front():
 
 
 def _write_run(root, model, acc_hits, joules, gpus=0):
-    path = root / "ds" / "cpu" / model / "r1"
-    path.mkdir(parents=True)
-    meta = {
-        "model": model,
-        "dataset": "ds",
-        "topology_name": "cpu",
-        "run": "r1",
-        "splits": {"s0": {"majority_label": "A"}},
-        "carbon": {"g_per_kwh": 400.0},
-        "topology": {
-            "gpus": gpus,
-            "model": {
-                "id": model,
-                "kind": "traditional",
-                "parameters": 1_000_000,
-                "trainable_parameters": 1000,
-            },
-        },
-    }
-    (path / "run.json").write_text(json.dumps(meta))
-    with (path / "records.jsonl").open("w") as f:
-        for i, hit in enumerate(acc_hits):
-            r = Record(
-                model=model,
-                split="s0",
-                request_index=i,
-                request_id=f"{model}{i}",
-                session="x",
-                text_ids=[str(i)],
-                gold=["A" if i % 2 else "B"],
-                predicted=[("A" if i % 2 else "B") if hit else "C"],
-                sent_unix_s=10.0 + i,
-                total_s=1.0,
-                latency_s=1.0,
-                energy=EnergyTag(joules=joules, source="rapl", measured=True, domains_j={"cpu": joules}),
-            )
-            f.write(r.model_dump_json() + "\n")
+    write_run(root, model, acc_hits, joules, gpus=gpus)
 
 
 def test_report_end_to_end(tmp_path):
