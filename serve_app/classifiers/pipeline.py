@@ -114,7 +114,8 @@ class PipelineClassifier(Classifier):
         import numpy as np
 
         x = await self.stage.features.remote(list(texts))
-        proba = np.asarray(self.model.estimator.predict_proba(x))
+        # the head in a worker thread, as a traditional replica's model: the replica's loop stays free
+        proba = np.asarray(await asyncio.to_thread(self.model.estimator.predict_proba, x))
         return padded_predictions(self.info.labels, self.model.classes, proba)
 
     async def check_health(self) -> None:
