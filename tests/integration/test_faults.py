@@ -122,9 +122,11 @@ class EnergyWatch:
 
 
 def run_replay(
-    base_url: str, tmp: Path, n: int, concurrency: int, kill: Any, kill_after_s: float
+    base_url: str, tmp: Path, n: int, concurrency: int, kill: Any, kill_after_records: int
 ) -> list[Any]:
-    """Replay ``n`` requests with the replay driver, calling ``kill()`` mid-run; return the records."""
+    """Replay ``n`` requests with the replay driver, calling ``kill()`` mid-run (once
+    ``kill_after_records`` records are written: a time would depend on the machine's speed, and a
+    quiet CI machine once finished 400 requests before a 3 s mark); return the records."""
     from serve_app.replay.client import RetryPolicy
     from serve_app.replay.driver import LoadShape, replay_requests
     from serve_app.replay.plan import PlannedRequest
@@ -152,7 +154,11 @@ def run_replay(
                         RetryPolicy(max_attempts=8, backoff_s=0.25, max_wait_s=5),
                     )
                 )
-                await asyncio.sleep(kill_after_s)
+                deadline = time.monotonic() + 120.0
+                while not task.done() and time.monotonic() < deadline:
+                    if path.exists() and path.read_bytes().count(b"\n") >= kill_after_records:
+                        break
+                    await asyncio.sleep(0.05)
                 assert not task.done(), "the replay ended before the kill: make it longer"
                 await asyncio.to_thread(kill)
                 await task
@@ -220,7 +226,7 @@ def test_classifier_replica_killed_mid_request(
             for t in threads:
                 t.join(120)
 
-        records = run_replay(faults_url, tmp_path, n=400, concurrency=8, kill=kill, kill_after_s=3.0)
+        records = run_replay(faults_url, tmp_path, n=1600, concurrency=8, kill=kill, kill_after_records=100)
         new = wait_for(
             lambda: (p := replica_pids("faults", MODEL)) and len(p) == 2 and victim not in p and p,
             90,
@@ -271,10 +277,10 @@ def test_router_killed_mid_replay(faults_url: str, tmp_path: Path) -> None:
     records = run_replay(
         faults_url,
         tmp_path,
-        n=300,
+        n=1200,
         concurrency=4,
         kill=lambda: os.kill(router_pid, signal.SIGKILL),
-        kill_after_s=2.0,
+        kill_after_records=100,
     )
     wait_for(lambda: (p := replica_pids("faults", "router")) and router_pid not in p, 90, "a new router")
     failed = [(r.request_index, r.status, r.error_code) for r in records if r.status != 200]
