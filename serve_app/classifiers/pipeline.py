@@ -37,6 +37,8 @@ from serve_app.wire import Prediction
 STAGE_READY_TIMEOUT_S = 300.0
 STAGE_HEALTH_TIMEOUT_S = 10.0
 """Longest wait for the feature stage's answer in a health check (s; Serve's own timeout is longer)."""
+HEALTH_GROUP = "health"
+"""The stage actor's concurrency group for health checks (one thread beside the batches' own)."""
 
 
 class FeatureStageImpl:
@@ -80,7 +82,10 @@ class PipelineClassifier(Classifier):
         else:
             options["resources"] = dict(spec.feature_resources)
         env = {**WORKER_ENV, **spec.deployment.env_vars}
-        stage_cls: Any = ray.remote(FeatureStageImpl)
+        # `where` answers health checks from a thread of its own: in the default group (one thread) it
+        # would wait behind every queued `features` call, and a busy stage would fail its check
+        remote: Any = ray.remote  # its typed overloads do not name concurrency_groups
+        stage_cls: Any = remote(concurrency_groups={HEALTH_GROUP: 1})(FeatureStageImpl)
         self.stage: Any = stage_cls.options(runtime_env={"env_vars": env}, **options).remote(str(art))
         self.stage_where: dict[str, Any] = ray.get(self.stage.where.remote(), timeout=STAGE_READY_TIMEOUT_S)
         self.head_node = current_node_name()
@@ -119,9 +124,10 @@ class PipelineClassifier(Classifier):
         return padded_predictions(self.info.labels, self.model.classes, proba)
 
     async def check_health(self) -> None:
-        """The feature stage answers: a dead stage actor raises (``RayActorError``), a stuck one
-        times out (``GetTimeoutError``)."""
-        await asyncio.wait_for(self.stage.where.remote(), STAGE_HEALTH_TIMEOUT_S)
+        """The feature stage answers (in its own concurrency group, not behind queued batches): a dead
+        stage actor raises (``RayActorError``), one that does not answer in time ``TimeoutError``."""
+        ping = self.stage.where.options(concurrency_group=HEALTH_GROUP).remote()
+        await asyncio.wait_for(ping, STAGE_HEALTH_TIMEOUT_S)
 
     def close(self) -> None:
         import ray
