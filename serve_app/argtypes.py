@@ -86,17 +86,21 @@ def http_url(text: str) -> str:
     return text
 
 
+def installed(module: str) -> bool:
+    """Can the Python package ``module`` be imported (found, not imported)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # imported already, without a spec
+        return True
+    except ImportError:  # a dotted name whose parent package is missing
+        return False
+
+
 def require_package(module: str, what: str, extra: str, dist: str | None = None) -> None:
     """Refuse (`UsageError`) ``what`` when the Python package ``module`` cannot be imported, naming the
     install profile that has it (``scripts/setup.sh test`` installs every extra but ``llm-gpu``) and the
     extra ``extra`` that holds it (``dist``: its name on PyPI, default ``module``)."""
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except ValueError:  # imported already, without a spec
-        found = True
-    except ImportError:  # a dotted name whose parent package is missing
-        found = False
-    if not found:
+    if not installed(module):
         raise UsageError(
             f"{what} needs the Python package {dist or module}, which is not installed: install the test "
             f"profile (bash scripts/setup.sh test) or pip install 'accuwatt[{extra}]'"

@@ -269,6 +269,8 @@ class SplitInfo(BaseModel):
     model_config = ConfigDict(extra="allow")
     dataset: str | None = None
     fingerprint: str | None = None
+    n_test: int | None = None
+    """The split's test texts (None for a user's test file): what a whole run of it answers."""
     majority_label: str | None = None
 
 

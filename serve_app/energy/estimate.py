@@ -151,13 +151,19 @@ class EstimateMeter:
         self._children.clear()
 
 
+def cpu_max_power_w(cpu_tdp_w: float, per_core_w: float) -> float:
+    """The most the CPU estimate can show (W): every logical CPU busy, which is more than the TDP where
+    ``cpu_cores`` names fewer cores than the machine has (``/proc`` counts them all)."""
+    return max(cpu_tdp_w, per_core_w * (os.cpu_count() or 1))
+
+
 def estimate_max_power_w(cpu_tdp_w: float, per_core_w: float, dram_w_per_gb: float) -> dict[str, float]:
     """The most the estimate's counters can show (W): every logical CPU of the machine busy (its TDP,
     or more where ``cpu_cores`` names fewer cores than the machine has: per-core power x its CPUs) and
     all of its memory resident. A process tree (or a set of them) runs on this machine, so it can show
     no more; and a step up to this is no less real for exceeding a generic package bound."""
     return {
-        "cpu:process": max(cpu_tdp_w, per_core_w * (os.cpu_count() or 1)),
+        "cpu:process": cpu_max_power_w(cpu_tdp_w, per_core_w),
         "dram:process": psutil.virtual_memory().total / _BYTES_PER_GB * dram_w_per_gb,
     }
 

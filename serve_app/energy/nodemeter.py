@@ -20,6 +20,7 @@ import threading
 
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.base import Meter, MeterError, MeterInfo, Reading, now_s
+from serve_app.energy.estimate import cpu_max_power_w
 from serve_app.energy.nvml import NvmlMeter, nvml_available
 from serve_app.energy.rapl import RaplMeter, rapl_available
 
@@ -86,7 +87,7 @@ class NodeEstimateMeter:
             # every logical CPU busy (/proc/stat counts them all, whatever ``cpu_cores`` says); all of
             # the memory in use
             max_power_w={
-                "cpu:node": max(cpu_tdp_w, self.per_core_w * (os.cpu_count() or 1)),
+                "cpu:node": cpu_max_power_w(cpu_tdp_w, self.per_core_w),
                 "dram:node": node_memory_total_bytes() / _BYTES_PER_GB * dram_w_per_gb,
             },
             notes=(

