@@ -104,7 +104,7 @@ class TitleCache:
     def __init__(self) -> None:
         self._titles: dict[int, tuple[float, str, str]] = {}
 
-    def get(self, pid: int, start_s: float, comm: str = "") -> str | None:
+    def get(self, pid: int, start_s: float, comm: str) -> str | None:
         hit = self._titles.get(pid)
         return hit[2] if hit is not None and hit[:2] == (start_s, comm) else None
 
