@@ -26,7 +26,14 @@ Hence, per counter and over any window, exactly (up to float rounding):
               ray_system, other)
 
 Counter steps follow ``counters.counter_step`` (resets only near zero, reorderings 0 J, steps above the
-physical bound dropped and counted). Units: J, s, W.
+physical bound dropped and counted).
+
+Each meter is read on its own: one that fails (a GPU lost to NVML, a RAPL file gone) stops only its own
+counters. Their energy while it fails is unknown, so it is split to nobody (``failing`` names them, with
+the reason; a share that draws on one says so and its replica's tags are ``unavailable``), and when the
+meter is back its counters start again from the value they show then: the energy of the outage is
+neither metered nor attributed (``counter_gaps`` counts such restarts, flag ``counter_gap``). Only when
+every meter fails is the whole account in error. Units: J, s, W.
 """
 
 from __future__ import annotations
@@ -115,6 +122,10 @@ class NodeAccount:
         self.ticks = 0
         self.cpu_cost_s = 0.0  # CPU time the ticks themselves used (s)
         self.error: str | None = None
+        self.failing: dict[str, str] = {}  # counter key -> why its meter fails now
+        self.counter_gaps = 0  # counters restarted after their meter failed (the outage unmetered)
+        self._meter_keys: list[tuple[str, ...]] = [_keys_of(m) for m in self.meters]
+        self._gap_keys: set[str] = set()  # counters of a failed meter, to restart at their next value
         self._min_w: dict[str, float] = {}
         # per counter: active J and CPU-seconds of the recent intervals, each older interval counting
         # RATE_DECAY times less (their ratio is the extrapolation rate, see `rate_j_per_cpu_s`)
@@ -185,11 +196,25 @@ class NodeAccount:
                 self._gpu_owners.setdefault(key, set()).add(group_pid)
 
     # -- sampling ------------------------------------------------------------------------------------
-    def _read(self) -> list[Reading]:
-        return [m.read() for m in self.meters]
+    def _read(self) -> tuple[list[Reading], dict[str, str]]:
+        """The readings of the meters that answer, and the counter keys of those that fail (-> why)."""
+        readings: list[Reading] = []
+        failing: dict[str, str] = {}
+        for i, m in enumerate(self.meters):
+            try:
+                r = m.read()
+            except MeterError as exc:
+                failing.update(dict.fromkeys(self._meter_keys[i], str(exc)))
+                continue
+            self._meter_keys[i] = tuple(r.energy_j) or self._meter_keys[i]
+            readings.append(r)
+        return readings, failing
 
     def _origin(self) -> None:
-        readings = self._read()
+        readings, failing = self._read()
+        if not readings and failing:
+            raise MeterError("; ".join(sorted(set(failing.values()))))
+        self.failing = failing
         for r in readings:
             for key, value in r.energy_j.items():
                 self._base[key] = value
@@ -206,15 +231,16 @@ class NodeAccount:
         up_s = uptime_s(self.proc_root)
         procs = scan(self.proc_root, self._titles)
         busy_s = node_busy_cpu_s(self.proc_root)
-        try:
-            readings = self._read()
-        except MeterError as exc:
+        readings, failing = self._read()
+        if not readings:  # every meter fails: nothing to split
             with self._lock:
-                self.error = str(exc)
+                self.error = "; ".join(sorted(set(failing.values()))) or "no counters"
             return
         with self._lock:
+            self._gap_keys |= set(failing)
             self._split(readings, procs, busy_s, up_s)
             self.error = None
+            self.failing = failing
             self.ticks += 1
             self.cpu_cost_s += time.thread_time() - t0
 
@@ -258,8 +284,12 @@ class NodeAccount:
             for key, value in r.energy_j.items():
                 self.sources[key] = r.source
                 before = self._base.get(key)
-                self._base[key] = value if before is None else self._base[key]
-                if before is None:
+                if before is None or key in self._gap_keys:  # new, or its meter failed since: starts here
+                    if before is not None:
+                        self.counter_gaps += 1
+                        self.flags.add("counter_gap")
+                    self._gap_keys.discard(key)
+                    self._base[key] = value
                     continue
                 delta, kind = counter_step(key, before, value, dt_s, self.limits, key in r.reset_keys)
                 self._base[key] = baseline_after(before, value, kind)
@@ -382,6 +412,7 @@ class NodeAccount:
             "rate_j_per_cpu_s": self.rate_j_per_cpu_s(group),
             "sources": dict(self.sources),
             "max_power_w": self.max_power_w,
+            "failing": dict(self.failing),
             "ticks": self.ticks,
             "pids": sorted(pid for pid, g in self._group_of_pid.items() if g == group),
             "gpus": sorted(
@@ -427,6 +458,8 @@ class NodeAccount:
                 "steps": dict(self.steps),
                 "dropped_j": self.dropped_j,
                 "flags": sorted(self.flags),
+                "failing": dict(self.failing),
+                "counter_gaps": self.counter_gaps,
                 "error": self.error,
             }
 
@@ -442,6 +475,12 @@ class NodeAccount:
     def close(self) -> None:
         for m in self.meters:
             m.close()
+
+
+def _keys_of(meter: Meter) -> tuple[str, ...]:
+    """A meter's counter keys as its info names them (``gpu:0=<uuid>`` -> ``gpu:0``): a meter that fails
+    before its first reading is known by these."""
+    return tuple(d.split("=", 1)[0] for d in meter.info.devices)
 
 
 def _by_domain(energy_j: Mapping[str, float]) -> dict[str, float]:

@@ -129,6 +129,8 @@ class AccountShareMeter:
         self.sources: dict[str, str] = {}
         self._gpus: frozenset[str] = frozenset()  # the GPU counters the group owns
         self.error: str | None = "no share yet"
+        self._raised = False  # a read failed since the last share was taken
+        self._resync = False  # the first read after such an outage shows the exact share as it is
         self.ticks = 0
         self._info = self._make_info()
         self._stop = threading.Event()
@@ -155,7 +157,16 @@ class AccountShareMeter:
         if self.own_group and str(out["group"]).rpartition(":")[2] != str(self.pid):
             self.error = f"process {self.pid} is in group {out['group']!r}, not its own (yet)"
             return
+        failing = self._failing_of(out)
+        if failing:  # a counter the group draws on is not read: its figure would not be whole
+            self.error = f"node counters failing on {self.node}: " + "; ".join(
+                f"{k}: {e}" for k, e in sorted(failing.items())
+            )
+            return
         with self._lock:
+            # back after an outage that a read saw (the reader's ledger starts again there): see `_read`
+            outage, self._raised = self._raised and bool(self._exact), False
+            self._resync = self._resync or outage
             self.error = None
             if self._exact and int(out["ticks"]) == self.ticks:
                 return  # the same tick again: keep extrapolating from where it arrived
@@ -165,7 +176,7 @@ class AccountShareMeter:
             pids = tuple(out.get("pids") or self._pids)
             if set(pids) == set(self._pids):
                 cpu_s = self._cpu_at(float(out["t_s"]))
-                if self._exact:
+                if self._exact and not outage:  # over an outage the extrapolation missed nothing
                     self._add_miss(self._miss(exact, cpu_s - self._cpu_at_share_s))
                 self._cpu_at_share_s = cpu_s
             else:  # another set of processes: its clock starts now (the CPU since the tick shows at the next)
@@ -180,6 +191,14 @@ class AccountShareMeter:
             self._max_w = {k: float(w) for k, w in (out.get("max_power_w") or {}).items() if k in exact}
             self._tick_s = now_s()
             self._info = self._make_info()  # read on every request's tag: built here, once per share
+
+    def _failing_of(self, out: dict[str, Any]) -> dict[str, str]:
+        """The account's failing counters this group draws on: CPU and DRAM (every process does), and
+        the GPUs it owns or has energy on (a CPU classifier on a node that lost a GPU keeps its figures)."""
+        gpus = set(out.get("gpus") or ()) | {k for k, v in (out.get("energy_j") or {}).items() if v > 0}
+        return {
+            k: str(e) for k, e in (out.get("failing") or {}).items() if not k.startswith("gpu:") or k in gpus
+        }
 
     def _miss(self, exact: dict[str, float], cpu_s: float) -> float:
         """How far the extrapolation from the previous tick (``cpu_s`` of the group's CPU time since)
@@ -275,6 +294,8 @@ class AccountShareMeter:
 
     def read(self) -> Reading:
         with self._lock:
+            if self.error is not None:  # its reader (a sampler) takes the next reading as a new origin
+                self._raised = True
             return self._read()
 
     def read_with_pending(self) -> tuple[Reading, float]:
@@ -293,11 +314,17 @@ class AccountShareMeter:
         read_dt_s = max(t_s - self._read_s, 0.0)
         self._cpu_at_read_s, self._read_s, self._tick_s = cpu_now, t_s, None
         gaps = 0.0
+        # after an outage that ``read`` raised in (its sampler takes this reading as a new origin, the
+        # outage as unknown: ``Ledger.rebase``), the shown share goes to where it is now: released over
+        # a period, the outage's energy would reach the requests after it. A remote reader
+        # (``read_with_pending``) holds the last values through short outages: its gap is released.
+        resync, self._resync = self._resync, False
         for key, exact in self._exact.items():
             rate = 0.0 if key.startswith("gpu:") else self._rate.get(key, 0.0)  # GPUs: ticks only
             target, step = exact + cpu_s * rate, since_read_s * rate
-            if key not in self._shown:
-                self._shown[key] = target
+            if key not in self._shown or resync:
+                self._release_w.pop(key, None)  # (an overshoot held stays: never a step back)
+                self._shown[key] = max(target, self._shown.get(key, target))
                 continue
             gap = target - self._shown[key] - step  # > 0: an undershoot; < 0: an overshoot
             if fresh:  # a new tick: its undershoot is released over one account period
