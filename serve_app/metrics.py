@@ -144,20 +144,27 @@ class NodeMetrics:
 
         self.energy = m.Counter(
             NODE_ENERGY,
-            description="Node energy (J) by share: baseline idle and process groups",
-            tag_keys=("node", "domain", "source", "share"),
+            description="Node energy (J) by share: baseline idle and process groups, per node account",
+            tag_keys=("node", "account", "domain", "source", "share"),
         )
         self._exported: dict[tuple[str, str], float] = {}
 
-    def export(self, node: str, sources: dict[str, str], by_share_key: dict[tuple[str, str], float]) -> None:
-        """Add what grew since the last call. ``by_share_key``: (share, counter key) -> cumulative J."""
+    def export(
+        self, node: str, account: str, sources: dict[str, str], by_share_key: dict[tuple[str, str], float]
+    ) -> None:
+        """Add what grew since the last call. ``by_share_key``: (share, counter key) -> cumulative J.
+        ``account``: the account's key (``agents.account_key``): two energy configurations on one node
+        are two whole accounts of the same counters, kept apart so that no sum adds them."""
         for (share, key), total in by_share_key.items():
             delta = total - self._exported.get((share, key), 0.0)
             if delta <= 0:
                 continue
             self._exported[(share, key)] = total
             domain = key.split(":", 1)[0]
-            self.energy.inc(delta, tags(node=node, domain=domain, source=sources.get(key, "?"), share=share))
+            self.energy.inc(
+                delta,
+                tags(node=node, account=account, domain=domain, source=sources.get(key, "?"), share=share),
+            )
 
 
 def tags(**kv: Any) -> dict[str, str]:

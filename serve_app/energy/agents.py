@@ -96,7 +96,7 @@ class NodeEnergyAgentImpl:
                 self._accounts[key] = account
                 threading.Thread(
                     target=self._tick_loop,
-                    args=(account, ecfg.account_period_s),
+                    args=(account, key, ecfg.account_period_s),
                     name="accuwatt-account",
                     daemon=True,
                 ).start()
@@ -109,7 +109,7 @@ class NodeEnergyAgentImpl:
                 }
             return {"node": self.node, "key": key, "sources": dict(self._accounts[key].sources)}
 
-    def _tick_loop(self, account: NodeAccount, period_s: float) -> None:
+    def _tick_loop(self, account: NodeAccount, key: str, period_s: float) -> None:
         from serve_app.metrics import NodeMetrics
 
         metrics = NodeMetrics()
@@ -121,7 +121,7 @@ class NodeEnergyAgentImpl:
             last_tick_s = now
             try:
                 account.tick()
-                metrics.export(self.node, dict(account.sources), account.by_share_key())
+                metrics.export(self.node, key, dict(account.sources), account.by_share_key())
             except Exception:  # a tick must never kill the agent
                 log.exception("node account tick failed")
 

@@ -80,11 +80,12 @@ ENERGY_DASHBOARD = Dashboard(
                     "watt",
                     (
                         Target(
-                            f"sum by (deployment, share) ({q.POWER_BY_SHARE.record}{F})",
-                            "{{deployment}} {{share}}",
+                            f"sum by (deployment, source, share) ({q.POWER_BY_SHARE.record}{F})",
+                            "{{deployment}} {{share}} ({{source}})",
                         ),
                     ),
-                    "Metered power (rate of the energy counter over 1m); attributed = during requests.",
+                    "Metered power (rate of the energy counter over 1m); attributed = during requests. One "
+                    "series per energy source: estimate (CPU time x TDP) is not a measurement.",
                     stacked=True,
                 ),
                 Panel(
@@ -93,8 +94,8 @@ ENERGY_DASHBOARD = Dashboard(
                     "watt",
                     (
                         Target(
-                            f"sum by (deployment, replica, share) ({q.REPLICA_POWER_BY_SHARE.record}{F})",
-                            "{{deployment}}/{{replica}} {{share}}",
+                            f"sum by (deployment, replica, source, share) ({q.REPLICA_POWER_BY_SHARE.record}{F})",
+                            "{{deployment}}/{{replica}} {{share}} ({{source}})",
                         ),
                     ),
                     stacked=True,
@@ -105,12 +106,12 @@ ENERGY_DASHBOARD = Dashboard(
                     "joule",
                     (
                         Target(
-                            f"sum by (deployment, share) (increase({q.ENERGY}{F}[$__range]))",
-                            "{{deployment}} {{share}}",
+                            f"sum by (deployment, source, share) (increase({q.ENERGY}{F}[$__range]))",
+                            "{{deployment}} {{share}} ({{source}})",
                             instant=True,
                         ),
                     ),
-                    "Joules metered over the dashboard's time range, attributed vs idle.",
+                    "Joules metered over the dashboard's time range, attributed vs idle, per energy source.",
                 ),
                 Panel(
                     "Share of metered energy (5m)",
@@ -130,8 +131,8 @@ ENERGY_DASHBOARD = Dashboard(
                     "watt",
                     (
                         Target(
-                            f"sum by (deployment, replica, domain) ({PROM['power']}{F})",
-                            "{{deployment}}/{{replica}} {{domain}}",
+                            f"sum by (deployment, replica, domain, source) ({PROM['power']}{F})",
+                            "{{deployment}}/{{replica}} {{domain}} ({{source}})",
                         ),
                     ),
                 ),
@@ -146,17 +147,18 @@ ENERGY_DASHBOARD = Dashboard(
                     "joule",
                     _quantiles(
                         f"{q.REQUEST_ENERGY_BUCKETS.record}{F}",
-                        "deployment",
+                        "deployment, source",
                         (0.5, 0.9, 0.99),
-                        "{{deployment}}",
+                        "{{deployment}} ({{source}})",
                     )
                     + (
-                        # From summed rates, not the recorded means: a deployment whose replicas use two
-                        # meters (or that two applications serve) has one recorded mean per source.
+                        # From summed rates, not the recorded means (split by application too), and per
+                        # source: a deployment whose replicas use two meters has a mean per source, never
+                        # a measurement and an estimate averaged into one figure.
                         Target(
-                            f"sum by (deployment) ({_rate(q.REQ_SUM, F)})"
-                            f" / sum by (deployment) ({_rate(q.REQ_COUNT, F)})",
-                            "{{deployment}} mean",
+                            f"sum by (deployment, source) ({_rate(q.REQ_SUM, F)})"
+                            f" / sum by (deployment, source) ({_rate(q.REQ_COUNT, F)})",
+                            "{{deployment}} mean ({{source}})",
                         ),
                     ),
                     "Attributed joules per request (histogram accuwatt_request_energy_joules).",
@@ -167,9 +169,9 @@ ENERGY_DASHBOARD = Dashboard(
                     "joule",
                     (
                         Target(
-                            f"sum by (deployment) ({_rate(q.ENERGY, ATTRIBUTED)})"
-                            f" / sum by (deployment) ({_rate(q.TEXTS, F)})",
-                            "{{deployment}}",
+                            f"sum by (deployment, source) ({_rate(q.ENERGY, ATTRIBUTED)})"
+                            f" / sum by (deployment, source) ({_rate(q.TEXTS, F)})",
+                            "{{deployment}} ({{source}})",
                         ),
                     ),
                 ),
@@ -268,7 +270,7 @@ ENERGY_DASHBOARD = Dashboard(
                     "short",
                     (
                         Target(
-                            f"sum by (deployment, replica) (increase({q.METER_ERRORS}{F}[$__range])) or on "
+                            f"sum by (deployment, replica) {q.increase_since_zero(q.METER_ERRORS + F, '$__range')} or on "
                             f"(deployment, replica) {q.zero_per_replica('deployment, replica', F)}",
                             "{{deployment}}/{{replica}}",
                             instant=True,
@@ -291,6 +293,28 @@ ENERGY_DASHBOARD = Dashboard(
                     "twice it, plus what the share moved inside its window and the router's part. High after a "
                     "change of load or of the node's power per CPU-second; no series for a meter read as it is "
                     "(bound: average power x update period).",
+                    width=24,
+                ),
+            ),
+        ),
+        Row(
+            "Nodes",
+            (
+                Panel(
+                    "Node power by share (the node account)",
+                    "timeseries",
+                    "watt",
+                    (
+                        Target(
+                            f"sum by (node, account, source, share) ({q.NODE_POWER_BY_SHARE.record})",
+                            "{{node}} {{share}} ({{source}})",
+                        ),
+                    ),
+                    "Each node's counters, read once and split: baseline idle, classifier replicas, routers "
+                    "(with the proxy's part they caused), the proxy's rest, Ray's own processes, everything "
+                    "else. Stacked, they are the node's metered power. One series set per node account: two "
+                    "energy configurations on one node are two whole accounts of it, never to be added.",
+                    stacked=True,
                     width=24,
                 ),
             ),

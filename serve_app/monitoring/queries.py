@@ -82,6 +82,20 @@ def zero_per_replica(by: str = REP, selector: str = "") -> str:
     return f"(0 * max by ({by}) ({METER_INFO}{{{', '.join([*matchers, METER_ON])}}}))"
 
 
+def increase_since_zero(series: str, window: str) -> str:
+    """``increase(series[window])`` per series, also counting what a counter series created inside the
+    window holds. Ray exports a counter only once it was recorded, starting at its first value (never
+    0), and ``increase`` takes a series' first sample as its baseline: a replica's first failed reads
+    (one export's worth) would count as none. A series absent ``window`` ago of a replica whose
+    ``accuwatt_meter_info`` was there then counts with its current value (it started at 0 inside the
+    window); without that condition a Prometheus that saw nothing then (fresh, or down meanwhile) would
+    count a replica's whole history."""
+    return (
+        f"((({series} unless {series} offset {window}) and on ({REP}) ({METER_INFO} offset {window}))"
+        f" or increase({series}[{window}]))"
+    )
+
+
 POWER_BY_SHARE = Recording(
     "deployment_share:accuwatt_power_watts:rate1m",
     f"sum by ({DEP}, source, share) (rate({ENERGY}[{RATE_WINDOW}]))",
@@ -108,8 +122,8 @@ JOULES_PER_REQUEST = Recording(
 )
 JOULES_PER_TEXT = Recording(
     "deployment:accuwatt_text_energy_joules:mean1m",
-    f'sum by ({DEP}) (rate({ENERGY}{{share="attributed"}}[{RATE_WINDOW}]))'
-    f" / sum by ({DEP}) (rate({TEXTS}[{RATE_WINDOW}]))",
+    f'sum by ({DEP}, source) (rate({ENERGY}{{share="attributed"}}[{RATE_WINDOW}]))'
+    f" / sum by ({DEP}, source) (rate({TEXTS}[{RATE_WINDOW}]))",
     "attributed J per classified text",
 )
 ENERGY_SHARE = Recording(
@@ -120,8 +134,9 @@ ENERGY_SHARE = Recording(
 )
 NODE_POWER_BY_SHARE = Recording(
     "node_share:accuwatt_node_power_watts:rate1m",
-    f"sum by (node, domain, source, share) (rate({NODE_ENERGY}[{RATE_WINDOW}]))",
-    "W (the node account: baseline idle and each process-group kind; sums to the node's power)",
+    f"sum by (node, account, domain, source, share) (rate({NODE_ENERGY}[{RATE_WINDOW}]))",
+    "W (the node account: baseline idle and each process-group kind; sums to the node's power per account: "
+    "two energy configurations on one node are two whole accounts of it, never to be added)",
 )
 REPLAY_ACCURACY_PER_WH = Recording(
     "model_dataset:accuwatt_replay_accuracy_per_wh:max",
@@ -144,13 +159,16 @@ RECORDING: tuple[Recording, ...] = (
 ALERTS: tuple[Alert, ...] = (
     Alert(
         "AccuwattReplicaNoEnergy",
-        f"sum by ({REP}) (increase({ENERGY}[{SHARE_WINDOW}])) or on ({REP}) {zero_per_replica()}",
+        # Only replicas whose meter_info is live: Ray keeps exporting a dead replica's counters (flat)
+        # after it evicted its gauges, and a deleted or replaced replica is no stuck one.
+        f"(sum by ({REP}) (increase({ENERGY}[{SHARE_WINDOW}])) and on ({REP}) {METER_INFO}{{{METER_ON}}})"
+        f" or on ({REP}) {zero_per_replica()}",
         "== 0",
         "5m",
         "warning",
         "Replica {{ $labels.replica }} of {{ $labels.deployment }} reports no energy",
-        "A replica with a live meter exported no joules for 5 minutes: its sampler or export loop is stuck "
-        "or its meter fails (see accuwatt_meter_errors_total and /v1/energy).",
+        "A replica with a live meter exported no joules for 5 minutes: its sampler is stuck or its meter "
+        "fails (see accuwatt_meter_errors_total and /v1/energy).",
     ),
     Alert(
         "AccuwattEstimateOnGpuNode",
@@ -176,7 +194,7 @@ ALERTS: tuple[Alert, ...] = (
     ),
     Alert(
         "AccuwattMeterErrors",
-        f"sum by ({REP}) (increase({METER_ERRORS}[{SHARE_WINDOW}])) or on ({REP}) {zero_per_replica()}",
+        f"sum by ({REP}) {increase_since_zero(METER_ERRORS, SHARE_WINDOW)} or on ({REP}) {zero_per_replica()}",
         "> 0",
         "0m",
         "warning",

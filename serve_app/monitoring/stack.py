@@ -226,6 +226,14 @@ def start_stack(
     scrape_interval: str = "15s",
 ) -> list[Service]:
     """Pushgateway (unless ``pushgateway_port`` is None) and Prometheus; returns them, Prometheus last."""
+    # Both ports before anything starts: Prometheus' port checked only after the Pushgateway started
+    # would name our own Pushgateway "another process" when the two ports are the same.
+    if pushgateway_port is not None and pushgateway_port == port:
+        raise MonitoringError(
+            f"--port and --pushgateway-port are both {port}: give the Pushgateway another port "
+            "(or --no-pushgateway)"
+        )
+    check_port_free(port, "--port")
     services: list[Service] = []
     try:
         gateway = None

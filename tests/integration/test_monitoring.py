@@ -178,6 +178,10 @@ def test_every_dashboard_and_rule_query_returns_data(
         info = query(prom.url, 'ray_accuwatt_meter_info{application="monitoring"}')["result"]
         assert {s["metric"]["deployment"] for s in info} == set(MODELS)
         assert {s["metric"]["source"] for s in info} == {"estimate"}
+        # the node account's power, per account: two energy configurations on one node would otherwise
+        # be summed into one series at twice the node's power
+        node = query(prom.url, "node_share:accuwatt_node_power_watts:rate1m")["result"]
+        assert node and all(s["metric"].get("account") for s in node), node[:3]
     finally:
         stop.set()
         sender.join(10)

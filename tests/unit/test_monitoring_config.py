@@ -221,36 +221,47 @@ def _promtool_eval(
 
 @needs_promtool
 def test_mean_energy_per_request_of_a_deployment_on_two_meters(tmp_path: Path) -> None:
-    """Two replicas of one deployment on different meters, each 1 J per request: the mean is 1 J."""
+    """Two replicas of one deployment on different meters, 1 J per request measured and 2 J estimated:
+    a mean per source (one mean of both, 1.5 J, would pass an estimate off as part of a measurement)."""
     from serve_app.monitoring.queries import REQ_COUNT, REQ_SUM
 
     series = {}
-    for replica, source in (("r1", "rapl"), ("r2", "estimate")):
+    for replica, source, joules in (("r1", "rapl", 15), ("r2", "estimate", 30)):
         labels = f'{{application="a", deployment="clf", replica="{replica}", source="{source}"}}'
-        series[REQ_SUM + labels] = "0+15x40"
+        series[REQ_SUM + labels] = f"0+{joules}x40"
         series[REQ_COUNT + labels] = "0+15x40"
-    expr = _panel_expr("Energy per request (quantiles and mean)", "{{deployment}} mean")
-    _promtool_eval(tmp_path, series, expr, {'{deployment="clf"}': 1})
+    expr = _panel_expr("Energy per request (quantiles and mean)", "{{deployment}} mean ({{source}})")
+    _promtool_eval(
+        tmp_path,
+        series,
+        expr,
+        {'{deployment="clf", source="rapl"}': 1, '{deployment="clf", source="estimate"}': 2},
+    )
 
 
 @needs_promtool
 def test_mean_energy_per_text_of_a_deployment_two_applications_serve(tmp_path: Path) -> None:
-    """One classifier id in two applications (one on two meters), each 1 J/s attributed and 2 texts/s:
-    0.5 J per text."""
+    """One classifier id in two applications (one on two meters): 0.5 J per text measured over both
+    applications, 1 J per text estimated, each a mean of its own source."""
     from serve_app.monitoring.queries import ENERGY, TEXTS
 
     series = {}
     for app, replica, source, joules, texts in (
         ("a1", "r1", "rapl", 7.5, 15),
-        ("a1", "r2", "estimate", 7.5, 15),
+        ("a1", "r2", "estimate", 15, 15),
         ("a2", "q", "rapl", 15, 30),
     ):
         rep = f'application="{app}", deployment="clf", replica="{replica}", source="{source}"'
         series[f'{ENERGY}{{{rep}, share="attributed", domain="cpu", node="h"}}'] = f"0+{joules}x40"
         series[f'{ENERGY}{{{rep}, share="idle", domain="cpu", node="h"}}'] = "0+100x40"
         series[f"{TEXTS}{{{rep}}}"] = f"0+{texts}x40"
-    expr = _panel_expr("Attributed energy per text", "{{deployment}}")
-    _promtool_eval(tmp_path, series, expr, {'{deployment="clf"}': 0.5})
+    expr = _panel_expr("Attributed energy per text", "{{deployment}} ({{source}})")
+    _promtool_eval(
+        tmp_path,
+        series,
+        expr,
+        {'{deployment="clf", source="rapl"}': 0.5, '{deployment="clf", source="estimate"}': 1},
+    )
 
 
 @needs_promtool
