@@ -5,7 +5,8 @@ same ``request_id``. The router then answers from this cache, or joins the reque
 so the text is classified, and its energy metered, once, even when the first client went away while
 it ran (the classification goes on, and its answer waits for the retry). A reused id with a different
 payload is a client error (409), not a cache hit. Failures are not cached: a retry after one runs again.
-Bounded: at most ``max_entries`` answers, each kept for ``ttl_s``. Per router replica, in memory.
+Bounded: at most ``max_entries`` answers, each kept for ``ttl_s`` (an expired answer is dropped at the
+next request, not kept until newer ones evict it). Per router replica, in memory.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ class IdempotencyCache(Generic[T]):
 
     async def run(self, key: str, fp: str, call: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """``(result, replayed)``: the cached or joined result (replayed) or a fresh one."""
-        now = time.monotonic()
+        self._expire(time.monotonic())
         hit = self._done.get(key)
-        if hit is not None and now - hit[0] <= self.ttl_s:
+        if hit is not None:
             self._check(key, hit[1], fp)
             return hit[2], True
         if key in self._inflight:
@@ -64,12 +65,22 @@ class IdempotencyCache(Generic[T]):
         task.add_done_callback(lambda done: self._settle(key, fp, done))
         return await asyncio.shield(task), False
 
+    def _expire(self, now: float) -> None:
+        """Drop the answers older than ``ttl_s``: ``_done`` is in the order they were kept (oldest first)."""
+        while self._done:
+            kept_at = next(iter(self._done.values()))[0]
+            if now - kept_at <= self.ttl_s:
+                return
+            self._done.popitem(last=False)
+
     def _settle(self, key: str, fp: str, task: asyncio.Future[T]) -> None:
         """Keep a finished call's answer; a failure is not kept (a retry runs again)."""
         del self._inflight[key]
         if task.cancelled() or task.exception() is not None:  # retrieved: joiners re-raise it
             return
-        self._done[key] = (time.monotonic(), fp, task.result())
+        now = time.monotonic()
+        self._done[key] = (now, fp, task.result())
         self._done.move_to_end(key)
+        self._expire(now)
         while len(self._done) > self.max_entries:
             self._done.popitem(last=False)

@@ -150,6 +150,39 @@ def serve_request_id() -> str:
     return _get_serve_request_context().request_id or uuid.uuid4().hex
 
 
+def detach_from_request() -> None:
+    """Make the Serve handle calls of the current task children of no HTTP request.
+
+    When a request is cancelled (its client went away), Serve cancels the handle calls it made (found
+    by the request context's ``_internal_request_id``) and Ray cancels the actor tasks it submitted
+    (recursive cancel, found by the Ray task id the async actor keeps in ``async_task_id``): a task
+    started during the request inherits both context variables. An idempotent classification must
+    outlive its first client (its retry waits for the answer), so its task runs under neither (same
+    correlation ``request_id``)."""
+    import dataclasses
+
+    import ray._raylet
+    from ray.serve import context
+
+    ray_task_id = getattr(ray._raylet, "async_task_id", None)  # not in the stubs
+    if ray_task_id is not None:
+        ray_task_id.set(None)  # submitted as the actor's own task, not as the HTTP request's
+
+    ctx = context._get_serve_request_context()
+    own = {"_internal_request_id": uuid.uuid4().hex, "cancel_on_parent_request_cancel": False}
+    names = {f.name for f in dataclasses.fields(ctx)}
+    context._serve_request_context.set(
+        dataclasses.replace(ctx, **{k: v for k, v in own.items() if k in names})  # type: ignore[arg-type]
+    )
+
+
+def unfinished_tag(tag: EnergyTag) -> bool:
+    """A replica's tag the router has not completed yet (``_end_to_end``): a figure of scope ``model``
+    without the ``overhead_not_metered`` flag. An idempotent answer whose first client went away is
+    cached so: its serving overhead was never measured, and its replay must say so."""
+    return tag.joules is not None and tag.scope == "model" and "overhead_not_metered" not in tag.flags
+
+
 def model_response(
     model: BaseModel, headers: dict[str, str] | None = None, exclude_unset: bool = False
 ) -> Response:
@@ -348,6 +381,14 @@ class Router:
                 ) from None
         raise replica_unavailable(model_id)
 
+    async def _call_detached(
+        self, model_id: str, texts: list[str], mode: str | None, rid: str
+    ) -> ReplicaAnswer:
+        """`_call` for the idempotency cache: in its own task, which Serve must not cancel with the
+        first client's request (see `detach_from_request`)."""
+        detach_from_request()
+        return await self._call(model_id, texts, mode, rid)
+
     def _merge_energy(
         self, model_id: str, reported: dict[str, dict[str, Any]], fresh: tuple[str, dict[str, Any]] | None
     ) -> dict[str, dict[str, Any]]:
@@ -486,7 +527,7 @@ class Router:
             else:
                 fp = fingerprint(req.model, req.mode, req.texts)
                 result, replayed = await self._idempotency.run(
-                    rid, fp, lambda: self._call(req.model, req.texts, req.mode, rid)
+                    rid, fp, lambda: self._call_detached(req.model, req.texts, req.mode, rid)
                 )
         except RequestError as exc:
             self._overhead.abandon(window)
@@ -503,6 +544,10 @@ class Router:
         latency = time.perf_counter() - t0
         if replayed:  # the cached answer already carries its tag (overhead included): unchanged
             self._overhead.abandon(window)
+            if unfinished_tag(result.energy):  # its first client went away before adding the overhead
+                # a copy, flagged: the cached answer stays as it is (a first handler that is only late
+                # still completes it in place, with its overhead, for the replays after)
+                result = result.model_copy(update={"energy": self._end_to_end(result.energy, None)})
         else:  # in place: an idempotent replay of this request returns the same tag
             result.energy = self._end_to_end(result.energy, window)
         energy = result.energy
