@@ -73,8 +73,9 @@ an empty or blank path is refused here (never read as "no file").
     body_timeout_s: float = Field(10.0, gt=0)
     """A request body must arrive within this time (slow or lying clients get 408)."""
     max_inflight: int = Field(256, ge=1)
-    """Classify requests the router handles at once; more get 503 ``overloaded`` before their body is
-    read (keeps the router's memory bounded: about ``max_inflight`` x ``max_body_bytes``)."""
+    """Classify requests the router handles at once, counting idempotent classifications that go on after
+    their clients went away; more get 503 ``overloaded`` before their body is read (keeps the router's
+    memory bounded: about ``max_inflight`` x ``max_body_bytes``)."""
     request_timeout_s: float = Field(120.0, gt=0)
     retries: int = Field(1, ge=0, le=3)
     """Idempotent classification is retried this often when a replica dies mid-request."""

@@ -37,6 +37,7 @@ class IdempotencyCache(Generic[T]):
         self.max_entries, self.ttl_s = max_entries, ttl_s
         self._done: OrderedDict[str, tuple[float, str, T]] = OrderedDict()
         self._inflight: dict[str, tuple[str, asyncio.Future[T]]] = {}
+        self._waiters: dict[str, int] = {}  # clients waiting on each call in flight
 
     def _check(self, key: str, stored: str, fp: str) -> None:
         if stored != fp:
@@ -57,13 +58,30 @@ class IdempotencyCache(Generic[T]):
         if key in self._inflight:
             stored, running = self._inflight[key]
             self._check(key, stored, fp)
-            return await asyncio.shield(running), True
+            return await self._wait(key, running), True
         # The call runs as a task of its own: a first client that goes away (Serve cancels its request)
         # does not cancel it, so a retry that joined it, or comes later, gets its answer.
         task = asyncio.ensure_future(call())
         self._inflight[key] = (fp, task)
         task.add_done_callback(lambda done: self._settle(key, fp, done))
-        return await asyncio.shield(task), False
+        return await self._wait(key, task), False
+
+    async def _wait(self, key: str, task: asyncio.Future[T]) -> T:
+        self._waiters[key] = self._waiters.get(key, 0) + 1
+        try:
+            return await asyncio.shield(task)
+        finally:  # (the call may have settled first and its count gone with it)
+            left = self._waiters.get(key, 0) - 1
+            if left > 0:
+                self._waiters[key] = left
+            else:
+                self._waiters.pop(key, None)
+
+    @property
+    def orphans(self) -> int:
+        """Calls in flight that no client waits for any more (each went away): work and memory of the
+        router that no request in flight accounts for."""
+        return sum(1 for key in self._inflight if key not in self._waiters)
 
     def _expire(self, now: float) -> None:
         """Drop the answers older than ``ttl_s``: ``_done`` is in the order they were kept (oldest first)."""
@@ -76,6 +94,7 @@ class IdempotencyCache(Generic[T]):
     def _settle(self, key: str, fp: str, task: asyncio.Future[T]) -> None:
         """Keep a finished call's answer; a failure is not kept (a retry runs again)."""
         del self._inflight[key]
+        self._waiters.pop(key, None)
         if task.cancelled() or task.exception() is not None:  # retrieved: joiners re-raise it
             return
         now = time.monotonic()

@@ -505,7 +505,9 @@ class Router:
     async def classify(self, request: Request) -> Response:
         t0 = time.perf_counter()
         rid: str | None = None
-        if self._inflight >= self.cfg.max_inflight:
+        # classifications whose clients all went away still run (idempotent ones finish for their
+        # retry): they count, or clients that send and leave would hold the router's memory unbounded
+        if self._inflight + self._idempotency.orphans >= self.cfg.max_inflight:
             return error_response(overloaded("the router"))
         self._inflight += 1
         window = self._overhead.begin()
