@@ -259,12 +259,15 @@ class LLMClassifier(Classifier):
 
     def _check_fits(self, index: int, n_prompt: int, mode: str) -> None:
         """Refuse a prompt the engine would refuse (it needs room for one token after it, and ``score``
-        over label sequences for the longest label's tokens too) as the client's error."""
+        over label sequences for the longest label's tokens too), or one that leaves ``choice`` no room
+        to write the longest label and end it, as the client's error."""
         if not self._max_model_len:
             return
         room = 1
         if mode == "score" and not self._first_tokens:
             room += max(map(len, self._scored_ids.values()))
+        elif mode == "choice":
+            room += max(map(len, self._label_ids.values()))  # the label, then its end token
         elif mode == "paper" and self.spec.reasoning:
             room += len(self._close_ids)  # a thought cut short is closed before the answer
         if n_prompt + room > self._max_model_len:
@@ -393,7 +396,7 @@ class LLMClassifier(Classifier):
             )
             g = (await self._generate(prompt_ids, params, on_work)).outputs[0]
             n_prompt, n_gen = n_prompt + len(prompt_ids), n_gen + len(g.token_ids)
-        parsed = prompts.parse_choice(g.text, self._labels)
+        parsed = prompts.parse_choice(g.text, self._labels, finished=g.finish_reason != "length")
         return Prediction(
             label=parsed.label,
             prompt_tokens=n_prompt,

@@ -180,6 +180,18 @@ class LLMSpec(Strict):
             raise ValueError("remote_stage_env applies to CPU pipeline stages across nodes only")
         if self.stage_nodes > 1 and self.placement_strategy not in (None, "STRICT_SPREAD"):
             raise ValueError("CPU pipeline stages across nodes need STRICT_SPREAD (one node per stage)")
+        if (
+            not self.on_gpu
+            and self.world_size > 1
+            and self.stage_nodes == 1
+            and self.placement_strategy in ("SPREAD", "STRICT_SPREAD")
+        ):
+            raise ValueError(
+                f"placement_strategy {self.placement_strategy} on CPU: vLLM for CPU runs every rank as "
+                "a child process of the replica, on its node, so their bundles must not spread to other "
+                "nodes (STRICT_SPREAD cannot even be placed on one node); use PACK or STRICT_PACK, or "
+                "pipeline_spans_nodes: true to put pipeline stages on other nodes"
+            )
         if self.placement_strategy == "STRICT_SPREAD" and self.tensor_parallel_size > 1 and self.on_gpu:
             raise ValueError("STRICT_SPREAD would split tensor-parallel ranks across nodes")
         if self.pipeline_spans_nodes and self.placement_strategy == "STRICT_PACK":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -35,6 +36,9 @@ PAD_UNIT = " \n"
 """One unit of :func:`prefix_pad`: a line holding one space."""
 _FIELD_RE = re.compile(r"\[\[\s*##\s*(\w+)\s*##\s*\]\]")
 _STRIP_CHARS = " \t\r\n\"'`*_.,;:!()[]{}<>"
+_SPACE_CHARS = " \t\r\n"
+_MARKUP_CHARS = " \t\r\n\"'`*_"
+"""Quotes and markdown emphasis a model may put around a label (``**Yes!**``), no punctuation."""
 
 
 def marker(field: str) -> str:
@@ -152,9 +156,19 @@ def field_value(answer: str, field: str = OUTPUT_FIELD) -> str | None:
     return None
 
 
+def _fold(text: str) -> str:
+    """``text`` for comparison: case folded, and composed (NFC), so that "É" written as one code point
+    or as "E" and a combining accent are the same."""
+    return unicodedata.normalize("NFC", text).casefold()
+
+
 def match_label(value: str, labels: Sequence[str]) -> str | None:
-    """The label ``value`` names: exact, else ignoring case, surrounding quotes/markup/punctuation and
-    a leading ``- `` bullet, on the first non-empty line. None when it names no label."""
+    """The label ``value`` names: exact, else ignoring case, Unicode composition, surrounding
+    quotes/markup/punctuation and a leading ``- `` bullet, on the first non-empty line. None when it
+    names no label.
+
+    Less is stripped first: ``yes!`` names the label "Yes!", not "Yes", when both are labels; ``yes.``
+    (no such label) names "Yes"."""
     if value in labels:
         return value
     lines = [ln for ln in value.splitlines() if ln.strip()]
@@ -162,13 +176,19 @@ def match_label(value: str, labels: Sequence[str]) -> str | None:
         return None
     candidate = lines[0].strip()
     if candidate.startswith("- "):
-        candidate = candidate[2:]
-    candidate = candidate.strip(_STRIP_CHARS).casefold()
-    by_fold = {label.casefold(): label for label in labels}
+        candidate = candidate[2:].strip()
+    for chars in (_SPACE_CHARS, _MARKUP_CHARS):
+        # a label spelled out in full (case aside), before any punctuation is taken off
+        trimmed = _fold(candidate.strip(chars))
+        same = [label for label in labels if _fold(label.strip(chars)) == trimmed]
+        if len(same) == 1:
+            return same[0]
+    candidate = _fold(candidate.strip(_STRIP_CHARS))
+    by_fold = {_fold(label): label for label in labels}
     if candidate in by_fold:
         return by_fold[candidate]
     # a label that itself begins or ends with such characters ("Umwelt (AfU)", "U.S."), stripped alike
-    alike = [label for label in labels if label.strip(_STRIP_CHARS).casefold() == candidate]
+    alike = [label for label in labels if _fold(label.strip(_STRIP_CHARS)) == candidate]
     return alike[0] if len(alike) == 1 else None
 
 
@@ -179,7 +199,8 @@ class ParsedAnswer:
     label: str
     parsed: bool
     reason: str | None = None
-    """Why parsing failed: ``empty``, ``thinking_not_closed``, ``no_field`` or ``not_a_label``."""
+    """Why parsing failed: ``empty``, ``thinking_not_closed``, ``no_field``, ``not_a_label`` or
+    (``choice``) ``cut_short``."""
 
 
 def parse_answer(generated: str, labels: Sequence[str], reasoning: bool = False) -> ParsedAnswer:
@@ -198,11 +219,16 @@ def parse_answer(generated: str, labels: Sequence[str], reasoning: bool = False)
     return ParsedAnswer(label, True)
 
 
-def parse_choice(generated: str, labels: Sequence[str]) -> ParsedAnswer:
+def parse_choice(generated: str, labels: Sequence[str], finished: bool = True) -> ParsedAnswer:
     """Read a ``choice``-mode generation (constrained to the labels, so normally exact).
 
     A generation cut short is accepted when it is the start of exactly one label: the constraint
-    leaves no other way to finish it (this lets single-token labels stop after one token)."""
+    leaves no other way to finish it (this lets single-token labels stop after one token).
+    ``finished=False`` (the engine stopped it at its token limit or the context's end, not at the
+    answer's end) accepts nothing else: a cut-short "World" that is a label but also the start of
+    "World Politics" may have been on its way to the longer one (reason ``cut_short``)."""
+    if not finished and generated and not settles(generated, labels):
+        return ParsedAnswer(UNPARSED_LABEL, False, "cut_short")
     label = match_label(generated.strip(), labels)
     if label is None and generated:
         starts = [lab for lab in labels if lab.startswith(generated)]
