@@ -18,10 +18,10 @@ from serve_app.model_ids import add_models_argument, check_ids
 COMMAND_MODULES = (
     "serve_app.demo",
     "serve_app.replay.cli",
-    "serve_app.report",
+    "serve_app.report.cli",
     "serve_app.models_prepare",
     "serve_app.monitoring",
-    "serve_app.sweep",
+    "serve_app.sweep.cli",
     "serve_app.topology",
 )
 

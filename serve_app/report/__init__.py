@@ -1,5 +1,2 @@
-"""``accuwatt report``: the study's tables and figures from replay run folders."""
-
-from serve_app.report.cli import register
-
-__all__ = ["register"]
+"""``accuwatt report``: the study's tables and figures from replay run folders (``cli.register`` adds the
+subcommand; the package itself imports nothing, so importing one of its modules runs no other)."""

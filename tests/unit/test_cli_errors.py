@@ -290,7 +290,7 @@ def test_sweep_validates_classifier_specs_at_load(
 
 
 def test_the_committed_sweep_files_still_load() -> None:
-    from serve_app.sweep import load_sweep
+    from serve_app.sweep.cli import load_sweep
 
     for f in sorted((Path(__file__).resolve().parents[2] / "cluster" / "topologies").glob("*.yaml")):
         assert load_sweep(f).topologies

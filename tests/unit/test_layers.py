@@ -1,10 +1,11 @@
 """The layers of docs/ARCHITECTURE.md hold: every import of a project module points to the same layer or
 a lower one, and no module reaches itself through its imports (module-level and function-level
-imports alike, read from the source)."""
+imports alike, read from the source, and the packages' ``__init__`` that an import runs first)."""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable
 
 from tests.conftest import REPO
 
@@ -36,8 +37,17 @@ def _modules() -> dict[str, set[str]]:
                     out.add(sub if sub in names else node.module)
             elif isinstance(node, ast.Import):
                 out |= {a.name for a in node.names if a.name.split(".")[0] == "serve_app"}
-        graph[name] = out - {name}
+        graph[name] = (out | {pkg for t in out for pkg in _packages_run(t, name, names)}) - {name}
     return graph
+
+
+def _packages_run(target: str, importer: str, names: Iterable[str]) -> set[str]:
+    """Importing ``a.b.c`` runs ``a/b/__init__.py`` first (and what it imports): the packages above
+    ``target`` that are not above ``importer`` (those ran before it)."""
+    above_importer = {".".join(importer.split(".")[:i]) for i in range(1, importer.count(".") + 2)}
+    parts = target.split(".")
+    above = {".".join(parts[:i]) for i in range(1, len(parts))}
+    return {p for p in above - above_importer if p in names}
 
 
 def layer_of(module: str) -> int:
