@@ -8,13 +8,17 @@ A dataset source is one of:
 - a Hugging Face dataset id (``hf:<id>`` or an id that is not a local path), where the hub is reachable.
 
 The study's protocol: for split ``i`` draw ``n_train`` training and ``n_test`` test texts with a
-generator seeded by ``(seed, i)``; from one pool the two samples are disjoint. Every model sees the
-same splits, so a split is fully identified by ``(dataset fingerprint, seed, i, n_train, n_test)``.
+generator seeded by ``(seed, i)``; from one pool the two samples are disjoint, and no text of the
+test sample is in the training sample (a repeated text is passed over while other texts remain).
+Every model sees the same splits, so a split is fully identified by ``(dataset fingerprint, seed, i,
+n_train, n_test)``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +26,8 @@ import numpy as np
 import pandas as pd
 
 from serve_app.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 DEMO_DIR = Path(__file__).parent / "data" / "demo"
@@ -122,12 +128,25 @@ def _read_frame(path: Path) -> pd.DataFrame:
         raise DatasetError(f"cannot read {path}: {reason}") from exc
 
 
-def _label(value: object) -> str:
+def _text(value: object, where: str) -> str:
+    """A cell as text, stripped. Bytes (a Parquet binary column) are decoded as UTF-8, not written as
+    their ``b'...'`` representation; bytes that are not UTF-8 are a `DatasetError` naming the column."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(value).decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{where}: a binary value is not UTF-8 text ({exc})") from None
+    return str(value).strip()
+
+
+def _label(value: object, where: str = "label") -> str:
     """A label as text. A whole number read as a float (an integer column with a missing value becomes
-    float in pandas) reads as the integer, so that ``1`` and ``1.0`` name one class."""
+    float in pandas) reads as the integer, so that ``1`` and ``1.0`` name one class; a label in
+    Unicode normal form NFC, so that one that looks the same composed (``ü``) or decomposed (``u`` +
+    combining diaeresis) names one class."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value).strip()
+    return unicodedata.normalize("NFC", _text(value, where))
 
 
 def _pool(name: str, frame: pd.DataFrame, text_col: str, label_col: str) -> Pool:
@@ -136,8 +155,8 @@ def _pool(name: str, frame: pd.DataFrame, text_col: str, label_col: str) -> Pool
     if missing:
         raise DatasetError(f"{name}: missing column(s) {missing}; have {list(frame.columns)}")
     frame = frame[[text_col, label_col]].dropna()
-    texts = tuple(str(t).strip() for t in frame[text_col])
-    labels = tuple(_label(v) for v in frame[label_col])
+    texts = tuple(_text(t, f"{name}: column {text_col!r}") for t in frame[text_col])
+    labels = tuple(_label(v, f"{name}: column {label_col!r}") for v in frame[label_col])
     keep = [i for i, (t, lab) in enumerate(zip(texts, labels, strict=True)) if t and lab]
     return Pool(name, tuple(texts[i] for i in keep), tuple(labels[i] for i in keep))
 
@@ -163,14 +182,22 @@ def _columns_key(text_col: str, label_col: str) -> str:
     return "" if (text_col, label_col) == ("text", "label") else f"\0columns:{text_col}\0{label_col}"
 
 
+def _looks_like_hub_id(source: str) -> bool:
+    """``owner/name``: one slash, not a path (``./``, ``/``, ``~``) and not a data file's name
+    (``data/mine.csv`` that does not exist is a missing file, not a hub id)."""
+    return (
+        source.count("/") == 1
+        and not source.startswith((".", "/", "~"))
+        and Path(source).suffix.lower() not in DATA_SUFFIXES
+    )
+
+
 def load_dataset(source: str, text_col: str = "text", label_col: str = "label") -> Dataset:
     """Load a dataset from a file, a folder, ``demo`` or a Hugging Face id (see module doc)."""
     if source == "demo":
         source = str(DEMO_DIR)
     path = Path(source).expanduser()
-    if source.startswith("hf:") or (
-        not path.exists() and "/" in source and not source.startswith((".", "/"))
-    ):
+    if source.startswith("hf:") or (not path.exists() and _looks_like_hub_id(source)):
         return _load_hf(source.removeprefix("hf:"), text_col, label_col)
     if not path.exists():
         raise DatasetError(f"dataset not found: {source}")
@@ -234,9 +261,35 @@ def _take(pool: Pool, rows: np.ndarray) -> Sample:
     return Sample(pool.name, r, tuple(pool.texts[i] for i in r), tuple(pool.labels[i] for i in r))
 
 
+def _first_unseen(pool: Pool, order: np.ndarray, held_out: set[str], n: int) -> np.ndarray:
+    """The first ``n`` rows of ``order`` whose text (in NFC, as the models see it) is not one of
+    ``held_out``: a text repeated in the data does not land in both the training and the test sample.
+    Where no text repeats these are ``order[:n]``, the study's draw unchanged. Only a pool with too few
+    other texts to fill ``n`` adds held-out ones, in order, after all the others (logged)."""
+    fresh: list[int] = []
+    shared: list[int] = []
+    for r in order:
+        (shared if unicodedata.normalize("NFC", pool.texts[r]) in held_out else fresh).append(int(r))
+        if len(fresh) == n:
+            break
+    if len(fresh) < n and shared:
+        log.info(
+            "%s: %d training text(s) are also test texts: the pool has too few other texts",
+            pool.name,
+            min(len(shared), n - len(fresh)),
+        )
+    return np.array(fresh + shared[: n - len(fresh)], dtype=np.int64)
+
+
+def _texts_of(pool: Pool, rows: np.ndarray) -> set[str]:
+    return {unicodedata.normalize("NFC", pool.texts[r]) for r in rows}
+
+
 def make_split(ds: Dataset, n_train: int, n_test: int, seed: int, index: int) -> Split:
     """Split ``index`` of the study protocol (see module doc). Sizes are capped by the pools; sizes
-    below 1 and a negative seed or index are refused (`ValueError`), never read as other sizes."""
+    below 1 and a negative seed or index are refused (`ValueError`), never read as other sizes. A
+    training text that is also a test text of the split (a text repeated in the pool, or in both
+    files) is passed over for the next one drawn, while the pool has others."""
     if n_train < 1 or n_test < 1:
         raise ValueError(f"split sizes must be >= 1, got n_train={n_train}, n_test={n_test}")
     if seed < 0 or index < 0:
@@ -254,12 +307,13 @@ def make_split(ds: Dataset, n_train: int, n_test: int, seed: int, index: int) ->
             ds.fingerprint,
             seed,
             index,
-            _take(ds.pool, perm[n_te : n_te + n_tr]),
+            _take(ds.pool, _first_unseen(ds.pool, perm[n_te:], _texts_of(ds.pool, perm[:n_te]), n_tr)),
             _take(ds.pool, perm[:n_te]),
         )
     assert ds.train is not None and ds.test is not None
-    tr = rng.permutation(len(ds.train))[: min(n_train, len(ds.train))]
+    tr_order = rng.permutation(len(ds.train))
     te = rng.permutation(len(ds.test))[: min(n_test, len(ds.test))]
+    tr = _first_unseen(ds.train, tr_order, _texts_of(ds.test, te), min(n_train, len(ds.train)))
     return Split(ds.name, ds.fingerprint, seed, index, _take(ds.train, tr), _take(ds.test, te))
 
 

@@ -146,8 +146,23 @@ class EvalRow:
 def evaluate_split(
     split: Split, model_ids: list[str] | tuple[str, ...] = MODEL_IDS, embedding_model: str = DEFAULT_EMBEDDING
 ) -> list[EvalRow]:
+    """Train on ``split.train`` and score ``split.test``. Test texts whose label the training sample
+    lacks count as wrong (no model can answer them); that is logged, naming the labels and how many
+    test texts carry them, never left silent."""
     models = fit_split(split, model_ids, embedding_model)
     texts, gold = list(split.test.texts), list(split.test.labels)
+    trained = set(split.train.labels)
+    unseen = sorted(set(gold) - trained)
+    if unseen:
+        log.warning(
+            "%s: %d of the %d test texts have label(s) %s that the %d training texts lack; no model can "
+            "predict them, so they count as wrong; a larger --n-train may include them",
+            _split_name(split),
+            sum(g not in trained for g in gold),
+            len(gold),
+            ", ".join(unseen),
+            len(split.train.labels),
+        )
     rows = []
     for m, model in models.items():
         t0 = time.perf_counter()
