@@ -289,7 +289,7 @@ class Router:
             EnergyConfig.model_validate(energy or {}),
             current_node_name(),
             current_node_id(),
-            "single_hop: in the classifier's figures" if self._local is not None else None,
+            single_hop=self._local is not None,
         )
         log.info(
             "router ready: %d classifiers (%s), HTTP host %s, auth %s",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, Literal
 
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.base import MeterError
@@ -20,33 +20,42 @@ from serve_app.energy.tag import Overhead
 from serve_app.energy.window import ReplicaEnergy, RequestWindow
 
 log = logging.getLogger(__name__)
+OverheadState = Literal["starting", "metered", "off", "single_hop", "failed"]
+STATE_NOTES: dict[str, str] = {
+    "starting": "the router's meter is starting",
+    "metered": "the router's share of its node account",
+    "off": "metering is off (energy.meter off, or no node account)",
+    "single_hop": "single-hop layout: the router runs in the classifier's process, whose share covers it",
+    "failed": "the router's meter could not start (error)",
+}
 
 
 class ServingOverhead:
     """The router's overhead: a `ReplicaEnergy` on the router's account share under the ``time`` rule
     (every request in flight alike). Starts in the background; until it is ready ``begin`` gives None."""
 
-    def __init__(
-        self, cfg: EnergyConfig, node: str, node_id: str | None, off_reason: str | None = None
-    ) -> None:
-        """``off_reason``: why the router meters no overhead of its own (the single-hop layout, where
-        the classifier's share already covers the router's process)."""
+    def __init__(self, cfg: EnergyConfig, node: str, node_id: str | None, single_hop: bool = False) -> None:
+        """``single_hop``: the router meters no overhead of its own (the classifier's share already
+        covers the router's process)."""
         self.cfg = cfg.model_copy(update={"attribution": "time"})
         self.energy: ReplicaEnergy | None = None
-        self.error: str | None = "starting"
-        if off_reason or cfg.meter == "off" or not cfg.node_account:
-            self.error = off_reason or "off"
-            return
-        threading.Thread(
-            target=self._start, args=(node, node_id), name="accuwatt-overhead", daemon=True
-        ).start()
+        self.state: OverheadState = "starting"
+        self.error: str | None = None  # why the meter could not start (state ``failed``)
+        if single_hop:
+            self.state = "single_hop"
+        elif cfg.meter == "off" or not cfg.node_account:
+            self.state = "off"
+        else:
+            threading.Thread(
+                target=self._start, args=(node, node_id), name="accuwatt-overhead", daemon=True
+            ).start()
 
     def _start(self, node: str, node_id: str | None) -> None:
         try:
             self.energy = ReplicaEnergy(account_meter(self.cfg, node, node_id), self.cfg, "router", [])
-            self.error = None
+            self.state = "metered"
         except MeterError as exc:
-            self.error = str(exc)
+            self.error, self.state = str(exc), "failed"
             log.error("serving overhead not metered: %s", exc)
 
     def begin(self) -> RequestWindow | None:
@@ -72,11 +81,17 @@ class ServingOverhead:
             window.abandon()
 
     def snapshot(self) -> dict[str, Any]:
+        """``/v1/energy``'s ``serving_overhead``: its ``state`` and, when ``metered``, the router's ledger
+        (a replica row's fields; ``error`` there is its meter's, as a replica's)."""
         if self.energy is None:
-            return {"error": self.error}
+            return {"state": self.state, "note": STATE_NOTES[self.state], "error": self.error}
         snap = self.energy.snapshot()
         keys = (
             *("metered_j", "attributed_j", "idle_j", "requests", "open_requests", "source", "error"),
             *("edge_error_j", "missed_j", "adjusted_j"),
         )
-        return {**{k: snap[k] for k in keys}, "group": self.energy.info.extra.get("group")}
+        return {
+            "state": "metered",
+            **{k: snap[k] for k in keys},
+            "group": self.energy.info.extra.get("group"),
+        }

@@ -63,7 +63,8 @@ def test_single_hop_tags_cover_the_process_and_the_proxy_once(hop: str) -> None:
         assert t["model_j"] is None and t["overhead_j"] is None  # not separable within one process
         assert "overhead_not_metered" not in t["flags"]
     view = httpx.get(f"{hop}/v1/energy", timeout=30).json()
-    assert "single_hop" in view["serving_overhead"]["error"]  # no second meter on the same process
+    # no second meter on the same process, and that is a state, not an error
+    assert view["serving_overhead"]["state"] == "single_hop" and view["serving_overhead"]["error"] is None
     (replica,) = view["deployments"]["tfidf-logreg"]["replicas"].values()
     group = replica["group"]
     assert group.startswith("router:")  # the ingress process: the proxy's part goes to it
