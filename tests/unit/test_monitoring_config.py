@@ -173,17 +173,18 @@ def test_dashboards_without_uid_are_refused_at_load(tmp_path: Path) -> None:
 # -- panel queries and rules evaluated by promtool on synthetic series ------------------------------
 
 
-def _panel_expr(title: str, legend: str) -> str:
-    """The PromQL (Grafana variables at "All") of the energy dashboard's target with this legend."""
+def _panel_expr(title: str, legend_suffix: str = "") -> str:
+    """The PromQL (Grafana variables at "All", ``$__range`` 5m) of the energy dashboard's one target of
+    that panel whose legend ends with ``legend_suffix``."""
     model = build_dashboards()["accuwatt-energy.json"]
     (expr,) = [
         t["expr"]
         for p in model["panels"]
         if p["title"] == title
         for t in p.get("targets", [])
-        if t["legendFormat"] == legend
+        if t["legendFormat"].endswith(legend_suffix)
     ]
-    return to_promql(expr)
+    return to_promql(expr, range_="5m")
 
 
 def _promtool_eval(

@@ -27,10 +27,11 @@ from typing import Any
 import pytest
 import yaml
 
-from serve_app.monitoring.dashboards import build_dashboards, to_promql
+from serve_app.monitoring.dashboards import build_dashboards
 from serve_app.monitoring.queries import ENERGY, METER_ERRORS, METER_INFO, REQ_BUCKET
 from serve_app.monitoring.stack import MONITORING_DIR, find_binary
 from serve_app.ports import free_port
+from tests.unit.test_monitoring_config import _panel_expr
 
 promtool = find_binary("promtool")
 needs_promtool = pytest.mark.skipif(promtool is None, reason="promtool not installed (scripts/setup.sh test)")
@@ -52,20 +53,6 @@ def _promtool_test(tmp_path: Path, test: dict[str, Any], interval: str = "1m") -
         [promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60, check=False
     )
     assert r.returncode == 0, r.stdout + r.stderr
-
-
-def _panel_expr(title: str, legend_suffix: str = "") -> str:
-    """The PromQL (Grafana variables at "All", ``$__range`` 5m) of the energy dashboard's one target of
-    that panel whose legend ends with ``legend_suffix``."""
-    model = build_dashboards()["accuwatt-energy.json"]
-    (expr,) = [
-        t["expr"]
-        for p in model["panels"]
-        if p["title"] == title
-        for t in p.get("targets", [])
-        if t["legendFormat"].endswith(legend_suffix)
-    ]
-    return to_promql(expr, range_="5m")
 
 
 # -- the first failed meter reads of a replica --------------------------------------------------------
