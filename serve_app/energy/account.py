@@ -46,7 +46,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from serve_app.energy.base import Meter, MeterError, Reading, Source
-from serve_app.energy.counters import Limits, baseline_after, counter_step
+from serve_app.energy.counters import Limits, baseline_after, counter_step, dropped_j
 from serve_app.energy.nodemeter import node_busy_cpu_s
 from serve_app.energy.nvml import GpuIdentity
 from serve_app.energy.procs import (
@@ -295,7 +295,9 @@ class NodeAccount:
                 self._base[key] = baseline_after(before, value, kind)
                 if kind != "ok":
                     self.steps[kind] += 1
-                    self.dropped_j += (value - before) if kind == "dropped" else 0.0
+                    self.dropped_j += (
+                        dropped_j(before, value, key in r.reset_keys) if kind == "dropped" else 0.0
+                    )
                 self._split_key(key, r.source, delta, dt_s, cpu_d, denom, sum_cpu, routers_cpu, kind == "ok")
         self.t_s = t_s
 

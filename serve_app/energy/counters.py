@@ -12,8 +12,9 @@ of a counter into a delta with :func:`counter_step`, which applies three rules:
   counter passes its old value again. A remote NVML counter stepping back 50 J from 5,000,200 J is
   a reordering, never a 5 MJ "reset".
 - **dropped**: a forward step above the physical bound (maximum power x (interval + slack) + the
-  counter's resolution) is impossible for the hardware. It is dropped (delta 0), counted and flagged
-  and the new value becomes the baseline: it never reaches a tag.
+  counter's resolution) is impossible for the hardware, and so is a restart the meter reports whose
+  new value is above it. It is dropped (delta 0), counted and flagged and the new value becomes the
+  baseline: it never reaches a tag.
 
 Bounds per domain (:data:`MAX_POWER_W`) are per counter key (one GPU, one CPU package and its DRAM,
 or one replica's process-set estimate), raised for a counter whose meter says it can show more
@@ -73,13 +74,20 @@ def counter_step(
     if value < 0:  # no counter counts below zero: a corrupt read, the old value stays the baseline
         return 0.0, "reordered"
     if driver_reset or value < before:
-        if driver_reset or value <= bound:
+        if value <= bound:
             return value, "reset"
-        return 0.0, "reordered"
+        # restarted inside the interval yet showing more than it could draw since: not believed
+        return (0.0, "dropped") if driver_reset else (0.0, "reordered")
     delta = value - before
     if delta > bound:
         return 0.0, "dropped"
     return delta, "ok"
+
+
+def dropped_j(before: float, value: float, driver_reset: bool = False) -> float:
+    """The energy a ``dropped`` step claimed: the new value after a restart the meter reported, else
+    the forward step. Units: J."""
+    return value if driver_reset else value - before
 
 
 def baseline_after(before: float, value: float, kind: StepKind) -> float:

@@ -24,8 +24,9 @@ Rules (``EnergyConfig.attribution``):
 
 Stepped requests: an interval's energy is split among the stepped requests active in it in
 proportion to the tokens reported for them since the last split; a request with no tokens reported
-gets none of it. The engine reports a step when its output reaches the replica, which may be several
-readings after the step began, so intervals in which no sharer reported any work are *held* (with
+gets none of it (a request not stepped active beside them keeps its standing-weight share). The
+engine reports a step when its output reaches the replica, which may be several readings after the
+step began, so intervals in which no sharer reported any work are *held* (with
 the set of requests active in them) until work is reported, and then split by that work among their
 own sharers. A held interval whose sharers report nothing before one of them ends falls back to the
 standing weights (``begin``'s ``weight``): that share is the request's ``unstepped_j``. Each share is
@@ -43,7 +44,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from serve_app.energy.base import Reading
-from serve_app.energy.counters import Limits, baseline_after, counter_step
+from serve_app.energy.counters import Limits, baseline_after, counter_step, dropped_j
 
 COUNTER_RESET_NOTE = "counter reset detected: delta taken as the new value"
 METER_GAP = "meter_gap"
@@ -201,7 +202,8 @@ class Ledger:
             if before is None:
                 self._base[key] = value  # a counter that appeared now: its origin is this reading
                 continue
-            delta, kind = counter_step(key, before, value, dt_s, self._limits, key in reading.reset_keys)
+            driver_reset = key in reading.reset_keys
+            delta, kind = counter_step(key, before, value, dt_s, self._limits, driver_reset)
             self._base[key] = baseline_after(before, value, kind)
             if kind != "ok":
                 flags.add(STEP_FLAGS[kind])
@@ -209,7 +211,7 @@ class Ledger:
                 self._reorders += kind == "reordered"
                 if kind == "dropped":
                     self._dropped += 1
-                    self._dropped_j += value - before
+                    self._dropped_j += dropped_j(before, value, driver_reset)
             if delta:
                 deltas[key] = delta
         for o in self._open.values():
@@ -230,7 +232,7 @@ class Ledger:
             else:
                 self._split_by_weight(deltas, list(self._open.values()))
         if self._held and any(o.new_prefill or o.new_decode for o in self._open.values()):
-            self._settle()  # work reported before any energy appeared waits for that energy
+            self._settle(final=False)  # work reported before any energy appeared waits for that energy
         if self._open and reading.t_s > prev.t_s:  # a batch re-observing one reading is no new interval
             n = len(self._open)
             for o in self._open.values():
@@ -254,20 +256,36 @@ class Ledger:
         else:
             self._held.append(_Held(dict(deltas), sharers))
 
-    def _settle(self) -> None:
-        """Split every held interval by the work its sharers reported since the last split (by
-        standing weight where none did); start counting work afresh."""
+    def _settle(self, final: bool = True) -> None:
+        """Split every held interval by the work its sharers reported since the last split; start
+        counting work afresh. One none of whose sharers reported any: by standing weight when
+        ``final`` (one of them is leaving), else it stays held for their work (another request's
+        report is none of theirs)."""
+        kept: list[_Held] = []
         for held in self._held:
             sharers = [self._open[r] for r in held.sharers]  # a request leaves only after a settle
-            work = {id(o): o.new_prefill + o.new_decode for o in sharers}
+            work = {id(o): (o.new_prefill + o.new_decode) if o.stepped else 0 for o in sharers}
             total = sum(work.values())
             if total <= 0:
-                self._split_by_weight(held.deltas, sharers)
+                if final:
+                    self._split_by_weight(held.deltas, sharers)
+                else:
+                    kept.append(held)
                 continue
+            # a request whose work is not reported step by step takes its standing-weight share; the
+            # stepped sharers split the rest by their work
+            plain = [o for o in sharers if not o.stepped]
+            stepped_part = 1.0
+            if plain:
+                total_w = sum(o.weight for o in sharers)
+                self._split_by_weight(
+                    {k: d * sum(o.weight for o in plain) / total_w for k, d in held.deltas.items()}, plain
+                )
+                stepped_part = sum(o.weight for o in sharers if o.stepped) / total_w
             for o in sharers:
                 if not work[id(o)]:
                     continue
-                fraction = work[id(o)] / total
+                fraction = stepped_part * work[id(o)] / total
                 prefill_part = o.new_prefill / work[id(o)]
                 for key, delta in held.deltas.items():
                     share = delta * fraction
@@ -275,7 +293,7 @@ class Ledger:
                     self._attributed[key] += share
                     o.prefill_j += share * prefill_part
                     o.decode_j += share * (1.0 - prefill_part)
-        self._held = []
+        self._held = kept
         for o in self._open.values():
             o.new_prefill = o.new_decode = 0
 

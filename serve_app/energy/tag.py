@@ -95,12 +95,15 @@ def _token_work(alloc: Allocation, tokens: tuple[int, int] | None) -> TokenWork 
 
 def add_overhead(tag: EnergyTag, overhead: Overhead | None) -> EnergyTag:
     """The tag end to end: ``joules`` = ``model_j`` + ``overhead_j`` (domains summed, uncertainties
-    added) when both are known and have the same source; otherwise the model's figure alone, flagged
-    ``overhead_not_metered`` (an estimated overhead is never added to a measured figure)."""
+    added) when both are known; otherwise the model's figure alone, flagged ``overhead_not_metered``.
+    An estimated overhead is never added to a measured figure (the sum would pass an estimate off as a
+    measurement); a measured one is added whatever its counters: a GPU replica's share is labelled
+    ``nvml`` (its GPUs with the node's RAPL CPU and DRAM counters, ``account.share_source``) and the
+    router's, on the same RAPL counters, ``rapl``. The tag keeps its source (an estimate stays one)."""
     model = tag.joules
     if model is None:
         return tag
-    if overhead is None or overhead.source != tag.source:
+    if overhead is None or (tag.measured and overhead.source not in MEASURED_SOURCES):
         return tag.model_copy(update={"flags": [*tag.flags, "overhead_not_metered"]})
     domains = dict(tag.domains_j)
     for d, j in overhead.domains_j.items():
