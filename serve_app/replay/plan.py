@@ -1,8 +1,9 @@
 """What to send: a split's test texts cut into requests of ``batch_size`` texts, each with a stable id.
 
 A request is identified by ``(model, split, request_index)``; its ``request_id`` (the service's
-idempotency key, reused on every retry and on a rerun) is a UUID-5 of the run name and that key, so
-the same command always sends the same ids.
+idempotency key, reused on every retry and on a rerun) is a UUID-5 of the run's key and that key, so
+the same command resuming the same run folder always sends the same ids (``runner.run_key``: a fresh
+run folder gets ids of its own, or the router would answer it from an earlier run's cache).
 """
 
 from __future__ import annotations

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -130,6 +134,36 @@ def check_resume(old: RunInfo | None, cfg: ReplayConfig, rdir: Path) -> None:
         )
 
 
+def run_folder(cfg: ReplayConfig, ds: Dataset, model: str, listing: ModelList | None) -> Path:
+    """Where ``model``'s run of this replay lives (`results.run_dir`)."""
+    entry = listing.entry(model) if listing is not None else None
+    topology = cfg.output.topology or metadata.topology_label(entry)
+    return run_dir(Path(cfg.output.out), ds.name, topology, model, cfg.resolved_run_name(ds.fingerprint))
+
+
+@contextlib.contextmanager
+def run_folder_lock(rdir: Path) -> Iterator[None]:
+    """Hold ``rdir`` for one replay (an exclusive ``flock`` on its ``records.jsonl``, released however
+    the replay ends, the process killed included). A second replay of the same run folder at the same
+    time (the same command started twice, in another terminal or by a scheduler) is refused: each
+    process knows only the records that were there when it opened the file, so both sent and recorded
+    the requests neither had done yet (the same 200-request command twice: 262 records, 62 requests
+    recorded twice, their energy and texts counted twice in ``metrics.json``)."""
+    rdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(rdir / RECORDS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                f"{rdir} is being written by another replay right now (the same command, or one with "
+                "the same --run-name): let it finish, or use another --out or --run-name"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def prepare_run_folder(
     cfg: ReplayConfig,
     ds: Dataset,
@@ -144,7 +178,7 @@ def prepare_run_folder(
     appended)."""
     entry = listing.entry(model) if listing is not None else None
     topology = cfg.output.topology or metadata.topology_label(entry)
-    rdir = run_dir(Path(cfg.output.out), ds.name, topology, model, cfg.resolved_run_name(ds.fingerprint))
+    rdir = run_folder(cfg, ds, model, listing)
     rdir.mkdir(parents=True, exist_ok=True)
     path = rdir / RUN_FILE
     old = RunInfo.model_validate_json(path.read_text()) if path.exists() else None
@@ -180,6 +214,17 @@ def prepare_run_folder(
     return rdir
 
 
+def run_key(rdir: Path, run_name: str) -> str:
+    """What a run folder's request ids are derived from (`plan.request_id`): the run name and the
+    folder's first session (kept in ``run.json`` across resumes). A resumed folder sends the ids it sent
+    before (a request cut off by a kill is joined or answered from the router's idempotency cache, never
+    classified twice); another folder with the same run name (a second measurement, another ``--out``,
+    a deleted results folder) sends ids of its own, so the router classifies and meters its requests
+    anew instead of answering them from the first run's cache, with the first run's energy tags."""
+    info = RunInfo.model_validate_json((rdir / RUN_FILE).read_text())
+    return f"{run_name}/{info.sessions[0].session}" if info.sessions else run_name
+
+
 async def replay_model_split(
     client: ClientPool,
     base_url: str,
@@ -191,7 +236,7 @@ async def replay_model_split(
     run_name: str,
 ) -> int:
     """Replay one split's test set against one model; returns how many requests were sent."""
-    plan = plan_requests(run_name, model, test, cfg.load.batch_size)
+    plan = plan_requests(run_key(rdir, run_name), model, test, cfg.load.batch_size)
     with RecordStore(rdir / RECORDS_FILE) as store:
         todo = sum(1 for r in plan if (model, test.split, r.index) not in store.done)
         if todo == 0:
@@ -293,22 +338,26 @@ async def replay_session(
     """The one replay loop (``replay --url``, ``replay --local``, ``sweep``): every model on every test
     set against the router at ``base_url``, split by split. A model's run folder is created (or resumed)
     the first time it is replayed and kept in ``folders``; records already there are skipped. Every
-    model's labels are checked against the dataset's before the first request (`check_labels`)."""
+    model's labels are checked against the dataset's before the first request (`check_labels`), and
+    its run folder is held (`run_folder_lock`) until the loop ends."""
     run_name = cfg.resolved_run_name(ds.fingerprint)
     async with http_client(cfg) as client:
         listing = await get_models(client, base_url)
         check_labels(ds.name, ds.labels, listing, models)
-        await wait_meters_warm(client, base_url)
-        for test in tests:
+        with contextlib.ExitStack() as held:  # every folder, before the first request: `run_folder_lock`
             for model in models:
-                if model not in folders:
-                    energy = await get_energy(client, base_url)
-                    folders[model] = prepare_run_folder(
-                        cfg, ds, split_meta, model, listing, energy, session, base_url
+                held.enter_context(run_folder_lock(folders.get(model) or run_folder(cfg, ds, model, listing)))
+            await wait_meters_warm(client, base_url)
+            for test in tests:
+                for model in models:
+                    if model not in folders:
+                        energy = await get_energy(client, base_url)
+                        folders[model] = prepare_run_folder(
+                            cfg, ds, split_meta, model, listing, energy, session, base_url
+                        )
+                    await replay_model_split(
+                        client, base_url, cfg, model, test, folders[model], session, run_name
                     )
-                await replay_model_split(
-                    client, base_url, cfg, model, test, folders[model], session, run_name
-                )
 
 
 def finish(folders: dict[str, Path]) -> list[Path]:
