@@ -111,10 +111,12 @@ def build_app(args: dict[str, Any]) -> Application:
 
 def overhead_energy(cfg: AppConfig) -> EnergyConfig:
     """The energy configuration the router meters serving overhead with: the classifiers' (the first
-    one's when they differ, logged: each configuration is a node account of its own)."""
-    configs = [c.energy for c in cfg.classifiers]
+    one's when they differ, logged: each configuration is a node account of its own). ``attribution``
+    is left out of the comparison: the overhead splits by ``time`` whatever it says (``ServingOverhead``),
+    and LLMs default to ``tokens`` where the other kinds default to ``texts``."""
+    configs = [c.energy.model_copy(update={"attribution": "time"}) for c in cfg.classifiers]
     if any(c != configs[0] for c in configs[1:]):
         log.warning(
             "classifiers differ in energy configuration; serving overhead uses %s's", cfg.classifiers[0].id
         )
-    return configs[0]
+    return cfg.classifiers[0].energy

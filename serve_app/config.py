@@ -13,7 +13,14 @@ from pydantic import Field, field_validator, model_validator
 
 from serve_app.classifiers.llm_config import LLMSpec
 from serve_app.classifiers.pipeline_config import PipelineSpec
-from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict, require_unique
+from serve_app.config_common import (
+    DeploymentOptions,
+    EnergyConfig,
+    Strict,
+    ray_quantity,
+    ray_resources,
+    require_unique,
+)
 from serve_app.env import SERVE_REPLICA_ENV
 
 
@@ -100,6 +107,16 @@ an empty or blank path is refused here (never read as "no file").
     covers the one process and the proxy's part as a whole (``model_j`` and ``overhead_j`` stay empty,
     see ``energy/tag.py: single_hop_tag``)."""
 
+    @field_validator("num_cpus")
+    @classmethod
+    def _ray_quantity(cls, v: float) -> float:
+        return ray_quantity("num_cpus", v)
+
+    @field_validator("resources")
+    @classmethod
+    def _ray_resources(cls, v: dict[str, float]) -> dict[str, float]:
+        return ray_resources(v)
+
     @field_validator("api_key_file")
     @classmethod
     def _key_file_named(cls, v: str | None) -> str | None:
@@ -107,6 +124,10 @@ an empty or blank path is refused here (never read as "no file").
             raise ValueError("is empty: name the file that holds the API key, or leave the setting out")
         return v
 
+
+ROUTER_DEPLOYMENT = "router"
+"""The router's Serve deployment name (``router.Router``; ``energy.procs.ROUTER_DEPLOYMENTS`` groups its
+processes as serving overhead by it): no classifier deployment may take it."""
 
 SINGLE_HOP_FROM_CLASSIFIER = ("num_cpus", "max_ongoing_requests", "resources", "env_vars")
 """Router settings of the two-hop layout that ``single_hop`` takes from ``classifiers[0].deployment``
@@ -124,7 +145,14 @@ class AppConfig(Strict):
 
     @model_validator(mode="after")
     def _unique_ids(self) -> AppConfig:
-        require_unique("classifier ids", [c.id for c in self.classifiers])
+        ids = [c.id for c in self.classifiers]
+        require_unique("classifier ids", ids)
+        if ROUTER_DEPLOYMENT in ids:
+            raise ValueError(
+                f"classifier id {ROUTER_DEPLOYMENT!r} is the router's deployment name (Serve would rename "
+                "one of the two, and node accounts would count that classifier's energy as the router's "
+                "serving overhead): choose another id"
+            )
         return self
 
     @model_validator(mode="after")
@@ -160,7 +188,16 @@ class AppConfig(Strict):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> AppConfig:
+        """An AppConfig YAML, or a whole Serve config (its first application's ``args``). A file that is
+        neither (empty, a list, an application without ``args``) is a `ValueError` naming it; its
+        ``args`` are the config itself (not another ``config_file``)."""
         data = yaml.safe_load(Path(path).read_text())
         if isinstance(data, dict) and "applications" in data:  # a whole Serve config file
-            data = data["applications"][0]["args"]
-        return cls.from_args(data)
+            apps = data["applications"]
+            first = apps[0] if isinstance(apps, list) and apps else None
+            if not (isinstance(first, dict) and isinstance(first.get("args"), dict)):
+                raise ValueError(f"{path}: a Serve config whose first application has no args mapping")
+            data = first["args"]
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: not an AppConfig (a mapping) or a Serve config with its args")
+        return cls.model_validate(data)

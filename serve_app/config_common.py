@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 def require_unique(what: str, items: Sequence[str]) -> None:
@@ -13,6 +13,31 @@ def require_unique(what: str, items: Sequence[str]) -> None:
     repeated = sorted({i for i in items if items.count(i) > 1})
     if repeated:
         raise ValueError(f"{what} must be unique, repeated: {repeated}")
+
+
+RESOURCE_UNIT = 0.0001
+"""The smallest fraction of a resource Ray schedules: a smaller non-zero ask is refused by Ray."""
+
+
+def ray_quantity(name: str, value: float) -> float:
+    """A resource quantity Ray accepts in an actor's options (a validator's check): not a non-zero
+    fraction below `RESOURCE_UNIT` (negative ones are refused by the fields' bounds)."""
+    if value < 0:
+        raise ValueError(f"{name} cannot be negative, got {value:g}")
+    if 0 < value < RESOURCE_UNIT:
+        raise ValueError(f"{name} {value:g}: Ray schedules resources in steps of {RESOURCE_UNIT:g}")
+    return value
+
+
+def ray_resources(resources: dict[str, float]) -> dict[str, float]:
+    """Custom Ray resources Ray accepts in an actor's options (a validator's check): no ``CPU`` or
+    ``GPU`` (those are ``num_cpus`` and ``num_gpus``), no negative or too fine quantities."""
+    taken = sorted({"CPU", "GPU"} & set(resources))
+    if taken:
+        raise ValueError(f"{taken} cannot be custom resources: set num_cpus and num_gpus instead")
+    for name, value in resources.items():
+        ray_quantity(f"resource {name!r}", value)
+    return resources
 
 
 def over_defaults(value: Any, defaults: Mapping[str, Any]) -> Any:
@@ -93,6 +118,16 @@ class DeploymentOptions(Strict):
     engine or a pipeline's feature stage died) is replaced."""
     health_check_timeout_s: float = Field(30.0, gt=0)
     """How long Serve waits for a health check before it counts as failed (s)."""
+
+    @field_validator("num_cpus", "num_gpus")
+    @classmethod
+    def _ray_quantity(cls, v: float, info: ValidationInfo) -> float:
+        return ray_quantity(str(info.field_name), v)
+
+    @field_validator("resources")
+    @classmethod
+    def _ray_resources(cls, v: dict[str, float]) -> dict[str, float]:
+        return ray_resources(v)
 
     @field_validator("max_queued_requests")
     @classmethod

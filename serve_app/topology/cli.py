@@ -30,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from serve_app.argtypes import non_negative_float, non_negative_int, positive_float
+from serve_app.argtypes import non_negative_int, positive_int
 from serve_app.errors import UsageError
 
 STATE_DIR_ENV = "ACCUWATT_STATE_DIR"
@@ -152,8 +152,9 @@ def register(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="cluster_command", required=True)
     up = sub.add_parser("up", help="start and stay in the foreground until Ctrl-C")
     up.add_argument("--workers", type=non_negative_int, default=1, help="worker nodes beside the head")
-    up.add_argument("--cpus-per-node", type=positive_float, default=4, help="logical CPUs per node")
-    up.add_argument("--gpus-per-node", type=non_negative_float, default=0, help="GPUs per node")
+    # whole numbers: a raylet refuses fractional CPUs or GPUs ("Resource quantities must all be whole numbers")
+    up.add_argument("--cpus-per-node", type=positive_int, default=4, help="logical CPUs per node")
+    up.add_argument("--gpus-per-node", type=non_negative_int, default=0, help="GPUs per node")
     up.add_argument(
         "--auth",
         choices=["disabled", "token"],
@@ -182,10 +183,31 @@ def _forget(record: Path) -> None:
         record.unlink(missing_ok=True)
 
 
+def running_launcher() -> psutil.Process | None:
+    """The launcher of a cluster ``up`` recorded, while it still runs (``None`` when none is recorded, the
+    record is stale, or it is no record at all: ``up`` writes over those)."""
+    try:
+        rec = read_record()
+    except UsageError:
+        return None
+    return None if rec is None else recorded_launcher(rec)
+
+
+def _refuse_second(proc: psutil.Process) -> UsageError:
+    return UsageError(
+        f"a cluster started by `accuwatt cluster up` (launcher PID {proc.pid}) is still running and "
+        f"recorded in {record_path(create=False)}: `accuwatt cluster down` it first, or set "
+        f"${STATE_DIR_ENV} to another private folder for a second cluster"
+    )
+
+
 def _up(args: argparse.Namespace) -> int:
     from serve_app.topology.local_cluster import LocalCluster, default_nodes, prometheus_targets
 
     record_path()  # the private folder is usable before anything starts
+    other = running_launcher()
+    if other is not None:  # its record would be overwritten: `down` and `status` would lose it
+        raise _refuse_second(other)
     nodes = default_nodes(args.workers, args.cpus_per_node, args.gpus_per_node)
     stop = threading.Event()
     cluster = None
@@ -196,6 +218,9 @@ def _up(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):  # after start: Ray's head installs its own (exit 1)
             signal.signal(sig, lambda *_: stop.set())
         info = cluster.info()
+        other = running_launcher()
+        if other is not None and other.pid != os.getpid():  # another `up` recorded itself meanwhile
+            raise _refuse_second(other)
         record = write_record(json.loads(info.to_json()), os.getpid())
         print(info.to_json())
         print(f"address: {info.address}  metrics: {', '.join(prometheus_targets(info))}")

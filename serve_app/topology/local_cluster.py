@@ -55,6 +55,19 @@ class NodeSpec:
     resources: dict[str, float] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """A raylet refuses fractional node resources with a traceback once the cluster starts ("Resource
+        quantities must all be whole numbers"): refused here, before anything starts."""
+        wrong = {
+            k: v
+            for k, v in {"CPUs": self.num_cpus, "GPUs": self.num_gpus, **self.resources}.items()
+            if v != int(v)
+        }
+        if wrong:
+            raise ValueError(
+                f"node {self.name}: a Ray node has whole CPUs and GPUs and resources, got {wrong}"
+            )
+
 
 @dataclass(frozen=True)
 class ClusterInfo:
