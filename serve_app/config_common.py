@@ -29,12 +29,12 @@ def ray_quantity(name: str, value: float) -> float:
     return value
 
 
-def ray_resources(resources: dict[str, float]) -> dict[str, float]:
+def ray_resources(resources: dict[str, float], instead: str = "num_cpus and num_gpus") -> dict[str, float]:
     """Custom Ray resources Ray accepts in an actor's options (a validator's check): no ``CPU`` or
-    ``GPU`` (those are ``num_cpus`` and ``num_gpus``), no negative or too fine quantities."""
+    ``GPU`` (those are ``instead``), no negative or too fine quantities."""
     taken = sorted({"CPU", "GPU"} & set(resources))
     if taken:
-        raise ValueError(f"{taken} cannot be custom resources: set num_cpus and num_gpus instead")
+        raise ValueError(f"{taken} cannot be custom resources: set {instead} instead")
     for name, value in resources.items():
         ray_quantity(f"resource {name!r}", value)
     return resources

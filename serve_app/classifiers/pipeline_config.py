@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict, over_defaults
+from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict, over_defaults, ray_resources
 
 PipelineStrategy = Literal["STRICT_SPREAD", "SPREAD", "PACK"]
 PIPELINE_DEPLOYMENT: dict[str, Any] = {"num_cpus": 1.0}
@@ -34,6 +34,13 @@ class PipelineSpec(Strict):
     placement_strategy: PipelineStrategy = "STRICT_SPREAD"
     """``STRICT_SPREAD``: the two stages on two different nodes (the experiment); ``PACK``: same node
     where possible (the single-node baseline of the same code path)."""
+
+    @field_validator("feature_resources")
+    @classmethod
+    def _ray_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        """Quantities Ray accepts, and no ``CPU``/``GPU`` (``{"CPU": 1}`` silently replaced
+        ``feature_cpus``; a negative one was silently left out)."""
+        return ray_resources(value, "feature_cpus (a feature stage has no GPU)")
 
     @field_validator("deployment", mode="before")
     @classmethod

@@ -34,8 +34,8 @@ class Topology(Strict):
     split_stages: bool = False
     """Traditional models: serve them as two-stage pipelines (feature stage and head in one placement
     group; ``STRICT_SPREAD`` puts the stages on two nodes). Needs the ``pipeline`` classifier kind."""
-    cpus_per_node: float = Field(4, gt=0)
-    """Local clusters: logical CPUs per node."""
+    cpus_per_node: int = Field(4, ge=1)
+    """Local clusters: logical CPUs per node, a whole number (a raylet refuses fractions)."""
 
     @field_validator("name")
     @classmethod

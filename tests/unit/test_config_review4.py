@@ -223,3 +223,29 @@ def test_study_h100_replicas_are_pinned_so_all_16_gpus_fit() -> None:
         assert len(pins) == 1, f"{spec.id} is not pinned to one GPU node of ray-up.example.yaml"
         asked[pins[0]] += spec.gpus_per_replica
     assert all(asked[n] <= nodes[n] for n in nodes), (asked, nodes)
+
+
+@pytest.mark.parametrize(
+    ("resources", "why"),
+    [({"x": -1.0}, "cannot be negative"), ({"CPU": 1.0}, "feature_cpus"), ({"x": 0.00001}, "steps of")],
+)
+def test_a_pipelines_feature_stage_resources_are_what_ray_accepts(
+    resources: dict[str, float], why: str
+) -> None:
+    """A negative feature-stage resource was left out of the stage's bundle without a word, and ``CPU``
+    there replaced ``feature_cpus``: each is refused, naming what to set instead."""
+    from serve_app.classifiers.pipeline_config import PipelineSpec
+
+    with pytest.raises(ValidationError, match=why):
+        PipelineSpec(id="p", model="tfidf-logreg", feature_resources=resources)
+    spec = PipelineSpec(id="p", model="tfidf-logreg", feature_resources={"node:w": 0.01})
+    assert spec.placement()[0][1] == {"CPU": 0.25, "node:w": 0.01}
+
+
+def test_a_sweep_topology_takes_whole_cpus_per_node() -> None:
+    """A raylet refuses fractional CPUs: the sweep file says so when it is read, not at cluster start."""
+    from serve_app.sweep.config import Topology
+
+    with pytest.raises(ValidationError, match="fractional part"):
+        Topology(name="t", cpus_per_node=1.5)
+    assert Topology(name="t", cpus_per_node=4.0).cpus_per_node == 4
