@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from serve_app.energy.base import MEASURED_SOURCES, MeterInfo
+from serve_app.energy.counters import MAX_POWER_W
 from serve_app.energy.keys import joules_by_node, node_of_key
 from serve_app.energy.ledger import Allocation
 from serve_app.wire import Attribution, EnergyTag, TokenWork
@@ -46,8 +47,13 @@ def make_tag(
     avg_w = joules / window_s if window_s > 0 else 0.0
     # what can shift across the window's edges: an extrapolating meter's drift (its recent largest miss
     # over a period, at most twice within a window) and what it moved on top of its extrapolation in
-    # the window, or else the average power x the counter's update period; plus a late remote lag
-    edges = 2 * info.edge_error_j if info.edge_error_j is not None else avg_w * info.update_period_s
+    # the window, or else the average power x the counter's update period; plus a late remote lag. A
+    # window shorter than the update period of a counter read as it is may have seen no update at all
+    # (0 J while the device drew): its power is unknown, so the bound takes the most the device can draw
+    edge_w = avg_w
+    if window_s < info.update_period_s and info.missed_j is None:
+        edge_w = max(avg_w, _device_max_w(info))
+    edges = 2 * info.edge_error_j if info.edge_error_j is not None else edge_w * info.update_period_s
     late_j = avg_w * info.lag_s if late else 0.0
     uncertainty = 2 * info.resolution_j + edges + alloc.adjusted_j + late_j
     if uncertainty > joules:
@@ -75,6 +81,15 @@ def make_tag(
         model_j=joules,
         scope="model",
     )
+
+
+def _device_max_w(info: MeterInfo) -> float:
+    """The most the meter's counters can draw together (W): the device's own limits where it says them,
+    else each counter's domain bound (``counters.MAX_POWER_W``)."""
+    if info.max_power_w:
+        return sum(info.max_power_w.values())
+    keys = {d.split("=", 1)[0] for d in info.devices}
+    return sum(MAX_POWER_W.get(k.split(":", 1)[0], 0.0) for k in keys)
 
 
 def _token_work(alloc: Allocation, tokens: tuple[int, int] | None) -> TokenWork | None:

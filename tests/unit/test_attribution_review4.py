@@ -188,3 +188,25 @@ def test_the_node_account_counts_what_a_dropped_restart_claimed_never_a_negative
     snap = account.snapshot()
     assert snap["steps"]["dropped"] == 2 and snap["dropped_j"] == pytest.approx(5e6 + 4e6)
     assert snap["metered_by_counter_j"][GPU] == pytest.approx(50.0)  # only the step after them
+
+
+def test_a_window_shorter_than_its_counters_update_is_bounded_by_what_the_device_can_draw() -> None:
+    """An NVML counter that refreshes every 0.1 s, the GPU at 300 W: a 30 ms request between two updates
+    sees 0 J though it drew about 9 J. Its ± was twice the resolution (0.002 J), from the window's own
+    average power (0 W); such a window's power is unknown, so its edges are bounded by the device's most."""
+    info = MeterInfo(
+        source="nvml",
+        devices=(f"{GPU}=GPU-aaaa",),
+        resolution_j=0.001,
+        update_period_s=0.1,
+        max_power_w={GPU: 700.0},
+    )
+    ledger = Ledger(Reading(0.0, {GPU: 1_000.0}, "nvml"))
+    ledger.begin("short", Reading(0.0, {GPU: 1_000.0}, "nvml"))
+    short = make_tag(ledger.end("short", Reading(0.03, {GPU: 1_000.0}, "nvml")), info, "texts", "rep")
+    assert short.joules == 0.0 and short.uncertainty_j >= 300.0 * 0.03
+    assert "shorter_than_counter_update" in short.flags and "uncertainty_exceeds_value" in short.flags
+    # a window longer than the update keeps its own average power's bound: 300 W x 0.1 s, both edges' share
+    ledger.begin("long", Reading(1.0, {GPU: 1_000.0}, "nvml"))
+    long = make_tag(ledger.end("long", Reading(1.5, {GPU: 1_150.0}, "nvml")), info, "texts", "rep")
+    assert long.joules == pytest.approx(150.0) and long.uncertainty_j == pytest.approx(30.0 + 0.002)
