@@ -15,6 +15,22 @@ def require_unique(what: str, items: Sequence[str]) -> None:
         raise ValueError(f"{what} must be unique, repeated: {repeated}")
 
 
+def deployment_id(value: str) -> str:
+    """A classifier id, which is its Serve deployment's name (a validator's check). Ray titles a replica's
+    process ``ray::ServeReplica:<app>:<deployment>`` and adds ``.<method>`` while a method runs, so an id
+    whose last dot is followed by a Python name (``phi3.mini``) reads, while idle, as the deployment
+    ``phi3`` running ``mini``: the node account would see the replica change deployment (and ``router.v2``
+    change kind) from tick to tick. Such ids are refused; ``-``, or a dot before a digit (``qwen-2.5-7b``),
+    are fine."""
+    _, dot, tail = value.rpartition(".")
+    if dot and tail.isidentifier():
+        raise ValueError(
+            f"id {value!r}: a '.' followed by a name reads as a method in Ray's process titles; "
+            f"use '-' instead ({value.replace('.', '-')!r})"
+        )
+    return value
+
+
 RESOURCE_UNIT = 0.0001
 """The smallest fraction of a resource Ray schedules: a smaller non-zero ask is refused by Ray."""
 

@@ -23,6 +23,7 @@ from serve_app.config_common import (
     DeploymentOptions,
     EnergyConfig,
     Strict,
+    deployment_id,
     over_defaults,
     require_unique,
 )
@@ -128,6 +129,11 @@ class LLMSpec(Strict):
     tokens), so that no request pays the engine's first-call costs and the instruction's whole cache
     blocks are cached for the first request as for every later one (``LLMClassifier.warm_up``; other
     kinds always classify one short text)."""
+
+    @field_validator("id")
+    @classmethod
+    def _deployment_id(cls, value: str) -> str:
+        return deployment_id(value)
 
     @field_validator("deployment", mode="before")
     @classmethod

@@ -6,7 +6,14 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from serve_app.config_common import DeploymentOptions, EnergyConfig, Strict, over_defaults, ray_resources
+from serve_app.config_common import (
+    DeploymentOptions,
+    EnergyConfig,
+    Strict,
+    deployment_id,
+    over_defaults,
+    ray_resources,
+)
 
 PipelineStrategy = Literal["STRICT_SPREAD", "SPREAD", "PACK"]
 PIPELINE_DEPLOYMENT: dict[str, Any] = {"num_cpus": 1.0}
@@ -34,6 +41,11 @@ class PipelineSpec(Strict):
     placement_strategy: PipelineStrategy = "STRICT_SPREAD"
     """``STRICT_SPREAD``: the two stages on two different nodes (the experiment); ``PACK``: same node
     where possible (the single-node baseline of the same code path)."""
+
+    @field_validator("id")
+    @classmethod
+    def _deployment_id(cls, value: str) -> str:
+        return deployment_id(value)
 
     @field_validator("feature_resources")
     @classmethod

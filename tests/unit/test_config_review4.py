@@ -249,3 +249,30 @@ def test_a_sweep_topology_takes_whole_cpus_per_node() -> None:
     with pytest.raises(ValidationError, match="fractional part"):
         Topology(name="t", cpus_per_node=1.5)
     assert Topology(name="t", cpus_per_node=4.0).cpus_per_node == 4
+
+
+@pytest.mark.parametrize("bad", ["phi3.mini", "router.v2", "m.x_1"])
+def test_an_id_that_reads_as_a_method_in_rays_titles_is_refused(bad: str) -> None:
+    """Ray titles a replica ``ray::ServeReplica:<app>:<id>`` and adds ``.<method>`` while a method runs:
+    ``phi3.mini`` read, while idle, as the deployment ``phi3`` running ``mini`` (``router.v2`` as the
+    router), so its energy flipped between groups from tick to tick."""
+    from serve_app.classifiers.llm_config import LLMSpec
+    from serve_app.classifiers.pipeline_config import PipelineSpec
+
+    with pytest.raises(ValidationError, match="reads as a method"):
+        LLMSpec(id=bad, model="/models/m", labels=["a", "b"])
+    with pytest.raises(ValidationError, match="reads as a method"):
+        PipelineSpec(id=bad, model="tfidf-logreg")
+
+
+@pytest.mark.parametrize("good", ["qwen-2.5-7b-instruct", "llama-3.1-8b", "phi-3.5-mini", "m"])
+def test_an_accepted_id_names_its_replicas_deployment_idle_or_busy(good: str) -> None:
+    """Every id the config accepts is what the node account reads from the replica's title, idle or
+    while a method runs (what it groups the replica's processes by)."""
+    from serve_app.classifiers.llm_config import LLMSpec
+    from serve_app.energy.procs import deployment_of
+
+    spec = LLMSpec(id=good, model="/models/m", labels=["a", "b"])
+    idle = f"ray::ServeReplica:accuwatt:{spec.id}"
+    assert deployment_of(idle) == good
+    assert deployment_of(f"{idle}.handle_request_with_rejection") == good
