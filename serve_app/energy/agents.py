@@ -38,7 +38,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,8 @@ class NodeEnergyAgentImpl:
         self.node_id = node_id
         self._groups: dict[str, Meter] = {}
         self._in_account: dict[str, str] = {}  # watched group -> key of the account it is a group of
+        self._claimed: dict[str, list[int]] = {}  # ... and the processes it claimed there (watch order)
+        self._watch_lock = threading.RLock()  # watch / unwatch (the actor serves calls concurrently)
         self._closed = threading.Event()
         self._accounts: dict[str, NodeAccount] = {}  # one per counters configuration (see account_key)
         self._account_lock = threading.Lock()
@@ -172,13 +174,14 @@ class NodeEnergyAgentImpl:
         With ``energy.node_account`` they join this node's account as the group ``replica:<group>``
         (read back as its share: counted once, in this node's closure); otherwise a meter of the
         group's own (``probe.make_node_meter``)."""
-        self.unwatch(group)
-        ecfg = EnergyConfig.model_validate(cfg)
-        if ecfg.node_account and ecfg.meter != "off":
-            return self._watch_in_account(group, ecfg, pids, gpu_ids)
-        meter = make_node_meter(ecfg, pids, gpu_ids, self.node)
-        self._groups[group] = meter
-        return self._info(meter)
+        with self._watch_lock:
+            self.unwatch(group)
+            ecfg = EnergyConfig.model_validate(cfg)
+            if ecfg.node_account and ecfg.meter != "off":
+                return self._watch_in_account(group, ecfg, pids, gpu_ids)
+            meter = make_node_meter(ecfg, pids, gpu_ids, self.node)
+            self._groups[group] = meter
+            return self._info(meter)
 
     def _info(self, meter: Meter) -> dict[str, Any]:
         i = meter.info
@@ -201,6 +204,7 @@ class NodeEnergyAgentImpl:
         keys, unmatched = gpu_keys(gpu_ids, account.gpus)
         account.claim_group(pids, name, keys)
         self._in_account[group] = key
+        self._claimed[group] = list(pids)
         # its share, exact at each tick and extrapolated in between by its processes' CPU time
         meter = AccountShareMeter(
             None,
@@ -212,7 +216,8 @@ class NodeEnergyAgentImpl:
             unmatched_gpus=unmatched,
         )
         self._groups[group] = meter
-        return {**self._info(meter), "unmatched_gpus": unmatched}
+        gpu_source = gpu_read_source(account.sources, meter.info.source)
+        return {**self._info(meter), "unmatched_gpus": unmatched, "gpu_source": gpu_source}
 
     def read(self, group: str) -> dict[str, Any]:
         """The group's cumulative counters (keys without node prefix) and, for an account share, what
@@ -238,10 +243,20 @@ class NodeEnergyAgentImpl:
         }
 
     def unwatch(self, group: str) -> None:
-        key = self._in_account.pop(group, None)
-        if key is not None:
-            self._accounts[key].release_group(f"replica:{group}")
-        meter = self._groups.pop(group, None)
+        """Stop metering ``group``; its processes go back to their own titles' groups, or to another
+        watched group that claimed them too (the latest such claim: a process two replicas claimed is
+        in one group at a time, and stays claimed while one of them still watches it)."""
+        with self._watch_lock:
+            key = self._in_account.pop(group, None)
+            released = self._claimed.pop(group, [])
+            if key is not None:
+                account = self._accounts[key]
+                account.release_group(f"replica:{group}")
+                for other, pids in self._claimed.items():  # watch order: the latest claim wins
+                    shared = [p for p in pids if p in released]
+                    if shared and self._in_account.get(other) == key:
+                        account.claim_group(shared, f"replica:{other}")
+            meter = self._groups.pop(group, None)
         if meter is not None:
             meter.close()
 
@@ -420,8 +435,17 @@ class MultiNodeMeter:
 
     @property
     def sources_by_node(self) -> dict[str, str]:
-        """Each node's meter source (``nvml``, ``rapl``, ``estimate``, ...)."""
-        return {self.local_node: self.local.info.source, **self._remote_info.sources}
+        """Each node's source for telling whether it reads the replica's GPUs (``nvml``, ``rapl``,
+        ``estimate``, ...): a node account share's GPU counters' source (see `gpu_read_source`), else
+        its meter's."""
+        local = self.local
+        own = (
+            gpu_read_source(local.sources, local.info.source)
+            if isinstance(local, AccountShareMeter)
+            else local.info.source
+        )
+        remote = {r.rp.node: str(r.info.get("gpu_source") or r.info["source"]) for r in self._remotes}
+        return {self.local_node: own, **remote}
 
     @property
     def info(self) -> MeterInfo:
@@ -557,6 +581,18 @@ def account_key(cfg: EnergyConfig) -> str:
         f"{cfg.meter}|{cfg.rapl_root}|{cfg.cpu_tdp_w:g}|{cfg.cpu_cores}|{cfg.dram_w_per_gb:g}|"
         f"{sorted(cfg.idle_w.items())}|{cfg.account_period_s:g}"
     )
+
+
+def gpu_read_source(sources: Mapping[str, str], fallback: str) -> str:
+    """What reads a node's GPUs for a share of its account (``sources``: the account's counter key ->
+    source): its GPU counters' source, whatever its CPU counter's is (on a node without readable RAPL
+    a share is labelled ``estimate`` while NVML reads every GPU); ``fallback`` (the share's own
+    source) where the account has no GPU counter. A planned GPU that matches none of them is
+    reported apart (``unmatched_gpus``)."""
+    gpu = sorted({s for k, s in sources.items() if k.startswith("gpu:")})
+    if not gpu:
+        return fallback
+    return "nvml" if "nvml" in gpu else gpu[0]
 
 
 def _failed(r: _Remote, exc: BaseException) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from serve_app.config_common import EnergyConfig
-from serve_app.energy.agents import MultiNodeMeter, agent_for
+from serve_app.energy.agents import MultiNodeMeter, agent_for, gpu_read_source
 from serve_app.energy.base import Meter, MeterError
 from serve_app.energy.keys import RemoteProcesses, WorkerProcess
 from serve_app.energy.probe import make_meter
@@ -114,9 +114,14 @@ def settle_of(meter: Meter) -> Settle | None:
 
 
 def sources_by_node(meter: Meter) -> dict[str, str]:
-    """Each node's meter source for a replica's meter (one node unless it is a ``MultiNodeMeter``)."""
+    """Each node's source for a replica's meter (one node unless it is a ``MultiNodeMeter``), as
+    `unmetered_gpu_nodes` judges it: for a share of a node account, the source of the account's GPU
+    counters (``agents.gpu_read_source``: a share labelled ``estimate`` on a node without readable
+    RAPL still has its GPUs read by NVML), else the meter's own."""
     if isinstance(meter, MultiNodeMeter):
         return meter.sources_by_node
+    if isinstance(meter, AccountShareMeter):
+        return {meter.info.node: gpu_read_source(meter.sources, meter.info.source)}
     return {meter.info.node: meter.info.source}
 
 
