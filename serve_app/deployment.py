@@ -142,7 +142,8 @@ class ClassifierHost:
             self._exported: dict[tuple[str, str], float] = {}
             self._failed_reads_exported = 0
             self._app = ctx.app_name if ctx else "local"
-            threading.Thread(target=self._export_loop, name="accuwatt-export", daemon=True).start()
+            self._exporter = threading.Thread(target=self._export_loop, name="accuwatt-export", daemon=True)
+            self._exporter.start()
             batcher: Any = self._predict_batch  # serve.batch adds these setters at run time
             batcher.set_max_batch_size(self.spec.deployment.max_batch_size)
             batcher.set_batch_wait_timeout_s(self.spec.deployment.batch_wait_timeout_s)
@@ -260,14 +261,31 @@ class ClassifierHost:
             )
 
     def __del__(self) -> None:
-        """Stop the export and close the classifier and its energy (a failed `attach` closed its own
-        parts already and left nothing to close here)."""
+        """Stop the export, write the replica's final snapshot to the registry marked ``stopped`` (the
+        router shows it ``stale`` at once, with the energy up to the stop), and close the classifier and
+        its energy (a failed `attach` closed its own parts already and left nothing to close here)."""
         stop, server = getattr(self, "_stop", None), getattr(self, "server", None)
+        exporter: threading.Thread | None = getattr(self, "_exporter", None)
         with contextlib.suppress(Exception):
             if stop is not None:
                 stop.set()
-            if server is not None:
-                server.close()
+            if exporter is not None and exporter is not threading.current_thread():
+                exporter.join(registry.FINAL_PUT_TIMEOUT_S)  # its last put must not follow the final one
+        if server is None:
+            return
+        final: dict[str, Any] | None = None
+        with contextlib.suppress(Exception):
+            final = {**self.energy(), "stopped": True}
+        self.__dict__.pop("server", None)  # closed once: Serve's call, then the collector's, find none
+        with contextlib.suppress(Exception):
+            server.close()
+        if final is not None and getattr(self, "_app", "local") != "local":
+            try:
+                registry.put(
+                    self._app, self.spec.id, self.replica, final, timeout_s=registry.FINAL_PUT_TIMEOUT_S
+                )
+            except Exception as exc:  # its last periodic report stands, and turns stale in time
+                log.warning("final energy snapshot of %s not recorded: %s", self.replica, type(exc).__name__)
 
 
 @serve.deployment

@@ -6,7 +6,9 @@ The store is the GCS's own (``ray.experimental.internal_kv``), not an actor of o
 costs about 1.2 % of a core and 200 wake-ups a second here, taken from the engines it meters. A replica
 writes one key a second from its export thread; the router lists the app's keys and reads them in one
 call. Keys are JSON arrays ``["energy", app, deployment, replica]``, so that no name can alias another;
-values are the snapshot's JSON with the writer's clock (``reported_at``).
+values are the snapshot's JSON with the writer's clock (``reported_at``). A replica that Serve stops
+(scale-down, redeploy, app deleted) writes its final snapshot with ``stopped: true`` on its way out: it
+is ``stale`` at once, not only ``STALE_AFTER_S`` later.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from ray.experimental.internal_kv import internal_kv_get_gcs_client
 NAMESPACE = "accuwatt"
 STALE_AFTER_S = 10.0
 PUT_TIMEOUT_S = 5.0
+FINAL_PUT_TIMEOUT_S = 2.0
+"""The longest a stopping replica waits to write its final snapshot (inside Serve's shutdown budget)."""
 
 Snapshots = dict[str, dict[str, dict[str, Any]]]
 """deployment -> replica -> snapshot (with ``reported_at`` and ``stale``)."""
@@ -41,20 +45,25 @@ def _gcs() -> Any:
     return client
 
 
-def put(app: str, deployment: str, replica: str, snapshot: dict[str, Any]) -> None:
+def put(
+    app: str, deployment: str, replica: str, snapshot: dict[str, Any], timeout_s: float = PUT_TIMEOUT_S
+) -> None:
     """Record one replica's snapshot (blocking: call it from a thread, not an event loop)."""
     value = json.dumps({**snapshot, "reported_at": time.time()}).encode()
-    _gcs().internal_kv_put(_key(app, deployment, replica), value, True, NAMESPACE, timeout=PUT_TIMEOUT_S)
+    _gcs().internal_kv_put(_key(app, deployment, replica), value, True, NAMESPACE, timeout=timeout_s)
 
 
 def view(values: dict[bytes, bytes], now: float) -> Snapshots:
     """The stored values as deployment -> replica -> snapshot, each marked ``stale`` when its writer
-    has not reported for ``STALE_AFTER_S`` (by the writer's clock against ``now``)."""
+    has not reported for ``STALE_AFTER_S`` (by the writer's clock against ``now``) or has stopped."""
     out: Snapshots = {}
     for key, raw in values.items():
         _, _, deployment, replica = json.loads(key)
         snap = json.loads(raw)
-        out.setdefault(deployment, {})[replica] = {**snap, "stale": now - snap["reported_at"] > STALE_AFTER_S}
+        out.setdefault(deployment, {})[replica] = {
+            **snap,
+            "stale": bool(snap.get("stopped")) or now - snap["reported_at"] > STALE_AFTER_S,
+        }
     return out
 
 

@@ -299,6 +299,15 @@ class Router:
             "on" if self._api_key else "off (loopback only)",
         )
 
+    def __del__(self) -> None:
+        """Serve stopping this replica: in the single-hop layout the classifier it hosts goes with it
+        (its engine, meter and export, and its final energy snapshot marked ``stopped``). Serve calls
+        ``__del__`` on the deployment's own class only, so without this the hosted classifier was never
+        closed and its registry entry read as live for 10 s more."""
+        local = getattr(self, "_local", None)
+        if local is not None:
+            local.__del__()
+
     async def check_health(self) -> None:
         """Serve's health check: with ``single_hop`` the classifier this replica runs must still be able
         to answer (an LLM engine or a feature stage that died fails it, and Serve replaces the replica)."""
