@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import traditional_config, wait_http
+from tests.conftest import traditional_config, wait_for, wait_http
 
 MODEL = "tfidf-xgboost"
 TEXTS = [
@@ -37,16 +37,6 @@ def replica_pids(app: str, deployment: str) -> set[int]:
         if tag in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
             out.add(p.pid)
     return out
-
-
-def wait_for(pred: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def log_lines(temp_dir: str, needle: str) -> list[str]:

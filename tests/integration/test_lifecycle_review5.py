@@ -6,7 +6,6 @@ requests up to the stop."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from serve_app import registry
-from tests.conftest import wait_http
+from tests.conftest import wait_for, wait_http
 
 MODEL = "tfidf-logreg"
 APP = "lc5"
@@ -36,16 +35,6 @@ def config(artifacts: Path, replicas: int) -> dict[str, Any]:
         "artifacts_dir": str(artifacts),
         "classifiers": [{"kind": "traditional", "id": MODEL, "deployment": {"num_replicas": replicas}}],
     }
-
-
-def wait_for(pred: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def wait_ready(base: str) -> None:

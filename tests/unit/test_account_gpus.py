@@ -8,9 +8,7 @@ Units: the fake reports mJ; figures are J."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
-import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,29 +18,12 @@ from serve_app.config_common import EnergyConfig
 from serve_app.energy.agents import NodeEnergyAgentImpl
 from serve_app.energy.base import MeterError
 from serve_app.energy.footprint import unmatched_gpu_nodes, unmetered_gpu_nodes
-from serve_app.energy.nvml import nvml_available
-from serve_app.energy.rapl import rapl_available
 from serve_app.energy.sampler import Sampler
 from serve_app.energy.share import AccountShareMeter
 from tests.unit.test_account import make_rapl, spawn
-from tests.unit.test_nvml import UUIDS, FakeGpu, FakeNvml
+from tests.unit.test_nvml import UUIDS, FakeNvml
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture()
-def gpus(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeNvml]:
-    """Two GPUs behind the ``pynvml`` module, as the node's agent imports it."""
-    fake = FakeNvml([FakeGpu(UUIDS[0], energy_mj=1_000_000), FakeGpu(UUIDS[1], energy_mj=2_000_000)])
-    module = types.SimpleNamespace(
-        **{n: getattr(fake, n) for n in dir(fake) if n.startswith(("nvml", "NVML"))}
-    )
-    monkeypatch.setitem(sys.modules, "pynvml", module)
-    nvml_available.cache_clear()
-    rapl_available.cache_clear()
-    yield fake
-    nvml_available.cache_clear()
-    rapl_available.cache_clear()
 
 
 @pytest.fixture()

@@ -7,8 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +16,9 @@ import pytest
 from serve_app.config_common import EnergyConfig
 from serve_app.energy.agents import NodeEnergyAgentImpl
 from serve_app.energy.footprint import sources_by_node, unmatched_gpu_nodes, unmetered_gpu_nodes
-from serve_app.energy.nvml import nvml_available
-from serve_app.energy.rapl import rapl_available
 from serve_app.energy.share import AccountShareMeter
 from tests.unit.test_account import SPIN, spawn
-from tests.unit.test_nvml import UUIDS, FakeGpu, FakeNvml
+from tests.unit.test_nvml import UUIDS, FakeNvml
 
 pytestmark = pytest.mark.unit
 
@@ -79,22 +75,6 @@ def test_a_process_two_groups_claimed_stays_with_the_one_still_watching_it() -> 
         agent.close()
         stage.kill()
         stage.wait(timeout=10)
-
-
-@pytest.fixture()
-def gpus(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeNvml]:
-    """Two GPUs behind the ``pynvml`` module (the vendor library's interface, scripted as in
-    ``test_nvml.py``), as the node's agent imports it."""
-    fake = FakeNvml([FakeGpu(UUIDS[0], energy_mj=1_000_000), FakeGpu(UUIDS[1], energy_mj=2_000_000)])
-    module = types.SimpleNamespace(
-        **{n: getattr(fake, n) for n in dir(fake) if n.startswith(("nvml", "NVML"))}
-    )
-    monkeypatch.setitem(sys.modules, "pynvml", module)
-    nvml_available.cache_clear()
-    rapl_available.cache_clear()
-    yield fake
-    nvml_available.cache_clear()
-    rapl_available.cache_clear()
 
 
 def test_gpus_nvml_reads_on_a_node_without_rapl_are_not_flagged_unmetered(
