@@ -22,9 +22,8 @@ from serve_app.energy.window import ReplicaEnergy, RequestWindow
 
 log = logging.getLogger(__name__)
 OverheadState = Literal["starting", "metered", "off", "single_hop", "failed"]
-STATE_NOTES: dict[str, str] = {
+STATE_NOTES: dict[str, str] = {  # the states without a meter
     "starting": "the router's meter is starting",
-    "metered": "the router's share of its node account",
     "off": "metering is off (energy.meter off, or no node account)",
     "single_hop": "single-hop layout: the router runs in the classifier's process, whose share covers it",
     "failed": "the router's meter could not start (error)",

@@ -195,10 +195,8 @@ class AccountShareMeter:
     def _failing_of(self, out: dict[str, Any]) -> dict[str, str]:
         """The account's failing counters this group draws on: CPU and DRAM (every process does), and
         the GPUs it owns or has energy on (a CPU classifier on a node that lost a GPU keeps its figures)."""
-        gpus = set(out.get("gpus") or ()) | {k for k, v in (out.get("energy_j") or {}).items() if v > 0}
-        return {
-            k: str(e) for k, e in (out.get("failing") or {}).items() if not k.startswith("gpu:") or k in gpus
-        }
+        gpus, energy = frozenset(out.get("gpus") or ()), out.get("energy_j") or {}
+        return {k: str(e) for k, e in (out.get("failing") or {}).items() if _draws_on(k, gpus, energy)}
 
     def _miss(self, exact: dict[str, float], cpu_s: float) -> float:
         """How far the extrapolation from the previous tick (``cpu_s`` of the group's CPU time since)
@@ -275,11 +273,7 @@ class AccountShareMeter:
     def _label_sources(self) -> dict[str, str]:
         """The counters the group's energy comes from: CPU and DRAM (every process draws on them), and
         the GPUs it owns or has energy on (a CPU classifier on a GPU node is not labelled ``nvml``)."""
-        return {
-            k: s
-            for k, s in self.sources.items()
-            if not k.startswith("gpu:") or k in self._gpus or self._exact.get(k, 0.0) > 0
-        }
+        return {k: s for k, s in self.sources.items() if _draws_on(k, self._gpus, self._exact)}
 
     def _edge_error_j(self) -> float | None:
         """The largest of the last ``MIN_EDGE_TICKS`` misses, or of older ones (up to ``EDGE_TICKS``)
@@ -355,3 +349,9 @@ class AccountShareMeter:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=self.period_s + RPC_TIMEOUT_S + 1)
+
+
+def _draws_on(key: str, gpus: frozenset[str], energy_j: dict[str, float]) -> bool:
+    """Whether a group's energy comes from counter ``key``: CPU and DRAM always (every process draws on
+    them), a GPU when the group owns it or has energy on it."""
+    return not key.startswith("gpu:") or key in gpus or energy_j.get(key, 0.0) > 0

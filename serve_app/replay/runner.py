@@ -36,6 +36,7 @@ from serve_app.replay.window import cold_meters, energy_delta
 from serve_app.wire import (
     CarbonInfo,
     EnergyView,
+    ModelEntry,
     ModelList,
     RunInfo,
     Session,
@@ -134,10 +135,15 @@ def check_resume(old: RunInfo | None, cfg: ReplayConfig, rdir: Path) -> None:
         )
 
 
+def _topology_of(cfg: ReplayConfig, model: str, listing: ModelList | None) -> tuple[ModelEntry | None, str]:
+    """The model's ``/v1/models`` entry and the topology name its runs are filed under."""
+    entry = listing.entry(model) if listing is not None else None
+    return entry, cfg.output.topology or metadata.topology_label(entry)
+
+
 def run_folder(cfg: ReplayConfig, ds: Dataset, model: str, listing: ModelList | None) -> Path:
     """Where ``model``'s run of this replay lives (`results.run_dir`)."""
-    entry = listing.entry(model) if listing is not None else None
-    topology = cfg.output.topology or metadata.topology_label(entry)
+    _, topology = _topology_of(cfg, model, listing)
     return run_dir(Path(cfg.output.out), ds.name, topology, model, cfg.resolved_run_name(ds.fingerprint))
 
 
@@ -176,8 +182,7 @@ def prepare_run_folder(
 ) -> Path:
     """Create (or resume, `check_resume`) the model's run folder and write ``run.json`` (sessions
     appended)."""
-    entry = listing.entry(model) if listing is not None else None
-    topology = cfg.output.topology or metadata.topology_label(entry)
+    entry, topology = _topology_of(cfg, model, listing)
     rdir = run_folder(cfg, ds, model, listing)
     rdir.mkdir(parents=True, exist_ok=True)
     path = rdir / RUN_FILE
