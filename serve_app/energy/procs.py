@@ -213,7 +213,13 @@ def process_cpu_s(pid: int) -> float | None:
     """A live process's CPU time (s, all its threads) from the kernel's CPU clock of that process:
     nanoseconds, where ``/proc/<pid>/stat`` counts 10 ms ticks (a 20 ms request would see 0, 1 or 2
     of them). None if the process is gone. Linux: the clock id is ``MAKE_PROCESS_CPUCLOCK(pid,
-    CPUCLOCK_SCHED)``, what ``clock_getcpuclockid(3)`` returns."""
+    CPUCLOCK_SCHED)``, what ``clock_getcpuclockid(3)`` returns.
+
+    Exact for threads that are off a CPU; a thread of another process that is running now has its
+    time since the last scheduler tick (1/CONFIG_HZ: 4 ms on this VM, where the clock of a spinning
+    process read from another steps by 4 ms) or since it started running added only at that tick or
+    when it stops (``thread_group_cputime``). So a window of a few ms can miss work still running
+    at its end; it shows in the next window, never lost."""
     try:
         return time.clock_gettime(((~pid) << 3) | _CPUCLOCK_SCHED)
     except OSError:

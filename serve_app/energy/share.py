@@ -51,6 +51,11 @@ window's adjustment, instead of its average power x the account period (which fl
 shorter than a period as uncertain by 20-70 times its value). A gap left pending (an overshoot held
 while the group is idle) is no new error at every tick: only the part of it a window is moved by.
 
+The group's CPU clock is the kernel's, per process (``procs.process_cpu_s``): a thread still on a
+CPU adds its time at the next scheduler tick (4 ms here) or when it stops, so a window of a few ms
+can miss work that was still running at its end (a pipeline stage's tag then lists only the other
+node); the next window gets it. The clock continues when the group's processes change.
+
 Units: J, s. ``read()`` makes no remote call.
 """
 
@@ -110,6 +115,7 @@ class AccountShareMeter:
         self.pid = pid or os.getpid()
         self._pids: tuple[int, ...] = (self.pid, *self.claimed_pids)  # the group's processes
         self._last_cpu_s: dict[int, float] = {}  # each one's CPU time when last read (s)
+        self._clock_base_s = 0.0  # keeps the group's clock continuous when its processes change (s)
         self._lock = threading.Lock()
         self._exact: dict[str, float] = {}
         self._rate: dict[str, float] = {}
@@ -179,12 +185,10 @@ class AccountShareMeter:
                 if self._exact and not outage:  # over an outage the extrapolation missed nothing
                     self._add_miss(self._miss(exact, cpu_s - self._cpu_at_share_s))
                 self._cpu_at_share_s = cpu_s
-            else:  # another set of processes: its clock starts now (the CPU since the tick shows at the next)
+            else:  # another set of processes: the extrapolation from the tick starts now (the CPU
+                # since the tick shows at the next), while the CPU since the last read still counts
                 self._gap_is_miss = bool(self._exact)  # no extrapolation to set beside: the next read's gap
-                self._pids = pids
-                self._last_cpu_s = {p: c for p, c in self._last_cpu_s.items() if p in pids}
-                self._samples.clear()
-                self._cpu_at_share_s = self._cpu_at_read_s = self._cpu_clock()
+                self._cpu_at_share_s = self._switch_pids(pids)
             self._exact, self._rate = exact, dict(out["rate_j_per_cpu_s"])
             self.group, self.sources, self.ticks = out["group"], dict(out["sources"]), int(out["ticks"])
             self._gpus = frozenset(out.get("gpus") or ())
@@ -224,11 +228,24 @@ class AccountShareMeter:
         (t0, c0), (t1, c1) = before[-1], after[0]
         return c0 if t1 <= t0 else c0 + (c1 - c0) * (t_s - t0) / (t1 - t0)
 
+    def _switch_pids(self, pids: tuple[int, ...]) -> float:
+        """Clock the group's new set of processes from now on, continuing the old set's clock (a
+        compile worker joins or leaves; returns the clock now). Restarting it at the new set's CPU
+        time lost the old set's CPU since the last read: a request whose work ran before the switch
+        then moved by nothing (a pipeline stage's tag without its node)."""
+        before = self._cpu_clock()
+        self._pids = pids
+        self._last_cpu_s = {p: c for p, c in self._last_cpu_s.items() if p in pids}
+        self._samples.clear()
+        self._clock_base_s += before - self._cpu_clock()
+        return before
+
     def _cpu_clock(self) -> float:
-        """CPU time (s) of the group's processes, summed. A process gone keeps the CPU time last read
-        (a vLLM compile worker that exits between ticks): dropping it would step the clock back, and
-        the share would read that as an overshoot and move at half its rate until the next tick."""
-        total = 0.0
+        """CPU time (s) of the group's processes, summed, on a clock that continues across changes of
+        the set (`_switch_pids`). A process gone keeps the CPU time last read (a vLLM compile worker
+        that exits between ticks): dropping it would step the clock back, and the share would read
+        that as an overshoot and move at half its rate until the next tick."""
+        total = self._clock_base_s
         for pid in self._pids:
             c = process_cpu_s(pid)
             if c is None:

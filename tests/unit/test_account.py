@@ -347,6 +347,55 @@ def test_a_process_of_the_group_that_exits_between_ticks_leaves_the_share_at_its
         replica.wait()
 
 
+def test_a_window_across_a_change_of_the_groups_processes_keeps_the_cpu_before_it(tmp_path: Path) -> None:
+    """A process joins the replica's group (a compile worker) and the share takes the tick that lists
+    it. A window that opened before and closes right after must still move with the group's CPU time
+    in it (psutil, read by the test) x the rate: the group's clock restarted at the new set's CPU
+    time, so the work done before the switch moved the share by nothing (a pipeline stage's tag
+    without its node, seen in CI)."""
+    go = tmp_path / "go"
+    code = (
+        "import os, subprocess, time\n"
+        f"subprocess.Popen([{sys.executable!r}, '-c', 'while True: pass'])\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
+        f"subprocess.Popen([{sys.executable!r}, '-c', 'import time; time.sleep(600)'])\n"
+        "time.sleep(600)\n"
+    )
+    replica = spawn("ray::ServeReplica:app:llm", code)
+    try:
+        spinner, account, meter = share_with_child(replica)
+        try:
+            procs = [psutil.Process(replica.pid), spinner]
+
+            def group_cpu_s() -> float:
+                return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+            r0, c0 = meter.read(), group_cpu_s()
+            time.sleep(0.4)  # the spinner works; nothing else happens
+            go.touch()
+            deadline = time.monotonic() + 30
+            while not any(  # exec'd (a forked copy still has the replica's title: a group of its own)
+                "sleep(600)" in " ".join(c.cmdline()) for c in psutil.Process(replica.pid).children()
+            ):
+                assert time.monotonic() < deadline, "no second child"
+                time.sleep(0.01)
+            account.tick()  # the group's processes are three now
+            meter._poll()
+            r1 = meter.read()
+            procs = psutil.Process(replica.pid).children() + [procs[0]]
+            c1 = group_cpu_s()
+        finally:
+            meter.close()
+        assert len(meter._pids) == 3
+        rate = sum(account.rate_j_per_cpu_s().values())
+        grown = sum(r1.energy_j.values()) - sum(r0.energy_j.values())
+        assert c1 - c0 > 0.2  # the group worked
+        assert grown >= 0.7 * (c1 - c0) * rate, (grown, (c1 - c0) * rate)
+    finally:
+        os.killpg(replica.pid, 9)
+        replica.wait()
+
+
 def test_a_routers_share_moves_with_its_proxy_part_between_ticks() -> None:
     """A router's group gets the proxy's share too (split by the routers' CPU time), so between ticks it
     must move by the router's CPU time x the rate x (routers' + proxy's CPU) / routers' CPU. With the
