@@ -29,7 +29,8 @@ METER_INFO = "accuwatt_meter_info"
 EDGE_ERROR = "accuwatt_edge_error_joules"
 """Gauge, J. How far the replica's extrapolated share can drift from its exact node-account share in
 one tick period: the largest miss a tick showed at its last ticks (``MeterInfo.edge_error_j``). A
-request's ``uncertainty_j`` is twice it, plus what the share moved in its window and the router's part. No series for a meter whose counters
+request's ``edge_uncertainty_j`` is twice it, plus what the share moved in its window and the router's part
+(its ``uncertainty_j``: that, capped at what the devices can draw over the window). No series for a meter whose counters
 are read as they are (a tag's bound is then average power x update period)."""
 METER_ERRORS = "accuwatt_meter_errors"
 """Counter. Meter reads that failed (the replica's tags are ``unavailable`` meanwhile)."""

@@ -80,7 +80,9 @@ class EnergyTag(BaseModel):
     twice its ``edge_error_j`` (the largest miss of its extrapolation over one tick period at its recent
     ticks) plus what the share moved on top of its extrapolation inside the window;
     for a counter read as it is, the average power over the window x the counter's update period;
-    plus average power x the remote counters' polling lag when they were late. Flags: ``shorter_than_counter_update`` when the request is shorter than
+    plus average power x the remote counters' polling lag when they were late; never more than the
+    resolution plus what the meters' devices can draw over the window (plus one update period for a
+    counter read as it is, and the remote lag for a replica spanning nodes). Flags: ``shorter_than_counter_update`` when the request is shorter than
     the counter's refresh period; ``remote_counters_late`` when another node's counters did not arrive
     in time at an end of the request (its remote work may count in the next request's window instead).
     ``meter_gap``: the meter failed and recovered while the request was open (the outage's energy is unknown: the figure lacks it).
@@ -94,6 +96,10 @@ class EnergyTag(BaseModel):
     nodes_j: dict[str, float] = Field(default_factory=dict)
     attribution: Attribution | None = None
     uncertainty_j: float | None = None
+    edge_uncertainty_j: float | None = None
+    """What the meters' timing alone can shift across the window's edges (the sum ``uncertainty_j``
+    describes, before it is capped at what the devices can draw over the window): a run's bound takes
+    it once per busy stretch (``replay.summary.run_uncertainty_j``). None: as ``uncertainty_j``."""
     flags: list[str] = Field(default_factory=list)
     replica: str = ""
     nodes: list[str] = Field(default_factory=list)

@@ -75,7 +75,14 @@ class ServingOverhead:
         node = self.energy.info.node
         starts = (tag.attribution.stretch_starts if tag.attribution else None) or 0
         return Overhead(
-            tag.joules, dict(tag.domains_j), tag.source, node, counter_flags, tag.uncertainty_j, starts
+            tag.joules,
+            dict(tag.domains_j),
+            tag.source,
+            node,
+            counter_flags,
+            tag.uncertainty_j,
+            starts,
+            tag.edge_uncertainty_j,
         )
 
     def abandon(self, window: RequestWindow | None) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from serve_app.energy.base import MEASURED_SOURCES, MeterInfo
 from serve_app.energy.counters import MAX_POWER_W
-from serve_app.energy.keys import joules_by_node, node_of_key
+from serve_app.energy.keys import joules_by_node, node_key, node_of_key
 from serve_app.energy.ledger import Allocation
 from serve_app.wire import Attribution, EnergyTag, TokenWork
 
@@ -24,6 +24,8 @@ class Overhead:
     flags: tuple[str, ...] = ()
     uncertainty_j: float | None = None
     stretch_starts: int = 0
+    edge_uncertainty_j: float | None = None
+    """Before the physical cap (``EnergyTag.edge_uncertainty_j``)."""
     """1 when the request began a busy stretch in the router's ledger (see ``Attribution``)."""
 
 
@@ -51,11 +53,18 @@ def make_tag(
     # window shorter than the update period of a counter read as it is may have seen no update at all
     # (0 J while the device drew): its power is unknown, so the bound takes the most the device can draw
     edge_w = avg_w
+    most_w = _counters_max_w(info)
     if window_s < info.update_period_s and info.missed_j is None:
-        edge_w = max(avg_w, _device_max_w(info))
+        edge_w = max(avg_w, most_w or 0.0)
     edges = 2 * info.edge_error_j if info.edge_error_j is not None else edge_w * info.update_period_s
     late_j = avg_w * info.lag_s if late else 0.0
-    uncertainty = 2 * info.resolution_j + edges + alloc.adjusted_j + late_j
+    edge_uncertainty = 2 * info.resolution_j + edges + alloc.adjusted_j + late_j
+    # never wider than physics: the figure and the energy it stands for both lie between 0 and what the
+    # devices can draw over the span the figure can cover (a 6 ms request on a 75 W node had said
+    # ± 9.2 J, 20x that, from its share's largest miss over a whole account period)
+    uncertainty = edge_uncertainty
+    if most_w is not None:
+        uncertainty = min(uncertainty, 2 * info.resolution_j + most_w * _span_s(window_s, info))
     if uncertainty > joules:
         flags.append(EXCEEDS)
     return EnergyTag(
@@ -74,6 +83,7 @@ def make_tag(
             stretch_starts=int(alloc.opened_stretch),
         ),
         uncertainty_j=uncertainty,
+        edge_uncertainty_j=edge_uncertainty,
         flags=flags,
         replica=replica,
         nodes=sorted({node_of_key(k) or info.node for k in alloc.energy_j} - {""}),
@@ -83,13 +93,28 @@ def make_tag(
     )
 
 
-def _device_max_w(info: MeterInfo) -> float:
-    """The most the meter's counters can draw together (W): the device's own limits where it says them,
-    else each counter's domain bound (``counters.MAX_POWER_W``)."""
-    if info.max_power_w:
-        return sum(info.max_power_w.values())
-    keys = {d.split("=", 1)[0] for d in info.devices}
-    return sum(MAX_POWER_W.get(k.split(":", 1)[0], 0.0) for k in keys)
+def _span_s(window_s: float, info: MeterInfo) -> float:
+    """The time whose energy a window's figure can hold (s): the window itself for a meter that
+    extrapolates between updates (an account share never moves faster than its devices can draw, so
+    its figure over a window is at most their power x the window); plus one update period for a
+    counter read as it is (its figure can hold energy drawn before the window); plus how old a remote
+    node's values can be (their reads need not fall at the window's ends)."""
+    as_read_s = info.update_period_s if info.missed_j is None else 0.0
+    return window_s + as_read_s + info.lag_s
+
+
+def _counters_max_w(info: MeterInfo) -> float | None:
+    """The most the meter's counters can draw together (W), each counter once: the limit its meter
+    states (``MeterInfo.max_power_w``: RAPL's, NVML's, the estimate's TDP), else its domain's bound
+    (``counters.MAX_POWER_W``); None when the meter names no counter. Devices that are processes
+    (``cpu-process:<pid>``) are not counters."""
+    most = dict(info.max_power_w)
+    for device in info.devices:
+        node, _, key = device.split("=", 1)[0].rpartition("/")  # "worker-1/cpu:node", "gpu:0=GPU-..."
+        domain = key.split(":", 1)[0]
+        if domain in MAX_POWER_W:
+            most.setdefault(node_key(key, node) if node else key, MAX_POWER_W[domain])
+    return sum(most.values()) if most else None
 
 
 def _token_work(alloc: Allocation, tokens: tuple[int, int] | None) -> TokenWork | None:
@@ -127,9 +152,11 @@ def add_overhead(tag: EnergyTag, overhead: Overhead | None) -> EnergyTag:
     nodes[overhead.node] = nodes.get(overhead.node, 0.0) + overhead.joules
     joules = model + overhead.joules
     flags = [f for f in tag.flags if f != EXCEEDS]
-    uncertainty = tag.uncertainty_j
+    uncertainty, edge = tag.uncertainty_j, tag.edge_uncertainty_j
     if uncertainty is not None and overhead.uncertainty_j is not None:
         uncertainty += overhead.uncertainty_j
+    if edge is not None and overhead.edge_uncertainty_j is not None:
+        edge += overhead.edge_uncertainty_j
     if uncertainty is not None and uncertainty > joules:
         flags.append(EXCEEDS)
     attribution = tag.attribution
@@ -140,6 +167,7 @@ def add_overhead(tag: EnergyTag, overhead: Overhead | None) -> EnergyTag:
         update={
             "joules": joules,
             "uncertainty_j": uncertainty,
+            "edge_uncertainty_j": edge,
             "attribution": attribution,
             "model_j": model,
             "overhead_j": overhead.joules,

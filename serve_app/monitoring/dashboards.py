@@ -289,8 +289,9 @@ ENERGY_DASHBOARD = Dashboard(
                         ),
                     ),
                     "How far a replica's extrapolated share can drift from its exact node-account share in one "
-                    "tick period: the largest miss its last 8 account ticks showed. A request's uncertainty_j is "
-                    "twice it, plus what the share moved inside its window and the router's part. High after a "
+                    "tick period: the largest miss its last 8 account ticks showed. A request's edge_uncertainty_j "
+                    "is twice it, plus what the share moved inside its window and the router's part (its "
+                    "uncertainty_j caps that at what the devices can draw over the window). High after a "
                     "change of load or of the node's power per CPU-second; no series for a meter read as it is "
                     "(bound: average power x update period).",
                     width=24,

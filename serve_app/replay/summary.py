@@ -15,7 +15,9 @@ Definitions (units in names; Wh only here, at reporting time):
   two edges; in the sum, an edge two back-to-back requests share moves energy from one to the other and
   cancels, so what remains is the error at the two ends of each busy stretch (a request that began with
   none open, in its replica's or the router's ledger: ``attribution.stretch_starts``). The figure is the
-  smaller of the tags' uncertainties summed and the stretches x the largest tag uncertainty; the sum
+  smaller of the tags' uncertainties summed and the stretches x the largest tag edge bound
+  (``edge_uncertainty_j``: a tag's uncertainty before it is capped at what its devices can draw over
+  its window, which bounds one short window, not a stretch's ends); the sum
   alone when a request has no figure (a failed request's edges are not paired in the sum) or a tag does
   not count its stretches. When every replay window of the run has the bound its shares' own figures
   give (``replay.window``: their misses and moves during the window and an edge error at each end, a
@@ -170,7 +172,9 @@ def run_uncertainty_j(
     starts = [t.attribution.stretch_starts if t.attribution else None for t in tags]
     if not complete or len(us) < len(tags) or None in starts:
         return float(sum(us))
-    stretches = min(sum(us), sum(s for s in starts if s is not None) * max(us))
+    # a stretch's ends shift by the meters' edge bound, not by one short window's physical cap
+    edges = [t.uncertainty_j if t.edge_uncertainty_j is None else t.edge_uncertainty_j for t in tags]
+    stretches = min(sum(us), sum(s for s in starts if s is not None) * max(e for e in edges if e is not None))
     return float(stretches if windows_j is None else min(stretches, windows_j))
 
 

@@ -61,6 +61,83 @@ def test_an_extrapolating_meters_edge_error_bounds_a_tag_whatever_its_length() -
     assert late.uncertainty_j == pytest.approx(2e-3 + 0.4 + 30.0 * 2.0)
 
 
+def test_a_tags_uncertainty_is_never_wider_than_what_its_devices_can_draw() -> None:
+    """A 6 ms request on a node account share (75 W: a 65 W CPU estimate and 9.5 W of DRAM) whose
+    share missed 4.6 J over its last one-second tick said ± 9.2 J (the demo's median for bow-logreg),
+    20x what the node can draw in 6 ms. Both the figure and the energy it stands for lie between 0
+    and the devices' most over the window, so that is the widest the uncertainty can be; a long window
+    keeps its own bound, and a counter without a stated limit counts at its domain's bound."""
+    share = MeterInfo(
+        "estimate",
+        ("cpu:node", "dram:node", "cpu-process:4242"),
+        resolution_j=1e-3,
+        update_period_s=1.0,
+        node="vm",
+        edge_error_j=4.6,
+        missed_j=30.0,
+        max_power_w={"cpu:node": 65.0, "dram:node": 9.5},
+    )
+    short = make_tag(_alloc({"cpu:node": 0.19, "dram:node": 0.005}, 0.006), share, "texts", "rep")
+    assert short.uncertainty_j == pytest.approx(2e-3 + 74.5 * 0.006)
+    assert "uncertainty_exceeds_value" in short.flags  # 0.449 J of 0.195 J: still loose, now possible
+    long = make_tag(_alloc({"cpu:node": 60.0, "dram:node": 2.0}, 2.0), share, "texts", "rep")
+    assert long.uncertainty_j == pytest.approx(2e-3 + 9.2)  # 74.5 W x 2 s is more: its own bound holds
+    # two nodes, each a share: the window plus how stale the other node's values can be
+    spanning = MeterInfo(
+        "estimate",
+        ("head/cpu:node", "worker-1/cpu:node"),
+        resolution_j=1e-3,
+        update_period_s=1.0,
+        node="head",
+        lag_s=2.1,
+        edge_error_j=200.0,
+        missed_j=200.0,
+        max_power_w={"cpu:head:node": 65.0, "cpu:worker-1:node": 65.0},
+    )
+    pp = make_tag(_alloc({"cpu:head:node": 0.4, "cpu:worker-1:node": 0.2}, 0.012), spanning, "tokens", "rep")
+    assert pp.uncertainty_j == pytest.approx(2e-3 + 130.0 * (0.012 + 2.1))
+    # RAPL states the package's limit, not DRAM's: DRAM counts at the domain's 300 W
+    rapl = MeterInfo(
+        "rapl",
+        ("cpu:package-0", "dram:package-0"),
+        resolution_j=1e-6,
+        update_period_s=1.0,
+        node="vm",
+        edge_error_j=40.0,
+        missed_j=100.0,
+        max_power_w={"cpu:package-0": 95.0},
+    )
+    tag = make_tag(_alloc({"cpu:package-0": 0.5}, 0.01), rapl, "texts", "rep")
+    assert tag.uncertainty_j == pytest.approx(2e-6 + (95.0 + 300.0) * 0.01)
+
+
+def test_a_busy_stretchs_bound_keeps_its_edges_when_each_short_tag_is_capped() -> None:
+    """Thirty back-to-back 6 ms requests in one busy stretch on that share: each tag is capped at what
+    the node can draw in 6 ms (0.449 J), but the stretch's two ends can shift by the share's edge
+    bound (9.2 J), and the run's figure must keep it: one stretch x the largest capped tag would say
+    0.449 J for the whole run."""
+    from dataclasses import replace
+
+    from serve_app.replay.summary import run_uncertainty_j
+
+    share = MeterInfo(
+        "estimate",
+        ("cpu:node", "dram:node"),
+        resolution_j=1e-3,
+        update_period_s=1.0,
+        node="vm",
+        edge_error_j=4.6,
+        missed_j=30.0,
+        max_power_w={"cpu:node": 65.0, "dram:node": 9.5},
+    )
+    tags = [
+        make_tag(replace(_alloc({"cpu:node": 0.2}, 0.006), opened_stretch=i == 0), share, "texts", "rep")
+        for i in range(30)
+    ]
+    assert {round(t.uncertainty_j or 0.0, 6) for t in tags} == {round(2e-3 + 74.5 * 0.006, 6)}
+    assert run_uncertainty_j(tags, complete=True) == pytest.approx(2e-3 + 9.2)
+
+
 def test_what_the_meter_adjusted_in_a_window_adds_to_its_uncertainty() -> None:
     """Energy a share released or held back inside the window (``Allocation.adjusted_j``) is energy
     the window shows but did not draw, or drew and does not show: it adds to the edge bound."""
