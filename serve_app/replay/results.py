@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,41 @@ class RunData:
 def load_run(path: Path) -> RunData:
     info = RunInfo.model_validate_json((path / RUN_FILE).read_text())
     return RunData(path, info, read_records(path / RECORDS_FILE), read_windows(path / WINDOWS_FILE))
+
+
+def record_problem(run: RunData) -> str | None:
+    """Why the run's records cannot be summed as one run of its model, or None (checked by reports;
+    a replay writes none of these):
+
+    - a record of another model than ``run.json`` names (its split's metrics would mix two models);
+    - a request recorded more than once (two replays of the folder at once, before the folder lock, or
+      two records files joined): its texts and energy would count twice;
+    - a request with no text, or an answer with another number of labels than texts: accuracy and
+      macro-F1 pair each text with its answer."""
+    others = sorted({r.model for r in run.records} - {run.info.model})
+    if others:
+        return (
+            f"{RECORDS_FILE} holds records of model(s) {', '.join(map(repr, others))}; "
+            f"{RUN_FILE} names {run.info.model!r}"
+        )
+    counts = Counter(r.key for r in run.records)
+    repeated = sorted(k for k, n in counts.items() if n > 1)
+    if repeated:
+        _, split, index = repeated[0]
+        return (
+            f"{RECORDS_FILE} records {len(repeated)} request(s) more than once (e.g. split {split!r} "
+            f"request {index}, {counts[repeated[0]]} times): their texts and energy would count twice; "
+            "keep one line per request, or replay into a new folder"
+        )
+    for r in run.records:
+        if not r.gold:
+            return f"{RECORDS_FILE}: split {r.split!r} request {r.request_index} has no text"
+        if r.ok and r.predicted is not None and len(r.predicted) != len(r.gold):
+            return (
+                f"{RECORDS_FILE}: split {r.split!r} request {r.request_index} answers "
+                f"{len(r.predicted)} labels for {len(r.gold)} texts"
+            )
+    return None
 
 
 def run_metrics(run: RunData) -> tuple[list[RunMetrics], RunMetrics | None]:

@@ -43,7 +43,9 @@ Definitions (units in names; Wh only here, at reporting time):
   ``j_per_text`` and ``wh_per_1k`` divide the tags' sum by the tagged requests and their texts only.
 - ``idle_j`` / ``metered_j`` / ``window_attributed_j``: deltas of the deployment's ``/v1/energy``
   counters over the replay windows (``metered = attributed + idle``), and ``codecarbon_*`` CodeCarbon's
-  figures over them; ``None`` unless every session with records has a window line with the figure.
+  figures over them; ``None`` unless every session with records has a window line with the figure,
+  and the deltas ``None`` when a replica restarted during a window (``reset``: they lack its energy
+  before the restart).
 - Over splits (``average_over_splits``): a CEGI is n/a on a split without a gain, so the mean CEGI is
   given only when every split has one (else ``None``, and ``cegi_note`` says on how many it is n/a).
 """
@@ -196,6 +198,15 @@ def _window_sum(windows: Sequence[WindowRecord], section: str, key: str) -> floa
     return None if not vals or None in vals else float(sum(v for v in vals if v is not None))
 
 
+def _delta_sum(windows: Sequence[WindowRecord], key: str) -> float | None:
+    """``key`` of the windows' ``/v1/energy`` deltas summed; None unless every window has it, or when a
+    replica restarted during one (``reset``): its counters began again at zero, so the delta lacks
+    what it drew before the restart and would pass a lower bound off as the window's energy."""
+    if any((w.energy_delta or {}).get("reset") for w in windows):
+        return None
+    return _window_sum(windows, "energy_delta", key)
+
+
 def _div(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
@@ -282,9 +293,9 @@ def split_metrics(
         cegi=cegi,
         cegi_note=cegi_note,
         cegi_all_parameters=cegi_all,
-        metered_j=_window_sum(windows, "energy_delta", "metered_j"),
-        window_attributed_j=_window_sum(windows, "energy_delta", "attributed_j"),
-        idle_j=_window_sum(windows, "energy_delta", "idle_j"),
+        metered_j=_delta_sum(windows, "metered_j"),
+        window_attributed_j=_delta_sum(windows, "attributed_j"),
+        idle_j=_delta_sum(windows, "idle_j"),
         codecarbon_kwh=cc_kwh,
         codecarbon_co2e_g=None if cc_kg is None else cc_kg * 1000,
         latency_p50_s=_pct(ok_lat, 50),
@@ -378,10 +389,12 @@ def average_over_splits(per_split: Sequence[RunMetrics]) -> RunMetrics:
         src_label = labels.pop()
     elif any("partial" in lab or lab == "unavailable" for lab in labels):
         src_label += " (partial)"
+    # over the splits with energy, as energy_j's mean: the components must add up to it
+    with_energy = [sm for sm in per_split if sm.energy_j is not None]
     domains: dict[str, float] = {}
-    for sm in per_split:
+    for sm in with_energy:
         for d, v in sm.domains_j.items():
-            domains[d] = domains.get(d, 0.0) + v / len(per_split)
+            domains[d] = domains.get(d, 0.0) + v / len(with_energy)
     return RunMetrics(
         model=per_split[0].model,
         split="mean",

@@ -30,7 +30,8 @@ test labels are never the baseline). *CEGI over all parameters* is accuwatt's fo
 ratio over all the model's parameters, frozen encoder or LLM weights included); it is not the paper's
 index. Figures whose source is `estimate` are not measurements (CPU time x per-core
 power + memory x W/GB); `mixed:` and `(partial)` sources say so where sources differ or tags are missing.
-All figures are means over the splits of each run. A model marked `(incomplete: n of m texts)` answered
+All figures are means over the splits of each run, except the counts (errors, steady requests), which
+are totals over them. A model marked `(incomplete: n of m texts)` answered
 fewer texts than its splits hold (a replay stopped before the end): its energy, duration and their
 ratios cover those texts only and do not compare with a whole run's."""
 

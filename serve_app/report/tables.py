@@ -68,6 +68,13 @@ def _with_labels(df: pd.DataFrame) -> pd.DataFrame:
             # a killed run's figures cover fewer texts than its plan: never pass for a whole run
             lab += f" (incomplete: {int(r['n_texts'])} of {int(planned)} texts)"
         labels.append(lab)
+    # the same model, topology and run name under two results folders (two machines' results): the
+    # folder tells them apart, or two rows of one table (and two points of a figure) read alike
+    keys = list(zip(df["dataset"], df["split"], labels, strict=True))
+    labels = [
+        f"{lab} ({path})" if keys.count(key) > 1 else lab
+        for key, lab, path in zip(keys, labels, df["path"], strict=True)
+    ]
     return df.assign(label=labels)
 
 
@@ -75,6 +82,8 @@ def _fmt(v: Any, spec: str, missing: str = "n/a") -> str:
     """One cell: ``|`` escaped (a topology or run name may hold one; it would split the row)."""
     if v is None or (isinstance(v, float) and pd.isna(v)):
         return missing
+    if not spec and isinstance(v, float) and v.is_integer():
+        v = int(v)  # a count in a column pandas made float by a gap (None): 7419, never 7419.0
     text = format(v, spec) if spec else str(v)
     if spec.endswith("f") and isinstance(v, (int, float)) and v != 0 and float(text) == 0:
         text = format(v, ".2g")  # a fixed-point format would show a non-zero value (a gain of 0.04 pp) as 0
@@ -149,14 +158,18 @@ STUDY_COLUMNS = (
     "avg_power_w",
     "devices",
     "energy_source",
+    "energy_scope",
     "accuracy_per_wh",
 )
+# every table with an energy figure names its source (an estimate reads as one) and, where the
+# units table does not sit beside it, its scope
 CARBON_COLUMNS = (
     "label",
     "macro_f1",
     "gain_pp",
     "wh_per_1k",
     "co2e_g",
+    "energy_source",
     "trainable_parameters",
     "cegi",
     "cegi_note",
@@ -187,4 +200,6 @@ ENERGY_COLUMNS = (
     "uncertainty_j",
     "codecarbon_kwh",
     "codecarbon_co2e_g",
+    "energy_scope",
+    "energy_source",
 )
