@@ -1,9 +1,12 @@
 """What a sweep adds to ``accuwatt report``: single vs double node, the GPU count effect, and the
 energy-vs-duration regression across every run of the sweep (pure over the report's frames).
 
-Two runs' energies are compared as a ratio only where they cover the same requests: an energy ratio
-is left empty, with a ``note`` saying why, where the runs' failed requests (``n_errors``), requests
-without energy (``energy_missing``) or energy sources differ, or either has no energy. GPU counts are
+Two runs' energies are compared as a ratio only where they cover the same requests and the same
+energy: an energy ratio is left empty, with a ``note`` saying why, where the runs' texts replayed
+(``n_texts``: a run cut short covers fewer), failed requests (``n_errors``), requests without energy
+(``energy_missing``), energy sources or energy scopes (``energy_scope``: the hardware domains, and
+whether the serving overhead is in) differ, or either has no energy; where the texts differ the
+duration ratio is left empty too. GPU counts are
 the ones each run recorded (``run.json``: ``topology.gpus``, from the model's ``/v1/models`` devices),
 not the topology's setting: a CPU model deployed in a 4-GPU topology ran on 0 GPUs.
 """
@@ -73,13 +76,25 @@ def _int(v: Any) -> int:
     return 0 if _missing(v) else int(v)
 
 
+def texts_differ(a: pd.Series, b: pd.Series) -> str | None:
+    """``texts replayed differ (x vs y)`` where runs ``a`` and ``b`` cover different numbers of texts
+    (one cut short, e.g. a sweep interrupted and not rerun for that topology): their energies and
+    durations are over different work."""
+    ta, tb = _int(a.get("n_texts")), _int(b.get("n_texts"))
+    return f"texts replayed differ ({ta} vs {tb})" if ta != tb else None
+
+
 def not_comparable(a: pd.Series, b: pd.Series) -> str | None:
     """Why the energies of runs ``a`` and ``b`` make no ratio (``None`` where they do): either has no
-    energy, or they differ in failed requests, requests without energy or energy source."""
+    energy, or they differ in texts replayed, failed requests, requests without energy, energy source
+    or energy scope."""
     why = []
     if _missing(a.get("energy_wh")) or _missing(b.get("energy_wh")):
         both = _missing(a.get("energy_wh")) and _missing(b.get("energy_wh"))
         why.append("no energy in " + ("either run" if both else "one run"))
+    texts = texts_differ(a, b)
+    if texts:
+        why.append(texts)
     ea, eb = _int(a.get("n_errors")), _int(b.get("n_errors"))
     if ea != eb:
         why.append(f"failed requests differ ({ea} vs {eb})")
@@ -89,6 +104,9 @@ def not_comparable(a: pd.Series, b: pd.Series) -> str | None:
     sa, sb = a.get("energy_source"), b.get("energy_source")
     if not _missing(sa) and not _missing(sb) and sa != sb:
         why.append(f"energy sources differ ({sa} vs {sb})")
+    ca, cb = a.get("energy_scope"), b.get("energy_scope")
+    if all(not _missing(c) and c != "unknown" for c in (ca, cb)) and ca != cb:
+        why.append(f"energy scopes differ ({ca} vs {cb})")
     return "; ".join(why) or None
 
 
@@ -133,7 +151,9 @@ def nodes_table(df: pd.DataFrame) -> pd.DataFrame:
                         "energy_ratio": None if note else _ratio(b["energy_wh"], a["energy_wh"]),
                         "duration_s_1node": a["duration_s"],
                         "duration_s_2nodes": b["duration_s"],
-                        "duration_ratio": _ratio(b["duration_s"], a["duration_s"]),
+                        "duration_ratio": None
+                        if texts_differ(a, b)
+                        else _ratio(b["duration_s"], a["duration_s"]),
                         "accuracy_1node": a["accuracy"],
                         "accuracy_2nodes": b["accuracy"],
                         "n_errors_1node": _int(a.get("n_errors")),
@@ -181,7 +201,9 @@ def gpus_table(df: pd.DataFrame) -> pd.DataFrame:
                     "energy_ratio": None
                     if note or base is None
                     else _ratio(r["energy_wh"], base["energy_wh"]),
-                    "duration_ratio": None if base is None else _ratio(r["duration_s"], base["duration_s"]),
+                    "duration_ratio": None
+                    if base is None or texts_differ(r, base)
+                    else _ratio(r["duration_s"], base["duration_s"]),
                     "note": note,
                 }
             )
@@ -247,7 +269,8 @@ def sweep_report(
         "Energy is attributed energy (Wh per run over a split's test "
         "set, mean over splits); ratios are two nodes / one node and n GPUs / fewest GPUs. GPUs are "
         "the count each run recorded (run.json). An energy ratio is left empty where `note` says why: "
-        "the runs differ in failed requests, requests without energy or energy source.",
+        "the runs differ in texts replayed (then the duration ratio is empty too), failed requests, "
+        "requests without energy, energy source or energy scope.",
         "",
     ]
     if failures:

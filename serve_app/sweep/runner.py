@@ -6,9 +6,12 @@ the traditional models on the split's training texts (once per split, shared by 
 deploy, replay the split's test texts with ``serve_app.replay``, next split. Run folders land in
 ``<out>/runs/<dataset>/<topology>/<model>/<run>/``; ``<out>/report/`` gets ``accuwatt report``'s report
 and ``sweep.md`` (single vs double node, GPU count effect, energy-vs-duration regression) over this
-sweep's run folders only (``<run>`` named by its settings, so an older sweep in the same ``--out``
-stays out). A topology that fails is recorded in ``sweep.json`` and ``sweep.md`` and the sweep goes on;
-it then ends with `SweepFailed` (``accuwatt sweep`` exits 1).
+sweep's run folders only (``<run>`` named by its settings: dataset, splits, load shape, and a digest of
+the topology's settings, the model specs and the encoder, so an older sweep in the same ``--out``, or
+one whose topology or models have changed since, stays out; an interrupted sweep rerun as it was
+resumes its folders). A topology that fails is recorded in ``sweep.json`` and ``sweep.md`` and the
+sweep goes on; it then ends with `SweepFailed` (``accuwatt sweep`` exits 1). Without ``--address``, a
+topology its local cluster could never schedule is refused before anything trains (`local_nodes`).
 
 With ``--address`` the driver joins that cluster with a plain ``ray.init(address=...)`` and must run on
 its head: Serve's proxy listens on the head's loopback, where the replay sends its requests.
@@ -18,8 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import math
+import os
 import sys
 import time
 import traceback
@@ -27,6 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from serve_app.config import AppConfig
 from serve_app.data import Dataset, load_dataset, study_splits
 from serve_app.errors import UsageError
 from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
@@ -36,7 +43,14 @@ from serve_app.replay.runner import finish, load_test_sets, replay_session
 from serve_app.report.cli import build_report
 from serve_app.sweep.compare import sweep_report
 from serve_app.sweep.config import SweepFile, Topology, classifier_specs
-from serve_app.topology.local_cluster import LocalCluster, NodeSpec, connect, start_serve
+from serve_app.topology.local_cluster import (
+    LocalCluster,
+    NodeSpec,
+    connect,
+    gpu_devices,
+    start_serve,
+)
+from serve_app.topology.nodes import NODE_RESOURCE_PREFIX
 from serve_app.train import train_missing
 
 
@@ -52,20 +66,40 @@ class SweepFailed(RuntimeError):
         )
 
 
-def _replay_config(sweep: SweepFile, topo: Topology, out: Path) -> Any:
+def settings_digest(sweep: SweepFile, topo: Topology) -> str:
+    """Eight hex digits over what the results depend on and the replay's run name leaves out: the
+    topology's settings (nodes, GPUs, replicas, placement, ...), the model specs and, for ``embedding-*``
+    models, the encoder. A rerun into the same ``--out`` after any of them changed gets run folders of
+    its own instead of resuming (and reporting) the complete ones of the old settings."""
+    scope: dict[str, Any] = {
+        "topology": topo.model_dump(mode="json", exclude={"name"}),
+        "models": sweep.models,
+    }
+    if any(m.startswith("embedding-") for m in sweep.traditional_models()):
+        scope["embedding_model"] = sweep.embedding_model
+    return hashlib.sha256(json.dumps(scope, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
-    return ReplayConfig(
-        models=sweep.model_ids(),
-        data=ReplayData(
-            dataset=sweep.dataset,
-            n_train=sweep.n_train,
-            n_test=sweep.n_test,
-            splits=sweep.splits,
-            seed=sweep.seed,
-        ),
-        load=ReplayLoad(concurrency=sweep.concurrency, batch_size=sweep.batch_size),
-        output=ReplayOutput(out=str(out / "runs"), topology=topo.name, progress=False),
-    )
+
+def _replay_config(sweep: SweepFile, topo: Topology, out: Path, fingerprint: str | None = None) -> Any:
+    """The replay of one topology; its run name is the replay's own (dataset, splits, load shape) plus
+    `settings_digest`. ``fingerprint`` is the dataset's (loaded here when not given)."""
+
+    def config(run_name: str | None) -> ReplayConfig:
+        return ReplayConfig(
+            models=sweep.model_ids(),
+            data=ReplayData(
+                dataset=sweep.dataset,
+                n_train=sweep.n_train,
+                n_test=sweep.n_test,
+                splits=sweep.splits,
+                seed=sweep.seed,
+            ),
+            load=ReplayLoad(concurrency=sweep.concurrency, batch_size=sweep.batch_size),
+            output=ReplayOutput(out=str(out / "runs"), run_name=run_name, topology=topo.name, progress=False),
+        )
+
+    fp = fingerprint if fingerprint is not None else load_dataset(sweep.dataset).fingerprint
+    return config(f"{config(None).resolved_run_name(fp)}-t{settings_digest(sweep, topo)}")
 
 
 def _train(sweep: SweepFile, art_root: Path, ds: Dataset) -> dict[str, Path]:
@@ -89,6 +123,91 @@ def _train(sweep: SweepFile, art_root: Path, ds: Dataset) -> dict[str, Path]:
     return out
 
 
+PLAIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def replica_bundles(spec: Any) -> tuple[list[dict[str, float]], str | None]:
+    """What one replica of a classifier spec asks Ray for, as Ray places it: its placement group's
+    bundles and strategy, or (no placement group) one bundle of the replica actor's own CPUs, GPUs and
+    custom resources (the options ``serve_app.app`` deploys it with)."""
+    opts = spec.serve_options()
+    if opts.get("placement_group_bundles"):
+        return [dict(b) for b in opts["placement_group_bundles"]], opts.get("placement_group_strategy")
+    d = spec.deployment
+    actor = {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus, "resources": dict(d.resources)}
+    actor.update({k: v for k, v in opts.get("ray_actor_options", {}).items() if k in actor})
+    bundle = {"CPU": float(actor["num_cpus"]), "GPU": float(actor["num_gpus"]), **actor["resources"]}
+    return [{k: float(v) for k, v in bundle.items() if v > 0}], None
+
+
+def _offered(key: str, amount: float, names: list[str]) -> bool:
+    """Whether a local node offers ``amount`` of resource ``key``: CPUs, GPUs and memory (checked by
+    amount in `_fits`), or ``node:<name>`` of one of its nodes (1 unit each); no other custom one."""
+    if key in PLAIN_RESOURCES:
+        return True
+    node = key.removeprefix(NODE_RESOURCE_PREFIX)
+    return key.startswith(NODE_RESOURCE_PREFIX) and node in names and amount <= 1
+
+
+def _fits(
+    topo: Topology,
+    model: str,
+    bundles: list[dict[str, float]],
+    strategy: str | None,
+    node: NodeSpec,
+    names: list[str],
+) -> None:
+    """Refuse (`UsageError`) a replica that no node of the local cluster could ever hold: a bundle, or
+    all of a ``STRICT_PACK`` group, asking more CPUs or GPUs than a node has, or a custom resource no
+    local node offers."""
+    have = {"CPU": float(node.num_cpus), "GPU": float(node.num_gpus)}
+    groups = [("a placement bundle", b) for b in bundles]
+    if strategy == "STRICT_PACK":
+        groups.append(("its STRICT_PACK group", {k: sum(b.get(k, 0.0) for b in bundles) for k in have}))
+    for what, asks in groups:
+        for key, amount in asks.items():
+            if key in have and amount > have[key] + 1e-9:
+                raise UsageError(
+                    f"topology {topo.name}: model {model}: {what} asks {amount:g} {key}s, a local node "
+                    f"of this topology has {have[key]:g} (cpus_per_node, or gpus x replicas / nodes); "
+                    "change the topology, or run it on a cluster that has them with --address"
+                )
+            if not _offered(key, amount, names):
+                raise UsageError(
+                    f"topology {topo.name}: model {model}: asks {amount:g} of resource {key!r}, which no "
+                    f"local node has (they offer {', '.join(NODE_RESOURCE_PREFIX + n for n in names)}, 1 "
+                    "each); change the spec, or run it on a cluster that has it with --address"
+                )
+
+
+def local_nodes(sweep: SweepFile, topo: Topology) -> list[NodeSpec]:
+    """The nodes of the local cluster a topology runs on: ``head``, ``worker-1``, ... each with
+    ``cpus_per_node`` CPUs and an equal share of the GPUs: the topology's ``gpus``, or all the GPUs its
+    replicas ask where that is more (``gpus`` is per replica: ``replicas: 2`` asks twice as many). A
+    topology the local cluster could never schedule is a `UsageError` before anything trains or starts
+    (its deployment would wait 10 minutes, then fail): GPUs that do not split evenly over the nodes (a
+    Ray node has whole GPUs), or a replica asking more than one node has (`_fits`)."""
+    cfg = AppConfig.model_validate({"classifiers": classifier_specs(sweep, topo)})
+    asks = [(c, *replica_bundles(c)) for c in cfg.classifiers]
+    asked = sum(c.deployment.num_replicas * sum(b.get("GPU", 0.0) for b in bs) for c, bs, _ in asks)
+    total = max(topo.gpus, math.ceil(asked - 1e-9))
+    if total % topo.nodes:
+        raise UsageError(
+            f"topology {topo.name}: {total} GPU(s) (gpus x replicas) do not split evenly over "
+            f"{topo.nodes} local nodes (a Ray node has whole GPUs); make it a multiple of {topo.nodes}, "
+            "or run it on a cluster that has them with --address"
+        )
+    names = ["head"] + [f"worker-{i}" for i in range(1, topo.nodes)]
+    nodes = [NodeSpec(n, topo.cpus_per_node, total // topo.nodes) for n in names]
+    try:
+        gpu_devices(nodes, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    except ValueError as exc:
+        raise UsageError(f"topology {topo.name}: {exc}") from None
+    for c, bundles, strategy in asks:
+        _fits(topo, c.id, bundles, strategy, nodes[0], names)
+    return nodes
+
+
 def run_topology(
     sweep: SweepFile, topo: Topology, out: Path, artifacts: dict[str, Path], address: str | None = None
 ) -> list[Path]:
@@ -106,9 +225,7 @@ def run_topology(
     folders: dict[str, Path] = {}
     try:
         if address is None:
-            names = ["head"] + [f"worker-{i}" for i in range(1, topo.nodes)]
-            gpus_per_node = topo.gpus / topo.nodes if topo.gpus else 0
-            cluster = LocalCluster([NodeSpec(n, topo.cpus_per_node, gpus_per_node) for n in names])
+            cluster = LocalCluster(local_nodes(sweep, topo))
             cluster.start()
             connect(cluster.address, logging_level=logging.WARNING, namespace=namespace)
         else:
@@ -137,7 +254,7 @@ def sweep_run_folders(sweep: SweepFile, out: Path, ds: Dataset, topologies: list
     another ``<run>`` and stay out of the report."""
     folders = []
     for topo in topologies:
-        run = _replay_config(sweep, topo, out).resolved_run_name(ds.fingerprint)
+        run = _replay_config(sweep, topo, out, ds.fingerprint).resolved_run_name(ds.fingerprint)
         for model in sweep.model_ids():
             path = run_dir(out / "runs", ds.name, topo.name, model, run)
             if find_runs([path]) == [path]:
@@ -160,10 +277,13 @@ def run_sweep(path: Path, out: Path, address: str | None = None, only: list[str]
 
     sweep = SweepFile.from_yaml(path)
     ds = load_dataset(sweep.dataset)  # a missing dataset is refused before anything is written
+    selected = [t for t in sweep.topologies if not only or t.name in only]
+    if address is None:  # a local cluster that could never hold a topology: refused before training
+        for topo in selected:
+            local_nodes(sweep, topo)
     out.mkdir(parents=True, exist_ok=True)
     artifacts = _train(sweep, out / "_artifacts", ds)
     settings = {t.name: t.model_dump() for t in sweep.topologies}
-    selected = [t for t in sweep.topologies if not only or t.name in only]
     state: dict[str, Any] = {
         "file": str(path),
         "sweep": sweep.model_dump(mode="json"),

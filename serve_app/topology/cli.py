@@ -213,7 +213,10 @@ def _up(args: argparse.Namespace) -> int:
     cluster = None
     record = None
     try:
-        cluster = LocalCluster(nodes, auth=args.auth)
+        try:
+            cluster = LocalCluster(nodes, auth=args.auth)
+        except ValueError as exc:  # e.g. more GPUs than CUDA_VISIBLE_DEVICES lists
+            raise UsageError(str(exc)) from None
         cluster.start()  # a start that fails or is interrupted stops the nodes it started
         for sig in (signal.SIGINT, signal.SIGTERM):  # after start: Ray's head installs its own (exit 1)
             signal.signal(sig, lambda *_: stop.set())

@@ -127,6 +127,30 @@ def default_nodes(workers: int, cpus_per_node: float = 4, gpus_per_node: float =
     return [NodeSpec(n, cpus_per_node, gpus_per_node) for n in names]
 
 
+def gpu_devices(nodes: list[NodeSpec], visible: str | None) -> dict[str, str]:
+    """Each GPU node's ``CUDA_VISIBLE_DEVICES``: its own GPUs of this machine, in node order (the first
+    ``num_gpus`` of ``visible``, the launcher's ``CUDA_VISIBLE_DEVICES``, to the head, the next to
+    ``worker-1``, ...; all GPUs by index when it is unset). Every raylet numbers its GPUs from 0 and its
+    workers map those numbers through the ``CUDA_VISIBLE_DEVICES`` they inherit: without a share of its
+    own, every node's GPU 0 is the machine's GPU 0, so two nodes' replicas run on, and meter, one GPU."""
+    total = sum(int(n.num_gpus) for n in nodes)
+    ids = [p.strip() for p in visible.split(",") if p.strip()] if visible is not None else None
+    if ids is None:
+        ids = [str(i) for i in range(total)]
+    if total > len(ids):
+        raise ValueError(
+            f"the nodes have {total} GPUs in all, CUDA_VISIBLE_DEVICES={visible!r} lists {len(ids)}: "
+            "a GPU would be two nodes' at once"
+        )
+    out: dict[str, str] = {}
+    start = 0
+    for n in nodes:
+        if n.num_gpus:
+            out[n.name] = ",".join(ids[start : start + int(n.num_gpus)])
+            start += int(n.num_gpus)
+    return out
+
+
 class LocalCluster:
     """Start with :meth:`start`, connect drivers with ``ray.init(address=cluster.address)``, stop with
     :meth:`shutdown` (also a context manager). Node processes are children of this process."""
@@ -138,6 +162,7 @@ class LocalCluster:
         if len(set(names)) != len(names):
             raise ValueError(f"node names must be unique: {names}")
         self.nodes = nodes
+        self.gpu_devices = gpu_devices(nodes, os.environ.get("CUDA_VISIBLE_DEVICES"))
         self.auth: AuthMode = auth
         self.temp_dir = tempfile.mkdtemp(prefix="awc-", dir=temp_root)
         self.metrics_ports: dict[str, int] = {}
@@ -157,6 +182,8 @@ class LocalCluster:
             "metrics_export_port": port,
             "include_dashboard": False,
         }
+        if spec.name in self.gpu_devices:  # the raylet and its workers: this node's GPUs only
+            args["env_vars"] = {"CUDA_VISIBLE_DEVICES": self.gpu_devices[spec.name]}
         if head:
             args.update(temp_dir=self.temp_dir, gcs_server_port=free_port(), dashboard_port=free_port())
         return args
