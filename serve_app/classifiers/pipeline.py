@@ -39,6 +39,11 @@ STAGE_HEALTH_TIMEOUT_S = 10.0
 """Longest wait for the feature stage's answer in a health check (s; Serve's own timeout is longer)."""
 HEALTH_GROUP = "health"
 """The stage actor's concurrency group for health checks (one thread beside the batches' own)."""
+NO_GPU_ENV = {"CUDA_VISIBLE_DEVICES": ""}
+"""The feature stage's view of GPUs: none. Its bundle holds no GPU, and Ray (2.60) leaves a process that
+asked for none every GPU of its node visible: the encoder took one (``cuda`` when visible), unreserved,
+contending with the replica that owns it, and its energy went to that replica while ``devices`` said
+``cpu``."""
 
 
 class FeatureStageImpl:
@@ -81,7 +86,7 @@ class PipelineClassifier(Classifier):
             )
         else:
             options["resources"] = dict(spec.feature_resources)
-        env = {**WORKER_ENV, **spec.deployment.env_vars}
+        env = {**WORKER_ENV, **NO_GPU_ENV, **spec.deployment.env_vars}
         # `where` answers health checks from a thread of its own: in the default group (one thread) it
         # would wait behind every queued `features` call, and a busy stage would fail its check
         remote: Any = ray.remote  # its typed overloads do not name concurrency_groups
@@ -118,6 +123,8 @@ class PipelineClassifier(Classifier):
     ) -> list[Prediction]:
         import numpy as np
 
+        if not texts:  # the estimators refuse a matrix of no rows
+            return []
         x = await self.stage.features.remote(list(texts))
         # the head in a worker thread, as a traditional replica's model: the replica's loop stays free
         proba = np.asarray(await asyncio.to_thread(self.model.estimator.predict_proba, x))

@@ -12,6 +12,7 @@ from serve_app.config_common import (
     Strict,
     deployment_id,
     over_defaults,
+    ray_quantity,
     ray_resources,
 )
 
@@ -46,6 +47,13 @@ class PipelineSpec(Strict):
     @classmethod
     def _deployment_id(cls, value: str) -> str:
         return deployment_id(value)
+
+    @field_validator("feature_cpus")
+    @classmethod
+    def _ray_quantity(cls, value: float) -> float:
+        """A quantity Ray schedules: one finer than its resource unit passed ``gt=0`` and failed only
+        when the replica started the stage actor."""
+        return ray_quantity("feature_cpus", value)
 
     @field_validator("feature_resources")
     @classmethod

@@ -273,7 +273,10 @@ class TraditionalClassifier(Classifier):
 
     def compute(self, texts: list[str]) -> list[Prediction]:
         """The model call itself, in the calling thread (``predict`` runs it in a worker thread);
-        scores cover every label of ``info.labels``."""
+        scores cover every label of ``info.labels``. No texts, no predictions: the estimators refuse
+        a matrix of no rows."""
+        if not texts:
+            return []
         return padded_predictions(self.info.labels, self.model.classes, self.model.predict_proba(texts))
 
     async def predict(
