@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from serve_app.errors import UsageError
@@ -84,6 +86,23 @@ def http_url(text: str) -> str:
             f"must be an http(s) URL with a host such as http://127.0.0.1:8000, got {text!r}"
         )
     return text
+
+
+def check_output_folder(path: str | Path, flag: str) -> None:
+    """Refuse (`UsageError`) an output folder that cannot be made or written in: a file where it (or
+    one of its parents) would be, or a folder this user may not write in. Checked before the work that
+    fills it (training, a replay's requests), not met as a traceback when its first file is written;
+    nothing is created here."""
+    folder = Path(path)
+    nearest = folder
+    while not (nearest.exists() or nearest.is_symlink()) and nearest.parent != nearest:
+        # up to the part that exists (a dangling link too); the rest would be made
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        what = "" if nearest == folder else f"cannot be made: {nearest} "
+        raise UsageError(f"{flag} {path}: {what}exists and is not a folder")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: no permission to write in {nearest}")
 
 
 def installed(module: str) -> bool:

@@ -13,6 +13,7 @@ from serve_app import __version__
 from serve_app.argtypes import int_at_least, non_negative_int, positive_int
 from serve_app.errors import UsageError
 from serve_app.model_ids import add_models_argument, check_ids
+from serve_app.replay.ready import NotReadyError
 
 # Modules that add their own subcommands through `register(subparsers)`.
 COMMAND_MODULES = (
@@ -158,14 +159,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """An error's message as one line: a service's answer quoted in it may hold line breaks."""
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+
+
+def os_message(exc: OSError) -> str:
+    """A file-system error as ``<path>: <reason>`` (``[Errno 20] Not a directory: 'x'`` as ``x: Not a
+    directory``)."""
+    return f"{exc.filename}: {exc.strerror or one_line(exc) or type(exc).__name__}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run a command; input the user can fix (`UsageError`) ends it with one line and status 2."""
+    """Run a command; input the user can fix (`UsageError`) ends it with one line and status 2; a
+    service that never became ready (`NotReadyError`: nothing or something else listens at the URL, a
+    classifier failed to load, the API key is refused) or a file the command could not write or read
+    (an `OSError` that names a file: a file where a folder must be, no permission, a full disk) with
+    one line and status 1. Other errors keep their traceback: they are not the user's to fix."""
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except UsageError as exc:
-        print(f"accuwatt: error: {exc}", file=sys.stderr)
+        print(f"accuwatt: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except NotReadyError as exc:
+        print(f"accuwatt: error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.filename is None:  # a timeout, a connection: not a file the user can mend
+            raise
+        print(f"accuwatt: error: {os_message(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

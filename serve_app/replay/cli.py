@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from serve_app.argtypes import (
+    check_output_folder,
     config_error,
     http_url,
     non_negative_int,
@@ -27,22 +28,28 @@ from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, Replay
 
 log = logging.getLogger("accuwatt.replay")
 
+DEFAULT_EMBEDDING_MODEL = "packaged:all-MiniLM-L6-v2"
+
 
 def add_replay_arguments(p: argparse.ArgumentParser) -> None:
     """Dataset, protocol, load-shape and output options (shared with ``accuwatt demo``)."""
     d, load, out = ReplayData(), ReplayLoad(), ReplayOutput()
     g = p.add_argument_group("data and protocol")
-    g.add_argument("--dataset", default=d.dataset, help="path, 'demo' or a Hugging Face id (default: demo)")
+    g.add_argument("--dataset", help=f"path, 'demo' or a Hugging Face id (default: {d.dataset})")
     g.add_argument("--text-col", default=d.text_col)
     g.add_argument("--label-col", default=d.label_col)
     add_models_argument(g, "model ids (default: all served)")
-    g.add_argument("--n-train", type=positive_int, default=d.n_train)
-    g.add_argument("--n-test", type=positive_int, default=d.n_test)
+    g.add_argument("--n-train", type=positive_int, help=f"training texts per split (default: {d.n_train})")
+    g.add_argument("--n-test", type=positive_int, help=f"test texts per split (default: {d.n_test})")
     g.add_argument(
-        "--splits", type=positive_int, default=d.splits, help="study splits, the same for every model"
+        "--splits", type=positive_int, help=f"study splits, the same for every model (default: {d.splits})"
     )
     g.add_argument("--seed", type=non_negative_int, default=d.seed)
-    g.add_argument("--test-file", help="replay this file's texts as they are (no splits, no training)")
+    g.add_argument(
+        "--test-file",
+        help="replay this file's texts as they are (no splits, no training; not with --dataset, --n-train, "
+        "--n-test or --splits)",
+    )
     g = p.add_argument_group("load shape")
     g.add_argument(
         "--concurrency", type=positive_int, help="closed loop: workers (default 1); open loop: max in flight"
@@ -85,11 +92,16 @@ OPEN_LOOP_ONLY = {"arrivals": "--arrivals", "burstiness": "--burstiness"}
 """Flags that shape open-loop arrivals only: without ``--rate`` the replay is closed loop and they
 would be ignored."""
 
+STUDY_ONLY = {"dataset": "--dataset", "n_train": "--n-train", "n_test": "--n-test", "splits": "--splits"}
+"""Flags of the study protocol: ``--test-file`` replays one file as it is, and would ignore them."""
 
-def config_from_args(args: argparse.Namespace) -> ReplayConfig:
-    """Build the typed config from parsed arguments (the namespace is only read); each argument goes
-    to the part that declares it. An open-loop flag without ``--rate`` is refused (`UsageError`)."""
-    given = {k: v for k, v in vars(args).items() if v is not None}
+LOCAL_ONLY = {"embedding_model": "--embedding-model", "num_cpus": "--num-cpus"}
+"""Flags of the models and Ray that ``--local`` starts: with ``--url`` they would be ignored."""
+
+
+def refuse_ignored_flags(given: dict[str, Any]) -> None:
+    """Refuse (`UsageError`) a flag the rest of the command line would make the replay ignore
+    (``given``: the flags set, by field name), rather than run something other than what was asked."""
     if given.get("rate_rps") is None:
         for field, flag in OPEN_LOOP_ONLY.items():
             if field in given:
@@ -99,6 +111,28 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
                 )
     if "burstiness" in given and given.get("arrivals") != "gamma":
         raise UsageError("--burstiness is the gamma shape and needs --arrivals gamma (Poisson has none)")
+    if "test_file" in given:
+        for field, flag in STUDY_ONLY.items():
+            if field in given:
+                raise UsageError(
+                    f"{flag} sets the study's splits, but --test-file replays its file as it is (no splits, "
+                    "no training): give one or the other"
+                )
+    if not given.get("local"):
+        for field, flag in LOCAL_ONLY.items():
+            if field in given:
+                raise UsageError(
+                    f"{flag} is for the models and Ray that --local starts; --url uses the service's"
+                )
+
+
+def config_from_args(args: argparse.Namespace) -> ReplayConfig:
+    """Build the typed config from parsed arguments (the namespace is only read); each argument goes
+    to the part that declares it. A flag the others would make the replay ignore (an open-loop flag
+    without ``--rate``, a study flag with ``--test-file``, a ``--local`` flag with ``--url``) is refused
+    (`UsageError`)."""
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    refuse_ignored_flags(given)
 
     def part(model: type[ReplayData] | type[ReplayLoad] | type[ReplayOutput]) -> dict[str, Any]:
         return {k: v for k, v in given.items() if k in model.model_fields}
@@ -130,7 +164,9 @@ def register(subparsers: Any) -> None:
         help="per split: train the models on the split's training texts, deploy them on a "
         "local Ray, replay, tear down",
     )
-    p.add_argument("--embedding-model", default="packaged:all-MiniLM-L6-v2", help="--local: embedding models")
+    p.add_argument(
+        "--embedding-model", help=f"--local: embedding models (default: {DEFAULT_EMBEDDING_MODEL})"
+    )
     p.add_argument(
         "--num-cpus", type=positive_int, default=None, help="--local: logical CPUs for the local Ray"
     )
@@ -167,10 +203,12 @@ def run(args: argparse.Namespace) -> int:
     if cfg.output.codecarbon:  # before training or sending, not one failed window per run
         require_package("codecarbon", "--codecarbon", "carbon")
     carbon_intensity(cfg.output.country)  # an unknown --country is refused before training or sending
+    check_output_folder(cfg.output.out, "--out")
     if args.local:
         from serve_app.replay.local import replay_local
 
-        folders = replay_local(cfg, embedding_model=args.embedding_model, num_cpus=args.num_cpus)
+        embedding = args.embedding_model or DEFAULT_EMBEDDING_MODEL
+        folders = replay_local(cfg, embedding_model=embedding, num_cpus=args.num_cpus)
     else:
         from serve_app.replay.runner import replay_url
 

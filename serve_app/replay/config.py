@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serve_app.replay.driver import LoadShape
 
@@ -52,6 +52,20 @@ class ReplayOutput(BaseModel):
     country: str = "DEU"
     codecarbon: bool = False
     progress: bool = True
+
+    @field_validator("run_name", "topology")
+    @classmethod
+    def _own_folder(cls, name: str | None) -> str | None:
+        """A name whose folder (`results.safe_name`) is ``.`` or ``..`` would file the run in the folder
+        itself or the one above (``--run-name ..``: the model's folder's parent, where every model's run
+        folder lives), not in a folder of its own."""
+        from serve_app.replay.results import safe_name
+
+        if name and safe_name(name) in (".", ".."):
+            raise ValueError(
+                f"{name!r} names no folder of its own (it is {safe_name(name)!r}); choose a name"
+            )
+        return name
 
 
 class ReplayConfig(BaseModel):

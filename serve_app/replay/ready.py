@@ -5,7 +5,10 @@ long before an LLM replica has loaded). A classifier Serve reports ``failed`` en
 with its reason. Any other 4xx is an answer, not "not ready yet" (a 422 from routes FastAPI misreads, a
 401 from a wrong key; issue 13's wait sat 600 s on a 422): it ends the wait at once with the status and
 the body. The one 4xx that means "not yet" is the Serve proxy's plain-text 404 for a route it has not
-learnt yet (``Path '/readyz' not found. Ping ...``).
+learnt yet (``Path '/readyz' not found. Ping ...``). ``/readyz`` answers callers without the API key
+too (for probes), so a ready router is then asked for ``/v1/models``: a 4xx there (401 or 403: no key,
+or a wrong one, in ``ACCUWATT_API_KEY``; 404: a service with a ``/readyz`` that is no accuwatt router)
+ends the wait as well, before a replay finds no models to replay or sends every request into a 4xx.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ class NotReadyError(RuntimeError):
     """The router did not become ready: a classifier failed, the wait timed out, or it refused (4xx)."""
 
 
+REFUSED_STATUSES = frozenset({401, 403})
+"""``/v1/models`` answers of a router that refuse this client (its API key)."""
+
+
 def raise_on_client_error(resp: httpx.Response) -> httpx.Response:
     """Raise `NotReadyError` with the status and body on a 4xx, except the proxy's not-routed-yet 404."""
     code = resp.status_code
@@ -38,9 +45,31 @@ def raise_on_client_error(resp: httpx.Response) -> httpx.Response:
     return resp
 
 
+async def check_access(client: Any, base_url: str, timeout_s: float) -> None:
+    """Raise `NotReadyError` if a ready ``base_url`` answers ``/v1/models`` with a 4xx: 401/403, the API
+    key in ``ACCUWATT_API_KEY`` is missing or wrong; another, it is no accuwatt router. No answer, or a
+    5xx, is left to the caller's own reads (they retry)."""
+    url = base_url.rstrip("/") + "/v1/models"
+    try:
+        resp = await client.get(url, timeout=timeout_s)
+    except httpx.HTTPError:
+        return
+    code = resp.status_code
+    if 400 <= code < 500 and not (code == 404 and resp.text.startswith("Path '")):  # (not routed yet)
+        hint = (
+            "the router wants its API key: set ACCUWATT_API_KEY to it"
+            if code in REFUSED_STATUSES
+            else "is it an accuwatt router?"
+        )
+        raise NotReadyError(f"GET {url} answered {code}: {resp.text[:300]} ({hint})")
+
+
 def failed_models(body: dict[str, Any]) -> dict[str, str]:
-    """``{model: reason}`` of the classifiers a ``/readyz`` body reports ``failed`` (pure)."""
+    """``{model: reason}`` of the classifiers a ``/readyz`` body reports ``failed`` (pure); a body of
+    another shape (another service's ``/readyz``) reports none."""
     waiting = body.get("not_ready") or {}
+    if not isinstance(waiting, dict):
+        return {}
     return {
         m: str(s.get("reason"))
         for m, s in waiting.items()
@@ -61,6 +90,7 @@ async def wait_ready(
         try:
             resp = raise_on_client_error(await client.get(url, timeout=min(10.0, timeout_s)))
             if resp.status_code == 200:
+                await check_access(client, base_url, min(10.0, timeout_s))
                 return
             body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
             failed = failed_models(body) if isinstance(body, dict) else {}
