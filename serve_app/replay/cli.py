@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import http.client
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from serve_app.errors import UsageError
 from serve_app.model_ids import add_models_argument
 from serve_app.monitoring.flags import host_port
 from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
+from serve_app.replay.results import load_run
 
 log = logging.getLogger("accuwatt.replay")
 
@@ -217,4 +219,15 @@ def run(args: argparse.Namespace) -> int:
         print(f)
     if args.pushgateway:
         push_run_metrics(args.pushgateway, folders)
-    return 0
+    failed = [f for f in folders if _every_request_failed(Path(f))]
+    for f in failed:
+        print(f"accuwatt: error: every request of {f} failed (see its records.jsonl)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _every_request_failed(folder: Path) -> bool:
+    """Whether the run in ``folder`` has requests and none of them succeeded: its figures are no
+    measurement, and a script must not read the replay as done (some failed requests are a result:
+    an overload run records them)."""
+    records = load_run(folder).records
+    return bool(records) and not any(r.ok for r in records)
