@@ -21,7 +21,7 @@ from serve_app.config_common import (
     ray_resources,
     require_unique,
 )
-from serve_app.env import SERVE_REPLICA_ENV
+from serve_app.env import NO_GPU_ENV, SERVE_REPLICA_ENV
 
 
 class TraditionalSpec(Strict):
@@ -39,12 +39,12 @@ class TraditionalSpec(Strict):
 
     def serve_options(self) -> dict[str, Any]:
         """Beyond ``deployment``: the replica runs its request code on Serve's own event loop
-        (``env.SERVE_REPLICA_ENV``; the deployment's ``env_vars`` win)."""
-        return {
-            "ray_actor_options": {
-                "runtime_env": {"env_vars": {**SERVE_REPLICA_ENV, **self.deployment.env_vars}}
-            }
-        }
+        (``env.SERVE_REPLICA_ENV``); a replica that reserves no GPU sees none (``NO_GPU_ENV``: Ray 2.60
+        leaves an actor that asks for none every GPU of its node, and an embedding replica's encoder
+        took one, unreserved and unmetered by its share). The deployment's ``env_vars`` win."""
+        no_gpu = NO_GPU_ENV if not self.deployment.num_gpus else {}
+        env = {**SERVE_REPLICA_ENV, **no_gpu, **self.deployment.env_vars}
+        return {"ray_actor_options": {"runtime_env": {"env_vars": env}}}
 
 
 ClassifierSpec = Annotated[TraditionalSpec | LLMSpec | PipelineSpec, Field(discriminator="kind")]

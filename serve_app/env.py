@@ -37,6 +37,11 @@ threads or are awaited), so each request crosses two thread hand-offs fewer in e
 pipeline replicas keep Serve's defaults: their constructors block while an engine or stage actors start
 (a minute or more for an LLM), which on the replica's own loop would stall Serve's calls to it. A
 deployment's ``env_vars`` win over these."""
+NO_GPU_ENV: dict[str, str] = {"CUDA_VISIBLE_DEVICES": ""}
+"""What a process that reserves no GPU gets (a traditional replica with ``num_gpus: 0``, a pipeline's
+feature stage): no GPU in view. Ray (2.60) leaves an actor that asks for none every GPU of its node
+visible: an encoder took one (``cuda`` when visible), unreserved, contending with the replica that owns
+it, its energy counted in that replica's share while ``devices`` said ``cpu``."""
 RAY_NODE_ENV: dict[str, str] = {
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",

@@ -30,7 +30,7 @@ from serve_app.classifiers.traditional import (
     trainable_parameters,
 )
 from serve_app.energy.keys import WorkerProcess
-from serve_app.env import WORKER_ENV
+from serve_app.env import NO_GPU_ENV, WORKER_ENV
 from serve_app.topology.nodes import current_node_id, current_node_name
 from serve_app.wire import Prediction
 
@@ -39,11 +39,6 @@ STAGE_HEALTH_TIMEOUT_S = 10.0
 """Longest wait for the feature stage's answer in a health check (s; Serve's own timeout is longer)."""
 HEALTH_GROUP = "health"
 """The stage actor's concurrency group for health checks (one thread beside the batches' own)."""
-NO_GPU_ENV = {"CUDA_VISIBLE_DEVICES": ""}
-"""The feature stage's view of GPUs: none. Its bundle holds no GPU, and Ray (2.60) leaves a process that
-asked for none every GPU of its node visible: the encoder took one (``cuda`` when visible), unreserved,
-contending with the replica that owns it, and its energy went to that replica while ``devices`` said
-``cpu``."""
 
 
 class FeatureStageImpl:

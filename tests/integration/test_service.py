@@ -52,6 +52,20 @@ def test_models_lists_all_six(base_url: str) -> None:
         assert m["parameters"] > 0
 
 
+def test_replicas_that_reserve_no_gpu_see_none(base_url: str) -> None:
+    """Every traditional replica here asks for no GPU: its process must see none. Ray (2.60) leaves an
+    actor that asks for none every GPU of its node, so on a GPU node the embedding replicas' encoder
+    took one (``cuda`` when visible), unreserved, its energy in the GPU owner's share while ``devices``
+    said ``cpu``. The replica's process is the one its meter names (``cpu-process:<pid>``)."""
+    import psutil
+
+    models = httpx.get(f"{base_url}/v1/models", timeout=30).json()["models"]
+    for m in models:
+        (pid,) = [int(d.split(":", 1)[1]) for d in m["energy_devices"] if d.startswith("cpu-process:")]
+        env = psutil.Process(pid).environ()
+        assert env.get("CUDA_VISIBLE_DEVICES") == "", (m["id"], env.get("CUDA_VISIBLE_DEVICES"))
+
+
 @pytest.mark.parametrize("model", MODEL_IDS)
 def test_classify_each_model(base_url: str, model: str) -> None:
     r = httpx.post(f"{base_url}/v1/classify", json={"model": model, "texts": GERMAN}, timeout=60)

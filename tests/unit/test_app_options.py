@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from serve_app.app import _serve_options, build_app
 from serve_app.config import AppConfig
-from serve_app.env import SERVE_REPLICA_ENV, WORKER_ENV
+from serve_app.env import NO_GPU_ENV, SERVE_REPLICA_ENV, WORKER_ENV
 from serve_app.sweep.config import SweepFile, classifier_specs
 from tests.conftest import REPO
 
@@ -36,8 +36,15 @@ def spec(kind: str, **kw: Any) -> Any:
 
 def test_traditional_replicas_run_on_serves_loop() -> None:
     env = env_of(_serve_options(spec("traditional", id="tfidf-logreg")))
-    assert env == {**WORKER_ENV, **SERVE_REPLICA_ENV}
+    assert env == {**WORKER_ENV, **SERVE_REPLICA_ENV, **NO_GPU_ENV}  # no GPU reserved: none in view
     assert env[SEPARATE] == "0"
+
+
+def test_a_traditional_replica_that_reserves_a_gpu_keeps_it_in_view() -> None:
+    """Only a replica that asks for no GPU has them hidden; one that reserves one gets Ray's own
+    ``CUDA_VISIBLE_DEVICES`` (the GPU it was given)."""
+    env = env_of(_serve_options(spec("traditional", id="embedding-logreg", deployment={"num_gpus": 1})))
+    assert "CUDA_VISIBLE_DEVICES" not in env
 
 
 def test_llm_replicas_keep_serves_defaults() -> None:
