@@ -27,13 +27,19 @@ torch_links="${ACCUWATT_TORCH_FIND_LINKS:-/opt/wheels}"
 stamp="$venv/accuwatt-profile"
 lock_id() { echo "$1 $(sha256sum "requirements/$1.txt" | cut -c1-16)"; }
 
+is_311() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; }
 if [ ! -x "$venv/bin/python" ]; then
   py="${PYTHON:-python3}"
-  if ! "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+  if ! is_311 "$py"; then
     echo "scripts/setup.sh: requirements/ is locked for CPython 3.11; set PYTHON=python3.11 ($py is $("$py" -V 2>&1))" >&2
     exit 1
   fi
   "$py" -m venv "$venv"
+elif ! is_311 "$venv/bin/python"; then
+  # A venv made before (by an IDE, `uv venv`, another Python): the 3.11 lock is not installed into it.
+  echo "scripts/setup.sh: $venv holds $("$venv/bin/python" -V 2>&1), requirements/ is locked for CPython 3.11;" \
+    "remove $venv or set ACCUWATT_VENV to a new folder (PYTHON=python3.11 picks the interpreter)" >&2
+  exit 1
 fi
 # The test lock holds the demo lock (tests/unit/test_locks.py): a test venv serves the demo as it is.
 if [ -f "$stamp" ] && { [ "$(cat "$stamp")" = "$(lock_id "$profile")" ] ||

@@ -1,7 +1,8 @@
 """Labelled text datasets and the study's sampling protocol.
 
 A dataset source is one of:
-- a file (``.jsonl``, ``.json``, ``.csv``, ``.parquet``) holding one pool of texts;
+- a file (``.jsonl``, ``.json`` (one document or JSON Lines), ``.csv``, ``.parquet``) holding one pool
+  of texts;
 - a folder with ``train.*`` and ``test.*`` files (each split samples from its own file), or with
   exactly one data file (one pool);
 - ``demo``: the GermEval 2018 sample bundled with accuwatt;
@@ -119,7 +120,7 @@ def _read_frame(path: Path) -> pd.DataFrame:
         if suffix == ".jsonl":
             return pd.read_json(path, lines=True, dtype=False, encoding="utf-8-sig")
         if suffix == ".json":
-            return pd.read_json(path, dtype=False, encoding="utf-8-sig")
+            return _read_json_file(path)
         if suffix == ".csv":
             return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
         return pd.read_parquet(path)
@@ -128,9 +129,35 @@ def _read_frame(path: Path) -> pd.DataFrame:
         raise DatasetError(f"cannot read {path}: {reason}") from exc
 
 
+def _read_json_file(path: Path) -> pd.DataFrame:
+    """A ``.json`` file: one JSON document (a list of records, or columns), or JSON Lines under that
+    name, as Hugging Face's ``Dataset.to_json`` writes them: read as lines when the whole file is not
+    one document (refused before as ``Trailing data``). A file that is neither raises the first error."""
+    try:
+        return pd.read_json(path, dtype=False, encoding="utf-8-sig")
+    except ValueError as exc:
+        first = exc
+    try:
+        return pd.read_json(path, lines=True, dtype=False, encoding="utf-8-sig")
+    except ValueError:
+        raise first from None
+
+
+_NOT_ONE_VALUE = (list, tuple, dict, set, np.ndarray)
+"""What a JSON array or object, or a Parquet list or struct cell, reads as: several values, never one
+text or one label."""
+
+
 def _text(value: object, where: str) -> str:
     """A cell as text, stripped. Bytes (a Parquet binary column) are decoded as UTF-8, not written as
-    their ``b'...'`` representation; bytes that are not UTF-8 are a `DatasetError` naming the column."""
+    their ``b'...'`` representation; bytes that are not UTF-8 are a `DatasetError` naming the column.
+    A list or mapping (a multi-label dataset's ``[3, 27]``, a pre-tokenised text) is a `DatasetError`
+    too: written as text it became a class or a text of its own (numpy's ``['a' 'b']`` for Parquet)."""
+    if isinstance(value, _NOT_ONE_VALUE):
+        raise DatasetError(
+            f"{where}: holds a {type(value).__name__} of values where one value per row is needed "
+            "(multi-label or pre-tokenised data: give each row one label and one text)"
+        )
     if isinstance(value, (bytes, bytearray, memoryview)):
         try:
             return bytes(value).decode("utf-8").strip()
@@ -151,6 +178,8 @@ def _label(value: object, where: str = "label") -> str:
 
 def _pool(name: str, frame: pd.DataFrame, text_col: str, label_col: str) -> Pool:
     """Rows with a text and a label; rows missing either (null, or empty in a CSV) are left out."""
+    if text_col == label_col:  # one column twice: a frame of two columns whose rows are its name
+        raise DatasetError(f"{name}: the text and the label column are both {text_col!r}; name two columns")
     missing = [c for c in (text_col, label_col) if c not in frame.columns]
     if missing:
         raise DatasetError(f"{name}: missing column(s) {missing}; have {list(frame.columns)}")
@@ -162,7 +191,13 @@ def _pool(name: str, frame: pd.DataFrame, text_col: str, label_col: str) -> Pool
 
 
 def _find(folder: Path, stem: str) -> Path | None:
+    """The data file named ``stem`` in ``folder``; two (``train.csv`` and ``train.jsonl``) are a
+    `DatasetError` naming them: the first by name was taken, and the other silently left out."""
     hits = [p for p in sorted(folder.iterdir()) if p.stem == stem and p.suffix.lower() in DATA_SUFFIXES]
+    if len(hits) > 1:
+        raise DatasetError(
+            f"{folder}: {', '.join(p.name for p in hits)} are all {stem!r} data; keep one of them"
+        )
     return hits[0] if hits else None
 
 

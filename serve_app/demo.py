@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
+import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +61,27 @@ def _load_app_config(path: Path) -> AppConfig:
         raise config_error(where, exc) from None
 
 
+def _default_artifacts_dir(artifacts_dir: str, config: Path) -> Path:
+    """Where the default demo keeps its models, whatever the current folder: ``local.yaml``'s relative
+    ``artifacts_dir`` in the checkout that holds it (``serve run`` reads it from the repository root),
+    or, installed without that file, accuwatt's user cache. Read from the current folder, ``accuwatt
+    demo`` run elsewhere trained six models into an ``artifacts/`` folder it made there."""
+    path = Path(artifacts_dir).expanduser()
+    if path.is_absolute():
+        return path
+    if config.is_file():
+        return config.resolve().parents[1] / path
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "accuwatt" / path
+
+
 def demo_app_config(config_path: Path | None = None, models: list[str] | None = None) -> dict[str, Any]:
     """The local deployment's ``AppConfig`` (from ``deployments/local.yaml`` when present), as a dict,
     restricted to ``models``. A ``config_path`` that is not a readable, valid config is refused
-    (`UsageError`); the built-in default stands in only for ``local.yaml`` missing from an install."""
+    (`UsageError`); the built-in default stands in only for ``local.yaml`` missing from an install.
+    Without ``config_path`` the models live in a fixed folder (`_default_artifacts_dir`); a config of
+    the user's keeps its ``artifacts_dir`` as ``serve run`` reads it (from the current folder)."""
     if config_path is not None and not config_path.is_file():
         raise UsageError(f"--config {config_path}: no such file")
     path = config_path or LOCAL_YAML
@@ -75,6 +95,8 @@ def demo_app_config(config_path: Path | None = None, models: list[str] | None = 
             }
         )
     data = cfg.model_dump(mode="json")
+    if config_path is None:
+        data["artifacts_dir"] = str(_default_artifacts_dir(data["artifacts_dir"], path))
     if models:
         check_ids(models, [c["id"] for c in data["classifiers"]], f"{path.name} serves")
         data["classifiers"] = [c for c in data["classifiers"] if c["id"] in models]
@@ -118,6 +140,49 @@ def format_table(rows: list[RunMetrics]) -> str:
     return "\n".join(lines)
 
 
+def demo_run_name() -> str:
+    """This demo's run folder name, new at each start (UTC time to the second): a second ``accuwatt
+    demo --out DIR`` measures again. Under one fixed name it resumed the first run's folder, found
+    every request recorded, sent none and printed the first run's figures as its own."""
+    return "demo-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def _make_out(out: Path) -> None:
+    """Make ``--out`` before anything starts; a file in its way or no permission is one line."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder goes, no permission, read-only
+        raise UsageError(f"--out {out}: cannot make the folder ({exc.strerror or exc})") from None
+
+
+def cpus_asked(app_cfg: dict[str, Any]) -> float:
+    """The logical CPUs the app's replicas ask Ray for, at least: each classifier's ``num_cpus`` x its
+    replicas, and the router's in the two-hop layout (an LLM's engine workers may ask for more)."""
+    total = sum(
+        float(c["deployment"]["num_cpus"]) * int(c["deployment"]["num_replicas"])
+        for c in app_cfg["classifiers"]
+    )
+    router = app_cfg.get("router") or {}
+    if router.get("layout", "two_hop") == "two_hop":
+        total += float(router.get("num_cpus", 0.0))
+    return total
+
+
+def check_cpus(app_cfg: dict[str, Any], num_cpus: int | None) -> None:
+    """Refuse (`UsageError`) a local Ray too small for the app (``--num-cpus``, else `local_ray`'s
+    default of ``max(8, cores)``): Ray never places a replica that does not fit, and the deployment
+    waited for it without end and without a word (``--num-cpus 1`` for the six demo models)."""
+    have = num_cpus if num_cpus is not None else max(8, os.cpu_count() or 1)
+    need = round(cpus_asked(app_cfg), 6)  # 0.1 x 3 is not 0.3 in floats
+    if need > have:
+        where = f"--num-cpus {num_cpus}" if num_cpus is not None else f"the local Ray's {have} logical CPUs"
+        raise UsageError(
+            f"{where}: the {len(app_cfg['classifiers'])} classifier(s) and the router ask Ray for {need:g} "
+            f"logical CPUs (deployment.num_cpus x num_replicas, router.num_cpus); give --num-cpus "
+            f"{math.ceil(need)} or more"
+        )
+
+
 def run_demo(
     models: list[str] | None,
     concurrency: int,
@@ -138,10 +203,12 @@ def run_demo(
             models=ids,
             data=demo_replay_data(app_cfg),
             load=ReplayLoad(concurrency=concurrency),
-            output=ReplayOutput(out=str(out), run_name="demo", progress=progress),
+            output=ReplayOutput(out=str(out), run_name=demo_run_name(), progress=progress),
         )
     except ValidationError as exc:
         raise config_error("", exc, {}) from None
+    check_cpus(app_cfg, num_cpus)
+    _make_out(out)
     with local_serve(app_cfg, num_cpus=num_cpus) as url:
         folders = asyncio.run(replay_url(cfg, url))
     rows = []

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import joblib
+
 from serve_app.classifiers import embedding
 from serve_app.classifiers.traditional import (
     MODEL_IDS,
@@ -28,6 +30,9 @@ from serve_app.classifiers.traditional import (
 from serve_app.data import Dataset, Split, split_identity
 
 DEFAULT_EMBEDDING = "packaged:all-MiniLM-L6-v2"
+PICKLED_LIBRARIES = ("scikit-learn", "xgboost")
+"""The libraries whose objects ``model.joblib`` holds: an artifact pickled by another version of one is
+trained again (scikit-learn does not support loading across versions)."""
 log = logging.getLogger(__name__)
 
 
@@ -88,24 +93,62 @@ def train_split(
 
 
 def untrained(model_ids: list[str] | tuple[str, ...], out_dir: Path) -> list[str]:
-    """The models of ``model_ids`` with no saved artifact under ``out_dir``."""
-    missing = []
-    for m in model_ids:
-        try:
-            read_manifest(out_dir / m)
-        except ArtifactError:
-            missing.append(m)
-    return missing
+    """The models of ``model_ids`` with no usable saved artifact under ``out_dir`` (none, or one whose
+    manifest or model file cannot be read: see :func:`_readable`)."""
+    return [m for m in model_ids if _readable(out_dir / m, m) is None]
+
+
+def _readable(artifact_dir: Path, model_id: str) -> dict[str, Any] | None:
+    """The artifact's manifest when the artifact is whole: a manifest that is a JSON object for
+    ``model_id`` and a ``model.joblib`` that loads as that model; else None (logged). A torn or
+    edited file (a copy cut short, a disk error) is never served or taken as trained: the replica
+    would fail to start on it, or serve another model under this id."""
+    try:
+        manifest = read_manifest(artifact_dir)
+    except ArtifactError:
+        return None
+    except (ValueError, OSError) as exc:  # not JSON, not UTF-8, unreadable
+        log.warning("%s: the manifest cannot be read (%s); the model counts as untrained", artifact_dir, exc)
+        return None
+    if not isinstance(manifest, dict) or manifest.get("model_id") != model_id:
+        log.warning(
+            "%s: the manifest is not one of %s; the model counts as untrained", artifact_dir, model_id
+        )
+        return None
+    try:
+        model = joblib.load(artifact_dir / "model.joblib")
+    except Exception as exc:  # a truncated or foreign pickle raises whatever its bytes lead to
+        log.warning("%s: model.joblib does not load (%s); the model counts as untrained", artifact_dir, exc)
+        return None
+    if not isinstance(model, TrainedModel) or model.model_id != model_id:
+        log.warning("%s: model.joblib is not %s; the model counts as untrained", artifact_dir, model_id)
+        return None
+    return manifest
+
+
+def _pickled_library_versions() -> dict[str, str]:
+    """The versions of `PICKLED_LIBRARIES` here, named as manifests record them (``versions()`` of
+    the traditional module, without its import of sentence-transformers and torch)."""
+    import sklearn
+    import xgboost
+
+    return {"scikit-learn": sklearn.__version__, "xgboost": xgboost.__version__}
 
 
 def _stale(manifest: dict[str, Any], split: Split, labels: tuple[str, ...], embedding_model: str) -> bool:
-    """Was this artifact trained on another split, label set or encoder than asked for? The encoder is
-    compared in the form artifacts record (``embedding_model`` as :func:`embedding.canonical_name`)."""
+    """Was this artifact trained on another split, label set or encoder than asked for, or pickled by
+    another scikit-learn or XGBoost than this one (which may load it with other results, or not at
+    all)? The encoder is compared in the form artifacts record (``embedding_model`` as
+    :func:`embedding.canonical_name`)."""
     encoder = embedding_model if str(manifest.get("model_id", "")).startswith("embedding-") else None
+    recorded = manifest.get("versions")
+    current = _pickled_library_versions()
     return (
         manifest.get("split") != split_identity(split)
         or list(manifest.get("labels") or []) != list(labels)
         or manifest.get("embedding_model") != encoder
+        or not isinstance(recorded, dict)
+        or any(recorded.get(lib) != current[lib] for lib in PICKLED_LIBRARIES)
     )
 
 
@@ -117,18 +160,15 @@ def train_missing(
     embedding_model: str = DEFAULT_EMBEDDING,
 ) -> list[str]:
     """Train and save the models of ``model_ids`` on ``split`` of ``ds`` that are not under ``out_dir``
-    or were trained there on another split, label set or encoder (they are replaced); returns those
-    trained."""
+    or were trained there on another split, label set, encoder or library version, or whose files do
+    not load (they are replaced); returns those trained."""
     if any(m.startswith("embedding-") for m in model_ids):
         embedding_model = embedding.canonical_name(embedding_model)
     missing = []
     for m in model_ids:
-        try:
-            if not _stale(read_manifest(out_dir / m), split, ds.labels, embedding_model):
-                continue
-        except ArtifactError:
-            pass
-        missing.append(m)
+        manifest = _readable(out_dir / m, m)
+        if manifest is None or _stale(manifest, split, ds.labels, embedding_model):
+            missing.append(m)
     if missing:
         train_split(split, missing, out_dir, ds.labels, ds.source, embedding_model)
     return missing

@@ -15,7 +15,11 @@ pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
 
 def _test_file(tmp_path: Path, n: int = 6) -> Path:
     path = tmp_path / "test.jsonl"
-    path.write_text("".join(json.dumps({"text": f"text {i}", "label": ("OTHER", "OFFENSE")[i % 2]}) + "\n" for i in range(n)))
+    path.write_text(
+        "".join(
+            json.dumps({"text": f"text {i}", "label": ("OTHER", "OFFENSE")[i % 2]}) + "\n" for i in range(n)
+        )
+    )
     return path
 
 
