@@ -18,6 +18,14 @@ MODELS = set(DEFAULT_MODELS)
 SOURCES = {"estimate", "rapl", "nvml", "nvml-power"}
 
 
+def _number(cell: str) -> float:
+    """A table cell's number; NaN (fails every check) for what is none, such as ``n/a``."""
+    try:
+        return float(cell)
+    except ValueError:
+        return float("nan")
+
+
 def problems(log: str, out: Path) -> list[str]:
     lines = log.splitlines()
     try:
@@ -34,9 +42,9 @@ def problems(log: str, out: Path) -> list[str]:
     if set(rows) != MODELS:
         found.append(f"table rows {sorted(rows)}, expected {sorted(MODELS)}")
     for model, cells in rows.items():
-        if not 0.4 < float(cells[1]) <= 1.0:
+        if not 0.4 < _number(cells[1]) <= 1.0:
             found.append(f"{model}: accuracy {cells[1]}")
-        if not float(cells[2]) > 0:
+        if not _number(cells[2]) > 0:  # "n/a" when no request carried a figure
             found.append(f"{model}: J/request {cells[2]}")
         if cells[3] not in SOURCES:
             found.append(f"{model}: source {cells[3]}")
