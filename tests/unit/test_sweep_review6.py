@@ -7,7 +7,6 @@ any Ray start fail, and where the nodes' resources are checked, Ray's ``Cluster`
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +20,12 @@ from serve_app.replay.runner import run_folder
 from serve_app.sweep.compare import sweep_report
 from serve_app.sweep.config import SweepFile
 from serve_app.sweep.runner import _replay_config, run_topology, sweep_run_folders
-from tests.unit.guards import NoRay, cluster_env_restored, forbid_ray, one_error
+from tests.unit.guards import NoRay, one_error
+from tests.unit.test_sweep_review import _no_ray  # noqa: F401  (autouse: no Ray start here either)
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 CPU = {"1node": {"nodes": 1, "gpus": 0}, "2nodes": {"nodes": 2, "gpus": 0}}
-
-
-@pytest.fixture(autouse=True)
-def _no_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Any Ray start fails (`NoRay`); what a local cluster's start sets is given back afterwards."""
-    forbid_ray(monkeypatch, NoRay)
-    with cluster_env_restored(monkeypatch):
-        yield
 
 
 def _file(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:

@@ -18,6 +18,29 @@ def _alloc(energy_j: dict[str, float], duration_s: float) -> Allocation:
     return Allocation("r1", 10.0, 10.0 + duration_s, energy_j, domains, 2.0, 3, 4)
 
 
+def _share_info(
+    devices: tuple[str, ...],
+    max_power_w: dict[str, float],
+    edge_error_j: float,
+    source: str = "estimate",
+    node: str = "vm",
+    resolution_j: float = 1e-3,
+    lag_s: float = 0.0,
+) -> MeterInfo:
+    """An extrapolating meter's info (a node account share: ``missed_j`` set), one-second ticks."""
+    return MeterInfo(
+        source,
+        devices,
+        resolution_j=resolution_j,
+        update_period_s=1.0,
+        node=node,
+        lag_s=lag_s,
+        edge_error_j=edge_error_j,
+        missed_j=30.0,
+        max_power_w=max_power_w,
+    )
+
+
 def test_tag_sums_counters_and_states_its_uncertainty() -> None:
     tag = make_tag(_alloc({"cpu:package-0": 2.0, "dram:package-0": 0.5}, 0.5), INFO, "texts", "rep")
     assert tag.joules == pytest.approx(2.5) and tag.measured and tag.source == "rapl"
@@ -67,15 +90,8 @@ def test_a_tags_uncertainty_is_never_wider_than_what_its_devices_can_draw() -> N
     20x what the node can draw in 6 ms. Both the figure and the energy it stands for lie between 0
     and the devices' most over the window, so that is the widest the uncertainty can be; a long window
     keeps its own bound, and a counter without a stated limit counts at its domain's bound."""
-    share = MeterInfo(
-        "estimate",
-        ("cpu:node", "dram:node", "cpu-process:4242"),
-        resolution_j=1e-3,
-        update_period_s=1.0,
-        node="vm",
-        edge_error_j=4.6,
-        missed_j=30.0,
-        max_power_w={"cpu:node": 65.0, "dram:node": 9.5},
+    share = _share_info(
+        ("cpu:node", "dram:node", "cpu-process:4242"), {"cpu:node": 65.0, "dram:node": 9.5}, edge_error_j=4.6
     )
     short = make_tag(_alloc({"cpu:node": 0.19, "dram:node": 0.005}, 0.006), share, "texts", "rep")
     assert short.uncertainty_j == pytest.approx(2e-3 + 74.5 * 0.006)
@@ -83,29 +99,22 @@ def test_a_tags_uncertainty_is_never_wider_than_what_its_devices_can_draw() -> N
     long = make_tag(_alloc({"cpu:node": 60.0, "dram:node": 2.0}, 2.0), share, "texts", "rep")
     assert long.uncertainty_j == pytest.approx(2e-3 + 9.2)  # 74.5 W x 2 s is more: its own bound holds
     # two nodes, each a share: the window plus how stale the other node's values can be
-    spanning = MeterInfo(
-        "estimate",
+    spanning = _share_info(
         ("head/cpu:node", "worker-1/cpu:node"),
-        resolution_j=1e-3,
-        update_period_s=1.0,
+        {"cpu:head:node": 65.0, "cpu:worker-1:node": 65.0},
         node="head",
         lag_s=2.1,
         edge_error_j=200.0,
-        missed_j=200.0,
-        max_power_w={"cpu:head:node": 65.0, "cpu:worker-1:node": 65.0},
     )
     pp = make_tag(_alloc({"cpu:head:node": 0.4, "cpu:worker-1:node": 0.2}, 0.012), spanning, "tokens", "rep")
     assert pp.uncertainty_j == pytest.approx(2e-3 + 130.0 * (0.012 + 2.1))
     # RAPL states the package's limit, not DRAM's: DRAM counts at the domain's 300 W
-    rapl = MeterInfo(
-        "rapl",
+    rapl = _share_info(
         ("cpu:package-0", "dram:package-0"),
+        {"cpu:package-0": 95.0},
+        source="rapl",
         resolution_j=1e-6,
-        update_period_s=1.0,
-        node="vm",
         edge_error_j=40.0,
-        missed_j=100.0,
-        max_power_w={"cpu:package-0": 95.0},
     )
     tag = make_tag(_alloc({"cpu:package-0": 0.5}, 0.01), rapl, "texts", "rep")
     assert tag.uncertainty_j == pytest.approx(2e-6 + (95.0 + 300.0) * 0.01)
@@ -120,16 +129,7 @@ def test_a_busy_stretchs_bound_keeps_its_edges_when_each_short_tag_is_capped() -
 
     from serve_app.replay.summary import run_uncertainty_j
 
-    share = MeterInfo(
-        "estimate",
-        ("cpu:node", "dram:node"),
-        resolution_j=1e-3,
-        update_period_s=1.0,
-        node="vm",
-        edge_error_j=4.6,
-        missed_j=30.0,
-        max_power_w={"cpu:node": 65.0, "dram:node": 9.5},
-    )
+    share = _share_info(("cpu:node", "dram:node"), {"cpu:node": 65.0, "dram:node": 9.5}, edge_error_j=4.6)
     tags = [
         make_tag(replace(_alloc({"cpu:node": 0.2}, 0.006), opened_stretch=i == 0), share, "texts", "rep")
         for i in range(30)
