@@ -22,16 +22,17 @@ cached and look cheaper (before 2026-12-04 the ``warm`` runs did: see benchmarks
   settings differ by one instruction's prefill, and agree within noise.
 The column ``prefilled`` (tokens per text the engine computed: prompt less prefix-cache hits, from the
 classifier's per-step reports) shows what the cache saved.
-The targets printed: ``score`` or ``choice`` at least 3x less time than ``paper`` (all texts at once),
-and, with ``--serve``, Serve at least 0.9x the in-process engine (``score``, warm cache) in each of
-``--repeats`` repetitions, each on ``--n`` test texts new to the engine (the in-process and the Serve
-engine see the same sets in the same order; before 2026-12-04 the repetitions after the first repeated the
-first set, which blocks of 32 then served almost whole from the cache); ``--beside-ray`` runs the
-in-process engine beside an idle local Ray with Serve started (what any Serve app runs beside its
-replicas), to split the gap into Ray's presence and the app's request path; ``--bracket`` runs the
-in-process repetitions again after Serve (a fresh engine, the same warm-up), so that a change in the
-machine's speed between the two arms shows as a difference between the in-process runs before and after
-(the target is still judged against the runs before; the ratio to the mean of both is reported beside it).
+The targets printed: ``score`` or ``choice`` at least 3x less time than ``paper`` (all texts at once:
+with an ``--in-flight`` below ``--n`` no verdict is given), and, with ``--serve``, Serve at least 0.9x
+the in-process engine (``score``, warm cache) in each of ``--repeats`` repetitions, each on ``--n`` test
+texts new to the engine (the in-process and the Serve engine see the same sets in the same order; before
+2026-12-04 the repetitions after the first repeated the first set, which blocks of 32 then served almost
+whole from the cache); ``--beside-ray`` runs the in-process engine beside an idle local Ray with Serve
+started (what any Serve app runs beside its replicas), to split the gap into Ray's presence and the app's
+request path; ``--bracket`` runs the in-process repetitions again after Serve (a fresh engine, the same
+warm-up), so that a change in the machine's speed between the two arms shows as a difference between the
+in-process runs before and after (the target is still judged against the runs before; the ratio to the
+mean of both is reported beside it).
 ``--in-flight N`` keeps at most N texts in the engine (light load: less batching, so each decode step
 costs more per token).
 
@@ -322,6 +323,22 @@ def inprocess_again(
     return [res.texts_per_s, *more]
 
 
+def paper_target(
+    ratios: dict[str, dict[str, float]], cache: str, in_flight: int | None, texts: int
+) -> tuple[float | None, str]:
+    """The faster of ``score`` and ``choice`` as times less than ``paper`` (``cache`` setting) and the
+    verdict on the target of 3x at full batch: ``met`` or ``MISSED``; no verdict where neither mode ran
+    (nothing was measured, which is not a miss), nor where ``--in-flight`` kept fewer than all texts in
+    the engine (less batching is another workload than the target's)."""
+    found = [ratios[f"{m}@{cache}"]["time_less_x"] for m in ("score", "choice") if f"{m}@{cache}" in ratios]
+    if not found:
+        return None, "not measured: neither score nor choice ran"
+    best = max(found)
+    if in_flight and in_flight < texts:
+        return best, f"not judged: the target is at full batch, this run kept {in_flight} texts in the engine"
+    return best, "met" if best >= 3.0 else "MISSED"
+
+
 def calibrate(clf: Any, loop: asyncio.AbstractEventLoop, texts: list[str]) -> dict[str, float]:
     """Bias = minus each label's mean log-probability over (unlabelled) training texts."""
     preds = loop.run_until_complete(clf.predict(texts, "score"))
@@ -557,9 +574,9 @@ def main() -> None:
     for name, rr in ratios.items():
         print(f"  {name} vs paper: " + ", ".join(f"{k} {v:.2f}" for k, v in rr.items()))
     for cache in args.cache if "paper" in args.modes else ():  # no paper run: nothing to compare with
-        best = max(ratios.get(f"{m}@{cache}", {}).get("time_less_x", 0.0) for m in ("score", "choice"))
-        verdict = "met" if best >= 3.0 else "MISSED"
-        print(f"target score or choice >= 3x less time than paper ({cache} cache): {best:.2f}x {verdict}")
+        best, verdict = paper_target(ratios, cache, args.in_flight, len(texts))
+        figure = "-" if best is None else f"{best:.2f}x"
+        print(f"target score or choice >= 3x less time than paper ({cache} cache): {figure} {verdict}")
     if out.serve is not None:
         rs = out.serve.serve_vs_inprocess_ratio
         print(f"in-process engine beside: {out.serve.inprocess_beside}")

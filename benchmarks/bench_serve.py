@@ -8,10 +8,13 @@ Prints:
    them: the serving cost accuwatt adds, measured against the real anchor; and accuwatt's single-hop
    layout (``router.layout: single_hop``, metered) against the bare one hop and both two-hop apps.
    The added p50s also come pooled over all rounds' single-text requests with a 95 % bootstrap
-   interval: a lone request's latency spreads over tens of ms here, so that a 1 ms difference can be
-   told from the spread between rounds; and the throughput ratios come per round (the apps of a round
-   run seconds apart) with a 95 % bootstrap interval over rounds. Each target's verdict is read from
-   its interval: met, missed, or not told apart at the run's spread;
+   interval over pairs of requests (each app's i-th request went in the same pass over the apps, tens
+   of ms apart, so the pair shares the machine's state): a lone request's latency spreads over tens
+   of ms here, so that a 1 ms difference can be told from the spread between rounds; and the
+   throughput ratios come per round (the apps of a round run seconds apart) with an exact interval
+   over rounds for their median (95 % from 6 rounds on; fewer rounds give no 95 % interval, and no
+   throughput verdict). Each target's verdict is read from its interval: met, missed, or not told
+   apart at the run's spread;
 1. texts/s of batched HTTP classification through the router and Serve, against the in-process
    prediction `accuwatt evaluate` does (one `predict` call over the same texts), as a ratio;
 2. throughput (texts/s, batched, concurrent) and p50 latency (single-text requests, one at a time,
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import statistics
@@ -86,7 +90,9 @@ def timed_round(
 
 def single_text_latencies_ms(urls: dict[str, str], texts: list[str]) -> dict[str, list[float]]:
     """Single-text requests, one at a time, alternating between the apps request by request (the
-    order flips each time), so that both see the same machine state; every latency per app in ms."""
+    order flips each time), so that both see the same machine state; every latency per app in ms. The
+    i-th latencies of all apps were measured in one pass over the apps: they pair up
+    (`paired_bootstrap_ci`)."""
     lat: dict[str, list[float]] = {name: [] for name in urls}
     names = list(urls)
     with httpx.Client(timeout=30) as client:
@@ -98,34 +104,76 @@ def single_text_latencies_ms(urls: dict[str, str], texts: list[str]) -> dict[str
     return lat
 
 
-def bootstrap_ci(
-    stat: Callable[..., float], *samples: list[float], reps: int = 2000, seed: int = 0
+def paired_bootstrap_ci(
+    stat: Callable[[list[float], list[float]], float],
+    app: list[float],
+    anchor: list[float],
+    reps: int = 2000,
+    seed: int = 0,
 ) -> list[float]:
-    """``[stat, low, high]``: ``stat`` of the samples and its 95 % bootstrap interval (each sample
-    resampled on its own, with replacement)."""
+    """``[stat, low, high]``: ``stat`` of two samples and its 95 % bootstrap interval, for samples whose
+    i-th values were measured together (one request to each app, in the same pass over the apps): a
+    resample draws indices and keeps both values of each drawn pair. Resampling each list on its own
+    would let one resample take the slow stretches of the run (a busy second of the host, a slower
+    round) while the other does not, and count the spread both apps shared as a difference between
+    them: an interval too wide for the design."""
+    if len(app) != len(anchor):
+        raise ValueError(f"paired samples differ in length: {len(app)} and {len(anchor)}")
     rng = random.Random(seed)
-    boots = sorted(stat(*(rng.choices(s, k=len(s)) for s in samples)) for _ in range(reps))
-    return [stat(*samples), boots[reps // 40], boots[reps - 1 - reps // 40]]
+    index = range(len(app))
+    boots = []
+    for _ in range(reps):
+        drawn = rng.choices(index, k=len(app))
+        boots.append(stat([app[i] for i in drawn], [anchor[i] for i in drawn]))
+    boots.sort()
+    return [stat(app, anchor), boots[reps // 40], boots[reps - 1 - reps // 40]]
 
 
 def added_p50_ci(app: list[float], anchor: list[float]) -> list[float]:
     """``[added p50, low, high]`` (ms): the difference of the two samples' medians and its 95 %
-    bootstrap interval. A lone request's latency spreads over tens of ms here, so a 1 ms target needs
-    this interval beside the figure."""
-    return bootstrap_ci(lambda a, b: statistics.median(a) - statistics.median(b), app, anchor)
+    bootstrap interval over pairs (``app[i]`` and ``anchor[i]`` measured in one pass over the apps, as
+    `single_text_latencies_ms` sends them). A lone request's latency spreads over tens of ms here, so
+    a 1 ms target needs this interval beside the figure."""
+    return paired_bootstrap_ci(lambda a, b: statistics.median(a) - statistics.median(b), app, anchor)
+
+
+def median_rank_interval(n: int, level: float = 0.95) -> tuple[int, float]:
+    """``(k, coverage)``: from the k-th smallest to the k-th largest of ``n`` independent values is an
+    interval that holds their distribution's median with probability ``coverage`` (the binomial count of
+    values below the median; no assumption on the distribution). The largest k whose coverage is at
+    least ``level``; where even min to max falls short (``n`` <= 5 at 95 %), k = 1 and its coverage.
+    A bootstrap of the median over a handful of rounds cannot do better than min to max, and calls it
+    95 % when it is 75 % (3 rounds) or 94 % (5); over 6 to 10 it picks values inside the exact ranks."""
+    if n < 1:
+        raise ValueError("no rounds")
+
+    def coverage(k: int) -> float:
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+
+    k = 1
+    while k < (n + 1) // 2 and coverage(k + 1) >= level:
+        k += 1
+    return k, coverage(k)
 
 
 def round_ratio_ci(app: list[float], anchor: list[float]) -> list[float]:
-    """``[median ratio, low, high]``: each round's throughput of ``app`` over ``anchor`` (both ran in the
-    same round, seconds apart, so an hour when the host is slower moves both), the median over rounds and
-    its 95 % bootstrap interval over rounds. The ratio of the two apps' medians, printed first, can pair
-    one app's fast round with the other's slow one."""
-    return bootstrap_ci(statistics.median, [a / b for a, b in zip(app, anchor, strict=True)])
+    """``[median ratio, low, high, coverage]``: each round's throughput of ``app`` over ``anchor`` (both
+    ran in the same round, seconds apart, so an hour when the host is slower moves both), the median over
+    rounds and the exact order-statistic interval over rounds (`median_rank_interval`) with the
+    probability that it holds the median: 95 % or more from 6 rounds on, below with fewer (then min to
+    max). The ratio of the two apps' medians, printed first, can pair one app's fast round with the
+    other's slow one."""
+    ratios = sorted(a / b for a, b in zip(app, anchor, strict=True))
+    k, coverage = median_rank_interval(len(ratios))
+    return [statistics.median(ratios), ratios[k - 1], ratios[-k], coverage]
 
 
-def verdict(low: float, high: float, target: float, at_least: bool) -> str:
+def verdict(low: float, high: float, target: float, at_least: bool, coverage: float = 0.95) -> str:
     """``met`` when the whole interval is on the target's side, ``MISSED`` when none of it is, else
-    ``not told apart at this run's spread``."""
+    ``not told apart at this run's spread``; no verdict from an interval that holds the figure with
+    less than 95 % probability (``coverage``: too few rounds)."""
+    if coverage < 0.95:
+        return f"not told apart: too few rounds for a 95 % interval (min to max holds {coverage:.1%})"
     inside = (low >= target) if at_least else (high <= target)
     outside = (high < target) if at_least else (low > target)
     return "met" if inside else "MISSED" if outside else "not told apart at this run's spread"
@@ -150,7 +198,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--latency-requests", type=int, default=300)
-    ap.add_argument("--rounds", type=int, default=3, help="alternating on/off rounds (medians reported)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternating rounds (medians reported; 6 or more for a 95 %% interval and a throughput verdict)",
+    )
     ap.add_argument(
         "--energy",
         default="{}",
@@ -280,7 +333,8 @@ def main() -> None:
             "accuwatt_vs_bare_own_loop": added_p50_ci(latencies["auto"], latencies["bare2f"]),
             "metering_on_vs_off": added_p50_ci(latencies["auto"], latencies["off"]),
         },
-        # each round's ratio (the apps of a round run seconds apart), against the same anchors
+        # each round's ratio (the apps of a round run seconds apart), against the same anchors:
+        # [median, low, high, the interval's coverage] (95 % or more from 6 rounds on)
         "throughput_ratio_by_round_ci95": {
             "accuwatt_vs_bare": round_ratio_ci(tps["auto"], tps["bare2"]),
             "accuwatt_unmetered_vs_bare": round_ratio_ci(tps["off"], tps["bare2"]),
@@ -334,12 +388,14 @@ def main() -> None:
         print(
             f"  added p50, {name}, all rounds pooled: {d:+.2f} ms (95 % bootstrap interval {lo:+.2f} to {hi:+.2f})"
         )
-    for name, (m, lo, hi) in result["throughput_ratio_by_round_ci95"].items():
+    for name, (m, lo, hi, cover) in result["throughput_ratio_by_round_ci95"].items():
         print(
-            f"  throughput ratio, {name}, per round: median {m:.3f} (95 % bootstrap interval {lo:.3f} to {hi:.3f})"
+            f"  throughput ratio, {name}, per round: median {m:.3f} "
+            f"({cover:.1%} interval over rounds {lo:.3f} to {hi:.3f})"
         )
-    _, lo, hi = result["throughput_ratio_by_round_ci95"]["accuwatt_vs_bare"]
-    print(f"  target throughput >= 0.95x the bare app (per-round interval): {verdict(lo, hi, 0.95, True)}")
+    _, lo, hi, cover = result["throughput_ratio_by_round_ci95"]["accuwatt_vs_bare"]
+    said = verdict(lo, hi, 0.95, True, cover)
+    print(f"  target throughput >= 0.95x the bare app (per-round interval): {said}")
     _, lo, hi = result["added_p50_ms_pooled_ci95"]["accuwatt_vs_bare"]
     print(f"  target p50 within 1 ms of the bare app (pooled interval): {verdict(lo, hi, 1.0, False)}")
     print(

@@ -8,7 +8,8 @@ answer of that agent asked for then (``agents.MultiNodeMeter.settled``): one act
 
 Prints, per rounds alternating between the two (the order flips each round):
 - p50 latency of single-text requests, one at a time, and the added p50 of metering with its 95 %
-  bootstrap interval over all requests pooled;
+  bootstrap interval over all requests pooled (resampled in pairs: each metered request with the
+  unmetered one sent right beside it);
 - throughput (texts/s) of requests of ``--batch`` texts from ``--concurrency`` clients, as a ratio;
 - of the metered answers: how many tags carry a part from worker-1, and how many say
   ``remote_counters_late``.
