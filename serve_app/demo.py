@@ -239,12 +239,15 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = args.out or Path(tempfile.mkdtemp(prefix="accuwatt-demo-"))
-    try:
-        rows = run_demo(args.models, args.concurrency, out, args.config, args.num_cpus, args.progress)
-    finally:
-        if args.out is None:
-            shutil.rmtree(out, ignore_errors=True)
+    from serve_app.replay.local import sigterm_unwinds
+
+    with sigterm_unwinds():  # SIGTERM, like Ctrl-C, removes the temporary folder and stops the local Ray
+        out = args.out or Path(tempfile.mkdtemp(prefix="accuwatt-demo-"))
+        try:
+            rows = run_demo(args.models, args.concurrency, out, args.config, args.num_cpus, args.progress)
+        finally:
+            if args.out is None:
+                shutil.rmtree(out, ignore_errors=True)
     print()
     print(format_table(rows))
     scopes = sorted({m.energy_scope for m in rows})

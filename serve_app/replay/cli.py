@@ -26,6 +26,7 @@ from serve_app.errors import UsageError
 from serve_app.model_ids import add_models_argument
 from serve_app.monitoring.flags import host_port
 from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
+from serve_app.replay.ready import READY_TIMEOUT_S, REFUSED_TIMEOUT_S
 from serve_app.replay.results import load_run
 
 log = logging.getLogger("accuwatt.replay")
@@ -100,6 +101,9 @@ STUDY_ONLY = {"dataset": "--dataset", "n_train": "--n-train", "n_test": "--n-tes
 LOCAL_ONLY = {"embedding_model": "--embedding-model", "num_cpus": "--num-cpus"}
 """Flags of the models and Ray that ``--local`` starts: with ``--url`` they would be ignored."""
 
+URL_ONLY = {"ready_timeout": "--ready-timeout", "connect_timeout": "--connect-timeout"}
+"""Flags of the wait for the service at ``--url``: ``--local`` deploys its own and would ignore them."""
+
 
 def refuse_ignored_flags(given: dict[str, Any]) -> None:
     """Refuse (`UsageError`) a flag the rest of the command line would make the replay ignore
@@ -126,6 +130,10 @@ def refuse_ignored_flags(given: dict[str, Any]) -> None:
                 raise UsageError(
                     f"{flag} is for the models and Ray that --local starts; --url uses the service's"
                 )
+    if given.get("local"):
+        for field, flag in URL_ONLY.items():
+            if field in given:
+                raise UsageError(f"{flag} is the wait for the service at --url; --local deploys its own")
 
 
 def config_from_args(args: argparse.Namespace) -> ReplayConfig:
@@ -173,6 +181,22 @@ def register(subparsers: Any) -> None:
         "--num-cpus", type=positive_int, default=None, help="--local: logical CPUs for the local Ray"
     )
     p.add_argument(
+        "--ready-timeout",
+        type=positive_float,
+        default=None,
+        metavar="SECONDS",
+        help=f"--url: how long to wait for a router that answers but is still loading its classifiers "
+        f"(/readyz 503; default: {READY_TIMEOUT_S:g}, an LLM can take minutes)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=positive_float,
+        default=None,
+        metavar="SECONDS",
+        help=f"--url: how long connections may be refused (nothing listens there yet) before the replay "
+        f"gives up with one line (default: {REFUSED_TIMEOUT_S:g})",
+    )
+    p.add_argument(
         "--pushgateway",
         type=host_port,
         default=None,
@@ -214,7 +238,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         from serve_app.replay.runner import replay_url
 
-        folders = asyncio.run(replay_url(cfg, args.url))
+        folders = asyncio.run(
+            replay_url(
+                cfg,
+                args.url,
+                ready_timeout_s=args.ready_timeout or READY_TIMEOUT_S,
+                refused_s=args.connect_timeout or REFUSED_TIMEOUT_S,
+            )
+        )
     for f in folders:
         print(f)
     if args.pushgateway:

@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,10 +38,48 @@ from serve_app.replay.runner import finish, load_test_sets, replay_session
 APP_NAME = "accuwatt"
 
 
+TERMINATED_EXIT = 128 + signal.SIGTERM
+"""The exit status of a command ended by SIGTERM once it has cleaned up (the shell's convention)."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    """SIGTERM as an exception in the main thread: it unwinds through the ``finally`` blocks that stop
+    the local Ray and remove the command's temporary folders, as Ctrl-C does. Further SIGTERMs are
+    ignored while those run (the handler before is restored at the end of the block)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("accuwatt: terminated (SIGTERM): stopping and cleaning up", file=sys.stderr, flush=True)
+    raise SystemExit(TERMINATED_EXIT)
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()  # the only one that may set handlers
+
+
+@contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Inside the block SIGTERM raises `SystemExit` (`_terminated`) instead of ending the process where
+    it stands; the handler before is back after the block. Off the main thread the block runs as is."""
+    if not _on_main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        exc = sys.exc_info()[1]
+        if previous is _terminated and isinstance(exc, SystemExit) and exc.code == TERMINATED_EXIT:
+            previous = signal.SIG_IGN  # still unwinding from a SIGTERM: an outer block's cleanup goes on
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 @contextmanager
 def local_ray(num_cpus: int | None = None) -> Iterator[None]:
     """A private local Ray instance for the duration of the block (``num_cpus``: logical CPUs, at least
-    1; default ``max(8, cores)``)."""
+    1; default ``max(8, cores)``). SIGTERM stops it and removes its temporary folder as Ctrl-C does:
+    ``ray.init`` replaces the process's SIGTERM handler (its core worker's aborts the process, which
+    left the ``aw-ray-*`` folder, and ``accuwatt demo``'s, behind), so ours is installed again after it
+    (a SIGTERM while ``ray.init`` itself runs still meets Ray's)."""
     if num_cpus is not None and num_cpus < 1:
         raise UsageError(f"--num-cpus: must be an integer >= 1, got {num_cpus}")
     import ray
@@ -46,22 +87,27 @@ def local_ray(num_cpus: int | None = None) -> Iterator[None]:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     set_ray_node_defaults()
-    tmp = tempfile.mkdtemp(prefix="aw-ray-")
-    ray.init(
-        address="local",
-        num_cpus=num_cpus if num_cpus is not None else max(8, os.cpu_count() or 1),
-        include_dashboard=False,
-        _temp_dir=tmp,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    try:
-        yield
-    finally:
+    with sigterm_unwinds():
+        tmp = tempfile.mkdtemp(prefix="aw-ray-")
         try:
-            serve.shutdown()
+            ray.init(
+                address="local",
+                num_cpus=num_cpus if num_cpus is not None else max(8, os.cpu_count() or 1),
+                include_dashboard=False,
+                _temp_dir=tmp,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+            try:
+                if _on_main_thread():
+                    signal.signal(signal.SIGTERM, _terminated)  # Ray's replaced ours
+                yield
+            finally:
+                try:
+                    serve.shutdown()
+                finally:
+                    ray.shutdown()
         finally:
-            ray.shutdown()
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -9,6 +9,9 @@ learnt yet (``Path '/readyz' not found. Ping ...``). ``/readyz`` answers callers
 too (for probes), so a ready router is then asked for ``/v1/models``: a 4xx there (401 or 403: no key,
 or a wrong one, in ``ACCUWATT_API_KEY``; 404: a service with a ``/readyz`` that is no accuwatt router)
 ends the wait as well, before a replay finds no models to replay or sends every request into a 4xx.
+Nothing listening is told apart from a router that answers but is loading: connections refused (or a
+host that does not resolve) for ``refused_s`` on end (30 s: a service may be starting) end the wait
+with one line naming the URL, where the long wait (``timeout_s``, 900 s) is for a router that answers.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from serve_app.replay.client import auth_headers
 
 READY_TIMEOUT_S = 900.0
 """Default wait: a vLLM engine on a few CPU cores can take minutes to load."""
+REFUSED_TIMEOUT_S = 30.0
+"""Default grace for a URL where nothing accepts connections (a service still starting its proxy)."""
 READY_POLL_S = 0.5
 READY_SAY_AFTER_S = 5.0
 """A wait longer than this says once, on stderr, what it waits for and what it last heard."""
@@ -78,14 +83,20 @@ def failed_models(body: dict[str, Any]) -> dict[str, str]:
 
 
 async def wait_ready(
-    client: Any, base_url: str, timeout_s: float = READY_TIMEOUT_S, poll_s: float = READY_POLL_S
+    client: Any,
+    base_url: str,
+    timeout_s: float = READY_TIMEOUT_S,
+    poll_s: float = READY_POLL_S,
+    refused_s: float = REFUSED_TIMEOUT_S,
 ) -> None:
-    """Poll ``base_url/readyz`` (``client``: an httpx.AsyncClient or a ClientPool) until it is 200."""
+    """Poll ``base_url/readyz`` (``client``: an httpx.AsyncClient or a ClientPool) until it is 200, at
+    most ``timeout_s``; connections refused for ``refused_s`` on end (nothing listens) end it sooner."""
     started = time.monotonic()
     deadline = started + timeout_s
     url = base_url.rstrip("/") + "/readyz"
     last = "no answer"
     told = False
+    refused_since: float | None = None  # start of the current run of refused connections
     while True:
         try:
             resp = raise_on_client_error(await client.get(url, timeout=min(10.0, timeout_s)))
@@ -97,21 +108,39 @@ async def wait_ready(
             if failed:
                 raise NotReadyError(f"{base_url}: classifiers failed: {failed}")
             last = f"{resp.status_code} {resp.text[:300]}"
+            refused_since = None
+        except httpx.ConnectError as exc:  # no listener (or no such host): no answer at all
+            last = type(exc).__name__
+            now = time.monotonic()
+            refused_since = now if refused_since is None else refused_since
+            if now - refused_since + poll_s > refused_s and now + poll_s <= deadline:
+                reason = " ".join(str(exc).split())  # httpx's own words for a refusal say less
+                reason = (
+                    "connection refused" if not reason or "connection attempts failed" in reason else reason
+                )
+                raise NotReadyError(
+                    f"nothing answers at {base_url} ({reason}, for {now - refused_since:.0f} s): is the "
+                    "service running, on this host and port?"
+                ) from None
         except (httpx.HTTPError, ValueError) as exc:
             last = type(exc).__name__
+            refused_since = None
         if time.monotonic() + poll_s > deadline:
             raise NotReadyError(f"{base_url} was not ready within {timeout_s:.0f} s (last: {last})")
         if not told and time.monotonic() - started >= READY_SAY_AFTER_S:  # a dead URL is not silent
-            print(f"waiting up to {timeout_s:.0f} s for {url} (last: {last})", file=sys.stderr, flush=True)
+            limit = timeout_s if refused_since is None else min(timeout_s, refused_s)
+            print(f"waiting up to {limit:.0f} s for {url} (last: {last})", file=sys.stderr, flush=True)
             told = True
         await asyncio.sleep(poll_s)
 
 
-def wait_ready_sync(base_url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+def wait_ready_sync(
+    base_url: str, timeout_s: float = READY_TIMEOUT_S, refused_s: float = REFUSED_TIMEOUT_S
+) -> None:
     """`wait_ready` with a client of its own, for synchronous callers."""
 
     async def run() -> None:
         async with httpx.AsyncClient(trust_env=False, headers=auth_headers()) as client:
-            await wait_ready(client, base_url, timeout_s)
+            await wait_ready(client, base_url, timeout_s, refused_s=refused_s)
 
     asyncio.run(run())

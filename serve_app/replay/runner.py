@@ -29,7 +29,13 @@ from serve_app.replay.config import ReplayConfig
 from serve_app.replay.driver import replay_requests
 from serve_app.replay.labels import check_labels, compare_labels
 from serve_app.replay.plan import TestSet, majority, plan_requests
-from serve_app.replay.ready import READY_POLL_S, wait_ready
+from serve_app.replay.ready import (
+    READY_POLL_S,
+    READY_TIMEOUT_S,
+    REFUSED_TIMEOUT_S,
+    NotReadyError,
+    wait_ready,
+)
 from serve_app.replay.records import RecordStore, append_window, read_records
 from serve_app.replay.results import RECORDS_FILE, RUN_FILE, WINDOWS_FILE, load_run, run_dir, write_metrics
 from serve_app.replay.window import cold_meters, energy_delta
@@ -76,6 +82,31 @@ GET_TIMEOUT_S = 60.0
 GET_ATTEMPTS = 5
 
 
+async def get_ok(
+    client: ClientPool | httpx.AsyncClient,
+    base_url: str,
+    path: str,
+    attempts: int = GET_ATTEMPTS,
+    timeout_s: float = GET_TIMEOUT_S,
+) -> httpx.Response | None:
+    """GET ``path``; 5xx answers and transport errors are retried after ``Retry-After`` (at most
+    ``attempts`` tries, ``timeout_s`` each). The 200 answer, or None if it never answers 200."""
+    for attempt in range(attempts):
+        retry = 1.0
+        try:
+            resp = await client.get(base_url.rstrip("/") + path, timeout=timeout_s)
+            if resp.status_code == 200:
+                return resp
+            if resp.status_code < 500:
+                return None
+            retry = retry_after_s(resp.headers.get("retry-after"), 1.0)
+        except httpx.HTTPError:
+            pass
+        if attempt + 1 < attempts:
+            await asyncio.sleep(retry)
+    return None
+
+
 async def get_json(
     client: ClientPool | httpx.AsyncClient,
     base_url: str,
@@ -83,29 +114,44 @@ async def get_json(
     attempts: int = GET_ATTEMPTS,
     timeout_s: float = GET_TIMEOUT_S,
 ) -> dict[str, Any] | None:
-    """GET a JSON view (``/v1/models``, ``/v1/energy``); 5xx answers and transport errors are retried
-    after ``Retry-After`` (at most ``attempts`` tries, ``timeout_s`` each). None if it never answers."""
-    for attempt in range(attempts):
-        retry = 1.0
-        try:
-            resp = await client.get(base_url.rstrip("/") + path, timeout=timeout_s)
-            if resp.status_code == 200:
-                return dict(resp.json())
-            if resp.status_code < 500:
-                return None
-            retry = retry_after_s(resp.headers.get("retry-after"), 1.0)
-        except (httpx.HTTPError, ValueError):
-            pass
-        if attempt + 1 < attempts:
-            await asyncio.sleep(retry)
-    return None
+    """GET a JSON view (``/v1/energy``) as `get_ok` does; None if it never answers 200 or its body is
+    no JSON object."""
+    resp = await get_ok(client, base_url, path, attempts, timeout_s)
+    if resp is None:
+        return None
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def parse_model_list(base_url: str, resp: httpx.Response) -> ModelList:
+    """A ``/v1/models`` 200 answer as a `ModelList`; a body that is not one (not JSON, no ``models``
+    list, rows that are not models: another service on that port) raises `NotReadyError`, one line
+    naming the URL and what the body was."""
+    where = f"{base_url.rstrip('/')}/v1/models answered 200 but not an accuwatt model list"
+    snippet = " ".join(resp.text[:200].split())
+    try:
+        body = resp.json()
+    except ValueError:
+        ctype = resp.headers.get("content-type") or "no content-type"
+        raise NotReadyError(f"{where}: not JSON ({ctype}): {snippet!r}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("models"), list):
+        raise NotReadyError(f"{where}: no 'models' list in {snippet!r}")
+    try:
+        return ModelList.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise NotReadyError(f"{where}: {loc}: {first['msg']} ({exc.error_count()} problem(s))") from None
 
 
 async def get_models(client: ClientPool | httpx.AsyncClient, base_url: str) -> ModelList | None:
-    """``GET /v1/models`` as a `ModelList`; None if it never answers (a body that is not a model list
-    raises: the service is not one this replay can read)."""
-    body = await get_json(client, base_url, "/v1/models")
-    return None if body is None else ModelList.model_validate(body)
+    """``GET /v1/models`` as a `ModelList`; None if it never answers (a 200 whose body is not a model
+    list raises `NotReadyError`: the service is not one this replay can read)."""
+    resp = await get_ok(client, base_url, "/v1/models")
+    return None if resp is None else parse_model_list(base_url, resp)
 
 
 async def get_energy(client: ClientPool | httpx.AsyncClient, base_url: str) -> EnergyView | None:
@@ -133,6 +179,24 @@ def check_resume(old: RunInfo | None, cfg: ReplayConfig, rdir: Path) -> None:
             f"{rdir} holds requests sent as {was}, this replay would send {now}: "
             "use the same --batch-size and load shape, or another --run-name"
         )
+
+
+def previous_run(rdir: Path) -> RunInfo | None:
+    """The ``run.json`` a run folder holds already (None in a new folder)."""
+    path = rdir / RUN_FILE
+    return RunInfo.model_validate_json(path.read_text()) if path.exists() else None
+
+
+def check_resumes(
+    cfg: ReplayConfig, ds: Dataset, models: list[str], listing: ModelList | None, folders: dict[str, Path]
+) -> None:
+    """`check_resume` for every model whose run folder this replay has not prepared yet, before the
+    first request: a refused resume of the second model came after the first model's requests were
+    sent and recorded (its folder then held a session that stopped half-way)."""
+    for model in models:
+        if model not in folders:
+            rdir = run_folder(cfg, ds, model, listing)
+            check_resume(previous_run(rdir), cfg, rdir)
 
 
 def _topology_of(cfg: ReplayConfig, model: str, listing: ModelList | None) -> tuple[ModelEntry | None, str]:
@@ -186,7 +250,7 @@ def prepare_run_folder(
     rdir = run_folder(cfg, ds, model, listing)
     rdir.mkdir(parents=True, exist_ok=True)
     path = rdir / RUN_FILE
-    old = RunInfo.model_validate_json(path.read_text()) if path.exists() else None
+    old = previous_run(rdir)
     check_resume(old, cfg, rdir)
     ci = carbon_intensity(cfg.output.country)
     info = RunInfo(
@@ -344,7 +408,8 @@ async def replay_session(
     set against the router at ``base_url``, split by split. A model's run folder is created (or resumed)
     the first time it is replayed and kept in ``folders``; records already there are skipped. Every
     model's labels are checked against the dataset's before the first request (`check_labels`), and
-    its run folder is held (`run_folder_lock`) until the loop ends."""
+    its run folder is held (`run_folder_lock`) until the loop ends; every model's resume is checked
+    (`check_resumes`) before the first request too."""
     run_name = cfg.resolved_run_name(ds.fingerprint)
     async with http_client(cfg) as client:
         listing = await get_models(client, base_url)
@@ -352,6 +417,7 @@ async def replay_session(
         with contextlib.ExitStack() as held:  # every folder, before the first request: `run_folder_lock`
             for model in models:
                 held.enter_context(run_folder_lock(folders.get(model) or run_folder(cfg, ds, model, listing)))
+            check_resumes(cfg, ds, models, listing, folders)  # every model's, before any request
             await wait_meters_warm(client, base_url)
             for test in tests:
                 for model in models:
@@ -372,15 +438,23 @@ def finish(folders: dict[str, Path]) -> list[Path]:
     return list(folders.values())
 
 
-async def replay_url(cfg: ReplayConfig, base_url: str, tests: list[TestSet] | None = None) -> list[Path]:
-    """Replay every model on every split against a running router; returns the run folders."""
+async def replay_url(
+    cfg: ReplayConfig,
+    base_url: str,
+    tests: list[TestSet] | None = None,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+    refused_s: float = REFUSED_TIMEOUT_S,
+) -> list[Path]:
+    """Replay every model on every split against a running router (waiting for it: `wait_ready`, at
+    most ``ready_timeout_s``, ``refused_s`` if nothing listens); returns the run folders."""
     ds, all_tests, split_meta = load_test_sets(cfg)
     async with http_client(cfg) as client:
-        await wait_ready(client, base_url)
+        await wait_ready(client, base_url, ready_timeout_s, refused_s=refused_s)
         listing = await get_models(client, base_url)
     models = cfg.models or [m.id for m in (listing.models if listing else [])]
     if not models:
-        raise RuntimeError(f"no models to replay: none given and {base_url}/v1/models lists none")
+        said = "lists none" if listing is not None else "did not answer 200"
+        raise NotReadyError(f"no models to replay: none given (--models) and {base_url}/v1/models {said}")
     if listing is not None:
         check_ids(models, [m.id for m in listing.models], f"{base_url} serves")
     folders: dict[str, Path] = {}
