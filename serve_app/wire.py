@@ -35,7 +35,12 @@ class Prediction(BaseModel):
     label: str
     scores: dict[str, float] | None = None
     prompt_tokens: int | None = None
+    """A generative LLM's prompt of the text in its mode, counted once in every mode (a ``choice``
+    asked again, a reasoning model's answer after its thought and ``score`` over label sequences give
+    the engine that prompt again: not counted again; what the engine computed, prefix-cache hits
+    excluded, is ``EnergyTag.attribution.tokens.prefill_tokens``)."""
     generated_tokens: int | None = None
+    """Every token the engine generated for the text, over all its calls."""
     parsed: bool = True
     raw: str | None = None
 
@@ -43,7 +48,7 @@ class Prediction(BaseModel):
 class TokenWork(BaseModel):
     """An LLM request under the ``tokens`` rule: what the engine processed for it, and its energy by
     phase (see ``energy/ledger.py``). ``prompt_tokens`` / ``generated_tokens``: its texts' prompts and
-    answers; ``prefill_tokens``: prompt tokens the engine computed (prefix-cache hits excluded);
+    answers (``Prediction``'s, summed: each prompt once); ``prefill_tokens``: prompt tokens the engine computed (prefix-cache hits excluded);
     ``decode_tokens``: decode steps (one token each). Each interval's energy went to the requests in it
     in proportion to these tokens; ``unstepped_j`` was split by ``weight`` (the prompt-token estimate)
     because no sharer reported an engine step in those intervals. Units: tokens, J."""
@@ -100,6 +105,15 @@ class EnergyTag(BaseModel):
     """What the meters' timing alone can shift across the window's edges (the sum ``uncertainty_j``
     describes, before it is capped at what the devices can draw over the window): a run's bound takes
     it once per busy stretch (``replay.summary.run_uncertainty_j``). None: as ``uncertainty_j``."""
+    max_power_w: float | None = None
+    """The most the metered devices behind ``joules`` can draw together (W; each counter once, as
+    ``uncertainty_j``'s cap counts them): a run's ± is capped with it (``replay.summary``). None:
+    unknown (an older replica, a tag without a figure, or a serving overhead metered on another node
+    than the classifier's)."""
+    span_s: float | None = None
+    """The time whose energy the figure can hold (s): ``attribution.window_s``, plus one counter
+    update period for a counter read as it is and the remote lag when late (``energy/tag._span_s``):
+    ``uncertainty_j`` is at most ``max_power_w`` x this (plus the counters' resolution)."""
     flags: list[str] = Field(default_factory=list)
     replica: str = ""
     nodes: list[str] = Field(default_factory=list)

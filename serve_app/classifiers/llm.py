@@ -7,6 +7,12 @@ and workers are child processes of this one) and three modes.
 - ``choice``: same prompt, answer prefilled up to the field, generation constrained to the labels.
 - ``score``: same prefilled prompt, one forward pass; each label's log-probability (of its first token
   when first tokens differ, else of its whole token sequence) plus ``label_bias``; argmax.
+
+Token counts, alike in every mode: ``Prediction.prompt_tokens`` is the text's prompt in its mode,
+counted once, though the mode may give the engine more (``choice`` asking again with room to finish,
+a reasoning model's answer after its thought, ``score`` over each label's sequence); what the engine
+computed for it, prefix-cache hits excluded, is the tag's ``attribution.tokens.prefill_tokens``.
+``generated_tokens``: every token the engine generated for the text, over all its calls.
 """
 
 from __future__ import annotations
@@ -395,7 +401,7 @@ class LLMClassifier(Classifier):
                 structured_outputs=StructuredOutputsParams(choice=list(self._labels)),
             )
             g = (await self._generate(prompt_ids, params, on_work)).outputs[0]
-            n_prompt, n_gen = n_prompt + len(prompt_ids), n_gen + len(g.token_ids)
+            n_gen += len(g.token_ids)  # the same prompt again: ``prompt_tokens`` counts it once
         parsed = prompts.parse_choice(g.text, self._labels, finished=g.finish_reason != "length")
         return Prediction(
             label=parsed.label,
@@ -427,16 +433,17 @@ class LLMClassifier(Classifier):
     ) -> tuple[dict[str, float], int, int]:
         """Labels sharing a first token: score each label's whole token sequence (one request each)."""
 
-        async def one(label: str) -> tuple[str, float, int]:
+        async def one(label: str) -> tuple[str, float]:
             ids = self._scored_ids[label]
             params = self._params(max_tokens=1, prompt_logprobs=0)
             out = await self._generate(prompt_ids + ids, params, on_work)
             rows = (out.prompt_logprobs or [])[-len(ids) :]
             total = sum(row[tid].logprob for row, tid in zip(rows, ids, strict=True) if row and tid in row)
-            return label, total, len(prompt_ids) + len(ids)
+            return label, total
 
         results = await asyncio.gather(*(one(label) for label in self._labels))
-        return {lab: lp for lab, lp, _ in results}, sum(n for *_, n in results), len(results)
+        # the text's prompt once (``Prediction.prompt_tokens``), though each label's request repeats it
+        return dict(results), len(prompt_ids), len(results)
 
 
 def build_llm_classifier(spec: LLMSpec) -> LLMClassifier:

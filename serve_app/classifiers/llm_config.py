@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from serve_app.classifiers.prompts import labels_alike
 from serve_app.config_common import (
     DeploymentOptions,
     EnergyConfig,
@@ -155,6 +156,12 @@ class LLMSpec(Strict):
         if any(not label.strip() or label != label.strip() for label in labels):
             raise ValueError("labels must be non-empty and carry no surrounding whitespace")
         require_unique("labels", labels)
+        alike = labels_alike(labels)
+        if alike:
+            raise ValueError(
+                f"labels must not differ only in case (or Unicode composition): {alike}; an LLM's answer "
+                "is read ignoring both and cannot tell them apart: rename or merge them"
+            )
         return labels
 
     @model_validator(mode="after")

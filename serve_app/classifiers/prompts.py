@@ -162,6 +162,17 @@ def _fold(text: str) -> str:
     return unicodedata.normalize("NFC", text).casefold()
 
 
+def labels_alike(labels: Sequence[str]) -> list[list[str]]:
+    """Groups of labels that differ only in case or Unicode composition ("Positive" and "positive"):
+    :func:`match_label` reads an answer ignoring both, so it cannot tell them apart (an LLM's answer
+    "POSITIVE" or "positive." would name either). The LLM config refuses them; a trained classifier
+    predicts label ids, for which they stay two labels."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(_fold(label), []).append(label)
+    return [g for g in groups.values() if len(set(g)) > 1]
+
+
 def match_label(value: str, labels: Sequence[str]) -> str | None:
     """The label ``value`` names: exact, else ignoring case, Unicode composition, surrounding
     quotes/markup/punctuation and a leading ``- `` bullet, on the first non-empty line. None when it

@@ -84,6 +84,8 @@ def make_tag(
         ),
         uncertainty_j=uncertainty,
         edge_uncertainty_j=edge_uncertainty,
+        max_power_w=most_w,
+        span_s=_span_s(window_s, info),
         flags=flags,
         replica=replica,
         nodes=sorted({node_of_key(k) or info.node for k in alloc.energy_j} - {""}),
@@ -159,6 +161,9 @@ def add_overhead(tag: EnergyTag, overhead: Overhead | None) -> EnergyTag:
         edge += overhead.edge_uncertainty_j
     if uncertainty is not None and uncertainty > joules:
         flags.append(EXCEEDS)
+    # the router's share is of its node's counters: the model's when that node is among the model's
+    # (every counter of a node is in each of its shares), otherwise devices the tag does not know
+    most_w = tag.max_power_w if not overhead.node or overhead.node in tag.nodes else None
     attribution = tag.attribution
     if overhead.stretch_starts and attribution is not None and attribution.stretch_starts is not None:
         starts = attribution.stretch_starts + overhead.stretch_starts
@@ -168,6 +173,7 @@ def add_overhead(tag: EnergyTag, overhead: Overhead | None) -> EnergyTag:
             "joules": joules,
             "uncertainty_j": uncertainty,
             "edge_uncertainty_j": edge,
+            "max_power_w": most_w,
             "attribution": attribution,
             "model_j": model,
             "overhead_j": overhead.joules,

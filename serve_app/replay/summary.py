@@ -25,7 +25,14 @@ Definitions (units in names; Wh only here, at reporting time):
   stretch figure. Both assume the replay's requests are the only ones on those replicas (as in the
   study's protocol): another client's request at an edge leaves that edge unpaired. The windows count
   only when every session with records for the split has its window line (a killed session writes
-  none): otherwise they cover part of the split, and the tag figure stands alone.
+  none): otherwise they cover part of the split, and the tag figure stands alone. Never wider than
+  physics (``physical_cap_j``): the energy the tags stand for lies between 0 and what their devices
+  can draw over the run (``EnergyTag.max_power_w``, per replica, summed over the replicas, x the
+  sessions' spans from the first tagged request sent to its last answer, each plus the longest time a
+  tag's figure can hold beyond its window: ``EnergyTag.span_s``), so the error of ``energy_j`` is at
+  most ``max(energy_j, that - energy_j)``. The ± stays one symmetric figure (the report's column):
+  capped at the larger side, it overstates the smaller one (below 0 or above the devices' maximum
+  nothing is possible). No cap when a tag does not say its devices' maximum.
 - ``duration_s``: per session, from the first request sent to the last answer, summed over the
   sessions that replayed this split (a resumed run has several).
 - ``avg_power_w = energy_j / duration_s``.
@@ -180,6 +187,40 @@ def run_uncertainty_j(
     return float(stretches if windows_j is None else min(stretches, windows_j))
 
 
+def physical_cap_j(records: Sequence[Record]) -> float | None:
+    """The most the devices behind the tagged records' figures can draw over the run (J): per
+    session, from the first tagged request sent to the last one answered (every request's window lies
+    within its own send and answer) plus the longest time a tag's figure can hold beyond its window
+    (``EnergyTag.span_s - window_s``: a counter read as it is, a remote lag); x the devices' maximum
+    power (``EnergyTag.max_power_w``: per replica the largest its tags state, summed over the
+    replicas; replicas that share a node's counters count them twice, which only widens the cap).
+    None when a tagged record lacks either figure."""
+    tagged = [(r, r.energy) for r in records if r.energy is not None and r.energy.joules is not None]
+    if not tagged:
+        return None
+    most_w: dict[str, float] = {}
+    sessions: dict[str, tuple[float, float, float]] = {}
+    for r, tag in tagged:
+        if tag.max_power_w is None or tag.span_s is None or tag.attribution is None:
+            return None
+        most_w[tag.replica] = max(most_w.get(tag.replica, 0.0), tag.max_power_w)
+        extra_s = max(tag.span_s - tag.attribution.window_s, 0.0)
+        first, last, slack = sessions.get(r.session, (r.sent_unix_s, r.done_unix_s, 0.0))
+        sessions[r.session] = (min(first, r.sent_unix_s), max(last, r.done_unix_s), max(slack, extra_s))
+    span_s = sum(last - first + slack for first, last, slack in sessions.values())
+    return sum(most_w.values()) * span_s
+
+
+def capped_uncertainty_j(
+    uncertainty_j: float | None, energy_j: float | None, cap_j: float | None
+) -> float | None:
+    """``uncertainty_j`` of ``energy_j`` capped by physics (module doc): the energy lies in
+    ``[0, cap_j]``, so it is at most ``max(energy_j, cap_j - energy_j)`` away from the figure."""
+    if uncertainty_j is None or energy_j is None or cap_j is None:
+        return uncertainty_j
+    return min(uncertainty_j, max(energy_j, cap_j - energy_j))
+
+
 def _windows_uncertainty_j(windows: Sequence[WindowRecord]) -> float | None:
     """The replay windows' bounds summed (``replay.window``), None unless every window has one."""
     bounds = [w.section("energy_delta", "uncertainty_j") for w in windows]
@@ -248,7 +289,11 @@ def split_metrics(
     for t in tagged:
         for d, v in t.domains_j.items():
             domains[d] = domains.get(d, 0.0) + float(v)
-    uncertainty_j = run_uncertainty_j(tagged, len(tagged) == len(recs), _windows_uncertainty_j(windows))
+    uncertainty_j = capped_uncertainty_j(
+        run_uncertainty_j(tagged, len(tagged) == len(recs), _windows_uncertainty_j(windows)),
+        energy_j,
+        physical_cap_j(recs),
+    )
 
     duration_s = _session_duration_s(recs)
     energy_wh = None if energy_j is None else energy_j / J_PER_WH
