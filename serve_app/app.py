@@ -8,12 +8,15 @@ and binds one `ClassifierServer` deployment per classifier behind the `Router` (
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
 
+from serve_app.classifiers.llm_config import LLMSpec
 from serve_app.classifiers.traditional import ArtifactError
 from serve_app.config import AppConfig, ClassifierSpec
 from serve_app.config_common import EnergyConfig
@@ -79,23 +82,100 @@ def _serve_options(spec: ClassifierSpec) -> dict[str, Any]:
     return opts
 
 
+IN_PLACE_OPTIONS = (
+    "num_replicas",
+    "max_ongoing_requests",
+    "max_queued_requests",
+    "health_check_period_s",
+    "health_check_timeout_s",
+)
+"""`DeploymentOptions` that Serve changes on the running replicas (a light-weight update: more or fewer
+replicas, new limits, health check timing) and that no replica reads: they reach Serve as deployment
+options only, never in a constructor's arguments (`replica_spec`), so changing one keeps the replicas.
+The other fields (CPUs, GPUs, resources, env_vars: Ray actor options; ``max_batch_size`` and
+``batch_wait_timeout_s``: set in the replica's constructor) restart them."""
+
+
+def replica_spec(spec: ClassifierSpec) -> dict[str, Any]:
+    """The spec a replica is built from: ``spec`` without `IN_PLACE_OPTIONS` (its copy holds their
+    defaults, which nothing in the replica reads; Serve holds the deployed values)."""
+    dumped = spec.model_dump()
+    dumped["deployment"] = {k: v for k, v in dumped["deployment"].items() if k not in IN_PLACE_OPTIONS}
+    return dumped
+
+
+def code_digest() -> str:
+    """A digest of ``serve_app``'s source: what a replica runs besides its arguments."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def files_stamp(path: str | Path) -> list[tuple[str, int, int]]:
+    """Name, size and modification time of the file ``path``, or of each file under the folder
+    ``path`` (empty where there is none here): files written again under the same path are a new
+    version of the deployment that reads them."""
+    root = Path(path).expanduser()
+    if root.is_file():
+        files = [root]
+    else:
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    return [(str(p.relative_to(root)), (st := p.stat()).st_size, st.st_mtime_ns) for p in files]
+
+
+def model_stamp(artifacts_dir: str, spec: ClassifierSpec) -> list[Any]:
+    """`files_stamp` of what ``spec``'s replica loads from disk: its trained artifact, or an LLM's
+    local model folder (a hub id or a ``prepared:`` name: nothing)."""
+    if spec.artifact is not None:
+        return files_stamp(Path(artifacts_dir) / spec.artifact)
+    return files_stamp(spec.model) if isinstance(spec, LLMSpec) else []
+
+
+def versioned(deployment: Any, code: str, *inputs: Any) -> Any:
+    """``deployment`` with a version of its own: a digest of the code and of everything its replicas
+    are built from (``inputs``: the constructor's arguments, the model's files). Serve compares it with
+    the running version: the same version with other options (`IN_PLACE_OPTIONS`) is a light-weight
+    update of the running replicas; without one (Serve's default for ``serve.run`` from Python) each
+    deployment gets a random version and every replica restarts. A Serve config file (``serve deploy``)
+    versions every deployment by its ``args`` instead (see README, "Scaling")."""
+    h = hashlib.sha256(code.encode())
+    h.update(json.dumps(inputs, sort_keys=True, default=str).encode())
+    # Ray 2.60 refuses `version` in the public `options()`; `_internal` is how Serve's own calls set it,
+    # and it is still the replicas' code version. A Ray without it: Serve's random version (restarts).
+    try:
+        return deployment.options(version=h.hexdigest()[:32], _internal=True)
+    except (TypeError, ValueError) as exc:
+        log.warning("deployment %s unversioned (every update restarts it): %s", deployment.name, exc)
+        return deployment
+
+
 def build_app(args: dict[str, Any]) -> Application:
     cfg = AppConfig.from_args(args)
     artifacts = str(ensure_artifacts(cfg))
+    code = code_digest()
     router: Any = Router  # a serve.Deployment at run time
     energy = overhead_energy(cfg).model_dump()
+    # the router's max_ongoing_requests is a Serve option only (changed in place), as in `IN_PLACE_OPTIONS`
+    router_cfg = cfg.router.model_dump(exclude={"max_ongoing_requests"})
+    key_stamp = files_stamp(cfg.router.api_key_file) if cfg.router.api_key_file else []  # a new key: restart
     if cfg.router.layout == "single_hop":  # the one classifier inside the router's replicas
         spec = cfg.classifiers[0]
         ingress = router.options(
             **{**_serve_options(spec), "name": "router"}, max_constructor_retry_count=ROUTER_START_ATTEMPTS
         )
-        local = {"spec": spec.model_dump(), "artifacts_dir": artifacts}
-        return ingress.bind({}, cfg.router.model_dump(), energy, local)
+        local = {"spec": replica_spec(spec), "artifacts_dir": artifacts}
+        stamp = [model_stamp(artifacts, spec), key_stamp]
+        return versioned(ingress, code, router_cfg, energy, local, stamp).bind({}, router_cfg, energy, local)
     server: Any = ClassifierServer
-    handles = {
-        spec.id: server.options(**_serve_options(spec)).bind(spec.model_dump(), artifacts)
-        for spec in cfg.classifiers
-    }
+    handles = {}
+    for spec in cfg.classifiers:
+        init = (replica_spec(spec), artifacts)
+        deployment = versioned(
+            server.options(**_serve_options(spec)), code, init, model_stamp(artifacts, spec)
+        )
+        handles[spec.id] = deployment.bind(*init)
     ingress = router.options(
         num_replicas=1,
         max_ongoing_requests=cfg.router.max_ongoing_requests,
@@ -106,7 +186,9 @@ def build_app(args: dict[str, Any]) -> Application:
         },
         max_constructor_retry_count=ROUTER_START_ATTEMPTS,
     )
-    return ingress.bind(handles, cfg.router.model_dump(), energy)
+    # the router holds a handle per classifier (by name): scaling or updating one leaves it running
+    ingress = versioned(ingress, code, router_cfg, energy, sorted(handles), key_stamp)
+    return ingress.bind(handles, router_cfg, energy)
 
 
 def overhead_energy(cfg: AppConfig) -> EnergyConfig:
