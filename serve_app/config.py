@@ -16,9 +16,9 @@ from serve_app.classifiers.pipeline_config import PipelineSpec
 from serve_app.config_common import (
     DeploymentOptions,
     EnergyConfig,
+    RayQuantity,
+    RayResources,
     Strict,
-    ray_quantity,
-    ray_resources,
     require_unique,
 )
 from serve_app.env import NO_GPU_ENV, SERVE_REPLICA_ENV
@@ -86,10 +86,10 @@ an empty or blank path is refused here (never read as "no file").
     request_timeout_s: float = Field(120.0, gt=0)
     retries: int = Field(1, ge=0, le=3)
     """Idempotent classification is retried this often when a replica dies mid-request."""
-    num_cpus: float = Field(0.25, ge=0)
+    num_cpus: RayQuantity = 0.25
     """Logical CPUs of the router's replica (two-hop layout; ``single_hop`` takes the classifier's
     ``deployment`` and refuses this)."""
-    resources: dict[str, float] = Field(default_factory=dict)
+    resources: RayResources = Field(default_factory=dict)
     """Custom Ray resources of the router's replicas (two-hop layout; ``single_hop`` refuses them), e.g.
     ``{"node:head": 0.01}`` to keep the router beside Serve's HTTP proxy on a multi-node cluster: then
     the serving overhead is drawn, and metered, on one node (otherwise Ray may place it on any node)."""
@@ -106,16 +106,6 @@ an empty or blank path is refused here (never read as "no file").
     max_ongoing_requests; the router's own are refused), and its energy tag
     covers the one process and the proxy's part as a whole (``model_j`` and ``overhead_j`` stay empty,
     see ``energy/tag.py: single_hop_tag``)."""
-
-    @field_validator("num_cpus")
-    @classmethod
-    def _ray_quantity(cls, v: float) -> float:
-        return ray_quantity("num_cpus", v)
-
-    @field_validator("resources")
-    @classmethod
-    def _ray_resources(cls, v: dict[str, float]) -> dict[str, float]:
-        return ray_resources(v)
 
     @field_validator("api_key_file")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 def require_unique(what: str, items: Sequence[str]) -> None:
@@ -54,6 +54,16 @@ def ray_resources(resources: dict[str, float], instead: str = "num_cpus and num_
     for name, value in resources.items():
         ray_quantity(f"resource {name!r}", value)
     return resources
+
+
+def _field_quantity(value: float, info: ValidationInfo) -> float:
+    return ray_quantity(str(info.field_name), value)
+
+
+RayQuantity = Annotated[float, Field(ge=0), AfterValidator(_field_quantity)]
+"""A field of CPUs or GPUs for Ray's options (`ray_quantity`, named by the field)."""
+RayResources = Annotated[dict[str, float], AfterValidator(ray_resources)]
+"""A field of custom Ray resources (`ray_resources`)."""
 
 
 def over_defaults(value: Any, defaults: Mapping[str, Any]) -> Any:
@@ -116,8 +126,8 @@ class DeploymentOptions(Strict):
     """Ray Serve deployment settings of one classifier."""
 
     num_replicas: int = Field(1, ge=1)
-    num_cpus: float = Field(0.25, ge=0)
-    num_gpus: float = Field(0, ge=0)
+    num_cpus: RayQuantity = 0.25
+    num_gpus: RayQuantity = 0
     max_ongoing_requests: int = Field(32, ge=1)
     max_queued_requests: int = Field(256, ge=-1)
     """Requests waiting for the replica beyond ``max_ongoing_requests``; -1: no limit (0 is refused, as
@@ -126,7 +136,7 @@ class DeploymentOptions(Strict):
     """Requests (not texts) merged into one model call; at most ``max_ongoing_requests`` are ever
     in the replica, so a larger value is never reached (Serve warns)."""
     batch_wait_timeout_s: float = Field(0.005, ge=0)
-    resources: dict[str, float] = Field(default_factory=dict)
+    resources: RayResources = Field(default_factory=dict)
     """Custom Ray resources, e.g. ``{"node:worker-1": 0.01}`` to pin a replica to a node."""
     env_vars: dict[str, str] = Field(default_factory=dict)
     health_check_period_s: float = Field(10.0, gt=0)
@@ -134,16 +144,6 @@ class DeploymentOptions(Strict):
     engine or a pipeline's feature stage died) is replaced."""
     health_check_timeout_s: float = Field(30.0, gt=0)
     """How long Serve waits for a health check before it counts as failed (s)."""
-
-    @field_validator("num_cpus", "num_gpus")
-    @classmethod
-    def _ray_quantity(cls, v: float, info: ValidationInfo) -> float:
-        return ray_quantity(str(info.field_name), v)
-
-    @field_validator("resources")
-    @classmethod
-    def _ray_resources(cls, v: dict[str, float]) -> dict[str, float]:
-        return ray_resources(v)
 
     @field_validator("max_queued_requests")
     @classmethod
