@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 
@@ -168,11 +169,20 @@ def account_meter(
 
     if node_id is None:
         raise MeterError("the node account needs Ray (no node id)")
-    agent = agent_for(node_id, node)
-    key = ray.get(agent.start_account.remote(energy.model_dump()), timeout=60)["key"]
     unmatched: list[str] = []
-    if local_pids or gpu_ids:  # the agent maps GPU UUIDs to the NVML indices its counters are named by
-        unmatched = ray.get(agent.claim.remote(key, list(local_pids), os.getpid(), list(gpu_ids)), timeout=60)
+
+    def start() -> tuple[Any, str]:
+        """The node's agent (got or started), this account in it, this group's processes and GPUs
+        claimed: at first, and again should the agent die (`AccountShareMeter`'s ``restart``)."""
+        nonlocal unmatched
+        agent = agent_for(node_id, node)
+        key = str(ray.get(agent.start_account.remote(energy.model_dump()), timeout=60)["key"])
+        if local_pids or gpu_ids:  # the agent maps GPU UUIDs to the NVML indices its counters are named by
+            unmatched = ray.get(agent.claim.remote(key, list(local_pids), pid, list(gpu_ids)), timeout=60)
+        return agent, key
+
+    pid = os.getpid()
+    agent, key = start()
     meter = AccountShareMeter(
         agent,
         node,
@@ -181,6 +191,7 @@ def account_meter(
         claimed_pids=local_pids,
         unmatched_gpus=unmatched or (),
         own_group=True,
+        restart=start,
     )
     deadline = time.monotonic() + 10 * energy.account_period_s + 30
     while meter.error is not None and time.monotonic() < deadline:

@@ -56,6 +56,17 @@ CPU adds its time at the next scheduler tick (4 ms here) or when it stops, so a 
 can miss work that was still running at its end (a pipeline stage's tag then lists only the other
 node); the next window gets it. The clock continues when the group's processes change.
 
+An agent that dies (an OOM kill, a node hiccup) is replaced from here: when a poll fails with
+``ActorDiedError``, the poller calls the ``restart`` it was built with (``footprint.account_meter``:
+``agents.agent_for``, the same name and node pinning; the same account; the group's processes and GPUs
+claimed again), at most once every ``RECOVER_EVERY_S``. The new account starts
+at 0 J with no earlier reading, so the share starts again from its first tick: the next ``read()``
+raises (if none did while the agent was gone), its reader takes the reading after as a new origin
+(``Ledger.rebase``), and the energy between the old account's last tick and the new one's first is
+nobody's: requests while the agent is gone are ``unavailable``, one open across the gap is flagged
+``meter_gap``. Nothing of the old account is counted again (the ledger's origin moves; the old
+account's ticks were attributed when they came).
+
 Units: J, s. ``read()`` makes no remote call.
 """
 
@@ -77,6 +88,10 @@ RPC_TIMEOUT_S = 5.0
 SETTLE_RATE = 0.5  # the fraction of the extrapolation rate at which a shown overshoot keeps moving
 EDGE_TICKS = 8  # the ticks whose largest miss is the meter's ``edge_error_j``
 MIN_EDGE_TICKS = 3  # ... once it has seen this many (before: the average power x period bound)
+RECOVER_EVERY_S = 5.0  # a dead agent is got or started again at most this often (per share)
+Restart = Callable[[], tuple[Any, str]]
+"""Gets or starts the node's agent and the share's account there, and claims the group's processes and
+GPUs in it: (the agent, the account's key)."""
 
 
 class AccountShareMeter:
@@ -93,6 +108,7 @@ class AccountShareMeter:
         claimed_pids: Sequence[int] = (),
         unmatched_gpus: Sequence[str] = (),
         own_group: bool = False,
+        restart: Restart | None = None,
     ) -> None:
         """``fetch``: how to ask for the share (default: ``agent.share.remote`` through Ray, of the
         account ``account``); ``claimed_pids``: processes outside this tree in the group (listed).
@@ -103,13 +119,15 @@ class AccountShareMeter:
         ``router:<pid>``): a Ray worker that just took a replica's or router's actor is still in
         ``ray_system`` until the account's next tick sees its new title, and a share of that group
         (its processes, its whole history) would be read as this process's, its next tick as a huge
-        overshoot. Until then the meter has no share (``error`` says why)."""
+        overshoot. Until then the meter has no share (``error`` says why).
+        ``restart``: how to replace ``agent`` when it dies (module doc); None: it is not replaced."""
         self.agent = agent
         self.account = account
         self.claimed_pids = tuple(claimed_pids)
         self.unmatched_gpus = tuple(unmatched_gpus)
         self.own_group = own_group
         self._fetch = fetch or self._ray_fetch
+        self._restart = restart if fetch is None else None  # a dead agent is replaced (asked through Ray)
         self.node = node
         self.period_s = period_s
         self.pid = pid or os.getpid()
@@ -137,6 +155,10 @@ class AccountShareMeter:
         self.error: str | None = "no share yet"
         self._raised = False  # a read failed since the last share was taken
         self._resync = False  # the first read after such an outage shows the exact share as it is
+        self._agent_dead = False  # the agent died and is not replaced yet
+        self._loss_unseen = False  # ... and no read raised since: the next one must (see `read`)
+        self._recover_s = float("-inf")  # the last attempt to replace it (monotonic s)
+        self.agents_replaced = 0
         self.ticks = 0
         self._info = self._make_info()
         self._stop = threading.Event()
@@ -156,6 +178,8 @@ class AccountShareMeter:
             out = self._fetch(self.pid)
         except Exception as exc:  # agent gone, timeout: keep the last share
             self.error = f"{type(exc).__name__}: {exc}"[:300]
+            if self._restart is not None and _agent_died(exc):
+                self._agent_lost()
             return
         if "error" in out:
             self.error = str(out["error"])
@@ -170,6 +194,7 @@ class AccountShareMeter:
             )
             return
         with self._lock:
+            self._agent_dead = False
             # back after an outage that a read saw (the reader's ledger starts again there): see `_read`
             outage, self._raised = self._raised and bool(self._exact), False
             self._resync = self._resync or outage
@@ -195,6 +220,36 @@ class AccountShareMeter:
             self._max_w = {k: float(w) for k, w in (out.get("max_power_w") or {}).items() if k in exact}
             self._tick_s = now_s()
             self._info = self._make_info()  # read on every request's tag: built here, once per share
+
+    # -- a dead agent, replaced ------------------------------------------------------------------------
+    def _agent_lost(self) -> None:
+        """The agent died: get or start the node's agent again (at most every ``RECOVER_EVERY_S``)."""
+        with self._lock:
+            if not self._agent_dead:
+                self._agent_dead = self._loss_unseen = True
+                log.warning("energy agent on %s died; getting or starting a new one", self.node)
+        now = now_s()
+        if now - self._recover_s < RECOVER_EVERY_S or self._stop.is_set():
+            return
+        self._recover_s = now
+        try:
+            self._replace_agent()
+        except Exception as exc:  # tried again after RECOVER_EVERY_S
+            self.error = f"energy agent on {self.node} died; starting a new one failed: {exc}"[:300]
+            log.warning("%s", self.error)
+
+    def _replace_agent(self) -> None:
+        assert self._restart is not None
+        agent, key = self._restart()
+        with self._lock:
+            # a new account: 0 J at its start, no earlier reading. The share starts again at its first
+            # tick, and its reader takes that reading as a new origin (`read` raises once before it):
+            # what the reader took of the old account stays, and nothing of it is counted again
+            self.agent, self.account = agent, key
+            self._exact, self._rate, self._shown, self._release_w = {}, {}, {}, {}
+            self._tick_s, self._gap_is_miss, self.ticks = None, False, 0
+            self.agents_replaced += 1
+        log.warning("energy agent on %s replaced (%d so far)", self.node, self.agents_replaced)
 
     def _failing_of(self, out: dict[str, Any]) -> dict[str, str]:
         """The account's failing counters this group draws on: CPU and DRAM (every process does), and
@@ -306,7 +361,13 @@ class AccountShareMeter:
     def read(self) -> Reading:
         with self._lock:
             if self.error is not None:  # its reader (a sampler) takes the next reading as a new origin
-                self._raised = True
+                self._raised, self._loss_unseen = True, False
+            elif self._loss_unseen:  # the agent was replaced before any read saw it gone: this one does
+                self._raised, self._loss_unseen = True, False
+                raise MeterError(
+                    f"node account: the energy agent on {self.node} was replaced; the energy since its "
+                    "last tick is unknown"
+                )
             return self._read()
 
     def read_with_pending(self) -> tuple[Reading, float]:
@@ -366,6 +427,15 @@ class AccountShareMeter:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=self.period_s + RPC_TIMEOUT_S + 1)
+
+
+def _agent_died(exc: BaseException) -> bool:
+    """Whether a call failed because the agent's actor is dead (not a timeout or a busy agent)."""
+    try:
+        from ray.exceptions import ActorDiedError
+    except ImportError:  # pragma: no cover - Ray is a dependency
+        return False
+    return isinstance(exc, ActorDiedError)
 
 
 def _draws_on(key: str, gpus: frozenset[str], energy_j: dict[str, float]) -> bool:
