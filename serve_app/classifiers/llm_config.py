@@ -158,10 +158,8 @@ class LLMSpec(Strict):
         require_unique("labels", labels)
         alike = labels_alike(labels)
         if alike:
-            raise ValueError(
-                f"labels must not differ only in case (or Unicode composition): {alike}; an LLM's answer "
-                "is read ignoring both and cannot tell them apart: rename or merge them"
-            )
+            why = "an LLM's answer is read ignoring both and cannot tell them apart: rename or merge them"
+            raise ValueError(f"labels must not differ only in case (or Unicode composition): {alike}; {why}")
         return labels
 
     @model_validator(mode="after")
