@@ -108,15 +108,11 @@ async def get_ok(
 
 
 async def get_json(
-    client: ClientPool | httpx.AsyncClient,
-    base_url: str,
-    path: str,
-    attempts: int = GET_ATTEMPTS,
-    timeout_s: float = GET_TIMEOUT_S,
+    client: ClientPool | httpx.AsyncClient, base_url: str, path: str, attempts: int = GET_ATTEMPTS
 ) -> dict[str, Any] | None:
     """GET a JSON view (``/v1/energy``) as `get_ok` does; None if it never answers 200 or its body is
     no JSON object."""
-    resp = await get_ok(client, base_url, path, attempts, timeout_s)
+    resp = await get_ok(client, base_url, path, attempts)
     if resp is None:
         return None
     try:
