@@ -7,8 +7,11 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 venv="${ACCUWATT_VENV:-.venv}"
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}" HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0
-export ACCUWATT_CACHE="${ACCUWATT_CACHE:-$PWD/.cache}"
-# The LLM tests need SmolLM2 converted once (cached under .cache/, not committed).
+# The prepared models live where `accuwatt models prepare` keeps them by default in a checkout
+# (.cache/models, serve_app/models_prepare.py: default_cache_dir), so `accuwatt serve
+# deployments/llm-cpu.yaml` after the tests finds the SmolLM2 they prepared; ACCUWATT_CACHE wins.
+export ACCUWATT_CACHE="${ACCUWATT_CACHE:-$PWD/.cache/models}"
+# The LLM tests need SmolLM2 converted once (into $ACCUWATT_CACHE, not committed).
 "$venv/bin/accuwatt" models prepare smollm2 >/dev/null
 set +e
 "$venv/bin/python" -m pytest -ra --durations=40 "$@"

@@ -72,18 +72,7 @@ class ServingOverhead:
         # what its figure misses or mistook: counter steps, and a router meter outage during the
         # request (the outage's part of the overhead is unknown: ``overhead_meter_gap`` on the tag)
         counter_flags = tuple(f for f in tag.flags if f.startswith("counter_") or f == METER_GAP)
-        node = self.energy.info.node
-        starts = (tag.attribution.stretch_starts if tag.attribution else None) or 0
-        return Overhead(
-            tag.joules,
-            dict(tag.domains_j),
-            tag.source,
-            node,
-            counter_flags,
-            tag.uncertainty_j,
-            starts,
-            tag.edge_uncertainty_j,
-        )
+        return Overhead.of_tag(tag, self.energy.info.node, counter_flags)
 
     def abandon(self, window: RequestWindow | None) -> None:
         if window is not None:

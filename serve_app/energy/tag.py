@@ -24,9 +24,30 @@ class Overhead:
     flags: tuple[str, ...] = ()
     uncertainty_j: float | None = None
     stretch_starts: int = 0
+    """1 when the request began a busy stretch in the router's ledger (see ``Attribution``)."""
     edge_uncertainty_j: float | None = None
     """Before the physical cap (``EnergyTag.edge_uncertainty_j``)."""
-    """1 when the request began a busy stretch in the router's ledger (see ``Attribution``)."""
+    window_s: float | None = None
+    """The router's window (s): it encloses the replica's (the router opens it before it calls the
+    replica and closes it after the answer came back, ``router.classify``)."""
+    span_s: float | None = None
+    """The time whose energy the router's figure can hold (s, ``EnergyTag.span_s``)."""
+
+    @classmethod
+    def of_tag(cls, tag: EnergyTag, node: str, flags: tuple[str, ...] = ()) -> Overhead:
+        """The router's share of one request from its window's tag (``joules`` not None)."""
+        return cls(
+            tag.joules or 0.0,
+            dict(tag.domains_j),
+            tag.source,
+            node,
+            flags,
+            tag.uncertainty_j,
+            (tag.attribution.stretch_starts if tag.attribution else None) or 0,
+            tag.edge_uncertainty_j,
+            tag.attribution.window_s if tag.attribution else None,
+            tag.span_s,
+        )
 
 
 def make_tag(
@@ -138,6 +159,11 @@ def _token_work(alloc: Allocation, tokens: tuple[int, int] | None) -> TokenWork 
 def add_overhead(tag: EnergyTag, overhead: Overhead | None) -> EnergyTag:
     """The tag end to end: ``joules`` = ``model_j`` + ``overhead_j`` (domains summed, uncertainties
     added) when both are known; otherwise the model's figure alone, flagged ``overhead_not_metered``.
+    When the router's node is among the tag's (both shares of the same node's counters,
+    ``max_power_w`` kept), the whole figure and the energy it stands for lie between 0 and
+    ``max_power_w`` x the router's span (its window encloses the replica's, ``_joint_span_s``): the
+    summed uncertainty is capped at that (or at the figure, were it larger), not at the sum of the two
+    shares' own caps.
     An estimated overhead is never added to a measured figure (the sum would pass an estimate off as a
     measurement); a measured one is added whatever its counters: a GPU replica's share is labelled
     ``nvml`` (its GPUs with the node's RAPL CPU and DRAM counters, ``account.share_source``) and the
@@ -159,11 +185,15 @@ def add_overhead(tag: EnergyTag, overhead: Overhead | None) -> EnergyTag:
         uncertainty += overhead.uncertainty_j
     if edge is not None and overhead.edge_uncertainty_j is not None:
         edge += overhead.edge_uncertainty_j
-    if uncertainty is not None and uncertainty > joules:
-        flags.append(EXCEEDS)
     # the router's share is of its node's counters: the model's when that node is among the model's
     # (every counter of a node is in each of its shares), otherwise devices the tag does not know
     most_w = tag.max_power_w if not overhead.node or overhead.node in tag.nodes else None
+    if uncertainty is not None and most_w is not None:
+        span_s = _joint_span_s(tag, overhead)
+        if span_s is not None:  # one cap for the whole figure, not the sum of the two shares' caps
+            uncertainty = min(uncertainty, max(most_w * span_s, joules))
+    if uncertainty is not None and uncertainty > joules:
+        flags.append(EXCEEDS)
     attribution = tag.attribution
     if overhead.stretch_starts and attribution is not None and attribution.stretch_starts is not None:
         starts = attribution.stretch_starts + overhead.stretch_starts
@@ -184,6 +214,22 @@ def add_overhead(tag: EnergyTag, overhead: Overhead | None) -> EnergyTag:
             "flags": [*flags, *(f"overhead_{f}" for f in overhead.flags)],
         }
     )
+
+
+def _joint_span_s(tag: EnergyTag, overhead: Overhead) -> float | None:
+    """The time whose energy the end-to-end figure can hold (s) when both shares are of the same
+    devices: the router's window encloses the replica's, so the union of what the two figures can hold
+    is the router's window plus the longer of the two times a figure can hold before its window (a
+    counter read as it is, a remote lag: ``EnergyTag.span_s`` - window). Where the durations do not
+    show the enclosure (the replica's window the longer), the two spans are taken apart (their sum).
+    None where either side does not say its span."""
+    model_span, router_span, router_window = tag.span_s, overhead.span_s, overhead.window_s
+    if tag.attribution is None or model_span is None or router_span is None or router_window is None:
+        return None
+    model_window = tag.attribution.window_s
+    if model_window > router_window:
+        return model_span + router_span
+    return router_window + max(model_span - model_window, router_span - router_window, 0.0)
 
 
 def single_hop_tag(tag: EnergyTag, proxy_included: bool) -> EnergyTag:

@@ -9,6 +9,12 @@ whether the serving overhead is in) differ, or either has no energy; where the t
 duration ratio is left empty too. GPU counts are
 the ones each run recorded (``run.json``: ``topology.gpus``, from the model's ``/v1/models`` devices),
 not the topology's setting: a CPU model deployed in a 4-GPU topology ran on 0 GPUs.
+
+A pair of topologies may differ in more than the quantity its table compares (a one-node topology
+with one replica against a two-node one with two): every row says in ``also_differs_in`` which other
+settings of the sweep file differ (``SETTINGS``; for the GPU table, the settings that make the GPU
+count, ``gpus``, ``tensor_parallel`` and ``pipeline_parallel``, are what it compares), so such a ratio
+is not read as the effect of the node or GPU count alone.
 """
 
 from __future__ import annotations
@@ -29,6 +35,18 @@ GPUS_TABLE = "### Effect of the GPU count"
 REGRESSION = "### Energy vs duration (all runs)"
 FAILED = "### Failed topologies"
 _SIDES = ("1node", "2nodes")
+SETTINGS = (
+    "gpus",
+    "tensor_parallel",
+    "pipeline_parallel",
+    "replicas",
+    "split_stages",
+    "placement_strategy",
+    "cpus_per_node",
+)
+"""The ``Topology`` settings, besides ``nodes``, a comparison row names where its two runs differ."""
+_GPU_COUNT = ("gpus", "tensor_parallel", "pipeline_parallel")
+ALSO_DIFFERS = "also_differs_in"
 NODES_COLUMNS = [
     "model",
     *(f"{q}_{side}" for q in ("topology", "gpus", "energy_wh") for side in _SIDES),
@@ -36,6 +54,7 @@ NODES_COLUMNS = [
     *(f"duration_s_{side}" for side in _SIDES),
     "duration_ratio",
     *(f"{q}_{side}" for q in ("accuracy", "n_errors", "energy_missing", "energy_source") for side in _SIDES),
+    ALSO_DIFFERS,
     "note",
 ]
 GPUS_COLUMNS = [
@@ -50,18 +69,53 @@ GPUS_COLUMNS = [
     "energy_source",
     "energy_ratio",
     "duration_ratio",
+    ALSO_DIFFERS,
     "note",
 ]
 
 
+def _setting_column(key: str) -> str:
+    return "gpus_setting" if key == "gpus" else f"setting_{key}"
+
+
 def with_settings(df: pd.DataFrame, settings: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """Add the sweep's ``nodes`` and ``gpus_setting`` columns by topology name."""
+    """Add the sweep's ``nodes`` and ``gpus_setting`` columns by topology name, and a ``setting_<key>``
+    column for each other setting in ``SETTINGS`` that ``settings`` give (a topology's
+    ``Topology.model_dump()``)."""
+    given = [k for k in SETTINGS[1:] if any(k in v for v in settings.values())]
     if df.empty:
-        return df.assign(nodes=pd.Series(dtype=object), gpus_setting=pd.Series(dtype=object))
+        empty = {c: pd.Series(dtype=object) for c in ("nodes", "gpus_setting", *map(_setting_column, given))}
+        return df.assign(**empty)
+    topos = list(df["topology"])
+
+    def column(key: str) -> pd.Series:
+        return pd.Series([settings.get(t, {}).get(key) for t in topos], index=df.index, dtype=object)
+
     return df.assign(
-        nodes=[settings.get(t, {}).get("nodes") for t in df["topology"]],  # type: ignore[misc]
-        gpus_setting=[settings.get(t, {}).get("gpus", 0) for t in df["topology"]],
+        nodes=[settings.get(t, {}).get("nodes") for t in topos],  # type: ignore[misc]
+        gpus_setting=[settings.get(t, {}).get("gpus", 0) for t in topos],
+        **{_setting_column(k): column(k) for k in given},
     )
+
+
+def also_differs(a: pd.Series, b: pd.Series, compared: tuple[str, ...] = ()) -> str | None:
+    """The topology settings besides the node count (and ``compared``) in which runs ``a`` and ``b``
+    differ, e.g. ``replicas 1 vs 2; placement_strategy default vs SPREAD``; None where none does (or
+    the settings are not known)."""
+    out = []
+    for key in SETTINGS:
+        col = _setting_column(key)
+        if key in compared or col not in a.index or col not in b.index:
+            continue
+        va, vb = a[col], b[col]
+        if _missing(va) and _missing(vb) or va == vb:
+            continue
+        out.append(f"{key} {_setting_text(va)} vs {_setting_text(vb)}")
+    return "; ".join(out) or None
+
+
+def _setting_text(v: Any) -> str:
+    return "default" if _missing(v) else str(v)
 
 
 def _missing(v: Any) -> bool:
@@ -162,6 +216,7 @@ def nodes_table(df: pd.DataFrame) -> pd.DataFrame:
                         "energy_missing_2nodes": _int(b.get("energy_missing")),
                         "energy_source_1node": a.get("energy_source"),
                         "energy_source_2nodes": b.get("energy_source"),
+                        ALSO_DIFFERS: also_differs(a, b),
                         "note": note,
                     }
                 )
@@ -204,6 +259,7 @@ def gpus_table(df: pd.DataFrame) -> pd.DataFrame:
                     "duration_ratio": None
                     if base is None or texts_differ(r, base)
                     else _ratio(r["duration_s"], base["duration_s"]),
+                    ALSO_DIFFERS: None if base is None else also_differs(base, r, _GPU_COUNT),
                     "note": note,
                 }
             )
@@ -270,7 +326,9 @@ def sweep_report(
         "set, mean over splits); ratios are two nodes / one node and n GPUs / fewest GPUs. GPUs are "
         "the count each run recorded (run.json). An energy ratio is left empty where `note` says why: "
         "the runs differ in texts replayed (then the duration ratio is empty too), failed requests, "
-        "requests without energy, energy source or energy scope.",
+        "requests without energy, energy source or energy scope. `also_differs_in` names the topology "
+        "settings other than the node count (GPU table: the GPU count) in which the two runs differ: "
+        "there the ratio is not the effect of nodes or GPUs alone.",
         "",
     ]
     if failures:
