@@ -29,6 +29,19 @@ per key), and ``MeterInfo.lag_s`` reports the staleness bound: a late tag's unce
 and the counters' physical bound allows for it. If a node has not answered for ``max_stale_s``,
 ``read()`` raises ``MeterError`` (tags turn ``unavailable`` instead of silently dropping that node's
 energy).
+
+A remote agent that dies (an OOM kill, a node hiccup) is replaced as a local share replaces its own
+(``share.py``): when a poll fails with ``ActorDiedError`` (``share.agent_died``), the poller gets or
+starts that node's agent again (``agent_for``: the same name and node pinning) and watches the group
+there again with what it was watched with at start, at most once every ``share.RECOVER_EVERY_S`` per
+node. The new agent's share of the group starts at 0 J with no earlier reading, so from the loss on
+``read()`` raises (tags ``unavailable``) until the new agent's first answer, and at least once in all
+(should no read come while it was gone): the reader takes the reading after as a new origin
+(``Ledger.rebase``; a request open across the gap is flagged ``meter_gap``). The energy between the
+old agent's last answer and the new share's first is nobody's, on every node of the replica (the
+origin moves for all its counters); nothing of the old agent's is counted again. Answers the old
+agent gave to asks made before its loss was seen are dropped (``_Remote.generation``), and the
+cumulative ``adjusted_j`` / ``missed_j`` carry on from the old agent's last values.
 """
 
 from __future__ import annotations
@@ -49,7 +62,7 @@ from serve_app.energy.crosscheck import NodeCodeCarbon, cross_check
 from serve_app.energy.keys import RemoteProcesses, gpu_keys, node_key
 from serve_app.energy.nodemeter import make_node_counters
 from serve_app.energy.probe import make_node_meter
-from serve_app.energy.share import AccountShareMeter
+from serve_app.energy.share import RECOVER_EVERY_S, AccountShareMeter, agent_died
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +71,7 @@ AGENT_PREFIX = "accuwatt-energy-agent-"
 DEFAULT_POLL_PERIOD_S = 0.1
 DEFAULT_RPC_TIMEOUT_S = 2.0
 MIN_MAX_STALE_S = 10.0
+WATCH_TIMEOUT_S = 60.0  # how long a remote agent may take to start watching a group (s)
 QUIET_AFTER_S = 10.0
 """An agent asked nothing for this long (no share meter polls it: every replica and router that used
 its accounts is gone, and nobody reads ``/v1/energy``) is quiet: its accounts tick only every
@@ -316,26 +330,42 @@ class _Remote:
     edge_error_j: float | None = None
     adjusted_j: float = 0.0  # the remote share's cumulative adjustment (``Reading.adjusted_j``)
     missed_j: float | None = None  # ... and its misses summed (``MeterInfo.missed_j``)
+    generation: int = 0  # bumped when the agent is lost and when replaced: older answers are dropped
+    lost: bool = False  # the agent died, and no answer of a replacement has come yet
+    recover_s: float = float("-inf")  # the last attempt to replace it (monotonic s)
+    replaced: int = 0  # agents replaced so far
+    adjusted_base_j: float = 0.0  # replaced agents' last ``adjusted_j`` (it stays cumulative) ...
+    missed_base_j: float = 0.0  # ... and ``missed_j``
 
-    def take(self, asked_s: float, out: dict[str, Any]) -> bool:
+    def take(self, asked_s: float, out: dict[str, Any], generation: int | None = None) -> bool:
         """The agent's answer to a read asked at ``asked_s``; False if it is an error. The agent serves
         reads concurrently (the poll thread's and a request's settle), so answers can come back in
         another order than they were read: values read before those held are dropped (a counter must
         never step back: from near zero that reads as a reset, and the whole value would count again),
-        while the ask still counts as answered, since the values held were read after it."""
+        while the ask still counts as answered, since the values held were read after it. An answer
+        to an ask of an older ``generation`` (an agent lost since) is dropped and counts as unanswered."""
+        if generation is not None and generation != self.generation:
+            return False
         if "error" in out:
             self.error = str(out["error"])
             return False
         if float(out["t_s"]) >= self.read_s:
             self.energy_j, self.source, self.read_s = dict(out["energy_j"]), out["source"], float(out["t_s"])
             self.pending_j = float(out.get("pending_j", 0.0))
-            self.edge_error_j, self.missed_j = (
-                _float_or_none(out, "edge_error_j"),
-                _float_or_none(out, "missed_j"),
-            )
-            self.adjusted_j = float(out.get("adjusted_j", 0.0))
-        self.ok_s, self.asked_s, self.error = now_s(), max(self.asked_s, asked_s), None
+            missed = _float_or_none(out, "missed_j")
+            self.edge_error_j = _float_or_none(out, "edge_error_j")
+            self.missed_j = None if missed is None else self.missed_base_j + missed
+            self.adjusted_j = self.adjusted_base_j + float(out.get("adjusted_j", 0.0))
+        self.ok_s, self.asked_s, self.error, self.lost = now_s(), max(self.asked_s, asked_s), None, False
         return True
+
+    def replaced_by(self, agent: Any, info: dict[str, Any]) -> None:
+        """A new agent watches the group: its share starts at 0 J, with no earlier reading."""
+        self.agent, self.info = agent, info
+        self.generation += 1
+        self.energy_j, self.read_s, self.pending_j, self.edge_error_j = {}, float("-inf"), 0.0, None
+        self.adjusted_base_j, self.missed_base_j = self.adjusted_j, self.missed_j or 0.0
+        self.replaced += 1
 
 
 class MultiNodeMeter:
@@ -362,35 +392,79 @@ class MultiNodeMeter:
         self.max_stale_s = max_stale_s or max(MIN_MAX_STALE_S, 20 * self.poll_period_s)
         self._lock = threading.Lock()
         self._remotes: list[_Remote] = []
-        cfg_dict = cfg.model_dump()
+        self._cfg = cfg.model_dump()
+        self._loss_unseen = False  # a remote agent was lost and no read raised since (see `read`)
+        self._stop = threading.Event()
         for rp in remotes:
             agent = agent_for(rp.node_id, rp.node)
-            info = ray.get(agent.watch.remote(group, cfg_dict, list(rp.pids), list(rp.gpu_ids)), timeout=60)
+            info = ray.get(self._watch(agent, rp), timeout=WATCH_TIMEOUT_S)
             self._remotes.append(_Remote(rp, agent, info))
         self._remote_info = _RemoteInfo.of(self._remotes)
         self._poll_once()
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_loop, name="accuwatt-agents", daemon=True)
         self._thread.start()
 
     # -- polling --------------------------------------------------------------------------------
+    def _watch(self, agent: Any, rp: RemoteProcesses) -> Any:
+        """Have ``agent`` watch the group's processes and GPUs on its node (at start, and again on a
+        replacement agent): an object ref to the meter's info."""
+        return agent.watch.remote(self.group, self._cfg, list(rp.pids), list(rp.gpu_ids))
+
     def _poll_once(self) -> None:
         import ray
 
         asked_s, refs = self._ask()
-        for r, ref in zip(self._remotes, refs, strict=True):
+        for r, (generation, ref) in zip(self._remotes, refs, strict=True):
             try:
-                self._take(r, asked_s, ray.get(ref, timeout=self.rpc_timeout_s))
+                self._take(r, asked_s, ray.get(ref, timeout=self.rpc_timeout_s), generation)
             except Exception as exc:  # timeout, actor died: keep the last values
-                _failed(r, exc)
+                self._failed(r, exc, generation)
+        for r in self._remotes:
+            if r.lost:
+                self._recover(r)
 
-    def _ask(self) -> tuple[float, list[Any]]:
-        """Ask every remote agent for the group's counters now: (when, one object ref per remote)."""
-        return now_s(), [r.agent.read.remote(self.group) for r in self._remotes]
-
-    def _take(self, r: _Remote, asked_s: float, out: dict[str, Any]) -> bool:
+    def _ask(self) -> tuple[float, list[tuple[int, Any]]]:
+        """Ask every remote agent for the group's counters now: (when, (the agent's generation, an
+        object ref) per remote)."""
         with self._lock:
-            return r.take(asked_s, out)
+            agents = [(r.generation, r.agent) for r in self._remotes]
+        return now_s(), [(generation, agent.read.remote(self.group)) for generation, agent in agents]
+
+    def _take(self, r: _Remote, asked_s: float, out: dict[str, Any], generation: int) -> bool:
+        with self._lock:
+            return r.take(asked_s, out, generation)
+
+    def _failed(self, r: _Remote, exc: BaseException, generation: int) -> None:
+        """A poll of ``r`` failed: keep its last values; if its agent died, it is lost (see the module
+        doc): answers to asks before this one are dropped, and ``read`` raises until a new agent answers."""
+        with self._lock:
+            _failed(r, exc)
+            if agent_died(exc) and generation == r.generation and not r.lost:
+                r.lost, self._loss_unseen = True, True
+                r.generation += 1
+                log.warning("energy agent on %s died; getting or starting a new one", r.rp.node)
+
+    def _recover(self, r: _Remote) -> None:
+        """Get or start ``r``'s node agent again and watch the group there (the poller's thread; at most
+        every ``RECOVER_EVERY_S``). A failure is tried again then."""
+        import ray
+
+        now = now_s()
+        if now - r.recover_s < RECOVER_EVERY_S or self._stop.is_set():
+            return
+        r.recover_s = now
+        try:
+            agent = agent_for(r.rp.node_id, r.rp.node)
+            info = ray.get(self._watch(agent, r.rp), timeout=WATCH_TIMEOUT_S)
+        except Exception as exc:
+            with self._lock:
+                r.error = f"energy agent on {r.rp.node} died; starting a new one failed: {exc}"[:300]
+            log.warning("%s", r.error)
+            return
+        with self._lock:
+            r.replaced_by(agent, info)
+            self._remote_info = _RemoteInfo.of(self._remotes)
+        log.warning("energy agent on %s replaced (%d so far)", r.rp.node, r.replaced)
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_period_s):
@@ -406,11 +480,12 @@ class MultiNodeMeter:
                 return True
         asked_s, refs = self._ask()
         ok = True
-        for r, ref in zip(self._remotes, refs, strict=True):
+        for r, (generation, ref) in zip(self._remotes, refs, strict=True):
             try:
-                ok = self._take(r, asked_s, await asyncio.wait_for(ref, self.rpc_timeout_s)) and ok
-            except Exception as exc:  # timeout, actor died: keep the last values
-                _failed(r, exc)
+                out = await asyncio.wait_for(ref, self.rpc_timeout_s)
+                ok = self._take(r, asked_s, out, generation) and ok
+            except Exception as exc:  # timeout, actor died (replaced by the poller): keep the last values
+                self._failed(r, exc, generation)
                 ok = False
         return ok
 
@@ -483,8 +558,18 @@ class MultiNodeMeter:
     def read(self) -> Reading:
         """The local counters and the latest remote ones, merged under one lock and stamped after the
         merge: readings of this meter are ordered in time, and each remote value is the newest the
-        poller had when the stamp was taken (never an older value under a newer time)."""
+        poller had when the stamp was taken (never an older value under a newer time). While a remote
+        agent is lost, and once after if no read saw it, it raises: the reader's next reading is a new
+        origin (module doc)."""
         with self._lock:
+            lost = [r.rp.node for r in self._remotes if r.lost]
+            if lost or self._loss_unseen:
+                self._loss_unseen = False
+                raise MeterError(
+                    f"energy agent on {', '.join(lost)} died; waiting for a new one"
+                    if lost
+                    else "a remote energy agent was replaced; the energy since its last answer is unknown"
+                )
             local = self.local.read()
             energy = {node_key(k, self.local_node): v for k, v in local.energy_j.items()}
             t = now_s()

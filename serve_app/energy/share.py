@@ -178,7 +178,7 @@ class AccountShareMeter:
             out = self._fetch(self.pid)
         except Exception as exc:  # agent gone, timeout: keep the last share
             self.error = f"{type(exc).__name__}: {exc}"[:300]
-            if self._restart is not None and _agent_died(exc):
+            if self._restart is not None and agent_died(exc):
                 self._agent_lost()
             return
         if "error" in out:
@@ -429,8 +429,9 @@ class AccountShareMeter:
         self._thread.join(timeout=self.period_s + RPC_TIMEOUT_S + 1)
 
 
-def _agent_died(exc: BaseException) -> bool:
-    """Whether a call failed because the agent's actor is dead (not a timeout or a busy agent)."""
+def agent_died(exc: BaseException) -> bool:
+    """Whether a call failed because the agent's actor is dead (not a timeout or a busy agent): a share
+    replaces its node's agent then, and an ``agents.MultiNodeMeter`` another node's."""
     try:
         from ray.exceptions import ActorDiedError
     except ImportError:  # pragma: no cover - Ray is a dependency
