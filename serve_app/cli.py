@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -129,6 +130,29 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # The innermost (sub)command that left arguments over names itself: argparse reports them
+        # from the top parser, and `accuwatt report r --country X` said "see `accuwatt --help`",
+        # which lists no flag of `report`.
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras and getattr(ns, _LEFT_OVER_IN, None) is None:
+            setattr(ns, _LEFT_OVER_IN, self.prog)
+        return ns, extras
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            prog = getattr(ns, _LEFT_OVER_IN, None) or self.prog
+            raise UsageError(f"unrecognized arguments: {' '.join(extras)} (see `{prog} --help`)")
+        return ns
+
+
+_LEFT_OVER_IN = "_accuwatt_unrecognized_in"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import sys
@@ -13,10 +14,38 @@ from typing import Any
 from serve_app.argtypes import http_url, port, require_package
 from serve_app.errors import UsageError
 from serve_app.monitoring.flags import host_port, scrape_interval, user_password
+from serve_app.topology.cli import read_record, recorded_launcher
 
 DEFAULT_WORK_DIR = Path(__file__).resolve().parents[2] / ".cache" / "accuwatt" / "monitoring"
 """In the checkout (gitignored ``.cache/``), like ``stack.BIN_DIR``: never relative to where the
 command runs, so the rendered config's paths are the same from any folder."""
+
+
+def ray_temp_dir(given: str | None) -> Path:
+    """The Ray temp dir whose ``session_latest`` ``up`` and ``render`` scrape: ``--ray-temp-dir``, else
+    ``$RAY_TMPDIR``, else the folder of the cluster ``accuwatt cluster up`` recorded while its launcher
+    runs (and ``$RAY_ADDRESS``, when set, is that cluster's), else ``/tmp/ray``. That cluster keeps its
+    sessions in a ``/tmp/awc-*`` folder of its own: before, the default read ``/tmp/ray``'s latest
+    session, another Ray's or one long stopped, and the config scraped nothing of the cluster."""
+    if given is not None:
+        return Path(given).absolute()
+    if os.environ.get("RAY_TMPDIR"):
+        return Path(os.environ["RAY_TMPDIR"]).absolute()
+    try:
+        rec = read_record()
+    except UsageError:  # a state folder or record that is not ours: no recorded cluster
+        rec = None
+    cluster = rec.get("cluster") if rec is not None and recorded_launcher(rec) is not None else None
+    if isinstance(cluster, dict) and isinstance(cluster.get("temp_dir"), str) and cluster["temp_dir"]:
+        address = os.environ.get("RAY_ADDRESS")
+        if not address or address == cluster.get("address"):
+            print(
+                f"accuwatt: the Ray of `accuwatt cluster up` ({cluster.get('address')}, sessions in "
+                f"{cluster['temp_dir']}); --ray-temp-dir for another",
+                file=sys.stderr,
+            )
+            return Path(cluster["temp_dir"])
+    return Path("/tmp/ray")
 
 
 class _Terminated(BaseException):
@@ -51,7 +80,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         try:
             services = start_stack(
-                Path(args.ray_temp_dir).absolute(),
+                ray_temp_dir(args.ray_temp_dir),
                 work_dir,
                 args.port,
                 None if args.no_pushgateway else args.pushgateway_port,
@@ -92,7 +121,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from serve_app.monitoring.stack import MonitoringError, discovery_file, render_config
 
     try:
-        sd = discovery_file(Path(args.ray_temp_dir).absolute(), Path(args.work_dir).absolute())
+        sd = discovery_file(ray_temp_dir(args.ray_temp_dir), Path(args.work_dir).absolute())
     except MonitoringError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -147,7 +176,7 @@ def cmd_push_dashboards(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``accuwatt monitoring ...`` to the CLI."""
-    from serve_app.monitoring.stack import DEFAULT_RAY_TEMP_DIR, MONITORING_DIR
+    from serve_app.monitoring.stack import MONITORING_DIR
 
     p = subparsers.add_parser("monitoring", help="Prometheus, Pushgateway and Grafana dashboards")
     sub = p.add_subparsers(dest="monitoring_command", required=True)
@@ -155,8 +184,9 @@ def register(subparsers: Any) -> None:
     def ray_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
             "--ray-temp-dir",
-            default=str(DEFAULT_RAY_TEMP_DIR),
-            help="Ray's temp dir; its session_latest is scraped (default: $RAY_TMPDIR or /tmp/ray)",
+            default=None,
+            help="Ray's temp dir; its session_latest is scraped (default: $RAY_TMPDIR, else the cluster "
+            "`accuwatt cluster up` runs, else /tmp/ray)",
         )
         sp.add_argument(
             "--work-dir",
