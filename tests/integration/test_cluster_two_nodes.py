@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.integration.scenario import run_scenario, wait_200
+
 N_REQUESTS = 24
 pytestmark = pytest.mark.slow
 
@@ -91,7 +90,7 @@ def _scenario(out_path: str) -> None:  # runs in the subprocess
             blocking=False,
         )
         with httpx.Client(timeout=60, trust_env=False) as c:
-            _wait(c, base + "/readyz")
+            wait_200(c, base + "/readyz")
             result["models"] = c.get(base + "/v1/models").json()
             ids = ["bow-logreg", "tfidf-logreg-2nodes", "tfidf-logreg-packed"]
             with ThreadPoolExecutor(4) as pool:
@@ -136,37 +135,10 @@ def _recovered(c: Any, base: str, dead_pid: int, text: str, timeout_s: float = 1
     return {"new_pid": None, "statuses": seen[-20:], "s": time.monotonic() - t0}
 
 
-def _wait(c: Any, url: str, timeout_s: float = 240.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if c.get(url).status_code == 200:
-                return
-        except Exception:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(url)
-
-
 @pytest.fixture(scope="module")
 def two_node_result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("two-node") / "result.json"
-    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from tests.integration.test_cluster_two_nodes import _scenario; _scenario({str(out)!r})"
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        start_new_session=True,
-    )
-    if proc.returncode != 0:
-        pytest.fail(
-            f"two-node scenario failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-        )
-    return json.loads(out.read_text())
+    return run_scenario("tests.integration.test_cluster_two_nodes", out)
 
 
 def test_replica_pinned_to_second_node(two_node_result: dict[str, Any]) -> None:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.integration.scenario import REPO, run_scenario, wait_200
+
 MODEL = "tfidf-logreg-2nodes"
 RECOVERY_S = 40.0
 LAG_S = 2.1  # a late remote counter's staleness bound: poll period (0.1 s) + RPC timeout (2 s)
@@ -101,7 +100,7 @@ def _scenario(out_path: str) -> None:  # runs in the subprocess
             return dict(ray.get(agent.where.remote(), timeout=30))
 
         with httpx.Client(timeout=60, trust_env=False) as c:
-            _wait(c, base + "/readyz")
+            wait_200(c, base + "/readyz")
             result["models"] = c.get(base + "/v1/models").json()
             result["before"] = [
                 c.post(base + "/v1/classify", json={"model": MODEL, "text": t}).json() for t in texts[:6]
@@ -172,39 +171,10 @@ def _recovered_at(answers: list[dict[str, Any]], killed_s: float) -> float | Non
     return None
 
 
-def _wait(c: Any, url: str, timeout_s: float = 240.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if c.get(url).status_code == 200:
-                return
-        except Exception:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(url)
-
-
 @pytest.fixture(scope="module")
 def recovery_result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("remote-agent") / "result.json"
-    code = (
-        f"import sys; sys.path.insert(0, {str(REPO)!r}); "
-        "from tests.integration.test_remote_agent_recovery import _scenario; "
-        f"_scenario({str(out)!r})"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        start_new_session=True,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"scenario failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return dict(json.loads(out.read_text()))
+    return run_scenario("tests.integration.test_remote_agent_recovery", out)
 
 
 def _worker_most_w() -> float:
