@@ -29,6 +29,7 @@ from serve_app.errors import UsageError
 from serve_app.model_ids import add_models_argument, check_ids
 from serve_app.replay.config import ReplayData
 from serve_app.replay.summary import RunMetrics
+from serve_app.signals import sigterm_unwinds
 
 LOCAL_YAML = Path(__file__).resolve().parents[1] / "deployments" / "local.yaml"
 DEFAULT_MODELS = (
@@ -239,8 +240,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serve_app.replay.local import sigterm_unwinds
-
     with sigterm_unwinds():  # SIGTERM, like Ctrl-C, removes the temporary folder and stops the local Ray
         out = args.out or Path(tempfile.mkdtemp(prefix="accuwatt-demo-"))
         try:

@@ -14,6 +14,7 @@ from typing import Any
 from serve_app.argtypes import http_url, port, require_package
 from serve_app.errors import UsageError
 from serve_app.monitoring.flags import host_port, scrape_interval, user_password
+from serve_app.signals import sigterm_unwinds
 from serve_app.topology.cli import read_record, recorded_launcher
 
 DEFAULT_WORK_DIR = Path(__file__).resolve().parents[2] / ".cache" / "accuwatt" / "monitoring"
@@ -48,14 +49,6 @@ def ray_temp_dir(given: str | None) -> Path:
     return Path("/tmp/ray")
 
 
-class _Terminated(BaseException):
-    """SIGTERM while ``up`` runs: unwinds like Ctrl-C, so what had started is stopped."""
-
-
-def _raise_terminated(*_: object) -> None:
-    raise _Terminated
-
-
 def _os_message(exc: OSError, flag: str, given: str, folder: Path) -> str:
     """An OSError in one line: named by ``flag`` when it concerns ``folder``, else by its file."""
     name = Path(exc.filename).absolute() if exc.filename else None
@@ -74,45 +67,45 @@ def cmd_up(args: argparse.Namespace) -> int:
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.getsignal(sig) for sig in signals}
     # Before anything starts: a signal during startup unwinds through start_stack, which stops the
-    # half-started service (Prometheus runs in a session of its own, so no signal reaches it).
+    # half-started service (Prometheus runs in a session of its own, so no signal reaches it); SIGTERM
+    # then exits 143 (`sigterm_unwinds`) once the ``finally`` below has stopped what had started.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
+    with sigterm_unwinds():
         try:
-            services = start_stack(
-                ray_temp_dir(args.ray_temp_dir),
-                work_dir,
-                args.port,
-                None if args.no_pushgateway else args.pushgateway_port,
-                args.scrape_interval,
-            )
-        except MonitoringError as exc:
-            raise UsageError(str(exc)) from None
-        except OSError as exc:
-            raise UsageError(_os_message(exc, "--work-dir", args.work_dir, work_dir)) from None
-        for sig in signals:
-            signal.signal(sig, lambda *_: stop.set())
-        for s in services:
-            print(f"{s.name}: {s.url}  (log: {s.log_path})")
-        print("Ctrl-C stops them.", flush=True)
-        while not stop.wait(1.0):
-            dead = [s for s in services if s.process.poll() is not None]
-            if dead:
-                print(
-                    f"{dead[0].name} exited ({dead[0].process.returncode}); see {dead[0].log_path}",
-                    file=sys.stderr,
+            try:
+                services = start_stack(
+                    ray_temp_dir(args.ray_temp_dir),
+                    work_dir,
+                    args.port,
+                    None if args.no_pushgateway else args.pushgateway_port,
+                    args.scrape_interval,
                 )
-                return 1
-        return 0
-    except (KeyboardInterrupt, _Terminated) as exc:
-        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
-        print(f"accuwatt: {what} while starting; stopped what had started", file=sys.stderr)
-        return 130 if isinstance(exc, KeyboardInterrupt) else 143
-    finally:
-        for s in reversed(services):
-            s.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            except MonitoringError as exc:
+                raise UsageError(str(exc)) from None
+            except OSError as exc:
+                raise UsageError(_os_message(exc, "--work-dir", args.work_dir, work_dir)) from None
+            for sig in signals:
+                signal.signal(sig, lambda *_: stop.set())
+            for s in services:
+                print(f"{s.name}: {s.url}  (log: {s.log_path})")
+            print("Ctrl-C stops them.", flush=True)
+            while not stop.wait(1.0):
+                dead = [s for s in services if s.process.poll() is not None]
+                if dead:
+                    print(
+                        f"{dead[0].name} exited ({dead[0].process.returncode}); see {dead[0].log_path}",
+                        file=sys.stderr,
+                    )
+                    return 1
+            return 0
+        except KeyboardInterrupt:
+            print("accuwatt: interrupted while starting; stopped what had started", file=sys.stderr)
+            return 130
+        finally:
+            for s in reversed(services):
+                s.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def cmd_render(args: argparse.Namespace) -> int:

@@ -13,10 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
-import sys
 import tempfile
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,43 +31,9 @@ from serve_app.replay.ready import wait_ready_sync
 from serve_app.replay.records import read_records
 from serve_app.replay.results import RECORDS_FILE
 from serve_app.replay.runner import finish, load_test_sets, replay_session
+from serve_app.signals import rearm_sigterm, sigterm_unwinds
 
 APP_NAME = "accuwatt"
-
-
-TERMINATED_EXIT = 128 + signal.SIGTERM
-"""The exit status of a command ended by SIGTERM once it has cleaned up (the shell's convention)."""
-
-
-def _terminated(signum: int, frame: Any) -> None:
-    """SIGTERM as an exception in the main thread: it unwinds through the ``finally`` blocks that stop
-    the local Ray and remove the command's temporary folders, as Ctrl-C does. Further SIGTERMs are
-    ignored while those run (the handler before is restored at the end of the block)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    print("accuwatt: terminated (SIGTERM): stopping and cleaning up", file=sys.stderr, flush=True)
-    raise SystemExit(TERMINATED_EXIT)
-
-
-def _on_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()  # the only one that may set handlers
-
-
-@contextmanager
-def sigterm_unwinds() -> Iterator[None]:
-    """Inside the block SIGTERM raises `SystemExit` (`_terminated`) instead of ending the process where
-    it stands; the handler before is back after the block. Off the main thread the block runs as is."""
-    if not _on_main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _terminated)
-    try:
-        yield
-    finally:
-        exc = sys.exc_info()[1]
-        if previous is _terminated and isinstance(exc, SystemExit) and exc.code == TERMINATED_EXIT:
-            previous = signal.SIG_IGN  # still unwinding from a SIGTERM: an outer block's cleanup goes on
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 @contextmanager
@@ -99,8 +62,7 @@ def local_ray(num_cpus: int | None = None) -> Iterator[None]:
                 configure_logging=False,
             )
             try:
-                if _on_main_thread():
-                    signal.signal(signal.SIGTERM, _terminated)  # Ray's replaced ours
+                rearm_sigterm()  # Ray's handler replaced ours
                 yield
             finally:
                 try:

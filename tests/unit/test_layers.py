@@ -11,7 +11,7 @@ from tests.conftest import REPO
 
 LAYERS: dict[int, tuple[str, ...]] = {
     1: ("serve_app", "wire", "config_common", "metrics", "ports", "errors", "argtypes", "env", "model_ids",
-        "models_prepare", "carbon", "registry", "topology", "timeouts"),
+        "models_prepare", "carbon", "registry", "topology", "timeouts", "signals"),
     2: ("classifiers", "energy", "data"),
     3: ("config", "train"),
     4: ("server", "readiness", "validation", "idempotency"),

@@ -199,7 +199,7 @@ def test_a_refused_resume_of_the_second_model_sends_nothing(
 
 
 def test_sigterm_inside_the_block_unwinds_and_the_handler_before_is_back() -> None:
-    from serve_app.replay.local import TERMINATED_EXIT, sigterm_unwinds
+    from serve_app.signals import TERMINATED_EXIT, sigterm_unwinds
 
     before = signal.getsignal(signal.SIGTERM)
     cleaned: list[object] = []
