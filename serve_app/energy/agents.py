@@ -62,7 +62,7 @@ from serve_app.energy.crosscheck import NodeCodeCarbon, cross_check
 from serve_app.energy.keys import RemoteProcesses, gpu_keys, node_key
 from serve_app.energy.nodemeter import make_node_counters
 from serve_app.energy.probe import make_node_meter
-from serve_app.energy.share import RECOVER_EVERY_S, AccountShareMeter, agent_died
+from serve_app.energy.share import AccountShareMeter, RecoverTimer, agent_died
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ class _Remote:
     missed_j: float | None = None  # ... and its misses summed (``MeterInfo.missed_j``)
     generation: int = 0  # bumped when the agent is lost and when replaced: older answers are dropped
     lost: bool = False  # the agent died, and no answer of a replacement has come yet
-    recover_s: float = float("-inf")  # the last attempt to replace it (monotonic s)
+    recover: RecoverTimer = field(default_factory=RecoverTimer)  # when to try replacing it
     replaced: int = 0  # agents replaced so far
     adjusted_base_j: float = 0.0  # replaced agents' last ``adjusted_j`` (it stays cumulative) ...
     missed_base_j: float = 0.0  # ... and ``missed_j``
@@ -449,10 +449,8 @@ class MultiNodeMeter:
         every ``RECOVER_EVERY_S``). A failure is tried again then."""
         import ray
 
-        now = now_s()
-        if now - r.recover_s < RECOVER_EVERY_S or self._stop.is_set():
+        if self._stop.is_set() or not r.recover.due():
             return
-        r.recover_s = now
         try:
             agent = agent_for(r.rp.node_id, r.rp.node)
             info = ray.get(self._watch(agent, r.rp), timeout=WATCH_TIMEOUT_S)

@@ -94,6 +94,23 @@ Restart = Callable[[], tuple[Any, str]]
 GPUs in it: (the agent, the account's key)."""
 
 
+class RecoverTimer:
+    """When a dead agent may be got or started again: at most once every ``RECOVER_EVERY_S`` (a share's
+    own agent, and each remote node's agent of a `MultiNodeMeter`), so a node where starting one fails
+    is not asked on every poll."""
+
+    def __init__(self) -> None:
+        self._last_s = float("-inf")  # the last attempt (monotonic s)
+
+    def due(self) -> bool:
+        """True, and the attempt counted from now, if the last one is ``RECOVER_EVERY_S`` or more ago."""
+        now = now_s()
+        if now - self._last_s < RECOVER_EVERY_S:
+            return False
+        self._last_s = now
+        return True
+
+
 class AccountShareMeter:
     """The group of process ``pid`` in the node account of ``agent`` (a Ray actor handle)."""
 
@@ -157,7 +174,7 @@ class AccountShareMeter:
         self._resync = False  # the first read after such an outage shows the exact share as it is
         self._agent_dead = False  # the agent died and is not replaced yet
         self._loss_unseen = False  # ... and no read raised since: the next one must (see `read`)
-        self._recover_s = float("-inf")  # the last attempt to replace it (monotonic s)
+        self._recover = RecoverTimer()  # when to try replacing it
         self.agents_replaced = 0
         self.ticks = 0
         self._info = self._make_info()
@@ -228,10 +245,8 @@ class AccountShareMeter:
             if not self._agent_dead:
                 self._agent_dead = self._loss_unseen = True
                 log.warning("energy agent on %s died; getting or starting a new one", self.node)
-        now = now_s()
-        if now - self._recover_s < RECOVER_EVERY_S or self._stop.is_set():
+        if self._stop.is_set() or not self._recover.due():
             return
-        self._recover_s = now
         try:
             self._replace_agent()
         except Exception as exc:  # tried again after RECOVER_EVERY_S
