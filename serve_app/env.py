@@ -47,6 +47,14 @@ RAY_NODE_ENV: dict[str, str] = {
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
 }
 
+DRIVER_ENV: dict[str, str] = {"RAY_enable_output_error_log_if_still_retry": "0"}
+"""What accuwatt's own Ray drivers set before they start or join Ray (``accuwatt demo``, ``replay
+--local``, ``sweep``; nodes they start inherit it). ``serve.shutdown()`` ends with Serve's controller
+killing itself while the driver's ``graceful_shutdown`` call to it is open, and Ray printed ``Task
+ServeController.graceful_shutdown failed. There are infinite retries remaining, so the task will be
+retried`` after every run, between the replay and its report. This hides Ray's notice of a task that
+failed and will be retried; a task that fails for good still raises. Values the user set win."""
+
 
 def set_worker_defaults() -> None:
     """Set `WORKER_ENV` in this process where the user has not set the variable."""
@@ -58,6 +66,14 @@ def set_ray_node_defaults() -> None:
     """Set `RAY_NODE_ENV` in this process where the user has not set the variable: Ray nodes started
     from this process afterwards (``ray.init`` of a local instance, ``LocalCluster``) inherit it."""
     for key, value in RAY_NODE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def set_driver_defaults() -> None:
+    """Set `RAY_NODE_ENV` and `DRIVER_ENV` in this process where the user has not set the variable,
+    before it starts or joins Ray."""
+    set_ray_node_defaults()
+    for key, value in DRIVER_ENV.items():
         os.environ.setdefault(key, value)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.data import study_splits
-from serve_app.env import set_ray_node_defaults
+from serve_app.env import set_driver_defaults
 from serve_app.errors import UsageError
 from serve_app.model_ids import check_ids
 from serve_app.ports import free_port
@@ -49,7 +49,7 @@ def local_ray(num_cpus: int | None = None) -> Iterator[None]:
     from ray import serve
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    set_ray_node_defaults()
+    set_driver_defaults()
     with sigterm_unwinds():
         tmp = tempfile.mkdtemp(prefix="aw-ray-")
         try:

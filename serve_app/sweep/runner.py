@@ -35,6 +35,7 @@ from typing import Any
 
 from serve_app.config import AppConfig
 from serve_app.data import Dataset, load_dataset, study_splits
+from serve_app.env import set_driver_defaults
 from serve_app.errors import UsageError
 from serve_app.replay.config import ReplayConfig, ReplayData, ReplayLoad, ReplayOutput
 from serve_app.replay.local import deploy
@@ -223,6 +224,7 @@ def run_topology(
     cluster = None
     serving = False
     folders: dict[str, Path] = {}
+    set_driver_defaults()
     try:
         if address is None:
             cluster = LocalCluster(local_nodes(sweep, topo))
