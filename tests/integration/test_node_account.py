@@ -9,6 +9,7 @@ import concurrent.futures as cf
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,36 @@ def wait_for_account(base: str, ticks: int) -> dict[str, Any]:
     raise TimeoutError("node account did not tick")
 
 
+@dataclass(frozen=True)
+class AccountDelta:
+    """What one node account metered between two views (J), and the test's own bracket of its CPU
+    counter from ``/proc/stat`` (the estimate's 65 W package spread over the cores)."""
+
+    metered_j: float
+    baseline_j: float
+    cpu_j: float
+    cpu_low_j: float
+    cpu_high_j: float
+
+
+def assert_account_closes(a0: dict[str, Any], a1: dict[str, Any], sampler: BusySampler) -> AccountDelta:
+    """Between two views of one node account: what it metered is its baseline idle plus every group's
+    energy (closure), and its CPU counter lies within the test's own ``/proc/stat`` busy time over the
+    account's window, ±5 %."""
+    d_metered = a1["metered_j"] - a0["metered_j"]
+    d_baseline = a1["baseline_idle_j"] - a0["baseline_idle_j"]
+    d_groups = sum(a1["by_kind_j"].values()) - sum(a0["by_kind_j"].values())
+    assert d_metered > 0
+    assert abs(d_metered - d_baseline - d_groups) <= 0.01 * d_metered
+    lo0, hi0 = sampler.at(a0["window_s"][1])
+    lo1, hi1 = sampler.at(a1["window_s"][1])
+    per_core_w = 65.0 / (os.cpu_count() or 1)
+    low, high = 0.95 * (lo1 - hi0) * per_core_w, 1.05 * (hi1 - lo0) * per_core_w
+    d_cpu = a1["metered_by_counter_j"]["cpu:node"] - a0["metered_by_counter_j"]["cpu:node"]
+    assert low <= d_cpu <= high
+    return AccountDelta(d_metered, d_baseline, d_cpu, low, high)
+
+
 def test_node_account_under_load(serve_app_factory, demo_artifacts) -> None:
     cfg = traditional_config(demo_artifacts, MODELS)
     for c in cfg["classifiers"]:  # CodeCarbon beside the account: same node, same window
@@ -122,18 +153,7 @@ def test_node_account_under_load(serve_app_factory, demo_artifacts) -> None:
 
     node = ours(v1)
     a0, a1 = v0["nodes"][ours(v0)], v1["nodes"][node]
-    d_metered = a1["metered_j"] - a0["metered_j"]
-    d_baseline = a1["baseline_idle_j"] - a0["baseline_idle_j"]
-    d_groups = sum(a1["by_kind_j"].values()) - sum(a0["by_kind_j"].values())
-    assert d_metered > 0
-    # node closure over the window: metered = baseline idle + every group
-    assert abs(d_metered - d_baseline - d_groups) <= 0.01 * d_metered
-    # the node meter against the test's own /proc/stat, over the account's own window
-    lo0, hi0 = sampler.at(a0["window_s"][1])
-    lo1, hi1 = sampler.at(a1["window_s"][1])
-    per_core_w = 65.0 / (os.cpu_count() or 1)
-    d_cpu = a1["metered_by_counter_j"]["cpu:node"] - a0["metered_by_counter_j"]["cpu:node"]
-    assert 0.95 * (lo1 - hi0) * per_core_w <= d_cpu <= 1.05 * (hi1 - lo0) * per_core_w
+    delta = assert_account_closes(a0, a1, sampler)
     # our replicas and router: each a group of the account; the replicas never sum past the node
     deployments = v1["deployments"]
     replica_sum = sum(r["metered_j"] for d in deployments.values() for r in d["replicas"].values())
@@ -159,9 +179,9 @@ def test_node_account_under_load(serve_app_factory, demo_artifacts) -> None:
     ledger_j = replica_sum + overhead["metered_j"]
     account_j = sum(a1["groups"][g]["j"] for g in groups | {overhead["group"]})
     pending = sum(abs(r.get("pending_j", 0.0)) for d in deployments.values() for r in d["replicas"].values())
-    assert ledger_j <= account_j + pending + 0.01 * d_metered
+    assert ledger_j <= account_j + pending + 0.01 * delta.metered_j
     tag_j = sum(t["joules"] for t in tags)
-    assert 0 < tag_j <= d_metered
+    assert 0 < tag_j <= delta.metered_j
     # CodeCarbon on the same node since this app's replicas joined (energy/crosscheck.py): another
     # tool's estimate built another way (its TDP table x CPU load, RAM per DIMM), so only the order of
     # magnitude is comparable here; a node counter counted once per replica would fall outside
@@ -170,11 +190,11 @@ def test_node_account_under_load(serve_app_factory, demo_artifacts) -> None:
     assert 0 < cc["account_metered_j"] <= a1["metered_j"]
     assert 0.1 < cc["ratio"] < 10, cc
     print(
-        f"\nnode {node}: metered {d_metered:.2f} J = baseline {d_baseline:.2f} + groups "
+        f"\nnode {node}: metered {delta.metered_j:.2f} J = baseline {delta.baseline_j:.2f} + groups "
         f"{ {k: round(a1['by_kind_j'].get(k, 0) - a0['by_kind_j'].get(k, 0), 2) for k in a1['by_kind_j']} }; "
         f"{len(tags)} tags sum {tag_j:.2f} J (model {sum(t['model_j'] for t in tags):.2f}, overhead "
-        f"{sum(t['overhead_j'] for t in tags):.2f}); /proc/stat cpu J in [{0.95 * (lo1 - hi0) * per_core_w:.2f},"
-        f" {1.05 * (hi1 - lo0) * per_core_w:.2f}] vs account {d_cpu:.2f}; CodeCarbon {cc['energy_j']:.2f} J "
+        f"{sum(t['overhead_j'] for t in tags):.2f}); /proc/stat cpu J in [{delta.cpu_low_j:.2f},"
+        f" {delta.cpu_high_j:.2f}] vs account {delta.cpu_j:.2f}; CodeCarbon {cc['energy_j']:.2f} J "
         f"(cpu {cc['cpu_j']:.2f}, ram {cc['ram_j']:.2f}) vs account {cc['account_metered_j']:.2f} J over "
         f"{cc['since_s']:.1f} s"
     )

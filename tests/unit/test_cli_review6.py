@@ -46,16 +46,20 @@ def error_line(capsys: pytest.CaptureFixture[str], argv: list[str], status: int)
 
 
 def plain_server(
-    status: int, body: bytes, content_type: str, paths: dict[str, tuple[int, bytes]] | None = None
+    status: int,
+    body: bytes,
+    content_type: str,
+    paths: dict[str, tuple[int, bytes] | tuple[int, bytes, str]] | None = None,
 ) -> Iterator[str]:
-    """An HTTP server on loopback that answers a GET of one of ``paths`` with its status and body, any
-    other with ``status`` and ``body``: no router, or the routes of one that a test needs."""
+    """An HTTP server on loopback that answers a GET of one of ``paths`` with its status and body (and
+    content type, where given), any other with ``status`` and ``body``: no router, or the routes of one
+    that a test needs."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            code, answer = (paths or {}).get(self.path, (status, body))
+            code, answer, *ctype = (paths or {}).get(self.path, (status, body))
             self.send_response(code)
-            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Type", ctype[0] if ctype else content_type)
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
             self.wfile.write(answer)

@@ -5,13 +5,11 @@ pydantic traceback; every model's resume is checked before the first request is 
 
 from __future__ import annotations
 
-import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +21,7 @@ from serve_app.cli import main
 from serve_app.data import DEMO_DIR
 from serve_app.replay.echo_server import EchoServer, EchoState
 from serve_app.replay.records import read_records
+from tests.unit.test_cli_review6 import plain_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -60,34 +59,11 @@ def _last_error_line(stderr: str) -> str:
 def _service(readyz: tuple[int, str], models: tuple[str, str]) -> Iterator[str]:
     """A stand-in service on a free port: ``/readyz`` answers ``readyz`` (status, JSON body),
     ``/v1/models`` answers 200 with ``models`` (content type, body); yields its base URL."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            if self.path == "/readyz":
-                code, ctype, body = readyz[0], "application/json", readyz[1]
-            elif self.path == "/v1/models":
-                code, ctype, body = 200, models[0], models[1]
-            else:
-                code, ctype, body = 404, "application/json", '{"error": {"code": "not_found"}}'
-            data = body.encode()
-            self.send_response(code)
-            self.send_header("content-type", ctype)
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    paths: dict[str, tuple[int, bytes] | tuple[int, bytes, str]] = {
+        "/readyz": (readyz[0], readyz[1].encode()),
+        "/v1/models": (200, models[1].encode(), models[0]),
+    }
+    yield from plain_server(404, b'{"error": {"code": "not_found"}}', "application/json", paths)
 
 
 # -- 1. nothing listening: a short grace, one line; a loading router: the long wait ----------------------

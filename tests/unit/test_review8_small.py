@@ -5,7 +5,6 @@ Units: J, s, W."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -21,10 +20,10 @@ from serve_app.energy.overhead import ServingOverhead
 from serve_app.energy.tag import add_overhead
 from serve_app.energy.window import ReplicaEnergy
 from serve_app.models_prepare import default_cache_dir
-from serve_app.replay.records import EnergyTag, Record
 from serve_app.replay.results import find_runs, load_run
 from serve_app.sweep.compare import sweep_report
 from serve_app.sweep.config import SweepFile
+from tests.unit.runs import write_run
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
@@ -136,44 +135,6 @@ def test_an_overhead_from_another_node_keeps_the_two_shares_uncertainties_added(
 
 
 # -- 2: a sweep comparison between topologies that differ in more than the node or GPU count ---------
-def _write_run(root: Path, topo: str, model: str, gpus: int, joules: float, n: int = 20) -> None:
-    """A run folder as the replay writes it: ``n`` answered requests, each tagged ``joules``."""
-    path = root / "ds" / topo / model / "r1"
-    path.mkdir(parents=True)
-    meta = {
-        "model": model,
-        "dataset": "ds",
-        "topology_name": topo,
-        "run": "r1",
-        "splits": {"s0": {"majority_label": "A"}},
-        "carbon": {"g_per_kwh": 400.0},
-        "topology": {
-            "gpus": gpus,
-            "model": {"id": model, "kind": "traditional", "parameters": 1000, "trainable_parameters": 1000},
-        },
-    }
-    (path / "run.json").write_text(json.dumps(meta))
-    with (path / "records.jsonl").open("w") as f:
-        for i in range(n):
-            energy = EnergyTag(joules=joules, source="rapl", measured=True, domains_j={"cpu": joules})
-            r = Record(
-                model=model,
-                split="s0",
-                request_index=i,
-                request_id=f"{topo}-{model}-{i}",
-                session="x",
-                text_ids=[str(i)],
-                gold=["A"],
-                predicted=["A"],
-                status=200,
-                sent_unix_s=10.0 + i,
-                total_s=1.0,
-                latency_s=1.0,
-                energy=energy,
-            )
-            f.write(r.model_dump_json() + "\n")
-
-
 def _sweep(tmp_path: Path, text: str) -> dict[str, dict[str, object]]:
     path = tmp_path / "s.yaml"
     path.write_text(text)
@@ -198,7 +159,7 @@ def test_a_node_pair_that_also_differs_in_replicas_and_cpus_says_so(tmp_path: Pa
         "  - {name: two-same, nodes: 2}\n",
     )
     for topo, j in (("one", 1.0), ("two", 1.5), ("two-same", 1.2)):
-        _write_run(tmp_path / "runs", topo, "bow-logreg", 0, j)
+        write_run(tmp_path / "runs", "bow-logreg", [True] * 20, j, topology=topo)
     nodes, _, md = _tables(tmp_path, settings)
     rows = {r["topology_2nodes"]: r for _, r in nodes.iterrows()}
     assert set(rows) == {"two", "two-same"}
@@ -214,7 +175,7 @@ def test_the_shipped_gpu_sweep_names_what_else_its_pairs_differ_in(tmp_path: Pat
     sweep = SweepFile.from_yaml(REPO / "cluster" / "topologies" / "study-gpus.yaml")
     settings = {t.name: t.model_dump() for t in sweep.topologies}
     for topo, g, j in [("1gpu", 1, 50.0), ("2gpu", 2, 55.0), ("4gpu", 4, 65.0), ("2gpu-2nodes", 2, 60.0)]:
-        _write_run(tmp_path / "runs", topo, "llama-3.1-8b", g, j)
+        write_run(tmp_path / "runs", "llama-3.1-8b", [True] * 20, j, topology=topo, gpus=g)
     nodes, gpus, _ = _tables(tmp_path, settings)
     by_topo = {r["topology"]: r for _, r in gpus.iterrows()}
     assert pd.isna(by_topo["1gpu"]["also_differs_in"])  # the base itself
