@@ -17,50 +17,33 @@ from typing import Any
 
 import pytest
 
-from tests.integration.scenario import run_scenario, wait_200
+from tests.integration.scenario import (
+    loopback_driver,
+    run_scenario,
+    spanning_pipeline,
+    trained_demo,
+    two_nodes,
+    wait_200,
+)
 
 N_REQUESTS = 24
 pytestmark = pytest.mark.slow
 
 
 def _scenario(out_path: str) -> None:  # runs in the subprocess
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    from serve_app.topology.local_cluster import (
-        LocalCluster,
-        connect,
-        default_nodes,
-        start_serve,
-        use_loopback,
-    )
-
-    use_loopback()
-    import tempfile
+    loopback_driver()
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
     from ray import serve
 
     from serve_app.app import build_app
-    from serve_app.data import load_dataset, make_split
-    from serve_app.train import train_split
 
-    art = Path(tempfile.mkdtemp(prefix="aw-art-"))
-    ds = load_dataset("demo")
-    split = make_split(ds, 120, 40, 7, 0)
-    train_split(split, ["bow-logreg", "tfidf-logreg"], art, ds.labels, ds.source)
-    texts = list(split.test.texts)[:N_REQUESTS]
+    art, texts = trained_demo(["bow-logreg", "tfidf-logreg"])
+    texts = texts[:N_REQUESTS]
     result: dict[str, Any] = {}
-    with LocalCluster(default_nodes(1)) as cluster:
-        connect(cluster.address, logging_level="WARNING", namespace="accuwatt-two-node")
-        base = start_serve()
-        spanning = {
-            "kind": "pipeline",
-            "id": "tfidf-logreg-2nodes",
-            "model": "tfidf-logreg",
-            "deployment": {"num_cpus": 1.0, "resources": {"node:head": 0.01}},
-            "feature_resources": {"node:worker-1": 0.01},
-            "energy": {"sample_period_s": 0.05},
-        }
+    with two_nodes("accuwatt-two-node") as base:
+        spanning = spanning_pipeline("tfidf-logreg-2nodes")
         packed = {  # the same two stages on one node: the stage is a Ray actor, not the replica's child
             "kind": "pipeline",
             "id": "tfidf-logreg-packed",

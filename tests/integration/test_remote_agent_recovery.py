@@ -18,7 +18,15 @@ from typing import Any
 
 import pytest
 
-from tests.integration.scenario import REPO, run_scenario, wait_200
+from tests.integration.scenario import (
+    REPO,
+    loopback_driver,
+    run_scenario,
+    spanning_pipeline,
+    trained_demo,
+    two_nodes,
+    wait_200,
+)
 
 MODEL = "tfidf-logreg-2nodes"
 RECOVERY_S = 40.0
@@ -28,18 +36,8 @@ pytestmark = pytest.mark.slow
 
 
 def _scenario(out_path: str) -> None:  # runs in the subprocess
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    from serve_app.topology.local_cluster import (
-        LocalCluster,
-        connect,
-        default_nodes,
-        start_serve,
-        use_loopback,
-    )
-
-    use_loopback()
+    loopback_driver()
     import signal
-    import tempfile
     import threading
     import time
 
@@ -49,27 +47,13 @@ def _scenario(out_path: str) -> None:  # runs in the subprocess
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from serve_app.app import build_app
-    from serve_app.data import load_dataset, make_split
     from serve_app.energy.agents import AGENT_NAMESPACE, AGENT_PREFIX
-    from serve_app.train import train_split
 
-    art = Path(tempfile.mkdtemp(prefix="aw-art-"))
-    ds = load_dataset("demo")
-    split = make_split(ds, 120, 40, 7, 0)
-    train_split(split, ["tfidf-logreg"], art, ds.labels, ds.source)
-    texts = list(split.test.texts)[:16]
+    art, texts = trained_demo(["tfidf-logreg"])
+    texts = texts[:16]
     result: dict[str, Any] = {}
-    with LocalCluster(default_nodes(1)) as cluster:
-        connect(cluster.address, logging_level="WARNING", namespace="accuwatt-remote-agent")
-        base = start_serve()
-        spanning = {
-            "kind": "pipeline",
-            "id": MODEL,
-            "model": "tfidf-logreg",
-            "deployment": {"num_cpus": 1.0, "resources": {"node:head": 0.01}},
-            "feature_resources": {"node:worker-1": 0.01},
-            "energy": {"sample_period_s": 0.05},
-        }
+    with two_nodes("accuwatt-remote-agent") as base:
+        spanning = spanning_pipeline(MODEL)
         serve.run(
             build_app(
                 {

@@ -10,14 +10,13 @@ scenario runs in a subprocess: it needs its own Ray driver connected to the two-
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.integration.scenario import loopback_driver, run_scenario, two_nodes
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "deployments" / "llm-cpu-pp2.yaml"
@@ -25,16 +24,7 @@ TEXTS = ["a warm, funny and moving film", "dull, slow and far too long", "an utt
 
 
 def _scenario(out_path: str, model_dir: str) -> None:  # runs in the subprocess
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    from serve_app.topology.local_cluster import (
-        LocalCluster,
-        connect,
-        default_nodes,
-        start_serve,
-        use_loopback,
-    )
-
-    use_loopback()
+    loopback_driver()
     import httpx
     import yaml
     from ray import serve
@@ -45,9 +35,7 @@ def _scenario(out_path: str, model_dir: str) -> None:  # runs in the subprocess
     args = yaml.safe_load(CONFIG.read_text())["applications"][0]["args"]
     args["classifiers"][0]["model"] = model_dir
     result: dict[str, Any] = {}
-    with LocalCluster(default_nodes(1)) as cluster:
-        connect(cluster.address, logging_level="WARNING", namespace="accuwatt-pp2")
-        base = start_serve()
+    with two_nodes("accuwatt-pp2") as base:
         t0 = time.monotonic()
         serve.run(build_app(args), name="accuwatt", route_prefix="/", blocking=False)
         with httpx.Client(timeout=300, trust_env=False) as c:
@@ -92,23 +80,7 @@ def pp2_result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     model_dir = make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
     out = tmp_path_factory.mktemp("pp2") / "result.json"
-    code = (
-        f"import sys; sys.path.insert(0, {str(REPO)!r}); "
-        "from tests.llm.test_llm_pp2_nodes import _scenario; "
-        f"_scenario({str(out)!r}, {str(model_dir)!r})"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=2400,
-        start_new_session=True,
-    )
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    result: dict[str, Any] = json.loads(out.read_text())
-    return result
+    return run_scenario("tests.llm.test_llm_pp2_nodes", out, str(model_dir), timeout_s=2400)
 
 
 @pytest.mark.timeout(2500)
