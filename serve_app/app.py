@@ -19,7 +19,7 @@ from ray.serve import Application
 from serve_app.classifiers.llm_config import LLMSpec
 from serve_app.classifiers.traditional import ArtifactError
 from serve_app.config import AppConfig, ClassifierSpec
-from serve_app.config_common import EnergyConfig
+from serve_app.config_common import BatchingOptions, EnergyConfig
 from serve_app.data import load_dataset, make_split
 from serve_app.deployment import ClassifierServer
 from serve_app.env import SERVE_REPLICA_ENV, WORKER_ENV
@@ -66,6 +66,7 @@ def _serve_options(spec: ClassifierSpec) -> dict[str, Any]:
         "max_queued_requests": d.max_queued_requests,
         "health_check_period_s": d.health_check_period_s,
         "health_check_timeout_s": d.health_check_timeout_s,
+        "user_config": d.batching.model_dump(),  # the replica's `reconfigure` applies it
         "ray_actor_options": {
             "num_cpus": d.num_cpus,
             "num_gpus": d.num_gpus,
@@ -88,17 +89,20 @@ IN_PLACE_OPTIONS = (
     "max_queued_requests",
     "health_check_period_s",
     "health_check_timeout_s",
+    *BatchingOptions.model_fields,
 )
 """`DeploymentOptions` that Serve changes on the running replicas (a light-weight update: more or fewer
-replicas, new limits, health check timing) and that no replica reads: they reach Serve as deployment
-options only, never in a constructor's arguments (`replica_spec`), so changing one keeps the replicas.
-The other fields (CPUs, GPUs, resources, env_vars: Ray actor options; ``max_batch_size`` and
-``batch_wait_timeout_s``: set in the replica's constructor) restart them."""
+replicas, new limits, health check timing, new batching): they reach Serve as deployment options only,
+never in a constructor's arguments (`replica_spec`), so changing one keeps the replicas. The batching
+ones (``max_batch_size``, ``batch_wait_timeout_s``) are the deployment's ``user_config``: Serve hands
+them to the replicas' ``reconfigure`` after the constructor and on every change. The other fields
+(CPUs, GPUs, resources, env_vars: Ray actor options) restart them."""
 
 
 def replica_spec(spec: ClassifierSpec) -> dict[str, Any]:
     """The spec a replica is built from: ``spec`` without `IN_PLACE_OPTIONS` (its copy holds their
-    defaults, which nothing in the replica reads; Serve holds the deployed values)."""
+    defaults; Serve holds the deployed values, and hands the batching ones to ``reconfigure`` before
+    the replica serves)."""
     dumped = spec.model_dump()
     dumped["deployment"] = {k: v for k, v in dumped["deployment"].items() if k not in IN_PLACE_OPTIONS}
     return dumped

@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 
 def require_unique(what: str, items: Sequence[str]) -> None:
@@ -122,8 +130,35 @@ class EnergyConfig(Strict):
     sustained power the account has seen (0 for the estimate's CPU counter)."""
 
 
-class DeploymentOptions(Strict):
-    """Ray Serve deployment settings of one classifier."""
+class BatchingOptions(Strict):
+    """Serve's dynamic batching of a ``batched`` classifier's replica (``@serve.batch``). It reaches the
+    replica as its deployment's ``user_config`` (``app.py``), which Serve hands to the replica's
+    ``reconfigure`` after the constructor and again whenever it changes: a new value keeps the replica."""
+
+    max_batch_size: int = Field(32, ge=1)
+    """Requests (not texts) merged into one model call; at most ``max_ongoing_requests`` are ever
+    in the replica, so a larger value is never reached (Serve warns)."""
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+
+    @classmethod
+    def from_user_config(cls, user_config: Any) -> BatchingOptions:
+        """The settings in a deployment's ``user_config`` (a key it leaves out keeps its default). One
+        set in a Serve config file's ``deployments:`` list can hold anything: unknown keys and bad
+        values raise a ValueError naming them."""
+        try:
+            return cls.model_validate(user_config)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'user_config'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(
+                f"user_config {user_config!r} refused ({problems}); a classifier's user_config takes "
+                f"{' and '.join(cls.model_fields)} only"
+            ) from None
+
+
+class DeploymentOptions(BatchingOptions):
+    """Ray Serve deployment settings of one classifier (the batching ones from `BatchingOptions`)."""
 
     num_replicas: int = Field(1, ge=1)
     num_cpus: RayQuantity = 0.25
@@ -132,10 +167,6 @@ class DeploymentOptions(Strict):
     max_queued_requests: int = Field(256, ge=-1)
     """Requests waiting for the replica beyond ``max_ongoing_requests``; -1: no limit (0 is refused, as
     Serve does)."""
-    max_batch_size: int = Field(32, ge=1)
-    """Requests (not texts) merged into one model call; at most ``max_ongoing_requests`` are ever
-    in the replica, so a larger value is never reached (Serve warns)."""
-    batch_wait_timeout_s: float = Field(0.005, ge=0)
     resources: RayResources = Field(default_factory=dict)
     """Custom Ray resources, e.g. ``{"node:worker-1": 0.01}`` to pin a replica to a node."""
     env_vars: dict[str, str] = Field(default_factory=dict)
@@ -151,3 +182,8 @@ class DeploymentOptions(Strict):
         if v == 0:
             raise ValueError("must be -1 (no limit) or at least 1; Serve refuses 0")
         return v
+
+    @property
+    def batching(self) -> BatchingOptions:
+        """The batching settings alone (the deployment's ``user_config``)."""
+        return BatchingOptions.model_validate(self.model_dump(include=set(BatchingOptions.model_fields)))

@@ -3,8 +3,9 @@
 The request logic lives in ``server.py`` (`ClassifierReplica`, testable without Serve). This module
 adds what needs Ray: the replica's meter (``build_meter``: its share of the node account, or a meter
 of its own), Serve's dynamic batching for ``batched`` classifiers (concurrent requests share one
-model call; an LLM engine batches on its own and is called per request), and the export of its
-energy to Prometheus and the app's registry.
+model call; an LLM engine batches on its own and is called per request; its settings come from the
+deployment's ``user_config``, see `ClassifierServer.reconfigure`), and the export of its energy to
+Prometheus and the app's registry.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from serve_app.classifiers.base import Classifier, WorkSink
 from serve_app.classifiers.kinds import build_classifier
 from serve_app.classifiers.llm_config import LLMSpec
 from serve_app.config import AppConfig, ClassifierSpec
+from serve_app.config_common import BatchingOptions
 from serve_app.energy.agents import MultiNodeMeter
 from serve_app.energy.base import BrokenMeter, Meter, MeterError
 from serve_app.energy.footprint import (
@@ -142,11 +144,10 @@ class ClassifierHost:
             self._exported: dict[tuple[str, str], float] = {}
             self._failed_reads_exported = 0
             self._app = ctx.app_name if ctx else "local"
+            # the spec's batching (its defaults under `build_app`, until Serve's `reconfigure`)
+            self.configure_batching(self.spec.deployment.batching)
             self._exporter = threading.Thread(target=self._export_loop, name="accuwatt-export", daemon=True)
             self._exporter.start()
-            batcher: Any = self._predict_batch  # serve.batch adds these setters at run time
-            batcher.set_max_batch_size(self.spec.deployment.max_batch_size)
-            batcher.set_batch_wait_timeout_s(self.spec.deployment.batch_wait_timeout_s)
         except BaseException:
             self._stop.set()
             self.__dict__.pop("server", None)  # closed here: __del__ must not close it again
@@ -159,6 +160,14 @@ class ClassifierHost:
             self.spec.kind,
             meter.info.source,
         )
+
+    def configure_batching(self, batching: BatchingOptions) -> None:
+        """Batch the requests of a ``batched`` classifier under ``batching`` from now on: at the start,
+        and on a running replica when Serve calls ``reconfigure``."""
+        batcher: Any = self._predict_batch  # serve.batch adds these setters at run time
+        batcher.set_max_batch_size(batching.max_batch_size)
+        batcher.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self.batching = batching
 
     # -- requests ------------------------------------------------------------------------------
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
@@ -198,7 +207,12 @@ class ClassifierHost:
         return self.server.describe()
 
     def energy(self) -> dict[str, Any]:
-        return {**self.server.energy.snapshot(), **self._account_fields()}
+        """The replica's energy snapshot (its row of ``GET /v1/energy``), with the batching it applies
+        now for a ``batched`` classifier (``/v1/models`` shows the description read when it started)."""
+        out = {**self.server.energy.snapshot(), **self._account_fields()}
+        if self.server.classifier.batched:
+            out["batching"] = self.batching.model_dump()
+        return out
 
     def _account_fields(self) -> dict[str, Any]:
         meter = self.server.energy.meter
@@ -295,6 +309,12 @@ class ClassifierServer(ClassifierHost):
     # Serve awaits an async constructor on the replica's event loop.
     async def __init__(self, spec: dict[str, Any], artifacts_dir: str) -> None:  # type: ignore[misc]
         await self.start(spec, artifacts_dir)
+
+    async def reconfigure(self, user_config: Any) -> None:
+        """Serve's call with the deployment's ``user_config`` (`BatchingOptions`, from ``app.py``): after
+        the constructor, before the replica serves, and on every change, without a restart. One that is
+        not valid raises a ValueError naming what is wrong (Serve counts the replica failed)."""
+        self.configure_batching(BatchingOptions.from_user_config(user_config))
 
     async def classify_json(self, texts: list[str], mode: str | None, request_id: str) -> str:
         """``classify`` across the Ray hop: the `ReplicaAnswer` as JSON (``backends.RemoteClassifier``)."""

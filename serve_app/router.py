@@ -39,7 +39,7 @@ from serve_app import registry
 from serve_app.backends import Backend, LocalClassifier, RemoteClassifier
 from serve_app.classifiers.base import InputRejected
 from serve_app.config import RouterConfig
-from serve_app.config_common import EnergyConfig
+from serve_app.config_common import BatchingOptions, EnergyConfig
 from serve_app.deployment import ClassifierHost
 from serve_app.energy.agents import node_snapshots
 from serve_app.energy.overhead import ServingOverhead
@@ -307,6 +307,15 @@ class Router:
         local = getattr(self, "_local", None)
         if local is not None:
             local.__del__()
+
+    async def reconfigure(self, user_config: Any) -> None:
+        """Serve's call with the deployment's ``user_config``: with ``single_hop`` it is the batching of
+        the classifier this replica runs (``app.build_app`` gives this deployment the classifier's
+        options), applied as `ClassifierServer.reconfigure` does. The two-hop router is deployed without
+        one, so Serve never calls this there; one set on it by hand is refused."""
+        if self._local is None:
+            raise ValueError("the two-hop router takes no user_config; set it on a classifier deployment")
+        self._local.configure_batching(BatchingOptions.from_user_config(user_config))
 
     async def check_health(self) -> None:
         """Serve's health check: with ``single_hop`` the classifier this replica runs must still be able

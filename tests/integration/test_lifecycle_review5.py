@@ -30,8 +30,8 @@ def tfidf_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def config(artifacts: Path, replicas: int, max_batch_size: int = 32) -> dict[str, Any]:
-    deployment = {"num_replicas": replicas, "max_batch_size": max_batch_size}
+def config(artifacts: Path, replicas: int, num_cpus: float = 0.25) -> dict[str, Any]:
+    deployment = {"num_replicas": replicas, "num_cpus": num_cpus}
     return {
         "artifacts_dir": str(artifacts),
         "classifiers": [{"kind": "traditional", "id": MODEL, "deployment": deployment}],
@@ -73,10 +73,10 @@ def test_stopped_replicas_are_stale_at_once_with_their_final_energy(
         assert set(first) <= set(shown) and all(shown[r]["stale"] is False for r in first), shown
         assert len({shown[r].get("group") for r in first}) == 2, shown
 
-        # a redeploy of another version stops both (the batch size is a constructor argument; a change
-        # of num_replicas alone would scale in place): right after the new version is ready, their
-        # snapshots are kept and marked stale
-        redeploy = config(tfidf_artifacts, 1, max_batch_size=16)
+        # a redeploy of another version stops both (the CPUs are a Ray actor option; a change of
+        # num_replicas or of the batching alone would update them in place): right after the new
+        # version is ready, their snapshots are kept and marked stale
+        redeploy = config(tfidf_artifacts, 1, num_cpus=0.3)
         serve.run(build_app(redeploy), name=APP, route_prefix="/" + APP, blocking=False)
         wait_for(lambda: not set(registered()) <= set(first), 180, "the new replica's first report")
         wait_ready(base)

@@ -23,9 +23,9 @@ MODEL = "bow-logreg"
 TEXTS = ["Du bist so ein dummer Idiot, halt die Klappe", "Heute scheint in Berlin die Sonne."]
 
 
-def replica_pids(deployment: str) -> set[int]:
+def replica_pids(deployment: str, app: str = APP) -> set[int]:
     """PIDs of a deployment's live replica processes (Ray titles them ``ray::ServeReplica:<app>:<dep>``)."""
-    tag = f"ServeReplica:{APP}:{deployment}"
+    tag = f"ServeReplica:{app}:{deployment}"
     out = set()
     for p in psutil.process_iter(["cmdline", "status"]):
         cmd = " ".join(p.info["cmdline"] or [])
@@ -101,16 +101,21 @@ def test_versions_change_with_what_replicas_are_built_from(demo_artifacts: Any) 
     v = versions(base)
     assert all(v.values()) and v == versions(copy.deepcopy(base))
 
-    def changed(**deployment: Any) -> dict[str, str]:
-        cfg = copy.deepcopy(base)
+    def changed(layout: str = "two_hop", **deployment: Any) -> dict[str, str]:
+        cfg = copy.deepcopy({**base, "router": {"layout": layout}})
         cfg["classifiers"][0]["deployment"] = deployment
         return versions(cfg)
 
     in_place = {"num_replicas": 3, "max_ongoing_requests": 7, "max_queued_requests": 9}
     assert changed(**in_place, health_check_period_s=3, health_check_timeout_s=4) == v
-    for restart in ({"num_cpus": 0.5}, {"max_batch_size": 4}, {"env_vars": {"X": "1"}}):
+    batching = {"max_batch_size": 4, "batch_wait_timeout_s": 0.1}  # user_config: Serve's `reconfigure`
+    assert changed(**batching) == v
+    hop = changed("single_hop")  # the router's replicas run the classifier
+    assert list(hop) == ["router"] and changed("single_hop", **batching) == hop
+    for restart in ({"num_cpus": 0.5}, {"env_vars": {"X": "1"}}):
         new = changed(**restart)
         assert new[MODEL] != v[MODEL] and new["router"] == v["router"], restart
+        assert changed("single_hop", **restart) != hop, restart
     assert versions({**base, "router": {"max_ongoing_requests": 9}}) == v
     assert versions({**base, "router": {"max_texts": 9}})["router"] != v["router"]
 
