@@ -312,9 +312,15 @@ class Topology(BaseModel):
 
 
 class Session(BaseModel):
+    """One replay of the run folder (a resume adds one)."""
+
     model_config = _CONFIG
     session: str
     started_unix_s: float
+    failed_moved_aside: int | None = None
+    """``--retry-failed``: how many failed records this session moved to ``records.failed.jsonl`` to
+    send their requests again (0: none had failed); None: not asked (an optional field: the layout,
+    `RUN_SCHEMA`, is the same, and an older ``run.json`` reads as not asked)."""
 
 
 class RunInfo(BaseModel):

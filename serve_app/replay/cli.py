@@ -85,6 +85,13 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--codecarbon", action="store_true", help="also run CodeCarbon around each replay window")
     g.add_argument("--no-progress", dest="progress", action="store_false")
+    g.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="resuming a run folder: send again the requests whose records failed (a 503, a timeout, a "
+        "connection error); their records move to records.failed.jsonl beside records.jsonl, which keeps "
+        "one record per request, the new one (a new run folder has none: nothing to retry)",
+    )
 
 
 FLAGS = {"rate_rps": "--rate"}

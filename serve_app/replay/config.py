@@ -43,7 +43,9 @@ class ReplayLoad(BaseModel):
 
 
 class ReplayOutput(BaseModel):
-    """Results go to ``<out>/<dataset>/<topology>/<model>/<run_name>/``; CO2e with ``country``'s grid."""
+    """Results go to ``<out>/<dataset>/<topology>/<model>/<run_name>/``; CO2e with ``country``'s grid.
+    ``retry_failed``: a resumed run folder's failed records are moved aside and their requests sent
+    again (`records.move_failed_aside`); it is no part of the run name or the request plan."""
 
     model_config = _FROZEN
     out: str = "results"
@@ -52,6 +54,7 @@ class ReplayOutput(BaseModel):
     country: str = "DEU"
     codecarbon: bool = False
     progress: bool = True
+    retry_failed: bool = False
 
     @field_validator("run_name", "topology")
     @classmethod

@@ -5,8 +5,9 @@ in the kernel as soon as the request finishes and survives SIGKILL) and a backgr
 ``fsync``s the file every ``fsync_every`` records or ``fsync_interval_s`` seconds (so at most that
 small batch is lost on power loss, and the replay loop never blocks on the disk). On open, a torn last line (a crash mid-write) is cut off, and ``done`` lists the keys
 ``(model, split, request_index)`` already recorded: a rerun of the same command skips those, so every
-request ends with exactly one record. Failures are records too (``error`` set), never retried by a
-rerun.
+request ends with exactly one record. Failures are records too (``error`` set), not retried by a
+rerun unless it asks (``--retry-failed``: `move_failed_aside` first moves them to
+``records.failed.jsonl`` beside it, so their requests are sent again and each still has one record).
 
 Units: seconds (``*_s``), joules (``*_j``); wall-clock times are Unix seconds (``*_unix_s``).
 """
@@ -18,8 +19,9 @@ import threading
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from serve_app.errors import UsageError
 from serve_app.wire import EnergyTag, WindowRecord
 
 RecordKey = tuple[str, str, int]
@@ -86,6 +88,103 @@ def read_records(path: Path) -> list[Record]:
             if line:
                 out.append(Record.model_validate_json(line))
     return out
+
+
+def audit_path(path: Path) -> Path:
+    """Where `move_failed_aside` keeps the failed records it moved out of ``path``
+    (``records.jsonl`` -> ``records.failed.jsonl``)."""
+    return path.with_name(f"{path.stem}.failed{path.suffix}")
+
+
+def _complete_lines(path: Path) -> list[bytes]:
+    """The complete lines of ``path`` (newline kept; a torn last line is left out)."""
+    if not path.exists():
+        return []
+    with path.open("rb") as f:
+        return [raw for raw in f if raw.endswith(b"\n")]
+
+
+def _failed(path: Path, lines: list[bytes]) -> list[bytes]:
+    """The lines among ``lines`` (of ``path``) whose record failed (`Record.ok` false); a line that is
+    no record is a `UsageError` naming it (nothing is moved)."""
+    out: list[bytes] = []
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            record = Record.model_validate_json(raw.strip())
+        except ValidationError as exc:
+            raise UsageError(
+                f"{path} line {n} is not a replay record ({exc.errors()[0]['msg']}); "
+                "--retry-failed moved nothing: fix or remove that line"
+            ) from None
+        if not record.ok:
+            out.append(raw)
+    return out
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_failed(path: Path) -> int:
+    """Step 1 of `move_failed_aside`: append the failed records of ``path`` that its audit file
+    (`audit_path`) lacks to that file, and fsync it. ``path`` is not touched. Idempotent: a record
+    already there (an earlier call cut off before step 2) is not appended again. Returns how many failed
+    records ``path`` holds."""
+    failed = _failed(path, _complete_lines(path))
+    if not failed:
+        return 0
+    audit = audit_path(path)
+    _truncate_torn_tail(audit)  # an append cut off mid-line
+    kept = set(_complete_lines(audit))
+    new = [raw for raw in failed if raw not in kept]
+    if new:
+        created = not audit.exists()
+        with audit.open("ab") as f:
+            f.write(b"".join(new))
+            f.flush()
+            os.fsync(f.fileno())
+        if created:
+            _fsync_dir(audit.parent)
+    return len(failed)
+
+
+def drop_saved_failures(path: Path) -> int:
+    """Step 2 of `move_failed_aside`: rewrite ``path`` without its failed records that its audit file
+    already holds (a record not saved there is kept: this step alone never loses one), atomically: a
+    temporary file in the same folder, fsynced, ``os.replace``d over ``path``, the folder fsynced.
+    Nothing is written when there is nothing to drop. Returns how many records were dropped."""
+    lines = _complete_lines(path)
+    saved = set(_complete_lines(audit_path(path)))
+    drop = {raw for raw in _failed(path, lines) if raw in saved}
+    if not drop:
+        return 0
+    kept = [raw for raw in lines if raw not in drop]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(b"".join(kept))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return len(lines) - len(kept)
+
+
+def move_failed_aside(path: Path) -> int:
+    """Move the failed records of ``path`` (``records.jsonl``) to its audit file (`audit_path`,
+    appended: retries accumulate there), so that a `RecordStore` opened next lacks their keys and the
+    replay sends those requests again. Crash-safe in this order: the failed records are appended to the
+    audit file and fsynced (`save_failed`) before ``path`` is replaced by a copy without them
+    (`drop_saved_failures`); a crash in between leaves them in both files, and the next call finishes
+    the move without appending them twice. Returns how many records were moved (0: nothing written).
+    Call it only while the run folder is held (`runner.run_folder_lock`) and no store is open on it."""
+    save_failed(path)
+    return drop_saved_failures(path)
 
 
 def _truncate_torn_tail(path: Path) -> None:

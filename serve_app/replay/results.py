@@ -5,6 +5,7 @@ Layout (one run folder per model; a sweep fills the tree)::
     <out>/<dataset>/<topology>/<model>/<run>/
         run.json        config echo, versions, git commit, machine, topology, splits, sessions
         records.jsonl   one line per request (serve_app.replay.records.Record)
+        records.failed.jsonl  failed records that ``--retry-failed`` moved aside (read by no report)
         windows.jsonl   one line per replay window: /v1/energy delta, optional CodeCarbon figures
         metrics.json    per-split metrics and their mean (recomputed from records by `accuwatt report`)
 

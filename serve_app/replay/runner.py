@@ -36,7 +36,7 @@ from serve_app.replay.ready import (
     NotReadyError,
     wait_ready,
 )
-from serve_app.replay.records import RecordStore, append_window, read_records
+from serve_app.replay.records import RecordStore, append_window, move_failed_aside, read_records
 from serve_app.replay.results import RECORDS_FILE, RUN_FILE, WINDOWS_FILE, load_run, run_dir, write_metrics
 from serve_app.replay.window import cold_meters, energy_delta
 from serve_app.wire import (
@@ -209,14 +209,16 @@ def run_folder(cfg: ReplayConfig, ds: Dataset, model: str, listing: ModelList | 
 
 @contextlib.contextmanager
 def run_folder_lock(rdir: Path) -> Iterator[None]:
-    """Hold ``rdir`` for one replay (an exclusive ``flock`` on its ``records.jsonl``, released however
+    """Hold ``rdir`` for one replay (an exclusive ``flock`` on the folder itself, released however
     the replay ends, the process killed included). A second replay of the same run folder at the same
     time (the same command started twice, in another terminal or by a scheduler) is refused: each
     process knows only the records that were there when it opened the file, so both sent and recorded
     the requests neither had done yet (the same 200-request command twice: 262 records, 62 requests
-    recorded twice, their energy and texts counted twice in ``metrics.json``)."""
+    recorded twice, their energy and texts counted twice in ``metrics.json``). The folder, not its
+    ``records.jsonl``: ``--retry-failed`` replaces that file (`records.move_failed_aside`), and a lock on
+    the file replaced would no longer hold the new one."""
     rdir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(rdir / RECORDS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(rdir, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -241,13 +243,15 @@ def prepare_run_folder(
     base_url: str,
 ) -> Path:
     """Create (or resume, `check_resume`) the model's run folder and write ``run.json`` (sessions
-    appended)."""
+    appended). With ``--retry-failed`` its failed records are moved aside first (`move_failed_aside`:
+    the replay then sends their requests again) and the session says how many."""
     entry, topology = _topology_of(cfg, model, listing)
     rdir = run_folder(cfg, ds, model, listing)
     rdir.mkdir(parents=True, exist_ok=True)
     path = rdir / RUN_FILE
     old = previous_run(rdir)
     check_resume(old, cfg, rdir)
+    moved = move_failed_aside(rdir / RECORDS_FILE) if cfg.output.retry_failed else None
     ci = carbon_intensity(cfg.output.country)
     info = RunInfo(
         model=model,
@@ -271,7 +275,10 @@ def prepare_run_folder(
         git_commit=metadata.git_commit(),
         machine=metadata.machine(),
         created_unix_s=old.created_unix_s if old else time.time(),
-        sessions=[*(old.sessions if old else []), Session(session=session, started_unix_s=time.time())],
+        sessions=[
+            *(old.sessions if old else []),
+            Session(session=session, started_unix_s=time.time(), failed_moved_aside=moved),
+        ],
     )
     tmp = path.with_suffix(".tmp")
     tmp.write_text(info.model_dump_json(indent=2))
@@ -405,7 +412,9 @@ async def replay_session(
     the first time it is replayed and kept in ``folders``; records already there are skipped. Every
     model's labels are checked against the dataset's before the first request (`check_labels`), and
     its run folder is held (`run_folder_lock`) until the loop ends; every model's resume is checked
-    (`check_resumes`) before the first request too."""
+    (`check_resumes`) before the first request too. With ``--retry-failed`` a folder's failed records
+    are moved aside when it is first prepared (`prepare_run_folder`), once per command: the failures
+    of this session's own earlier splits (``--local``, ``sweep``: one call per split) stay."""
     run_name = cfg.resolved_run_name(ds.fingerprint)
     async with http_client(cfg) as client:
         listing = await get_models(client, base_url)
