@@ -86,7 +86,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     models = traditional_models(args.models)
     ds = load_dataset(args.dataset, args.text_col, args.label_col)
     rows = []
-    for split in study_splits(ds, args.n_train, args.n_test, args.splits, args.seed):
+    splits = study_splits(ds, args.n_train, args.n_test, args.splits, args.seed)
+    # the sizes run, not those asked for: a pool caps them, repeated texts shrink a training sample
+    trained, tested = [len(s.train.rows) for s in splits], [len(s.test.rows) for s in splits]
+    for split in splits:
         split_rows = evaluate_split(split, models, args.embedding_model)
         rows += split_rows
         if not args.json:
@@ -103,8 +106,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     "source": ds.source,
                     "fingerprint": ds.fingerprint,
                     "embedding_model": args.embedding_model,
-                    "n_train": args.n_train,
-                    "n_test": args.n_test,
+                    "n_train": max(trained),  # each row says its split's
+                    "n_test": max(tested),
+                    "asked": {"n_train": args.n_train, "n_test": args.n_test},
                     "seed": args.seed,
                     "summary": summary,
                     "rows": [r.__dict__ for r in rows],
@@ -113,8 +117,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    n_train, n_test = _sizes(trained), _sizes(tested)
+    asked = "" if (n_train, n_test) == (str(args.n_train), str(args.n_test)) else " (fewer than asked)"
     print(
-        f"\n{ds.name}: {args.splits} split(s) of {args.n_train} train / {args.n_test} test texts, seed {args.seed}"
+        f"\n{ds.name}: {args.splits} split(s) of {n_train} train / {n_test} test texts{asked}, seed {args.seed}"
     )
     print(f"{'model':<20} {'accuracy':>10} {'std':>7} {'predict ms':>11}")
     for s in summary:
@@ -122,6 +128,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{s['model']:<20} {s['accuracy_mean']:>10.4f} {s['accuracy_std']:>7.4f} {s['predict_s_mean'] * 1e3:>11.1f}"
         )
     return 0
+
+
+def _sizes(sizes: list[int]) -> str:
+    """Sample sizes over splits: ``200``, or ``187-200`` where they differ."""
+    low_high = sorted(set(sizes))
+    return str(low_high[0]) if len(low_high) == 1 else f"{low_high[0]}-{low_high[-1]}"
 
 
 class _Parser(argparse.ArgumentParser):

@@ -10,7 +10,8 @@ A dataset source is one of:
 
 The study's protocol: for split ``i`` draw ``n_train`` training and ``n_test`` test texts with a
 generator seeded by ``(seed, i)``; from one pool the two samples are disjoint, and no text of the
-test sample is in the training sample (a repeated text is passed over while other texts remain).
+test sample is in the training sample (a repeated text is passed over; where no other texts remain
+the training sample is smaller).
 Every model sees the same splits, so a split is fully identified by ``(dataset fingerprint, seed, i,
 n_train, n_test)``.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import unicodedata
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,11 +124,29 @@ def _read_frame(path: Path) -> pd.DataFrame:
         if suffix == ".json":
             return _read_json_file(path)
         if suffix == ".csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+            return _read_csv(path)
         return pd.read_parquet(path)
+    except DatasetError:
+        raise
     except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DatasetError(f"cannot read {path}: {reason}") from exc
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV file, its columns named by its header. A row with more fields than the header (a text
+    with an unquoted comma) is a `DatasetError`: pandas took the first column for the index when the
+    first row had one, shifting every column (the text lost up to its comma, the label read as the
+    text, the other rows left out for want of a label)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False)
+        except pd.errors.ParserWarning:
+            raise DatasetError(
+                f"cannot read {path}: a row has more fields than the header; quote a text that "
+                "holds the separator"
+            ) from None
 
 
 def _read_json_file(path: Path) -> pd.DataFrame:
@@ -296,24 +316,32 @@ def _take(pool: Pool, rows: np.ndarray) -> Sample:
     return Sample(pool.name, r, tuple(pool.texts[i] for i in r), tuple(pool.labels[i] for i in r))
 
 
-def _first_unseen(pool: Pool, order: np.ndarray, held_out: set[str], n: int) -> np.ndarray:
+def _first_unseen(pool: Pool, order: np.ndarray, held_out: set[str], n: int, where: str) -> np.ndarray:
     """The first ``n`` rows of ``order`` whose text (in NFC, as the models see it) is not one of
     ``held_out``: a text repeated in the data does not land in both the training and the test sample.
-    Where no text repeats these are ``order[:n]``, the study's draw unchanged. Only a pool with too few
-    other texts to fill ``n`` adds held-out ones, in order, after all the others (logged)."""
+    Where no text repeats these are ``order[:n]``, the study's draw unchanged. A pool with too few
+    other texts to fill ``n`` gives fewer (logged), never a test text to train on; none at all is a
+    `DatasetError`."""
     fresh: list[int] = []
-    shared: list[int] = []
+    shared = 0
     for r in order:
-        (shared if unicodedata.normalize("NFC", pool.texts[r]) in held_out else fresh).append(int(r))
+        if unicodedata.normalize("NFC", pool.texts[r]) in held_out:
+            shared += 1
+        else:
+            fresh.append(int(r))
         if len(fresh) == n:
             break
+    if not fresh:
+        raise DatasetError(f"{where}: every training text is also a test text; none is left to train on")
     if len(fresh) < n and shared:
-        log.info(
-            "%s: %d training text(s) are also test texts: the pool has too few other texts",
-            pool.name,
-            min(len(shared), n - len(fresh)),
+        log.warning(
+            "%s: %d training texts instead of %d: %d other(s) are also test texts, left out",
+            where,
+            len(fresh),
+            n,
+            shared,
         )
-    return np.array(fresh + shared[: n - len(fresh)], dtype=np.int64)
+    return np.array(fresh, dtype=np.int64)
 
 
 def _texts_of(pool: Pool, rows: np.ndarray) -> set[str]:
@@ -324,12 +352,14 @@ def make_split(ds: Dataset, n_train: int, n_test: int, seed: int, index: int) ->
     """Split ``index`` of the study protocol (see module doc). Sizes are capped by the pools; sizes
     below 1 and a negative seed or index are refused (`ValueError`), never read as other sizes. A
     training text that is also a test text of the split (a text repeated in the pool, or in both
-    files) is passed over for the next one drawn, while the pool has others."""
+    files) is passed over for the next one drawn: the training sample is smaller where the pool has
+    no others (logged), never holds a test text."""
     if n_train < 1 or n_test < 1:
         raise ValueError(f"split sizes must be >= 1, got n_train={n_train}, n_test={n_test}")
     if seed < 0 or index < 0:
         raise ValueError(f"seed and split index must be >= 0, got seed={seed}, index={index}")
     rng = np.random.default_rng([seed, index])
+    where = f"{ds.source} split {index}"
     if ds.pool is not None:
         n = len(ds.pool)
         if n < 3:
@@ -342,13 +372,16 @@ def make_split(ds: Dataset, n_train: int, n_test: int, seed: int, index: int) ->
             ds.fingerprint,
             seed,
             index,
-            _take(ds.pool, _first_unseen(ds.pool, perm[n_te:], _texts_of(ds.pool, perm[:n_te]), n_tr)),
+            _take(
+                ds.pool,
+                _first_unseen(ds.pool, perm[n_te:], _texts_of(ds.pool, perm[:n_te]), n_tr, where),
+            ),
             _take(ds.pool, perm[:n_te]),
         )
     assert ds.train is not None and ds.test is not None
     tr_order = rng.permutation(len(ds.train))
     te = rng.permutation(len(ds.test))[: min(n_test, len(ds.test))]
-    tr = _first_unseen(ds.train, tr_order, _texts_of(ds.test, te), min(n_train, len(ds.train)))
+    tr = _first_unseen(ds.train, tr_order, _texts_of(ds.test, te), min(n_train, len(ds.train)), where)
     return Split(ds.name, ds.fingerprint, seed, index, _take(ds.train, tr), _take(ds.test, te))
 
 

@@ -180,6 +180,7 @@ class EvalRow:
     split: int
     accuracy: float
     n_test: int
+    n_train: int
     predict_s: float  # in-process prediction time for the whole test set (one call)
 
 
@@ -210,7 +211,7 @@ def evaluate_split(
         dt = time.perf_counter() - t0
         pred = [model.classes[int(i)] for i in proba.argmax(axis=1)]
         acc = sum(p == g for p, g in zip(pred, gold, strict=True)) / len(gold)
-        rows.append(EvalRow(m, split.index, acc, len(gold), dt))
+        rows.append(EvalRow(m, split.index, acc, len(gold), len(split.train.rows), dt))
     return rows
 
 

@@ -70,7 +70,12 @@ def test_a_one_class_training_sample_is_refused_naming_the_split(
 def test_training_texts_without_word_tokens_are_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rows = [("\U0001f44e \U0001f620", "neg"), ("\U0001f44d \U0001f642", "pos"), ("a !", "pos")] * 10
+    # distinct texts (each repeated k times): a text that is also a test text is never trained on
+    rows = [
+        (t * k, lab)
+        for k in range(1, 11)
+        for t, lab in (("\U0001f44e \U0001f620 ", "neg"), ("\U0001f44d \U0001f642 ", "pos"), ("a ! ", "pos"))
+    ]
     data = _jsonl(tmp_path / "emoji.jsonl", rows)
     args = ["--dataset", str(data), "--n-train", "10", "--models", "bow-logreg", "--out", str(tmp_path / "o")]
     rc, err = _train(args, capsys)
