@@ -258,7 +258,10 @@ def main() -> None:
             urls[meter] = f"{base}/{meter}/v1/classify"
             asyncio.run(throughput(urls[meter], texts[:500], args.batch, args.concurrency))  # warm up
 
-        apps = ("bare2", "off", "auto", "hop", "bare1", "bare2f")
+        # the anchor and accuwatt side by side, then metering off beside accuwatt: the pairs the targets
+        # compare run back to back (in the reverse order every other round), so a slower second of the
+        # host falls on both sides of a pair more often than with another app between them
+        apps = ("bare2", "auto", "off", "hop", "bare1", "bare2f")
         tps: dict[str, list[float]] = {a: [] for a in apps}
         cpu_ms: dict[str, list[float]] = {a: [] for a in apps}
         app_cpu_ms: dict[str, list[float]] = {a: [] for a in apps}
