@@ -28,7 +28,7 @@ Prints:
 4. the sampler thread's CPU cost per second, from the metered replica, and the node account's own CPU
    cost (its ticks' thread time over its window) as a share of one core.
 
-Usage: .venv/bin/python benchmarks/bench_serve.py [--texts 4000] [--batch 32] [--concurrency 8]
+Usage: .venv/bin/python benchmarks/bench_serve.py [--texts 4000] [--batch 32] [--concurrency 8] [--rounds 40]
 """
 
 from __future__ import annotations
@@ -197,12 +197,15 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--latency-requests", type=int, default=300)
+    ap.add_argument(
+        "--latency-requests", type=int, default=60, help="single-text requests per app and round (paired)"
+    )
     ap.add_argument(
         "--rounds",
         type=int,
-        default=3,
-        help="alternating rounds (medians reported; 6 or more for a 95 %% interval and a throughput verdict)",
+        default=40,
+        help="alternating rounds (medians reported; 6 or more for a 95 %% interval and a throughput verdict; "
+        "40, about 8 minutes here, for one that the host's spread between rounds leaves decidable)",
     )
     ap.add_argument(
         "--energy",
