@@ -82,7 +82,9 @@ class LLMSpec(Strict):
     tensor_parallel_size: int = Field(1, ge=1, le=64)
     pipeline_parallel_size: int = Field(1, ge=1, le=64)
     distributed_executor_backend: Literal["mp", "ray", "uni"] | None = None
-    """None: ``ray`` on GPU specs with more than one worker, ``mp`` on CPU ones, vLLM's choice otherwise."""
+    """None: ``ray`` on GPU specs with more than one worker, ``mp`` on CPU ones, vLLM's choice otherwise.
+    ``uni`` (the model in the engine core's process) is for GPUs: vLLM for CPU runs ``mp`` whatever is
+    asked, so a CPU spec refuses it."""
     placement_strategy: PlacementStrategy | None = None
     """None: ``STRICT_PACK`` (one node) unless pipeline stages span nodes (then ``PACK``)."""
     pipeline_spans_nodes: bool = False
@@ -181,6 +183,13 @@ class LLMSpec(Strict):
             raise ValueError("distributed_executor_backend 'uni' runs one worker; TP*PP > 1 needs mp or ray")
         if not self.on_gpu and self.distributed_executor_backend == "ray":
             raise ValueError("vLLM for CPU refuses the ray executor; use mp")
+        if not self.on_gpu and self.distributed_executor_backend == "uni":
+            # vllm/platforms/cpu.py turns it into mp (OMP needs the worker process): asked for uni, the
+            # engine would run another executor than the spec and /v1/models said
+            raise ValueError(
+                "vLLM for CPU runs the model in a worker process (it turns uni into mp); use mp or leave "
+                "distributed_executor_backend unset"
+            )
         if self.pipeline_spans_nodes and self.pipeline_parallel_size < 2:
             raise ValueError("pipeline_spans_nodes needs pipeline_parallel_size >= 2")
         if self.on_gpu and self.pipeline_spans_nodes and self.executor_backend != "ray":

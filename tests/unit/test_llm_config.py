@@ -195,6 +195,7 @@ def test_custom_resources_go_into_the_replica_bundle() -> None:
         ({"deployment": {"num_gpus": 1}}, "gpus_per_worker"),
         ({"tensor_parallel_size": 2, "distributed_executor_backend": "uni"}, "uni"),
         ({"gpus_per_worker": 0, "distributed_executor_backend": "ray"}, "refuses the ray executor"),
+        ({"gpus_per_worker": 0, "distributed_executor_backend": "uni"}, "turns uni into mp"),
         ({"pipeline_spans_nodes": True}, "pipeline_parallel_size >= 2"),
         (
             {
