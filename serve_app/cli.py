@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -213,8 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     (an `OSError` that names a file: a file where a folder must be, no permission, a full disk) with
     one line and status 1. Other errors keep their traceback: they are not the user's to fix."""
     try:
-        args = build_parser().parse_args(argv)
-        return int(args.func(args) or 0)
+        try:
+            args = build_parser().parse_args(argv)
+            return int(args.func(args) or 0)
+        finally:
+            sys.stdout.flush()  # what is still buffered fails here, not at the interpreter's exit
+    except BrokenPipeError:  # the reader went away (`accuwatt evaluate --json | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 128 + signal.SIGPIPE  # the shell's status for a pipe's writer
     except UsageError as exc:
         print(f"accuwatt: error: {one_line(exc)}", file=sys.stderr)
         return 2
