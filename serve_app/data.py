@@ -202,7 +202,17 @@ def _pool(name: str, frame: pd.DataFrame, text_col: str, label_col: str) -> Pool
         raise DatasetError(f"{name}: the text and the label column are both {text_col!r}; name two columns")
     missing = [c for c in (text_col, label_col) if c not in frame.columns]
     if missing:
-        raise DatasetError(f"{name}: missing column(s) {missing}; have {list(frame.columns)}")
+        have = [str(c) for c in frame.columns]
+        hint = next(
+            (
+                f" (the header reads as one column holding {sep!r}: a CSV file must separate its columns "
+                "with commas)"
+                for sep in (";", "\t", "|")
+                if len(have) == 1 and sep in have[0]
+            ),
+            "",
+        )
+        raise DatasetError(f"{name}: missing column(s) {missing}; have {have}{hint}")
     frame = frame[[text_col, label_col]].dropna()
     texts = tuple(_text(t, f"{name}: column {text_col!r}") for t in frame[text_col])
     labels = tuple(_label(v, f"{name}: column {label_col!r}") for v in frame[label_col])

@@ -110,3 +110,14 @@ def test_evaluate_reports_the_sizes_it_ran_not_those_asked_for(
     assert all(r["n_test"] == 30 and r["n_train"] == 30 for r in out["rows"])  # type: ignore[attr-defined]
     assert main(["evaluate", *FAST, *argv]) == 0
     assert "2 split(s) of 30 train / 30 test texts (fewer than asked)" in capsys.readouterr().out
+
+
+def test_a_semicolon_separated_csv_is_refused_with_the_reason(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A spreadsheet's export with ``;`` reads as one column named ``text;label``: the refusal named the
+    missing columns only, not why they were missing."""
+    data = tmp_path / "semi.csv"
+    data.write_text("text;label\n" + "".join(f"film {i};{'pos' if i % 2 else 'neg'}\n" for i in range(40)))
+    line = one_error(capsys, ["evaluate", "--dataset", str(data), *FAST, "--n-train", "6", "--n-test", "4"])
+    assert "missing column(s)" in line and "holding ';'" in line and "commas" in line
