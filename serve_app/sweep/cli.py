@@ -29,6 +29,12 @@ def register(subparsers: Any) -> None:
         "starting local ones; the sweep's driver must run on the cluster's head",
     )
     add_ids_argument(p, "--only", "topology names of the file to run (space- or comma-separated)")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="run folders resumed from an earlier sweep: send again the requests whose records failed "
+        "(as `replay --retry-failed`)",
+    )
     p.set_defaults(func=run)
 
 
@@ -63,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         check_ids(args.only, [t.name for t in sweep.topologies], f"{args.file} has", "topology")
     out = args.out / sweep.name if args.out == Path("results/sweeps") else args.out
     try:
-        print(run_sweep(args.file, out, args.address, args.only))
+        print(run_sweep(args.file, out, args.address, args.only, args.retry_failed))
     except SweepFailed as exc:
         print(exc.report)
         print(f"accuwatt: sweep: {exc}", file=sys.stderr)

@@ -81,9 +81,12 @@ def settings_digest(sweep: SweepFile, topo: Topology) -> str:
     return hashlib.sha256(json.dumps(scope, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def _replay_config(sweep: SweepFile, topo: Topology, out: Path, fingerprint: str | None = None) -> Any:
+def _replay_config(
+    sweep: SweepFile, topo: Topology, out: Path, fingerprint: str | None = None, retry_failed: bool = False
+) -> Any:
     """The replay of one topology; its run name is the replay's own (dataset, splits, load shape) plus
-    `settings_digest`. ``fingerprint`` is the dataset's (loaded here when not given)."""
+    `settings_digest`. ``fingerprint`` is the dataset's (loaded here when not given); ``retry_failed``:
+    a resumed run folder's failed requests are sent again (``replay --retry-failed``)."""
 
     def config(run_name: str | None) -> ReplayConfig:
         return ReplayConfig(
@@ -96,7 +99,13 @@ def _replay_config(sweep: SweepFile, topo: Topology, out: Path, fingerprint: str
                 seed=sweep.seed,
             ),
             load=ReplayLoad(concurrency=sweep.concurrency, batch_size=sweep.batch_size),
-            output=ReplayOutput(out=str(out / "runs"), run_name=run_name, topology=topo.name, progress=False),
+            output=ReplayOutput(
+                out=str(out / "runs"),
+                run_name=run_name,
+                topology=topo.name,
+                progress=False,
+                retry_failed=retry_failed,
+            ),
         )
 
     fp = fingerprint if fingerprint is not None else load_dataset(sweep.dataset).fingerprint
@@ -210,7 +219,12 @@ def local_nodes(sweep: SweepFile, topo: Topology) -> list[NodeSpec]:
 
 
 def run_topology(
-    sweep: SweepFile, topo: Topology, out: Path, artifacts: dict[str, Path], address: str | None = None
+    sweep: SweepFile,
+    topo: Topology,
+    out: Path,
+    artifacts: dict[str, Path],
+    address: str | None = None,
+    retry_failed: bool = False,
 ) -> list[Path]:
     """Deploy one topology, replay every split, tear down; returns the run folders. Without ``address``
     on a fresh local cluster (stopped however this ends); with it, on that cluster, joined with a plain
@@ -218,7 +232,7 @@ def run_topology(
     import ray
     from ray import serve
 
-    cfg = _replay_config(sweep, topo, out)
+    cfg = _replay_config(sweep, topo, out, retry_failed=retry_failed)
     ds, tests, split_meta = load_test_sets(cfg)
     namespace = f"accuwatt-sweep-{uuid.uuid4().hex[:6]}"
     cluster = None
@@ -270,8 +284,15 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def run_sweep(path: Path, out: Path, address: str | None = None, only: list[str] | None = None) -> Path:
+def run_sweep(
+    path: Path,
+    out: Path,
+    address: str | None = None,
+    only: list[str] | None = None,
+    retry_failed: bool = False,
+) -> Path:
     """Run every topology of a sweep file (those of ``only`` if given); returns the path of ``sweep.md``.
+    ``retry_failed``: the failed requests of run folders resumed from an earlier sweep are sent again.
 
     A topology that fails is recorded (``sweep.json``: ``topologies.<name>``, status, error, traceback;
     ``sweep.md``: "Failed topologies") and the sweep goes on with the next; the report covers the
@@ -297,7 +318,7 @@ def run_sweep(path: Path, out: Path, address: str | None = None, only: list[str]
     for topo in selected:
         started = time.time()
         try:
-            runs = run_topology(sweep, topo, out, artifacts, address)
+            runs = run_topology(sweep, topo, out, artifacts, address, retry_failed)
         except Exception as exc:  # recorded, reported; the sweep goes on and then exits non-zero
             why = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
             failures[topo.name] = why

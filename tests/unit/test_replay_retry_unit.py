@@ -196,3 +196,21 @@ def test_the_flag_keeps_the_run_folder_and_the_session_says_what_it_moved(tmp_pa
         ("s3", 0),
     ]
     assert _indexes(rdir / RECORDS_FILE) == [i for i in range(10) if i not in FAILED]
+
+
+def test_a_sweep_retries_in_the_run_folders_it_resumes(tmp_path: Path) -> None:
+    """``accuwatt sweep --retry-failed`` reaches each topology's replay, whose run name (the folder a
+    rerun resumes) does not depend on it."""
+    from serve_app.cli import build_parser
+    from serve_app.sweep.config import SweepFile
+    from serve_app.sweep.runner import _replay_config
+
+    args = build_parser().parse_args(["sweep", "cluster/topologies/cpu-smoke.yaml", "--retry-failed"])
+    assert args.retry_failed is True
+    assert build_parser().parse_args(["sweep", "cluster/topologies/cpu-smoke.yaml"]).retry_failed is False
+    sweep = SweepFile.from_yaml(Path(__file__).resolve().parents[2] / "cluster/topologies/cpu-smoke.yaml")
+    topo = sweep.topologies[0]
+    retried = _replay_config(sweep, topo, tmp_path, "fp", retry_failed=True)
+    plain = _replay_config(sweep, topo, tmp_path, "fp")
+    assert retried.output.retry_failed and not plain.output.retry_failed
+    assert retried.resolved_run_name("fp") == plain.resolved_run_name("fp")
