@@ -10,7 +10,9 @@ Definitions (units in names; Wh only here, at reporting time):
   whose tags are ``estimate`` is an estimate, and mixed sources read ``mixed:<a>+<b>`` with
   ``measured = False``. ``measured`` says whether the tags present all come from a measuring source;
   requests without a figure (a failed request has none) are counted in ``energy_missing`` and make
-  the source read ``<source> (partial)``: the sum then covers only the tagged requests.
+  the source read ``<source> (partial)``: the sum then covers only the tagged requests. So are
+  requests whose figure lacks part of their energy (``METER_GAP``: open across a meter outage, the
+  outage's energy is unknown): the sum is a lower bound, not the run's energy.
 - ``uncertainty_j``: of ``energy_j``. Each tag's uncertainty covers what can shift across its window's
   two edges; in the sum, an edge two back-to-back requests share moves energy from one to the other and
   cancels, so what remains is the error at the two ends of each busy stretch (a request that began with
@@ -54,7 +56,9 @@ Definitions (units in names; Wh only here, at reporting time):
   and the deltas ``None`` when a replica restarted during a window (``reset``: they lack its energy
   before the restart).
 - Over splits (``average_over_splits``): a CEGI is n/a on a split without a gain, so the mean CEGI is
-  given only when every split has one (else ``None``, and ``cegi_note`` says on how many it is n/a).
+  given only when every split has one (else ``None``, and ``cegi_note`` says on how many it is n/a);
+  so is the mean accuracy per Wh (n/a on a split without energy, whose accuracy the mean accuracy
+  still counts).
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from serve_app.energy.base import MEASURED_SOURCES
+from serve_app.energy.ledger import METER_GAP
 from serve_app.replay import units
 from serve_app.replay.records import Record
 from serve_app.wire import EnergyTag, WindowRecord
@@ -282,7 +287,8 @@ def split_metrics(
     tagged_texts = sum(len(r.gold) for r in recs if r.energy is not None and r.energy.joules is not None)
     energy_j = float(sum(t.joules for t in tagged if t.joules is not None)) if tagged else None
     source, measured = combine_sources(t.source for t in tagged)
-    if tagged and len(tagged) < len(recs):
+    gaps = sum(1 for t in tagged if METER_GAP in t.flags)  # a figure without the outage's energy
+    if tagged and (len(tagged) < len(recs) or gaps):
         source += " (partial)"
     windows = _covering(windows, recs)
     domains: dict[str, float] = {}
@@ -319,7 +325,7 @@ def split_metrics(
         gain_pp=gain_pp,
         energy_j=energy_j,
         energy_wh=energy_wh,
-        energy_missing=len(recs) - len(tagged),
+        energy_missing=len(recs) - len(tagged) + gaps,
         energy_source=source,
         energy_scope=units.energy_scope(sorted(domains), [t.scope for t in tagged]),
         measured=measured,
@@ -413,6 +419,7 @@ def average_over_splits(per_split: Sequence[RunMetrics]) -> RunMetrics:
         "energy_wh_std",
         "parameters",
         "n_texts_planned",
+        "accuracy_per_wh",
     }
     data: dict[str, Any] = {}
     for name in RunMetrics.model_fields:
@@ -456,5 +463,9 @@ def average_over_splits(per_split: Sequence[RunMetrics]) -> RunMetrics:
         cegi=_mean_of_all([m.cegi for m in per_split]),
         cegi_note=_mean_cegi_note(per_split),
         cegi_all_parameters=_mean_of_all([m.cegi_all_parameters for m in per_split]),
+        # as CEGI: a split without energy (every request failed) has none, and the mean over the other
+        # splits would drop its accuracy while the accuracy beside it counts it (a run whose second
+        # split failed read as efficient as one that answered every text)
+        accuracy_per_wh=_mean_of_all([m.accuracy_per_wh for m in per_split]),
         **data,
     )

@@ -29,9 +29,10 @@ zero-shot LLM has none, so its CEGI is n/a; the gain is n/a when the training ma
 test labels are never the baseline). *CEGI over all parameters* is accuwatt's former variant (the same
 ratio over all the model's parameters, frozen encoder or LLM weights included); it is not the paper's
 index. Figures whose source is `estimate` are not measurements (CPU time x per-core
-power + memory x W/GB); `mixed:` and `(partial)` sources say so where sources differ or tags are missing.
+power + memory x W/GB); `mixed:` and `(partial)` sources say so where sources differ or tags are missing
+(or a tag lacks a meter outage's energy: `meter_gap`).
 All figures are means over the splits of each run, except the counts (errors, steady requests), which
-are totals over them. A model marked `(incomplete: n of m texts)` answered
+are totals over them; accuracy per Wh and CEGI are n/a when a split has none (no energy, no gain). A model marked `(incomplete: n of m texts)` answered
 fewer texts than its splits hold (a replay stopped before the end): its energy, duration and their
 ratios cover those texts only and do not compare with a whole run's."""
 
@@ -47,7 +48,7 @@ steady-state window (ML.ENERGY's J/output token): per session, the requests sent
 answer; n/a with fewer than {STEADY_MIN_REQUESTS} requests.
 *Wh/1k queries*: Wh per 1,000 classified texts, the AI Energy Score unit. *Source*: `nvml`/`rapl` are
 measurements, `estimate` is not; `(partial)`: some requests (a failed one) carried no figure, and the
-units are over the requests and texts that did."""
+units are over the requests and texts that did, or a figure lacks a meter outage's energy (`meter_gap`)."""
 
 
 ENERGY_NOTE = """\
@@ -74,6 +75,24 @@ def grid_intensities(df: pd.DataFrame) -> list[str]:
         how = "source not recorded" if pd.isna(source) else str(source)
         found.add(f"{where} {r['carbon_g_per_kwh']:g} gCO2e/kWh ({how})")
     return sorted(found)
+
+
+def split_sets_note(df: pd.DataFrame) -> list[str]:
+    """A warning above the study's table when its runs replayed different splits (another seed, split
+    count, training or test size): their accuracies and energies are over other texts, so a row's lead
+    may be the splits', not the model's. Empty when every run replayed the same splits."""
+    if "splits_replayed" not in df or df["splits_replayed"].nunique(dropna=False) < 2:
+        return []
+    groups = [
+        f"{', '.join(sorted(map(str, g['label'])))}: `{splits}`"
+        for splits, g in df.groupby("splits_replayed", sort=True, dropna=False)
+    ]
+    return [
+        "**These runs replayed different splits** (another seed, number of splits, training or test size):"
+        " their accuracy, energy and every figure from them are over other texts or other training, so "
+        f"they compare only runs of the same splits (the Pareto front too). {'; '.join(groups)}.",
+        "",
+    ]
 
 
 def render_report(
@@ -108,6 +127,15 @@ def render_report(
                 "only runs of one size (the Pareto front too); J/request and Wh/1k queries do not depend on it.",
                 "",
             ]
+        batches = sorted({int(v) for v in df["batch_size"].dropna()}) if "batch_size" in df else []
+        if len(batches) > 1:
+            lines += [
+                f"**These runs sent different numbers of texts per request ({', '.join(map(str, batches))})**: "
+                "J/request (steady too) covers one request's texts, so it compares only runs of one batch "
+                "size; Wh/1k queries is per text.",
+                "",
+            ]
+        lines += split_sets_note(df)
         lines += [markdown_table(df, STUDY_COLUMNS), ""]
         if figs.get("scatter"):
             lines += [
@@ -146,7 +174,7 @@ def render_report(
         if partial:
             lines += [
                 f"{partial} per-split run(s) left out of the energy-vs-duration fit: some of their "
-                "requests have no energy, so their sum is not the run's energy.",
+                "requests have no energy (or part of it: `meter_gap`), so their sum is not the run's energy.",
                 "",
             ]
     return "\n".join(lines) + "\n"

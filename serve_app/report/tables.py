@@ -24,6 +24,10 @@ def _row(run: RunData, m: RunMetrics) -> dict[str, Any]:
         "path": str(run.path),
         "carbon_country": info.carbon.country,
         "carbon_source": info.carbon.source,
+        # the splits the run was to replay and did: runs of other splits (seed, sizes) score other texts
+        "splits_replayed": ", ".join(sorted(set(info.splits) | {r.split for r in run.records})),
+        # texts per request (--batch-size; a split's last request may hold fewer): what J/request covers
+        "batch_size": max((len(r.gold) for r in run.records), default=None),
     }
     row.update(m.model_dump(exclude={"domains_j"}))
     # energy per run, its CO2e and accuracy per Wh scale with the texts a split holds
