@@ -77,22 +77,40 @@ def grid_intensities(df: pd.DataFrame) -> list[str]:
     return sorted(found)
 
 
-def split_sets_note(df: pd.DataFrame) -> list[str]:
-    """A warning above the study's table when its runs replayed different splits (another seed, split
-    count, training or test size): their accuracies and energies are over other texts, so a row's lead
-    may be the splits', not the model's. Empty when every run replayed the same splits."""
-    if "splits_replayed" not in df or df["splits_replayed"].nunique(dropna=False) < 2:
-        return []
-    groups = [
-        f"{', '.join(sorted(map(str, g['label'])))}: `{splits}`"
-        for splits, g in df.groupby("splits_replayed", sort=True, dropna=False)
-    ]
-    return [
-        "**These runs replayed different splits** (another seed, number of splits, training or test size):"
-        " their accuracy, energy and every figure from them are over other texts or other training, so "
-        f"they compare only runs of the same splits (the Pareto front too). {'; '.join(groups)}.",
-        "",
-    ]
+def unlike_runs_notes(df: pd.DataFrame) -> list[str]:
+    """Warnings above the study's table where its runs differ in what a row's figures are over: texts
+    per split (energy per run and what scales with it), texts per request (J/request), or the splits
+    themselves (another seed, split count, training or test size: every figure is over other texts, so
+    a row's lead may be the splits', not the model's). Empty when the runs agree in all three."""
+    lines: list[str] = []
+    sizes = sorted({round(float(v), 6) for v in df["texts_per_split"]}) if "texts_per_split" in df else []
+    if len(sizes) > 1:
+        lines += [
+            f"**These runs differ in texts per split ({', '.join(f'{v:g}' for v in sizes)})**: energy "
+            "per run, CO2e, CEGI and accuracy per Wh grow or shrink with the texts, so they compare "
+            "only runs of one size (the Pareto front too); J/request and Wh/1k queries do not depend on it.",
+            "",
+        ]
+    batches = sorted({int(v) for v in df["batch_size"].dropna()}) if "batch_size" in df else []
+    if len(batches) > 1:
+        lines += [
+            f"**These runs sent different numbers of texts per request ({', '.join(map(str, batches))})**: "
+            "J/request (steady too) covers one request's texts, so it compares only runs of one batch "
+            "size; Wh/1k queries is per text.",
+            "",
+        ]
+    if "splits_replayed" in df and df["splits_replayed"].nunique(dropna=False) > 1:
+        groups = [
+            f"{', '.join(sorted(map(str, g['label'])))}: `{splits}`"
+            for splits, g in df.groupby("splits_replayed", sort=True, dropna=False)
+        ]
+        lines += [
+            "**These runs replayed different splits** (another seed, number of splits, training or test "
+            "size): their accuracy, energy and every figure from them are over other texts or other "
+            f"training, so they compare only runs of the same splits (the Pareto front too). {'; '.join(groups)}.",
+            "",
+        ]
+    return lines
 
 
 def render_report(
@@ -119,23 +137,7 @@ def render_report(
     for dataset, df, fit, figs, partial in sections:
         df = df.sort_values(["accuracy", "energy_wh"], ascending=[False, True])
         lines += [f"## {dataset}", "", "### Accuracy and energy (the study's table)", ""]
-        sizes = sorted({round(float(v), 6) for v in df["texts_per_split"]}) if "texts_per_split" in df else []
-        if len(sizes) > 1:
-            lines += [
-                f"**These runs differ in texts per split ({', '.join(f'{v:g}' for v in sizes)})**: energy "
-                "per run, CO2e, CEGI and accuracy per Wh grow or shrink with the texts, so they compare "
-                "only runs of one size (the Pareto front too); J/request and Wh/1k queries do not depend on it.",
-                "",
-            ]
-        batches = sorted({int(v) for v in df["batch_size"].dropna()}) if "batch_size" in df else []
-        if len(batches) > 1:
-            lines += [
-                f"**These runs sent different numbers of texts per request ({', '.join(map(str, batches))})**: "
-                "J/request (steady too) covers one request's texts, so it compares only runs of one batch "
-                "size; Wh/1k queries is per text.",
-                "",
-            ]
-        lines += split_sets_note(df)
+        lines += unlike_runs_notes(df)
         lines += [markdown_table(df, STUDY_COLUMNS), ""]
         if figs.get("scatter"):
             lines += [
