@@ -5,6 +5,7 @@ other). Units: % of one core."""
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Any
 
 from serve_app.energy.procs import Proc, group_of, kind_of, scan
@@ -13,7 +14,9 @@ from serve_app.energy.procs import Proc, group_of, kind_of, scan
 class CpuByGroup:
     """``start()`` then ``stop()``: what every process that lived through the stretch used."""
 
-    def start(self) -> CpuByGroup:
+    def start(self, watch: Collection[int] = ()) -> CpuByGroup:
+        """``watch``: processes whose CPU ``stop`` also sums as ``watched_pct``."""
+        self._watch = frozenset(watch)
         self._a: dict[int, Proc] = scan()
         self._t0 = time.monotonic()
         return self
@@ -24,6 +27,7 @@ class CpuByGroup:
         groups = group_of(b)
         by_kind: dict[str, float] = {}
         procs: list[tuple[float, str]] = []
+        watched = 0.0
         for pid, p in b.items():
             before = self._a.get(pid)
             if before is None or before.start_s != p.start_s:
@@ -32,9 +36,11 @@ class CpuByGroup:
             kind = kind_of(groups[pid])
             by_kind[kind] = by_kind.get(kind, 0.0) + pct
             procs.append((pct, p.title[:70]))
+            watched += pct if pid in self._watch else 0.0
         return {
             "seconds": wall,
             "total_pct": sum(by_kind.values()),
             "by_kind_pct": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
+            "watched_pct": watched,
             "top": [{"pct": pct, "title": t} for pct, t in sorted(procs, reverse=True)[:12]],
         }

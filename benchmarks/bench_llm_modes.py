@@ -24,20 +24,22 @@ The column ``prefilled`` (tokens per text the engine computed: prompt less prefi
 classifier's per-step reports) shows what the cache saved.
 The targets printed: ``score`` or ``choice`` at least 3x less time than ``paper`` (all texts at once:
 with an ``--in-flight`` below ``--n`` no verdict is given), and, with ``--serve``, Serve at least 0.9x
-the in-process engine (``score``, warm cache) in each of ``--repeats`` repetitions, each on ``--n`` test
-texts new to the engine (the in-process and the Serve engine see the same sets in the same order; before
-2026-12-04 the repetitions after the first repeated the first set, which blocks of 32 then served almost
-whole from the cache); ``--beside-ray`` runs the in-process engine beside an idle local Ray with Serve
-started (what any Serve app runs beside its replicas), to split the gap into Ray's presence and the app's
-request path; ``--bracket`` runs the in-process repetitions again after Serve (a fresh engine, the same
-warm-up), so that a change in the machine's speed between the two arms shows as a difference between the
-in-process runs before and after (the target is still judged against the runs before; the ratio to the
-mean of both is reported beside it).
+the in-process engine (``score``, warm cache), measured in ``--pairs`` pairs: each pair one set of
+``--n`` test texts new to both engines, through the offline engine (all at once) and through Serve over
+HTTP (``--serve-batch`` texts per request, ``--serve-concurrency`` in flight), seconds apart, in the
+order in-process, Serve, Serve, in-process, ... (ABBA). Ray runs only during Serve's repetitions: it
+starts before each two of them in a row and shuts down (its processes waited out) before the next
+in-process one, so the offline engine never runs beside Ray, while it stays loaded (idle, its CPU
+recorded) beside Serve. The verdict is read from the pair ratios' median and its exact interval (as
+``bench_serve.py`` reads issue 17's throughput target): met when the whole interval is at or above 0.9.
+The pooled ratio (all texts over all time, with a bootstrap interval over pairs) is printed beside it.
+Until 2026-12-05 the two arms ran as blocks minutes apart (in-process three repetitions, then Serve
+three), and the target was "every repetition at 0.9 or more": see benchmarks/RESULTS.md for both.
 ``--in-flight N`` keeps at most N texts in the engine (light load: less batching, so each decode step
 costs more per token).
 
 Usage: .venv/bin/python benchmarks/bench_llm_modes.py [--n 200] [--model prepared:smollm2] [--serve]
-       [--cache cold warm] [--repeats 3] [--in-flight 16] [--beside-ray] [--bracket]
+       [--cache cold warm] [--pairs 12] [--in-flight 16]
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sys
 import tempfile
@@ -63,12 +66,15 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks._cpu import CpuByGroup  # noqa: E402
+from benchmarks._http import post_in_chunks  # noqa: E402
 from benchmarks._out import add_out_argument, write_result  # noqa: E402
+from benchmarks._stats import paired_bootstrap_ci, round_ratio_ci, verdict  # noqa: E402
+from serve_app.energy.procs import scan, uptime_s  # noqa: E402
 
 CACHE = Path(tempfile.gettempdir()) / "accuwatt-cache"
 WARM_TEXTS = 8
-BESIDE_RAY = "idle Ray + Serve"
-"""``ServeComparison.inprocess_beside`` with ``--beside-ray`` (see `idle_ray_serve`)."""
+SERVE_TARGET = 0.9
+"""Issue 15: Serve at least 0.9x the offline engine's throughput."""
 CPU_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),  # see llm-cpu.yaml
@@ -121,38 +127,67 @@ class ModeResult(BaseModel):
 
 
 class ServeComparison(BaseModel):
+    """Serve against the offline engine in pairs: each pair one set of texts new to both engines, sent
+    to both seconds apart (ABBA: in-process then Serve, Serve then in-process, ...), so that a slower
+    minute of the host falls on both arms of a pair. Ray runs only while Serve's repetitions do: it is
+    started for each two Serve repetitions in a row and shut down before the next in-process one, so
+    the offline engine never has Ray beside it; the offline engine stays loaded and idle beside Serve
+    (its CPU then: ``idle_engine_cpu_pct``)."""
+
     mode: str
     cache: str
     texts: int
-    """Texts per repetition; each repetition a set of its own, new to the engine (since 2026-12-04)."""
+    """Texts per set (one set per pair)."""
     inprocess_texts_per_s: list[float]
-    """One per repetition."""
+    """One per pair."""
     serve_texts_per_s: list[float]
     serve_vs_inprocess_ratio: list[float]
-    serve_start_s: float
+    serve_start_s: list[float]
+    """One per Serve session (Ray started, app deployed, ready on ``/readyz``)."""
     serve_meter: str = "estimate"
     """The Serve app's ``energy.meter`` (``off``: the same app without metering, to isolate its cost)."""
     serve_cpu_pct_by_kind: list[dict[str, float]] = []
-    """Per repetition, the CPU each process group used while the texts went through Serve (% of one
-    core; the engine core and its workers are in ``replica``): what Ray and Serve took beside it."""
+    """Per pair, the CPU each process group used while its texts went through Serve (% of one core; the
+    engine core and its workers are in ``replica``): what Ray and Serve took beside the engine."""
     serve_cpu_top: list[list[dict[str, Any]]] = []
-    """Per repetition, the processes that used the most CPU (% of one core, title)."""
+    """Per pair, the processes that used the most CPU during the Serve repetition (% of one core)."""
+    inprocess_cpu_pct_by_kind: list[dict[str, float]] = []
+    """Per pair, the same during the in-process repetition: no Ray group may appear."""
     inprocess_cpu_top: list[list[dict[str, Any]]] = []
-    """The same for each in-process repetition (the engine core and its workers are this process's
-    children): the CPU the offline engine had to itself."""
-    inprocess_after_texts_per_s: list[float] = []
-    """``--bracket``: the in-process repetitions again after Serve (a fresh engine, the same warm-up)."""
-    inprocess_beside: str = "nothing"
-    """What ran beside the in-process engine: ``nothing``, or ``idle Ray + Serve`` (``--beside-ray``: a
-    local Ray with Serve's controller and proxy, no app), which splits the gap to Serve into what Ray's
-    presence costs and what the app's request path costs."""
+    idle_engine_cpu_pct: list[float] = []
+    """Per pair, the offline engine's processes (its engine core and worker), loaded and idle, while the
+    Serve repetition ran: what keeping it loaded took from Serve."""
+    leftover_titles: list[list[str]] = []
+    """Per Serve session, processes it started that were still alive 60 s after Ray's shutdown (the next
+    in-process repetition ran beside them)."""
 
     @computed_field  # type: ignore[prop-decorator]
     @property
-    def serve_vs_bracket_ratio(self) -> list[float]:
-        """``--bracket``: Serve over the mean of the in-process runs before and after it, per repetition."""
-        pairs = zip(self.inprocess_texts_per_s, self.inprocess_after_texts_per_s, strict=False)
-        return [s / ((b + a) / 2) for s, (b, a) in zip(self.serve_texts_per_s, pairs, strict=False)]
+    def median_ratio(self) -> list[float]:
+        """``[median, low, high, coverage]``: the median pair ratio and its exact interval over pairs."""
+        return round_ratio_ci(self.serve_texts_per_s, self.inprocess_texts_per_s)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def pooled_ratio(self) -> list[float]:
+        """``[ratio, low, high]``: all pairs' texts over their time, Serve over in-process, with a 95 %
+        bootstrap interval over pairs (every set has the same number of texts)."""
+        return paired_bootstrap_ci(
+            pooled_throughput_ratio, self.serve_texts_per_s, self.inprocess_texts_per_s
+        )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def verdict(self) -> str:
+        """Serve >= ``SERVE_TARGET`` x in-process, read from the median's interval (as issue 17's
+        throughput target is read in ``bench_serve.py``)."""
+        _, low, high, coverage = self.median_ratio
+        return verdict(low, high, SERVE_TARGET, True, coverage)
+
+
+def pooled_throughput_ratio(serve_tps: list[float], inproc_tps: list[float]) -> float:
+    """Throughput over all sets (equal sizes), Serve over in-process: the ratio of the summed times."""
+    return sum(1 / t for t in inproc_tps) / sum(1 / t for t in serve_tps)
 
 
 class BenchResult(BaseModel):
@@ -276,14 +311,12 @@ def run_mode(
 
 
 @contextlib.contextmanager
-def inprocess_engine(spec: Any, beside: bool) -> Iterator[tuple[Any, asyncio.AbstractEventLoop, float]]:
-    """The offline engine, a loop to drive it and its start time (s); with ``beside``, an idle Ray +
-    Serve beside it (`idle_ray_serve`). All close in reverse order, also when the engine fails to start."""
+def inprocess_engine(spec: Any) -> Iterator[tuple[Any, asyncio.AbstractEventLoop, float]]:
+    """The offline engine, a loop to drive it and its start time (s). Both close in reverse order, also
+    when the engine fails to start."""
     from serve_app.classifiers.llm import build_llm_classifier
 
     with contextlib.ExitStack() as stack:
-        if beside:
-            stack.enter_context(idle_ray_serve())
         loop = asyncio.new_event_loop()
         stack.callback(loop.close)  # after the engine's shutdown, which turns the loop once more
         t0 = time.perf_counter()
@@ -293,34 +326,19 @@ def inprocess_engine(spec: Any, beside: bool) -> Iterator[tuple[Any, asyncio.Abs
         yield clf, loop, start_s
 
 
-def repeat_texts(
-    clf: Any, loop: asyncio.AbstractEventLoop, sets: list[list[str]], mode: str, in_flight: int | None
-) -> tuple[list[float], list[list[dict[str, Any]]]]:
-    """One repetition per set of texts (each new to the engine, as in Serve): texts/s and the top
-    processes of each."""
-    tps, tops = [], []
-    for texts in sets:
-        clock = CpuByGroup().start()
-        t0 = time.perf_counter()
-        loop.run_until_complete(_classify(clf, texts, mode, in_flight))
-        tps.append(len(texts) / (time.perf_counter() - t0))
-        tops.append(clock.stop()["top"])
-    return tps, tops
-
-
-def inprocess_again(
-    spec: Any,
-    sets: list[list[str]],
-    gold: list[str],
-    warm: list[str],
-    in_flight: int | None,
-    beside: bool,
-) -> list[float]:
-    """``--bracket``: the in-process warm ``score`` repetitions once more, on a fresh engine."""
-    with inprocess_engine(spec, beside) as (clf, loop, _):
-        _, res, _ = run_mode(clf, loop, "score", sets[0], gold, warm, in_flight, "warm")
-        more, _ = repeat_texts(clf, loop, sets[1:], "score", in_flight)
-    return [res.texts_per_s, *more]
+def ratios_vs_paper(results: dict[str, ModeResult]) -> dict[str, dict[str, float]]:
+    """Each mode against ``paper`` with the same cache setting (keyed ``mode@cache``)."""
+    ratios: dict[str, dict[str, float]] = {}
+    for name, r in results.items():
+        p = results.get(f"paper@{r.cache}")
+        if p is not None:
+            ratios[name] = {
+                "generated_tokens_fewer_x": p.generated_tokens_per_text
+                / max(r.generated_tokens_per_text, 1e-9),
+                "time_less_x": p.wall_s / r.wall_s,
+                "accuracy_minus_paper": r.accuracy - p.accuracy,
+            }
+    return ratios
 
 
 def paper_target(
@@ -345,41 +363,42 @@ def calibrate(clf: Any, loop: asyncio.AbstractEventLoop, texts: list[str]) -> di
     return {lab: -sum(p.scores[lab] for p in preds) / len(preds) for lab in clf.labels}
 
 
+def descendants(root: int) -> set[int]:
+    """The processes below ``root`` (children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for p in scan().values():
+        children.setdefault(p.ppid, []).append(p.pid)
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+@dataclasses.dataclass
+class ServeSession:
+    url: str
+    body: dict[str, Any]
+    start_s: float
+    leftover: list[str] = dataclasses.field(default_factory=list)
+    """Titles of processes the session started that outlived the wait after Ray's shutdown."""
+
+
 @contextlib.contextmanager
-def idle_ray_serve() -> Iterator[None]:
-    """A local Ray with Serve's controller and proxy started and no app: what any Serve app runs beside
-    its replicas."""
+def serve_session(spec_dict: dict[str, Any], mode: str, warm: list[str]) -> Iterator[ServeSession]:
+    """A private local Ray with the app of ``spec_dict`` on Serve, ready (``/readyz``) and warmed up on
+    ``warm`` (the in-process engine's warm-up texts). After Ray's shutdown, waits up to 60 s for every
+    process started while it ran to exit, so that the next in-process repetition runs without them."""
     from ray import serve
 
-    from serve_app.replay.local import local_ray
-    from tests.conftest import free_port
-
-    with local_ray(8):
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-        yield
-
-
-def serve_comparison(
-    spec_dict: dict[str, Any],
-    sets: list[list[str]],
-    mode: str,
-    inproc_tps: list[float],
-    inproc_top: list[list[dict[str, Any]]],
-    inproc_beside: str,
-    batch: int,
-    concurrency: int,
-    warm: list[str],
-) -> ServeComparison:
-    """The in-process repetitions' sets of texts over HTTP, in the same order; ``batch`` x
-    ``concurrency`` texts in flight. A fresh engine, prefix caching on, warmed up on the same ``warm``
-    texts as the in-process warm run."""
-    from ray import serve
-
-    from benchmarks._http import post_in_chunks
     from serve_app.app import build_app
     from serve_app.replay.local import local_ray
     from tests.conftest import free_port, wait_http
 
+    before, opened = set(scan()), uptime_s()
     with local_ray(8):
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -389,32 +408,87 @@ def serve_comparison(
         app = build_app({"classifiers": [spec_dict], "router": {"request_timeout_s": 1800}})
         serve.run(app, name="llm", route_prefix="/", blocking=False)
         wait_http(f"http://127.0.0.1:{port}/readyz", timeout_s=900)
-        start_s = time.perf_counter() - t0
-        url = f"http://127.0.0.1:{port}/v1/classify"
-        body = {"model": spec_dict["id"], "mode": mode}
+        session = ServeSession(
+            f"http://127.0.0.1:{port}/v1/classify", {"model": spec_dict["id"], "mode": mode}, 0.0
+        )
+        session.start_s = time.perf_counter() - t0
         if warm:
-            asyncio.run(post_in_chunks(url, body, warm, len(warm), 1, 600))  # warm-up
-        walls, cpu, top = [], [], []
-        for texts in sets:
-            clock = CpuByGroup().start()
-            walls.append(asyncio.run(post_in_chunks(url, body, texts, batch, concurrency, 600)))
-            used = clock.stop()
-            cpu.append(used["by_kind_pct"])
-            top.append(used["top"])
-    tps = [len(texts) / w for texts, w in zip(sets, walls, strict=True)]
+            asyncio.run(post_in_chunks(session.url, session.body, warm, len(warm), 1, 600))
+        yield session
+    deadline = time.monotonic() + 60
+    while True:
+        left = [p.title for pid, p in scan().items() if pid not in before and p.start_s >= opened]
+        if not left or time.monotonic() > deadline:
+            session.leftover = left
+            return
+        time.sleep(0.5)
+
+
+def paired_comparison(
+    clf: Any,
+    loop: asyncio.AbstractEventLoop,
+    spec_dict: dict[str, Any],
+    sets: list[list[str]],
+    warm: list[str],
+    batch: int,
+    concurrency: int,
+    in_flight: int | None,
+) -> ServeComparison:
+    """Each set through the offline engine (``clf``, already loaded) and through Serve, in pairs, ABBA
+    (see `ServeComparison`); ``batch`` x ``concurrency`` texts in flight over HTTP, all of a set at once
+    in-process. Both engines warmed up on ``warm`` with prefix caching on."""
+    mode = "score"
+    engine = descendants(os.getpid())  # before Ray: the offline engine's engine core and worker
+    loop.run_until_complete(clf.reset_prefix_cache())
+    if warm:
+        loop.run_until_complete(clf.predict(warm, mode))
+    n = len(sets)
+    inproc: list[dict[str, Any]] = [{}] * n
+    served: list[dict[str, Any]] = [{}] * n
+    starts: list[float] = []
+    leftovers: list[list[str]] = []
+
+    def offline(i: int) -> None:
+        clock = CpuByGroup().start()
+        t0 = time.perf_counter()
+        loop.run_until_complete(_classify(clf, sets[i], mode, in_flight))
+        inproc[i] = {"tps": len(sets[i]) / (time.perf_counter() - t0), **clock.stop()}
+
+    def online(i: int, s: ServeSession) -> None:
+        clock = CpuByGroup().start(watch=engine)
+        wall = asyncio.run(post_in_chunks(s.url, s.body, sets[i], batch, concurrency, 600))
+        served[i] = {"tps": len(sets[i]) / wall, **clock.stop()}
+
+    for i in range(0, n, 2):  # in-process i, Serve i, Serve i + 1, in-process i + 1
+        offline(i)
+        with serve_session(spec_dict, mode, warm) as session:
+            for j in range(i, min(i + 2, n)):
+                online(j, session)
+        starts.append(session.start_s)
+        leftovers.append(session.leftover)
+        if i + 1 < n:
+            offline(i + 1)
+        print(
+            "pairs " + ", ".join(f"{served[j]['tps'] / inproc[j]['tps']:.3f}" for j in range(min(i + 2, n))),
+            flush=True,
+        )
+    inproc_tps = [r["tps"] for r in inproc]
+    serve_tps = [r["tps"] for r in served]
     return ServeComparison(
         mode=mode,
         cache="warm",
         texts=len(sets[0]),
         inprocess_texts_per_s=inproc_tps,
-        serve_texts_per_s=tps,
-        serve_vs_inprocess_ratio=[s / i for s, i in zip(tps, inproc_tps, strict=True)],
-        serve_start_s=start_s,
+        serve_texts_per_s=serve_tps,
+        serve_vs_inprocess_ratio=[s / i for s, i in zip(serve_tps, inproc_tps, strict=True)],
+        serve_start_s=starts,
         serve_meter=spec_dict["energy"]["meter"],
-        serve_cpu_pct_by_kind=cpu,
-        serve_cpu_top=top,
-        inprocess_cpu_top=inproc_top,
-        inprocess_beside=inproc_beside,
+        serve_cpu_pct_by_kind=[r["by_kind_pct"] for r in served],
+        serve_cpu_top=[r["top"] for r in served],
+        inprocess_cpu_pct_by_kind=[r["by_kind_pct"] for r in inproc],
+        inprocess_cpu_top=[r["top"] for r in inproc],
+        idle_engine_cpu_pct=[r["watched_pct"] for r in served],
+        leftover_titles=leftovers,
     )
 
 
@@ -435,22 +509,17 @@ def main() -> None:
     )
     ap.add_argument("--cache", nargs="+", choices=["cold", "warm"], default=["cold", "warm"])
     ap.add_argument("--warm-texts", type=int, default=32, help="training texts warming a warm-cache mode")
-    ap.add_argument("--repeats", type=int, default=3, help="Serve vs in-process repetitions (score, warm)")
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        default=12,
+        help="Serve vs in-process: sets of --n texts, each through both (ABBA)",
+    )
     ap.add_argument("--serve", action="store_true", help="also compare Serve over HTTP (score mode)")
     ap.add_argument("--serve-batch", type=int, default=25, help="texts per HTTP request")
     ap.add_argument("--serve-concurrency", type=int, default=8, help="HTTP requests in flight")
     ap.add_argument(
         "--serve-meter", default="estimate", choices=["estimate", "auto", "off"], help="the Serve app's meter"
-    )
-    ap.add_argument(
-        "--beside-ray",
-        action="store_true",
-        help="run the in-process engine beside an idle local Ray with Serve (controller, proxy, no app)",
-    )
-    ap.add_argument(
-        "--bracket",
-        action="store_true",
-        help="run the in-process repetitions again after Serve (shows drift in the machine's speed)",
     )
     ap.add_argument(
         "--block-size",
@@ -472,11 +541,15 @@ def main() -> None:
     from serve_app.data import load_dataset, make_split
 
     ds = load_dataset(args.dataset)
-    # with --serve, one set of n test texts per repetition (each new to the engine; the first is the
-    # modes' set: a larger sample of the same split begins with the same texts)
-    split = make_split(ds, args.n_calibration, args.n * (args.repeats if args.serve else 1), args.seed, 0)
+    if args.serve and args.pairs < 1:
+        sys.exit("--pairs: must be at least 1")
+    # with --serve, one more set of n test texts per pair, after the modes' set (a larger sample of the
+    # same split begins with the same texts), each new to both engines
+    split = make_split(ds, args.n_calibration, args.n * (1 + (args.pairs if args.serve else 0)), args.seed, 0)
     all_texts = list(split.test.texts)
-    sets = [all_texts[i : i + args.n] for i in range(0, len(all_texts), args.n)][: args.repeats]
+    sets = [all_texts[i : i + args.n] for i in range(0, len(all_texts), args.n)]
+    if args.serve and (len(sets) < 1 + args.pairs or len(sets[-1]) < args.n):
+        sys.exit(f"--pairs {args.pairs} x --n {args.n}: the test split has {len(all_texts)} texts, too few")
     texts, gold = sets[0], list(split.test.labels)[: args.n]
     warm = list(split.train.texts)[:WARM_TEXTS]
     warm_users = list(split.train.texts)[: max(args.warm_texts, 1)]
@@ -493,20 +566,15 @@ def main() -> None:
         },
     )
     spec = LLMSpec.model_validate(spec_dict)
-    with inprocess_engine(spec, args.beside_ray) as (clf, loop, start_s):
+    with inprocess_engine(spec) as (clf, loop, start_s):
         results: dict[str, ModeResult] = {}  # keyed mode@cache
-        inproc_top: list[list[dict[str, Any]]] = []
         bias: dict[str, float] = {}
-        inproc_tps: list[float] = []
         for cache in args.cache:
             for mode in args.modes:
                 warm_set = warm if cache == "cold" else warm_users
-                preds, res, top = run_mode(clf, loop, mode, texts, gold, warm_set, args.in_flight, cache)
+                preds, res, _ = run_mode(clf, loop, mode, texts, gold, warm_set, args.in_flight, cache)
                 results[f"{mode}@{cache}"] = res
                 print(res.model_dump_json(), flush=True)
-                if mode == "score" and cache == "warm" and args.serve:
-                    more, more_top = repeat_texts(clf, loop, sets[1:], mode, args.in_flight)
-                    inproc_tps, inproc_top = [res.texts_per_s, *more], [top, *more_top]
                 if mode == "score" and args.n_calibration and not bias:
                     bias = calibrate(clf, loop, list(split.train.texts))
                 if mode == "score" and bias:
@@ -515,46 +583,31 @@ def main() -> None:
                     cal = res.model_copy(update={"mode": "score+calibrated", "accuracy": acc})
                     results[f"{cal.mode}@{cache}"] = cal
                     print(cal.model_dump_json(), flush=True)
-    ratios: dict[str, dict[str, float]] = {}
-    for name, r in results.items():
-        p = results.get(f"paper@{r.cache}")
-        if p is None:
-            continue
-        ratios[name] = {
-            "generated_tokens_fewer_x": p.generated_tokens_per_text / max(r.generated_tokens_per_text, 1e-9),
-            "time_less_x": p.wall_s / r.wall_s,
-            "accuracy_minus_paper": r.accuracy - p.accuracy,
-        }
-    out = BenchResult(
-        model=args.model,
-        dataset=ds.name,
-        seed=args.seed,
-        n_test=len(texts),
-        in_flight=args.in_flight,
-        paper_max_tokens=args.paper_max_tokens,
-        engine_start_s=start_s,
-        modes=list(results.values()),
-        label_bias=bias,
-        ratios_vs_paper=ratios,
-    )
-    write_result(args, out)  # written before the Serve step can fail
-    if args.serve and inproc_tps:
-        out.serve = serve_comparison(
-            {**spec_dict, "energy": {**spec_dict["energy"], "meter": args.serve_meter}},
-            sets,
-            "score",
-            inproc_tps,
-            inproc_top,
-            BESIDE_RAY if args.beside_ray else "nothing",
-            args.serve_batch,
-            args.serve_concurrency,
-            warm_users,
+        ratios = ratios_vs_paper(results)
+        out = BenchResult(
+            model=args.model,
+            dataset=ds.name,
+            seed=args.seed,
+            n_test=len(texts),
+            in_flight=args.in_flight,
+            paper_max_tokens=args.paper_max_tokens,
+            engine_start_s=start_s,
+            modes=list(results.values()),
+            label_bias=bias,
+            ratios_vs_paper=ratios,
         )
-        print(out.serve.model_dump_json(), flush=True)
-        write_result(args, out)
-        if args.bracket:
-            after = inprocess_again(spec, sets, gold, warm_users, args.in_flight, args.beside_ray)
-            out.serve.inprocess_after_texts_per_s = after
+        write_result(args, out)  # written before the Serve step can fail
+        if args.serve:
+            out.serve = paired_comparison(
+                clf,
+                loop,
+                {**spec_dict, "energy": {**spec_dict["energy"], "meter": args.serve_meter}},
+                sets[1:],
+                warm_users,
+                args.serve_batch,
+                args.serve_concurrency,
+                args.in_flight,
+            )
             write_result(args, out)
     print(f"engine start {start_s:.1f} s; results in {args.out}")
     print(
@@ -574,42 +627,37 @@ def main() -> None:
     for name, rr in ratios.items():
         print(f"  {name} vs paper: " + ", ".join(f"{k} {v:.2f}" for k, v in rr.items()))
     for cache in args.cache if "paper" in args.modes else ():  # no paper run: nothing to compare with
-        best, verdict = paper_target(ratios, cache, args.in_flight, len(texts))
+        best, told = paper_target(ratios, cache, args.in_flight, len(texts))
         figure = "-" if best is None else f"{best:.2f}x"
-        print(f"target score or choice >= 3x less time than paper ({cache} cache): {figure} {verdict}")
+        print(f"target score or choice >= 3x less time than paper ({cache} cache): {figure} {told}")
     if out.serve is not None:
-        rs = out.serve.serve_vs_inprocess_ratio
-        print(f"in-process engine beside: {out.serve.inprocess_beside}")
-        verdict = "met" if min(rs) >= 0.9 else "MISSED"
+        print_serve(out.serve)
+
+
+def print_serve(sv: ServeComparison) -> None:
+    """The Serve target's verdict and what each pair measured."""
+    med, low, high, coverage = sv.median_ratio
+    pooled, plow, phigh = sv.pooled_ratio
+    print(
+        f"target Serve >= {SERVE_TARGET}x in-process (score, warm), {len(sv.serve_texts_per_s)} pairs of "
+        f"{sv.texts} texts: median pair ratio {med:.3f} ({low:.3f} to {high:.3f}, {coverage:.1%}): {sv.verdict}"
+    )
+    print(
+        f"  pooled (all texts over all time): {pooled:.3f} ({plow:.3f} to {phigh:.3f}, 95 % bootstrap over pairs); "
+        f"pairs at or above {SERVE_TARGET}: {sum(r >= SERVE_TARGET for r in sv.serve_vs_inprocess_ratio)} of "
+        f"{len(sv.serve_vs_inprocess_ratio)}; Serve ready in {', '.join(f'{s:.0f}' for s in sv.serve_start_s)} s"
+    )
+    for i, (a, b, r) in enumerate(
+        zip(sv.inprocess_texts_per_s, sv.serve_texts_per_s, sv.serve_vs_inprocess_ratio, strict=True)
+    ):
+        kinds = ", ".join(f"{k} {v:.1f}" for k, v in sv.serve_cpu_pct_by_kind[i].items())
         print(
-            f"target Serve >= 0.9x in-process (score, warm), each repetition: {[round(r, 2) for r in rs]} {verdict}"
+            f"  pair {i + 1}: in-process {a:.2f} texts/s, Serve {b:.2f}, ratio {r:.3f}; CPU % of one core "
+            f"during Serve: {kinds}; idle offline engine {sv.idle_engine_cpu_pct[i]:.1f}"
         )
-        if out.serve.inprocess_after_texts_per_s:
-            sv = out.serve
-            print(
-                "  texts/s, in-process before / Serve / in-process after: "
-                + "; ".join(
-                    f"{b:.2f} / {s:.2f} / {a:.2f}"
-                    for b, s, a in zip(
-                        sv.inprocess_texts_per_s,
-                        sv.serve_texts_per_s,
-                        sv.inprocess_after_texts_per_s,
-                        strict=True,
-                    )
-                )
-                + f"; Serve / mean of before and after: {[round(r, 2) for r in sv.serve_vs_bracket_ratio]}"
-            )
-        for i, kinds in enumerate(out.serve.serve_cpu_pct_by_kind):
-            print(
-                f"  Serve repetition {i + 1}, CPU % of one core: "
-                + ", ".join(f"{k} {v:.1f}" for k, v in kinds.items())
-            )
-        for name, tops in (("in-process", out.serve.inprocess_cpu_top), ("Serve", out.serve.serve_cpu_top)):
-            for i, top in enumerate(tops):
-                print(
-                    f"  {name} repetition {i + 1}, top processes (% of one core): "
-                    + ", ".join(f"{p['title'][:40]} {p['pct']:.1f}" for p in top[:6])
-                )
+    for i, left in enumerate(sv.leftover_titles):
+        if left:
+            print(f"  Serve session {i + 1}: still running 60 s after Ray's shutdown: {left[:5]}")
 
 
 if __name__ == "__main__":

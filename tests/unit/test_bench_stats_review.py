@@ -2,7 +2,7 @@
 
 ``bench_serve.py``'s pooled added p50 and per-round throughput ratio (issue 17's targets: p50 within
 1 ms, throughput >= 0.95x) and ``bench_llm_modes.py``'s verdict on "score or choice >= 3x less time than
-paper at full batch" (issue 15).
+paper at full batch" and Serve >= 0.9x the offline engine, read per pair of sets (issue 15).
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import random
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.bench_serve import added_p50_ci, round_ratio_ci, verdict  # noqa: E402
+from benchmarks._stats import added_p50_ci, round_ratio_ci, verdict  # noqa: E402
 
 
 def spread_latencies_ms(n: int, seed: int) -> list[float]:
@@ -115,3 +116,46 @@ def test_paper_target_not_missed_when_not_measured() -> None:
     assert said.startswith("not measured")
     low = {"score@cold": {"time_less_x": 2.9}}
     assert paper_target(low, "cold", None, 100) == (pytest.approx(2.9), "MISSED")
+
+
+def serve_pairs(ratios: list[float], seed: int = 3) -> Any:
+    """A Serve comparison whose i-th pair ran at ``ratios[i]`` of an in-process speed that moves
+    between 11 and 20 texts/s from pair to pair, as the host's did."""
+    from benchmarks.bench_llm_modes import ServeComparison
+
+    rng = random.Random(seed)
+    inproc = [11.0 + 9.0 * rng.random() for _ in ratios]
+    serve = [r * i for r, i in zip(ratios, inproc, strict=True)]
+    return ServeComparison(
+        mode="score",
+        cache="warm",
+        texts=100,
+        inprocess_texts_per_s=inproc,
+        serve_texts_per_s=serve,
+        serve_vs_inprocess_ratio=ratios,
+        serve_start_s=[40.0],
+    )
+
+
+def test_serve_target_read_per_pair_not_across_the_hosts_speed() -> None:
+    """Serve at 0.95x of the offline engine in every pair, while the host's speed moved by 80 % between
+    pairs: the median pair ratio is 0.95 with no doubt, and one pair hit by a busy second (0.5x) moves
+    neither it nor the verdict; the pooled ratio (all texts over all time) is 0.95 when every pair is."""
+    even = serve_pairs([0.95] * 12)
+    assert even.median_ratio[:3] == pytest.approx([0.95, 0.95, 0.95])
+    assert even.pooled_ratio == pytest.approx([0.95, 0.95, 0.95])
+    assert even.verdict == "met"
+    hiccup = serve_pairs([0.95] * 11 + [0.5])
+    assert hiccup.median_ratio[0] == pytest.approx(0.95)
+    assert hiccup.verdict == "met"
+    assert hiccup.pooled_ratio[0] < 0.95
+
+
+def test_serve_target_missed_and_undecided() -> None:
+    """Every pair at 0.85x: missed. Pairs spread from 0.80 to 1.02 around a median above 0.9: the
+    interval reaches below 0.9, so no verdict either way; two pairs give no 95 % interval at all."""
+    assert serve_pairs([0.85] * 12).verdict == "MISSED"
+    spread = serve_pairs([0.80, 0.84, 0.88, 0.91, 0.93, 0.94, 0.95, 0.96, 0.97, 0.99, 1.0, 1.02])
+    assert spread.median_ratio[0] == pytest.approx(0.945)
+    assert spread.verdict == "not told apart at this run's spread"
+    assert serve_pairs([1.2, 1.3]).verdict.startswith("not told apart: too few rounds")
