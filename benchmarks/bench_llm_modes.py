@@ -69,7 +69,7 @@ from benchmarks._cpu import CpuByGroup  # noqa: E402
 from benchmarks._http import post_in_chunks  # noqa: E402
 from benchmarks._out import add_out_argument, write_result  # noqa: E402
 from benchmarks._stats import paired_bootstrap_ci, round_ratio_ci, verdict  # noqa: E402
-from serve_app.energy.procs import scan, uptime_s  # noqa: E402
+from serve_app.energy.procs import scan  # noqa: E402
 
 CACHE = Path(tempfile.gettempdir()) / "accuwatt-cache"
 WARM_TEXTS = 8
@@ -388,17 +388,19 @@ class ServeSession:
 
 
 @contextlib.contextmanager
-def serve_session(spec_dict: dict[str, Any], mode: str, warm: list[str]) -> Iterator[ServeSession]:
+def serve_session(
+    spec_dict: dict[str, Any], mode: str, warm: list[str], engine: set[int]
+) -> Iterator[ServeSession]:
     """A private local Ray with the app of ``spec_dict`` on Serve, ready (``/readyz``) and warmed up on
     ``warm`` (the in-process engine's warm-up texts). After Ray's shutdown, waits up to 60 s for every
-    process started while it ran to exit, so that the next in-process repetition runs without them."""
+    process Ray started (this process's descendants other than the offline ``engine``'s, taken before
+    the shutdown) to exit, so that the next in-process repetition runs without them."""
     from ray import serve
 
     from serve_app.app import build_app
     from serve_app.replay.local import local_ray
     from tests.conftest import free_port, wait_http
 
-    before, opened = set(scan()), uptime_s()
     with local_ray(8):
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -415,9 +417,12 @@ def serve_session(spec_dict: dict[str, Any], mode: str, warm: list[str]) -> Iter
         if warm:
             asyncio.run(post_in_chunks(session.url, session.body, warm, len(warm), 1, 600))
         yield session
+        procs = scan()
+        ray = {pid: procs[pid].start_s for pid in descendants(os.getpid()) - engine if pid in procs}
     deadline = time.monotonic() + 60
     while True:
-        left = [p.title for pid, p in scan().items() if pid not in before and p.start_s >= opened]
+        procs = scan()
+        left = [procs[pid].title for pid, t in ray.items() if pid in procs and procs[pid].start_s == t]
         if not left or time.monotonic() > deadline:
             session.leftover = left
             return
@@ -461,7 +466,7 @@ def paired_comparison(
 
     for i in range(0, n, 2):  # in-process i, Serve i, Serve i + 1, in-process i + 1
         offline(i)
-        with serve_session(spec_dict, mode, warm) as session:
+        with serve_session(spec_dict, mode, warm, engine) as session:
             for j in range(i, min(i + 2, n)):
                 online(j, session)
         starts.append(session.start_s)
