@@ -69,6 +69,7 @@ from benchmarks._cpu import CpuByGroup  # noqa: E402
 from benchmarks._http import post_in_chunks  # noqa: E402
 from benchmarks._out import add_out_argument, write_result  # noqa: E402
 from benchmarks._stats import paired_bootstrap_ci, round_ratio_ci, verdict  # noqa: E402
+from serve_app.energy.footprint import descendant_pids  # noqa: E402
 from serve_app.energy.procs import scan  # noqa: E402
 
 CACHE = Path(tempfile.gettempdir()) / "accuwatt-cache"
@@ -363,21 +364,6 @@ def calibrate(clf: Any, loop: asyncio.AbstractEventLoop, texts: list[str]) -> di
     return {lab: -sum(p.scores[lab] for p in preds) / len(preds) for lab in clf.labels}
 
 
-def descendants(root: int) -> set[int]:
-    """The processes below ``root`` (children, their children, ...)."""
-    children: dict[int, list[int]] = {}
-    for p in scan().values():
-        children.setdefault(p.ppid, []).append(p.pid)
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
 @dataclasses.dataclass
 class ServeSession:
     url: str
@@ -418,7 +404,7 @@ def serve_session(
             asyncio.run(post_in_chunks(session.url, session.body, warm, len(warm), 1, 600))
         yield session
         procs = scan()
-        ray = {pid: procs[pid].start_s for pid in descendants(os.getpid()) - engine if pid in procs}
+        ray = {pid: procs[pid].start_s for pid in descendant_pids() - engine - {os.getpid()} if pid in procs}
     deadline = time.monotonic() + 60
     while True:
         procs = scan()
@@ -443,7 +429,7 @@ def paired_comparison(
     (see `ServeComparison`); ``batch`` x ``concurrency`` texts in flight over HTTP, all of a set at once
     in-process. Both engines warmed up on ``warm`` with prefix caching on."""
     mode = "score"
-    engine = descendants(os.getpid())  # before Ray: the offline engine's engine core and worker
+    engine = descendant_pids() - {os.getpid()}  # before Ray: the offline engine's core and worker
     loop.run_until_complete(clf.reset_prefix_cache())
     if warm:
         loop.run_until_complete(clf.predict(warm, mode))
