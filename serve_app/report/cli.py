@@ -129,6 +129,19 @@ def _output_folders(out: Path) -> Path:
     return figdir
 
 
+FIGURE_SUFFIXES = ("_accuracy_energy.png", "_energy_components.png", "_energy_duration.png")
+"""The names this report gives its figures (``<dataset>`` + suffix): the only files it removes."""
+
+
+def _remove_stale_figures(figdir: Path, written: set[Path]) -> None:
+    """Remove figures an earlier report left in a reused ``--out`` that this one did not draw (a
+    dataset no longer in the results, a regression without enough runs this time), so the folder
+    holds this report's figures only. Other files there are left alone."""
+    for path in figdir.iterdir():
+        if path.name.endswith(FIGURE_SUFFIXES) and path.is_file() and path not in written:
+            path.unlink()
+
+
 def build_report(paths: list[Path], out: Path) -> Path:
     runs = _load_runs(paths)
     means, splits = results_frames(runs)
@@ -140,6 +153,7 @@ def build_report(paths: list[Path], out: Path) -> Path:
         frame.to_parquet(out / f"{name}.parquet", index=False)
     sections = []
     slugs: set[str] = set()
+    written: set[Path] = set()
     means, splits = _with_sections(means), _with_sections(splits)
     for dataset, df in means.groupby("section", sort=True):
         # the sweep's rule: only (run, split)s with energy for every request (a partial sum is low)
@@ -163,6 +177,7 @@ def build_report(paths: list[Path], out: Path) -> Path:
                 e, fit, f"{dataset}: energy vs duration", figdir / f"{slug}_energy_duration.png"
             ),
         }
+        written |= {v for v in figs.values() if v is not None}
         sections.append(
             (
                 str(dataset),
@@ -172,6 +187,7 @@ def build_report(paths: list[Path], out: Path) -> Path:
                 partial,
             )
         )
+    _remove_stale_figures(figdir, written)
     path = out / "report.md"
     empty = [str(r.path) for r in runs if not r.records]  # killed before their first answer
     path.write_text(render_report(sections, [str(p) for p in paths], empty))
