@@ -15,9 +15,16 @@ the duplicate ``intel-rapl-mmio`` tree) are skipped: they overlap the packages a
 
 Units: sysfs gives µJ; every figure leaving this module is in J (cumulative since an arbitrary
 origin) and s (monotonic clock). Wrap-around is undone with a running offset per zone: a value below
-the previous one means exactly one wrap, so ``read()`` must be called at least once per wrap period
+the previous one is one wrap when the zone could have drawn the rest of its range and the new value
+since the last read (at most its most power, below, over the time between the reads plus one update
+period: ``counters.Limits.bound_j``), so ``read()`` must be called at least once per wrap period
 (``max_energy_range_uj`` / power: about an hour at 70 W on common parts; the sampler reads every
-``sample_period_s``).
+``sample_period_s``). Any other backward step is no wrap; read as one, a step back of a few µJ would
+claim the zone's whole range (hundreds of kJ) for one interval. A new value the zone could have drawn
+since the last read is a restart (a package taken offline and back): the zone's offset goes back to
+0, so its cumulative value is the new one, near zero, which the consumers' ``counters.counter_step``
+takes as a restart (the interval's energy is the new value). Any other (a glitch mid-range) is passed
+on as read, below the last, and ``counter_step`` holds the old value until the counter passes it.
 
 A zone's most power (``MeterInfo.max_power_w``, W) is the largest of its ``constraint_N_max_power_uw``
 and, when its limits are enforced (``enabled`` is 1), of its ``constraint_N_power_limit_uw``: the
@@ -38,6 +45,7 @@ import threading
 from dataclasses import dataclass
 
 from serve_app.energy.base import MeterError, MeterInfo, Reading, now_s
+from serve_app.energy.counters import Limits
 
 DEFAULT_ROOT = "/sys/class/powercap"
 RAPL_RESOLUTION_J = 1e-6
@@ -147,7 +155,8 @@ class RaplMeter:
     """Cumulative CPU package and DRAM energy from RAPL. Units: J (cumulative), s (monotonic).
 
     ``read()`` is thread-safe: files are read and wrap state updated under one lock, so readings
-    taken by concurrent threads are monotonic in both time and value (the ledger relies on it).
+    taken by concurrent threads are monotonic in both time and value (the ledger relies on it), but
+    where a counter itself stepped back (a restart or a glitch, module doc).
     """
 
     def __init__(self, root: str = DEFAULT_ROOT, node: str = "") -> None:
@@ -175,6 +184,8 @@ class RaplMeter:
             ),
             extra={f"max_energy_range_j:{z.key}": f"{z.max_range_uj / _UJ_PER_J:.6f}" for z in self._zones},
         )
+        self._limits = Limits(slack_s=RAPL_UPDATE_PERIOD_S, slack_j=RAPL_RESOLUTION_J, key_max_power_w=max_w)
+        self._last_t_s: float | None = None
 
     @property
     def info(self) -> MeterInfo:
@@ -191,14 +202,26 @@ class RaplMeter:
         with self._lock:
             raw = [_read_uj(z.energy_path) for z in self._zones]  # all or nothing: no partial update
             t_s = now_s()
+            dt_s = 0.0 if self._last_t_s is None else t_s - self._last_t_s
+            self._last_t_s = t_s
             energy_j: dict[str, float] = {}
             for z, value_uj in zip(self._zones, raw, strict=True):
                 if z.last_uj is not None and value_uj < z.last_uj:
-                    z.offset_uj += z.max_range_uj
-                    z.wraps += 1
+                    self._step_back(z, value_uj, dt_s)
                 z.last_uj = value_uj
                 energy_j[z.key] = (value_uj + z.offset_uj) / _UJ_PER_J
             return Reading(t_s=t_s, energy_j=energy_j, source="rapl")
+
+    def _step_back(self, z: _Zone, value_uj: int, dt_s: float) -> None:
+        """Set ``z``'s offset for a value below its last one over ``dt_s``: a wrap, a restart, or a
+        glitch left to the consumers (module doc)."""
+        assert z.last_uj is not None
+        bound_j = self._limits.bound_j(z.key, dt_s)
+        if (z.max_range_uj - z.last_uj + value_uj) / _UJ_PER_J <= bound_j:
+            z.offset_uj += z.max_range_uj
+            z.wraps += 1
+        elif value_uj / _UJ_PER_J <= bound_j:
+            z.offset_uj = 0
 
     def close(self) -> None:
         """Nothing to release: files are opened per read."""

@@ -22,12 +22,21 @@ pytestmark = pytest.mark.unit
 MAX_UJ = 1_000_000_000  # 1000 J counter range, small enough to wrap in a test
 
 
-def make_zone(root: Path, dirname: str, name: str, energy_uj: int = 0, max_uj: int = MAX_UJ) -> Path:
+FAST_UW = 10**15  # 1 GW: a scripted counter's steps come microseconds apart, faster than any package
+
+
+def make_zone(
+    root: Path, dirname: str, name: str, energy_uj: int = 0, max_uj: int = MAX_UJ, max_power_uw: int = 0
+) -> Path:
+    """A powercap zone; ``max_power_uw`` > 0 writes its ``constraint_0_max_power_uw``: the most power
+    the meter takes a step (and so a wrap) to be able to come from."""
     zone = root / dirname
     zone.mkdir(parents=True)
     (zone / "name").write_text(f"{name}\n")
     (zone / "energy_uj").write_text(f"{energy_uj}\n")
     (zone / "max_energy_range_uj").write_text(f"{max_uj}\n")
+    if max_power_uw:
+        (zone / "constraint_0_max_power_uw").write_text(f"{max_power_uw}\n")
     return zone
 
 
@@ -113,6 +122,7 @@ def test_steps_are_exact_joules(tmp_path: Path, tree: dict[str, Path]) -> None:
 
 
 def test_wrap_around_is_undone_per_zone(tmp_path: Path, tree: dict[str, Path]) -> None:
+    (tree["pkg0"] / "constraint_0_max_power_uw").write_text(f"{FAST_UW}\n")  # 999 J in microseconds
     meter = RaplMeter(str(tmp_path))
     set_uj(tree["pkg0"], MAX_UJ - 1_000_000)  # 999 J
     a = meter.read()
@@ -131,7 +141,7 @@ def test_wrap_around_is_undone_per_zone(tmp_path: Path, tree: dict[str, Path]) -
 
 def test_ledger_across_a_wrap_conserves_energy(tmp_path: Path) -> None:
     """Real meter + real ledger: 10 steps of 300 J through a 1000 J counter (three wraps)."""
-    pkg = make_zone(tmp_path, "intel-rapl:0", "package-0", 0)
+    pkg = make_zone(tmp_path, "intel-rapl:0", "package-0", 0, max_power_uw=FAST_UW)
     meter = RaplMeter(str(tmp_path))
     # 300 J per millisecond is beyond any package: without lifting the physical bound the ledger
     # would drop these steps (that rule is tested in test_counters.py)
@@ -151,6 +161,51 @@ def test_ledger_across_a_wrap_conserves_energy(tmp_path: Path) -> None:
     assert alloc.joules == pytest.approx(900.0, abs=1e-6)  # steps 4, 5, 6
     assert totals.idle_j["cpu:package-0"] == pytest.approx(2100.0, abs=1e-6)
     assert totals.resets == 0
+
+
+INTEL_RANGE_UJ = 262_143_328_850  # max_energy_range_uj of common Intel packages
+
+
+def test_a_step_back_of_microjoules_is_no_wrap_and_claims_nothing(tmp_path: Path) -> None:
+    """A counter read 10 µJ lower than before (a firmware glitch) is no wrap: read as one, it claimed
+    the whole 262 kJ range for an interval. The ledger holds the old value until the counter passes
+    it, so the energy is the test's own written climb, 100 kJ -> 100 kJ + 2 J, once."""
+    pkg = make_zone(tmp_path, "intel-rapl:0", "package-0", 100_000_000_000, max_uj=INTEL_RANGE_UJ)
+    meter = RaplMeter(str(tmp_path))
+    first = meter.read()
+    ledger = Ledger(first, Limits(slack_s=1.0))  # reads a second apart: 1 kJ at the generic 1000 W bound
+    set_uj(pkg, 99_999_999_990)
+    back = meter.read()
+    ledger.observe(back)
+    assert back.energy_j["cpu:package-0"] == pytest.approx(99_999.99999, abs=1e-9)
+    set_uj(pkg, 100_002_000_000)
+    ledger.observe(meter.read())
+    totals = ledger.totals()
+    assert meter.wraps == {"cpu:package-0": 0}
+    assert totals.metered_j["cpu:package-0"] == pytest.approx(2.0, abs=1e-9)
+    assert (totals.reorders, totals.dropped, totals.dropped_j) == (1, 0, 0.0)
+
+
+def test_a_counter_restarted_near_zero_is_no_wrap_and_a_real_wrap_still_is(tmp_path: Path) -> None:
+    """Reads microseconds apart at the generic 1000 W bound (1 J per millisecond of update period):
+    999.9 J -> 0.1 J of a 1000 J range is 0.2 J through the top, a wrap; 500 J -> 0.1 J would be
+    500.1 J through the top, more than the zone could draw, so it is a restart (the ledger counts its
+    0.1 J), not a wrap worth 500.1 J."""
+    pkg = make_zone(tmp_path, "intel-rapl:0", "package-0", 999_900_000)
+    meter = RaplMeter(str(tmp_path))
+    a = meter.read()
+    set_uj(pkg, 100_000)
+    b = meter.read()
+    assert b.energy_j["cpu:package-0"] - a.energy_j["cpu:package-0"] == pytest.approx(0.2, abs=1e-9)
+    assert meter.wraps == {"cpu:package-0": 1}
+    set_uj(pkg, 500_000_000)
+    ledger = Ledger(meter.read(), Limits(slack_s=1.0))
+    set_uj(pkg, 100_000)
+    ledger.observe(meter.read())
+    assert meter.wraps == {"cpu:package-0": 1}
+    totals = ledger.totals()
+    assert totals.metered_j["cpu:package-0"] == pytest.approx(0.1, abs=1e-9)
+    assert (totals.resets, totals.dropped) == (1, 0)
 
 
 def test_failed_read_leaves_no_partial_state(tmp_path: Path, tree: dict[str, Path]) -> None:
