@@ -16,6 +16,9 @@ state:
   ``UNHEALTHY`` with no replica starting either; ``reason`` carries Serve's message (e.g. the
   constructor's exception).
 
+Serve's message can hold a replica's whole traceback, coloured for a terminal: ``reason`` is its first
+line and the exception's own line (the traceback stays in Serve's controller log, as the message says).
+
 The description belongs to the replicas that answered it: it is dropped whenever the classifier is
 not ready, and read again when the set of ``RUNNING`` replicas changes (a replacement may run on
 another node, with another meter, or a new version with other labels).
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -80,6 +84,20 @@ class ModelState:
         )
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def readable(message: str) -> str:
+    """Serve's message without terminal colours and, where it holds a traceback, as its first line and
+    the last one (the exception raised), e.g. "The deployment failed to start 3 times in a row ...
+    Error: ValueError: user_config {...} refused (...)" (pure)."""
+    text = _ANSI.sub("", message).strip()
+    if "Traceback (most recent call last)" not in text:
+        return text
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+
+
 def _text(value: Any) -> str:
     """An enum member or a string, as its plain value."""
     return str(getattr(value, "value", value))
@@ -101,7 +119,7 @@ def deployment_state(detail: dict[str, Any] | None) -> tuple[str, str | None, st
     if detail is None:
         return "loading", "the deployment is not registered with Serve yet", None
     status = _text(detail.get("status", ""))
-    message = str(detail.get("message") or "") or None
+    message = readable(str(detail.get("message") or "")) or None
     states = [_text(r.get("state")) for r in detail.get("replicas") or []]
     if "RUNNING" in states:
         # A running replica serves whatever Serve thinks of the rest; its message stays in sight.

@@ -207,3 +207,24 @@ def test_failed_models_reads_only_failed_entries() -> None:
     }
     assert failed_models(body) == {"bad": "ValueError: no such model"}
     assert failed_models({"status": "not_ready", "not_ready_count": 2}) == {}
+
+
+def test_a_failed_replicas_traceback_becomes_serves_sentence_and_the_exceptions_line() -> None:
+    """As Ray 2.60 words a classifier whose ``reconfigure`` raised (tests/integration/
+    test_config_file_user_config.py), shortened: the colour codes and the frames go, the line naming
+    the setting stays."""
+    exc = "ValueError: user_config {'max_batch_size': 'many'} refused (max_batch_size: Input should be a valid integer)"
+    msg = (
+        "The deployment failed to start 3 times in a row during a rolling update. See controller logs for "
+        "details. Error:\n\x1b[36mray::ServeReplica:accuwatt:bow-logreg.initialize_and_get_metadata()\x1b[39m "
+        '(pid=3124, ip=192.0.2.2)\n  File "replica.py", line 1928, in initialize\n    raise RuntimeError('
+        "traceback.format_exc()) from None\nRuntimeError: Traceback (most recent call last):\n  File "
+        '"config_common.py", line 154, in from_user_config\n    raise ValueError(\n' + exc + "\n"
+    )
+    state, reason, _ = deployment_state(_detail("DEPLOY_FAILED", "STOPPING", message=msg))
+    assert state == "failed"
+    assert reason == (
+        "The deployment failed to start 3 times in a row during a rolling update. See controller logs for "
+        "details. Error: " + exc
+    )
+    assert deployment_state(_detail("UNHEALTHY", "STARTING", message="\x1b[31mplain\x1b[0m"))[1] == "plain"
