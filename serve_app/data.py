@@ -97,6 +97,12 @@ class Sample:
     def ids(self) -> list[str]:
         return [f"{self.pool}:{r}" for r in self.rows]
 
+    def rows_digest(self) -> str:
+        """A digest of which rows of which pool the sample drew, in order: with the dataset's
+        fingerprint, the exact texts (an artifact records its training sample's, so one trained on
+        another draw of the same split, by an earlier version of the split, is retrained)."""
+        return hashlib.sha256(f"{self.pool}:{','.join(map(str, self.rows))}".encode()).hexdigest()[:16]
+
 
 @dataclass(frozen=True)
 class Split:

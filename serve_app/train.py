@@ -88,6 +88,7 @@ def train_split(
     provenance = {
         "dataset": {"name": split.dataset, "source": dataset_source, "fingerprint": split.fingerprint},
         "split": split_identity(split),
+        "train_rows": split.train.rows_digest(),
     }
     return {m: save(model, out_dir / m, labels, provenance) for m, model in models.items()}
 
@@ -136,15 +137,17 @@ def _pickled_library_versions() -> dict[str, str]:
 
 
 def _stale(manifest: dict[str, Any], split: Split, labels: tuple[str, ...], embedding_model: str) -> bool:
-    """Was this artifact trained on another split, label set or encoder than asked for, or pickled by
-    another scikit-learn or XGBoost than this one (which may load it with other results, or not at
-    all)? The encoder is compared in the form artifacts record (``embedding_model`` as
-    :func:`embedding.canonical_name`)."""
+    """Was this artifact trained on another split (or on other rows of it: ``train_rows``, which
+    artifacts from before the split fix that keeps test texts out of the training sample lack), label
+    set or encoder than asked for, or pickled by another scikit-learn or XGBoost than this one (which
+    may load it with other results, or not at all)? The encoder is compared in the form artifacts
+    record (``embedding_model`` as :func:`embedding.canonical_name`)."""
     encoder = embedding_model if str(manifest.get("model_id", "")).startswith("embedding-") else None
     recorded = manifest.get("versions")
     current = _pickled_library_versions()
     return (
         manifest.get("split") != split_identity(split)
+        or manifest.get("train_rows") != split.train.rows_digest()
         or list(manifest.get("labels") or []) != list(labels)
         or manifest.get("embedding_model") != encoder
         or not isinstance(recorded, dict)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from serve_app.classifiers.traditional import ArtifactError, TraditionalClassifier
 from serve_app.cli import main
-from serve_app.data import load_dataset, make_split
+from serve_app.data import load_dataset, make_split, split_identity
 from serve_app.train import evaluate_split, train_missing, train_split
 
 
@@ -86,3 +87,23 @@ def test_artifacts_of_another_split_or_label_set_are_retrained(tmp_path: Path) -
     split2 = make_split(ds2, 60, 20, seed=3, index=1)
     assert train_missing(split2, ["tfidf-logreg"], tmp_path, ds2) == ["tfidf-logreg"]
     assert TraditionalClassifier(tmp_path / "tfidf-logreg").info.labels == ("a", "b")
+
+
+def test_artifacts_trained_on_other_rows_of_the_same_split_are_retrained(tmp_path: Path) -> None:
+    """An artifact from before the fix that keeps a split's test texts out of its training sample
+    names the same split (dataset, seed, index, sizes) as now, drawn as other rows: it is retrained,
+    and so is one whose manifest has no record of its rows (written before they were recorded)."""
+    ds = load_dataset("demo")
+    split = make_split(ds, 60, 20, seed=3, index=0)
+    pool_rows = make_split(ds, 60, 20, seed=3, index=1).train
+    earlier = dataclasses.replace(split, train=pool_rows)  # the same identity, other training texts
+    train_split(earlier, ["tfidf-logreg"], tmp_path, ds.labels, ds.source)
+    path = tmp_path / "tfidf-logreg" / "manifest.json"
+    assert json.loads(path.read_text())["split"] == split_identity(split)
+    assert train_missing(split, ["tfidf-logreg"], tmp_path, ds) == ["tfidf-logreg"]
+    assert train_missing(split, ["tfidf-logreg"], tmp_path, ds) == []
+    manifest = json.loads(path.read_text())
+    assert manifest["train_rows"] == split.train.rows_digest() != pool_rows.rows_digest()
+    del manifest["train_rows"]
+    path.write_text(json.dumps(manifest))
+    assert train_missing(split, ["tfidf-logreg"], tmp_path, ds) == ["tfidf-logreg"]
