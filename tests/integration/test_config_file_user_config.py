@@ -11,13 +11,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.scenario import run_scenario
+from tests.integration.scenario import REPO, run_scenario
 
 MODEL = "bow-logreg"
 
@@ -43,13 +42,12 @@ def _serve_run(gcs: str, path: Path, cfg: dict[str, Any]) -> None:
     import yaml
 
     path.write_text(yaml.safe_dump(cfg))
-    bin_dir = Path(sys.executable).parent
     subprocess.run(
-        [str(bin_dir / "serve"), "run", "--address", gcs, "--non-blocking", str(path)],
+        [str(Path(sys.executable).parent / "serve"), "run", "--address", gcs, "--non-blocking", str(path)],
         check=True,
         capture_output=True,
         timeout=180,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
 
 
@@ -61,7 +59,9 @@ def _scenario(out_path: str) -> None:  # runs in the subprocess
     from ray import serve
 
     from serve_app.ports import free_port
-    from tests.integration.scenario import trained_demo
+    from tests.conftest import wait_for
+    from tests.integration.scenario import trained_demo, wait_200
+    from tests.integration.test_scale_in_place import replica_pid_of
 
     art, _ = trained_demo([MODEL])
     port = free_port()
@@ -69,25 +69,18 @@ def _scenario(out_path: str) -> None:  # runs in the subprocess
     path = Path(art) / "serve.yaml"
     result: dict[str, Any] = {}
 
-    def batching_and_pid() -> tuple[Any, Any]:
+    def pid_applying(want: dict[str, Any]) -> int | None:
+        """The classifier's one live replica's PID once its row of ``/v1/energy`` shows ``want``."""
         try:
             view = httpx.get(f"{base}/v1/energy", timeout=10).json()
         except (httpx.HTTPError, ValueError):
-            return None, None
+            return None
         live = [r for r in view["deployments"][MODEL]["replicas"].values() if not r["stale"]]
-        if len(live) != 1:
-            return None, None
-        pids = [int(d.split(":")[1]) for d in live[0].get("devices", []) if d.startswith("cpu-process:")]
-        return live[0].get("batching"), (pids[0] if pids else None)
+        return replica_pid_of(live[0]) if len(live) == 1 and live[0].get("batching") == want else None
 
-    def wait_batching(want: dict[str, Any], timeout_s: float = 240.0) -> Any:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            shown, pid = batching_and_pid()
-            if shown == want:
-                return pid
-            time.sleep(0.5)
-        raise TimeoutError(f"batching {want} not shown; last {batching_and_pid()}")
+    def failed_status() -> Any:
+        dep = serve.status().applications["accuwatt"].deployments[MODEL]
+        return dep if dep.status in ("UNHEALTHY", "DEPLOY_FAILED") else None
 
     def classify() -> dict[str, Any]:
         text = "Heute scheint die Sonne."
@@ -97,27 +90,22 @@ def _scenario(out_path: str) -> None:  # runs in the subprocess
     ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
     try:
         gcs = ray.get_runtime_context().gcs_address
+        first = {"max_batch_size": 8, "batch_wait_timeout_s": 0.005}
         _serve_run(gcs, path, _config(str(art), port, {"max_batch_size": 8}))
-        result["first_pid"] = wait_batching({"max_batch_size": 8, "batch_wait_timeout_s": 0.005})
+        result["first_pid"] = wait_for(lambda: pid_applying(first), 240, f"batching {first}")
         result["first_started"] = psutil.Process(result["first_pid"]).create_time()
         changed = {"max_batch_size": 5, "batch_wait_timeout_s": 0.01}
         _serve_run(gcs, path, _config(str(art), port, changed))
-        result["second_pid"] = wait_batching(changed)
+        result["second_pid"] = wait_for(lambda: pid_applying(changed), 240, f"batching {changed}")
         result["second_started"] = psutil.Process(result["second_pid"]).create_time()
         result["classify"] = classify()
         _serve_run(gcs, path, _config(str(art), port, {"max_batch_size": "many"}))
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            dep = serve.status().applications["accuwatt"].deployments[MODEL]
-            if dep.status in ("UNHEALTHY", "DEPLOY_FAILED"):
-                result["bad"] = {"status": str(dep.status), "message": dep.message}
-                break
-            time.sleep(1)
+        dep = wait_for(failed_status, 240, "the deployment to fail on a bad user_config")
+        result["bad"] = {"status": str(dep.status), "message": dep.message}
         result["after_bad"] = classify()
         _serve_run(gcs, path, _config(str(art), port, changed))  # the file put right
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and httpx.get(f"{base}/readyz", timeout=10).status_code != 200:
-            time.sleep(0.5)
+        with httpx.Client(timeout=10) as c:
+            wait_200(c, f"{base}/readyz")
         result["after_fix"] = classify()
         serve.shutdown()
     finally:
