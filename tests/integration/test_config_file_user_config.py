@@ -79,8 +79,14 @@ def _scenario(out_path: str) -> None:  # runs in the subprocess
         return replica_pid_of(live[0]) if len(live) == 1 and live[0].get("batching") == want else None
 
     def failed_status() -> Any:
+        """The deployment once Serve gave up on it (``UNHEALTHY`` comes first, while it retries)."""
         dep = serve.status().applications["accuwatt"].deployments[MODEL]
-        return dep if dep.status in ("UNHEALTHY", "DEPLOY_FAILED") else None
+        return dep if dep.status == "DEPLOY_FAILED" else None
+
+    def refused_as_failed() -> dict[str, Any] | None:
+        """A classify answer once the router has read that state (it polls Serve twice a second)."""
+        answer = classify()
+        return answer if answer["body"].get("error", {}).get("code") == "model_failed" else None
 
     def classify() -> dict[str, Any]:
         text = "Heute scheint die Sonne."
@@ -102,7 +108,7 @@ def _scenario(out_path: str) -> None:  # runs in the subprocess
         _serve_run(gcs, path, _config(str(art), port, {"max_batch_size": "many"}))
         dep = wait_for(failed_status, 240, "the deployment to fail on a bad user_config")
         result["bad"] = {"status": str(dep.status), "message": dep.message}
-        result["after_bad"] = classify()
+        result["after_bad"] = wait_for(refused_as_failed, 30, "503 model_failed from the router")
         _serve_run(gcs, path, _config(str(art), port, changed))  # the file put right
         with httpx.Client(timeout=10) as c:
             wait_200(c, f"{base}/readyz")
